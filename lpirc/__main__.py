@@ -1,0 +1,3 @@
+from lpirc.cli import main
+
+main()
