@@ -49,6 +49,89 @@ def submission() -> None:
 # --- lpirc run ------------------------------------------------------------------------------
 
 
+@main.command("run")
+@click.option("--model", type=click.Path(path_type=Path), help="Submission .tflite. Default: the bundled reference submission.")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Folder of holdout images. Default with the bundled model: the generated demo holdout.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label for scoring. Default: HOLDOUT/ground_truth.csv if present.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder. Default: runs/<UTC time>-<model stem>/.")
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file from `lpirc tune` (best.json); options given here win over it.")
+@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=600.0, show_default=True, help="Wall-clock budget in seconds (LPIRC: 10 minutes).")
+@click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="wall: everything counts (on-site rule); inference: summed invoke time against --ms-per-image x images (Track 1 / OVIC).")
+@click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image in ms, for --clock inference.")
+@click.option("--workers", type=click.IntRange(min=1), help="Inference worker processes. Default: one per core.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Interpreter threads per worker.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per invoke (falls back to 1 if the model's batch cannot be resized).")
+@click.option("--decode-threads", type=click.IntRange(min=0), default=0, show_default=True, help="Decode threads per worker (0: decode inline; the Edge TPU's single process gets one per core).")
+@click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
+@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Central crop kept before resizing.")
+@click.option("--resize", type=click.Choice(["bilinear", "antialias"]), default="bilinear", show_default=True, help="bilinear: TF v1 resize_bilinear (TFLite eval tool); antialias: Pillow's.")
+@click.option("--mean", type=float, default=127.5, show_default=True, help="Float inputs: (pixel - mean) / std.")
+@click.option("--std", type=float, default=127.5, show_default=True, help="Float inputs: (pixel - mean) / std.")
+@click.option("--decode", type=click.Choice(["exact", "draft"]), default="exact", show_default=True, help="draft: JPEG DCT-scaled decode of large images (faster, may cost accuracy).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (recorded).")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True, help="Larger images are answered wrong (decompression-bomb guard).")
+@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set for the score (see `lpirc rules`).")
+@click.option("--power-log", type=click.Path(path_type=Path), help="External meter log, CSV timestamp,watts, integrated over the run (measured energy).")
+@click.option("--watts-per-core", type=click.FloatRange(min=0), default=4.0, show_default=True, help="Energy estimate: watts per busy core.")
+@click.option("--idle-watts", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Energy estimate: idle watts of the machine.")
+@click.option("--powercap-root", type=click.Path(path_type=Path), default=Path("/sys/class/powercap"), show_default=True, help="Where RAPL counters are read.")
+@click.option("--grace-s", type=click.FloatRange(min=0, max=1.5), default=0.5, show_default=True, help="Seconds workers get to stop at the deadline before they are killed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@friendly_errors
+def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
+    """Run a timed submission over a holdout and score it.
+
+    With no options: the bundled reference submission on a generated demo holdout.
+    """
+    from lpirc.runner import run
+    from lpirc.settings import bundled_model, resolve_settings
+
+    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if opts["model"] is None:
+        opts["model"] = bundled_model()
+        if opts["holdout"] is None:
+            from lpirc.demo import demo_holdout_path
+
+            opts["holdout"] = demo_holdout_path()
+    if opts["holdout"] is None:
+        raise click.UsageError("--holdout is required with --model")
+    settings = resolve_settings(opts, explicit, config)
+    outcome = run(settings)
+    click.echo(format_run_summary(outcome))
+    sys.exit(outcome.exit_code)
+
+
+def format_run_summary(outcome) -> str:
+    """The end-of-run table: what ran, then the same score table `lpirc score` prints."""
+    m = outcome.manifest
+    rt = m.get("runtime") or {}
+    d = m.get("delegate") or {}
+    lines = [
+        f"run folder      {outcome.out_dir}",
+        f"status          {outcome.status}",
+        f"model           {m['model']['path']}",
+        f"runtime         {rt.get('name')} {rt.get('version')}, delegate {d.get('ran')}"
+        f" (requested {d.get('requested')})",
+        f"holdout         {m['holdout']['path']} ({m['holdout']['image_count']} images)",
+        f"first answer    {m.get('first_answer_s')} s after start (measured)",
+    ]
+    lines += [f"note            {n}" for n in outcome.notes]
+    if outcome.score is not None:
+        import scoring
+
+        lines += ["", scoring.format_table([outcome.score])]
+    else:
+        e = m.get("energy") or {}
+        lines += [
+            f"answered        {m.get('images_logged')} of {m['holdout']['image_count']}",
+            f"wall time       {m.get('wall_time_s')} s (measured)",
+            f"energy          {e.get('wh')} Wh ({e.get('source')}: {e.get('method')})",
+            "score           none: no ground truth (give --ground-truth, or `lpirc score` later)",
+        ]
+    return "\n".join(lines)
+
+
 # --- lpirc score / lpirc rules --------------------------------------------------------------
 
 

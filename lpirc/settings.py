@@ -37,6 +37,7 @@ class RunSettings:
     workers: int = dataclasses.field(default_factory=default_workers)
     threads: int = 1
     batch: int = 1
+    decode_threads: int = 0  # per inference process; 0 = decode inline (Edge TPU: auto)
     delegate: str = "cpu"  # cpu | gpu | edgetpu | path to a delegate library
     crop_fraction: float = 0.875
     resize: str = "bilinear"  # bilinear (TF v1 resize_bilinear) | antialias (Pillow's)
@@ -58,7 +59,7 @@ class RunSettings:
 
 
 #: Settings a tuned config may carry; anything else in the file is refused.
-TUNABLE = ("workers", "threads", "batch", "decode")
+TUNABLE = ("workers", "threads", "batch", "decode", "decode_threads")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -79,3 +80,58 @@ def read_config(path: Path) -> dict[str, Any]:
     if unknown:
         raise InputError(f"{path}: unknown settings {', '.join(unknown)}")
     return data
+
+
+def bundled_model() -> Path:
+    """The project's own reference submission, installed with the package."""
+    import submission
+
+    return Path(submission.__file__).resolve().parent / "reference" / "model.tflite"
+
+
+def sidecar_path(model: Path) -> Path:
+    return Path(model).with_suffix(".json")
+
+
+def read_sidecar(model: Path) -> dict[str, Any]:
+    """Preprocessing recorded by ``lpirc submission build`` beside the model (``X.json`` for
+    ``X.tflite``), as RunSettings fields. Absent sidecar: nothing."""
+    path = sidecar_path(model)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable submission sidecar ({e})") from None
+    pre = data.get("preprocess", {}) if isinstance(data, dict) else {}
+    if not isinstance(pre, dict):
+        raise InputError(f"{path}: 'preprocess' must be an object")
+    return {k: pre[k] for k in ("crop_fraction", "resize", "mean", "std") if k in pre}
+
+
+def resolve_settings(values: dict[str, Any], explicit: set[str],
+                     config: Path | None = None) -> RunSettings:
+    """Build the run's settings. Precedence: options given on the command line, then the tuned
+    config file, then the model's sidecar, then the defaults."""
+    merged: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    layered: dict[str, Any] = {}
+    layered.update(read_sidecar(merged.get("model") or bundled_model()))
+    if config is not None:
+        layered.update(read_config(config))
+    for k, v in layered.items():
+        if k not in explicit:
+            merged[k] = v
+    for k in ("model", "holdout", "ground_truth", "out", "power_log", "powercap_root"):
+        if merged.get(k) is not None:
+            merged[k] = Path(merged[k])
+    if merged.get("clock", "wall") not in CLOCKS:
+        raise InputError(f"clock must be one of {', '.join(CLOCKS)}")
+    if merged.get("decode", "exact") not in DECODES:
+        raise InputError(f"decode must be one of {', '.join(DECODES)}")
+    for k in ("workers", "threads", "batch"):
+        if k in merged and int(merged[k]) < 1:
+            raise InputError(f"{k} must be at least 1 (got {merged[k]})")
+    try:
+        return RunSettings(**merged)
+    except TypeError as e:
+        raise InputError(f"bad settings: {e}") from None

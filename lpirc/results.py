@@ -1,0 +1,42 @@
+"""The run's files: ``results.jsonl`` (one answer per line, flushed as answers arrive),
+``manifest.json`` and ``score.json``. Only the parent process writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+RESULTS = "results.jsonl"
+MANIFEST = "manifest.json"
+SCORE = "score.json"
+
+
+class ResultLog:
+    """Append-only JSON-lines writer. Each ``write`` ends with a flush, so a crash or Ctrl-C
+    leaves every line already written intact (at worst a truncated last line, which the
+    scorer reports and skips)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self.lines = 0
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        out = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        if out:
+            self._f.write(out)
+            self._f.flush()
+            self.lines += out.count("\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically (temp file + rename): a reader never sees half a manifest."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,233 @@
+"""One timed run: holdout -> pipeline (workers) -> result log -> scorer.
+
+``run(settings)`` is the public entry point behind ``lpirc run``; it never imports the runtime
+itself (workers do), so a model that crashes the runtime cannot take the results with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lpirc import __version__
+from lpirc.clock import Budget, Stopwatch
+from lpirc.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DelegateError, InputError,
+                          LpircError, ModelError)
+from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, write_json
+from lpirc.settings import RunSettings
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    out_dir: Path
+    status: str
+    exit_code: int
+    manifest: dict[str, Any]
+    score: dict[str, Any] | None  # the score.json object; None without a ground truth
+    notes: tuple[str, ...]
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_out_dir(model: Path, base: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+    out = base / f"{stamp}-{Path(model).stem}"
+    n = 1
+    while out.exists():  # two runs in the same second
+        n += 1
+        out = base / f"{stamp}-{Path(model).stem}-{n}"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_model_file(path: Path) -> None:
+    """Fail fast, in the parent, on what needs no runtime to see."""
+    if not path.exists():
+        raise ModelError(f"{path}: model file not found")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not a .tflite model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: model file is empty")
+
+
+def _check_delegate(name: str) -> bool:
+    """Look the delegate library up before any worker starts; True if only one process may
+    own the device."""
+    from lpirc import delegates
+
+    delegates.check_available(name)
+    return delegates.delegate_is_exclusive(name)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
+    """Run ``settings.model`` over ``settings.holdout`` within the budget, write the run folder,
+    score it when a ground truth is known. Raises LpircError for what stops a run before or
+    instead of answering (bad model, delegate, holdout); a run that started always leaves its
+    folder, its log and its manifest."""
+    from lpirc.energy import EnergyConfig, finish_energy, start_energy
+    from lpirc.holdout import open_holdout
+    from lpirc.machine import machine_info
+    from lpirc.pipeline import run_pipeline
+
+    model_path = Path(settings.model)
+    _check_model_file(model_path)
+    holdout = open_holdout(settings.holdout, seed=settings.seed)
+    gt = settings.ground_truth
+    if gt is None and (Path(settings.holdout) / "ground_truth.csv").is_file():
+        gt = Path(settings.holdout) / "ground_truth.csv"
+    if gt is not None and not Path(gt).is_file():
+        raise InputError(f"{gt}: ground-truth file not found")
+    exclusive = _check_delegate(settings.delegate)
+
+    out = Path(settings.out) if settings.out else default_out_dir(model_path)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
+        raise InputError(f"{out}: already holds a run's {RESULTS}; choose another --out")
+
+    budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
+                    len(holdout.files))
+    ecfg = EnergyConfig(power_log=settings.power_log, watts_per_core=settings.watts_per_core,
+                        idle_watts=settings.idle_watts, powercap_root=settings.powercap_root)
+    manifest: dict[str, Any] = {
+        "lpirc_version": __version__,
+        "status": "running",
+        "runtime": None,
+        "delegate": {"requested": settings.delegate, "ran": None, "note": None},
+        "model": {"path": str(model_path.resolve()), "size_bytes": model_path.stat().st_size,
+                  "sha256": _sha256(model_path)},
+        "holdout": {"path": str(Path(settings.holdout).resolve()),
+                    "image_count": len(holdout.files), "order_seed": holdout.seed,
+                    "files_sha256": holdout.files_sha256,
+                    "ground_truth": str(Path(gt).resolve()) if gt else None},
+        "settings": settings.to_json(),
+        "budget": budget.to_json(),
+        "start_utc": utc_now(),
+        "end_utc": None,
+        "wall_time_s": None,
+        "inference_time_s": None,
+        "energy": None,
+        "machine": machine_info(),
+        "notes": [],
+    }
+    write_json(out / MANIFEST, manifest)
+
+    log = ResultLog(out / RESULTS)
+    bar = _progress_bar(len(holdout.files), budget, enabled=progress and not settings.quiet)
+
+    # A terminal's Ctrl-C and a scheduler's SIGTERM both end the run cleanly, log kept.
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a shell's background job starts with SIGINT ignored; the user's Ctrl-C to the
+        # process group must still stop us
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    probe = start_energy(ecfg)
+    clock = Stopwatch()
+    try:
+        outcome = run_pipeline(settings, Path(settings.holdout), holdout.files, budget,
+                               log.write, clock, exclusive=exclusive,
+                               progress=bar.update if bar else None)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        log.close()
+        if bar:
+            bar.close()
+    energy = finish_energy(probe, ecfg)
+
+    ready = outcome.ready or {}
+    manifest.update({
+        "status": outcome.status,
+        "runtime": ready.get("runtime"),
+        "delegate": {"requested": settings.delegate, "ran": ready.get("delegate_ran"),
+                     "note": ready.get("note"), "exclusive": exclusive},
+        "end_utc": utc_now(),
+        "wall_time_s": round(outcome.wall_time_s, 4),
+        "inference_time_s": round(outcome.inference_time_s, 4),
+        "first_answer_s": outcome.first_answer_s,
+        "energy": energy.to_json(),
+        "images_logged": outcome.answered + outcome.failed,
+        "images_late": outcome.late,
+        "batch_used": ready.get("batch"),
+        "notes": outcome.notes,
+    })
+    if ready.get("model"):
+        manifest["model"].update({k: v for k, v in ready["model"].items()
+                                  if k in ("input", "output", "num_classes", "ops")})
+    if outcome.error:
+        manifest["error"] = {"kind": outcome.error[0], "message": outcome.error[1]}
+    write_json(out / MANIFEST, manifest)
+
+    if outcome.error and outcome.answered + outcome.failed == 0:
+        kind, message = outcome.error
+        raise (DelegateError if kind == "delegate" else ModelError)(message)
+
+    score = None
+    if gt is not None:
+        import scoring
+
+        try:
+            score = scoring.score_path(out, ground_truth=Path(gt), rules=settings.rules)
+        except scoring.ScoringError as e:
+            raise InputError(str(e)) from None
+        write_json(out / SCORE, score)
+
+    if outcome.status == "interrupted":
+        code = EXIT_INTERRUPTED
+    elif outcome.error:
+        code = ModelError.exit_code if outcome.error[0] != "delegate" else DelegateError.exit_code
+    elif outcome.answered == 0:
+        code = EXIT_FAILED
+    else:
+        code = EXIT_OK
+    return RunOutcome(out, outcome.status, code, manifest, score, tuple(outcome.notes))
+
+
+class _Bar:
+    """tqdm bar showing answers, images/s and what is left of the budget."""
+
+    def __init__(self, total: int, budget: Budget) -> None:
+        from tqdm import tqdm
+
+        self.budget = budget
+        self.done = 0
+        self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, leave=False,
+                        desc="lpirc run", file=sys.stderr, mininterval=0.25)
+
+    def update(self, done: int, wall_s: float, inference_s: float) -> None:
+        if done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+        left = self.budget.wall_left_s(wall_s)
+        post = f"budget left {left:.0f}s wall"
+        if self.budget.inference_budget_s is not None:
+            post += f", {max(0.0, self.budget.inference_budget_s - inference_s):.1f}s inference"
+        self.bar.set_postfix_str(post, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(total: int, budget: Budget, enabled: bool) -> _Bar | None:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    return _Bar(total, budget)
