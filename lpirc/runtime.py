@@ -1,0 +1,577 @@
+"""The inference backend: a small four-function API in the MLPerf spirit.
+
+    model = open_model(path, threads=1, delegate="cpu", batch=1)   # load + allocate
+    info = input_info(model)                                        # what to feed it
+    scores = predict(model, batch)                                  # (n, classes) float32
+    idx, vals = top_k(scores[0], 5, model.info.num_classes)        # ILSVRC 0..999 / -1
+
+The interpreter module is chosen at run time: ``ai_edge_litert.interpreter``, else
+``tflite_runtime.interpreter``, else ``tensorflow.lite`` (TensorFlow is never imported when
+LiteRT is installed). Every failure a user can cause (missing, empty, truncated or non-flatbuffer
+file, unresolved custom op, failure on invoke, delegate not available) raises a
+:class:`ModelError` / :class:`DelegateError` whose text is one line naming the file.
+
+``probe_model`` loads and invokes a model in a child process, so that an older runtime that
+segfaults on a corrupt model reports a ModelError instead of killing the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpirc.errors import DelegateError, ModelError
+
+# ----------------------------------------------------------------------------------- runtime
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str  # "ai_edge_litert" | "tflite_runtime" | "tensorflow.lite"
+    version: str
+    module: Any = field(repr=False, compare=False)  # has Interpreter, load_delegate
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version}
+
+
+_RUNTIME_CANDIDATES = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter", ("ai-edge-litert", "ai-edge-litert-nightly")),
+    ("tflite_runtime", "tflite_runtime.interpreter", ("tflite-runtime", "tflite-runtime-nightly")),
+    ("tensorflow.lite", "tensorflow", ("tensorflow", "tensorflow-cpu", "tf-nightly")),
+)
+_runtime_cache: dict[str | None, Runtime] = {}
+
+
+def _dist_version(dists: tuple[str, ...], module: Any) -> str:
+    for d in dists:
+        try:
+            return importlib.metadata.version(d)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def load_runtime(prefer: str | None = None) -> Runtime:
+    """The first importable runtime (or ``prefer``, one of the three names). Cached."""
+    if prefer in _runtime_cache:
+        return _runtime_cache[prefer]
+    tried = []
+    for name, modname, dists in _RUNTIME_CANDIDATES:
+        if prefer and prefer != name:
+            continue
+        try:
+            mod = importlib.import_module(modname)
+        except Exception as e:  # noqa: BLE001  (ImportError, or a broken install)
+            tried.append(f"{modname} ({type(e).__name__})")
+            continue
+        if name == "tensorflow.lite":
+            lite = mod.lite
+            mod = type("TFLiteShim", (), {
+                "Interpreter": lite.Interpreter,
+                "load_delegate": staticmethod(lite.experimental.load_delegate),
+                "OpResolverType": getattr(lite.experimental, "OpResolverType", None),
+            })
+        rt = Runtime(name, _dist_version(dists, mod), mod)
+        _runtime_cache[prefer] = rt
+        return rt
+    raise ModelError(
+        "no TFLite runtime found (tried " + ", ".join(tried) + "); pip install ai-edge-litert"
+    )
+
+
+# ----------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple
+    dtype: str  # numpy dtype name: "uint8", "int8", "float32", ...
+    scale: float  # 0.0 when not quantized
+    zero_point: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "scale": self.scale, "zero_point": self.zero_point}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    size_bytes: int
+    sha256: str
+    input: TensorInfo
+    output: TensorInfo
+    num_classes: int
+    ops: tuple  # op names in execution order, e.g. ("CONV_2D", "DEPTHWISE_CONV_2D", ...)
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "size_bytes": self.size_bytes, "sha256": self.sha256,
+                "num_classes": self.num_classes, "input": self.input.to_json(),
+                "output": self.output.to_json(), "ops": list(self.ops)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelInfo:
+        def t(x):
+            return TensorInfo(x["name"], tuple(x["shape"]), x["dtype"], float(x["scale"]),
+                              int(x["zero_point"]))
+        return cls(d["path"], int(d["size_bytes"]), d["sha256"], t(d["input"]), t(d["output"]),
+                   int(d["num_classes"]), tuple(d["ops"]))
+
+
+@dataclass
+class Model:
+    """An opened model. ``batch`` is the batch actually used (1 when the model pins it)."""
+
+    path: str
+    info: ModelInfo
+    runtime: Runtime
+    delegate_requested: str
+    delegate_ran: str  # "xnnpack" | "edgetpu" | "gpu" | "external:/path" (+ fallbacks in note)
+    batch: int
+    threads: int
+    note: str | None = None  # e.g. "batch 8 not supported by this model; using batch 1"
+    interpreter: Any = field(default=None, repr=False)
+    backend: str = "interpreter"  # "interpreter" | "compiled_model" (LiteRT GPU)
+    last_invoke_s: float = 0.0  # wall time of the most recent invoke
+    _delegate: Any = field(default=None, repr=False)  # keeps the TfLiteDelegate alive
+    _in: Any = field(default=None, repr=False)
+    _out: Any = field(default=None, repr=False)
+
+    def delegate_json(self) -> dict:
+        return {"requested": self.delegate_requested, "ran": self.delegate_ran, "note": self.note}
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+_FLATBUFFER_ID = b"TFL3"
+
+
+def _name(path) -> str:
+    return Path(path).name
+
+
+def _one_line(s: str) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= 300 else s[:297] + "..."
+
+
+def _check_file(path) -> tuple[Path, bytes]:
+    """Cheap checks that need no runtime; returns the path and the file's bytes."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such file")
+    if p.is_dir():
+        raise ModelError(f"{p}: is a directory, not a .tflite file")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{p}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise ModelError(f"{_name(p)}: empty file (0 bytes)")
+    if len(data) < 8 or data[4:8] != _FLATBUFFER_ID:
+        raise ModelError(f"{_name(p)}: not a TFLite model (truncated or not a flatbuffer)")
+    return p, data
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_CUSTOM_OP = re.compile(r"unresolved custom op:?\s*([\w\-.]+)", re.I)
+
+
+def _explain(path, e: BaseException, stage: str) -> ModelError:
+    """One-line ModelError for an exception raised by the runtime at ``stage``."""
+    n = _name(path)
+    msg = str(e)
+    m = _CUSTOM_OP.search(msg)
+    if m:
+        op = m.group(1).rstrip(".")
+        if op == "edgetpu-custom-op":
+            return ModelError(f"{n}: needs the Edge TPU delegate (unresolved custom op "
+                              f"edgetpu-custom-op); run with --delegate edgetpu")
+        return ModelError(f"{n}: unresolved custom op {op} (this runtime has no kernel for it)")
+    if stage == "load" and isinstance(e, ValueError):
+        if "flatbuffer" in msg.lower() or "mmap" in msg.lower() or "null" in msg.lower():
+            return ModelError(f"{n}: not a TFLite model (truncated or not a flatbuffer)")
+    first = _one_line(msg.split("Node number")[0] if "Node number" in msg else msg) or type(e).__name__
+    what = {"load": "cannot be loaded", "allocate": "fails to prepare (allocate_tensors)",
+            "invoke": "fails on invoke"}[stage]
+    return ModelError(f"{n}: {what}: {first}")
+
+
+def _resolver_kwargs(rt: Runtime, with_default_delegates: bool) -> dict:
+    if with_default_delegates:
+        return {}
+    ort = getattr(rt.module, "OpResolverType", None)
+    if ort is None or not hasattr(ort, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
+        return {}
+    return {"experimental_op_resolver_type": ort.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+
+
+def make_interpreter(path, *, runtime: Runtime | None = None, threads: int | None = 1,
+                     delegates=None, default_delegates: bool = True,
+                     preserve_all_tensors: bool = False):
+    """A raw Interpreter (not allocated). ModelError on a file the runtime refuses."""
+    rt = runtime or load_runtime()
+    p, _ = _check_file(path)
+    kw = dict(model_path=str(p), num_threads=threads,
+              experimental_delegates=list(delegates) if delegates else None)
+    kw.update(_resolver_kwargs(rt, default_delegates))
+    if preserve_all_tensors:
+        kw["experimental_preserve_all_tensors"] = True
+    try:
+        return rt.module.Interpreter(**kw)
+    except TypeError:  # an older runtime without some keyword
+        kw.pop("experimental_preserve_all_tensors", None)
+        kw.pop("experimental_op_resolver_type", None)
+        try:
+            return rt.module.Interpreter(**kw)
+        except Exception as e:  # noqa: BLE001
+            raise _explain(path, e, "load") from None
+    except Exception as e:  # noqa: BLE001
+        raise _explain(path, e, "load") from None
+
+
+def _tensor_info(d: dict) -> TensorInfo:
+    q = d.get("quantization", (0.0, 0)) or (0.0, 0)
+    return TensorInfo(name=str(d.get("name", "")),
+                      shape=tuple(int(x) for x in d.get("shape", ())),
+                      dtype=np.dtype(d["dtype"]).name,
+                      scale=float(q[0]), zero_point=int(q[1]))
+
+
+def _info_from_interpreter(path, data: bytes, it) -> ModelInfo:
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if not ins or not outs:
+        raise ModelError(f"{_name(path)}: model has no inputs or no outputs")
+    try:
+        ops = tuple(str(o.get("op_name", "?")) for o in it._get_ops_details())
+    except Exception:  # noqa: BLE001  (older runtimes)
+        ops = ()
+    out = _tensor_info(outs[0])
+    return ModelInfo(path=str(path), size_bytes=len(data), sha256=_sha256(data),
+                     input=_tensor_info(ins[0]), output=out,
+                     num_classes=int(out.shape[-1]) if out.shape else 0, ops=ops)
+
+
+def model_info(path, runtime: Runtime | None = None) -> ModelInfo:
+    """The model's structure, read without a delegate and without allocating tensors.
+
+    ModelError when the file is missing, empty, or not a TFLite flatbuffer. A model with an
+    unresolved custom op still has an info (its ops list names the custom op).
+    """
+    _, data = _check_file(path)
+    it = make_interpreter(path, runtime=runtime, threads=1, default_delegates=False)
+    return _info_from_interpreter(path, data, it)
+
+
+# ----------------------------------------------------------------------------------- open
+
+
+def _allocate(path, it):
+    try:
+        it.allocate_tensors()
+    except Exception as e:  # noqa: BLE001
+        raise _explain(path, e, "allocate") from None
+
+
+def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
+               runtime: Runtime | None = None, delegate_options: dict | None = None) -> Model:
+    """Load, delegate and allocate a model for inference.
+
+    ``batch > 1`` resizes the input; a model that pins batch 1 (most 2018-era quantized models:
+    "XNNPack delegate failed to reshape runtime") falls back to batch 1, recorded in
+    ``Model.batch`` and ``Model.note``. Raises ModelError / DelegateError (one line).
+    """
+    from lpirc import delegates as dl
+
+    rt = runtime or load_runtime()
+    spec = dl.parse_delegate(delegate, delegate_options)
+    p, data = _check_file(path)
+    threads = max(1, int(threads or 1))
+    batch = max(1, int(batch or 1))
+    if spec.kind == "gpu":
+        return _open_gpu(p, data, rt, spec, threads, batch)
+
+    def build(b: int):
+        tfl_delegate = dl.load_tflite_delegate(spec, rt.module)
+        it = make_interpreter(p, runtime=rt, threads=threads,
+                              delegates=[tfl_delegate] if tfl_delegate is not None else None)
+        info = _info_from_interpreter(p, data, it)
+        if b > 1:
+            shape = list(info.input.shape)
+            shape[0] = b
+            it.resize_tensor_input(it.get_input_details()[0]["index"], shape)
+        _allocate(p, it)
+        return it, info, tfl_delegate
+
+    note = None
+    used = batch
+    try:
+        it, info, tfl_delegate = build(batch)
+    except ModelError as e:
+        if batch == 1:
+            raise
+        # retry at batch 1: if that works the model simply pins its batch size
+        it, info, tfl_delegate = build(1)
+        used = 1
+        reason = str(e).split(": ", 1)[-1]
+        note = f"batch {batch} not supported by this model ({reason}); using batch 1"
+    ran = spec.ran_name
+    if spec.kind == "edgetpu" and "edgetpu-custom-op" not in info.ops:
+        note = _join(note, "model has no edgetpu-custom-op (not compiled with edgetpu_compiler): "
+                           "every op ran on the CPU")
+    model = Model(path=str(p), info=_with_batch(info, it), runtime=rt,
+                  delegate_requested=spec.requested, delegate_ran=ran, batch=used,
+                  threads=threads, note=note, interpreter=it, _delegate=tfl_delegate)
+    model._in = it.get_input_details()[0]
+    model._out = it.get_output_details()[0]
+    return model
+
+
+def _join(a: str | None, b: str) -> str:
+    return b if not a else f"{a}; {b}"
+
+
+def _with_batch(info: ModelInfo, it) -> ModelInfo:
+    """ModelInfo always describes one image (batch dimension 1), whatever batch was allocated."""
+    def one(t: TensorInfo) -> TensorInfo:
+        if t.shape and t.shape[0] != 1:
+            return TensorInfo(t.name, (1,) + tuple(t.shape[1:]), t.dtype, t.scale, t.zero_point)
+        return t
+    return ModelInfo(info.path, info.size_bytes, info.sha256, one(info.input), one(info.output),
+                     info.num_classes, info.ops)
+
+
+@contextlib.contextmanager
+def _capture_native_stderr():
+    """Redirect fd 2 (C++ logging) into a buffer; yields a list that receives the text."""
+    out: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield out
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _open_gpu(p: Path, data: bytes, rt: Runtime, spec, threads: int, batch: int) -> Model:
+    """LiteRT 2.x CompiledModel on the GPU accelerator (WebGPU/Vulkan), batch 1."""
+    from lpirc import delegates as dl
+
+    reason = dl.gpu_unavailable_reason(rt.name)
+    if reason:
+        raise DelegateError(f"gpu: {reason}")
+    info = _with_batch(model_info(p, runtime=rt), None)
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator as HA
+
+    with _capture_native_stderr() as log:
+        try:
+            cm = CompiledModel.from_file(str(p), hardware_accel=HA.GPU | HA.CPU)
+            ins, outs = cm.create_input_buffers(0), cm.create_output_buffers(0)
+            full = bool(cm.is_fully_accelerated())
+        except Exception as e:  # noqa: BLE001
+            err = e
+        else:
+            err = None
+    if err is not None:
+        text = "\n".join(log)
+        why = [ln.split("]", 1)[-1].strip() for ln in text.splitlines()
+               if "ERROR" in ln and ("WebGPU" in ln or "adapter" in ln.lower())]
+        detail = why[0] if why else _one_line(str(err).splitlines()[-1] if str(err) else "")
+        raise DelegateError(f"gpu: LiteRT's GPU accelerator failed on {p.name} ({detail})")
+    note = None if full else "not fully accelerated: some ops run on the CPU (XNNPACK)"
+    if batch > 1:
+        note = _join(note, f"batch {batch} not supported on the GPU path; using batch 1")
+    m = Model(path=str(p), info=info, runtime=rt, delegate_requested=spec.requested,
+              delegate_ran="gpu", batch=1, threads=threads, note=note, interpreter=cm,
+              backend="compiled_model")
+    m._in, m._out = ins, outs
+    return m
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def input_info(model: Model) -> TensorInfo:
+    """What ``predict`` expects per image: shape (1, H, W, C), dtype and quantization."""
+    return model.info.input
+
+
+def _dequantize(raw: np.ndarray, t: TensorInfo) -> np.ndarray:
+    if t.dtype in ("uint8", "int8", "int16", "int32") and t.scale:
+        return ((raw.astype(np.float32) - np.float32(t.zero_point)) * np.float32(t.scale))
+    return raw.astype(np.float32, copy=False)
+
+
+def _invoke(model: Model, x: np.ndarray) -> np.ndarray:
+    """Run exactly ``model.batch`` images; returns raw (undequantized) output (batch, classes)."""
+    t0 = time.perf_counter()
+    try:
+        if model.backend == "compiled_model":
+            cm = model.interpreter
+            model._in[0].write(np.ascontiguousarray(x))
+            cm.run_by_index(0, model._in, model._out)
+            n = int(np.prod(model.info.output.shape))
+            raw = model._out[0].read(n, np.dtype(model.info.output.dtype))
+        else:
+            it = model.interpreter
+            it.set_tensor(model._in["index"], x)
+            it.invoke()
+            raw = it.get_tensor(model._out["index"])
+    except Exception as e:  # noqa: BLE001
+        raise _explain(model.path, e, "invoke") from None
+    finally:
+        model.last_invoke_s = time.perf_counter() - t0
+    return np.asarray(raw).reshape(x.shape[0], -1)
+
+
+def predict(model: Model, batch: np.ndarray) -> np.ndarray:
+    """Scores for ``n`` images ``(n, H, W, C)`` -> ``(n, classes)`` float32, dequantized.
+
+    ``n`` may differ from ``model.batch``: larger inputs are run in chunks, a short last chunk
+    is zero-padded. ``model.last_invoke_s`` is the total invoke time of this call.
+    """
+    t = model.info.input
+    x = np.asarray(batch)
+    if x.ndim == len(t.shape) - 1:
+        x = x[None]
+    if tuple(x.shape[1:]) != tuple(t.shape[1:]):
+        raise ModelError(f"{_name(model.path)}: input of shape {tuple(x.shape)} does not match "
+                         f"the model's {t.shape}")
+    want = np.dtype(t.dtype)
+    if x.dtype != want:
+        x = x.astype(want)
+    n, b = x.shape[0], model.batch
+    outs, total = [], 0.0
+    for start in range(0, n, b):
+        chunk = x[start:start + b]
+        k = chunk.shape[0]
+        if k < b:
+            pad = np.zeros((b - k,) + chunk.shape[1:], dtype=want)
+            chunk = np.concatenate([chunk, pad])
+        outs.append(_invoke(model, np.ascontiguousarray(chunk))[:k])
+        total += model.last_invoke_s
+    model.last_invoke_s = total
+    raw = np.concatenate(outs) if outs else np.zeros((0, model.info.num_classes))
+    return _dequantize(raw, model.info.output)
+
+
+def top_k(scores_row, k: int, num_classes: int) -> tuple[list[int], list[float]]:
+    """Best ``k`` classes, best first, ties broken by the lower index.
+
+    Indices are ILSVRC 0..999: for 1001-output models index 0 (background) maps to -1 and
+    class k+1 to k. Values are the scores as given.
+    """
+    s = np.asarray(scores_row, dtype=np.float32).ravel()
+    k = max(0, min(int(k), s.size))
+    if k == 0:
+        return [], []
+    order = np.lexsort((np.arange(s.size), -s))[:k]
+    shift = 1 if int(num_classes) == 1001 else 0
+    return [int(i) - shift for i in order], [float(s[i]) for i in order]
+
+
+def batch_resizable(path, runtime: Runtime | None = None, batch: int = 2) -> bool:
+    """Whether the model (on CPU/XNNPACK) accepts a batch dimension of ``batch``."""
+    try:
+        m = open_model(path, threads=1, delegate="cpu", batch=batch, runtime=runtime)
+    except ModelError:
+        return False
+    return m.batch == batch
+
+
+# ----------------------------------------------------------------------------------- probe
+
+
+def _probe_child(path: str, delegate: str, runtime_name: str | None) -> dict:
+    rt = load_runtime(runtime_name)
+    m = open_model(path, threads=1, delegate=delegate, runtime=rt)
+    t = m.info.input
+    x = np.zeros((m.batch,) + tuple(t.shape[1:]), dtype=np.dtype(t.dtype))
+    predict(m, x)
+    return {"ok": True, "info": m.info.to_json(), "runtime": rt.to_json(),
+            "delegate": m.delegate_json(), "invoke_s": m.last_invoke_s}
+
+
+def probe_model(path, timeout_s: float = 120.0, delegate: str = "cpu",
+                runtime_name: str | None = None) -> ModelInfo:
+    """Load and invoke the model once in a child process; ModelInfo, or ModelError/DelegateError.
+
+    A runtime crash (segfault on a corrupt model in older runtimes) becomes
+    ``ModelError("X: the runtime crashed loading it (signal 11)")``.
+    """
+    p, _ = _check_file(path)  # cheap, in-process: missing / empty / not a flatbuffer
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = json.dumps({"path": str(p), "delegate": delegate, "runtime": runtime_name})
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE_SNIPPET, args], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"{p.name}: the runtime did not finish loading and invoking it "
+                         f"within {timeout_s:g} s") from None
+    if proc.returncode < 0:
+        raise ModelError(f"{p.name}: the runtime crashed loading it (signal {-proc.returncode})")
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+    if line is None:
+        tail = _one_line(proc.stderr.strip().splitlines()[-1]) if proc.stderr.strip() else ""
+        raise ModelError(f"{p.name}: the runtime exited with status {proc.returncode} loading it"
+                         + (f" ({tail})" if tail else ""))
+    res = json.loads(line)
+    if not res.get("ok"):
+        cls = DelegateError if res.get("kind") == "DelegateError" else ModelError
+        raise cls(res.get("error") or f"{p.name}: failed to load")
+    return ModelInfo.from_json(res["info"])
+
+
+_PROBE_SNIPPET = r"""
+import json, sys
+a = json.loads(sys.argv[1])
+try:
+    from lpirc.errors import LpircError
+    from lpirc.runtime import _probe_child
+    try:
+        r = _probe_child(a["path"], a["delegate"], a["runtime"])
+    except LpircError as e:
+        r = {"ok": False, "kind": type(e).__name__, "error": str(e)}
+except Exception as e:
+    r = {"ok": False, "kind": "ModelError", "error": a["path"].rsplit("/", 1)[-1] + ": " + " ".join(str(e).split())}
+sys.stdout.write("\n" + json.dumps(r) + "\n")
+sys.stdout.flush()
+"""
+
+__all__ = [
+    "Runtime", "TensorInfo", "ModelInfo", "Model", "load_runtime", "model_info", "open_model",
+    "input_info", "predict", "top_k", "batch_resizable", "probe_model", "make_interpreter",
+]
+
