@@ -1,0 +1,18 @@
+"""Offline scorer for LPIRC result logs: every rule set, numpy and the standard library only.
+
+    import scoring
+    s = scoring.score_path("runs/2026-11-25T10-00-00-mnv2", "gt.csv", rules="ovic-2018")
+    print(scoring.format_table([s]))
+
+Nothing here imports lpirc, LiteRT, TensorFlow or Pillow, so it runs where only numpy is installed.
+"""
+
+from scoring._io import ScoringError, read_ground_truth, read_label_names, read_log, synset_index, synsets
+from scoring.core import score_path
+from scoring.report import format_csv, format_table, ranks
+from scoring.rules import RULES, Evaluation, Rule
+
+__all__ = [
+    "RULES", "Evaluation", "Rule", "ScoringError", "format_csv", "format_table", "ranks",
+    "read_ground_truth", "read_label_names", "read_log", "score_path", "synset_index", "synsets",
+]

@@ -1,0 +1,372 @@
+"""Reading the inputs of the scorer: ground truth, result logs, manifests, label files.
+
+numpy and the standard library only. Every failure is a :class:`ScoringError` whose message is one
+line naming the file (and the line, where there is one) and the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+NUM_CLASSES = 1000
+NO_ANSWER = -2  # padding in top5 arrays; never equal to a ground-truth label (0..999)
+
+
+class ScoringError(Exception):
+    """Bad scorer input. ``str(err)`` is one line naming the file and the problem."""
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+_SYNSETS_FILE = Path(__file__).with_name("ilsvrc2012_synsets.txt")
+
+
+@lru_cache(maxsize=1)
+def _synsets() -> tuple[tuple[str, ...], dict[str, int]]:
+    try:
+        names = [s.strip() for s in _SYNSETS_FILE.read_text().split() if s.strip()]
+    except OSError as e:
+        raise ScoringError(f"{_SYNSETS_FILE}: cannot read the synset list ({e.strerror})") from None
+    names = sorted(names)
+    if len(names) != NUM_CLASSES:
+        raise ScoringError(f"{_SYNSETS_FILE}: expected {NUM_CLASSES} synsets, found {len(names)}")
+    return tuple(names), {s: i for i, s in enumerate(names)}
+
+
+def synsets() -> tuple[str, ...]:
+    """The 1000 ILSVRC-2012 synset IDs in class-index order (sorted)."""
+    return _synsets()[0]
+
+
+def synset_index(label: str) -> int:
+    """ILSVRC-2012 class index (0..999) of a synset ID such as ``n01440764``, or of ``"0".."999"``.
+
+    Raises ScoringError for anything else.
+    """
+    s = str(label).strip()
+    idx = _synsets()[1].get(s)
+    if idx is not None:
+        return idx
+    if s.lstrip("-").isdigit():
+        k = int(s)
+        if 0 <= k < NUM_CLASSES:
+            return k
+        raise ScoringError(f"class index {k} is out of range 0..{NUM_CLASSES - 1}")
+    raise ScoringError(f"{s!r} is neither an ILSVRC-2012 synset ID nor a class index 0..999")
+
+
+def _label_or_none(s: str) -> int | None:
+    try:
+        return synset_index(s)
+    except ScoringError:
+        return None
+
+
+# --- ground truth -----------------------------------------------------------------------------
+
+
+def read_ground_truth(path) -> dict[str, int]:
+    """Read a ground-truth CSV: rows ``filename,label``, header optional.
+
+    label is a synset ID (``n01440764``) or a class index 0..999. Returns filename -> class index.
+    Raises ScoringError (file and line named) for a missing file, a bad row, a duplicate filename
+    or an empty file.
+    """
+    p = Path(path)
+    st = _stat(p, "ground truth")
+    return dict(_read_ground_truth_cached(str(p.resolve()), st.st_mtime_ns, st.st_size))
+
+
+def _stat(p: Path, what: str) -> os.stat_result:
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ScoringError(f"{p}: cannot read {what} ({e.strerror or e})") from None
+    if p.is_dir():
+        raise ScoringError(f"{p}: is a folder, expected a {what} file")
+    return st
+
+
+@lru_cache(maxsize=8)
+def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple[str, int], ...]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ScoringError(f"{p}: not a text CSV file (cannot decode as UTF-8)") from None
+    except OSError as e:
+        raise ScoringError(f"{p}: cannot read ground truth ({e.strerror or e})") from None
+    out: dict[str, int] = {}
+    first = True
+    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if row[0].lstrip().startswith("#"):
+            continue
+        if len(row) < 2:
+            raise ScoringError(f"{p}:{lineno}: expected 'filename,label', got {','.join(row)[:60]!r}")
+        name, label = row[0].strip(), row[1].strip()
+        k = _label_or_none(label)
+        if k is None:
+            if first:  # a header row
+                first = False
+                continue
+            raise ScoringError(
+                f"{p}:{lineno}: label {label[:40]!r} is neither an ILSVRC-2012 synset ID nor a class index 0..999"
+            )
+        first = False
+        if not name:
+            raise ScoringError(f"{p}:{lineno}: empty filename")
+        if name in out:
+            raise ScoringError(f"{p}:{lineno}: duplicate filename {name!r}")
+        out[name] = k
+    if not out:
+        raise ScoringError(f"{p}: no ground-truth rows (expected 'filename,label' lines)")
+    return tuple(out.items())
+
+
+# --- label names ------------------------------------------------------------------------------
+
+
+def read_label_names(path) -> list[str]:
+    """Class names for the per-class view: a text file of 1000 lines (class k on line k+1) or
+    1001 lines (line 1 = background). Returns 1000 names."""
+    p = Path(path)
+    _stat(p, "labels")
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScoringError(f"{p}: cannot read labels ({getattr(e, 'strerror', None) or e})") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    if len(lines) == NUM_CLASSES + 1:
+        lines = lines[1:]
+    if len(lines) != NUM_CLASSES:
+        raise ScoringError(f"{p}: expected 1000 or 1001 label lines, found {len(lines)}")
+    return lines
+
+
+# --- manifest ---------------------------------------------------------------------------------
+
+
+def read_manifest(path) -> dict:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScoringError(f"{p}: manifest not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScoringError(f"{p}: cannot read manifest ({getattr(e, 'strerror', None) or e})") from None
+    except json.JSONDecodeError as e:
+        raise ScoringError(f"{p}:{e.lineno}: manifest is not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ScoringError(f"{p}: manifest is not a JSON object")
+    return data
+
+
+# --- result logs ------------------------------------------------------------------------------
+
+
+@dataclass
+class Log:
+    """Answers of one result log, in file order, as parallel arrays."""
+
+    path: Path
+    format: str  # "results.jsonl" | "referee"
+    images: list[str]
+    top5: np.ndarray  # (n, 5) int64, NO_ANSWER padded
+    error: np.ndarray  # (n,) bool
+    errors: list  # (n,) reason or None
+    t_s: np.ndarray  # (n,) float64, nan = unknown
+    inference_ms: np.ndarray  # (n,) float64, nan = unknown
+    latency_ms: np.ndarray  # (n,) float64, nan = unknown
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _num(v) -> float:
+    if v is None or isinstance(v, bool):
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_log(path) -> Log:
+    """Read a result log: results.jsonl (one JSON object per line, as ``lpirc run`` writes) or the
+    LPIRC referee's space-separated file (``image_id class_id confidence ...`` per row); the format
+    is told from the first non-blank character."""
+    p = Path(path)
+    _stat(p, "result log")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ScoringError(f"{p}: cannot read result log ({e.strerror or e})") from None
+    head = data.lstrip()[:1]
+    if head == b"{" or not head:
+        return _read_jsonl(p, data)
+    return _read_referee(p, data)
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], bool]:
+    """Lines (stripped) with their numbers kept by position; also whether the file ends without a
+    newline (so the last line may be cut short)."""
+    ends_clean = data.endswith(b"\n") or not data
+    return data.split(b"\n"), not ends_clean
+
+
+_SCORES = re.compile(rb'"scores"\s*:\s*\[[^\[\]]*\]')  # not needed for scoring: skip parsing it
+
+
+def _read_jsonl(p: Path, data: bytes) -> Log:
+    raw, unterminated = _split_lines(data)
+    numbered = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip()]
+    if numbered:
+        try:
+            return _jsonl_fast(p, [ln for _, ln in numbered])
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+            pass  # something is off: the careful path names the line
+    return _jsonl_careful(p, numbered, unterminated)
+
+
+def _jsonl_fast(p: Path, lines: list[bytes]) -> Log:
+    """One json.loads for the whole file, columns pulled out in bulk; raises on anything odd."""
+    objs = json.loads(_SCORES.sub(b'"scores":0', b"[" + b",".join(lines) + b"]"))
+    images = [o["image"] for o in objs]
+    if not all(isinstance(i, str) and i for i in images):
+        raise ValueError("image")
+    t5 = [o.get("top5") or [] for o in objs]
+    errors = [o.get("error") for o in objs]
+    if not all(e is None or isinstance(e, str) for e in errors):
+        raise ValueError("error")
+    n = len(objs)
+    if all(len(t) == 5 for t in t5):
+        top5 = np.array(t5, dtype=np.int64).reshape(n, 5)
+    else:
+        top5 = np.full((n, 5), NO_ANSWER, dtype=np.int64)
+        for i, t in enumerate(t5):
+            top5[i, : len(t)] = t[:5]
+    if any(isinstance(c, bool) or not isinstance(c, int) for t in t5 for c in t):
+        raise ValueError("top5")
+    cols = [np.array([o.get(k) for o in objs], dtype=np.float64) for k in ("t_s", "inference_ms", "latency_ms")]
+    return _make_log(p, images, top5, errors, *cols, [], list(range(1, n + 1)))
+
+
+def _jsonl_careful(p: Path, numbered: list[tuple[int, bytes]], unterminated: bool) -> Log:
+    warnings: list[str] = []
+    objs = []
+    last = numbered[-1][0] if numbered else 0
+    for lineno, ln in numbered:
+        try:
+            o = json.loads(ln)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            if lineno == last and unterminated:
+                warnings.append(f"{p}:{lineno}: truncated last line ignored (crashed run?)")
+                break
+            raise ScoringError(f"{p}:{lineno}: not a valid JSON line") from None
+        if not isinstance(o, dict):
+            raise ScoringError(f"{p}:{lineno}: expected a JSON object per line")
+        objs.append(o)
+    linenos = [n for n, _ in numbered]
+    n = len(objs)
+    images: list[str] = []
+    top5 = np.full((n, 5), NO_ANSWER, dtype=np.int64)
+    errors: list = []
+    t_s = np.empty(n)
+    inf = np.empty(n)
+    lat = np.empty(n)
+    for i, o in enumerate(objs):
+        img = o.get("image")
+        if not isinstance(img, str) or not img:
+            raise ScoringError(f"{p}:{linenos[i]}: answer has no \"image\" name")
+        images.append(img)
+        t5 = o.get("top5")
+        if t5 is None:
+            t5 = []
+        if not isinstance(t5, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in t5):
+            raise ScoringError(f"{p}:{linenos[i]}: \"top5\" must be a list of class indices")
+        if t5:
+            k = min(5, len(t5))
+            top5[i, :k] = t5[:k]
+        err = o.get("error")
+        errors.append(None if err in (None, "", False) else str(err))
+        t_s[i] = _num(o.get("t_s"))
+        inf[i] = _num(o.get("inference_ms"))
+        lat[i] = _num(o.get("latency_ms"))
+    return _make_log(p, images, top5, errors, t_s, inf, lat, warnings, linenos)
+
+
+def _make_log(p, images, top5, errors, t_s, inf, lat, warnings, linenos) -> Log:
+    n = len(images)
+    errors = [None if e in (None, "") else e for e in errors]
+    error = np.fromiter((e is not None for e in errors), dtype=bool, count=n)
+    top5[error] = NO_ANSWER
+    bad = (top5 != NO_ANSWER) & ((top5 < -1) | (top5 >= NUM_CLASSES))
+    if bad.any():
+        i = int(np.nonzero(bad.any(axis=1))[0][0])
+        raise ScoringError(f"{p}:{linenos[i]}: class index out of range -1..999 in \"top5\"")
+    return Log(p, "results.jsonl", images, top5, error, errors, t_s, inf, lat, warnings)
+
+
+def _read_referee(p: Path, data: bytes) -> Log:
+    raw, unterminated = _split_lines(data)
+    warnings: list[str] = []
+    try:
+        text_lines = [ln.decode("utf-8").strip() for ln in raw]
+    except UnicodeDecodeError:
+        raise ScoringError(f"{p}: not a text result log (cannot decode as UTF-8)") from None
+    numbered = [(i + 1, ln) for i, ln in enumerate(text_lines) if ln and not ln.startswith("#")]
+    last = numbered[-1][0] if numbered else 0
+    images: list[str] = []
+    classes: list[int] = []
+    for lineno, ln in numbered:
+        parts = ln.replace(",", " ").split()
+        k, why = _referee_row(parts)
+        if why:
+            if lineno == last and unterminated:
+                warnings.append(f"{p}:{lineno}: truncated last line ignored (crashed run?)")
+                break
+            if not images and lineno == numbered[0][0]:
+                continue  # a header row
+            raise ScoringError(f"{p}:{lineno}: bad referee row ({why})")
+        images.append(parts[0])
+        classes.append(k)
+    n = len(images)
+    top5 = np.full((n, 5), NO_ANSWER, dtype=np.int64)
+    if n:
+        top5[:, 0] = classes
+    nan = np.full(n, np.nan)
+    warnings.append(f"{p}: referee format has no timing: lateness is not checked")
+    return Log(p, "referee", images, top5, np.zeros(n, bool), [None] * n, nan, nan.copy(), nan.copy(), warnings)
+
+
+def _referee_row(parts: list[str]) -> tuple[int, str | None]:
+    """(class index, None) or (0, reason) for one row ``image_id class_id [confidence ...]``."""
+    if len(parts) < 2:
+        return 0, "expected 'image_id class_id confidence'"
+    if parts[1] == "-1":
+        k = -1
+    else:
+        try:
+            k = synset_index(parts[1])
+        except ScoringError as e:
+            return 0, str(e)
+    if len(parts) >= 3:
+        try:
+            float(parts[2])
+        except ValueError:
+            return 0, f"confidence {parts[2][:20]!r} is not a number"
+    return k, None

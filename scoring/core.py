@@ -1,0 +1,239 @@
+"""score_path: one result log + one ground truth + one rule set -> the score.json object."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from scoring._io import ScoringError, read_ground_truth, read_label_names, read_log, read_manifest, synsets
+from scoring.rules import ALL_OPTIONS, RULES, Evaluation
+
+_MAX_NAMED = 5  # names listed in one warning
+
+
+def _few(names) -> str:
+    names = list(names)
+    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
+    return ", ".join(names[:_MAX_NAMED]) + more
+
+
+def _fnum(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _locate(path) -> tuple[Path, Path | None]:
+    """(result log, manifest or None) for a run folder or a bare log file."""
+    p = Path(path)
+    if p.is_dir():
+        log = p / "results.jsonl"
+        if not log.is_file():
+            raise ScoringError(f"{p}: no results.jsonl in this folder (not a run folder?)")
+        man = p / "manifest.json"
+        return log, (man if man.is_file() else None)
+    if not p.exists():
+        raise ScoringError(f"{p}: no such file or folder")
+    return p, None
+
+
+def _resolve_gt(value, run_dir: Path) -> Path:
+    g = Path(value)
+    if not g.is_absolute() and not g.exists() and (run_dir / g).exists():
+        g = run_dir / g
+    return g
+
+
+def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
+               labels=None, **rule_options) -> dict:
+    """Score one run under one rule set; returns the score.json object.
+
+    path: a run folder (results.jsonl + manifest.json), a bare results.jsonl, or a referee result
+    file. ground_truth: CSV path; None = the manifest's holdout.ground_truth. rule_options:
+    time_limit_s, ms_per_image, idle_watts, k, a0, energy_wh (None = default). per_class adds
+    "per_class" and "confused"; labels names the classes (1000 or 1001-line file).
+    Raises ScoringError (one line naming the file and the problem).
+    """
+    rule = RULES.get(rules)
+    if rule is None:
+        raise ScoringError(f"unknown rule set {rules!r} (known: {', '.join(RULES)})")
+    opts = {k: v for k, v in rule_options.items() if v is not None}
+    unknown = sorted(set(opts) - set(ALL_OPTIONS))
+    if unknown:
+        raise ScoringError(f"unknown rule option(s) {', '.join(unknown)} (known: {', '.join(ALL_OPTIONS)})")
+    warnings: list[str] = []
+    for k in sorted(set(opts) - set(rule.options)):
+        warnings.append(f"option {k} does not apply to rules {rule.name}; ignored")
+    for k, v in opts.items():
+        if k in ("time_limit_s", "ms_per_image", "energy_wh", "idle_watts") and (
+            not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+        ):
+            raise ScoringError(f"option {k}={v!r}: expected a number >= 0")
+
+    log_path, man_path = _locate(path)
+    manifest = read_manifest(man_path) if man_path else {}
+    run_dir = log_path.parent
+    if man_path is None and Path(path).is_dir():
+        warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
+    status = manifest.get("status")
+    if status and status not in ("complete", "budget_exhausted"):
+        warnings.append(f"{man_path}: run status is {status!r} (the log may be partial)")
+
+    if ground_truth is None:
+        hold = manifest.get("holdout") if isinstance(manifest.get("holdout"), dict) else {}
+        if not hold.get("ground_truth"):
+            raise ScoringError(f"{path}: no ground truth given (--ground-truth) and none named in the manifest")
+        gt_path = _resolve_gt(hold["ground_truth"], run_dir)
+    else:
+        gt_path = Path(ground_truth)
+    gt = read_ground_truth(gt_path)
+    log = read_log(log_path)
+    warnings.extend(log.warnings)
+
+    # --- match answers to the ground truth: vectorised over the log --------------------------
+    gt_names = list(gt)
+    gt_index = {name: i for i, name in enumerate(gt_names)}
+    gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
+    n = len(log)
+    pos = np.fromiter((gt_index.get(img, -1) for img in log.images), dtype=np.int64, count=n)
+    if n and (pos < 0).any():
+        # second chance: the ground truth names files by basename or stem
+        by_base: dict[str, int] = {}
+        for i, name in enumerate(gt_names):
+            for key in {Path(name).name, Path(name).stem}:
+                by_base[key] = -2 if key in by_base and by_base[key] != i else i
+        for j in np.nonzero(pos < 0)[0]:
+            img = log.images[j]
+            hit = by_base.get(Path(img).name, by_base.get(Path(img).stem, -1))
+            pos[j] = hit if hit >= 0 else -1
+    in_gt = pos >= 0
+    n_unknown = int(np.count_nonzero(~in_gt))
+    if n_unknown:
+        names = [log.images[j] for j in np.nonzero(~in_gt)[0]]
+        warnings.append(f"{log.path}: {n_unknown} answer(s) for images not in the ground truth, ignored: {_few(names)}")
+    idx = np.nonzero(in_gt)[0]
+    _, first = np.unique(pos[idx], return_index=True)
+    keep = np.sort(idx[first])
+    n_dup = len(idx) - len(keep)
+    if n_dup:
+        counts = Counter(pos[idx].tolist())
+        dups = [gt_names[p] for p, c in counts.items() if c > 1]
+        warnings.append(f"{log.path}: {n_dup} duplicate answer(s), the first one counts: {_few(dups)}")
+
+    # --- run-level figures ------------------------------------------------------------------
+    wall = _fnum(manifest.get("wall_time_s"))
+    time_src = "manifest"
+    t_known = log.t_s[~np.isnan(log.t_s)]
+    if wall is None and t_known.size:
+        wall, time_src = float(t_known.max()), "log (last answer's t_s)"
+    inf_time = _fnum(manifest.get("inference_time_s"))
+    inf_src = "manifest"
+    inf_known = log.inference_ms[~np.isnan(log.inference_ms)]
+    if inf_time is None and inf_known.size:
+        inf_time, inf_src = float(inf_known.sum()) / 1000.0, "log (sum of inference_ms)"
+    energy = manifest.get("energy") if isinstance(manifest.get("energy"), dict) else {}
+    energy_wh = _fnum(energy.get("wh"))
+    energy_source = energy.get("source") if energy_wh is not None else None
+    energy_method = energy.get("method") if energy_wh is not None else None
+    if energy_wh is not None and energy_source not in ("measured", "estimated"):
+        energy_source = "unknown"
+    if "energy_wh" in opts:
+        energy_wh, energy_source, energy_method = float(opts["energy_wh"]), "given", "--energy-wh option"
+    if energy_wh is None:
+        energy_source = "unknown"
+        if "energy_wh" in rule.options:
+            warnings.append(f"{log_path}: no energy figure (no manifest energy, no --energy-wh): no score")
+
+    ev = Evaluation(
+        images_total=len(gt),
+        labels=gt_labels[pos[keep]],
+        top5=log.top5[keep],
+        error=log.error[keep],
+        t_s=log.t_s[keep],
+        inference_ms=log.inference_ms[keep],
+        latency_ms=log.latency_ms[keep],
+        wall_time_s=wall,
+        inference_time_s=inf_time,
+        energy_wh=energy_wh,
+        manifest=manifest,
+        warnings=warnings,
+    )
+    fields = rule.function(ev, **{k: v for k, v in opts.items() if k in rule.options and k != "energy_wh"})
+    answered = int(np.count_nonzero(~ev.error))
+    failed = int(np.count_nonzero(ev.error))
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    out = {
+        "rules": rule.name,
+        "run": str(path),
+        "log": str(log_path),
+        "log_format": log.format,
+        "model": Path(model["path"]).name if isinstance(model.get("path"), str) else None,
+        "ground_truth": str(gt_path),
+        "images_total": len(gt),
+        "images_answered": answered,
+        "images_failed": failed,
+        "images_unanswered": len(gt) - answered - failed,
+        "images_late": fields.pop("images_late", 0),
+        "answers_not_in_ground_truth": n_unknown,
+        "answers_duplicate": n_dup,
+        "top1": fields.pop("top1"),
+        "top5": fields.pop("top5"),
+        "wall_time_s": wall,
+        "inference_time_s": inf_time,
+        "images_per_s": answered / wall if wall else None,
+        "energy_wh": energy_wh,
+        "energy_source": energy_source,
+        "energy_method": energy_method,
+        "score": fields.pop("score"),
+    }
+    out.update(fields)
+    out["options"] = {k: v for k, v in opts.items() if k in rule.options}
+    out["source"] = {
+        "top1": "measured",
+        "top5": "measured",
+        "wall_time_s": time_src if wall is not None else "unknown",
+        "inference_time_s": inf_src if inf_time is not None else "unknown",
+        "energy_wh": energy_source,
+        "energy_method": energy_method,
+    }
+    if per_class:
+        out.update(_per_class(ev, gt_labels, read_label_names(labels) if labels else None))
+    out["warnings"] = warnings
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _per_class(ev: Evaluation, gt_labels: np.ndarray, names: list[str] | None, top_confused: int = 10) -> dict:
+    """Per-class top-1 accuracy over the ground truth (unanswered = wrong) and the most confused
+    (true, predicted) pairs among wrong answers."""
+    syn = synsets()
+
+    def name(k: int) -> str:
+        if k < 0:
+            return "background" if k == -1 else "(no answer)"
+        return names[k] if names else syn[k]
+
+    # per-class totals come from all ground-truth images, not only the answered ones
+    total = np.bincount(gt_labels, minlength=1000)
+    correct = np.bincount(ev.labels[ev.correct1], minlength=1000)
+    rows = [
+        {"class": int(k), "synset": syn[k], "name": name(k), "images": int(total[k]),
+         "correct": int(correct[k]), "top1": float(correct[k]) / total[k]}
+        for k in np.nonzero(total)[0]
+    ]
+    rows.sort(key=lambda r: (r["top1"], -r["images"], r["class"]))
+    wrong = ~ev.correct1 & ~ev.error
+    pred = ev.top5[wrong, 0]
+    true = ev.labels[wrong]
+    confused = []
+    if true.size:
+        pairs = true * 2000 + (pred + 2)  # pred in -2..999 -> 0..1001
+        uniq, counts = np.unique(pairs, return_counts=True)
+        order = np.lexsort((uniq, -counts))[:top_confused]
+        for u, c in zip(uniq[order], counts[order]):
+            t, p = int(u // 2000), int(u % 2000) - 2
+            confused.append({"true": t, "true_name": name(t), "predicted": p, "predicted_name": name(p),
+                             "count": int(c)})
+    return {"per_class": rows, "confused": confused}
