@@ -144,4 +144,42 @@ def format_run_summary(outcome) -> str:
 # --- lpirc submission build -----------------------------------------------------------------
 
 
+@submission.command("build")
+@click.option("--saved-model", "saved_model", type=click.Path(path_type=Path), default=None,
+              help="TensorFlow SavedModel folder (float32 input [1|None, H, W, 3]).")
+@click.option("--keras", "keras_file", type=click.Path(path_type=Path), default=None,
+              help="Keras model file (.keras or .h5) instead of a SavedModel.")
+@click.option("--representative", required=True, type=click.Path(path_type=Path),
+              help="Folder of calibration images (a few hundred, like the holdout).")
+@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
+              help="Output .tflite; the sidecar .json is written beside it.")
+@click.option("--dtype", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+              help="Input/output tensor type (uint8 = LPIRC Track-1 format).")
+@click.option("--num-images", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Calibration images used, spread over the folder.")
+@click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.875,
+              show_default=True, help="Central crop before resizing, as lpirc run does.")
+@click.option("--mean", type=float, default=127.5, show_default=True,
+              help="Float model input = (pixel - mean) / std.")
+@click.option("--std", type=click.FloatRange(0, min_open=True), default=127.5, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def submission_build(saved_model, keras_file, representative, out, dtype, num_images,
+                     crop_fraction, mean, std, quiet) -> None:
+    """Quantize a float model to a full-integer .tflite submission (needs TensorFlow)."""
+    if (saved_model is None) == (keras_file is None):
+        raise click.UsageError("give exactly one of --saved-model DIR or --keras FILE")
+    from submission.build import build_submission, sidecar_path
+
+    path = build_submission(out, representative, saved_model=saved_model, keras_model=keras_file,
+                            dtype=dtype, num_images=num_images, crop_fraction=crop_fraction,
+                            mean=mean, std=std, progress=not quiet)
+    import json
+
+    meta = json.loads(sidecar_path(path).read_text())
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {dtype} in/out, "
+               f"{meta['input']['height']}x{meta['input']['width']}, {meta['classes']} classes, "
+               f"{meta['representative_images']} calibration images) and {sidecar_path(path)}")
+
+
 # --- lpirc submission check -----------------------------------------------------------------

@@ -1,0 +1,292 @@
+"""Build an LPIRC submission: full-integer post-training quantization of a float model.
+
+``lpirc submission build`` calls :func:`build_submission`. It converts a TensorFlow SavedModel or
+a Keras model file to a ``.tflite`` whose every op is int8 (``TFLITE_BUILTINS_INT8``) and whose
+input/output tensors are ``uint8`` (the LPIRC Track-1 format, the default) or ``int8``. The
+calibration ("representative") data are images from a folder, decoded, cropped and resized by
+:mod:`lpirc.preprocess`, exactly as ``lpirc run`` does, then normalised on the float path
+``(pixel - mean) / std``. The model's input height and width are read from the model.
+
+Beside ``X.tflite`` it writes the sidecar ``X.json`` that ``lpirc run`` reads (input size and
+dtype, preprocessing, number of classes).
+
+TensorFlow is needed here only (``pip install '.[build]'``); ``lpirc run`` and the scorer never
+import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from lpirc import __version__
+from lpirc.errors import InputError, LpircError, ModelError
+
+SIDECAR_FORMAT = "lpirc-submission/1"
+TF_MISSING = "TensorFlow is not installed; install the build extra: pip install '.[build]'"
+_SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md"}
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """``X.tflite`` -> ``X.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def _import_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+    except ImportError as e:
+        raise LpircError(TF_MISSING) from e
+    try:
+        tf.get_logger().setLevel("ERROR")
+    except Exception:  # pragma: no cover - logging is cosmetic
+        pass
+    return tf
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted; hidden files and .csv/.json/.txt skipped."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: representative image folder not found")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: representative images must be a folder")
+    files = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() and p.suffix.lower() not in _SKIP_SUFFIXES:
+            files.append(p)
+    if not files:
+        raise InputError(f"{folder}: no images in the representative image folder")
+    return files
+
+
+def _pick(files: list[Path], n: int) -> list[Path]:
+    """Up to ``n`` files spread evenly over the sorted list (deterministic)."""
+    if len(files) <= n:
+        return files
+    idx = np.linspace(0, len(files) - 1, n).round().astype(int)
+    return [files[i] for i in sorted(set(idx.tolist()))]
+
+
+def load_representative(folder: Path, height: int, width: int, num_images: int = 300,
+                        crop_fraction: float = 0.875, mean: float = 127.5, std: float = 127.5,
+                        resize: str = "bilinear", progress: bool = True) -> np.ndarray:
+    """Decode and preprocess up to ``num_images`` images, float path, as ``lpirc run`` does.
+
+    Returns a float32 array (n, height, width, 3). Undecodable files are skipped; InputError if
+    none is left.
+    """
+    from lpirc.preprocess import ImageError, PreprocessSpec, load_image  # noqa: PLC0415
+
+    files = _pick(list_images(folder), max(1, int(num_images)))
+    spec = PreprocessSpec(height=int(height), width=int(width), dtype="float32",
+                          crop_fraction=float(crop_fraction), resize=resize, mean=float(mean),
+                          std=float(std))
+    out, bad = [], []
+    it: Iterable[Path] = files
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        it = tqdm(files, desc="representative images", unit="img", leave=False)
+    for p in it:
+        try:
+            out.append(np.asarray(load_image(p, spec), np.float32))
+        except ImageError as e:
+            bad.append(f"{p.name}: {e}")
+    if not out:
+        first = f" (e.g. {bad[0]})" if bad else ""
+        raise InputError(f"{folder}: none of the {len(files)} files could be decoded as an image{first}")
+    return np.stack(out)
+
+
+def _input_hw(shape, where: str) -> tuple[int, int]:
+    dims = [None if d is None else int(d) for d in shape]
+    ok = (len(dims) == 4 and dims[0] in (1, None) and dims[3] == 3
+          and all(isinstance(d, int) and d > 0 for d in dims[1:3]))
+    if not ok:
+        shown = "[" + ", ".join("None" if d is None else str(d) for d in dims) + "]"
+        raise ModelError(f"{where}: model input shape {shown} is not [1|None, H, W, 3]")
+    return dims[1], dims[2]
+
+
+def _from_keras(tf, keras_model: Any, tmp: Path):
+    """(converter, (H, W), source description) for a Keras model object or file."""
+    if isinstance(keras_model, (str, os.PathLike)):
+        path = Path(keras_model)
+        if not path.exists():
+            raise ModelError(f"{path}: Keras model file not found")
+        try:
+            model = tf.keras.models.load_model(path, compile=False)
+        except Exception as e:
+            raise ModelError(f"{path}: cannot load Keras model ({_one_line(e)})") from e
+        where = str(path)
+    else:
+        model, where = keras_model, "keras model"
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise ModelError(f"{where}: model must have exactly one input (has {len(inputs)})")
+    h, w = _input_hw(tuple(inputs[0].shape), where)
+    # Through a SavedModel (variables frozen by the converter): works for Keras 2 and 3 alike.
+    sm = tmp / "saved_model"
+    try:
+        if hasattr(model, "export"):
+            try:
+                model.export(str(sm), verbose=False)
+            except TypeError:
+                model.export(str(sm))
+        else:  # pragma: no cover - Keras 2
+            tf.saved_model.save(model, str(sm))
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+    except Exception as e:
+        raise ModelError(f"{where}: cannot export the Keras model ({_one_line(e)})") from e
+    return conv, (h, w), where
+
+
+def _from_saved_model(tf, path: Path):
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: SavedModel folder not found")
+    if not path.is_dir() or not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
+        raise ModelError(f"{path}: not a SavedModel folder (no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+        sig = loaded.signatures["serving_default"]
+    except KeyError as e:
+        raise ModelError(f"{path}: SavedModel has no 'serving_default' signature") from e
+    except Exception as e:
+        raise ModelError(f"{path}: cannot load SavedModel ({_one_line(e)})") from e
+    specs = list(sig.structured_input_signature[1].values())
+    if len(specs) != 1:
+        raise ModelError(f"{path}: model must have exactly one input (has {len(specs)})")
+    if specs[0].dtype != tf.float32:
+        raise ModelError(f"{path}: model input dtype is {specs[0].dtype.name}, expected float32")
+    h, w = _input_hw(tuple(specs[0].shape), str(path))
+    try:
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(path))
+    except Exception as e:
+        raise ModelError(f"{path}: cannot read SavedModel ({_one_line(e)})") from e
+    return conv, (h, w), str(path)
+
+
+def _inspect(tflite_bytes: bytes) -> dict:
+    """Input/output tensor details of the converted model, via LiteRT (TF as a fallback)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        import tensorflow as tf  # noqa: PLC0415
+
+        Interpreter = tf.lite.Interpreter
+    it = Interpreter(model_content=tflite_bytes)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+
+    def info(d):
+        scale, zp = d.get("quantization", (0.0, 0))
+        return {"name": d["name"], "shape": [int(x) for x in d["shape"]],
+                "dtype": np.dtype(d["dtype"]).name, "scale": float(scale), "zero_point": int(zp)}
+
+    return {"input": info(i), "output": info(o)}
+
+
+def build_submission(out: Path, representative: Path, *, saved_model: Path | None = None,
+                     keras_model: Any = None, dtype: str = "uint8", num_images: int = 300,
+                     crop_fraction: float = 0.875, mean: float = 127.5, std: float = 127.5,
+                     resize: str = "bilinear", progress: bool = True) -> Path:
+    """Quantize a float model to a full-integer TFLite submission; write ``out`` and its sidecar.
+
+    Exactly one of ``saved_model`` (a SavedModel folder) or ``keras_model`` (a ``.keras``/``.h5``
+    file, or an in-memory ``tf.keras.Model``) is given. The model takes one float32 input
+    ``[1|None, H, W, 3]`` normalised as ``(pixel - mean) / std`` and returns class scores with
+    1000 (ILSVRC-2012 order) or 1001 (index 0 = background) outputs.
+
+    ``representative`` is an image folder; up to ``num_images`` images spread over it are used
+    for calibration. ``dtype`` is the input/output tensor type, ``"uint8"`` or ``"int8"``.
+
+    Raises ModelError (bad/missing model, conversion failure), InputError (image folder missing,
+    empty or undecodable) and LpircError (TensorFlow missing). Returns ``out``.
+    """
+    if (saved_model is None) == (keras_model is None):
+        raise InputError("give exactly one of a SavedModel folder or a Keras model")
+    if dtype not in ("uint8", "int8"):
+        raise InputError(f"--dtype {dtype}: must be uint8 or int8")
+    if not std > 0:
+        raise InputError(f"--std {std}: must be > 0")
+    if not 0 < crop_fraction <= 1:
+        raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
+    out = Path(out)
+    list_images(representative)  # fail fast, before TensorFlow is even imported
+    tf = _import_tf()
+
+    with tempfile.TemporaryDirectory(prefix="lpirc-build-") as tmpdir:
+        if saved_model is not None:
+            conv, (h, w), source = _from_saved_model(tf, Path(saved_model))
+        else:
+            conv, (h, w), source = _from_keras(tf, keras_model, Path(tmpdir))
+
+        data = load_representative(representative, h, w, num_images, crop_fraction, mean, std,
+                                   resize, progress)
+        # Pin the calibrated input range to the full pixel range [(0-mean)/std, (255-mean)/std],
+        # so the quantized input is (close to) the raw pixel (uint8) or pixel-128 (int8),
+        # which is what `lpirc run` feeds. Two pixels of the first image are changed for that.
+        data = data.copy()
+        data[0, 0, 0, :] = (0.0 - mean) / std
+        data[0, 0, -1, :] = (255.0 - mean) / std
+
+        def representative_dataset():
+            for k in range(len(data)):
+                yield [data[k:k + 1]]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative_dataset
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8 if dtype == "uint8" else tf.int8
+        conv.inference_output_type = tf.uint8 if dtype == "uint8" else tf.int8
+        try:
+            tflite = conv.convert()
+        except Exception as e:
+            raise ModelError(f"{source}: full-integer conversion failed ({_one_line(e)})") from e
+
+    try:
+        details = _inspect(tflite)
+    except Exception as e:  # pragma: no cover - the converter produced something unusable
+        raise ModelError(f"{source}: converted model does not load ({_one_line(e)})") from e
+    out_shape = details["output"]["shape"]
+    classes = int(out_shape[-1]) if out_shape else 0
+    if classes not in (1000, 1001):
+        raise ModelError(f"{source}: model has {classes} outputs; an ILSVRC-2012 classifier "
+                         "needs 1000 or 1001 (index 0 = background)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_bytes(tflite)
+    os.replace(tmp_out, out)
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "input": {"height": h, "width": w, "dtype": dtype},
+        "preprocess": {"crop_fraction": float(crop_fraction), "resize": resize,
+                       "mean": float(mean), "std": float(std)},
+        "classes": classes,
+        "labels": "ilsvrc2012",
+        "built_by": f"lpirc submission build {__version__}",
+        "tensorflow": tf.__version__,
+        "source": Path(source).name,
+        "representative_images": int(len(data)),
+        "quantization": {"input": {k: details["input"][k] for k in ("scale", "zero_point")},
+                         "output": {k: details["output"][k] for k in ("scale", "zero_point")}},
+    }
+    sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return out
