@@ -135,6 +135,62 @@ def format_run_summary(outcome) -> str:
 # --- lpirc score / lpirc rules --------------------------------------------------------------
 
 
+@main.command("score")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label (synset or class index 0..999). Default: the ground truth named in each run's manifest.")
+@click.option("--rules", "rules_name", default="lpirc-onsite", show_default=True, help="Rule set (see `lpirc rules`).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True, help="table: for people; json: the score.json object (a list for several runs); csv: ranked leaderboard, one row per run.")
+@click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy and the most confused class pairs.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class names for --per-class: 1000 or 1001 lines (e.g. imagenet_labels.txt). Default: synset IDs.")
+@click.option("--time-limit-s", type=click.FloatRange(min=0), help="lpirc-onsite: wall budget in seconds; answers with t_s above it are wrong. Default: the run's budget, else 600.")
+@click.option("--ms-per-image", type=click.FloatRange(min=0), help="ovic-2018: inference budget per image in ms (budget = this x images). Default: the run's, else 30.")
+@click.option("--idle-watts", type=click.FloatRange(min=0), help="lpcvc-2020: idle power in watts subtracted over the run's wall time. Default: 1.961.")
+@click.option("--k", "k", type=float, help="ovic-2019: slope of the Pareto frontier k ln(latency_ms) + a0, in accuracy percent per ln(ms). Default: 9.911.")
+@click.option("--a0", "a0", type=float, help="ovic-2019: intercept of the Pareto frontier, in accuracy percent. Default: 26.53.")
+@click.option("--energy-wh", type=click.FloatRange(min=0), help="Energy of the run in watt-hours, for logs without a manifest (or to override it); marked 'given'.")
+@friendly_errors
+def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_options) -> None:
+    """Score result logs offline under one rule set.
+
+    PATHS: run folders (results.jsonl + manifest.json), bare results.jsonl files, or LPIRC referee
+    result files (image_id class_id confidence per row). Needs only numpy.
+    """
+    import json
+
+    import scoring
+    from lpirc.errors import InputError
+
+    try:
+        scores = [
+            scoring.score_path(p, ground_truth, rules_name, per_class=per_class, labels=labels, **rule_options)
+            for p in paths
+        ]
+        if fmt == "json":
+            out = json.dumps(scores[0] if len(scores) == 1 else scores, indent=2)
+        elif fmt == "csv":
+            out = scoring.format_csv(scores).rstrip("\n")
+        else:
+            out = scoring.format_table(scores).rstrip("\n")
+    except scoring.ScoringError as e:
+        raise InputError(str(e)) from None
+    if fmt != "table":  # keep stdout machine-readable; the table shows warnings itself
+        for s in scores:
+            for w in s["warnings"]:
+                click.echo(f"lpirc: warning: {w}", err=True)
+    click.echo(out)
+
+
+@main.command("rules")
+@friendly_errors
+def rules_cmd() -> None:
+    """List the rule sets `lpirc score --rules` knows, with their source year."""
+    import scoring
+
+    width = max(len(n) for n in scoring.RULES)
+    for name, r in scoring.RULES.items():
+        click.echo(f"{name:<{width}}  {r.year:<9}  {r.description}  [{r.source}]")
+
+
 # --- lpirc holdout make ---------------------------------------------------------------------
 
 
@@ -183,3 +239,62 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
 
 
 # --- lpirc submission check -----------------------------------------------------------------
+
+
+@submission.command("check")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--delegate", default="cpu", show_default=True,
+              help="cpu | edgetpu | gpu | path to an external delegate library.")
+@click.option("--holdout", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Image folder: its first image is the invoke test; with labels, accuracy.")
+@click.option("--ground-truth", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV filename,label (default: HOLDOUT/ground_truth.csv, else labels from "
+                   "<synset>_*.JPEG file names).")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Float .tflite to compare accuracy with (needs --holdout).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use at most N holdout images.")
+@click.option("--range-threshold", type=click.FloatRange(min=0, min_open=True),
+              default=128.0, show_default=True,
+              help="Warn for quantized activations whose range (scale x 255) is wider.")
+@click.option("--near-zero", "near_zero", type=click.IntRange(min=0), default=1,
+              show_default=True,
+              help="Depthwise channels using at most this many quantization levels are flagged.")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Warn when top-1 drops more than this (fraction) versus --reference.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=120.0,
+              show_default=True, help="Seconds allowed for loading the model in a child process.")
+@click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON report path [default: ./<model stem>.check.json].")
+@click.option("--no-report", is_flag=True, help="Do not write the JSON report.")
+@friendly_errors
+def submission_check(model, delegate, holdout, ground_truth, reference, limit, range_threshold,
+                     near_zero, max_drop, threads, timeout_s, report, no_report):
+    """Check that MODEL will run and is sensibly quantized: one line per check.
+
+    Exit status: 0 when no check failed, 1 when one did, 2 for usage errors.
+    """
+    if reference and not holdout:
+        raise click.UsageError("--reference needs --holdout")
+    from submission.check import check_submission, default_report_path
+
+    marks = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
+    def show(r):
+        click.echo(f"{marks[r.status]:4}  {r.name:<11}  {r.message}")
+
+    rep = check_submission(model, delegate=delegate, holdout=holdout, ground_truth=ground_truth,
+                           reference=reference, range_threshold=range_threshold,
+                           near_zero_levels=near_zero, max_drop=max_drop, limit=limit,
+                           timeout_s=timeout_s, threads=threads, on_result=show)
+    if not no_report:
+        out = report or default_report_path(model)
+        try:
+            rep.write(out)
+        except OSError as e:
+            click.echo(f"lpirc: warning: cannot write {out} ({e.strerror or e})", err=True)
+        else:
+            click.echo(f"report: {out}")
+    verdict = "FAILED" if rep.failed else "ok"
+    click.echo(f"{Path(model).name}: {verdict}")
+    sys.exit(1 if rep.failed else 0)

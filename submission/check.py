@@ -1,0 +1,579 @@
+"""``lpirc submission check MODEL``: will this .tflite run, and is it quantized sensibly?
+
+Works without TensorFlow: everything comes from the TFLite interpreter (tensor details,
+quantization parameters, constant weights via ``get_tensor``, activations with
+``experimental_preserve_all_tensors=True``, and the op list from ``_get_ops_details()``).
+
+Checks, in order (each is pass / warn / fail / skip):
+
+  load          the model loads, allocates and invokes once in a child process (a runtime crash
+                on a corrupt file is a failed check, not a crash of lpirc)
+  input         one input [1, H, W, 3], 1 <= H, W <= 1000, uint8 or int8 (float32: warn)
+  output        one output with 1000 or 1001 classes (1001: index 0 is background)
+  ops           op histogram; ops the chosen delegate would not take (custom ops the runtime
+                cannot resolve fail; ops that fall back to the CPU warn)
+  invoke        one real image (first holdout image, else a generated natural-ish picture):
+                latency of one image and whether the output looks like probabilities
+  activations   quantized activations whose real range (scale x 255) exceeds --range-threshold
+                (default 128, 1 level = 0.5; EfficientNet-Lite's -168..204 = range 372 is the documented case:
+                1 level = 1.46, which starves 8 bits)
+  depthwise     depthwise-conv weights with per-tensor scales whose channels are all zero or
+                use at most --near-zero levels (the channel's filter is lost to quantization)
+  accuracy      with --holdout (+ ground truth): top-1 / top-5; with --reference FLOAT.tflite
+                also the drop versus the float model (warn above --max-drop)
+
+A failed check means ``lpirc run`` would refuse the model (or cannot score it). Exit status of
+the command: 0 no check failed, 1 a check failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lpirc.errors import InputError, LpircError
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+REPORT_FORMAT = "lpirc-check/1"
+DEFAULT_RANGE_THRESHOLD = 128.0
+DEFAULT_NEAR_ZERO_LEVELS = 1
+DEFAULT_MAX_DROP = 0.05
+
+# Builtin ops XNNPACK takes (quantized or float); others run on the reference CPU kernels.
+XNNPACK_OPS = frozenset("""
+ABS ADD AVERAGE_POOL_2D BATCH_MATMUL CEIL CONCATENATION CONV_2D DEPTH_TO_SPACE DEPTHWISE_CONV_2D
+DEQUANTIZE DIV ELU EXP FLOOR FULLY_CONNECTED GELU HARD_SWISH LEAKY_RELU LOGISTIC MAX_POOL_2D
+MAXIMUM MEAN MINIMUM MUL NEG PAD PRELU QUANTIZE RELU RELU6 RELU_N1_TO_1 RESHAPE
+RESIZE_BILINEAR ROUND RSQRT SLICE SOFTMAX SPACE_TO_DEPTH SQRT SQUARE SQUARED_DIFFERENCE
+STRIDED_SLICE SUB SUM TANH TRANSPOSE TRANSPOSE_CONV COS SIN
+""".split())
+# Ops LiteRT's GPU (ML Drift) backend is known to take; others fall back to the CPU.
+GPU_OPS = frozenset("""
+ABS ADD AVERAGE_POOL_2D BATCH_MATMUL CONCATENATION CONV_2D COS DEPTH_TO_SPACE DEPTHWISE_CONV_2D
+DEQUANTIZE DIV ELU EXP FULLY_CONNECTED HARD_SWISH LOG LOGISTIC MAX_POOL_2D MAXIMUM MEAN
+MINIMUM MUL PAD PRELU QUANTIZE RELU RELU6 RELU_N1_TO_1 LEAKY_RELU RESHAPE RESIZE_BILINEAR
+RESIZE_NEAREST_NEIGHBOR RSQRT SIN SLICE SOFTMAX SPACE_TO_DEPTH SQRT SQUARE SQUARED_DIFFERENCE
+STRIDED_SLICE SUB SUM TANH TRANSPOSE TRANSPOSE_CONV
+""".split())
+_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+_SYNSET_NAME = re.compile(r"^(n\d{8})[_.\-]")
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # pass | warn | fail | skip
+    message: str
+    details: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "message": self.message,
+                "details": self.details}
+
+
+@dataclass
+class CheckReport:
+    model: str
+    delegate: str
+    results: list = field(default_factory=list)
+    runtime: dict | None = None
+
+    @property
+    def failed(self) -> bool:
+        return any(r.status == FAIL for r in self.results)
+
+    def get(self, name: str) -> CheckResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+    def add(self, name, status, message, **details) -> CheckResult:
+        r = CheckResult(name, status, message, details)
+        self.results.append(r)
+        return r
+
+    def to_json(self) -> dict:
+        counts = Counter(r.status for r in self.results)
+        return {"format": REPORT_FORMAT, "model": self.model, "delegate": self.delegate,
+                "runtime": self.runtime, "verdict": "fail" if self.failed else "pass",
+                "counts": {k: counts.get(k, 0) for k in (PASS, WARN, FAIL, SKIP)},
+                "checks": [r.to_json() for r in self.results]}
+
+    def write(self, path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return p
+
+
+def default_report_path(model) -> Path:
+    """``<model stem>.check.json`` in the current directory (the model's folder may be read-only)."""
+    return Path.cwd() / f"{Path(model).stem}.check.json"
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth=None,
+                     reference=None, range_threshold: float = DEFAULT_RANGE_THRESHOLD,
+                     near_zero_levels: int = DEFAULT_NEAR_ZERO_LEVELS,
+                     max_drop: float = DEFAULT_MAX_DROP, limit: int | None = None,
+                     timeout_s: float = 120.0, threads: int = 1, on_result=None) -> CheckReport:
+    """Run every check; never raises for a bad model (it is a failed check). ``on_result`` is
+    called with each CheckResult as soon as it is known (for printing)."""
+    from lpirc import runtime as rtm
+
+    rt = rtm.load_runtime()
+    rep = CheckReport(model=str(model), delegate=delegate or "cpu", runtime=rt.to_json())
+
+    def emit(name, status, message, **details):
+        r = rep.add(name, status, message, **details)
+        if on_result:
+            on_result(r)
+        return r
+
+    # 1. load (child process)
+    loaded = False
+    try:
+        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate)
+        loaded = True
+        emit("load", PASS, f"loads and invokes with --delegate {delegate or 'cpu'}",
+             size_bytes=info.size_bytes, sha256=info.sha256)
+    except LpircError as e:
+        emit("load", FAIL, str(e), error_type=type(e).__name__)
+        info = None
+    # structure, even when allocation failed (an unresolved op still has tensors and ops)
+    if info is None:
+        try:
+            info = rtm.model_info(model, runtime=rt)
+        except LpircError:
+            for n in ("input", "output", "ops", "invoke", "activations", "depthwise", "accuracy"):
+                emit(n, SKIP, "model could not be read")
+            return rep
+
+    ok_input = _check_input(info, emit)
+    _check_output(info, emit)
+    _check_ops(info, delegate, rt, emit)
+
+    if not loaded:
+        for n in ("invoke", "activations", "depthwise", "accuracy"):
+            emit(n, SKIP, "model does not load with this delegate")
+        return rep
+    if not ok_input:
+        for n in ("invoke", "activations", "depthwise", "accuracy"):
+            emit(n, SKIP, "input is not an image tensor")
+        return rep
+
+    spec = _preprocess_spec(model, info)
+    images = _holdout_images(holdout) if holdout else []
+    try:
+        x, source = _test_input(spec, images)
+    except LpircError as e:
+        emit("invoke", FAIL, str(e))
+        return rep
+    _check_invoke(model, delegate, threads, rt, x, source, info, emit)
+    _check_quantization(model, rt, x, info, range_threshold, near_zero_levels, emit)
+    _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
+                    reference, max_drop, limit, emit)
+    return rep
+
+
+def _check_input(info, emit) -> bool:
+    t = info.input
+    shp = tuple(t.shape)
+    d = {"shape": list(shp), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point}
+    if len(shp) != 4 or shp[0] != 1 or shp[3] != 3:
+        emit("input", FAIL, f"input {t.name!r} has shape {list(shp)}; expected [1, H, W, 3]", **d)
+        return False
+    h, w = shp[1], shp[2]
+    if not (1 <= h <= 1000 and 1 <= w <= 1000):
+        emit("input", FAIL, f"input {h}x{w} is outside 1..1000", **d)
+        return False
+    if t.dtype in ("uint8", "int8"):
+        emit("input", PASS, f"[1, {h}, {w}, 3] {t.dtype} (scale {t.scale:g}, zero point "
+                            f"{t.zero_point})", **d)
+    elif t.dtype == "float32":
+        emit("input", WARN, f"[1, {h}, {w}, 3] float32: not a quantized input (allowed, but the "
+                            "challenge expects uint8/int8)", **d)
+    else:
+        emit("input", FAIL, f"input dtype {t.dtype}; expected uint8 or int8 (or float32)", **d)
+        return False
+    return True
+
+
+def _check_output(info, emit) -> None:
+    t = info.output
+    shp = tuple(t.shape)
+    n = int(np.prod(shp)) if shp else 0
+    d = {"shape": list(shp), "dtype": t.dtype, "classes": n}
+    if not shp or shp[0] != 1 or n != shp[-1]:
+        emit("output", FAIL, f"output {t.name!r} has shape {list(shp)}; expected [1, classes]", **d)
+    elif n == 1001:
+        emit("output", PASS, "1001 classes: index 0 is background, ILSVRC class k at k+1", **d)
+    elif n == 1000:
+        emit("output", PASS, "1000 classes: ILSVRC class indices 0..999", **d)
+    else:
+        emit("output", FAIL, f"{n} classes; expected 1000 or 1001", **d)
+
+
+def _check_ops(info, delegate, rt, emit) -> None:
+    from lpirc.delegates import parse_delegate
+
+    spec = parse_delegate(delegate)
+    ops = list(info.ops)
+    hist = dict(Counter(ops))
+    custom = sorted({n for n in ops if not re.fullmatch(r"[A-Z0-9_]+", n)})
+    d = {"ops": hist, "count": len(ops), "custom": custom}
+    if spec.kind == "edgetpu":
+        other_custom = [c for c in custom if c != "edgetpu-custom-op"]
+        if other_custom:
+            emit("ops", FAIL, f"custom ops no runtime resolves: {', '.join(other_custom)}", **d)
+            return
+        cpu = sorted({n for n in ops if n != "edgetpu-custom-op"})
+        if "edgetpu-custom-op" not in ops:
+            emit("ops", WARN, "no edgetpu-custom-op: not compiled with edgetpu_compiler, every op "
+                              "runs on the CPU", cpu_ops=cpu, **d)
+        elif cpu:
+            emit("ops", WARN, f"{ops.count('edgetpu-custom-op')} Edge TPU segment(s); these ops fall "
+                              f"back to the CPU: {', '.join(cpu)}", cpu_ops=cpu, **d)
+        else:
+            emit("ops", PASS, "the whole graph is one Edge TPU segment", cpu_ops=[], **d)
+        return
+    if "edgetpu-custom-op" in custom:
+        emit("ops", FAIL, "needs the Edge TPU delegate (edgetpu-custom-op); run with "
+                          "--delegate edgetpu", **d)
+        return
+    if custom:
+        emit("ops", FAIL, f"custom ops the runtime cannot resolve: {', '.join(custom)}", **d)
+        return
+    if spec.kind == "gpu":
+        cpu = sorted({n for n in ops if n not in GPU_OPS})
+        if cpu:
+            emit("ops", WARN, f"not known to run on the GPU (CPU fallback): {', '.join(cpu)}",
+                 cpu_ops=cpu, **d)
+        else:
+            emit("ops", PASS, f"{len(ops)} ops, all known to run on the GPU", cpu_ops=[], **d)
+        return
+    if spec.kind == "external":
+        emit("ops", PASS, f"{len(ops)} ops; which ones {spec.library} takes is up to it", **d)
+        return
+    slow = sorted({n for n in ops if n not in XNNPACK_OPS})
+    summary = ", ".join(f"{k} x{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1]))
+    if slow:
+        emit("ops", WARN, f"{len(ops)} ops; not taken by XNNPACK (reference CPU kernels): "
+                          f"{', '.join(slow)}", reference_ops=slow, **d)
+    else:
+        emit("ops", PASS, f"{len(ops)} ops, all taken by XNNPACK: {summary}", reference_ops=[], **d)
+
+
+def _preprocess_spec(model, info):
+    from lpirc.preprocess import PreprocessSpec
+
+    t = info.input
+    kw = {}
+    side = Path(model).with_suffix(".json")
+    if side.is_file():
+        try:
+            pre = json.loads(side.read_text()).get("preprocess", {}) or {}
+            for k in ("crop_fraction", "resize", "mean", "std"):
+                if k in pre:
+                    kw[k] = pre[k]
+        except (OSError, ValueError, AttributeError):
+            kw = {}
+    try:
+        return PreprocessSpec(height=int(t.shape[1]), width=int(t.shape[2]), dtype=t.dtype, **kw)
+    except (ValueError, TypeError):
+        return PreprocessSpec(height=int(t.shape[1]), width=int(t.shape[2]), dtype=t.dtype)
+
+
+def _holdout_images(holdout) -> list[Path]:
+    root = Path(holdout)
+    if not root.is_dir():
+        raise InputError(f"{root}: holdout folder not found")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() not in (".csv", ".json", ".txt"))
+    if not files:
+        raise InputError(f"{root}: holdout folder has no images")
+    return files
+
+
+def natural_test_image(height: int = 256, width: int = 256, seed: int = 0) -> np.ndarray:
+    """A smooth, natural-ish uint8 RGB picture: sky-like gradient, a few soft blobs, texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy /= max(height - 1, 1)
+    xx /= max(width - 1, 1)
+    img = np.empty((height, width, 3), np.float32)
+    img[..., 0] = 90 + 80 * yy
+    img[..., 1] = 130 + 60 * (1 - yy) * xx
+    img[..., 2] = 200 - 120 * yy
+    for _ in range(5):
+        cy, cx = rng.uniform(0.2, 0.8, 2)
+        r = rng.uniform(0.08, 0.25)
+        col = rng.uniform(20, 235, 3)
+        m = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)))[..., None]
+        img = img * (1 - m) + col * m
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _test_input(spec, images) -> tuple[np.ndarray, str]:
+    from lpirc.preprocess import ImageError, load_image, to_input
+
+    for p in images[:10]:
+        try:
+            return load_image(p, spec)[None], str(p)
+        except ImageError:
+            continue
+    try:
+        from PIL import Image
+
+        from lpirc.preprocess import crop_and_resize
+
+        pix = crop_and_resize(Image.fromarray(natural_test_image()), spec)
+    except Exception:  # noqa: BLE001
+        pix = natural_test_image(spec.height, spec.width)
+    return to_input(pix, spec)[None], "generated test image"
+
+
+def _check_invoke(model, delegate, threads, rt, x, source, info, emit) -> None:
+    from lpirc import runtime as rtm
+
+    try:
+        m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt)
+        s = rtm.predict(m, x)
+        first = m.last_invoke_s
+        times = []
+        for _ in range(5):
+            rtm.predict(m, x)
+            times.append(m.last_invoke_s)
+    except LpircError as e:
+        emit("invoke", FAIL, str(e), image=source)
+        return
+    row = s[0]
+    lat = float(np.median(times)) * 1000
+    d = {"image": source, "latency_ms": round(lat, 3), "first_invoke_ms": round(first * 1000, 3),
+         "delegate_ran": m.delegate_ran, "note": m.note}
+    idx, vals = rtm.top_k(row, 5, info.num_classes)
+    d["top5"], d["top5_scores"] = idx, [round(v, 5) for v in vals]
+    if not np.all(np.isfinite(row)):
+        emit("invoke", FAIL, "output has NaN or infinite values", **d)
+        return
+    total = float(row.sum())
+    # quantized softmax outputs lose their many tiny probabilities: accept a sum from 0.5
+    prob = bool(row.min() >= -1e-6 and row.max() <= 1 + 1e-6 and 0.5 <= total <= 1.1)
+    d.update(probability_like=prob, output_sum=round(total, 4), output_min=float(row.min()),
+             output_max=float(row.max()))
+    if float(row.max() - row.min()) == 0.0:
+        emit("invoke", WARN, f"{lat:.1f} ms per image; output is constant (all {row[0]:g})", **d)
+    elif prob:
+        emit("invoke", PASS, f"{lat:.1f} ms per image on {Path(source).name}; output is a "
+                             f"probability vector (sum {total:.3f})", **d)
+    else:
+        emit("invoke", WARN, f"{lat:.1f} ms per image; output is not probability-like (sum "
+                             f"{total:.3g}, range {row.min():.3g}..{row.max():.3g}): logits? top-k "
+                             "still works", **d)
+
+
+def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
+    from lpirc import runtime as rtm
+
+    try:
+        it = rtm.make_interpreter(model, runtime=rt, threads=1, default_delegates=False,
+                                  preserve_all_tensors=True)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x.astype(info.input.dtype))
+        it.invoke()
+        details = it.get_tensor_details()
+        ops = it._get_ops_details()
+    except Exception as e:  # noqa: BLE001
+        msg = str(e) if isinstance(e, LpircError) else " ".join(str(e).split())[:200]
+        emit("activations", SKIP, f"cannot inspect tensors: {msg}")
+        emit("depthwise", SKIP, f"cannot inspect tensors: {msg}")
+        return
+    by_index = {d["index"]: d for d in details}
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    produced |= {int(d["index"]) for d in it.get_input_details()}
+
+    # activations
+    wide = []
+    for i in sorted(produced):
+        d = by_index.get(i)
+        if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8"):
+            continue
+        scale, zp = d.get("quantization", (0.0, 0))
+        if not scale:
+            continue
+        rng = float(scale) * 255.0
+        lo = (np.iinfo(d["dtype"]).min - zp) * scale
+        hi = (np.iinfo(d["dtype"]).max - zp) * scale
+        if rng > threshold:
+            item = {"tensor": _short(d["name"]), "range": round(rng, 3), "min": round(float(lo), 3),
+                    "max": round(float(hi), 3), "scale": float(scale), "zero_point": int(zp)}
+            try:
+                v = (it.get_tensor(i).astype(np.float32) - zp) * scale
+                item["observed"] = [round(float(v.min()), 3), round(float(v.max()), 3)]
+            except Exception:  # noqa: BLE001
+                pass
+            wide.append(item)
+    if wide:
+        names = ", ".join(f"{w['tensor']} ({w['min']:g}..{w['max']:g})" for w in wide[:5])
+        more = f" and {len(wide) - 5} more" if len(wide) > 5 else ""
+        emit("activations", WARN, f"{len(wide)} activation(s) with a range wider than "
+                                  f"{threshold:g} (1 level > {threshold / 255:.3g}): {names}{more}",
+             threshold=threshold, tensors=wide)
+    else:
+        emit("activations", PASS, f"no quantized activation has a range wider than {threshold:g}",
+             threshold=threshold, tensors=[])
+
+    # depthwise weights
+    bad, n_dw, per_channel = [], 0, 0
+    for op in ops:
+        if op.get("op_name") != "DEPTHWISE_CONV_2D" or len(op["inputs"]) < 2:
+            continue
+        wi = int(op["inputs"][1])
+        d = by_index.get(wi)
+        if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8"):
+            continue
+        n_dw += 1
+        qp = d.get("quantization_parameters", {}) or {}
+        scales = np.asarray(qp.get("scales", []))
+        if scales.size > 1:
+            per_channel += 1
+            continue
+        zps = np.asarray(qp.get("zero_points", [d.get("quantization", (0, 0))[1]]))
+        zp = int(zps.ravel()[0]) if zps.size else 0
+        try:
+            w = it.get_tensor(wi).astype(np.int32) - zp
+        except Exception:  # noqa: BLE001
+            continue
+        levels = np.abs(w.reshape(-1, w.shape[-1])).max(axis=0)
+        zero = [int(c) for c in np.nonzero(levels == 0)[0]]
+        near = [int(c) for c in np.nonzero((levels > 0) & (levels <= near_zero))[0]]
+        if zero or near:
+            bad.append({"tensor": _short(d["name"]), "channels": int(w.shape[-1]), "all_zero": zero,
+                        "near_zero": near, "scale": float(scales.ravel()[0]) if scales.size else
+                        float(d.get("quantization", (0, 0))[0])})
+    if n_dw == 0:
+        emit("depthwise", PASS, "no quantized depthwise convolutions", tensors=[])
+    elif bad:
+        desc = "; ".join(f"{b['tensor']}: {len(b['all_zero'])} all-zero, {len(b['near_zero'])} "
+                         f"near-zero of {b['channels']} channels" for b in bad[:4])
+        emit("depthwise", WARN, f"{len(bad)} depthwise weight tensor(s) with per-tensor scales "
+                                f"lose channels: {desc}", near_zero_levels=near_zero, tensors=bad)
+    else:
+        msg = (f"{n_dw} depthwise weight tensors, none with all-zero or near-zero channels"
+               + (f" ({per_channel} per-channel quantized)" if per_channel else ""))
+        emit("depthwise", PASS, msg, near_zero_levels=near_zero, tensors=[])
+
+
+def _short(name: str) -> str:
+    """TF1 tensor names join every fused op with ';': keep the first."""
+    return str(name).split(";")[0]
+
+
+def _labels_for(holdout, images, ground_truth) -> dict[str, int]:
+    """filename (relative to holdout) -> class index."""
+    from scoring._io import ScoringError, read_ground_truth, synset_index
+
+    root = Path(holdout)
+    gt = Path(ground_truth) if ground_truth else root / "ground_truth.csv"
+    if gt.is_file() or ground_truth:
+        try:
+            return read_ground_truth(gt)
+        except ScoringError as e:
+            raise InputError(str(e)) from None
+    labels = {}
+    for p in images:
+        m = _SYNSET_NAME.match(p.name)
+        if m:
+            try:
+                labels[str(p.relative_to(root))] = synset_index(m.group(1))
+            except ScoringError:
+                pass
+    return labels
+
+
+def _accuracy(model, delegate, threads, rt, spec, root, items, labels) -> dict:
+    from lpirc import runtime as rtm
+    from lpirc.preprocess import ImageError, load_image
+
+    m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt)
+    top1 = top5 = n = failed = 0
+    for rel in items:
+        try:
+            x = load_image(root / rel, spec)
+        except ImageError:
+            failed += 1
+            continue
+        idx, _ = rtm.top_k(rtm.predict(m, x[None])[0], 5, m.info.num_classes)
+        y = labels[rel]
+        n += 1
+        top1 += bool(idx and idx[0] == y)
+        top5 += y in idx
+    return {"images": n, "unreadable": failed, "top1": top1 / n if n else 0.0,
+            "top5": top5 / n if n else 0.0}
+
+
+def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
+                    reference, max_drop, limit, emit) -> None:
+    if not holdout:
+        emit("accuracy", SKIP, "no --holdout given")
+        return
+    from lpirc import runtime as rtm
+
+    root = Path(holdout)
+    try:
+        labels = _labels_for(holdout, images, ground_truth)
+    except LpircError as e:
+        emit("accuracy", FAIL, str(e))
+        return
+    present = {str(p.relative_to(root)) for p in images}
+    items = sorted(k for k in labels if k in present)
+    if limit:
+        items = items[: int(limit)]
+    if not items:
+        emit("accuracy", SKIP, "no ground truth for the holdout images (give --ground-truth, or "
+                               "name files <synset>_*.JPEG)")
+        return
+    t0 = time.perf_counter()
+    try:
+        acc = _accuracy(model, delegate, threads, rt, spec, root, items, labels)
+    except LpircError as e:
+        emit("accuracy", FAIL, str(e))
+        return
+    d = dict(acc, seconds=round(time.perf_counter() - t0, 2))
+    msg = f"top-1 {acc['top1']:.1%}, top-5 {acc['top5']:.1%} on {acc['images']} images"
+    status = PASS
+    if reference:
+        try:
+            rinfo = rtm.model_info(reference, runtime=rt)
+            from lpirc.preprocess import PreprocessSpec
+            rspec = PreprocessSpec(height=int(rinfo.input.shape[1]),
+                                   width=int(rinfo.input.shape[2]), dtype=rinfo.input.dtype,
+                                   crop_fraction=spec.crop_fraction, resize=spec.resize,
+                                   mean=spec.mean, std=spec.std)
+            ref = _accuracy(reference, "cpu", threads, rt, rspec, root, items, labels)
+        except (LpircError, ValueError, IndexError) as e:
+            emit("accuracy", FAIL, f"reference: {e}", **d)
+            return
+        drop1, drop5 = ref["top1"] - acc["top1"], ref["top5"] - acc["top5"]
+        d.update(reference=str(reference), reference_top1=ref["top1"],
+                 reference_top5=ref["top5"], drop_top1=drop1, drop_top5=drop5, max_drop=max_drop)
+        msg += (f"; reference {ref['top1']:.1%} / {ref['top5']:.1%}: drop {drop1 * 100:+.1f} / "
+                f"{drop5 * 100:+.1f} points")
+        if drop1 > max_drop:
+            status = WARN
+            msg += f" (more than {max_drop * 100:g})"
+    if acc["unreadable"]:
+        msg += f"; {acc['unreadable']} unreadable image(s) skipped"
+    emit("accuracy", status, msg, **d)
+
+
+__all__ = ["CheckResult", "CheckReport", "check_submission", "default_report_path",
+           "natural_test_image", "DEFAULT_RANGE_THRESHOLD", "DEFAULT_NEAR_ZERO_LEVELS",
+           "DEFAULT_MAX_DROP"]
