@@ -355,7 +355,7 @@ def _read_referee(p: Path, data: bytes) -> Log:
 
 def _referee_row(parts: list[str]) -> tuple[int, str | None]:
     """(class index, None) or (0, reason) for one row ``image_id class_id [confidence ...]``."""
-    if len(parts) < 2:
+    if len(parts) < 3:
         return 0, "expected 'image_id class_id confidence'"
     if parts[1] == "-1":
         k = -1
@@ -364,9 +364,8 @@ def _referee_row(parts: list[str]) -> tuple[int, str | None]:
             k = synset_index(parts[1])
         except ScoringError as e:
             return 0, str(e)
-    if len(parts) >= 3:
-        try:
-            float(parts[2])
-        except ValueError:
-            return 0, f"confidence {parts[2][:20]!r} is not a number"
+    try:
+        float(parts[2])
+    except ValueError:
+        return 0, f"confidence {parts[2][:20]!r} is not a number"
     return k, None

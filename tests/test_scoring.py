@@ -1,0 +1,408 @@
+"""scoring/ and `lpirc score` / `lpirc rules`: every rule set against hand-computed examples."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import scoring
+from scoring import ScoringError
+
+REPO = Path(__file__).resolve().parents[1]
+SYN = scoring.synsets()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def write_gt(path: Path, labels: dict[str, int | str], header=True) -> Path:
+    lines = ["filename,label"] if header else []
+    lines += [f"{k},{SYN[v] if isinstance(v, int) else v}" for k, v in labels.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def answer(image, top1, t_s=1.0, inference_ms=10.0, error=None, top5=None, latency_ms=None):
+    t5 = top5 if top5 is not None else ([] if error else [top1, 900, 901, 902, 903])
+    return {"image": image, "index": 0, "top5": t5, "scores": [0.5] * len(t5), "error": error, "t_s": t_s,
+            "latency_ms": latency_ms if latency_ms is not None else inference_ms + 1.0,
+            "inference_ms": inference_ms, "worker": 0, "late": False}
+
+
+def write_run(folder: Path, answers: list[dict], manifest: dict | None = None, tail: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(a) + "\n" for a in answers) + tail
+    (folder / "results.jsonl").write_text(text)
+    if manifest is not None:
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def manifest(gt=None, wh=0.5, source="estimated", wall=100.0, inf=50.0, status="complete", **budget):
+    m = {"status": status, "wall_time_s": wall, "inference_time_s": inf,
+         "holdout": {"path": "h", "image_count": 10, "ground_truth": str(gt) if gt else None},
+         "model": {"path": "/x/mnv2.tflite"}, "budget": {"clock": "wall", **budget}}
+    if wh is not None:
+        m["energy"] = {"wh": wh, "source": source, "method": "CPU time x 4.0 W/core + 10 W idle"}
+    return m
+
+
+@pytest.fixture
+def gt10(tmp_path) -> Path:
+    return write_gt(tmp_path / "gt.csv", {f"img{i}.jpg": i for i in range(10)})
+
+
+@pytest.fixture
+def onsite_run(tmp_path, gt10) -> Path:
+    """10 images: 4 correct in time, 1 correct but late (700 s), 1 wrong (right in top-5), 1 error,
+    3 unanswered."""
+    answers = [answer(f"img{i}.jpg", i, t_s=float(i + 1)) for i in range(4)]
+    answers.append(answer("img4.jpg", 4, t_s=700.0))
+    answers.append(answer("img5.jpg", 99, t_s=5.0, top5=[99, 98, 5, 97, 96]))
+    answers.append(answer("img6.jpg", None, t_s=6.0, error="decode: cannot identify image file"))
+    return write_run(tmp_path / "run", answers, manifest(gt10, wh=0.5))
+
+
+def cli(*args):
+    from lpirc.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# --- labels and ground truth ------------------------------------------------------------------
+
+
+def test_synset_index():
+    assert scoring.synset_index("n01440764") == 0
+    assert scoring.synset_index("n15075141") == 999
+    assert scoring.synset_index("17") == 17
+    for bad in ("n00000000", "1000", "-3", "cat"):
+        with pytest.raises(ScoringError):
+            scoring.synset_index(bad)
+
+
+def test_read_ground_truth_header_optional_synset_or_index(tmp_path):
+    p = tmp_path / "gt.csv"
+    p.write_text("a.jpg,n01440764\nb.jpg,3\n")
+    assert scoring.read_ground_truth(p) == {"a.jpg": 0, "b.jpg": 3}
+    p.write_text("filename,label\na.jpg,n01443537\n")
+    assert scoring.read_ground_truth(p) == {"a.jpg": 1}
+
+
+@pytest.mark.parametrize("text, where", [
+    ("a.jpg,0\nb.jpg,banana\n", ":2:"),
+    ("a.jpg,0\na.jpg,1\n", ":2: duplicate"),
+    ("a.jpg\n", ":1:"),
+    ("filename,label\n", "no ground-truth rows"),
+])
+def test_read_ground_truth_errors_name_file_and_line(tmp_path, text, where):
+    p = tmp_path / "gt.csv"
+    p.write_text(text)
+    with pytest.raises(ScoringError) as e:
+        scoring.read_ground_truth(p)
+    assert str(e.value).startswith(str(p)) and where in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_ground_truth(tmp_path, onsite_run):
+    with pytest.raises(ScoringError, match="cannot read ground truth"):
+        scoring.score_path(onsite_run, tmp_path / "nope.csv")
+
+
+# --- lpirc-onsite -----------------------------------------------------------------------------
+
+
+def test_onsite_hand_computed(onsite_run):
+    s = scoring.score_path(onsite_run)  # ground truth from the manifest
+    assert s["rules"] == "lpirc-onsite"
+    assert s["images_total"] == 10
+    assert s["images_answered"] == 6 and s["images_failed"] == 1 and s["images_unanswered"] == 3
+    assert s["images_late"] == 1
+    assert s["top1"] == pytest.approx(0.4)  # 4 correct in time / 10
+    assert s["top5"] == pytest.approx(0.5)  # + img5 (class at rank 3)
+    assert s["score"] == pytest.approx(0.4 / 0.5)
+    assert s["energy_wh"] == 0.5 and s["energy_source"] == "estimated"
+    assert s["source"]["energy_wh"] == "estimated" and s["source"]["top1"] == "measured"
+    assert "W/core" in s["energy_method"]
+    assert s["time_limit_s"] == 600
+    assert s["model"] == "mnv2.tflite"
+    assert s["warnings"] == []
+    json.dumps(s, allow_nan=False)
+
+
+def test_onsite_time_limit_option_and_manifest_budget(onsite_run, gt10, tmp_path):
+    s = scoring.score_path(onsite_run, gt10, time_limit_s=3.5)
+    assert s["top1"] == pytest.approx(0.3) and s["images_late"] == 3  # img3 (4 s), img5 (5 s), img4 (700 s)
+    run2 = write_run(tmp_path / "run2", [answer("img4.jpg", 4, t_s=700.0)], manifest(gt10, time_limit_s=750))
+    assert scoring.score_path(run2)["top1"] == pytest.approx(0.1)
+
+
+def test_bare_log_has_no_energy_unless_given(onsite_run, gt10):
+    s = scoring.score_path(onsite_run / "results.jsonl", gt10)
+    assert s["energy_wh"] is None and s["score"] is None and s["energy_source"] == "unknown"
+    assert any("no energy" in w for w in s["warnings"])
+    assert s["wall_time_s"] == 700.0 and "log" in s["source"]["wall_time_s"]
+    s = scoring.score_path(onsite_run / "results.jsonl", gt10, energy_wh=0.25)
+    assert s["score"] == pytest.approx(1.6) and s["energy_source"] == "given"
+
+
+def test_no_ground_truth_anywhere(tmp_path):
+    run = write_run(tmp_path / "r", [answer("a.jpg", 0)], manifest(None))
+    with pytest.raises(ScoringError, match="no ground truth"):
+        scoring.score_path(run)
+
+
+# --- ovic-2018 --------------------------------------------------------------------------------
+
+
+def test_ovic_2018_budget_in_t_s_order(tmp_path):
+    gt = write_gt(tmp_path / "gt.csv", {f"i{k}.jpg": k for k in range(4)})
+    # written in reverse t_s order: the two earliest (i0, i1) fit the 40 ms budget and are correct,
+    # the later ones (i2 correct, i3 wrong) do not count.
+    answers = [answer("i3.jpg", 99, t_s=4.0, inference_ms=15), answer("i2.jpg", 2, t_s=3.0, inference_ms=15),
+               answer("i1.jpg", 1, t_s=2.0, inference_ms=15), answer("i0.jpg", 0, t_s=1.0, inference_ms=15)]
+    run = write_run(tmp_path / "r", answers, manifest(gt))
+    s = scoring.score_path(run, rules="ovic-2018", ms_per_image=10)
+    assert s["budget_s"] == pytest.approx(0.04)
+    assert s["runtime_s"] == pytest.approx(0.06)
+    assert s["images_classified"] == 2
+    assert s["top1"] == pytest.approx(0.5) and s["score"] == pytest.approx(0.5)
+    assert s["accuracy_classified"] == pytest.approx(1.0)
+    assert s["accuracy_per_s"] == pytest.approx(1.0 / 0.06)
+    assert s["images_late"] == 2
+    # default 30 ms/image: everything fits, 3 of 4 correct
+    s = scoring.score_path(run, rules="ovic-2018")
+    assert s["top1"] == pytest.approx(0.75) and s["ms_per_image"] == 30 and s["images_late"] == 0
+
+
+# --- ovic-2019 --------------------------------------------------------------------------------
+
+
+def test_ovic_2019_metric_and_buckets(tmp_path):
+    gt = write_gt(tmp_path / "gt.csv", {f"i{k}.jpg": k for k in range(4)})
+    run = write_run(tmp_path / "r", [answer(f"i{k}.jpg", k if k < 3 else 50, inference_ms=30) for k in range(4)],
+                    manifest(gt))
+    s = scoring.score_path(run, rules="ovic-2019", k=10, a0=20)
+    assert s["latency_ms"] == pytest.approx(30)
+    assert s["score"] == pytest.approx(75 - (10 * math.log(30) + 20))
+    assert s["latency_bucket"].startswith("real-time")
+    run2 = write_run(tmp_path / "r2", [answer(f"i{k}.jpg", k, inference_ms=100) for k in range(4)], manifest(gt))
+    assert scoring.score_path(run2, rules="ovic-2019")["latency_bucket"].startswith("interactive")
+    run3 = write_run(tmp_path / "r3", [answer(f"i{k}.jpg", k, inference_ms=50) for k in range(4)], manifest(gt))
+    s3 = scoring.score_path(run3, rules="ovic-2019")
+    assert s3["latency_bucket"] is None and any("bucket" in w for w in s3["warnings"])
+    assert s3["frontier_k"] == scoring.rules.DEFAULT_K
+
+
+# --- lpcvc-2020 -------------------------------------------------------------------------------
+
+
+def test_lpcvc_2020_idle_subtracted(tmp_path):
+    gt = write_gt(tmp_path / "gt.csv", {f"i{k}.jpg": k for k in range(4)})
+    run = write_run(tmp_path / "r", [answer("i0.jpg", 0), answer("i1.jpg", 1)], manifest(gt, wh=1.0, wall=360.0))
+    s = scoring.score_path(run, rules="lpcvc-2020", idle_watts=2.0)
+    assert s["net_energy_wh"] == pytest.approx(0.8) and s["score"] == pytest.approx(0.5 / 0.8)
+    s = scoring.score_path(run, rules="lpcvc-2020")
+    assert s["idle_watts"] == pytest.approx(1.961, abs=1e-3)
+    assert s["score"] == pytest.approx(0.5 / (1.0 - 0.000544746733 * 360))
+    s = scoring.score_path(run, rules="lpcvc-2020", idle_watts=20.0)  # idle above total: no score
+    assert s["score"] is None and any("not positive" in w for w in s["warnings"])
+
+
+# --- messy logs -------------------------------------------------------------------------------
+
+
+def test_duplicates_first_counts_and_unknown_images(tmp_path, gt10):
+    answers = [answer("img0.jpg", 5), answer("img0.jpg", 0), answer("stray.jpg", 3), answer("img1.jpg", 1)]
+    s = scoring.score_path(write_run(tmp_path / "r", answers, manifest(gt10)), gt10)
+    assert s["top1"] == pytest.approx(0.1)  # only img1: img0's first answer was wrong
+    assert s["answers_duplicate"] == 1 and s["answers_not_in_ground_truth"] == 1
+    assert s["images_answered"] == 2
+    text = " ".join(s["warnings"])
+    assert "duplicate" in text and "first one counts" in text and "img0.jpg" in text and "stray.jpg" in text
+
+
+def test_crashed_log_truncated_last_line(tmp_path, gt10):
+    run = write_run(tmp_path / "r", [answer("img0.jpg", 0), answer("img1.jpg", 1)],
+                    manifest(gt10, status="running"), tail='{"image": "img2.jpg", "top5": [2, 1')
+    s = scoring.score_path(run)
+    assert s["top1"] == pytest.approx(0.2)
+    text = " ".join(s["warnings"])
+    assert "results.jsonl:3: truncated last line" in text and "'running'" in text
+
+
+def test_malformed_middle_line_names_file_and_line(tmp_path, gt10):
+    run = write_run(tmp_path / "r", [answer("img0.jpg", 0)], manifest(gt10))
+    (run / "results.jsonl").write_text(json.dumps(answer("img0.jpg", 0)) + "\nnot json\n" + json.dumps(answer("img1.jpg", 1)) + "\n")
+    with pytest.raises(ScoringError, match=r"results\.jsonl:2: not a valid JSON line"):
+        scoring.score_path(run)
+    (run / "results.jsonl").write_text(json.dumps({"image": "img0.jpg", "top5": ["cat"]}) + "\n")
+    with pytest.raises(ScoringError, match=r"results\.jsonl:1: .*top5"):
+        scoring.score_path(run)
+    (run / "results.jsonl").write_text(json.dumps({"image": "img0.jpg", "top5": [1000]}) + "\n")
+    with pytest.raises(ScoringError, match=r"results\.jsonl:1: class index out of range"):
+        scoring.score_path(run)
+
+
+def test_referee_format(tmp_path, gt10):
+    log = tmp_path / "referee.txt"
+    # header, stem ids, a synset label, an int label, an image not in the ground truth, a duplicate
+    log.write_text("image_id class_id confidence\nimg0 0 0.9\nimg1 n01443537 0.8\nimg2 7 0.7\nimgX 3 0.5\nimg0 5 0.1\n")
+    s = scoring.score_path(log, gt10, energy_wh=1.0)
+    assert s["log_format"] == "referee"
+    assert s["top1"] == pytest.approx(0.2)  # img0, img1
+    assert s["images_answered"] == 3 and s["answers_duplicate"] == 1 and s["answers_not_in_ground_truth"] == 1
+    assert s["score"] == pytest.approx(0.2)
+    log.write_text("img0 0 0.9\nimg1 zebra 0.8\nimg2 2 0.7\n")
+    with pytest.raises(ScoringError, match=r"referee\.txt:2: bad referee row"):
+        scoring.score_path(log, gt10)
+    log.write_text("img0 0 0.9\nimg1 1 0.8\nimg2 2")  # truncated last row
+    s = scoring.score_path(log, gt10, energy_wh=1.0)
+    assert s["top1"] == pytest.approx(0.2) and any("truncated" in w for w in s["warnings"])
+
+
+def test_unknown_rules_and_options(onsite_run):
+    with pytest.raises(ScoringError, match="unknown rule set"):
+        scoring.score_path(onsite_run, rules="lpirc-1999")
+    with pytest.raises(ScoringError, match="unknown rule option"):
+        scoring.score_path(onsite_run, ms_per_imag=3)
+    s = scoring.score_path(onsite_run, ms_per_image=3)
+    assert any("does not apply" in w for w in s["warnings"])
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(ScoringError, match="no results.jsonl"):
+        scoring.score_path(tmp_path)
+    with pytest.raises(ScoringError, match="no such file"):
+        scoring.score_path(tmp_path / "missing")
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def test_csv_leaderboard_equal_scores_share_rank(tmp_path, gt10):
+    runs = []
+    for name, n_correct in (("a", 4), ("b", 2), ("c", 4)):
+        runs.append(write_run(tmp_path / name, [answer(f"img{i}.jpg", i) for i in range(n_correct)], manifest(gt10)))
+    scores = [scoring.score_path(r, rules="lpirc-onsite") for r in runs]
+    rows = list(csv.DictReader(io.StringIO(scoring.format_csv(scores))))
+    assert [(Path(r["run"]).name, r["rank"]) for r in rows] == [("a", "1"), ("c", "1"), ("b", "3")]
+    assert rows[0]["energy_source"] == "estimated" and "W/core" in rows[0]["energy_method"]
+    assert float(rows[0]["score"]) == pytest.approx(0.8)
+
+
+def test_table_labels_every_figure(onsite_run):
+    text = scoring.format_table([scoring.score_path(onsite_run)])
+    for needle in ("top-1 accuracy", "40.00 %", "top-5 accuracy", "energy", "Wh", "estimated",
+                   "W/core", "wall time", "(manifest)", "score"):
+        assert needle in text, needle
+
+
+def test_per_class_with_and_without_labels(tmp_path, onsite_run, gt10):
+    s = scoring.score_path(onsite_run, per_class=True)
+    assert len(s["per_class"]) == 10
+    worst = s["per_class"][0]
+    assert worst["top1"] == 0 and worst["name"] == worst["synset"]
+    assert s["confused"][0] == {"true": 5, "true_name": SYN[5], "predicted": 99, "predicted_name": SYN[99], "count": 1}
+    labels = tmp_path / "labels.txt"
+    labels.write_text("background\n" + "".join(f"class number {k}\n" for k in range(1000)))
+    s = scoring.score_path(onsite_run, per_class=True, labels=labels)
+    assert s["confused"][0]["predicted_name"] == "class number 99"
+    assert "class number 99" in scoring.format_table([s])
+    labels.write_text("just one\n")
+    with pytest.raises(ScoringError, match="1000 or 1001"):
+        scoring.score_path(onsite_run, per_class=True, labels=labels)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_score_formats(onsite_run, gt10):
+    r = cli("score", onsite_run, "--ground-truth", gt10)
+    assert r.exit_code == 0, r.output
+    assert "40.00 %" in r.output and "estimated" in r.output
+    r = cli("score", onsite_run, "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["score"] == pytest.approx(0.8) and data["rules"] == "lpirc-onsite"
+    r = cli("score", onsite_run, onsite_run / "results.jsonl", "--ground-truth", gt10, "--format", "csv",
+            "--energy-wh", "1.0")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [row["rank"] for row in rows] == ["1", "1"]  # same answers, same given energy: a tie
+    r = cli("score", onsite_run, "--rules", "ovic-2018", "--ms-per-image", "0.001", "--format", "json")
+    assert json.loads(r.stdout)["top1"] == 0
+
+
+def test_cli_rules_lists_every_rule_set():
+    r = cli("rules")
+    assert r.exit_code == 0
+    for name, rule in scoring.RULES.items():
+        assert name in r.output and rule.year in r.output
+
+
+@pytest.mark.parametrize("make_args", [
+    lambda t, run, gt: ["score", t / "missing"],
+    lambda t, run, gt: ["score", run, "--ground-truth", t / "missing.csv"],
+    lambda t, run, gt: ["score", run, "--rules", "nope"],
+    lambda t, run, gt: ["score", run, "--ground-truth", (t / "bad.csv").write_text("a.jpg,zebra\nb.jpg,zebra\n") and t / "bad.csv"],
+    lambda t, run, gt: ["score", (run / "results.jsonl").write_text("{\n{}\n") and run],
+])
+def test_cli_bad_input_one_line_exit_5(tmp_path, onsite_run, gt10, make_args):
+    r = cli(*make_args(tmp_path, onsite_run, gt10))
+    assert r.exit_code == 5, r.output
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lpirc: error: ")
+
+
+def test_cli_subprocess_python_m_lpirc(onsite_run):
+    r = subprocess.run([sys.executable, "-m", "lpirc", "score", str(onsite_run), "--format", "json"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["top1"] == pytest.approx(0.4)
+
+
+# --- isolation and speed ----------------------------------------------------------------------
+
+
+def test_import_isolation_and_scoring_in_subprocess(onsite_run):
+    code = (
+        "import scoring, sys, json\n"
+        f"s = scoring.score_path({str(onsite_run)!r})\n"
+        "heavy = [m for m in ('ai_edge_litert', 'tflite_runtime', 'tensorflow', 'PIL', 'lpirc', 'click') if m in sys.modules]\n"
+        "print(json.dumps({'heavy': heavy, 'top1': s['top1']}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["heavy"] == [] and out["top1"] == pytest.approx(0.4)
+
+
+def test_scoring_20000_answers_is_fast(tmp_path):
+    n = 20_000
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 1000, n)
+    gt = tmp_path / "gt.csv"
+    gt.write_text("".join(f"img_{i:06d}.jpg,{SYN[k]}\n" for i, k in enumerate(labels)))
+    pred = np.where(rng.random(n) < 0.7, labels, rng.integers(0, 1000, n))
+    lines = [json.dumps(answer(f"img_{i:06d}.jpg", int(p), t_s=i * 0.01, inference_ms=4.0)) for i, p in enumerate(pred)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "manifest.json").write_text(json.dumps(manifest(gt, wall=200.0)))
+    for rules in scoring.RULES:
+        t0 = time.perf_counter()
+        s = scoring.score_path(run, gt, rules=rules)
+        elapsed = time.perf_counter() - t0
+        assert s["top1"] == pytest.approx(float(np.mean(pred == labels)))
+        assert elapsed < 1.0, f"{rules}: {elapsed:.2f} s for {n} answers"
