@@ -208,8 +208,11 @@ def _explain(path, e: BaseException, stage: str) -> ModelError:
                               f"edgetpu-custom-op); run with --delegate edgetpu")
         return ModelError(f"{n}: unresolved custom op {op} (this runtime has no kernel for it)")
     if stage == "load" and isinstance(e, ValueError):
-        if "flatbuffer" in msg.lower() or "mmap" in msg.lower() or "null" in msg.lower():
-            return ModelError(f"{n}: not a TFLite model (truncated or not a flatbuffer)")
+        base = f"{n}: not a TFLite model (truncated or not a flatbuffer)"
+        low = msg.lower()
+        if "flatbuffer" in low or "mmap" in low or "null" in low or not msg.strip():
+            return ModelError(base)
+        return ModelError(f"{base}: {_one_line(msg)}")
     first = _one_line(msg.split("Node number")[0] if "Node number" in msg else msg) or type(e).__name__
     what = {"load": "cannot be loaded", "allocate": "fails to prepare (allocate_tensors)",
             "invoke": "fails on invoke"}[stage]
