@@ -92,6 +92,8 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     gt = read_ground_truth(gt_path)
     log = read_log(log_path)
     warnings.extend(log.warnings)
+    if not len(log):
+        warnings.append(f"{log_path}: no answers in the log")
 
     # --- match answers to the ground truth: vectorised over the log --------------------------
     gt_names = list(gt)

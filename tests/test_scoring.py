@@ -406,3 +406,21 @@ def test_scoring_20000_answers_is_fast(tmp_path):
         elapsed = time.perf_counter() - t0
         assert s["top1"] == pytest.approx(float(np.mean(pred == labels)))
         assert elapsed < 1.0, f"{rules}: {elapsed:.2f} s for {n} answers"
+
+
+def test_cli_per_class_labels_and_multi_run_table(tmp_path, onsite_run, gt10):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"name {k}\n" for k in range(1000)))  # 1000 lines: no background
+    r = cli("score", onsite_run, "--labels", labels)  # --labels implies --per-class
+    assert r.exit_code == 0, r.output
+    assert "most confused" in r.output and "name 5 -> name 99" in r.output
+    other = write_run(tmp_path / "other", [answer("img0.jpg", 0)], manifest(gt10, wh=0.5, source="measured"))
+    r = cli("score", onsite_run, other)
+    assert r.exit_code == 0, r.output
+    assert "Ranking (equal scores share a rank):" in r.output and "(measured" in r.output
+
+
+def test_real_labels_file(shared_data, onsite_run):
+    s = scoring.score_path(onsite_run, per_class=True, labels=shared_data / "models" / "imagenet_labels.txt")
+    names = {row["class"]: row["name"] for row in s["per_class"]}
+    assert names[0].startswith("tench") and names[1].startswith("goldfish")  # 1001 lines: background dropped
