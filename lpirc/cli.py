@@ -141,7 +141,7 @@ def format_run_summary(outcome) -> str:
 @click.option("--rules", "rules_name", default="lpirc-onsite", show_default=True, help="Rule set (see `lpirc rules`).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True, help="table: for people; json: the score.json object (a list for several runs); csv: ranked leaderboard, one row per run.")
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy and the most confused class pairs.")
-@click.option("--labels", type=click.Path(path_type=Path), help="Class names for --per-class: 1000 or 1001 lines (e.g. imagenet_labels.txt). Default: synset IDs.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class names for the per-class view (implies --per-class): 1000 or 1001 lines (e.g. imagenet_labels.txt). Default: synset IDs.")
 @click.option("--time-limit-s", type=click.FloatRange(min=0), help="lpirc-onsite: wall budget in seconds; answers with t_s above it are wrong. Default: the run's budget, else 600.")
 @click.option("--ms-per-image", type=click.FloatRange(min=0), help="ovic-2018: inference budget per image in ms (budget = this x images). Default: the run's, else 30.")
 @click.option("--idle-watts", type=click.FloatRange(min=0), help="lpcvc-2020: idle power in watts subtracted over the run's wall time. Default: 1.961.")
@@ -162,7 +162,8 @@ def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_op
 
     try:
         scores = [
-            scoring.score_path(p, ground_truth, rules_name, per_class=per_class, labels=labels, **rule_options)
+            scoring.score_path(p, ground_truth, rules_name, per_class=per_class or labels is not None, labels=labels,
+                               **rule_options)
             for p in paths
         ]
         if fmt == "json":
