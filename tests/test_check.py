@@ -1,0 +1,224 @@
+"""lpirc submission check: verdicts on broken, badly quantized and real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from submission.check import check_submission, natural_test_image
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODELS = DATA / "models"
+
+
+def _convert(tf, model, size, per_tensor=False, scale_input=1.0):
+    rng = np.random.default_rng(0)
+
+    def rep():
+        for _ in range(8):
+            yield [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    if per_tensor:
+        conv._experimental_disable_per_channel = True
+    return conv.convert()
+
+
+@pytest.fixture(scope="session")
+def tf_models(tmp_path_factory):
+    """Three tiny full-int8 models built once: clean, wide-range activation, dead DW channel."""
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (needed to build models)")
+    out = tmp_path_factory.mktemp("check")
+    size = 16
+    tf.random.set_seed(0)
+
+    def net(wide=False, kill_channel=False):
+        inp = tf.keras.Input((size, size, 3))
+        x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+        if wide:  # activations spanning about -400..400: one 8-bit level is ~3
+            x = tf.keras.layers.Conv2D(8, 1, kernel_initializer=tf.keras.initializers.Constant(50.0),
+                                       bias_initializer=tf.keras.initializers.Constant(-200.0))(x)
+        dw = tf.keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")
+        x = dw(x)
+        x = tf.keras.layers.GlobalAveragePooling2D()(x)
+        out_ = tf.keras.layers.Dense(1000, activation="softmax")(x)
+        m = tf.keras.Model(inp, out_)
+        if kill_channel:
+            k, b = dw.get_weights()
+            k[..., 2, 0] = 0.0  # channel 2 all zero
+            k[..., 5, 0] = 1e-4 * np.sign(k[..., 5, 0] + 1e-9)  # channel 5 tiny
+            dw.set_weights([k, b])
+        return m
+
+    paths = {}
+    for name, kw, conv_kw in [("clean", {}, {}), ("wide", {"wide": True}, {}),
+                              ("dwzero", {"kill_channel": True}, {"per_tensor": True})]:
+        p = out / f"{name}.tflite"
+        p.write_bytes(_convert(tf, net(**kw), size, **conv_kw))
+        paths[name] = p
+    return paths
+
+
+@pytest.fixture()
+def broken(tmp_path):
+    files = {"empty": b"", "garbage": os.urandom(3000), "text": b"hello\n" * 100}
+    out = {}
+    for k, v in files.items():
+        p = tmp_path / f"{k}.tflite"
+        p.write_bytes(v)
+        out[k] = p
+    out["missing"] = tmp_path / "missing.tflite"
+    return out
+
+
+def _status(rep):
+    return {r.name: r.status for r in rep.results}
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lpirc", "submission", "check", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "text", "missing"])
+def test_broken_models_fail_load(broken, kind):
+    rep = check_submission(broken[kind])
+    assert rep.failed
+    load = rep.get("load")
+    assert load.status == "fail" and f"{kind}.tflite" in load.message
+    assert "\n" not in load.message
+    assert rep.to_json()["verdict"] == "fail"
+
+
+def test_truncated_model_fails(tf_models, tmp_path):
+    p = tmp_path / "trunc.tflite"
+    p.write_bytes(tf_models["clean"].read_bytes()[:500])
+    rep = check_submission(p)
+    assert rep.get("load").status == "fail" and "not a TFLite model" in rep.get("load").message
+
+
+def test_clean_model_passes(tf_models):
+    rep = check_submission(tf_models["clean"])
+    st = _status(rep)
+    assert not rep.failed, rep.to_json()
+    assert st["load"] == st["input"] == st["output"] == st["ops"] == "pass"
+    assert st["activations"] == "pass" and st["depthwise"] == "pass"
+    assert st["invoke"] in ("pass", "warn")
+    assert "1000 classes" in rep.get("output").message
+    assert rep.get("invoke").details["latency_ms"] > 0
+
+
+def test_wide_activation_is_flagged(tf_models):
+    rep = check_submission(tf_models["wide"])
+    r = rep.get("activations")
+    assert r.status == "warn", r.message
+    assert r.details["tensors"] and all(t["range"] > 128 for t in r.details["tensors"])
+    assert all(t["tensor"] for t in r.details["tensors"])
+    # a threshold above the widest range silences it
+    widest = max(t["range"] for t in r.details["tensors"])
+    assert check_submission(tf_models["wide"], range_threshold=widest + 1).get("activations").status == "pass"
+
+
+def test_zero_depthwise_channel_is_flagged(tf_models):
+    rep = check_submission(tf_models["dwzero"])
+    r = rep.get("depthwise")
+    assert r.status == "warn", r.message
+    t = r.details["tensors"][0]
+    assert 2 in t["all_zero"] and 5 in (t["near_zero"] + t["all_zero"])
+    assert t["tensor"]
+
+
+def test_accuracy_with_holdout_and_reference(tf_models, tmp_path):
+    from PIL import Image
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    rows = ["filename,label"]
+    for i in range(4):
+        Image.fromarray(natural_test_image(64, 64, seed=i)).save(hold / f"img{i}.png")
+        rows.append(f"img{i}.png,{i}")
+    (hold / "ground_truth.csv").write_text("\n".join(rows) + "\n")
+    rep = check_submission(tf_models["clean"], holdout=hold, reference=tf_models["clean"])
+    r = rep.get("accuracy")
+    assert r.status == "pass", r.message
+    assert r.details["images"] == 4 and r.details["drop_top1"] == 0
+    assert rep.get("invoke").details["image"].endswith("img0.png")
+
+
+def test_cli_exit_codes_and_report(tf_models, broken, tmp_path):
+    rep_file = tmp_path / "r.json"
+    p = _cli(tf_models["clean"], "--report", rep_file, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "PASS  load" in p.stdout
+    data = json.loads(rep_file.read_text())
+    assert data["format"] == "lpirc-check/1" and data["verdict"] == "pass"
+    p = _cli(broken["garbage"], cwd=tmp_path)
+    assert p.returncode == 1 and "FAIL  load" in p.stdout
+    assert (tmp_path / "garbage.check.json").is_file()  # default: ./<stem>.check.json
+    assert "Traceback" not in p.stderr
+    p = _cli(tf_models["clean"], "--range-threshold", "-1", cwd=tmp_path)
+    assert p.returncode == 2
+    p = _cli(tf_models["clean"], "--reference", tf_models["clean"], cwd=tmp_path)
+    assert p.returncode == 2
+
+
+@pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so"])
+def test_cli_missing_delegate_fails_without_traceback(tf_models, tmp_path, delegate):
+    p = _cli(tf_models["clean"], "--delegate", delegate, "--no-report", cwd=tmp_path)
+    if p.returncode == 0:
+        pytest.skip(f"{delegate} usable here")
+    assert p.returncode == 1
+    assert "FAIL  load" in p.stdout and (delegate.split("/")[-1] in p.stdout or "edgetpu" in p.stdout)
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr
+
+
+# ------------------------------------------------------------------ the shared real models
+
+def _need_models():
+    if not MODELS.is_dir():
+        pytest.skip(f"{MODELS} absent (shared data not beside the checkout)")
+
+
+def test_real_edgetpu_model_needs_edgetpu_under_cpu(tmp_path):
+    _need_models()
+    p = _cli(MODELS / "mobilenet_v1_0.75_192_quant_edgetpu.tflite", "--delegate", "cpu",
+             "--no-report", cwd=tmp_path)
+    assert p.returncode == 1
+    assert "needs the Edge TPU delegate" in p.stdout
+
+
+def test_real_invoking_error_model_fails(tmp_path):
+    _need_models()
+    p = _cli(MODELS / "model_invoking_error.tflite", "--no-report", cwd=tmp_path)
+    assert p.returncode == 1
+    assert "FAIL  load" in p.stdout and "fake-op-double" in p.stdout
+
+
+def test_real_mobilenet_v2_passes(tmp_path):
+    _need_models()
+    args = [MODELS / "mobilenet_v2_1.0_224_quant.tflite", "--report", tmp_path / "r.json"]
+    dev = DATA / "imagenet-dev"
+    if dev.is_dir():
+        args += ["--holdout", dev, "--limit", "20"]
+    p = _cli(*args, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    st = {c["name"]: c["status"] for c in data["checks"]}
+    assert st["load"] == "pass" and st["output"] == "pass" and st["ops"] == "pass"
+    assert "1001 classes" in next(c for c in data["checks"] if c["name"] == "output")["message"]
+    if dev.is_dir():
+        acc = next(c for c in data["checks"] if c["name"] == "accuracy")
+        assert acc["status"] == "pass" and acc["details"]["top1"] > 0.5
