@@ -69,7 +69,12 @@ def _check_delegate(name: str) -> bool:
     own the device."""
     from lpirc import delegates
 
-    delegates.check_available(name)
+    spec = delegates.parse_delegate(name)
+    if spec.kind in ("edgetpu", "external"):
+        _, reason = delegates.find_library(spec.library or "")
+        if reason is not None:
+            hint = f" ({delegates.EDGETPU_INSTALL_HINT})" if spec.kind == "edgetpu" else ""
+            raise DelegateError(f"{'edgetpu' if spec.kind == 'edgetpu' else name}: {reason}{hint}")
     return delegates.delegate_is_exclusive(name)
 
 
@@ -82,7 +87,7 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     score it when a ground truth is known. Raises LpircError for what stops a run before or
     instead of answering (bad model, delegate, holdout); a run that started always leaves its
     folder, its log and its manifest."""
-    from lpirc.energy import EnergyConfig, finish_energy, start_energy
+    from lpirc.energy import EnergyConfig, energy_source_preview, finish_energy, start_energy
     from lpirc.holdout import open_holdout
     from lpirc.machine import machine_info
     from lpirc.pipeline import run_pipeline
@@ -123,7 +128,7 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
         "end_utc": None,
         "wall_time_s": None,
         "inference_time_s": None,
-        "energy": None,
+        "energy": {"wh": None, "source": "pending", "method": energy_source_preview(ecfg)},
         "machine": machine_info(),
         "notes": [],
     }

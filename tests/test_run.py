@@ -1,0 +1,304 @@
+"""`lpirc run` end to end, through the CLI, with real models and images made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lpirc(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def big_holdout(src: Path, dst: Path, copies: int) -> Path:
+    """``copies`` x the source images, as hard links (cheap), with a matching ground truth."""
+    dst.mkdir()
+    rows = src.joinpath("ground_truth.csv").read_text().splitlines()[1:]
+    out = ["filename,label"]
+    for c in range(copies):
+        for row in rows:
+            name, label = row.split(",")
+            new = f"c{c:03d}_{name}"
+            os.link(src / name, dst / new)
+            out.append(f"{new},{label}")
+    (dst / "ground_truth.csv").write_text("\n".join(out) + "\n")
+    return dst
+
+
+def test_default_run_uses_bundled_submission_and_demo_holdout(tmp_path):
+    out = tmp_path / "run"
+    r = lpirc("run", "--out", str(out), "--quiet", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    score = json.loads((out / "score.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["holdout"]["image_count"] == 300
+    assert manifest["model"]["path"].endswith("submission/reference/model.tflite")
+    assert manifest["runtime"]["name"] == "ai_edge_litert"
+    assert manifest["delegate"]["ran"] == "xnnpack"
+    assert manifest["energy"]["source"] in ("measured", "estimated")
+    assert score["images_total"] == 300 and score["images_answered"] == 300
+    assert 0.5 < score["top1"] <= 1.0  # a real model on real (generated) images
+    assert len(read_log(out)) == 300
+    assert "top-1" in r.stdout.lower() or "top1" in r.stdout.lower()
+    # `lpirc score` on the folder gives the very object the run wrote
+    s = lpirc("score", str(out), "--format", "json")
+    assert s.returncode == 0, s.stderr
+    rescored = json.loads(s.stdout)
+    rescored = rescored[0] if isinstance(rescored, list) else rescored
+    for key in ("top1", "top5", "images_answered", "score", "energy_wh"):
+        assert rescored[key] == score[key]
+
+
+def test_log_fields_and_manifest(tmp_path, reference_model, small_holdout):
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--out", str(out), "--workers", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    log = read_log(out)
+    assert sorted(x["index"] for x in log) == list(range(40))
+    first = log[0]
+    for key in ("image", "top5", "scores", "error", "t_s", "latency_ms", "inference_ms", "worker"):
+        assert key in first
+    assert all(0 <= k < 1000 for x in log for k in x["top5"])
+    assert all(len(x["top5"]) == 5 and x["error"] is None for x in log)
+    assert {x["worker"] for x in log} <= {0, 1}
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["input"]["dtype"] == "int8"
+    assert m["holdout"]["order_seed"] == 0 and len(m["holdout"]["files_sha256"]) == 64
+    assert m["settings"]["workers"] == 2
+    assert m["machine"]["cores_logical"] >= 1
+    assert m["end_utc"] and m["wall_time_s"] > 0
+
+
+def test_bad_images_are_answered_wrong_and_the_run_goes_on(tmp_path, reference_model, small_holdout):
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    good = sorted(p for p in small_holdout.iterdir() if p.suffix == ".jpg")[:4]
+    rows = ["filename,label"]
+    gt = dict(line.split(",") for line in small_holdout.joinpath("ground_truth.csv").read_text().splitlines()[1:])
+    for p in good:
+        (hold / p.name).write_bytes(p.read_bytes())
+        rows.append(f"{p.name},{gt[p.name]}")
+    data = good[0].read_bytes()
+    (hold / "empty.jpg").write_bytes(b"")
+    (hold / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (hold / "text.jpg").write_text("this is not an image\n" * 20)
+    img = Image.open(good[1])
+    img.convert("L").save(hold / "gray.jpg")
+    img.convert("CMYK").save(hold / "cmyk.jpg")
+    img.save(hold / "png_named.JPEG", "PNG")
+    img.convert("RGBA").save(hold / "rgba.png")
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(hold / "tiny.jpg")
+    # a 30000 x 30000 JPEG header: must be refused or read small, never decoded whole
+    Image.new("L", (30000, 30000)).save(hold / "bomb.jpg", quality=1)
+    label = gt[good[1].name]
+    for n in ("empty.jpg", "truncated.jpg", "text.jpg", "gray.jpg", "cmyk.jpg", "png_named.JPEG",
+              "rgba.png", "tiny.jpg", "bomb.jpg"):
+        rows.append(f"{n},{label}")
+    (hold / "ground_truth.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+              "--quiet", "--max-image-pixels", "40000000")
+    assert r.returncode == 0, r.stderr
+    by = {x["image"]: x for x in read_log(out)}
+    assert len(by) == 13
+    for bad in ("empty.jpg", "truncated.jpg", "text.jpg", "bomb.jpg"):
+        assert by[bad]["error"], bad
+        assert by[bad]["top5"] == []
+    for ok in ("gray.jpg", "cmyk.jpg", "png_named.JPEG", "rgba.png", "tiny.jpg"):
+        assert by[ok]["error"] is None, (ok, by[ok]["error"])
+        assert len(by[ok]["top5"]) == 5
+    score = json.loads((out / "score.json").read_text())
+    assert score["images_failed"] == 4
+
+
+@pytest.mark.parametrize("content,expect", [
+    (None, "not found"),
+    (b"", "empty"),
+    (b"\x00garbage" * 50, "tflite"),
+])
+def test_bad_model_is_one_line_and_exit_3(tmp_path, small_holdout, content, expect):
+    model = tmp_path / "bad.tflite"
+    if content is not None:
+        model.write_bytes(content)
+    r = lpirc("run", "--model", str(model), "--holdout", str(small_holdout),
+              "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "bad.tflite" in lines[0]
+    assert expect in lines[0].lower()
+
+
+def test_truncated_model_is_refused(tmp_path, reference_model, small_holdout):
+    model = tmp_path / "cut.tflite"
+    model.write_bytes(reference_model.read_bytes()[:5000])
+    r = lpirc("run", "--model", str(model), "--holdout", str(small_holdout),
+              "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 3
+    assert "Traceback" not in r.stderr and "cut.tflite" in r.stderr
+
+
+def test_model_that_cannot_run(tmp_path, shared_data):
+    hold = tmp_path / "h"
+    hold.mkdir()
+    Image.new("RGB", (64, 64)).save(hold / "a.jpg")
+    for name, needle in (("model_invoking_error.tflite", "fake-op-double"),
+                         ("mobilenet_v1_0.75_192_quant_edgetpu.tflite", "edgetpu")):
+        r = lpirc("run", "--model", str(shared_data / "models" / name), "--holdout", str(hold),
+                  "--out", str(tmp_path / name), "--quiet")
+        assert r.returncode == 3, r.stderr
+        assert "Traceback" not in r.stderr and needle in r.stderr
+
+
+@pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so"])
+def test_unavailable_delegate_exit_4(tmp_path, reference_model, small_holdout, delegate):
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--delegate", delegate, "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1
+
+
+def test_missing_holdout_exit_5(tmp_path, reference_model):
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(tmp_path / "nope"), "--quiet")
+    assert r.returncode == 5 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_wall_budget_runs_out(tmp_path, reference_model, small_holdout):
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=250)  # 10,000 images
+    out = tmp_path / "run"
+    t = time.monotonic()
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+              "--time-limit-s", "2", "--quiet")
+    elapsed = time.monotonic() - t
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "budget_exhausted"
+    assert m["wall_time_s"] < 2 + 2.0
+    score = json.loads((out / "score.json").read_text())
+    assert score["images_total"] == 10_000
+    assert 0 < score["images_answered"] < 10_000
+    # unanswered images count as wrong: accuracy is over all images
+    assert score["top1"] <= score["images_answered"] / 10_000 + 1e-9
+    assert elapsed < 2 + 10  # interpreter start-up included; the budget itself is checked above
+
+
+def test_inference_clock_budget(tmp_path, reference_model, small_holdout):
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=25)  # 1,000 images
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+              "--clock", "inference", "--ms-per-image", "0.01", "--quiet", "--rules", "ovic-2018")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["budget"]["clock"] == "inference"
+    assert m["budget"]["inference_budget_s"] == pytest.approx(0.01)
+    assert m["status"] == "budget_exhausted"
+    assert len(read_log(out)) < 1000
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    # a new session: signalling its process group is what a terminal's Ctrl-C does
+    return subprocess.Popen([sys.executable, "-m", "lpirc", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_answers(out: Path, n: int, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        log = out / "results.jsonl"
+        if log.exists() and log.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no answers appeared")
+
+
+def test_ctrl_c_stops_cleanly_and_partial_log_scores(tmp_path, reference_model, small_holdout):
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=500)  # 20,000 images
+    out = tmp_path / "run"
+    p = _start(["run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+                "--quiet"])
+    _wait_for_answers(out, 50)
+    os.killpg(p.pid, signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "interrupted"
+    log = read_log(out)  # every line parses: nothing half-written
+    assert 50 <= len(log) < 20_000
+    score = json.loads((out / "score.json").read_text())
+    assert score["images_answered"] == sum(1 for x in log if x["error"] is None and not x["late"])
+
+
+def test_killed_worker_is_reported_and_its_images_retried(tmp_path, reference_model, small_holdout):
+    psutil = pytest.importorskip("psutil")
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=50)  # 2,000 images
+    out = tmp_path / "run"
+    p = _start(["run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+                "--workers", "2", "--quiet"])
+    _wait_for_answers(out, 20)
+    children = psutil.Process(p.pid).children()
+    assert children, "no worker processes"
+    children[0].send_signal(signal.SIGKILL)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete"
+    assert any("signal 9" in n for n in m["notes"]), m["notes"]
+    log = read_log(out)
+    assert sorted(x["index"] for x in log) == list(range(2000))  # every image answered once
+    assert "signal 9" in stdout
+
+
+def test_config_file_and_command_line_precedence(tmp_path, reference_model, small_holdout):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"settings": {"workers": 1, "threads": 2, "batch": 1}}))
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--out", str(out), "--config", str(cfg), "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "manifest.json").read_text())["settings"]
+    assert s["workers"] == 1 and s["threads"] == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"wokers": 3}')
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--config", str(bad), "--quiet")
+    assert r.returncode == 5 and "wokers" in r.stderr
+
+
+def test_mobilenet_top1_on_real_images(tmp_path, shared_data):
+    """The preprocessing bound of the run issue, through `lpirc run`: 88.2% with TF's ops."""
+    hold = tmp_path / "dev"
+    hold.mkdir()
+    rows = ["filename,label"]
+    for p in sorted((shared_data / "imagenet-dev").iterdir()):
+        os.symlink(p, hold / p.name)
+        rows.append(f"{p.name},{p.name.split('_')[0]}")
+    (hold / "ground_truth.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(shared_data / "models" / "mobilenet_v2_1.0_224_quant.tflite"),
+              "--holdout", str(hold), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    score = json.loads((out / "score.json").read_text())
+    assert score["images_answered"] == 500
+    assert abs(score["top1"] * 100 - 88.2) <= 0.5, score["top1"]
