@@ -195,6 +195,28 @@ def rules_cmd() -> None:
 # --- lpirc holdout make ---------------------------------------------------------------------
 
 
+@holdout.command("make")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--count", "-n", type=click.IntRange(min=1), required=True,
+              help="Number of images to write (may exceed the sources: variants are added).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the order, the subset and the variants.")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet: bool) -> None:
+    """Make an anonymised holdout OUT (img_000001.jpg ..., ground_truth.csv) from a labelled
+    folder SRC of <synset>_*.JPEG files or <synset>/ subfolders."""
+    import time
+
+    from lpirc.holdout import make_holdout
+
+    t0 = time.perf_counter()
+    gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force)
+    click.echo(f"wrote {count} images and {gt} in {time.perf_counter() - t0:.1f} s")
+
+
 # --- lpirc tune -----------------------------------------------------------------------------
 
 
