@@ -465,14 +465,17 @@ def _labels(count: int, seed: int) -> list[int]:
     return [int(x) for x in labels]
 
 
-def demo_samples(count: int, seed: int = 0) -> Iterator[tuple[Image.Image, int]]:
+def demo_samples(count: int, seed: int = 0, *, start: int = 0,
+                 stop: int | None = None) -> Iterator[tuple[Image.Image, int]]:
     """Yield ``count`` demo images (PIL RGB) with their ILSVRC-2012 class index (0..999).
 
-    Deterministic for a given (count, seed); classes are balanced and shuffled.
+    Deterministic for a given (count, seed); classes are balanced and shuffled. ``start``/``stop``
+    yield only samples ``start..stop-1`` of that same sequence (to split work between processes).
     """
-    for pos, rng in zip(_labels(count, seed), _sample_rngs(count, seed)):
-        cls = DEMO_CLASSES[pos]
-        yield _render(rng, cls), cls.index
+    labels, rngs = _labels(count, seed), _sample_rngs(count, seed)
+    for i in range(max(0, start), count if stop is None else min(count, stop)):
+        cls = DEMO_CLASSES[labels[i]]
+        yield _render(rngs[i], cls), cls.index
 
 
 def _jpeg_quality(i: int, seed: int) -> int:
