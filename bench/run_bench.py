@@ -1,0 +1,874 @@
+#!/usr/bin/env python3
+"""Benchmark ``lpirc run`` against a hand-written loop and against the machine's limit.
+
+One run of this script measures, on one holdout, interleaving the contenders round by round so
+that machine drift (other jobs, thermal, page cache) hits them alike:
+
+1. the hand-written single-process loop a user writes in ten minutes (Pillow decode, central
+   crop, resize, one interpreter with 2 threads), in this file (``_hand_loop``);
+2. ``lpirc run`` with default settings, and with ``lpirc tune``'s best settings (``--config``);
+3. the limit: decode+preprocess cost per image alone (one process, one thread), inference cost
+   per image alone (one interpreter, one thread, inputs in memory), the end-to-end limit they
+   imply for the core count, and pure-inference throughput (one 1-thread process per core);
+4. peak RSS of the whole ``lpirc run`` process tree (polled with psutil every 50 ms) for the
+   holdout and for a 10x larger one made of hard links (default 20,000 and 200,000 images);
+5. time from ``lpirc run`` process start to the first line of results.jsonl;
+6. ``lpirc score`` time for a log of one answer per holdout image (CLI wall time and
+   in-process ``scoring.score_path``).
+
+It prints a table of figures and the ratios lpirc / hand-written loop, lpirc / end-to-end
+limit, lpirc / pure inference, then the goals and whether each holds. ``--out FILE`` writes
+every figure as JSON. Every contender runs in its own process; this process only launches,
+polls and reads their output.
+
+Usage (from the repository root)::
+
+    python bench/run_bench.py                         # default: 20,000-image holdout, ~8 min
+    python bench/run_bench.py --holdout DIR --time-limit-s 20 --repeats 3 --out bench.json
+    python bench/run_bench.py --quick                 # tiny sizes, ~1 min (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+DEFAULT_SRC = SHARED / "imagenet-dev"
+DEFAULT_MODEL = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+DEFAULT_CACHE = REPO / "bench" / ".cache"
+IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+GOALS = {
+    "tuned_vs_hand": 1.4,
+    "tuned_vs_limit": 0.9,
+    "peak_rss_mb": 400.0,
+    "rss_growth": 0.10,
+    "first_answer_s": 1.5,
+    "score_s": 1.0,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# =============================================================================================
+# Contenders run in child processes: `run_bench.py --child KIND '{json args}'` prints one JSON
+# line. Nothing below imports lpirc, Pillow or the runtime at module level.
+# =============================================================================================
+
+
+def _list_images(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root)
+                  if e.is_file() and not e.name.startswith(".")
+                  and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS)
+
+
+def _interpreter(model: str, threads: int):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - other runtimes
+        from lpirc.runtime import load_runtime
+
+        Interpreter = load_runtime().module.Interpreter
+    it = Interpreter(model_path=model, num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def _hand_loop(a: dict) -> dict:
+    """The loop a user writes in ten minutes: one process, Pillow, one 2-thread interpreter."""
+    t0 = time.perf_counter()
+    import numpy as np
+    from PIL import Image
+
+    it = _interpreter(a["model"], a.get("threads", 2))
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    _, h, w, _ = inp["shape"]
+    root = Path(a["holdout"])
+    files = _list_images(root)
+    limit = a.get("images") or len(files)
+    t_ready = time.perf_counter() - t0
+    stamps = []
+    deadline = t0 + a["time_limit_s"]
+    with open(a["results"], "w") as f:
+        for name in files[:limit]:
+            img = Image.open(root / name).convert("RGB")
+            W, H = img.size
+            cw, ch = W * 0.875, H * 0.875
+            box = ((W - cw) / 2, (H - ch) / 2, (W + cw) / 2, (H + ch) / 2)
+            img = img.resize((w, h), Image.BILINEAR, box=box)
+            it.set_tensor(inp["index"], np.asarray(img, dtype=np.uint8)[None])
+            it.invoke()
+            scores = it.get_tensor(out["index"])[0]
+            top5 = np.argsort(scores)[::-1][:5] - 1
+            f.write(json.dumps({"image": name, "top5": top5.tolist()}) + "\n")
+            now = time.perf_counter()
+            stamps.append(now - t0)
+            if now >= deadline:
+                break
+    elapsed = time.perf_counter() - t0
+    return {"images": len(stamps), "elapsed_s": elapsed, "ready_s": t_ready,
+            "first_answer_s": stamps[0] if stamps else None, "steady_ips": _steady(stamps)}
+
+
+def _steady(stamps: list[float]) -> float | None:
+    """Images/s between the first and the last answer (start-up excluded)."""
+    if len(stamps) < 3 or stamps[-1] <= stamps[0]:
+        return None
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def _preprocess_cost(a: dict) -> dict:
+    """ms per image of decode + crop + resize alone, one process, one thread.
+
+    mode "lpirc": lpirc.preprocess.load_image (what `lpirc run` does, TF-exact bilinear);
+    mode "pillow": the hand-written loop's Image.open/convert/resize(BILINEAR, box).
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = Path(a["holdout"])
+    files = _list_images(root)[: a.get("distinct", 500)]
+    mode = a["mode"]
+    if mode == "lpirc":
+        from lpirc.preprocess import PreprocessSpec, load_image
+
+        spec = PreprocessSpec(224, 224, "uint8", decode=a.get("decode", "exact"))
+
+        def one(p):
+            return load_image(p, spec)
+    else:
+        def one(p):
+            img = Image.open(p).convert("RGB")
+            W, H = img.size
+            cw, ch = W * 0.875, H * 0.875
+            box = ((W - cw) / 2, (H - ch) / 2, (W + cw) / 2, (H + ch) / 2)
+            return np.asarray(img.resize((224, 224), Image.BILINEAR, box=box))
+    one(root / files[0])  # warm imports
+    n, t0 = 0, time.perf_counter()
+    deadline = t0 + a["time_limit_s"]
+    while True:
+        one(root / files[n % len(files)])
+        n += 1
+        if time.perf_counter() >= deadline and n >= min(len(files), a.get("min_images", 1)):
+            break
+    el = time.perf_counter() - t0
+    return {"images": n, "elapsed_s": el, "ms_per_image": el * 1000.0 / n}
+
+
+def _inference(a: dict) -> dict:
+    """Invoke on inputs already in memory, one interpreter of ``threads`` threads, from
+    ``start_at`` (time.time()) for ``time_limit_s``: images and ms per image."""
+    import numpy as np
+
+    it = _interpreter(a["model"], a.get("threads", 1))
+    inp = it.get_input_details()[0]
+    rng = np.random.default_rng(a.get("seed", 0))
+    xs = [rng.integers(0, 256, size=tuple(inp["shape"]), dtype=np.uint8) for _ in range(8)]
+    it.set_tensor(inp["index"], xs[0])
+    it.invoke()  # warm-up
+    start_at = a.get("start_at")
+    if start_at:
+        time.sleep(max(0.0, start_at - time.time()))
+    n, t0 = 0, time.perf_counter()
+    deadline = t0 + a["time_limit_s"]
+    while True:
+        it.set_tensor(inp["index"], xs[n % len(xs)])
+        it.invoke()
+        n += 1
+        if time.perf_counter() >= deadline:
+            break
+    el = time.perf_counter() - t0
+    return {"images": n, "elapsed_s": el, "ms_per_image": el * 1000.0 / n}
+
+
+CHILDREN = {"hand": _hand_loop, "preprocess": _preprocess_cost, "inference": _inference}
+
+
+def _child_main(kind: str, args_json: str) -> None:
+    res = CHILDREN[kind](json.loads(args_json))
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def _spawn_child(kind: str, args: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+
+
+def _collect(p: subprocess.Popen, what: str) -> dict:
+    out, err = p.communicate()
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{what} failed (exit {p.returncode}): {err.strip()[-800:]}")
+
+
+def run_child(kind: str, args: dict) -> dict:
+    return _collect(_spawn_child(kind, args), kind)
+
+
+# =============================================================================================
+# Holdouts
+# =============================================================================================
+
+
+def _holdout_make_available() -> bool:
+    r = subprocess.run([sys.executable, "-m", "lpirc", "holdout", "make", "--help"],
+                       capture_output=True, text=True, cwd=str(REPO))
+    return r.returncode == 0
+
+
+def _link_holdout(src: Path, out: Path, count: int, seed: int) -> None:
+    """Fallback for `lpirc holdout make`: ``count`` hard links to the source images (cycled in
+    a seeded order) named img_NNNNNNN.JPEG, and ground_truth.csv with the synset prefix."""
+    names = _list_images(src)
+    if not names:
+        raise SystemExit(f"{src}: no images")
+    random.Random(seed).shuffle(names)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    for i in range(count):
+        name = names[i % len(names)]
+        ext = os.path.splitext(name)[1]
+        dst = f"img_{i:07d}{ext}"
+        try:
+            os.link(src / name, tmp / dst)
+        except OSError:
+            shutil.copyfile(src / name, tmp / dst)
+        rows.append((dst, name.split("_", 1)[0]))
+    with open(tmp / "ground_truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        w.writerows(rows)
+    os.replace(tmp, out)
+
+
+def make_holdout(src: Path, cache: Path, count: int, seed: int) -> tuple[Path, str]:
+    """A cached holdout of ``count`` images from ``src``: (path, how it was made)."""
+    out = cache / f"holdout-{count}-s{seed}"
+    if (out / "ground_truth.csv").is_file():
+        return out, "cached"
+    cache.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    if _holdout_make_available():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        r = subprocess.run([sys.executable, "-m", "lpirc", "holdout", "make", str(src), str(tmp),
+                            "--count", str(count), "--seed", str(seed), "--quiet"],
+                           capture_output=True, text=True, cwd=str(REPO))
+        if r.returncode == 0 and (tmp / "ground_truth.csv").is_file():
+            os.replace(tmp, out)
+            how = f"lpirc holdout make ({time.perf_counter() - t:.1f} s)"
+            return out, how
+        log(f"lpirc holdout make failed (exit {r.returncode}): {r.stderr.strip()[-300:]}; "
+            f"using hard links")
+    _link_holdout(src, out, count, seed)
+    return out, f"hard links ({time.perf_counter() - t:.1f} s)"
+
+
+def enlarge_holdout(base: Path, cache: Path, factor: int) -> Path:
+    """``factor`` x ``base`` as hard links to base's files (names r<k>_<name>), with a ground
+    truth: shows whether memory grows with the holdout size."""
+    names = _list_images(base)
+    out = cache / f"{base.name}-x{factor}"
+    if (out / "ground_truth.csv").is_file() and len(_list_images(out)) == factor * len(names):
+        return out
+    gt = _read_gt(base / "ground_truth.csv")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    for k in range(factor):
+        for n in names:
+            dst = f"r{k}_{n}"
+            try:
+                os.link(base / n, tmp / dst)
+            except OSError:
+                shutil.copyfile(base / n, tmp / dst)
+            if n in gt:
+                rows.append((dst, gt[n]))
+    with open(tmp / "ground_truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        w.writerows(rows)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _read_gt(path: Path) -> dict[str, str]:
+    gt = {}
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0] != "filename":
+                gt[row[0]] = row[1]
+    return gt
+
+
+# =============================================================================================
+# lpirc run, watched: peak RSS of the process tree and time to the first answer
+# =============================================================================================
+
+
+class TreeWatch(threading.Thread):
+    """Polls a process tree: summed RSS every ``interval`` s, results.jsonl every 5 ms until
+    its first line appears."""
+
+    def __init__(self, pid: int, results: Path, t_start: float, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.results, self.t_start, self.interval = pid, results, t_start, interval
+        self.peak_rss = 0
+        self.peak_procs = 0
+        self.first_answer_s: float | None = None
+        self._halt = threading.Event()
+
+    def _rss(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        if total > self.peak_rss:
+            self.peak_rss = total
+        self.peak_procs = max(self.peak_procs, len(procs))
+
+    def run(self) -> None:
+        next_rss = 0.0
+        while not self._halt.is_set():
+            now = time.perf_counter()
+            if self.first_answer_s is None:
+                try:
+                    if self.results.stat().st_size > 0:
+                        self.first_answer_s = now - self.t_start
+                except FileNotFoundError:
+                    pass
+            if now >= next_rss:
+                self._rss()
+                next_rss = now + self.interval
+            time.sleep(0.005 if self.first_answer_s is None else self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
+              config: Path | None = None, extra: list[str] | None = None) -> dict:
+    """One `lpirc run` subprocess, watched. Images/s from its manifest and log."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "lpirc", "run", "--model", str(model), "--holdout", str(holdout),
+           "--out", str(out), "--time-limit-s", str(time_limit_s), "--quiet"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    cmd += extra or []
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=str(REPO))
+    watch = TreeWatch(p.pid, out / "results.jsonl", t0)
+    watch.start()
+    stdout, stderr = p.communicate()
+    process_s = time.perf_counter() - t0
+    watch.stop()
+    if p.returncode != 0:
+        raise RuntimeError(f"lpirc run failed (exit {p.returncode}): "
+                           f"{(stderr or stdout).strip()[-800:]}")
+    man = json.loads((out / "manifest.json").read_text())
+    stamps = []
+    with open(out / "results.jsonl") as f:
+        for line in f:
+            try:
+                stamps.append(json.loads(line)["t_s"])
+            except (ValueError, KeyError):
+                pass
+    n = int(man.get("images_logged") or len(stamps))
+    wall = float(man["wall_time_s"])
+    return {
+        "images": n, "wall_s": wall, "process_s": process_s, "ips": n / wall if wall else 0.0,
+        "steady_ips": _steady_t(stamps), "status": man["status"],
+        "first_answer_s": watch.first_answer_s, "first_answer_run_clock_s": man.get("first_answer_s"),
+        "peak_rss_mb": watch.peak_rss / 2**20, "processes": watch.peak_procs,
+        "settings": {k: man["settings"].get(k) for k in
+                     ("workers", "threads", "batch", "decode", "decode_threads")},
+        "holdout_images": man["holdout"]["image_count"],
+    }
+
+
+def _steady_t(stamps: list[float]) -> float | None:
+    """Images/s from the first answer's arrival to the last one's (start-up excluded): answers
+    arrive in chunks, so the first chunk's images are not counted."""
+    if len(stamps) < 3:
+        return None
+    first, last = stamps[0], stamps[-1]
+    after = sum(1 for s in stamps if s > first)
+    return after / (last - first) if last > first else None
+
+
+# =============================================================================================
+# lpirc tune and lpirc score
+# =============================================================================================
+
+
+def tune(model: Path, holdout: Path, cache: Path, budget_s: float) -> tuple[Path | None, str]:
+    """Run `lpirc tune` if it exists; returns (best.json, note)."""
+    r = subprocess.run([sys.executable, "-m", "lpirc", "tune", "--help"], capture_output=True,
+                       text=True, cwd=str(REPO))
+    if r.returncode != 0:
+        return None, "lpirc tune is not available (python -m lpirc tune --help failed): skipped"
+    help_text = r.stdout
+    out = cache / "tune"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "lpirc", "tune", "--model", str(model), "--holdout", str(holdout)]
+    if "--out" in help_text:
+        cmd += ["--out", str(out)]
+    if "--budget-s" in help_text:
+        cmd += ["--budget-s", str(budget_s)]
+    t = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO),
+                           timeout=budget_s * 2 + 60)
+    except subprocess.TimeoutExpired:
+        return None, f"lpirc tune did not finish in {budget_s * 2 + 60:.0f} s: skipped"
+    took = time.perf_counter() - t
+    if r.returncode != 0:
+        return None, (f"lpirc tune failed (exit {r.returncode}): "
+                      f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}: skipped")
+    best = sorted(list(out.rglob("best.json")) if out.exists() else [],
+                  key=lambda p: p.stat().st_mtime)
+    if not best:  # default location: runs/tune-*/best.json
+        best = sorted((REPO / "runs").glob("tune-*/best.json"), key=lambda p: p.stat().st_mtime)
+        best = [b for b in best if b.stat().st_mtime >= time.time() - took - 5]
+    if not best:
+        return None, "lpirc tune wrote no best.json: skipped"
+    return best[-1], f"lpirc tune took {took:.0f} s -> {best[-1]}"
+
+
+def synth_log(run_dir: Path, holdout: Path, out: Path) -> Path:
+    """A run folder with one answer per holdout image (real answers where `run_dir` has them,
+    the same answers repeated for the rest), to time scoring of a full-size log."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    man = json.loads((run_dir / "manifest.json").read_text())
+    real = []
+    with open(run_dir / "results.jsonl") as f:
+        for line in f:
+            try:
+                real.append(json.loads(line))
+            except ValueError:
+                pass
+    names = _list_images(holdout)
+    t_per = (man["wall_time_s"] or 1.0) / max(1, len(real))
+    with open(out / "results.jsonl", "w") as f:
+        for i, name in enumerate(names):
+            r = dict(real[i % len(real)])
+            r.update(image=name, index=i, t_s=round(i * t_per, 4))
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    man.update(status="complete", images_logged=len(names))
+    man["holdout"]["image_count"] = len(names)
+    man["holdout"]["ground_truth"] = str((holdout / "ground_truth.csv").resolve())
+    man["budget"]["time_limit_s"] = 600.0
+    (out / "manifest.json").write_text(json.dumps(man, indent=2))
+    return out
+
+
+def score_times(run_dir: Path) -> dict:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "lpirc", "score", str(run_dir), "--format", "json"],
+                       capture_output=True, text=True, cwd=str(REPO))
+    cli_s = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"lpirc score failed: {r.stderr.strip()[-500:]}")
+    res = json.loads(r.stdout)
+    sys.path.insert(0, str(REPO))
+    import scoring
+
+    t = time.perf_counter()
+    scoring.score_path(run_dir)
+    inproc_s = time.perf_counter() - t
+    return {"answers": res.get("images_answered"), "images_total": res.get("images_total"),
+            "top1": res.get("top1"), "cli_s": cli_s, "in_process_s": inproc_s}
+
+
+# =============================================================================================
+# The benchmark
+# =============================================================================================
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem = psutil.virtual_memory().total
+    except ImportError:
+        mem = None
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    versions = {}
+    for dist in ("ai-edge-litert", "pillow", "numpy"):
+        try:
+            import importlib.metadata as md
+
+            versions[dist] = md.version(dist)
+        except Exception:  # noqa: BLE001
+            versions[dist] = None
+    return {"cpu": cpu, "cores": cores(), "memory_gb": round(mem / 2**30, 1) if mem else None,
+            "python": platform.python_version(), "os": platform.platform(),
+            "loadavg_at_start": load, "versions": versions}
+
+
+def med(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
+    """The machine's limit, measured now: per-image costs alone, and pure-inference throughput."""
+    pre = run_child("preprocess", {"holdout": str(holdout), "mode": "lpirc", "time_limit_s": t})
+    pre_pil = run_child("preprocess", {"holdout": str(holdout), "mode": "pillow",
+                                       "time_limit_s": t})
+    inf = run_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t})
+    start_at = time.time() + 2.5  # all processes loaded before the clock starts
+    procs = [_spawn_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t,
+                                        "start_at": start_at, "seed": i}) for i in range(ncores)]
+    par = [_collect(p, "inference") for p in procs]
+    pure = sum(r["images"] / r["elapsed_s"] for r in par)
+    return {
+        "preprocess_ms": pre["ms_per_image"], "preprocess_pillow_ms": pre_pil["ms_per_image"],
+        "inference_ms": inf["ms_per_image"], "pure_inference_ips": pure,
+        "limit_ips": ncores * 1000.0 / (pre["ms_per_image"] + inf["ms_per_image"]),
+        "limit_pillow_ips": ncores * 1000.0 / (pre_pil["ms_per_image"] + inf["ms_per_image"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--holdout", type=Path, help="Holdout folder (with ground_truth.csv). Default:"
+                    " --count images made from --src into --cache-dir.")
+    ap.add_argument("--src", type=Path, default=DEFAULT_SRC, help="Images to make the default "
+                    "holdout from [../shared/data/imagenet-dev].")
+    ap.add_argument("--count", type=int, default=20_000, help="Default holdout size [20000].")
+    ap.add_argument("--big-factor", type=int, default=10, help="The memory check's large "
+                    "holdout is this many times the holdout, as hard links [10]; 0 = skip.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--images", type=int, help="Hand-written loop: at most this many images "
+                    "(default: as many as fit in --time-limit-s).")
+    ap.add_argument("--time-limit-s", type=float, default=25.0, help="Wall budget of each lpirc "
+                    "run and of the hand-written loop; images/s = answers / wall time [25].")
+    ap.add_argument("--limit-s", type=float, default=4.0, help="Seconds for each limit "
+                    "measurement (preprocess alone, inference alone, pure inference) [4].")
+    ap.add_argument("--repeats", type=int, default=2, help="Interleaved rounds [2]; medians "
+                    "are reported.")
+    ap.add_argument("--tune-budget-s", type=float, default=60.0,
+                    help="Budget passed to `lpirc tune --budget-s` when it has that option.")
+    ap.add_argument("--tuned-config", type=Path, help="Use this best.json instead of running "
+                    "lpirc tune.")
+    ap.add_argument("--no-tune", action="store_true", help="Skip the tuned contender.")
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                    help="Where holdouts and run folders go [bench/.cache].")
+    ap.add_argument("--quick", action="store_true", help="Tiny sizes (40 images, 3 s runs, "
+                    "1 round): a smoke test, not a measurement.")
+    ap.add_argument("--out", type=Path, help="Write every figure as JSON here.")
+    ap.add_argument("--child", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        _child_main(*a.child)
+        return 0
+    if a.quick:
+        a.count = min(a.count, 40)
+        a.time_limit_s = min(a.time_limit_s, 3.0)
+        a.limit_s = min(a.limit_s, 0.5)
+        a.repeats = 1
+        a.big_factor = min(a.big_factor, 3) if a.big_factor else 0
+        a.tune_budget_s = min(a.tune_budget_s, 10.0)
+
+    if not a.model.is_file():
+        print(f"run_bench: model not found: {a.model}", file=sys.stderr)
+        return 2
+    t_all = time.perf_counter()
+    ncores = cores()
+    mach = machine()
+    cache = a.cache_dir.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    if a.holdout is not None:
+        holdout, how = a.holdout.resolve(), "given"
+    else:
+        if not a.src.is_dir():
+            print(f"run_bench: image source not found: {a.src} (give --holdout)", file=sys.stderr)
+            return 2
+        holdout, how = make_holdout(a.src, cache, a.count, a.seed)
+    n_holdout = len(_list_images(holdout))
+    log(f"holdout {holdout}: {n_holdout} images ({how})")
+
+    tuned_cfg: Path | None = None
+    if a.tuned_config is not None:
+        tuned_cfg, tune_note = a.tuned_config.resolve(), f"tuned settings from {a.tuned_config}"
+    elif a.no_tune:
+        tune_note = "tuned contender skipped (--no-tune)"
+    else:
+        log("running lpirc tune ...")
+        tuned_cfg, tune_note = tune(a.model, holdout, cache, a.tune_budget_s)
+    log(tune_note)
+    notes.append(tune_note)
+    if tuned_cfg is None:
+        print(f"note: {tune_note}")
+
+    runs_dir = cache / "runs"
+    rounds: list[dict] = []
+    last_default_run = None
+    for r in range(a.repeats):
+        steps = ["hand", "default", "tuned", "limit"]
+        if r % 2:
+            steps.reverse()  # alternate the order, so no contender always runs first
+        res: dict[str, Any] = {}
+        for step in steps:
+            log(f"round {r + 1}/{a.repeats}: {step}")
+            if step == "hand":
+                res["hand"] = run_child("hand", {
+                    "model": str(a.model), "holdout": str(holdout), "threads": 2,
+                    "time_limit_s": a.time_limit_s, "images": a.images,
+                    "results": str(cache / "hand_results.jsonl")})
+            elif step == "default":
+                out = runs_dir / f"default-{r}"
+                res["default"] = lpirc_run(a.model, holdout, out, a.time_limit_s)
+                last_default_run = out
+            elif step == "tuned" and tuned_cfg is not None:
+                res["tuned"] = lpirc_run(a.model, holdout, runs_dir / f"tuned-{r}",
+                                         a.time_limit_s, config=tuned_cfg)
+            elif step == "limit":
+                res["limit"] = limit_round(a.model, holdout, a.limit_s, ncores)
+        rounds.append(res)
+
+    big = None
+    if a.big_factor and a.big_factor > 1:
+        t = time.perf_counter()
+        big_holdout = enlarge_holdout(holdout, cache, a.big_factor)
+        log(f"large holdout {big_holdout}: {a.big_factor} x {n_holdout} images "
+            f"({time.perf_counter() - t:.1f} s)")
+        log("memory: lpirc run on the large holdout")
+        big = lpirc_run(a.model, big_holdout, runs_dir / "big", a.time_limit_s,
+                        config=tuned_cfg)
+        big["holdout_images"] = big.get("holdout_images")
+        if tuned_cfg is None:
+            same = [x["default"] for x in rounds]
+        else:
+            same = [x["tuned"] for x in rounds]
+        big["compare_peak_rss_mb"] = med([x["peak_rss_mb"] for x in same])
+
+    log("scoring a full-size log")
+    full = synth_log(last_default_run, holdout, runs_dir / "score-full")
+    score = score_times(full)
+
+    # --- figures and ratios (ratios per round, then the median) ------------------------------
+    def fig(name: str, key: str) -> float | None:
+        return med([x[name][key] for x in rounds if name in x])
+
+    def ratio(num: str, den: tuple[str, str]) -> float | None:
+        vals = []
+        for x in rounds:
+            if num in x and den[0] in x and x[den[0]].get(den[1]):
+                vals.append(x[num]["ips"] / x[den[0]][den[1]])
+        return med(vals)
+
+    for x in rounds:
+        x["hand"]["ips"] = x["hand"]["images"] / x["hand"]["elapsed_s"]
+    has_tuned = tuned_cfg is not None
+    best = "tuned" if has_tuned else "default"
+    figures = {
+        "hand_ips": fig("hand", "ips"), "hand_steady_ips": fig("hand", "steady_ips"),
+        "default_ips": fig("default", "ips"), "default_steady_ips": fig("default", "steady_ips"),
+        "tuned_ips": fig("tuned", "ips") if has_tuned else None,
+        "tuned_steady_ips": fig("tuned", "steady_ips") if has_tuned else None,
+        "preprocess_ms": fig("limit", "preprocess_ms"),
+        "preprocess_pillow_ms": fig("limit", "preprocess_pillow_ms"),
+        "inference_ms": fig("limit", "inference_ms"),
+        "limit_ips": fig("limit", "limit_ips"), "limit_pillow_ips": fig("limit", "limit_pillow_ips"),
+        "pure_inference_ips": fig("limit", "pure_inference_ips"),
+        "first_answer_s": fig(best, "first_answer_s"),
+        "first_answer_default_s": fig("default", "first_answer_s"),
+        "peak_rss_mb": fig(best, "peak_rss_mb"),
+        "peak_rss_default_mb": fig("default", "peak_rss_mb"),
+        "peak_rss_big_mb": big["peak_rss_mb"] if big else None,
+        "first_answer_big_s": big["first_answer_s"] if big else None,
+        "score_cli_s": score["cli_s"], "score_in_process_s": score["in_process_s"],
+    }
+    ratios = {
+        "default/hand": ratio("default", ("hand", "ips")),
+        "default/limit": ratio("default", ("limit", "limit_ips")),
+        "default/pure_inference": ratio("default", ("limit", "pure_inference_ips")),
+    }
+    if has_tuned:
+        ratios.update({
+            "tuned/hand": ratio("tuned", ("hand", "ips")),
+            "tuned/limit": ratio("tuned", ("limit", "limit_ips")),
+            "tuned/pure_inference": ratio("tuned", ("limit", "pure_inference_ips")),
+        })
+    growth = None
+    if big and big.get("compare_peak_rss_mb"):
+        growth = big["peak_rss_mb"] / big["compare_peak_rss_mb"] - 1.0
+    goals = [
+        (f"lpirc run ({best}) >= {GOALS['tuned_vs_hand']}x hand-written loop",
+         ratios.get(f"{best}/hand"), lambda v: v >= GOALS["tuned_vs_hand"], "{:.2f}x"),
+        (f"lpirc run ({best}) >= {GOALS['tuned_vs_limit']}x end-to-end limit",
+         ratios.get(f"{best}/limit"), lambda v: v >= GOALS["tuned_vs_limit"], "{:.2f}x"),
+        (f"whole-tree peak RSS <= {GOALS['peak_rss_mb']:.0f} MB",
+         max([v for v in (figures["peak_rss_mb"], figures["peak_rss_big_mb"]) if v] or [0]) or None,
+         lambda v: v <= GOALS["peak_rss_mb"], "{:.0f} MB"),
+        (f"peak RSS at {a.big_factor}x holdout within {GOALS['rss_growth']:.0%}",
+         growth, lambda v: abs(v) <= GOALS["rss_growth"], "{:+.1%}"),
+        (f"first answer within {GOALS['first_answer_s']} s of start",
+         max([v for v in (figures["first_answer_s"], figures["first_answer_big_s"]) if v] or [0])
+         or None, lambda v: v <= GOALS["first_answer_s"], "{:.2f} s"),
+        (f"scoring {score['images_total']} answers < {GOALS['score_s']} s (CLI)",
+         figures["score_cli_s"], lambda v: v < GOALS["score_s"], "{:.2f} s"),
+    ]
+    total_s = time.perf_counter() - t_all
+    report = format_report(mach, holdout, n_holdout, a, rounds, figures, ratios, goals, big, score,
+                           notes, total_s, best)
+    print(report)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({
+            "machine": mach, "holdout": {"path": str(holdout), "images": n_holdout, "made": how},
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
+                        if k != "child"},
+            "rounds": rounds, "big": big, "score": score, "figures": figures, "ratios": ratios,
+            "goals": [{"goal": g, "value": v, "holds": (ok(v) if v is not None else None)}
+                      for g, v, ok, _ in goals],
+            "notes": notes, "total_s": total_s}, indent=2, default=str))
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    return 0
+
+
+def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, score, notes,
+                  total_s, best) -> str:
+    def num(v, fmt="{:.0f}"):
+        return "-" if v is None else fmt.format(v)
+
+    tuned_settings = next((x["tuned"]["settings"] for x in rounds if "tuned" in x), None)
+    default_settings = rounds[0]["default"]["settings"]
+    rows = [
+        ("hand-written loop (1 process, Pillow, 2 threads)", num(f["hand_ips"]),
+         num(f["hand_steady_ips"]), ""),
+        ("lpirc run, default settings", num(f["default_ips"]), num(f["default_steady_ips"]),
+         _settings_str(default_settings)),
+        ("lpirc run, lpirc tune's best settings", num(f["tuned_ips"]), num(f["tuned_steady_ips"]),
+         _settings_str(tuned_settings) if tuned_settings else "not run"),
+        (f"pure inference ({mach['cores']} processes x 1 thread)", num(f["pure_inference_ips"]),
+         "", "inputs in memory"),
+        (f"end-to-end limit, lpirc preprocessing", num(f["limit_ips"]), "",
+         f"{mach['cores']} / ({num(f['preprocess_ms'], '{:.2f}')} + "
+         f"{num(f['inference_ms'], '{:.2f}')}) ms"),
+        (f"end-to-end limit, Pillow resize preprocessing", num(f["limit_pillow_ips"]), "",
+         f"{mach['cores']} / ({num(f['preprocess_pillow_ms'], '{:.2f}')} + "
+         f"{num(f['inference_ms'], '{:.2f}')}) ms"),
+    ]
+    w = max([len(r[0]) for r in rows] + [62])
+    lines = [
+        f"machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gb']} GB, Python "
+        f"{mach['python']}, LiteRT {mach['versions'].get('ai-edge-litert')}, Pillow "
+        f"{mach['versions'].get('pillow')}; load average at start "
+        f"{'/'.join(f'{x:.1f}' for x in mach['loadavg_at_start']) if mach['loadavg_at_start'] else '?'}",
+        f"model: {a.model.name}; holdout: {n_holdout} images ({holdout}); "
+        f"{len(rounds)} interleaved round(s), {a.time_limit_s:g} s per run, medians",
+        "",
+        f"{'throughput':<{w}}  {'img/s':>6}  {'steady':>6}  notes",
+    ]
+    lines += [f"{r[0]:<{w}}  {r[1]:>6}  {r[2]:>6}  {r[3]}" for r in rows]
+    lines += [
+        "",
+        f"{'per-image cost alone (1 core)':<{w}}  {'ms':>6}",
+        f"{'decode + crop + resize, lpirc.preprocess (TF-exact bilinear)':<{w}}  "
+        f"{num(f['preprocess_ms'], '{:.2f}'):>6}",
+        f"{'decode + crop + resize, Pillow resize(BILINEAR)':<{w}}  "
+        f"{num(f['preprocess_pillow_ms'], '{:.2f}'):>6}",
+        f"{'inference (1 thread, input in memory)':<{w}}  {num(f['inference_ms'], '{:.2f}'):>6}",
+        "",
+        f"{'lpirc run':<{w}}  {'value':>9}",
+        f"{'peak RSS, whole process tree, ' + str(n_holdout) + ' images':<{w}}  "
+        f"{num(f['peak_rss_mb'], '{:.0f} MB'):>9}",
+    ]
+    if big:
+        lines.append(f"{'peak RSS, whole process tree, ' + str(big['holdout_images']) + ' images':<{w}}  "
+                     f"{num(f['peak_rss_big_mb'], '{:.0f} MB'):>9}")
+    lines += [
+        f"{'first answer after process start, ' + str(n_holdout) + ' images':<{w}}  "
+        f"{num(f['first_answer_s'], '{:.2f} s'):>9}",
+    ]
+    if big:
+        lines.append(f"{'first answer after process start, ' + str(big['holdout_images']) + ' images':<{w}}  "
+                     f"{num(f['first_answer_big_s'], '{:.2f} s'):>9}")
+    lines += [
+        f"{'lpirc score --format json, ' + str(score['images_total']) + ' answers (CLI wall)':<{w}}  "
+        f"{num(f['score_cli_s'], '{:.2f} s'):>9}",
+        f"{'scoring.score_path, same log (in process)':<{w}}  "
+        f"{num(f['score_in_process_s'], '{:.2f} s'):>9}",
+        "",
+        "ratios (per round, median)",
+    ]
+    for k, v in ratios.items():
+        lines.append(f"  {k:<24} {num(v, '{:.2f}')}")
+    lines += ["", "goals"]
+    for g, v, ok, fmt in goals:
+        mark = "n/a " if v is None else ("PASS" if ok(v) else "MISS")
+        lines.append(f"  {mark}  {g}: {num(v, fmt)}")
+    lines += [f"note: {n}" for n in notes]
+    lines.append(f"benchmark took {total_s:.0f} s")
+    return "\n".join(lines)
+
+
+def _settings_str(s: dict | None) -> str:
+    if not s:
+        return ""
+    return ", ".join(f"{k} {v}" for k, v in s.items() if v is not None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
