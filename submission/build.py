@@ -135,7 +135,8 @@ def _from_keras(tf, keras_model: Any, tmp: Path):
             raise ModelError(f"{path}: cannot load Keras model ({_one_line(e)})") from e
         where = str(path)
     else:
-        model, where = keras_model, "keras model"
+        model = keras_model
+        where = f"Keras model '{getattr(model, 'name', 'model')}'"
     inputs = getattr(model, "inputs", None) or []
     if len(inputs) != 1:
         raise ModelError(f"{where}: model must have exactly one input (has {len(inputs)})")
@@ -156,12 +157,16 @@ def _from_keras(tf, keras_model: Any, tmp: Path):
     return conv, (h, w), where
 
 
-def _from_saved_model(tf, path: Path):
-    path = Path(path)
+def _check_saved_model_dir(path: Path) -> None:
     if not path.exists():
         raise ModelError(f"{path}: SavedModel folder not found")
     if not path.is_dir() or not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
         raise ModelError(f"{path}: not a SavedModel folder (no saved_model.pb)")
+
+
+def _from_saved_model(tf, path: Path):
+    path = Path(path)
+    _check_saved_model_dir(path)
     try:
         loaded = tf.saved_model.load(str(path))
         sig = loaded.signatures["serving_default"]
@@ -228,7 +233,12 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
     if not 0 < crop_fraction <= 1:
         raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
     out = Path(out)
-    list_images(representative)  # fail fast, before TensorFlow is even imported
+    # Fail fast on paths, before TensorFlow (slow to import, maybe absent) is imported.
+    if saved_model is not None:
+        _check_saved_model_dir(Path(saved_model))
+    elif isinstance(keras_model, (str, os.PathLike)) and not Path(keras_model).is_file():
+        raise ModelError(f"{keras_model}: Keras model file not found")
+    list_images(representative)
     tf = _import_tf()
 
     with tempfile.TemporaryDirectory(prefix="lpirc-build-") as tmpdir:
@@ -283,7 +293,8 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         "labels": "ilsvrc2012",
         "built_by": f"lpirc submission build {__version__}",
         "tensorflow": tf.__version__,
-        "source": Path(source).name,
+        "source": source if saved_model is None and not isinstance(keras_model, (str, os.PathLike))
+        else Path(source).name,
         "representative_images": int(len(data)),
         "quantization": {"input": {k: details["input"][k] for k in ("scale", "zero_point")},
                          "output": {k: details["output"][k] for k in ("scale", "zero_point")}},
