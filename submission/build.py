@@ -16,8 +16,10 @@ import it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -101,7 +103,7 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
     if progress:
         from tqdm import tqdm  # noqa: PLC0415
 
-        it = tqdm(files, desc="representative images", unit="img", leave=False)
+        it = tqdm(files, desc="representative images", unit="img", leave=False, disable=None)
     for p in it:
         try:
             out.append(np.asarray(load_image(p, spec), np.float32))
@@ -187,6 +189,26 @@ def _from_saved_model(tf, path: Path):
     return conv, (h, w), str(path)
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence what the TFLite converter/interpreter C++ code prints on fd 2 (progress chatter
+    such as 'fully_quantize: 0, ...'). Our own errors are raised, not printed, so none is lost."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. a captured stream without a descriptor
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def _inspect(tflite_bytes: bytes) -> dict:
     """Input/output tensor details of the converted model, via LiteRT (TF as a fallback)."""
     try:
@@ -266,12 +288,14 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         conv.inference_input_type = tf.uint8 if dtype == "uint8" else tf.int8
         conv.inference_output_type = tf.uint8 if dtype == "uint8" else tf.int8
         try:
-            tflite = conv.convert()
+            with _quiet_native_stderr():
+                tflite = conv.convert()
         except Exception as e:
             raise ModelError(f"{source}: full-integer conversion failed ({_one_line(e)})") from e
 
     try:
-        details = _inspect(tflite)
+        with _quiet_native_stderr():
+            details = _inspect(tflite)
     except Exception as e:  # pragma: no cover - the converter produced something unusable
         raise ModelError(f"{source}: converted model does not load ({_one_line(e)})") from e
     out_shape = details["output"]["shape"]
