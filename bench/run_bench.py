@@ -448,8 +448,12 @@ def tune(model: Path, holdout: Path, cache: Path, budget_s: float) -> tuple[Path
     cmd = [sys.executable, "-m", "lpirc", "tune", "--model", str(model), "--holdout", str(holdout)]
     if "--out" in help_text:
         cmd += ["--out", str(out)]
-    if "--budget-s" in help_text:
-        cmd += ["--budget-s", str(budget_s)]
+    if "--max-time-s" in help_text:
+        cmd += ["--max-time-s", str(budget_s)]
+    if "--no-compare-defaults" in help_text:  # this benchmark compares them itself
+        cmd += ["--no-compare-defaults"]
+    if "--quiet" in help_text:
+        cmd += ["--quiet"]
     t = time.perf_counter()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO),
@@ -458,8 +462,8 @@ def tune(model: Path, holdout: Path, cache: Path, budget_s: float) -> tuple[Path
         return None, f"lpirc tune did not finish in {budget_s * 2 + 60:.0f} s: skipped"
     took = time.perf_counter() - t
     if r.returncode != 0:
-        return None, (f"lpirc tune failed (exit {r.returncode}): "
-                      f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}: skipped")
+        last = ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
+        return None, f"lpirc tune failed (exit {r.returncode}: {last}): skipped"
     best = sorted(list(out.rglob("best.json")) if out.exists() else [],
                   key=lambda p: p.stat().st_mtime)
     if not best:  # default location: runs/tune-*/best.json
@@ -605,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="Interleaved rounds [2]; medians "
                     "are reported.")
     ap.add_argument("--tune-budget-s", type=float, default=60.0,
-                    help="Budget passed to `lpirc tune --budget-s` when it has that option.")
+                    help="Passed to `lpirc tune --max-time-s` [60].")
     ap.add_argument("--tuned-config", type=Path, help="Use this best.json instead of running "
                     "lpirc tune.")
     ap.add_argument("--no-tune", action="store_true", help="Skip the tuned contender.")
