@@ -220,6 +220,57 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
 # --- lpirc tune -----------------------------------------------------------------------------
 
 
+@main.command("tune")
+@click.option("--model", type=click.Path(path_type=Path), help="Submission .tflite. Default: the bundled reference submission.")
+@click.option("--holdout", type=click.Path(path_type=Path), help="Folder of holdout images (a sample is measured). Default with the bundled model: the demo holdout.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label for each setting's top-1. Default: HOLDOUT/ground_truth.csv if present.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for best.json and tune.json. Default: runs/tune-<UTC time>-<model stem>/.")
+@click.option("--max-time-s", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Wall-clock time the whole tune may take.")
+@click.option("--sample", type=click.IntRange(min=8), help="Answers per trial (the holdout is cycled if smaller). Default: sized to fit --max-time-s.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Measurements of each of the best few settings (median kept).")
+@click.option("--finalists", type=click.IntRange(min=1), default=3, show_default=True, help="How many of the fastest settings are re-measured.")
+@click.option("--cooldown-s", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Pause between trials.")
+@click.option("--compare-defaults/--no-compare-defaults", default=True, show_default=True, help="At the end, measure best vs default settings interleaved (A B A B) and print the ratio.")
+@click.option("--pairs", type=click.IntRange(min=1), default=3, show_default=True, help="A/B pairs for --compare-defaults.")
+@click.option("--seed", "tune_seed", type=int, default=0, show_default=True, help="Seed of the sample and of the shuffled trial order.")
+@click.option("--max-top1-drop", type=click.FloatRange(min=0), default=0.01, show_default=True, help="A faster decode is chosen only if its top-1 is within this fraction of the exact decode's.")
+@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=600.0, show_default=True, help="The run's budget, for the 'fits' column (LPIRC: 10 minutes).")
+@click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="Budget clock of the run the settings are for (see lpirc run).")
+@click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image, for --clock inference.")
+@click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
+@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Central crop (default: the model's sidecar, else 0.875).")
+@click.option("--resize", type=click.Choice(["bilinear", "antialias"]), help="Resize method (default: the sidecar's, else bilinear).")
+@click.option("--mean", type=float, help="Float inputs: (pixel - mean) / std.")
+@click.option("--std", type=float, help="Float inputs: (pixel - mean) / std.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@friendly_errors
+def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: int | None,
+             repeats: int, finalists: int, cooldown_s: float, compare_defaults: bool, pairs: int,
+             tune_seed: int, max_top1_drop: float, **opts) -> None:
+    """Measure worker/thread/batch/decode settings with the run pipeline; write best.json.
+
+    Use the result with `lpirc run --config OUT/best.json` (options given to lpirc run win).
+    """
+    from lpirc.settings import bundled_model, resolve_settings
+    from lpirc.tune import format_summary, tune
+
+    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if opts["model"] is None:
+        opts["model"] = bundled_model()
+        if opts["holdout"] is None:
+            from lpirc.demo import demo_holdout_path
+
+            opts["holdout"] = demo_holdout_path()
+    if opts["holdout"] is None:
+        raise click.UsageError("--holdout is required with --model")
+    settings = resolve_settings(opts, explicit)
+    result = tune(settings, max_time_s, sample=sample, repeats=repeats, finalists=finalists,
+                  cooldown_s=cooldown_s, compare_defaults=compare_defaults, compare_pairs=pairs,
+                  seed=tune_seed, out=out, max_top1_drop=max_top1_drop)
+    click.echo(format_summary(result))
+
+
 # --- lpirc submission build -----------------------------------------------------------------
 
 

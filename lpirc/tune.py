@@ -1,0 +1,745 @@
+"""``lpirc tune``: measure worker / thread / batch / decode settings on this machine, keep the best.
+
+Every trial is a real ``lpirc run`` in miniature: :func:`lpirc.pipeline.run_pipeline` (the very
+code ``lpirc run`` uses) over a fixed random sample of the holdout, with one
+``dataclasses.replace(settings, workers=, threads=, batch=, decode=)`` per trial, answers kept in
+memory. Nothing is a separate micro-benchmark.
+
+What one trial measures
+    images/s  = answers received after every worker has delivered its first chunk, divided by
+                the time from that moment to the last answer (the parent's ``t_s`` of each
+                record). Worker start-up (fork, model load, XNNPACK weight packing, first invoke)
+                is excluded: it is paid once per run, not per image; it is measured separately
+                (``PipelineOutcome.first_answer_s``) and added back in the projected time of a
+                full run: ``startup + images / images_per_s``.
+    top-1     = on the sample, from the answers and the ground truth (when one is known), so a
+                faster decode that costs accuracy shows it.
+
+How the search goes (all inside ``max_time_s``)
+    1. probe      one worker at the largest batch on a few images: the model loads and runs
+                  (else ModelError), its batch can be resized or not (a model with a constant
+                  reshape pins batch 1: batches > 1 are then skipped, and said so).
+    2. warm-up    the sample's files are read once (page cache), then the default settings run
+                  once over the sample (not counted): its speed sizes the sample so that the
+                  planned trials fit the time.
+    3. screen     every (workers, threads) pair with workers x threads near the core count,
+                  at batch 1 and 4, exact decode, in shuffled order, once each; batch 8 only
+                  where batch 4 beat batch 1.
+    4. draft      the best two again with the JPEG draft (DCT-scaled) decode, only when enough
+                  sample images are large enough for it to decode at a reduced scale.
+    5. final      the best few (top-1 within ``max_top1_drop`` of exact decode) re-measured
+                  ``repeats`` times, in a shuffled order per round; a setting's figure is the
+                  median of all its measurements.
+    6. compare    best vs default settings interleaved (A B A B ...): the median of the
+                  per-pair ratios is printed as "best/default images/s ratio".
+    A short cooldown separates trials. A trial that would not fit the time left is skipped;
+    each trial's own budget is capped so that the tune never overruns.
+
+Public API: :func:`tune`, :class:`Candidate`, :class:`Trial`, :class:`TuneResult`,
+:func:`search_space`, :func:`throughput`, :func:`format_table`, :func:`default_tune_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from lpirc import __version__
+from lpirc.clock import Budget, Stopwatch
+from lpirc.errors import DelegateError, InputError, ModelError, NoTimeError
+from lpirc.settings import RunSettings, default_workers
+
+BATCHES = (1, 4, 8)
+#: Draft decode is tried only when at least this fraction of the sample would decode smaller.
+DRAFT_MIN_FRACTION = 0.2
+#: Images the probe runs.
+PROBE_IMAGES = 16
+#: Answers a measurement needs to be worth anything.
+MIN_ANSWERS = 8
+#: Largest automatic sample (answers per trial).
+MAX_SAMPLE = 2000
+
+
+# --- settings under test -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    """One point of the search space: the RunSettings fields ``lpirc tune`` varies."""
+
+    workers: int
+    threads: int
+    batch: int = 1
+    decode: str = "exact"
+    decode_threads: int = 0
+
+    @property
+    def label(self) -> str:
+        s = f"w{self.workers} t{self.threads} b{self.batch} {self.decode}"
+        return s + (f" d{self.decode_threads}" if self.decode_threads else "")
+
+    def settings(self) -> dict[str, Any]:
+        """The RunSettings fields, as best.json's ``settings`` object."""
+        return {"workers": self.workers, "threads": self.threads, "batch": self.batch,
+                "decode": self.decode, "decode_threads": self.decode_threads}
+
+    def apply(self, base: RunSettings) -> RunSettings:
+        return dataclasses.replace(base, **self.settings())
+
+    @classmethod
+    def default(cls) -> Candidate:
+        """What ``lpirc run`` does without ``--config``."""
+        d = RunSettings(model=Path("x"), holdout=Path("x"))
+        return cls(d.workers, d.threads, d.batch, d.decode, d.decode_threads)
+
+
+def search_space(cores: int, batches: Sequence[int] = (1,), exclusive: bool = False
+                 ) -> list[Candidate]:
+    """Worker/thread/batch points worth measuring (exact decode).
+
+    workers 1..cores+1; for each, interpreter threads t <= cores with cores <= workers x t <=
+    cores + 1 (else t = 1 once workers >= cores): 1 process x all cores, a process per core,
+    one more process than cores, and the splits between. Each at every batch in ``batches``.
+    An exclusive device (Edge TPU) has one inference process: only its decode threads vary.
+    """
+    cores = max(1, int(cores))
+    if exclusive:
+        return [Candidate(w, 1, 1) for w in range(1, cores + 2)]
+    pairs: list[tuple[int, int]] = []
+    for w in range(1, cores + 2):
+        ts = [t for t in range(1, cores + 1) if cores <= w * t <= cores + 1]
+        if not ts:
+            ts = [max(1, cores // w)]
+        pairs += [(w, t) for t in ts]
+    return [Candidate(w, t, b) for w, t in pairs for b in batches]
+
+
+# --- measurement -------------------------------------------------------------------------------
+
+
+def throughput(records: Sequence[dict]) -> tuple[float | None, float | None]:
+    """(images/s in steady state, start of the window in s) from one run's records.
+
+    The window opens when the last worker delivers its first chunk (start-up and first invoke
+    excluded) and closes at the last answer; the rate counts the answers received inside it.
+    None when fewer than two deliveries fall in the window.
+    """
+    if not records:
+        return None, None
+    first: dict[Any, float] = {}
+    for r in records:
+        w = r.get("worker")
+        if w not in first or r["t_s"] < first[w]:
+            first[w] = r["t_s"]
+    start = max(first.values())
+    end = max(r["t_s"] for r in records)
+    inside = [r for r in records if r["t_s"] > start]
+    deliveries = {(r.get("worker"), r["t_s"]) for r in inside}
+    if len(deliveries) < 2 or end <= start:
+        return None, start
+    return len(inside) / (end - start), start
+
+
+def top1(records: Iterable[dict], gt: dict[str, int] | None) -> float | None:
+    if not gt:
+        return None
+    n = ok = 0
+    for r in records:
+        label = gt.get(r["image"])
+        if label is None:
+            continue
+        n += 1
+        ok += bool(r["top5"]) and r["top5"][0] == label
+    return ok / n if n else None
+
+
+@dataclass
+class Trial:
+    """One pipeline run of one candidate."""
+
+    candidate: Candidate
+    stage: str  # warmup | screen | draft | final | compare
+    images: int  # sample size asked
+    answered: int = 0  # answers (errors included)
+    failed: int = 0
+    images_per_s: float | None = None  # steady state, start-up excluded
+    wall_images_per_s: float | None = None  # answers / whole wall time, start-up included
+    startup_s: float | None = None  # first answer after start
+    wall_s: float = 0.0
+    elapsed_s: float = 0.0  # the whole pipeline call: start, answers, stop
+    inference_ms: float | None = None  # mean invoke time per image
+    top1: float | None = None
+    status: str = "complete"
+    batch_used: int | None = None
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["candidate"] = self.candidate.settings()
+        d["label"] = self.candidate.label
+        return d
+
+
+@dataclass
+class Row:
+    """A candidate's summary over all its measurements."""
+
+    candidate: Candidate
+    images_per_s: float
+    spread: float | None  # (max - min) / 2 / median, over repeats; None with one measurement
+    n: int
+    top1: float | None
+    startup_s: float
+    projected_s: float  # startup + full holdout / images_per_s
+    fits: bool
+    eligible: bool  # top-1 within max_top1_drop of the exact decode
+    measurements: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"settings": self.candidate.settings(), "label": self.candidate.label,
+                "images_per_s": round(self.images_per_s, 2),
+                "spread": None if self.spread is None else round(self.spread, 4),
+                "n": self.n, "top1": self.top1, "startup_s": round(self.startup_s, 3),
+                "projected_s": round(self.projected_s, 1), "fits": self.fits,
+                "eligible": self.eligible, "measurements": [round(m, 2) for m in self.measurements]}
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path | None
+    best: Candidate
+    default: Candidate
+    rows: list[Row]  # sorted by images/s, fastest first
+    trials: list[Trial]
+    notes: list[str]
+    sample_size: int
+    holdout_size: int
+    time_limit_s: float
+    elapsed_s: float
+    ratio: float | None = None  # best/default images/s, median of the pairs
+    ratio_pairs: list[float] = field(default_factory=list)
+    cores: int = 1
+    max_time_s: float | None = None
+
+
+# --- the tune ----------------------------------------------------------------------------------
+
+
+def default_tune_dir(model: Path, base: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+    out = base / f"tune-{stamp}-{Path(model).stem}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = base / f"tune-{stamp}-{Path(model).stem}-{n}"
+    return out
+
+
+def _open_holdout(root: Path, seed: int):
+    from lpirc.holdout import open_holdout
+
+    return open_holdout(root, seed=seed)
+
+
+def _draft_fraction(root: Path, files: Sequence[str], height: int, width: int,
+                    crop_fraction: float) -> float:
+    """Fraction of ``files`` that the draft decode would decode at a reduced scale: JPEGs whose
+    half-size central crop still covers the model input (read from the headers only)."""
+    from PIL import Image
+
+    if not files:
+        return 0.0
+    hits = 0
+    for name in files:
+        try:
+            with Image.open(root / name) as im:
+                if im.format != "JPEG":
+                    continue
+                w, h = im.size
+        except Exception:  # noqa: BLE001  (a broken image is the pipeline's business)
+            continue
+        lo, hi = min(w, h), max(w, h)
+        if (lo / 2) * crop_fraction >= min(height, width) and (hi / 2) * crop_fraction >= max(height, width):
+            hits += 1
+    return hits / len(files)
+
+
+class _Bar:
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1, unit="trial", desc="lpirc tune", leave=False,
+                            file=sys.stderr, dynamic_ncols=True)
+
+    def plan(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = max(total, self.bar.n)
+            self.bar.refresh()
+
+    def step(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+
+    def show(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = None,
+         repeats: int = 3, finalists: int = 3, cooldown_s: float = 0.5,
+         compare_defaults: bool = True, compare_pairs: int = 3, seed: int = 0,
+         out: Path | None = None, max_top1_drop: float = 0.01, cores: int | None = None,
+         progress: bool = True, write: bool = True,
+         on_trial: Callable[[Trial], None] | None = None) -> TuneResult:
+    """Find the fastest settings for ``base.model`` on this machine within ``max_time_s``.
+
+    ``base`` carries everything not tuned (model, holdout, ground truth, preprocessing,
+    delegate, the competition's ``time_limit_s`` used for the "fits" column). Writes
+    ``best.json`` (``{"settings": {...}, "measurements": {...}}``, read by ``lpirc run --config``)
+    and ``tune.json`` (every trial) to ``out`` (default ``runs/tune-<UTC>-<model stem>/``) unless
+    ``write`` is false. Raises ModelError (model cannot run), DelegateError, InputError (holdout,
+    ground truth), NoTimeError (not even one setting could be measured in ``max_time_s``).
+    """
+    from lpirc.pipeline import run_pipeline
+    from lpirc.runner import _check_delegate, _check_model_file
+
+    t_start = time.monotonic()
+    deadline = t_start + float(max_time_s)
+    rng = random.Random(seed)
+    cores = int(cores or default_workers())
+    notes: list[str] = []
+    trials: list[Trial] = []
+
+    def left() -> float:
+        return deadline - time.monotonic()
+
+    # --- inputs ---
+    model_path = Path(base.model)
+    _check_model_file(model_path)
+    holdout = _open_holdout(Path(base.holdout), base.seed)
+    files = tuple(holdout.files)
+    gt_path = base.ground_truth
+    if gt_path is None and (Path(base.holdout) / "ground_truth.csv").is_file():
+        gt_path = Path(base.holdout) / "ground_truth.csv"
+    gt: dict[str, int] | None = None
+    if gt_path is not None:
+        import scoring
+
+        try:
+            gt = scoring.read_ground_truth(gt_path)
+        except scoring.ScoringError as e:
+            raise InputError(str(e)) from None
+    exclusive = _check_delegate(base.delegate)
+    root = Path(base.holdout)
+    order = list(files)
+    rng.shuffle(order)  # a fixed random sample: every trial sees the same images
+
+    bar = _Bar(progress and not base.quiet)
+
+    seen: dict[str, Any] = {"ready": None, "error": None}
+
+    def measure(cand: Candidate, stage: str, names: Sequence[str], cap_s: float) -> Trial:
+        settings = cand.apply(base)
+        recs: list[dict] = []
+        t_in = time.monotonic()
+        clock = Stopwatch()
+        budget = Budget("wall", max(0.1, cap_s), base.ms_per_image, len(names))
+        outcome = run_pipeline(settings, root, tuple(names), budget, recs.extend, clock,
+                               exclusive=exclusive, progress=None)
+        tr = Trial(cand, stage, len(names), answered=outcome.answered + outcome.failed,
+                   failed=outcome.failed, wall_s=outcome.wall_time_s,
+                   startup_s=outcome.first_answer_s, status=outcome.status,
+                   batch_used=(outcome.ready or {}).get("batch"))
+        tr.elapsed_s = time.monotonic() - t_in
+        if outcome.status == "interrupted":
+            raise KeyboardInterrupt
+        if outcome.error and not recs:
+            kind, message = outcome.error
+            raise (DelegateError if kind == "delegate" else ModelError)(message)
+        if outcome.error:
+            tr.note = outcome.error[1]
+        if outcome.ready and seen["ready"] is None:
+            seen["ready"] = outcome.ready
+        if seen["error"] is None:
+            seen["error"] = next((r["error"] for r in recs if r["error"]), None)
+        rate, _ = throughput(recs)
+        tr.images_per_s = rate if tr.answered >= MIN_ANSWERS else None
+        if outcome.wall_time_s > 0 and recs:
+            tr.wall_images_per_s = len(recs) / outcome.wall_time_s
+        inf = [r["inference_ms"] for r in recs if r["error"] is None]
+        tr.inference_ms = sum(inf) / len(inf) if inf else None
+        tr.top1 = top1(recs, gt)
+        if tr.batch_used is not None and tr.batch_used != cand.batch:
+            tr.note = f"ran at batch {tr.batch_used}"
+        trials.append(tr)
+        if on_trial is not None:
+            on_trial(tr)
+        return tr
+
+    try:
+        # --- 1. probe: does it run, can its batch be resized ---
+        big = 1 if exclusive else max(BATCHES)
+        probe_names = order[:max(1, min(len(order), max(PROBE_IMAGES, big * 2)))]
+        bar.show("probing the model")
+        probe = measure(Candidate(1, 1, big), "probe", probe_names, max(0.5, left()))
+        if probe.answered == 0:
+            raise NoTimeError(f"--max-time-s {max_time_s:g}: too short to load and run "
+                              f"{model_path.name} even once")
+        if probe.answered == probe.failed:
+            raise InputError(f"{root}: none of the first {len(probe_names)} images could be "
+                             f"decoded ({seen['error']})")
+        batch_ok = probe.batch_used == big
+        if exclusive:
+            batches: tuple[int, ...] = (1,)
+            notes.append(f"delegate {base.delegate} allows one inference process: tuning its "
+                         "decode threads (the workers setting) only")
+        elif batch_ok:
+            batches = BATCHES
+        else:
+            batches = (1,)
+            notes.append(f"batch 4 and 8 skipped: {model_path.name} cannot resize its batch "
+                         f"(it pins batch 1, e.g. a constant reshape)")
+        shape = (((seen["ready"] or {}).get("model") or {}).get("input") or {}).get("shape")
+        ready_shape = (int(shape[1]), int(shape[2])) if shape and len(shape) >= 3 else (224, 224)
+
+        # --- 2. sample, page cache, warm-up ---
+        default = Candidate.default()
+        if exclusive:
+            default = Candidate(default.workers, 1, 1)
+        space = search_space(cores, batches, exclusive)
+        n_planned = _planned_trials(space, batches, repeats, finalists, compare_defaults,
+                                    compare_pairs)
+        n = sample or 200
+        names = _cycle(order, min(n, 200))
+        _read_all(root, order[:min(len(order), sample or MAX_SAMPLE)])
+        bar.show("warm-up")
+        warm = measure(default, "warmup", names, max(0.5, left()))
+        if warm.images_per_s is None and warm.answered == 0:
+            raise NoTimeError(f"--max-time-s {max_time_s:g}: too short to measure even one "
+                              f"setting (the warm-up answered nothing)")
+        warm_rate = warm.images_per_s or (warm.wall_images_per_s or 1.0)
+        startup = warm.startup_s or 0.5
+        # what a trial costs beyond its answers: start-up, stop, cooldown
+        overhead = max(startup, warm.elapsed_s - len(names) / warm_rate) + cooldown_s
+        if sample is None:
+            # size the sample so the planned trials fit what is left; a small holdout is
+            # cycled through more than once so that a trial lasts long enough to measure
+            per_trial = left() / max(1, n_planned) - overhead
+            want = int(max(0.0, per_trial) * warm_rate * 0.8)
+            floor = max(32, 4 * max(BATCHES) * (cores + 1))
+            n = max(floor, min(MAX_SAMPLE, want))
+        names = _cycle(order, n)
+        if n > len(order):
+            notes.append(f"sample: the {len(order)} holdout images cycled to {n} answers per "
+                         f"trial")
+        bar.plan(n_planned)
+
+        rates: dict[Candidate, list[float]] = {}
+        tops: dict[Candidate, list[float]] = {}
+        infs: dict[Candidate, list[float]] = {}
+        starts: dict[Candidate, list[float]] = {}
+
+        def est(c: Candidate) -> float:
+            """Expected seconds for one trial of ``c`` (pessimistic before it was measured)."""
+            r = statistics.median(rates[c]) if rates.get(c) else warm_rate * 0.6
+            done = [t for t in trials if t.images_per_s and t.stage != "probe"]
+            extra = (statistics.median(t.elapsed_s - t.answered / t.images_per_s for t in done)
+                     if done else overhead - cooldown_s)
+            return max(0.0, extra) + len(names) / max(r, 1e-6) + cooldown_s
+
+        def reserve() -> float:
+            """Time kept for the A/B comparison at the end: one pair, with some slack."""
+            if not compare_defaults:
+                return 0.0
+            d = est(default) if rates.get(default) else overhead + len(names) / warm_rate
+            lead = max(rates, key=lambda k: _med(rates[k])) if rates else default
+            return 1.3 * (d + min(d, est(lead)))
+
+        def run_one(c: Candidate, stage: str, keep_reserve: bool = True) -> Trial | None:
+            room = left() - (reserve() if keep_reserve else 0.0)
+            if room < est(c):
+                notes_skipped.append(f"{c.label} ({stage})")
+                bar.step(f"{c.label}: skipped, no time")
+                return None
+            tr = measure(c, stage, names, min(room, 3 * est(c)))
+            if tr.images_per_s is not None:
+                rates.setdefault(c, []).append(tr.images_per_s)
+                if tr.startup_s is not None:
+                    starts.setdefault(c, []).append(tr.startup_s)
+                if tr.inference_ms is not None:
+                    infs.setdefault(c, []).append(tr.inference_ms)
+                if tr.top1 is not None and tr.answered >= len(names):
+                    tops.setdefault(c, []).append(tr.top1)
+            best_now = max(rates, key=lambda k: statistics.median(rates[k])) if rates else None
+            bar.step(f"{c.label}: {_fmt_rate(tr.images_per_s)} img/s"
+                     + (f" | best {best_now.label}" if best_now else ""))
+            if cooldown_s > 0 and left() > cooldown_s:
+                time.sleep(cooldown_s)
+            return tr
+
+        notes_skipped: list[str] = []
+
+        # --- 3. screen ---
+        first = [c for c in space if c.batch <= 4]
+        rng.shuffle(first)
+        for c in first:
+            run_one(c, "screen")
+        if 8 in batches:
+            later = []
+            for c in space:
+                if c.batch != 8:
+                    continue
+                b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
+                if rates.get(b4) and rates.get(b1) and _med(rates[b4]) > _med(rates[b1]):
+                    later.append(c)
+            skipped8 = [c for c in space if c.batch == 8 and c not in later]
+            if skipped8:
+                notes.append("batch 8 skipped for " + ", ".join(f"w{c.workers} t{c.threads}"
+                                                                for c in skipped8)
+                             + ": batch 4 was no faster than batch 1 there")
+            rng.shuffle(later)
+            for c in later:
+                run_one(c, "screen")
+        if not rates:
+            raise NoTimeError(f"--max-time-s {max_time_s:g}: too short to measure even one "
+                              f"setting (each needs about {est(default):.1f} s after a "
+                              f"{time.monotonic() - t_start:.1f} s warm-up)")
+
+        # --- 4. draft decode ---
+        frac = _draft_fraction(root, sorted(set(names)), ready_shape[0], ready_shape[1], base.crop_fraction)
+        exact_top1 = _exact_top1(tops)
+        if frac >= DRAFT_MIN_FRACTION:
+            ranked = sorted(rates, key=lambda k: -_med(rates[k]))[:2]
+            drafts = [dataclasses.replace(c, decode="draft") for c in ranked]
+            rng.shuffle(drafts)
+            for c in drafts:
+                run_one(c, "draft")
+        else:
+            notes.append(f"draft decode skipped: only {frac:.0%} of the sample is large enough "
+                         f"for a reduced-scale JPEG decode to {ready_shape[1]}x{ready_shape[0]}")
+
+        def eligible(c: Candidate) -> bool:
+            if c.decode == "exact" or exact_top1 is None or not tops.get(c):
+                return True
+            return _med(tops[c]) >= exact_top1 - max_top1_drop
+
+        # --- 5. final: the best few again ---
+        pool = sorted((c for c in rates if eligible(c)), key=lambda k: -_med(rates[k]))
+        finals = pool[:max(1, finalists)]
+        for _ in range(max(0, repeats - 1)):
+            rnd = list(finals)
+            rng.shuffle(rnd)
+            for c in rnd:
+                run_one(c, "final")
+        best = max(finals, key=lambda k: _med(rates[k]))
+
+        # --- 6. compare with the defaults, interleaved ---
+        ratio_pairs: list[float] = []
+        if compare_defaults and best != default:
+            for i in range(max(1, compare_pairs)):
+                need = est(best) + est(default)
+                if left() < need:
+                    if not ratio_pairs:
+                        notes.append("no time left to compare best with the defaults")
+                    break
+                a = run_one(best, "compare", keep_reserve=False)
+                b = run_one(default, "compare", keep_reserve=False)
+                if a and b and a.images_per_s and b.images_per_s:
+                    ratio_pairs.append(a.images_per_s / b.images_per_s)
+        ratio = statistics.median(ratio_pairs) if ratio_pairs else (
+            1.0 if compare_defaults and best == default else None)
+        if compare_defaults and best == default:
+            notes.append("the best settings are the defaults")
+        if notes_skipped:
+            notes.append(f"{len(notes_skipped)} trial(s) skipped for lack of time: "
+                         + ", ".join(notes_skipped[:6]) + ("..." if len(notes_skipped) > 6 else ""))
+    finally:
+        bar.close()
+
+    rows = _rows(rates, starts, tops, infs, eligible, len(files), base)
+    result = TuneResult(out_dir=None, best=best, default=default, rows=rows, trials=trials,
+                        notes=notes, sample_size=len(names), holdout_size=len(files),
+                        time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
+                        ratio=ratio, ratio_pairs=ratio_pairs, cores=cores,
+                        max_time_s=float(max_time_s))
+    if write:
+        result.out_dir = _write(result, base, out, holdout, gt_path, warm, probe)
+    return result
+
+
+def _med(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def _fmt_rate(r: float | None) -> str:
+    return "-" if r is None else f"{r:.1f}"
+
+
+def _exact_top1(tops: dict[Candidate, list[float]]) -> float | None:
+    vals = [_med(v) for c, v in tops.items() if c.decode == "exact" and v]
+    return statistics.median(vals) if vals else None
+
+
+def _planned_trials(space, batches, repeats, finalists, compare, pairs) -> int:
+    n = sum(1 for c in space if c.batch <= 4) + sum(1 for c in space if c.batch == 8) // 2
+    n += 2  # draft
+    n += max(1, finalists) * max(0, repeats - 1)
+    n += 2 * max(1, pairs) if compare else 0
+    return n
+
+
+def _cycle(order: Sequence[str], n: int) -> list[str]:
+    """The first ``n`` names of ``order`` repeated as often as needed."""
+    if not order:
+        return []
+    reps = -(-n // len(order))
+    return (list(order) * reps)[:n]
+
+
+def _read_all(root: Path, names: Sequence[str]) -> None:
+    """Read the sample once so that the first trial does not pay for a cold page cache."""
+    for name in names:
+        try:
+            with open(root / name, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+        except OSError:
+            pass
+
+
+def _rows(rates, starts, tops, infs, eligible, full: int, base: RunSettings) -> list[Row]:
+    rows = []
+    for c, ms in rates.items():
+        med = _med(ms)
+        spread = (max(ms) - min(ms)) / 2 / med if len(ms) > 1 and med > 0 else None
+        st = _med(starts[c]) if starts.get(c) else 0.0
+        proj = st + full / med if med > 0 else math.inf
+        fits = proj <= base.time_limit_s
+        if base.clock == "inference":  # Track 1 / OVIC: summed invoke time per image counts too
+            fits = fits and bool(infs.get(c)) and _med(infs[c]) <= base.ms_per_image
+        t1 = _med(tops[c]) if tops.get(c) else None
+        rows.append(Row(c, med, spread, len(ms), t1, st, proj, fits, eligible(c), list(ms)))
+    rows.sort(key=lambda r: -r.images_per_s)
+    return rows
+
+
+def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_path,
+           warm: Trial, probe: Trial) -> Path:
+    from lpirc.machine import machine_info
+    from lpirc.results import write_json
+
+    out_dir = Path(out) if out else default_tune_dir(Path(base.model))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best_row = next((r for r in result.rows if r.candidate == result.best), None)
+    default_row = next((r for r in result.rows if r.candidate == result.default), None)
+    measured = {
+        "lpirc_version": __version__,
+        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": str(Path(base.model).resolve()),
+        "holdout": str(Path(base.holdout).resolve()),
+        "holdout_images": result.holdout_size,
+        "sample_images": result.sample_size,
+        "ground_truth": str(Path(gt_path).resolve()) if gt_path else None,
+        "cores": result.cores,
+        "time_limit_s": base.time_limit_s,
+        "images_per_s_definition": "answers after every worker's first chunk / time from then "
+                                   "to the last answer (start-up excluded); projected_s adds "
+                                   "the measured start-up back",
+        "best": best_row.to_json() if best_row else None,
+        "default": default_row.to_json() if default_row else None,
+        "best_vs_default_ratio": result.ratio,
+        "ratio_pairs": [round(x, 4) for x in result.ratio_pairs],
+        "table": [r.to_json() for r in result.rows],
+        "notes": result.notes,
+    }
+    write_json(out_dir / "best.json", {"settings": result.best.settings(),
+                                       "measurements": measured})
+    write_json(out_dir / "tune.json", {
+        **measured,
+        "base_settings": base.to_json(),
+        "max_time_s": result.max_time_s,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "machine": machine_info(),
+        "probe": probe.to_json(),
+        "warmup": warm.to_json(),
+        "trials": [t.to_json() for t in result.trials],
+    })
+    return out_dir
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def format_table(result: TuneResult) -> str:
+    """The table ``lpirc tune`` prints, fastest first."""
+    lim = result.time_limit_s
+    head = ["", "workers", "threads", "batch", "decode", "images/s", "spread", "n", "top-1",
+            f"{result.holdout_size} images", f"fits {lim:g} s"]
+    body = []
+    for r in result.rows:
+        mark = "*" if r.candidate == result.best else ("d" if r.candidate == result.default else "")
+        if r.candidate == result.best and r.candidate == result.default:
+            mark = "*d"
+        body.append([
+            mark, str(r.candidate.workers), str(r.candidate.threads), str(r.candidate.batch),
+            r.candidate.decode + ("" if r.eligible else " (acc)"),
+            f"{r.images_per_s:.1f}",
+            "-" if r.spread is None else f"±{r.spread * 100:.1f}%",
+            str(r.n),
+            "-" if r.top1 is None else f"{r.top1 * 100:.1f}%",
+            f"{r.projected_s:.1f} s",
+            "yes" if r.fits else "NO",
+        ])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    right = {5, 6, 7, 8, 9}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(head)] + [line(b) for b in body]
+    out.append("* best (chosen)   d defaults of lpirc run   (acc) top-1 dropped too much to choose")
+    return "\n".join(out)
+
+
+def format_summary(result: TuneResult) -> str:
+    lines = [format_table(result), ""]
+    lines.append(f"sample          {result.sample_size} answers per trial from "
+                 f"{min(result.sample_size, result.holdout_size)} of the {result.holdout_size} "
+                 f"holdout images; {len(result.trials)} pipeline runs in "
+                 f"{result.elapsed_s:.0f} s on {result.cores} cores")
+    lines.append("images/s        steady state (worker start-up excluded; the projected time "
+                 "adds it back)")
+    for n in result.notes:
+        lines.append(f"note            {n}")
+    lines.append(f"best            {result.best.label}")
+    if result.ratio is not None:
+        k = len(result.ratio_pairs)
+        lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
+                     + (f"(median of {k}, interleaved)" if k else "(best is the default)"))
+    if result.out_dir is not None:
+        lines.append(f"wrote           {result.out_dir / 'best.json'} and "
+                     f"{result.out_dir / 'tune.json'}")
+        lines.append(f"use it          lpirc run --config {result.out_dir / 'best.json'} ...")
+    return "\n".join(lines)
+
+
+__all__ = ["Candidate", "Trial", "Row", "TuneResult", "search_space", "throughput", "top1",
+           "tune", "format_table", "format_summary", "default_tune_dir"]

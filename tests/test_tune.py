@@ -1,0 +1,342 @@
+"""`lpirc tune`: search space, measurement, time cap, shuffling, output files and errors.
+
+The search logic is tested against a simulated pipeline (fast, deterministic); the real pipeline
+runs in the CLI tests on a tiny model and a 40-image demo holdout, and on mobilenet_v2 from
+../shared/data (skipped when absent) for the unresizable-batch case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lpirc.errors import InputError, ModelError, NoTimeError
+from lpirc.pipeline import PipelineOutcome
+from lpirc.settings import RunSettings, read_config
+from lpirc.tune import Candidate, format_summary, search_space, throughput, top1, tune
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MOBILENET = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def lpirc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+def build_tiny(path: Path, size: int = 16, classes: int = 1000) -> Path:
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (needed to build models)")
+    import numpy as np
+
+    tf.random.set_seed(0)
+    inp = tf.keras.Input((size, size, 3), batch_size=None)
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    model = tf.keras.Model(inp, tf.keras.layers.Dense(classes, activation="softmax")(x))
+    rng = np.random.default_rng(0)
+
+    def rep():
+        for _ in range(8):
+            yield [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    path.write_bytes(conv.convert())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The bundled reference submission when it is there (64x64, batch resizable), else a tiny
+    int8 model built here."""
+    from lpirc.settings import bundled_model
+
+    ref = bundled_model()
+    if ref.is_file():
+        return ref
+    return build_tiny(tmp_path_factory.mktemp("tune") / "tiny.tflite")
+
+
+@pytest.fixture(scope="session")
+def holdout40(tmp_path_factory) -> Path:
+    from lpirc.demo import make_demo_holdout
+
+    return make_demo_holdout(tmp_path_factory.mktemp("tune") / "h40", count=40, seed=7)
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def test_search_space_keeps_workers_times_threads_near_cores():
+    two = search_space(2, (1,))
+    assert [(c.workers, c.threads) for c in two] == [(1, 2), (2, 1), (3, 1)]
+    four = search_space(4, (1, 4, 8))
+    pairs = {(c.workers, c.threads) for c in four}
+    assert pairs == {(1, 4), (2, 2), (3, 1), (4, 1), (5, 1)}
+    assert {c.batch for c in four} == {1, 4, 8} and len(four) == 15
+    assert all(c.decode == "exact" for c in four)
+    # one process may own an Edge TPU: only its decode threads (the workers knob) vary
+    assert [(c.workers, c.threads, c.batch) for c in search_space(2, (1, 4), exclusive=True)] == \
+        [(1, 1, 1), (2, 1, 1), (3, 1, 1)]
+
+
+def test_throughput_excludes_worker_startup():
+    # two workers; worker 1 delivers its first chunk late (slow start): the window opens then
+    recs = []
+    for t in (1.0, 1.1, 1.2, 1.3, 1.4):
+        recs += [{"worker": 0, "t_s": t}] * 4
+    for t in (1.25, 1.35, 1.45):
+        recs += [{"worker": 1, "t_s": t}] * 4
+    rate, start = throughput(recs)
+    assert start == 1.25
+    # answers after 1.25: worker 0 at 1.3, 1.4; worker 1 at 1.35, 1.45 -> 16 in 0.2 s
+    assert rate == pytest.approx(16 / 0.2)
+    assert throughput([{"worker": 0, "t_s": 1.0}] * 4) == (None, 1.0)
+    assert throughput([]) == (None, None)
+
+
+def test_top1_from_records():
+    recs = [{"image": "a", "top5": [3, 1]}, {"image": "b", "top5": []},
+            {"image": "c", "top5": [7]}, {"image": "x", "top5": [1]}]
+    assert top1(recs, {"a": 3, "b": 2, "c": 5}) == pytest.approx(1 / 3)
+    assert top1(recs, None) is None
+
+
+def test_candidate_round_trips_through_read_config(tmp_path):
+    c = Candidate(3, 1, 4, "draft")
+    (tmp_path / "best.json").write_text(json.dumps({"settings": c.settings(),
+                                                    "measurements": {"table": []}}))
+    assert read_config(tmp_path / "best.json") == c.settings()
+    base = RunSettings(model=Path("m.tflite"), holdout=Path("h"))
+    s = c.apply(base)
+    assert (s.workers, s.threads, s.batch, s.decode) == (3, 1, 4, "draft")
+
+
+# --- the search, on a simulated pipeline --------------------------------------------------------
+
+
+class FakePipeline:
+    """Stands in for lpirc.pipeline.run_pipeline: answers at a rate given per setting, sleeping
+    ``scale`` x the simulated time, and records the order of the settings it was given."""
+
+    def __init__(self, rate, batch_ok=True, scale=0.0, startup=0.05):
+        self.rate, self.batch_ok, self.scale, self.startup = rate, batch_ok, scale, startup
+        self.calls: list[Candidate] = []
+
+    def __call__(self, settings, root, files, budget, write, clock, exclusive=False,
+                 progress=None):
+        batch = settings.batch if self.batch_ok else 1
+        cand = Candidate(settings.workers, settings.threads, batch, settings.decode)
+        self.calls.append(Candidate(settings.workers, settings.threads, settings.batch,
+                                    settings.decode))
+        rate = self.rate(cand)
+        t, recs, status = self.startup, [], "complete"
+        chunk = max(4, batch)
+        for i in range(0, len(files), chunk):
+            t += chunk / rate
+            if t > budget.time_limit_s:
+                status = "budget_exhausted"
+                break
+            recs += [{"image": f, "index": i + j, "top5": [0], "scores": [1.0], "error": None,
+                      "t_s": round(t, 6), "latency_ms": 1.0, "inference_ms": 1.0,
+                      "worker": (i // chunk) % settings.workers, "late": False}
+                     for j, f in enumerate(files[i:i + chunk])]
+        write(recs)
+        if self.scale:
+            time.sleep(min(t, budget.time_limit_s) * self.scale)
+        return PipelineOutcome(status=status, wall_time_s=t, inference_time_s=len(recs) / 1000,
+                               answered=len(recs), failed=0, late=0,
+                               ready={"batch": batch, "note": None,
+                                      "model": {"input": {"shape": [1, 64, 64, 3]}}},
+                               first_answer_s=self.startup + chunk / rate)
+
+
+def speed(c: Candidate) -> float:
+    # 2 workers x 1 thread fastest, batch 4 helps a little, draft helps a lot
+    base = {(1, 1): 300.0, (1, 2): 480.0, (2, 1): 610.0, (3, 1): 590.0}[(c.workers, c.threads)]
+    return base * (1.05 if c.batch == 4 else 1.0) * (1.0 if c.batch != 8 else 0.9) * \
+        (1.3 if c.decode == "draft" else 1.0)
+
+
+def fake_tune(monkeypatch, holdout, fake, **kw):
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", fake)
+    base = RunSettings(model=holdout / "ground_truth.csv", holdout=holdout, time_limit_s=600)
+    kw.setdefault("cooldown_s", 0.0)
+    kw.setdefault("cores", 2)
+    kw.setdefault("write", False)
+    kw.setdefault("progress", False)
+    return tune(base, **kw)
+
+
+def test_search_finds_the_fastest_setting_and_skips_what_cannot_help(monkeypatch, holdout40):
+    fake = FakePipeline(speed)
+    res = fake_tune(monkeypatch, holdout40, fake, max_time_s=30, sample=400)
+    # draft decode is faster here and costs no accuracy (same answers)
+    assert res.best == Candidate(2, 1, 4, "draft")
+    assert res.rows[0].candidate == res.best and res.rows == sorted(res.rows, key=lambda r: -r.images_per_s)
+    screened = [t.candidate for t in res.trials if t.stage == "screen"]
+    # batch 8 only where batch 4 beat batch 1 (everywhere in this model), never a draft screen
+    assert {c.batch for c in screened} == {1, 4, 8}
+    assert all(c.decode == "exact" for c in screened)
+    drafts = [t.candidate for t in res.trials if t.stage == "draft"]
+    assert len(drafts) == 2 and all(c.decode == "draft" for c in drafts)
+    finals = [t for t in res.trials if t.stage == "final"]
+    assert len(finals) == 3 * 2  # 3 finalists, 2 more measurements each
+    best_row = res.rows[0]
+    assert best_row.n >= 3 and best_row.images_per_s == pytest.approx(610 * 1.05 * 1.3, rel=0.02)
+    assert best_row.fits and best_row.projected_s == pytest.approx(
+        best_row.startup_s + 40 / best_row.images_per_s, rel=1e-6)
+    # A B A B against the defaults (2 workers x 1 thread, batch 1, exact)
+    comp = [t.candidate for t in res.trials if t.stage == "compare"]
+    assert comp == [res.best, res.default] * 3
+    assert res.ratio == pytest.approx(1.05 * 1.3, rel=0.02)
+    text = format_summary(res)
+    assert re.search(r"best/default images/s ratio: 1\.3\d \(median of 3, interleaved\)", text)
+
+
+def test_trials_run_in_shuffled_order(monkeypatch, holdout40):
+    orders = []
+    for seed in (0, 1, 2):
+        fake = FakePipeline(speed)
+        res = fake_tune(monkeypatch, holdout40, fake, max_time_s=30, sample=200, seed=seed,
+                        compare_defaults=False)
+        screened = [t.candidate for t in res.trials if t.stage == "screen"]
+        first = [c for c in screened if c.batch <= 4]
+        assert sorted(first) == sorted(c for c in search_space(2, (1, 4, 8)) if c.batch <= 4)
+        orders.append(first)
+    assert sorted(orders[0]) == sorted(orders[1])
+    assert len({tuple(o) for o in orders}) > 1, "the screen order does not depend on the seed"
+    assert orders[0] != sorted(orders[0])
+
+
+def test_unresizable_batch_is_skipped(monkeypatch, holdout40):
+    fake = FakePipeline(speed, batch_ok=False)
+    res = fake_tune(monkeypatch, holdout40, fake, max_time_s=30, sample=200)
+    assert fake.calls[0].batch == 8  # the probe asks for the largest batch
+    assert all(c.batch == 1 for c in fake.calls[1:])
+    assert any("cannot resize its batch" in n for n in res.notes)
+
+
+def test_whole_tune_respects_max_time(monkeypatch, holdout40):
+    # every trial really takes ~0.5 s here: 3 s allow only a few of them
+    fake = FakePipeline(speed, scale=1.0)
+    t = time.monotonic()
+    res = fake_tune(monkeypatch, holdout40, fake, max_time_s=3.0, sample=300, cooldown_s=0.05)
+    took = time.monotonic() - t
+    assert took <= 3.0 + 0.5, took
+    assert any("skipped for lack of time" in n for n in res.notes)
+    assert res.rows  # something was measured and chosen
+
+
+def test_too_little_time_is_no_time_error(monkeypatch, holdout40):
+    fake = FakePipeline(speed, scale=1.0)
+    with pytest.raises(NoTimeError, match="too short to measure even one setting"):
+        fake_tune(monkeypatch, holdout40, fake, max_time_s=1.0, sample=400)
+
+
+def test_draft_that_costs_accuracy_is_not_chosen(monkeypatch, holdout40):
+    fake = FakePipeline(speed)
+    real_call = fake.__call__
+
+    def worse_draft(settings, root, files, budget, write, clock, **kw):
+        def w(recs):
+            if settings.decode == "draft":  # every other answer wrong
+                for i, r in enumerate(recs):
+                    if i % 2:
+                        r["top5"] = [999]
+            write(recs)
+        return real_call(settings, root, files, budget, w, clock, **kw)
+
+    gt = holdout40.parent / "gt_zero.csv"
+    gt.write_text("".join(f"{f.name},0\n" for f in sorted(holdout40.glob("*.jpg"))))
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", worse_draft)
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40, ground_truth=gt)
+    res = tune(base, max_time_s=30, sample=80, cooldown_s=0, cores=2, write=False,
+               progress=False, compare_defaults=False)
+    assert res.best.decode == "exact"
+    draft_rows = [r for r in res.rows if r.candidate.decode == "draft"]
+    assert draft_rows and all(not r.eligible and r.top1 == pytest.approx(0.5, abs=0.05)
+                              for r in draft_rows)
+    assert "(acc)" in format_summary(res)
+
+
+# --- the real pipeline, through the CLI ------------------------------------------------------
+
+
+def test_cli_tune_then_run_with_config(tmp_path, tiny_model, holdout40):
+    out = tmp_path / "tune"
+    r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(holdout40),
+              "--max-time-s", "10", "--out", str(out), "--pairs", "1")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "images/s" in r.stdout and "best/default images/s ratio:" in r.stdout
+    best = json.loads((out / "best.json").read_text())
+    full = json.loads((out / "tune.json").read_text())
+    assert set(best["settings"]) == {"workers", "threads", "batch", "decode", "decode_threads"}
+    assert best["measurements"]["table"][0]["settings"] == best["settings"]
+    assert best["measurements"]["table"][0]["top1"] is not None
+    assert full["trials"] and {t["stage"] for t in full["trials"]} >= {"probe", "warmup", "screen"}
+    assert full["elapsed_s"] <= 10 + 2
+    # the saved config drives lpirc run; a command-line option still wins over it
+    run_out = tmp_path / "run"
+    r = lpirc("run", "--model", str(tiny_model), "--holdout", str(holdout40),
+              "--config", str(out / "best.json"), "--threads", "1", "--out", str(run_out),
+              "--quiet")
+    assert r.returncode == 0, r.stderr
+    used = json.loads((run_out / "manifest.json").read_text())["settings"]
+    for k in ("workers", "batch", "decode", "decode_threads"):
+        assert used[k] == best["settings"][k]
+    assert used["threads"] == 1
+
+
+def test_cli_bad_model_is_one_line_exit_3(tmp_path, holdout40):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00garbage" * 50)
+    r = lpirc("tune", "--model", str(bad), "--holdout", str(holdout40), "--max-time-s", "10",
+              "--out", str(tmp_path / "o"))
+    assert r.returncode == ModelError.exit_code, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("lpirc: error:")]
+    assert len(lines) == 1 and "bad.tflite" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "best.json").exists()
+
+
+def test_cli_empty_holdout_is_exit_5(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(tmp_path / "empty"))
+    assert r.returncode == InputError.exit_code, r.stderr
+    assert r.stderr.count("lpirc: error:") == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_too_short_is_exit_6(tmp_path, tiny_model, holdout40):
+    r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(holdout40), "--max-time-s",
+              "1", "--sample", "2000", "--out", str(tmp_path / "o"))
+    assert r.returncode == NoTimeError.exit_code, (r.returncode, r.stderr)
+    assert r.stderr.count("lpirc: error:") == 1 and "--max-time-s" in r.stderr
+
+
+def test_real_model_with_pinned_batch(tmp_path):
+    """mobilenet_v2 (2018) has a constant reshape: its batch cannot be resized."""
+    if not MOBILENET.is_file() or not (SHARED / "imagenet-dev").is_dir():
+        pytest.skip(f"real data not available ({SHARED} absent)")
+    hold = tmp_path / "h"
+    hold.mkdir()
+    for p in sorted((SHARED / "imagenet-dev").iterdir())[:24]:
+        os.symlink(p, hold / p.name)
+    base = RunSettings(model=MOBILENET, holdout=hold)
+    res = tune(base, max_time_s=12, sample=24, repeats=1, finalists=1, compare_defaults=False,
+               cooldown_s=0.1, write=False, progress=False)
+    assert any("cannot resize its batch" in n for n in res.notes), res.notes
+    assert all(t.candidate.batch == 1 for t in res.trials if t.stage != "probe")
+    assert res.trials[0].batch_used == 1
