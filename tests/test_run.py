@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -106,11 +109,19 @@ def test_bad_images_are_answered_wrong_and_the_run_goes_on(tmp_path, reference_m
     img.save(hold / "png_named.JPEG", "PNG")
     img.convert("RGBA").save(hold / "rgba.png")
     Image.new("RGB", (1, 1), (200, 10, 10)).save(hold / "tiny.jpg")
-    # a 30000 x 30000 JPEG header: must be refused or read small, never decoded whole
+    # a 30000 x 30000 JPEG: read at reduced scale (or refused), never decoded whole
     Image.new("L", (30000, 30000)).save(hold / "bomb.jpg", quality=1)
+    # a PNG whose header claims 100000 x 100000 pixels: refused from the header
+    png = bytearray()
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", 100_000, 100_000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    (hold / "bomb.png").write_bytes(bytes(png))
     label = gt[good[1].name]
     for n in ("empty.jpg", "truncated.jpg", "text.jpg", "gray.jpg", "cmyk.jpg", "png_named.JPEG",
-              "rgba.png", "tiny.jpg", "bomb.jpg"):
+              "rgba.png", "tiny.jpg", "bomb.jpg", "bomb.png"):
         rows.append(f"{n},{label}")
     (hold / "ground_truth.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
@@ -118,14 +129,16 @@ def test_bad_images_are_answered_wrong_and_the_run_goes_on(tmp_path, reference_m
               "--quiet", "--max-image-pixels", "40000000")
     assert r.returncode == 0, r.stderr
     by = {x["image"]: x for x in read_log(out)}
-    assert len(by) == 13
-    for bad in ("empty.jpg", "truncated.jpg", "text.jpg", "bomb.jpg"):
+    assert len(by) == 14
+    for bad in ("empty.jpg", "truncated.jpg", "text.jpg", "bomb.png"):
         assert by[bad]["error"], bad
         assert by[bad]["top5"] == []
     for ok in ("gray.jpg", "cmyk.jpg", "png_named.JPEG", "rgba.png", "tiny.jpg"):
         assert by[ok]["error"] is None, (ok, by[ok]["error"])
         assert len(by[ok]["top5"]) == 5
     score = json.loads((out / "score.json").read_text())
+    assert "too large" in by["bomb.png"]["error"]
+    assert by["bomb.jpg"]["error"] is None or "too large" in by["bomb.jpg"]["error"]
     assert score["images_failed"] == 4
 
 
