@@ -131,8 +131,9 @@ class FakePipeline:
     """Stands in for lpirc.pipeline.run_pipeline: answers at a rate given per setting, sleeping
     ``scale`` x the simulated time, and records the order of the settings it was given."""
 
-    def __init__(self, rate, batch_ok=True, scale=0.0, startup=0.05):
+    def __init__(self, rate, batch_ok=True, scale=0.0, startup=0.05, invoke_ms=None):
         self.rate, self.batch_ok, self.scale, self.startup = rate, batch_ok, scale, startup
+        self.invoke_ms = invoke_ms or (lambda c: 1.0)
         self.calls: list[Candidate] = []
 
     def __call__(self, settings, root, files, budget, write, clock, exclusive=False,
@@ -150,7 +151,8 @@ class FakePipeline:
                 status = "budget_exhausted"
                 break
             recs += [{"image": f, "index": i + j, "top5": [0], "scores": [1.0], "error": None,
-                      "t_s": round(t, 6), "latency_ms": 1.0, "inference_ms": 1.0,
+                      "t_s": round(t, 6), "latency_ms": 1.0,
+                      "inference_ms": self.invoke_ms(cand),
                       "worker": (i // chunk) % settings.workers, "late": False}
                      for j, f in enumerate(files[i:i + chunk])]
         write(recs)
@@ -204,6 +206,20 @@ def test_search_finds_the_fastest_setting_and_skips_what_cannot_help(monkeypatch
     assert res.ratio == pytest.approx(1.05 * 1.3, rel=0.02)
     text = format_summary(res)
     assert re.search(r"best/default images/s ratio: 1\.3\d \(median of 3, interleaved\)", text)
+
+
+def test_inference_clock_ranks_by_invoke_time(monkeypatch, holdout40):
+    # one process with two threads invokes fastest, though two processes answer more per second
+    fake = FakePipeline(speed, invoke_ms=lambda c: 2.0 / c.threads + 0.1 * c.batch)
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", fake)
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40,
+                       clock="inference", ms_per_image=1.2)
+    res = tune(base, max_time_s=30, sample=200, cooldown_s=0, cores=2, write=False,
+               progress=False, compare_defaults=False)
+    assert (res.best.workers, res.best.threads, res.best.batch) == (1, 2, 1)
+    assert [r.inference_ms for r in res.rows] == sorted(r.inference_ms for r in res.rows)
+    assert res.rows[0].fits and not any(r.fits for r in res.rows if r.inference_ms > 1.2)
+    assert "ranked by       invoke ms" in format_summary(res)
 
 
 def test_trials_run_in_shuffled_order(monkeypatch, holdout40):
