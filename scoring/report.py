@@ -79,7 +79,7 @@ def format_table(scores: list[dict]) -> str:
             )
         lines.append(f"  wall time           {_fmt(s.get('wall_time_s'))} s   ({src.get('wall_time_s', 'unknown')})")
         lines.append(f"  inference time      {_fmt(s.get('inference_time_s'))} s   ({src.get('inference_time_s', 'unknown')})")
-        lines.append(f"  throughput          {_fmt(s.get('images_per_s'))} images/s")
+        lines.append(f"  throughput          {_fmt(s.get('images_per_s'))} images/s   (answers / wall time)")
         e_src = s.get("energy_source") or "unknown"
         method = f", {s['energy_method']}" if s.get("energy_method") else ""
         lines.append(f"  energy              {_fmt(s.get('energy_wh'))} Wh   ({e_src}{method})")
