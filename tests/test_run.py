@@ -315,3 +315,20 @@ def test_mobilenet_top1_on_real_images(tmp_path, shared_data):
     score = json.loads((out / "score.json").read_text())
     assert score["images_answered"] == 500
     assert abs(score["top1"] * 100 - 88.2) <= 0.5, score["top1"]
+
+
+def test_decode_threads_feed_one_inference_process(tmp_path, reference_model, small_holdout):
+    """The Edge TPU layout (one process owns the device, decode threads feed it), on the CPU."""
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--out", str(out), "--workers", "1", "--decode-threads", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    log = read_log(out)
+    assert sorted(x["index"] for x in log) == list(range(40))
+    assert {x["worker"] for x in log} == {0}
+    base = tmp_path / "base"
+    assert lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+                 "--out", str(base), "--workers", "1", "--quiet").returncode == 0
+    # same answers whichever way the images were decoded
+    same = {x["image"]: x["top5"] for x in read_log(base)}
+    assert all(same[x["image"]] == x["top5"] for x in log)
