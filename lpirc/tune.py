@@ -66,6 +66,8 @@ PROBE_IMAGES = 16
 MIN_ANSWERS = 8
 #: Largest automatic sample (answers per trial).
 MAX_SAMPLE = 2000
+#: Median share of the CPUs used by other processes above which the tune says it is noisy.
+NOISY_LOAD = 0.15
 
 
 # --- settings under test -----------------------------------------------------------------------
@@ -175,6 +177,7 @@ class Trial:
     startup_s: float | None = None  # first answer after start
     wall_s: float = 0.0
     elapsed_s: float = 0.0  # the whole pipeline call: start, answers, stop
+    foreign_load: float | None = None  # share of all CPUs busy with other processes meanwhile
     inference_ms: float | None = None  # mean invoke time per image
     top1: float | None = None
     status: str = "complete"
@@ -232,6 +235,7 @@ class TuneResult:
     max_time_s: float | None = None
     clock: str = "wall"
     ms_per_image: float = 30.0
+    challenger: Candidate | None = None  # the fastest setting, when it lost the A/B to defaults
 
 
 # --- the tune ----------------------------------------------------------------------------------
@@ -361,6 +365,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         settings = cand.apply(base)
         recs: list[dict] = []
         t_in = time.monotonic()
+        cpu0 = _cpu_snapshot()
         clock = Stopwatch()
         budget = Budget("wall", max(0.1, cap_s), base.ms_per_image, len(names))
         outcome = run_pipeline(settings, root, tuple(names), budget, recs.extend, clock,
@@ -370,6 +375,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                    startup_s=outcome.first_answer_s, status=outcome.status,
                    batch_used=(outcome.ready or {}).get("batch"))
         tr.elapsed_s = time.monotonic() - t_in
+        tr.foreign_load = _foreign_load(cpu0, _cpu_snapshot(), tr.elapsed_s)
         if outcome.status == "interrupted":
             raise KeyboardInterrupt
         if outcome.error and not recs:
@@ -576,8 +582,19 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                     ratio_pairs.append(a.images_per_s / b.images_per_s)
         ratio = statistics.median(ratio_pairs) if ratio_pairs else (
             1.0 if compare_defaults and best == default else None)
-        if compare_defaults and best == default:
+        challenger = None
+        if ratio is not None and ratio < 1.0:
+            # the interleaved A/B is the most direct measurement there is: trust it
+            challenger, best = best, default
+            notes.append(f"{challenger.label} measured {ratio:.2f}x the defaults in the "
+                         f"interleaved comparison: the defaults are kept")
+        elif compare_defaults and best == default:
             notes.append("the best settings are the defaults")
+        loads = [t.foreign_load for t in trials if t.foreign_load is not None]
+        if loads and statistics.median(loads) > NOISY_LOAD:
+            notes.append(f"other processes kept {statistics.median(loads):.0%} of the CPUs busy "
+                         f"during a typical trial (max {max(loads):.0%}): figures are noisy, "
+                         f"tune again on a quiet machine for a firm answer")
         if notes_skipped:
             notes.append(f"{len(notes_skipped)} trial(s) skipped for lack of time: "
                          + ", ".join(notes_skipped[:6]) + ("..." if len(notes_skipped) > 6 else ""))
@@ -589,6 +606,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                         notes=notes, sample_size=len(names), holdout_size=len(files),
                         time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
                         ratio=ratio, ratio_pairs=ratio_pairs, cores=cores,
+                        challenger=challenger,
                         max_time_s=float(max_time_s), clock=base.clock,
                         ms_per_image=base.ms_per_image)
     if write:
@@ -616,6 +634,33 @@ def _planned_trials(space, draft, repeats, finalists, compare, pairs) -> int:
     n += min(max(1, finalists), n) * max(0, repeats - 1)
     n += 2 * max(1, pairs) if compare else 0
     return n
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(CPU seconds busy on the whole machine, CPU seconds of this process and its finished
+    children, number of CPUs); None without psutil."""
+    try:
+        import resource
+
+        import psutil
+    except ImportError:
+        return None
+    t = psutil.cpu_times()
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) \
+        - getattr(t, "guest_nice", 0.0)
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        own += r.ru_utime + r.ru_stime
+    return busy, own, float(psutil.cpu_count() or 1)
+
+
+def _foreign_load(a, b, wall_s: float) -> float | None:
+    """Share of all CPUs that other processes used between snapshots ``a`` and ``b``."""
+    if a is None or b is None or wall_s <= 0:
+        return None
+    foreign = (b[0] - a[0]) - (b[1] - a[1])
+    return round(min(1.0, max(0.0, foreign / (wall_s * b[2]))), 3)
 
 
 def _cycle(order: Sequence[str], n: int) -> list[str]:
@@ -752,8 +797,12 @@ def format_summary(result: TuneResult) -> str:
     for n in result.notes:
         lines.append(f"note            {n}")
     lines.append(f"best            {result.best.label}")
-    if result.ratio is not None:
-        k = len(result.ratio_pairs)
+    k = len(result.ratio_pairs)
+    if result.challenger is not None:
+        lines.append(f"best/default images/s ratio: 1.00 (the defaults are kept: "
+                     f"{result.challenger.label} measured {result.ratio:.2f}x them, median of "
+                     f"{k} interleaved pairs)")
+    elif result.ratio is not None:
         lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
                      + (f"(median of {k}, interleaved)" if k else "(best is the default)"))
     if result.out_dir is not None:

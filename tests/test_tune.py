@@ -222,6 +222,38 @@ def test_inference_clock_ranks_by_invoke_time(monkeypatch, holdout40):
     assert "ranked by       invoke ms" in format_summary(res)
 
 
+def test_defaults_are_kept_when_they_win_the_ab_comparison(monkeypatch, holdout40):
+    state = {"finals": 0}
+
+    def drifting(c: Candidate) -> float:
+        # w3 looks fastest until the comparison, where the defaults beat it
+        fast = state["finals"] < 3
+        return {(1, 2): 400.0, (2, 1): 500.0, (3, 1): 700.0 if fast else 300.0,
+                (1, 1): 200.0}[(c.workers, c.threads)]
+
+    def seen(tr):
+        state["finals"] += tr.stage == "final"
+
+    fake = FakePipeline(drifting)
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", fake)
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40)
+    res = tune(base, max_time_s=30, sample=200, repeats=2, cooldown_s=0, cores=2, write=False,
+               progress=False, on_trial=seen)
+    assert res.challenger is not None and res.challenger.workers == 3
+    assert res.best == res.default and res.ratio < 1
+    assert "best/default images/s ratio: 1.00 (the defaults are kept" in format_summary(res)
+
+
+def test_foreign_load():
+    from lpirc.tune import _cpu_snapshot, _foreign_load
+
+    assert _foreign_load((10.0, 1.0, 2.0), (11.0, 1.5, 2.0), 1.0) == 0.25
+    assert _foreign_load((10.0, 1.0, 2.0), (19.0, 1.0, 2.0), 1.0) == 1.0
+    assert _foreign_load(None, (1.0, 1.0, 1.0), 1.0) is None
+    snap = _cpu_snapshot()
+    assert snap is None or (snap[0] > 0 and snap[2] >= 1)
+
+
 def test_trials_run_in_shuffled_order(monkeypatch, holdout40):
     orders = []
     for seed in (0, 1, 2):
