@@ -123,7 +123,9 @@ def _hand_loop(a: dict) -> dict:
             if now >= deadline:
                 break
     elapsed = time.perf_counter() - t0
+    cpu = os.times()
     return {"images": len(stamps), "elapsed_s": elapsed, "ready_s": t_ready,
+            "cpu_ms_per_image": (cpu.user + cpu.system) * 1000.0 / max(1, len(stamps)),
             "first_answer_s": stamps[0] if stamps else None, "steady_ips": _steady(stamps)}
 
 
@@ -337,7 +339,9 @@ class TreeWatch(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.results, self.t_start, self.interval = pid, results, t_start, interval
         self.peak_rss = 0
+        self.peak_pss = 0
         self.peak_procs = 0
+        self.cpu_s: dict[int, float] = {}  # last seen user+system CPU seconds per pid
         self.first_answer_s: float | None = None
         self._halt = threading.Event()
 
@@ -349,14 +353,18 @@ class TreeWatch(threading.Thread):
             procs = [root] + root.children(recursive=True)
         except psutil.Error:
             return
-        total = 0
+        total = pss = 0
         for p in procs:
             try:
-                total += p.memory_info().rss
+                m = p.memory_full_info()  # rss, and pss (shared pages split between sharers)
+                c = p.cpu_times()
             except psutil.Error:
-                pass
-        if total > self.peak_rss:
-            self.peak_rss = total
+                continue
+            total += m.rss
+            pss += getattr(m, "pss", m.rss)
+            self.cpu_s[p.pid] = c.user + c.system
+        self.peak_rss = max(self.peak_rss, total)
+        self.peak_pss = max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(procs))
 
     def run(self) -> None:
@@ -414,7 +422,9 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
         "images": n, "wall_s": wall, "process_s": process_s, "ips": n / wall if wall else 0.0,
         "steady_ips": _steady_t(stamps), "status": man["status"],
         "first_answer_s": watch.first_answer_s, "first_answer_run_clock_s": man.get("first_answer_s"),
-        "peak_rss_mb": watch.peak_rss / 2**20, "processes": watch.peak_procs,
+        "peak_rss_mb": watch.peak_rss / 2**20, "peak_pss_mb": watch.peak_pss / 2**20,
+        "processes": watch.peak_procs,
+        "cpu_ms_per_image": sum(watch.cpu_s.values()) * 1000.0 / n if n else None,
         "settings": {k: man["settings"].get(k) for k in
                      ("workers", "threads", "batch", "decode", "decode_threads")},
         "holdout_images": man["holdout"]["image_count"],
@@ -739,6 +749,12 @@ def main(argv: list[str] | None = None) -> int:
         "first_answer_default_s": fig("default", "first_answer_s"),
         "peak_rss_mb": fig(best, "peak_rss_mb"),
         "peak_rss_default_mb": fig("default", "peak_rss_mb"),
+        "peak_pss_mb": fig(best, "peak_pss_mb"),
+        "peak_pss_big_mb": big["peak_pss_mb"] if big else None,
+        "hand_cpu_ms": fig("hand", "cpu_ms_per_image"),
+        "default_cpu_ms": fig("default", "cpu_ms_per_image"),
+        "tuned_cpu_ms": fig("tuned", "cpu_ms_per_image") if has_tuned else None,
+        "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "peak_rss_big_mb": big["peak_rss_mb"] if big else None,
         "first_answer_big_s": big["first_answer_s"] if big else None,
         "score_cli_s": score["cli_s"], "score_in_process_s": score["in_process_s"],
@@ -834,6 +850,16 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         f"{'decode + crop + resize, Pillow resize(BILINEAR)':<{w}}  "
         f"{num(f['preprocess_pillow_ms'], '{:.2f}'):>6}",
         f"{'inference (1 thread, input in memory)':<{w}}  {num(f['inference_ms'], '{:.2f}'):>6}",
+        f"{'sum: the least CPU an answer can cost':<{w}}  "
+        f"{num(_add(f['preprocess_ms'], f['inference_ms']), '{:.2f}'):>6}",
+        "",
+        f"{'CPU time per answer, whole process tree':<{w}}  {'ms':>6}  vs the sum",
+        f"{'hand-written loop':<{w}}  {num(f['hand_cpu_ms'], '{:.2f}'):>6}  "
+        f"{num(_div(f['hand_cpu_ms'], _add(f['preprocess_pillow_ms'], f['inference_ms'])), '{:.2f}x')} (Pillow sum)",
+        f"{'lpirc run, default settings':<{w}}  {num(f['default_cpu_ms'], '{:.2f}'):>6}  "
+        f"{num(_div(f['default_cpu_ms'], _add(f['preprocess_ms'], f['inference_ms'])), '{:.2f}x')}",
+        f"{'lpirc run, tuned settings':<{w}}  {num(f['tuned_cpu_ms'], '{:.2f}'):>6}  "
+        f"{num(_div(f['tuned_cpu_ms'], _add(f['preprocess_ms'], f['inference_ms'])), '{:.2f}x')}",
         "",
         f"{'lpirc run':<{w}}  {'value':>9}",
         f"{'peak RSS, whole process tree, ' + str(n_holdout) + ' images':<{w}}  "
@@ -842,6 +868,11 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
     if big:
         lines.append(f"{'peak RSS, whole process tree, ' + str(big['holdout_images']) + ' images':<{w}}  "
                      f"{num(f['peak_rss_big_mb'], '{:.0f} MB'):>9}")
+    lines.append(f"{'peak PSS (shared pages split), ' + str(n_holdout) + ' images':<{w}}  "
+                 f"{num(f['peak_pss_mb'], '{:.0f} MB'):>9}")
+    if big:
+        lines.append(f"{'peak PSS (shared pages split), ' + str(big['holdout_images']) + ' images':<{w}}  "
+                     f"{num(f['peak_pss_big_mb'], '{:.0f} MB'):>9}")
     lines += [
         f"{'first answer after process start, ' + str(n_holdout) + ' images':<{w}}  "
         f"{num(f['first_answer_s'], '{:.2f} s'):>9}",
@@ -864,8 +895,22 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         mark = "n/a " if v is None else ("PASS" if ok(v) else "MISS")
         lines.append(f"  {mark}  {g}: {num(v, fmt)}")
     lines += [f"note: {n}" for n in notes]
+    la0, la1 = mach.get("loadavg_at_start"), f.get("loadavg_end")
+    if la0 and la1 and max(la0[0], la1[0]) > mach["cores"] * 0.75:
+        lines.append(f"note: the machine was busy with other work (load average {la0[0]:.1f} at "
+                     f"start, {la1[0]:.1f} at end, {mach['cores']} cores): absolute figures are "
+                     "low and the 'limit' (costs measured one process at a time) is optimistic; "
+                     "ratios between interleaved contenders and CPU time per answer hold better.")
     lines.append(f"benchmark took {total_s:.0f} s")
     return "\n".join(lines)
+
+
+def _add(a, b):
+    return None if a is None or b is None else a + b
+
+
+def _div(a, b):
+    return None if a is None or not b else a / b
 
 
 def _settings_str(s: dict | None) -> str:
