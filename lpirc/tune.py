@@ -29,9 +29,13 @@ How the search goes (all inside ``max_time_s``)
                   sample images are large enough for it to decode at a reduced scale.
     5. final      the best few (top-1 within ``max_top1_drop`` of exact decode) re-measured
                   ``repeats`` times, in a shuffled order per round; a setting's figure is the
-                  median of all its measurements.
+                  median of its measurements, counting only those taken while other processes
+                  kept at most 15 % of the CPUs busy when there are any (psutil: machine-wide
+                  busy CPU time minus this process tree's own; other processes only ever slow
+                  a trial down). Each trial's share is in tune.json as ``foreign_load``.
     6. compare    best vs default settings interleaved (A B A B ...): the median of the
-                  per-pair ratios is printed as "best/default images/s ratio".
+                  per-pair ratios is printed as "best/default images/s ratio". Should the
+                  defaults win this direct comparison, they are kept as the best settings.
     A short cooldown separates trials. A trial that would not fit the time left is skipped;
     each trial's own budget is capped so that the tune never overruns.
 
@@ -465,6 +469,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         rates: dict[Candidate, list[float]] = {}
         tops: dict[Candidate, list[float]] = {}
         infs: dict[Candidate, list[float]] = {}
+        meas: dict[Candidate, list[Trial]] = {}
         starts: dict[Candidate, list[float]] = {}
 
         def est(c: Candidate) -> float:
@@ -479,8 +484,19 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             """Higher is better: images/s (wall clock), or first minus the invoke ms per image
             when the run's budget is summed inference time (Track 1 / OVIC)."""
             if base.clock == "inference":
-                return (-_med(infs[c]) if infs.get(c) else -math.inf, _med(rates[c]))
-            return (_med(rates[c]), 0.0)
+                inf = [t.inference_ms for t in quiet(c) if t.inference_ms is not None]
+                return (-_med(inf) if inf else -math.inf, _med(used(c)))
+            return (_med(used(c)), 0.0)
+
+        def quiet(c: Candidate) -> list[Trial]:
+            """The measurements of ``c`` taken while other processes left the CPUs alone, if
+            there are any (other processes only ever slow a trial down); else all of them."""
+            mine = meas.get(c, [])
+            calm = [t for t in mine if t.foreign_load is not None and t.foreign_load <= NOISY_LOAD]
+            return calm or mine
+
+        def used(c: Candidate) -> list[float]:
+            return [t.images_per_s for t in quiet(c)]
 
         def reserve() -> float:
             """Time kept for the A/B comparison at the end: one pair, with some slack."""
@@ -499,6 +515,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             tr = measure(c, stage, names, min(room, 3 * est(c)))
             if tr.images_per_s is not None:
                 rates.setdefault(c, []).append(tr.images_per_s)
+                meas.setdefault(c, []).append(tr)
                 if tr.startup_s is not None:
                     starts.setdefault(c, []).append(tr.startup_s)
                 if tr.inference_ms is not None:
@@ -525,7 +542,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                 if c.batch != 8:
                     continue
                 b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
-                if rates.get(b4) and rates.get(b1) and _med(rates[b4]) > _med(rates[b1]):
+                if rates.get(b4) and rates.get(b1) and _med(used(b4)) > _med(used(b1)):
                     later.append(c)
             skipped8 = [c for c in space if c.batch == 8 and c not in later]
             if skipped8:
@@ -601,7 +618,11 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     finally:
         bar.close()
 
-    rows = _rows(rates, starts, tops, infs, eligible, len(files), base)
+    rows = _rows({c: used(c) for c in rates},
+                 {c: [t.startup_s for t in quiet(c) if t.startup_s is not None] for c in rates},
+                 tops,
+                 {c: [t.inference_ms for t in quiet(c) if t.inference_ms is not None] for c in rates},
+                 eligible, len(files), base)
     result = TuneResult(out_dir=None, best=best, default=default, rows=rows, trials=trials,
                         notes=notes, sample_size=len(names), holdout_size=len(files),
                         time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
