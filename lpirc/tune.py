@@ -72,6 +72,9 @@ MIN_ANSWERS = 8
 MAX_SAMPLE = 2000
 #: Median share of the CPUs used by other processes above which the tune says it is noisy.
 NOISY_LOAD = 0.15
+#: Trials during which other processes used more of the CPUs than this are not counted (when
+#: the setting has others): the load correction is a first-order model, good for moderate loads.
+MAX_LOAD = 0.6
 
 
 # --- settings under test -----------------------------------------------------------------------
@@ -177,6 +180,8 @@ class Trial:
     answered: int = 0  # answers (errors included)
     failed: int = 0
     images_per_s: float | None = None  # steady state, start-up excluded
+    #: images_per_s / (1 - foreign_load): the rate on a machine left to the run
+    adjusted_images_per_s: float | None = None
     wall_images_per_s: float | None = None  # answers / whole wall time, start-up included
     startup_s: float | None = None  # first answer after start
     wall_s: float = 0.0
@@ -240,6 +245,7 @@ class TuneResult:
     clock: str = "wall"
     ms_per_image: float = 30.0
     challenger: Candidate | None = None  # the fastest setting, when it lost the A/B to defaults
+    raw_ratio_pairs: list[float] = field(default_factory=list)  # without the load correction
 
 
 # --- the tune ----------------------------------------------------------------------------------
@@ -398,6 +404,8 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         inf = [r["inference_ms"] for r in recs if r["error"] is None]
         tr.inference_ms = sum(inf) / len(inf) if inf else None
         tr.top1 = top1(recs, gt)
+        if tr.images_per_s is not None:
+            tr.adjusted_images_per_s = tr.images_per_s / (1.0 - min(tr.foreign_load or 0.0, 0.8))
         if tr.batch_used is not None and tr.batch_used != cand.batch:
             tr.note = f"ran at batch {tr.batch_used}"
         trials.append(tr)
@@ -457,7 +465,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             # size the sample so the planned trials fit what is left; a small holdout is
             # cycled through more than once so that a trial lasts long enough to measure
             per_trial = left() / max(1, n_planned) - overhead
-            want = int(max(0.0, per_trial) * warm_rate * 0.8)
+            want = int(max(0.0, per_trial) * warm_rate * 0.5)  # the load may double a trial
             floor = max(32, 4 * max(BATCHES) * (cores + 1))
             n = max(floor, min(MAX_SAMPLE, want))
         names = _cycle(order, n)
@@ -470,11 +478,12 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         tops: dict[Candidate, list[float]] = {}
         infs: dict[Candidate, list[float]] = {}
         meas: dict[Candidate, list[Trial]] = {}
+        raw: dict[Candidate, list[float]] = {}
         starts: dict[Candidate, list[float]] = {}
 
         def est(c: Candidate) -> float:
             """Expected seconds for one trial of ``c`` (pessimistic before it was measured)."""
-            r = statistics.median(rates[c]) if rates.get(c) else warm_rate * 0.6
+            r = statistics.median(raw[c]) if raw.get(c) else warm_rate * 0.6
             done = [t for t in trials if t.images_per_s and t.stage != "probe"]
             extra = (statistics.median(t.elapsed_s - t.answered / t.images_per_s for t in done)
                      if done else overhead - cooldown_s)
@@ -489,14 +498,14 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             return (_med(used(c)), 0.0)
 
         def quiet(c: Candidate) -> list[Trial]:
-            """The measurements of ``c`` taken while other processes left the CPUs alone, if
-            there are any (other processes only ever slow a trial down); else all of them."""
+            """The measurements of ``c`` taken while other processes left most of the CPUs
+            to it, if there are any; else all of them."""
             mine = meas.get(c, [])
-            calm = [t for t in mine if t.foreign_load is not None and t.foreign_load <= NOISY_LOAD]
+            calm = [t for t in mine if t.foreign_load is None or t.foreign_load <= MAX_LOAD]
             return calm or mine
 
         def used(c: Candidate) -> list[float]:
-            return [t.images_per_s for t in quiet(c)]
+            return [t.adjusted_images_per_s for t in quiet(c)]
 
         def reserve() -> float:
             """Time kept for the A/B comparison at the end: one pair, with some slack."""
@@ -514,7 +523,8 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                 return None
             tr = measure(c, stage, names, min(room, 3 * est(c)))
             if tr.images_per_s is not None:
-                rates.setdefault(c, []).append(tr.images_per_s)
+                rates.setdefault(c, []).append(tr.adjusted_images_per_s)
+                raw.setdefault(c, []).append(tr.images_per_s)
                 meas.setdefault(c, []).append(tr)
                 if tr.startup_s is not None:
                     starts.setdefault(c, []).append(tr.startup_s)
@@ -586,6 +596,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
 
         # --- 6. compare with the defaults, interleaved ---
         ratio_pairs: list[float] = []
+        raw_pairs: list[float] = []
         if compare_defaults and best != default:
             for i in range(max(1, compare_pairs)):
                 need = est(best) + est(default)
@@ -596,7 +607,8 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                 a = run_one(best, "compare", keep_reserve=False)
                 b = run_one(default, "compare", keep_reserve=False)
                 if a and b and a.images_per_s and b.images_per_s:
-                    ratio_pairs.append(a.images_per_s / b.images_per_s)
+                    ratio_pairs.append(a.adjusted_images_per_s / b.adjusted_images_per_s)
+                    raw_pairs.append(a.images_per_s / b.images_per_s)
         ratio = statistics.median(ratio_pairs) if ratio_pairs else (
             1.0 if compare_defaults and best == default else None)
         challenger = None
@@ -610,8 +622,8 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         loads = [t.foreign_load for t in trials if t.foreign_load is not None]
         if loads and statistics.median(loads) > NOISY_LOAD:
             notes.append(f"other processes kept {statistics.median(loads):.0%} of the CPUs busy "
-                         f"during a typical trial (max {max(loads):.0%}): figures are noisy, "
-                         f"tune again on a quiet machine for a firm answer")
+                         f"during a typical trial (max {max(loads):.0%}): images/s are corrected "
+                         f"for it, but tune again on a quiet machine for a firm answer")
         if notes_skipped:
             notes.append(f"{len(notes_skipped)} trial(s) skipped for lack of time: "
                          + ", ".join(notes_skipped[:6]) + ("..." if len(notes_skipped) > 6 else ""))
@@ -627,7 +639,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                         notes=notes, sample_size=len(names), holdout_size=len(files),
                         time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
                         ratio=ratio, ratio_pairs=ratio_pairs, cores=cores,
-                        challenger=challenger,
+                        challenger=challenger, raw_ratio_pairs=raw_pairs,
                         max_time_s=float(max_time_s), clock=base.clock,
                         ms_per_image=base.ms_per_image)
     if write:
@@ -678,7 +690,7 @@ def _cpu_snapshot() -> tuple[float, float, float] | None:
 
 def _foreign_load(a, b, wall_s: float) -> float | None:
     """Share of all CPUs that other processes used between snapshots ``a`` and ``b``."""
-    if a is None or b is None or wall_s <= 0:
+    if a is None or b is None or wall_s < 0.5:  # CPU times tick at 10 ms: too coarse below
         return None
     foreign = (b[0] - a[0]) - (b[1] - a[1])
     return round(min(1.0, max(0.0, foreign / (wall_s * b[2]))), 3)
@@ -750,6 +762,7 @@ def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_
         "default": default_row.to_json() if default_row else None,
         "best_vs_default_ratio": result.ratio,
         "ratio_pairs": [round(x, 4) for x in result.ratio_pairs],
+        "raw_ratio_pairs": [round(x, 4) for x in result.raw_ratio_pairs],
         "table": [r.to_json() for r in result.rows],
         "notes": result.notes,
     }
@@ -812,7 +825,8 @@ def format_summary(result: TuneResult) -> str:
                  f"holdout images; {len(result.trials)} pipeline runs in "
                  f"{result.elapsed_s:.0f} s on {result.cores} cores")
     lines.append("images/s        steady state (worker start-up excluded; the projected time "
-                 "adds it back); invoke ms: model time per image")
+                 "adds it back), divided by (1 - the share of the CPUs other processes used "
+                 "meanwhile); invoke ms: model time per image")
     if result.clock == "inference":
         lines.append("ranked by       invoke ms per image (--clock inference sums invoke time)")
     for n in result.notes:
@@ -824,8 +838,13 @@ def format_summary(result: TuneResult) -> str:
                      f"{result.challenger.label} measured {result.ratio:.2f}x them, median of "
                      f"{k} interleaved pairs)")
     elif result.ratio is not None:
+        raw = (f"; {statistics.median(result.raw_ratio_pairs):.2f} before the load correction"
+               if result.raw_ratio_pairs else "")
         lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
-                     + (f"(median of {k}, interleaved)" if k else "(best is the default)"))
+                     + (f"(median of {k}, interleaved{raw})" if k else "(best is the default)"))
+    else:
+        lines.append("best/default images/s ratio: not measured (--no-compare-defaults, or no "
+                     "time left for it)")
     if result.out_dir is not None:
         lines.append(f"wrote           {result.out_dir / 'best.json'} and "
                      f"{result.out_dir / 'tune.json'}")

@@ -205,7 +205,7 @@ def test_search_finds_the_fastest_setting_and_skips_what_cannot_help(monkeypatch
     assert comp == [res.best, res.default] * 3
     assert res.ratio == pytest.approx(1.05 * 1.3, rel=0.02)
     text = format_summary(res)
-    assert re.search(r"best/default images/s ratio: 1\.3\d \(median of 3, interleaved\)", text)
+    assert re.search(r"best/default images/s ratio: 1\.3\d \(median of 3, interleaved", text)
 
 
 def test_inference_clock_ranks_by_invoke_time(monkeypatch, holdout40):
@@ -248,6 +248,7 @@ def test_foreign_load():
     from lpirc.tune import _cpu_snapshot, _foreign_load
 
     assert _foreign_load((10.0, 1.0, 2.0), (11.0, 1.5, 2.0), 1.0) == 0.25
+    assert _foreign_load((10.0, 1.0, 2.0), (11.0, 1.5, 2.0), 0.01) is None  # too short to tell
     assert _foreign_load((10.0, 1.0, 2.0), (19.0, 1.0, 2.0), 1.0) == 1.0
     assert _foreign_load(None, (1.0, 1.0, 1.0), 1.0) is None
     snap = _cpu_snapshot()
@@ -333,8 +334,10 @@ def test_cli_tune_then_run_with_config(tmp_path, tiny_model, holdout40):
     best = json.loads((out / "best.json").read_text())
     full = json.loads((out / "tune.json").read_text())
     assert set(best["settings"]) == {"workers", "threads", "batch", "decode", "decode_threads"}
-    assert best["measurements"]["table"][0]["settings"] == best["settings"]
-    assert best["measurements"]["table"][0]["top1"] is not None
+    table = best["measurements"]["table"]
+    # the fastest row, or the defaults when they won the final A/B comparison
+    assert best["settings"] in (table[0]["settings"], best["measurements"]["default"]["settings"])
+    assert all(row["top1"] is not None for row in table)
     assert full["trials"] and {t["stage"] for t in full["trials"]} >= {"probe", "warmup", "screen"}
     assert full["elapsed_s"] <= 10 + 2
     # the saved config drives lpirc run; a command-line option still wins over it
