@@ -29,12 +29,15 @@ How the search goes (all inside ``max_time_s``)
                   sample images are large enough for it to decode at a reduced scale.
     5. final      the best few (top-1 within ``max_top1_drop`` of exact decode) re-measured
                   ``repeats`` times, in a shuffled order per round; a setting's figure is the
-                  median of its measurements, counting only those taken while other processes
-                  kept at most 15 % of the CPUs busy when there are any (psutil: machine-wide
-                  busy CPU time minus this process tree's own; other processes only ever slow
-                  a trial down). Each trial's share is in tune.json as ``foreign_load``.
+                  median of the measurements taken on a quiet machine (other processes below
+                  15 % of the CPUs: psutil's machine-wide busy CPU time minus this process
+                  tree's own, ``foreign_load`` in tune.json) when there are any; else of the
+                  rates divided by (1 - that share), from trials under 60 % load if any. The
+                  correction is first-order (it flatters multi-threaded settings somewhat), so
+                  a busy machine is said to be one in the output.
     6. compare    best vs default settings interleaved (A B A B ...): the median of the
-                  per-pair ratios is printed as "best/default images/s ratio". Should the
+                  per-pair ratios (raw: both trials of a pair share the machine's load) is
+                  printed as "best/default images/s ratio". Should the
                   defaults win this direct comparison, they are kept as the best settings.
     A short cooldown separates trials. A trial that would not fit the time left is skipped;
     each trial's own budget is capped so that the tune never overruns.
@@ -215,11 +218,13 @@ class Row:
     eligible: bool  # top-1 within max_top1_drop of the exact decode
     measurements: list[float] = field(default_factory=list)
     inference_ms: float | None = None  # median of the trials' mean invoke time per image
+    load: float | None = None  # median share of the CPUs other processes took in those trials
 
     def to_json(self) -> dict:
         return {"settings": self.candidate.settings(), "label": self.candidate.label,
                 "images_per_s": round(self.images_per_s, 2),
                 "inference_ms": None if self.inference_ms is None else round(self.inference_ms, 3),
+                "foreign_load": self.load,
                 "spread": None if self.spread is None else round(self.spread, 4),
                 "n": self.n, "top1": self.top1, "startup_s": round(self.startup_s, 3),
                 "projected_s": round(self.projected_s, 1), "fits": self.fits,
@@ -238,14 +243,14 @@ class TuneResult:
     holdout_size: int
     time_limit_s: float
     elapsed_s: float
-    ratio: float | None = None  # best/default images/s, median of the pairs
+    ratio: float | None = None  # best/default images/s, median of the interleaved pairs
     ratio_pairs: list[float] = field(default_factory=list)
     cores: int = 1
     max_time_s: float | None = None
     clock: str = "wall"
     ms_per_image: float = 30.0
     challenger: Candidate | None = None  # the fastest setting, when it lost the A/B to defaults
-    raw_ratio_pairs: list[float] = field(default_factory=list)  # without the load correction
+    raw_ratio_pairs: list[float] = field(default_factory=list)  # with the load correction
 
 
 # --- the tune ----------------------------------------------------------------------------------
@@ -498,14 +503,18 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             return (_med(used(c)), 0.0)
 
         def quiet(c: Candidate) -> list[Trial]:
-            """The measurements of ``c`` taken while other processes left most of the CPUs
-            to it, if there are any; else all of them."""
+            """The measurements of ``c`` that count: those taken on a quiet machine if there
+            are any, else those under a moderate load, else all."""
             mine = meas.get(c, [])
-            calm = [t for t in mine if t.foreign_load is None or t.foreign_load <= MAX_LOAD]
-            return calm or mine
+            calm = [t for t in mine if t.foreign_load is None or t.foreign_load <= NOISY_LOAD]
+            fair = [t for t in mine if t.foreign_load is None or t.foreign_load <= MAX_LOAD]
+            return calm or fair or mine
 
         def used(c: Candidate) -> list[float]:
-            return [t.adjusted_images_per_s for t in quiet(c)]
+            """Rates of the trials that count: as measured on a quiet machine, else corrected
+            for the share of the CPUs other processes took (a first-order estimate)."""
+            return [t.images_per_s if t.foreign_load is None or t.foreign_load <= NOISY_LOAD
+                    else t.adjusted_images_per_s for t in quiet(c)]
 
         def reserve() -> float:
             """Time kept for the A/B comparison at the end: one pair, with some slack."""
@@ -607,8 +616,9 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                 a = run_one(best, "compare", keep_reserve=False)
                 b = run_one(default, "compare", keep_reserve=False)
                 if a and b and a.images_per_s and b.images_per_s:
-                    ratio_pairs.append(a.adjusted_images_per_s / b.adjusted_images_per_s)
-                    raw_pairs.append(a.images_per_s / b.images_per_s)
+                    # adjacent trials share the machine's load: the raw ratio is the direct one
+                    ratio_pairs.append(a.images_per_s / b.images_per_s)
+                    raw_pairs.append(a.adjusted_images_per_s / b.adjusted_images_per_s)
         ratio = statistics.median(ratio_pairs) if ratio_pairs else (
             1.0 if compare_defaults and best == default else None)
         challenger = None
@@ -630,11 +640,16 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     finally:
         bar.close()
 
+    loads_used = {c: [t.foreign_load for t in quiet(c) if t.foreign_load is not None]
+                  for c in rates}
     rows = _rows({c: used(c) for c in rates},
                  {c: [t.startup_s for t in quiet(c) if t.startup_s is not None] for c in rates},
                  tops,
                  {c: [t.inference_ms for t in quiet(c) if t.inference_ms is not None] for c in rates},
                  eligible, len(files), base)
+    for r in rows:
+        ld = loads_used.get(r.candidate)
+        r.load = round(_med(ld), 3) if ld else None
     result = TuneResult(out_dir=None, best=best, default=default, rows=rows, trials=trials,
                         notes=notes, sample_size=len(names), holdout_size=len(files),
                         time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
@@ -762,7 +777,7 @@ def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_
         "default": default_row.to_json() if default_row else None,
         "best_vs_default_ratio": result.ratio,
         "ratio_pairs": [round(x, 4) for x in result.ratio_pairs],
-        "raw_ratio_pairs": [round(x, 4) for x in result.raw_ratio_pairs],
+        "load_corrected_ratio_pairs": [round(x, 4) for x in result.raw_ratio_pairs],
         "table": [r.to_json() for r in result.rows],
         "notes": result.notes,
     }
@@ -787,7 +802,7 @@ def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_
 def format_table(result: TuneResult) -> str:
     """The table ``lpirc tune`` prints, fastest first."""
     lim = result.time_limit_s
-    head = ["", "workers", "threads", "batch", "decode", "images/s", "spread", "n",
+    head = ["", "workers", "threads", "batch", "decode", "images/s", "spread", "n", "load",
             "invoke ms", "top-1", f"{result.holdout_size} images", f"fits {lim:g} s"
             + (f" + {result.ms_per_image:g} ms" if result.clock == "inference" else "")]
     body = []
@@ -801,13 +816,14 @@ def format_table(result: TuneResult) -> str:
             f"{r.images_per_s:.1f}",
             "-" if r.spread is None else f"±{r.spread * 100:.1f}%",
             str(r.n),
+            "-" if r.load is None else f"{r.load:.0%}",
             "-" if r.inference_ms is None else f"{r.inference_ms:.2f}",
             "-" if r.top1 is None else f"{r.top1 * 100:.1f}%",
             f"{r.projected_s:.1f} s",
             "yes" if r.fits else "NO",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    right = {5, 6, 7, 8, 9, 10}
+    right = {5, 6, 7, 8, 9, 10, 11}
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
@@ -825,8 +841,9 @@ def format_summary(result: TuneResult) -> str:
                  f"holdout images; {len(result.trials)} pipeline runs in "
                  f"{result.elapsed_s:.0f} s on {result.cores} cores")
     lines.append("images/s        steady state (worker start-up excluded; the projected time "
-                 "adds it back), divided by (1 - the share of the CPUs other processes used "
-                 "meanwhile); invoke ms: model time per image")
+                 "adds it back); median of the trials on a quiet machine, else of trials "
+                 "divided by (1 - the CPU share other processes took: the load column)")
+    lines.append("invoke ms       model time per image (what --clock inference sums)")
     if result.clock == "inference":
         lines.append("ranked by       invoke ms per image (--clock inference sums invoke time)")
     for n in result.notes:
@@ -838,8 +855,7 @@ def format_summary(result: TuneResult) -> str:
                      f"{result.challenger.label} measured {result.ratio:.2f}x them, median of "
                      f"{k} interleaved pairs)")
     elif result.ratio is not None:
-        raw = (f"; {statistics.median(result.raw_ratio_pairs):.2f} before the load correction"
-               if result.raw_ratio_pairs else "")
+        raw = ""
         lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
                      + (f"(median of {k}, interleaved{raw})" if k else "(best is the default)"))
     else:
