@@ -49,16 +49,20 @@ def list_images(root: Path) -> list[str]:
     """Relative names of the image files below ``root``, sorted (hidden files/folders and
     .csv/.json/.txt files left out)."""
     out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if not _is_listed(name):
-                continue
-            full = os.path.join(dirpath, name)
-            if not os.path.isfile(full):  # sockets, fifos, broken links
-                continue
-            out.append(name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}")
+
+    # scandir's DirEntry knows the file type from the directory listing itself: no stat per
+    # file, which is most of the listing time at 200,000 images.
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    walk(e.path, f"{prefix}{e.name}/")
+                elif _is_listed(e.name) and e.is_file():  # not sockets, fifos, broken links
+                    out.append(prefix + e.name)
+
+    walk(os.fspath(root), "")
     out.sort()
     return out
 

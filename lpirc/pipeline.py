@@ -257,26 +257,77 @@ def plan_workers(settings: RunSettings, exclusive: bool) -> tuple[int, int]:
     return max(1, settings.workers), max(0, settings.decode_threads)
 
 
+@dataclass
+class WorkerPool:
+    """Worker processes, started before the holdout is listed so that model loading overlaps
+    the listing and the workers do not inherit (by fork) the parent's list of file names."""
+
+    ctx: Any
+    settings: RunSettings
+    root: Path
+    decode_threads: int
+    workers: dict[int, _Worker] = field(default_factory=dict)
+    next_wid: int = 0
+
+
+def start_workers(settings: RunSettings, root: Path, exclusive: bool = False,
+                  max_workers: int | None = None) -> WorkerPool:
+    """Start the inference processes; each loads the model and reports "ready"."""
+    nproc, decode_threads = plan_workers(settings, exclusive)
+    if max_workers is not None:
+        nproc = max(1, min(nproc, max_workers))
+    pool = WorkerPool(_context(), settings, Path(root), decode_threads)
+    for _ in range(nproc):
+        _spawn(pool)
+    return pool
+
+
+def stop_workers(pool: WorkerPool) -> None:
+    """Stop a pool that will not be used (the run could not start)."""
+    _stop(pool.workers, pool.settings.grace_s, lambda w, answers: None, "failed")
+
+
+def _spawn(pool: WorkerPool) -> None:
+    st = pool.settings
+    job = WorkerJob(
+        worker_id=pool.next_wid, model=str(st.model), holdout=str(pool.root),
+        threads=st.threads, batch=st.batch, delegate=st.delegate,
+        decode_threads=pool.decode_threads, crop_fraction=st.crop_fraction,
+        resize=st.resize, mean=st.mean, std=st.std,
+        decode=st.decode, max_image_pixels=st.max_image_pixels,
+    )
+    parent_end, child_end = pool.ctx.Pipe(duplex=True)
+    proc = pool.ctx.Process(target=_worker_main, args=(job, child_end), daemon=True,
+                            name=f"lpirc-worker-{pool.next_wid}")
+    proc.start()
+    child_end.close()
+    pool.workers[pool.next_wid] = _Worker(pool.next_wid, proc, parent_end)
+    pool.next_wid += 1
+
+
 def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budget: Budget,
                  write: Callable[[list[dict]], None], clock: Stopwatch,
-                 exclusive: bool = False, progress: ProgressFn | None = None) -> PipelineOutcome:
+                 exclusive: bool = False, progress: ProgressFn | None = None,
+                 pool: WorkerPool | None = None) -> PipelineOutcome:
     """Answer ``files`` (in order) within ``budget``; every answer goes through ``write``.
 
-    Returns when every image is answered, the budget runs out, all workers fail, or on
-    KeyboardInterrupt (status ``interrupted``): in every case workers are stopped (killed
-    after ``settings.grace_s``) before returning.
+    Uses ``pool`` when given (see :func:`start_workers`), else starts one. Returns when every
+    image is answered, the budget runs out, all workers fail, or on KeyboardInterrupt (status
+    ``interrupted``): in every case workers are stopped (killed after ``settings.grace_s``)
+    before returning.
     """
-    ctx = _context()
-    nproc, decode_threads = plan_workers(settings, exclusive)
-    nproc = min(nproc, max(1, len(files)))
+    if pool is None:
+        pool = start_workers(settings, root, exclusive, max_workers=len(files))
+    workers = pool.workers
     chunk = max(settings.batch, MIN_CHUNK)
     if settings.batch > 1:
         chunk = settings.batch * max(1, math.ceil(MIN_CHUNK / settings.batch))
-    todo: deque = deque(enumerate(files))
+    # A cursor into ``files`` rather than a queue of every (index, name): the parent's memory
+    # must not grow with the holdout. Images of a dead worker wait in ``retry``.
+    cursor = 0
+    retry: deque = deque()
     retried: set[int] = set()
-    workers: dict[int, _Worker] = {}
-    next_wid = 0
-    respawns_left = max(2, nproc)
+    respawns_left = max(2, len(workers))
     next_chunk = 0
     answered = failed = late = 0
     inference_s = 0.0
@@ -286,27 +337,22 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
     first_answer_s: float | None = None
     status = "complete"
 
-    def spawn() -> None:
-        nonlocal next_wid
-        job = WorkerJob(
-            worker_id=next_wid, model=str(settings.model), holdout=str(root),
-            threads=settings.threads, batch=settings.batch, delegate=settings.delegate,
-            decode_threads=decode_threads, crop_fraction=settings.crop_fraction,
-            resize=settings.resize, mean=settings.mean, std=settings.std,
-            decode=settings.decode, max_image_pixels=settings.max_image_pixels,
-        )
-        parent_end, child_end = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_worker_main, args=(job, child_end), daemon=True,
-                           name=f"lpirc-worker-{next_wid}")
-        proc.start()
-        child_end.close()
-        workers[next_wid] = _Worker(next_wid, proc, parent_end)
-        next_wid += 1
+    def left() -> bool:
+        return bool(retry) or cursor < len(files)
+
+    def take(n: int) -> list[tuple[int, str]]:
+        nonlocal cursor
+        items = [retry.popleft() for _ in range(min(n, len(retry)))]
+        if len(items) < n and cursor < len(files):
+            stop = min(len(files), cursor + n - len(items))
+            items += [(i, files[i]) for i in range(cursor, stop)]
+            cursor = stop
+        return items
 
     def feed(w: _Worker) -> None:
         nonlocal next_chunk
-        while len(w.chunks) < IN_FLIGHT and todo:
-            items = [todo.popleft() for _ in range(min(chunk, len(todo)))]
+        while len(w.chunks) < IN_FLIGHT and left():
+            items = take(chunk)
             w.chunks[next_chunk] = items
             try:
                 w.conn.send(("work", next_chunk, items))
@@ -340,7 +386,7 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
         again = [it for it in lost if it[0] not in retried]
         given_up = [it for it in lost if it[0] in retried]
         retried.update(idx for idx, _ in again)
-        todo.extendleft(reversed(again))
+        retry.extendleft(reversed(again))
         if given_up:
             record(w, [(idx, [], [], f"{reason}; also on retry", 0.0, 0.0) for idx, _ in given_up],
                    False)
@@ -357,10 +403,8 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
         del workers[w.wid]
 
     try:
-        for _ in range(nproc):
-            spawn()
         while True:
-            if not todo and not any(w.chunks for w in workers.values()):
+            if not left() and not any(w.chunks for w in workers.values()):
                 break
             if budget.exhausted(clock(), inference_s):
                 status = "budget_exhausted"
@@ -417,9 +461,9 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
                         fatal = ("model", f"{settings.model}: the runtime crashed loading it "
                                  f"({'signal ' + str(-code) if code and code < 0 else 'exit code ' + str(code)})")
                         continue
-                    if respawns_left > 0 and todo:
+                    if respawns_left > 0 and left():
                         respawns_left -= 1
-                        spawn()
+                        _spawn(pool)
             if fatal is not None:  # every worker runs the same model: one failure is all
                 status = "failed"
                 break

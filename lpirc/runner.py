@@ -78,64 +78,30 @@ def _check_delegate(name: str) -> bool:
     return delegates.delegate_is_exclusive(name)
 
 
-class _Terminated(Exception):
-    pass
-
-
 def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     """Run ``settings.model`` over ``settings.holdout`` within the budget, write the run folder,
     score it when a ground truth is known. Raises LpircError for what stops a run before or
     instead of answering (bad model, delegate, holdout); a run that started always leaves its
     folder, its log and its manifest."""
-    from lpirc.energy import EnergyConfig, energy_source_preview, finish_energy, start_energy
+    from lpirc.energy import EnergyConfig
     from lpirc.holdout import open_holdout
-    from lpirc.machine import machine_info
-    from lpirc.pipeline import run_pipeline
 
     model_path = Path(settings.model)
     _check_model_file(model_path)
-    holdout = open_holdout(settings.holdout, seed=settings.seed)
+    root = Path(settings.holdout)
+    if not root.is_dir():
+        open_holdout(root)  # raises its one-line error
     gt = settings.ground_truth
-    if gt is None and (Path(settings.holdout) / "ground_truth.csv").is_file():
-        gt = Path(settings.holdout) / "ground_truth.csv"
+    if gt is None and (root / "ground_truth.csv").is_file():
+        gt = root / "ground_truth.csv"
     if gt is not None and not Path(gt).is_file():
         raise InputError(f"{gt}: ground-truth file not found")
     exclusive = _check_delegate(settings.delegate)
-
     out = Path(settings.out) if settings.out else default_out_dir(model_path)
-    out.mkdir(parents=True, exist_ok=True)
     if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
         raise InputError(f"{out}: already holds a run's {RESULTS}; choose another --out")
-
-    budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
-                    len(holdout.files))
     ecfg = EnergyConfig(power_log=settings.power_log, watts_per_core=settings.watts_per_core,
                         idle_watts=settings.idle_watts, powercap_root=settings.powercap_root)
-    manifest: dict[str, Any] = {
-        "lpirc_version": __version__,
-        "status": "running",
-        "runtime": None,
-        "delegate": {"requested": settings.delegate, "ran": None, "note": None},
-        "model": {"path": str(model_path.resolve()), "size_bytes": model_path.stat().st_size,
-                  "sha256": _sha256(model_path)},
-        "holdout": {"path": str(Path(settings.holdout).resolve()),
-                    "image_count": len(holdout.files), "order_seed": holdout.seed,
-                    "files_sha256": holdout.files_sha256,
-                    "ground_truth": str(Path(gt).resolve()) if gt else None},
-        "settings": settings.to_json(),
-        "budget": budget.to_json(),
-        "start_utc": utc_now(),
-        "end_utc": None,
-        "wall_time_s": None,
-        "inference_time_s": None,
-        "energy": {"wh": None, "source": "pending", "method": energy_source_preview(ecfg)},
-        "machine": machine_info(),
-        "notes": [],
-    }
-    write_json(out / MANIFEST, manifest)
-
-    log = ResultLog(out / RESULTS)
-    bar = _progress_bar(len(holdout.files), budget, enabled=progress and not settings.quiet)
 
     # A terminal's Ctrl-C and a scheduler's SIGTERM both end the run cleanly, log kept.
     def on_term(signum, frame):
@@ -146,14 +112,61 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
         # a shell's background job starts with SIGINT ignored; the user's Ctrl-C to the
         # process group must still stop us
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    probe = start_energy(ecfg)
-    clock = Stopwatch()
     try:
-        outcome = run_pipeline(settings, Path(settings.holdout), holdout.files, budget,
-                               log.write, clock, exclusive=exclusive,
-                               progress=bar.update if bar else None)
+        return _run(settings, model_path, root, gt, exclusive, out, ecfg, progress)
     finally:
         signal.signal(signal.SIGTERM, old_term)
+
+
+def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, exclusive: bool,
+         out: Path, ecfg, progress: bool) -> RunOutcome:
+    from lpirc.energy import energy_source_preview, finish_energy, start_energy
+    from lpirc.holdout import open_holdout
+    from lpirc.machine import machine_info
+    from lpirc.pipeline import run_pipeline, start_workers, stop_workers
+
+    # The run starts here: workers load the model while the parent lists the holdout.
+    probe = start_energy(ecfg)
+    clock = Stopwatch()
+    start_utc = utc_now()
+    pool = start_workers(settings, root, exclusive)
+    try:
+        holdout = open_holdout(root, seed=settings.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
+                        len(holdout.files))
+        manifest: dict[str, Any] = {
+            "lpirc_version": __version__,
+            "status": "running",
+            "runtime": None,
+            "delegate": {"requested": settings.delegate, "ran": None, "note": None},
+            "model": {"path": str(model_path.resolve()), "size_bytes": model_path.stat().st_size,
+                      "sha256": _sha256(model_path)},
+            "holdout": {"path": str(root.resolve()),
+                        "image_count": len(holdout.files), "order_seed": holdout.seed,
+                        "files_sha256": holdout.files_sha256,
+                        "ground_truth": str(Path(gt).resolve()) if gt else None},
+            "settings": settings.to_json(),
+            "budget": budget.to_json(),
+            "start_utc": start_utc,
+            "end_utc": None,
+            "wall_time_s": None,
+            "inference_time_s": None,
+            "energy": {"wh": None, "source": "pending", "method": energy_source_preview(ecfg)},
+            "machine": machine_info(),
+            "notes": [],
+        }
+        write_json(out / MANIFEST, manifest)
+        log = ResultLog(out / RESULTS)
+    except BaseException:
+        stop_workers(pool)
+        raise
+    bar = _progress_bar(len(holdout.files), budget, enabled=progress and not settings.quiet)
+    try:
+        outcome = run_pipeline(settings, root, holdout.files, budget, log.write, clock,
+                               exclusive=exclusive, progress=bar.update if bar else None,
+                               pool=pool)
+    finally:
         log.close()
         if bar:
             bar.close()

@@ -332,3 +332,15 @@ def test_decode_threads_feed_one_inference_process(tmp_path, reference_model, sm
     # same answers whichever way the images were decoded
     same = {x["image"]: x["top5"] for x in read_log(base)}
     assert all(same[x["image"]] == x["top5"] for x in log)
+
+
+def test_empty_holdout_exit_5_and_no_worker_left(tmp_path, reference_model):
+    psutil = pytest.importorskip("psutil")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "ground_truth.csv").write_text("filename,label\n")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(empty),
+              "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 5 and "no images" in r.stderr and "Traceback" not in r.stderr
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
