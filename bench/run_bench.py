@@ -40,7 +40,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -831,10 +830,10 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
          _settings_str(tuned_settings) if tuned_settings else "not run"),
         (f"pure inference ({mach['cores']} processes x 1 thread)", num(f["pure_inference_ips"]),
          "", "inputs in memory"),
-        (f"end-to-end limit, lpirc preprocessing", num(f["limit_ips"]), "",
+        ("end-to-end limit, lpirc preprocessing", num(f["limit_ips"]), "",
          f"{mach['cores']} / ({num(f['preprocess_ms'], '{:.2f}')} + "
          f"{num(f['inference_ms'], '{:.2f}')}) ms"),
-        (f"end-to-end limit, Pillow resize preprocessing", num(f["limit_pillow_ips"]), "",
+        ("end-to-end limit, Pillow resize preprocessing", num(f["limit_pillow_ips"]), "",
          f"{mach['cores']} / ({num(f['preprocess_pillow_ms'], '{:.2f}')} + "
          f"{num(f['inference_ms'], '{:.2f}')}) ms"),
         ("end-to-end limit from parallel inference", num(f["limit_parallel_ips"]), "",

@@ -36,6 +36,23 @@ def main() -> None:
     """Run, time and score on-device image classifiers by the IEEE LPIRC rules."""
 
 
+def _settings(ctx: click.Context, opts: dict, config: Path | None = None):
+    """RunSettings from a command's options: the bundled submission and demo holdout when no
+    model is given; options typed on the command line win over the config file."""
+    from lpirc.settings import bundled_model, resolve_settings
+
+    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if opts["model"] is None:
+        opts["model"] = bundled_model()
+        if opts["holdout"] is None:
+            from lpirc.demo import demo_holdout_path
+
+            opts["holdout"] = demo_holdout_path()
+    if opts["holdout"] is None:
+        raise click.UsageError("--holdout is required with --model")
+    return resolve_settings(opts, explicit, config)
+
+
 @main.group()
 def holdout() -> None:
     """Make and inspect holdout sets."""
@@ -85,18 +102,8 @@ def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
     With no options: the bundled reference submission on a generated demo holdout.
     """
     from lpirc.runner import run
-    from lpirc.settings import bundled_model, resolve_settings
 
-    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    if opts["model"] is None:
-        opts["model"] = bundled_model()
-        if opts["holdout"] is None:
-            from lpirc.demo import demo_holdout_path
-
-            opts["holdout"] = demo_holdout_path()
-    if opts["holdout"] is None:
-        raise click.UsageError("--holdout is required with --model")
-    settings = resolve_settings(opts, explicit, config)
+    settings = _settings(ctx, opts, config)
     outcome = run(settings)
     click.echo(format_run_summary(outcome))
     sys.exit(outcome.exit_code)
@@ -252,19 +259,9 @@ def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: in
 
     Use the result with `lpirc run --config OUT/best.json` (options given to lpirc run win).
     """
-    from lpirc.settings import bundled_model, resolve_settings
     from lpirc.tune import format_summary, tune
 
-    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    if opts["model"] is None:
-        opts["model"] = bundled_model()
-        if opts["holdout"] is None:
-            from lpirc.demo import demo_holdout_path
-
-            opts["holdout"] = demo_holdout_path()
-    if opts["holdout"] is None:
-        raise click.UsageError("--holdout is required with --model")
-    settings = resolve_settings(opts, explicit)
+    settings = _settings(ctx, opts)
     result = tune(settings, max_time_s, sample=sample, repeats=repeats, finalists=finalists,
                   cooldown_s=cooldown_s, compare_defaults=compare_defaults, compare_pairs=pairs,
                   seed=tune_seed, out=out, max_top1_drop=max_top1_drop)

@@ -380,7 +380,6 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
 
     def bury(w: _Worker, reason: str) -> None:
         """A worker died: retry its images once, elsewhere; a second death answers them wrong."""
-        nonlocal failed
         lost = [it for items in w.chunks.values() for it in items]
         w.chunks.clear()
         again = [it for it in lost if it[0] not in retried]

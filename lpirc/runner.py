@@ -17,7 +17,7 @@ from typing import Any
 from lpirc import __version__
 from lpirc.clock import Budget, Stopwatch
 from lpirc.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DelegateError, InputError,
-                          LpircError, ModelError)
+                          ModelError)
 from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, write_json
 from lpirc.settings import RunSettings
 

@@ -10,30 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tflite_models import convert_int8
 
 from submission.check import check_submission, natural_test_image
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = DATA / "models"
-
-
-def _convert(tf, model, size, per_tensor=False, scale_input=1.0):
-    rng = np.random.default_rng(0)
-
-    def rep():
-        for _ in range(8):
-            yield [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    if per_tensor:
-        conv._experimental_disable_per_channel = True
-    return conv.convert()
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +49,7 @@ def tf_models(tmp_path_factory):
     for name, kw, conv_kw in [("clean", {}, {}), ("wide", {"wide": True}, {}),
                               ("dwzero", {"kill_channel": True}, {"per_tensor": True})]:
         p = out / f"{name}.tflite"
-        p.write_bytes(_convert(tf, net(**kw), size, **conv_kw))
+        p.write_bytes(convert_int8(tf, net(**kw), size, **conv_kw))
         paths[name] = p
     return paths
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tflite_models import convert_int8
 
 from lpirc import delegates as dl
 from lpirc import runtime as rt
@@ -34,19 +35,7 @@ def build_tiny_int8(path: Path, classes: int = 1000, size: int = 16) -> Path:
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     out = tf.keras.layers.Dense(classes, activation="softmax")(x)
     model = tf.keras.Model(inp, out)
-    rng = np.random.default_rng(0)
-
-    def rep():
-        for _ in range(8):
-            yield [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    path.write_bytes(conv.convert())
+    path.write_bytes(convert_int8(tf, model, size))
     return path
 
 

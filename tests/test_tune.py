@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tflite_models import convert_int8
 
 from lpirc.errors import InputError, ModelError, NoTimeError
 from lpirc.pipeline import PipelineOutcome
@@ -34,26 +35,13 @@ def lpirc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def build_tiny(path: Path, size: int = 16, classes: int = 1000) -> Path:
     tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (needed to build models)")
-    import numpy as np
 
     tf.random.set_seed(0)
     inp = tf.keras.Input((size, size, 3), batch_size=None)
     x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
     x = tf.keras.layers.GlobalAveragePooling2D()(x)
     model = tf.keras.Model(inp, tf.keras.layers.Dense(classes, activation="softmax")(x))
-    rng = np.random.default_rng(0)
-
-    def rep():
-        for _ in range(8):
-            yield [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    path.write_bytes(conv.convert())
+    path.write_bytes(convert_int8(tf, model, size))
     return path
 
 
