@@ -127,12 +127,12 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
 
     # --- run-level figures ------------------------------------------------------------------
     wall = _fnum(manifest.get("wall_time_s"))
-    time_src = "measured by the run (manifest)"
+    time_src = "measured by lpirc run"
     t_known = log.t_s[~np.isnan(log.t_s)]
     if wall is None and t_known.size:
         wall, time_src = float(t_known.max()), "measured: last answer's t_s in the log"
     inf_time = _fnum(manifest.get("inference_time_s"))
-    inf_src = "measured: summed model invoke time (manifest)"
+    inf_src = "measured: summed model invoke time"
     inf_known = log.inference_ms[~np.isnan(log.inference_ms)]
     if inf_time is None and inf_known.size:
         inf_time, inf_src = float(inf_known.sum()) / 1000.0, "measured: sum of inference_ms in the log"
