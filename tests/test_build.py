@@ -231,3 +231,31 @@ def test_undecodable_images(tf, tmp_path):
     _tiny_model(tf, (16, 16, 3)).save(model)
     r = _cli("--keras", model, "--representative", imgs, "--out", tmp_path / "s.tflite")
     _assert_one_line_error(r, 5, "could be decoded")
+
+
+def test_built_submission_runs_checks_and_scores(tf, tmp_path, small_holdout):
+    """build -> check -> run -> score, through the CLI, with the sidecar's preprocessing applied."""
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.keras"
+    _tiny_model(tf, (24, 24, 3), 1001).save(model)
+    sub = tmp_path / "sub.tflite"
+    r = _cli("--keras", model, "--representative", small_holdout, "--out", sub,
+             "--num-images", 5, "--crop-fraction", 0.9, "-q")
+    assert r.exit_code == 0, (r.output, r.exception)
+
+    def lpirc(*args):
+        return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=120)
+
+    check = lpirc("submission", "check", sub, "--no-report")
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = tmp_path / "run"
+    run = lpirc("run", "--model", sub, "--holdout", small_holdout, "--out", out, "--quiet")
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["crop_fraction"] == 0.9  # from sub.json
+    assert manifest["model"]["num_classes"] == 1001
+    score = json.loads((out / "score.json").read_text())
+    assert score["images_answered"] == 40 and 0.0 <= score["top1"] <= 1.0

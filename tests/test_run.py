@@ -344,3 +344,18 @@ def test_empty_holdout_exit_5_and_no_worker_left(tmp_path, reference_model):
               "--out", str(tmp_path / "run"), "--quiet")
     assert r.returncode == 5 and "no images" in r.stderr and "Traceback" not in r.stderr
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_score_gives_the_runs_top1_under_every_rule_set(tmp_path, reference_model, small_holdout):
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    run_top1 = json.loads((out / "score.json").read_text())["top1"]
+    assert f"{run_top1 * 100:.2f} %" in r.stdout  # the summary shows it
+    for name in ("lpirc-onsite", "ovic-2018", "ovic-2019", "lpcvc-2020"):
+        s = lpirc("score", str(out), "--rules", name, "--format", "json")
+        assert s.returncode == 0, (name, s.stderr)
+        obj = json.loads(s.stdout)
+        obj = obj[0] if isinstance(obj, list) else obj
+        assert obj["rules"] == name and obj["top1"] == run_top1, name
