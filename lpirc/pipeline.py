@@ -77,12 +77,8 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         from lpirc import runtime
 
         rt = runtime.load_runtime()
-        # LiteRT announces "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2 from C++
-        # for every worker; keep anything else it says.
-        with runtime._capture_native_stderr() as native:
-            model = runtime.open_model(job.model, threads=job.threads, delegate=job.delegate,
-                                       batch=job.batch, runtime=rt)
-        _replay_stderr(native)
+        model = runtime.open_model(job.model, threads=job.threads, delegate=job.delegate,
+                                   batch=job.batch, runtime=rt)
     except DelegateError as e:
         conn.send(("fatal", "delegate", str(e)))
         return
@@ -150,13 +146,6 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
             conn.send(("fatal", "model", f"{job.model}: fails on invoke ({type(e).__name__}: {e})"))
             return
         conn.send(("done", chunk_id, answers))
-
-
-def _replay_stderr(captured: list[str]) -> None:
-    for text in captured:
-        for line in text.splitlines():
-            if line.strip() and not line.startswith("INFO: Created TensorFlow Lite"):
-                print(line, file=sys.stderr)
 
 
 def _load(path: Path, spec) -> tuple[Any, str | None, float]:

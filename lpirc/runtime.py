@@ -240,7 +240,8 @@ def make_interpreter(path, *, runtime: Runtime | None = None, threads: int | Non
     if preserve_all_tensors:
         kw["experimental_preserve_all_tensors"] = True
     try:
-        return rt.module.Interpreter(**kw)
+        with _without_xnnpack_banner():
+            return rt.module.Interpreter(**kw)
     except TypeError:  # an older runtime without some keyword
         kw.pop("experimental_preserve_all_tensors", None)
         kw.pop("experimental_op_resolver_type", None)
@@ -290,7 +291,8 @@ def model_info(path, runtime: Runtime | None = None) -> ModelInfo:
 
 def _allocate(path, it):
     try:
-        it.allocate_tensors()
+        with _without_xnnpack_banner():  # XNNPACK is applied (and announced) here
+            it.allocate_tensors()
     except Exception as e:  # noqa: BLE001
         raise _explain(path, e, "allocate") from None
 
@@ -382,6 +384,18 @@ def _capture_native_stderr():
             os.close(saved)
             tmp.seek(0)
             out.append(tmp.read().decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def _without_xnnpack_banner():
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ for
+    every interpreter (once per worker): keep it off the user's terminal, pass the rest on."""
+    with _capture_native_stderr() as native:
+        yield
+    for text in native:
+        for line in text.splitlines():
+            if line.strip() and not line.startswith("INFO: Created TensorFlow Lite"):
+                print(line, file=sys.stderr)
 
 
 def _open_gpu(p: Path, data: bytes, rt: Runtime, spec, threads: int, batch: int) -> Model:
