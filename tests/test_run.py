@@ -74,6 +74,7 @@ def test_log_fields_and_manifest(tmp_path, reference_model, small_holdout):
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
               "--out", str(out), "--workers", "2", "--quiet")
     assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == ""  # not even LiteRT's per-worker XNNPACK banner
     log = read_log(out)
     assert sorted(x["index"] for x in log) == list(range(40))
     first = log[0]
