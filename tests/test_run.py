@@ -360,3 +360,26 @@ def test_score_gives_the_runs_top1_under_every_rule_set(tmp_path, reference_mode
         obj = json.loads(s.stdout)
         obj = obj[0] if isinstance(obj, list) else obj
         assert obj["rules"] == name and obj["top1"] == run_top1, name
+
+
+def test_ctrl_c_reaches_a_run_started_as_a_background_job(tmp_path, reference_model, small_holdout):
+    """bash starts a background job with SIGINT ignored; a terminal's Ctrl-C to the process
+    group must still stop the run cleanly."""
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=500)
+    out = tmp_path / "run"
+    cmd = (f"'{sys.executable}' -m lpirc run --model '{reference_model}' --holdout '{hold}' "
+           f"--out '{out}' --quiet & wait $!")
+    p = subprocess.Popen(["bash", "-c", cmd], cwd=REPO, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_answers(out, 50)
+    os.killpg(p.pid, signal.SIGINT)
+    p.wait(timeout=30)
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        status = json.loads((out / "manifest.json").read_text())["status"]
+        if status != "running":
+            break
+        time.sleep(0.1)
+    assert status == "interrupted"
+    assert (out / "score.json").is_file()
+    assert len(read_log(out)) < 20_000
