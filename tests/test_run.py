@@ -383,3 +383,24 @@ def test_ctrl_c_reaches_a_run_started_as_a_background_job(tmp_path, reference_mo
     assert status == "interrupted"
     assert (out / "score.json").is_file()
     assert len(read_log(out)) < 20_000
+
+
+def test_run_ends_on_time_even_when_workers_hang(tmp_path, reference_model, small_holdout):
+    """Workers frozen mid-run (SIGSTOP: as a model stuck in invoke would be) are killed at the
+    deadline; the run still ends within 2 s of its budget, with its answers kept."""
+    psutil = pytest.importorskip("psutil")
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=500)
+    out = tmp_path / "run"
+    p = _start(["run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+                "--time-limit-s", "3", "--quiet"])
+    _wait_for_answers(out, 20)
+    for child in psutil.Process(p.pid).children():
+        child.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    p.communicate(timeout=30)
+    assert p.returncode == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "budget_exhausted"
+    assert m["wall_time_s"] <= 3 + 2
+    assert time.monotonic() - frozen_at <= 3 + 2
+    assert json.loads((out / "score.json").read_text())["images_answered"] >= 20
