@@ -94,8 +94,13 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     gt = settings.ground_truth
     if gt is None and (root / "ground_truth.csv").is_file():
         gt = root / "ground_truth.csv"
-    if gt is not None and not Path(gt).is_file():
-        raise InputError(f"{gt}: ground-truth file not found")
+    if gt is not None:
+        import scoring
+
+        try:  # a malformed ground truth is refused before the run, not after it
+            scoring.read_ground_truth(gt)
+        except scoring.ScoringError as e:
+            raise InputError(str(e)) from None
     exclusive = _check_delegate(settings.delegate)
     out = Path(settings.out) if settings.out else default_out_dir(model_path)
     if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:

@@ -404,3 +404,13 @@ def test_run_ends_on_time_even_when_workers_hang(tmp_path, reference_model, smal
     assert m["wall_time_s"] <= 3 + 2
     assert time.monotonic() - frozen_at <= 3 + 2
     assert json.loads((out / "score.json").read_text())["images_answered"] >= 20
+
+
+def test_malformed_ground_truth_is_refused_before_the_run(tmp_path, reference_model, small_holdout):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("filename,label\nimg_000001.jpg,banana\n")
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--ground-truth", str(gt), "--out", str(out), "--quiet")
+    assert r.returncode == 5 and "gt.csv:2" in r.stderr and "banana" in r.stderr
+    assert "Traceback" not in r.stderr and not (out / "results.jsonl").exists()
