@@ -75,6 +75,12 @@ def _check_delegate(name: str) -> bool:
         if reason is not None:
             hint = f" ({delegates.EDGETPU_INSTALL_HINT})" if spec.kind == "edgetpu" else ""
             raise DelegateError(f"{'edgetpu' if spec.kind == 'edgetpu' else name}: {reason}{hint}")
+    if spec.kind == "gpu":
+        from lpirc.runtime import load_runtime  # imports the runtime; loads no model
+
+        reason = delegates.gpu_unavailable_reason(load_runtime().name)
+        if reason is not None:
+            raise DelegateError(f"gpu: {reason}")
     return delegates.delegate_is_exclusive(name)
 
 

@@ -182,11 +182,17 @@ def test_model_that_cannot_run(tmp_path, shared_data):
         assert "Traceback" not in r.stderr and needle in r.stderr
 
 
-@pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so"])
+@pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so", "gpu"])
 def test_unavailable_delegate_exit_4(tmp_path, reference_model, small_holdout, delegate):
+    from lpirc.delegates import gpu_unavailable_reason
+    from lpirc.runtime import load_runtime
+
+    if delegate == "gpu" and gpu_unavailable_reason(load_runtime().name) is None:
+        pytest.skip("this machine may have a usable GPU")
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
               "--delegate", delegate, "--out", str(tmp_path / "run"), "--quiet")
     assert r.returncode == 4, r.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything started
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1
