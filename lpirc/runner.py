@@ -1,6 +1,6 @@
 """One timed run: holdout -> pipeline (workers) -> result log -> scorer.
 
-``run(settings)`` is the public entry point behind ``lpirc run``; it never imports the runtime
+``run(settings)`` is the public entry point behind ``lpirc run``; it never loads the model
 itself (workers do), so a model that crashes the runtime cannot take the results with it.
 """
 
