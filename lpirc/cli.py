@@ -152,8 +152,8 @@ def format_run_summary(outcome) -> str:
 @click.option("--time-limit-s", type=click.FloatRange(min=0), help="lpirc-onsite: wall budget in seconds; answers with t_s above it are wrong. Default: the run's budget, else 600.")
 @click.option("--ms-per-image", type=click.FloatRange(min=0), help="ovic-2018: inference budget per image in ms (budget = this x images). Default: the run's, else 30.")
 @click.option("--idle-watts", type=click.FloatRange(min=0), help="lpcvc-2020: idle power in watts subtracted over the run's wall time. Default: 1.961.")
-@click.option("--k", "k", type=float, help="ovic-2019: slope of the Pareto frontier k ln(latency_ms) + a0, in accuracy percent per ln(ms). Default: 9.911.")
-@click.option("--a0", "a0", type=float, help="ovic-2019: intercept of the Pareto frontier, in accuracy percent. Default: 26.53.")
+@click.option("--k", "k", type=float, help="ovic-2019: slope of the Pareto frontier k ln(latency_ms) + a0, in accuracy percent per ln(ms). Default: 9.163 (our fit to the 2019 reference models).")
+@click.option("--a0", "a0", type=float, help="ovic-2019: intercept of the Pareto frontier, in accuracy percent. Default: 35.279.")
 @click.option("--energy-wh", type=click.FloatRange(min=0), help="Energy of the run in watt-hours, for logs without a manifest (or to override it); marked 'given'.")
 @friendly_errors
 def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_options) -> None:
