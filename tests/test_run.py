@@ -345,7 +345,6 @@ def test_empty_holdout_exit_5_and_no_worker_left(tmp_path, reference_model):
     psutil = pytest.importorskip("psutil")
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "ground_truth.csv").write_text("filename,label\n")
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(empty),
               "--out", str(tmp_path / "run"), "--quiet")
