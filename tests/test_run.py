@@ -419,3 +419,31 @@ def test_malformed_ground_truth_is_refused_before_the_run(tmp_path, reference_mo
               "--ground-truth", str(gt), "--out", str(out), "--quiet")
     assert r.returncode == 5 and "gt.csv:2" in r.stderr and "banana" in r.stderr
     assert "Traceback" not in r.stderr and not (out / "results.jsonl").exists()
+
+
+def test_batched_inference_gives_the_same_answers(tmp_path, reference_model, small_holdout):
+    """--batch 8 over 40 images (the last chunk padded) answers as batch 1 does."""
+    runs = {}
+    for batch in (1, 8):
+        out = tmp_path / f"b{batch}"
+        r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+                  "--out", str(out), "--batch", str(batch), "--workers", "1", "--quiet")
+        assert r.returncode == 0, r.stderr
+        assert json.loads((out / "manifest.json").read_text())["batch_used"] == batch
+        runs[batch] = {x["image"]: x["top5"] for x in read_log(out)}
+    assert runs[1] == runs[8]
+
+
+def test_unresizable_batch_falls_back_to_1_with_a_note(tmp_path, shared_data):
+    hold = tmp_path / "h"
+    hold.mkdir()
+    for p in sorted((shared_data / "imagenet-dev").iterdir())[:6]:
+        os.symlink(p, hold / p.name)
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(shared_data / "models" / "mobilenet_v2_1.0_224_quant.tflite"),
+              "--holdout", str(hold), "--out", str(out), "--batch", "4", "--quiet")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["batch_used"] == 1
+    assert any("batch 4" in n for n in m["notes"]) and "batch 4" in r.stdout
+    assert len(read_log(out)) == 6
