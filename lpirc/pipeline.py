@@ -174,9 +174,7 @@ def _infer(model, items, loaded, runtime) -> list[tuple]:
     b = max(1, getattr(model, "batch", 1))
     for start in range(0, len(good), b):
         group = good[start:start + b]
-        x = np.stack([loaded[i][0] for i in group])
-        if len(group) < b and b > 1:  # a resized model takes exactly its batch
-            x = np.concatenate([x, np.zeros((b - len(group),) + x.shape[1:], x.dtype)])
+        x = np.stack([loaded[i][0] for i in group])  # predict pads a short last batch
         t = time.perf_counter()
         out = runtime.predict(model, x)
         ms = (time.perf_counter() - t) * 1000.0 / len(group)
