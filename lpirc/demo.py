@@ -47,12 +47,11 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from scoring import synset_index
+
 DEMO_HOLDOUT_NAME = "demo-holdout-v1"
 DEMO_HOLDOUT_COUNT = 300
 DEMO_HOLDOUT_SEED = 1234
-
-_SYNSETS_FILE = Path(__file__).resolve().parents[1] / "scoring" / "ilsvrc2012_synsets.txt"
-
 
 @dataclass(frozen=True)
 class DemoClass:
@@ -64,29 +63,7 @@ class DemoClass:
     @property
     def index(self) -> int:
         """ILSVRC-2012 class index (position of the synset in the sorted synset list)."""
-        return _synset_index()[self.synset]
-
-
-_INDEX_CACHE: dict[str, int] = {}
-
-
-def _synset_index() -> dict[str, int]:
-    if not _INDEX_CACHE:
-        try:
-            text = _SYNSETS_FILE.read_text()
-        except OSError:  # installed without the scoring data: fall back to the known indices
-            _INDEX_CACHE.update(_KNOWN_INDEX)
-        else:
-            words = sorted(w.strip() for w in text.split() if w.strip())
-            _INDEX_CACHE.update({s: i for i, s in enumerate(words)})
-    return _INDEX_CACHE
-
-
-# Positions in the sorted ILSVRC-2012 synset list (checked by tests against the file).
-_KNOWN_INDEX = {
-    "n06785654": 918, "n03944341": 723, "n02391049": 340, "n03530642": 599, "n03733281": 646,
-    "n04275548": 815, "n09229709": 971, "n06874185": 920, "n02666196": 398, "n04118776": 769,
-}
+        return synset_index(self.synset)
 
 
 # --------------------------------------------------------------------------------------------

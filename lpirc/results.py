@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -40,3 +41,15 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def new_run_dir(model: Path, prefix: str = "", base: Path = Path("runs")) -> Path:
+    """``runs/<prefix><UTC time>-<model stem>/``, not yet existing (a suffix for two in the
+    same second)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+    out = base / f"{prefix}{stamp}-{Path(model).stem}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = base / f"{prefix}{stamp}-{Path(model).stem}-{n}"
+    return out

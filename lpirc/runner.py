@@ -18,7 +18,7 @@ from lpirc import __version__
 from lpirc.clock import Budget, Stopwatch
 from lpirc.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DelegateError, InputError,
                           ModelError)
-from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, write_json
+from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, new_run_dir, write_json
 from lpirc.settings import RunSettings
 
 
@@ -34,16 +34,6 @@ class RunOutcome:
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def default_out_dir(model: Path, base: Path = Path("runs")) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
-    out = base / f"{stamp}-{Path(model).stem}"
-    n = 1
-    while out.exists():  # two runs in the same second
-        n += 1
-        out = base / f"{stamp}-{Path(model).stem}-{n}"
-    return out
 
 
 def _sha256(path: Path) -> str:
@@ -108,7 +98,7 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
     exclusive = _check_delegate(settings.delegate)
-    out = Path(settings.out) if settings.out else default_out_dir(model_path)
+    out = Path(settings.out) if settings.out else new_run_dir(model_path)
     if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
         raise InputError(f"{out}: already holds a run's {RESULTS}; choose another --out")
     ecfg = EnergyConfig(power_log=settings.power_log, watts_per_core=settings.watts_per_core,

@@ -257,13 +257,10 @@ class TuneResult:
 
 
 def default_tune_dir(model: Path, base: Path = Path("runs")) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
-    out = base / f"tune-{stamp}-{Path(model).stem}"
-    n = 1
-    while out.exists():
-        n += 1
-        out = base / f"tune-{stamp}-{Path(model).stem}-{n}"
-    return out
+    """``runs/tune-<UTC time>-<model stem>/``."""
+    from lpirc.results import new_run_dir
+
+    return new_run_dir(model, prefix="tune-", base=base)
 
 
 def _open_holdout(root: Path, seed: int):
