@@ -502,7 +502,10 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         def quiet(c: Candidate) -> list[Trial]:
             """The measurements of ``c`` that count: those taken on a quiet machine if there
             are any, else those under a moderate load, else all."""
-            mine = meas.get(c, [])
+            # the interleaved A/B trials answer a different question (best vs defaults, as a
+            # ratio); leaving them out keeps the table's order the order the winner came from
+            mine = ([t for t in meas.get(c, []) if t.stage != "compare"]
+                    or meas.get(c, []))
             calm = [t for t in mine if t.foreign_load is None or t.foreign_load <= NOISY_LOAD]
             fair = [t for t in mine if t.foreign_load is None or t.foreign_load <= MAX_LOAD]
             return calm or fair or mine
@@ -598,7 +601,9 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             rng.shuffle(rnd)
             for c in rnd:
                 run_one(c, "final")
-        best = max(finals, key=goodness)
+        # over the whole pool, not just the finalists, so that the winner is the table's
+        # first eligible row even when the re-measured finalists fell back
+        best = max(pool, key=goodness) if pool else default
 
         # --- 6. compare with the defaults, interleaved ---
         ratio_pairs: list[float] = []

@@ -323,8 +323,11 @@ def test_cli_tune_then_run_with_config(tmp_path, tiny_model, holdout40):
     full = json.loads((out / "tune.json").read_text())
     assert set(best["settings"]) == {"workers", "threads", "batch", "decode", "decode_threads"}
     table = best["measurements"]["table"]
-    # the fastest row, or the defaults when they won the final A/B comparison
-    assert best["settings"] in (table[0]["settings"], best["measurements"]["default"]["settings"])
+    # the fastest row whose accuracy holds (a draft decode may lose too much top-1 on the
+    # demo model), or the defaults when they won the final A/B comparison
+    fastest_ok = next(row for row in table if row["eligible"])
+    assert best["settings"] in (fastest_ok["settings"],
+                                best["measurements"]["default"]["settings"])
     assert all(row["top1"] is not None for row in table)
     assert full["trials"] and {t["stage"] for t in full["trials"]} >= {"probe", "warmup", "screen"}
     assert full["elapsed_s"] <= 10 + 2
