@@ -313,7 +313,7 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
 
 
 @submission.command("check")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))  # a folder is a failed load check
 @click.option("--delegate", default="cpu", show_default=True,
               help="cpu | edgetpu | gpu | path to an external delegate library.")
 @click.option("--holdout", type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -151,25 +151,34 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         try:
             info = rtm.model_info(model, runtime=rt)
         except LpircError:
-            for n in ("input", "output", "ops", "invoke", "activations", "depthwise", "accuracy"):
+            for n in ("input", "output", "ops", "sidecar", "invoke", "activations", "depthwise",
+                      "accuracy"):
                 emit(n, SKIP, "model could not be read")
             return rep
 
     ok_input = _check_input(info, emit)
     _check_output(info, emit)
     _check_ops(info, delegate, rt, emit)
+    if not ok_input:
+        for n in ("sidecar", "invoke", "activations", "depthwise", "accuracy"):
+            emit(n, SKIP, "input is not an image tensor")
+        return rep
+    spec = _check_sidecar(model, info, emit)
 
     if not loaded:
         for n in ("invoke", "activations", "depthwise", "accuracy"):
             emit(n, SKIP, "model does not load with this delegate")
         return rep
-    if not ok_input:
-        for n in ("invoke", "activations", "depthwise", "accuracy"):
-            emit(n, SKIP, "input is not an image tensor")
-        return rep
 
-    spec = _preprocess_spec(model, info)
-    images = _holdout_images(holdout) if holdout else []
+    # An unusable holdout is the accuracy check's failure; the other checks still run on a
+    # generated image, and the report is still written.
+    holdout_error = None
+    images: list[Path] = []
+    if holdout:
+        try:
+            images = _holdout_images(holdout)
+        except LpircError as e:
+            holdout_error = str(e)
     try:
         x, source = _test_input(spec, images)
     except LpircError as e:
@@ -177,8 +186,11 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         return rep
     _check_invoke(model, delegate, threads, rt, x, source, info, emit)
     _check_quantization(model, rt, x, info, range_threshold, near_zero_levels, emit)
+    if holdout_error:
+        emit("accuracy", FAIL, holdout_error)
+        return rep
     _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
-                    reference, max_drop, limit, emit)
+                    reference, max_drop, limit, timeout_s, emit)
     return rep
 
 
@@ -270,24 +282,52 @@ def _check_ops(info, delegate, rt, emit) -> None:
         emit("ops", PASS, f"{len(ops)} ops, all taken by XNNPACK: {summary}", reference_ops=[], **d)
 
 
-def _preprocess_spec(model, info):
+def _check_sidecar(model, info, emit):
+    """The preprocessing ``lpirc run`` will use: the sidecar ``X.json`` read exactly as the runner
+    reads it (lpirc.settings), so a sidecar the run would refuse fails here too."""
     from lpirc.preprocess import PreprocessSpec
+    from lpirc.settings import read_sidecar, sidecar_path
 
     t = info.input
-    kw = {}
-    side = Path(model).with_suffix(".json")
-    if side.is_file():
-        try:
-            pre = json.loads(side.read_text()).get("preprocess", {}) or {}
-            for k in ("crop_fraction", "resize", "mean", "std"):
-                if k in pre:
-                    kw[k] = pre[k]
-        except (OSError, ValueError, AttributeError):
-            kw = {}
+    h, w = int(t.shape[1]), int(t.shape[2])
+    side = sidecar_path(model)
     try:
-        return PreprocessSpec(height=int(t.shape[1]), width=int(t.shape[2]), dtype=t.dtype, **kw)
-    except (ValueError, TypeError):
-        return PreprocessSpec(height=int(t.shape[1]), width=int(t.shape[2]), dtype=t.dtype)
+        kw = read_sidecar(model)
+        spec = PreprocessSpec(height=h, width=w, dtype=t.dtype, **kw)
+    except LpircError as e:
+        emit("sidecar", FAIL, str(e), path=str(side))
+        return PreprocessSpec(height=h, width=w, dtype=t.dtype)
+    except (ValueError, TypeError) as e:
+        emit("sidecar", FAIL, f"{side}: {e}; lpirc run cannot use it", path=str(side))
+        return PreprocessSpec(height=h, width=w, dtype=t.dtype)
+    d = {"path": str(side) if side.is_file() else None, "crop_fraction": spec.crop_fraction,
+         "resize": spec.resize, "mean": spec.mean, "std": spec.std}
+    what = (f"crop {spec.crop_fraction:g}, {spec.resize} resize to {h}x{w}"
+            + (f", (pixel - {spec.mean:g}) / {spec.std:g}" if t.dtype == "float32" else ""))
+    if not side.is_file():
+        emit("sidecar", PASS, f"no {side.name}: lpirc run uses its defaults ({what})", **d)
+        return spec
+    stale = _sidecar_mismatch(side, h, w, t.dtype, info.num_classes)
+    if stale:
+        emit("sidecar", WARN, f"{side.name} does not match the model ({stale}): written for "
+                              f"another build?", **d)
+    else:
+        emit("sidecar", PASS, f"{side.name}: {what}", **d)
+    return spec
+
+
+def _sidecar_mismatch(side: Path, h: int, w: int, dtype: str, classes: int) -> str:
+    """What the sidecar records about the model that the model contradicts ('' if nothing)."""
+    try:
+        data = json.loads(side.read_text())
+        inp = data.get("input") or {}
+        rec = {"height": inp.get("height"), "width": inp.get("width"),
+               "dtype": inp.get("dtype"), "classes": data.get("classes")}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    real = {"height": h, "width": w, "dtype": dtype, "classes": classes}
+    return ", ".join(f"{k} {rec[k]} recorded, {real[k]} in the model" for k in real
+                     if rec[k] is not None and rec[k] != real[k])
 
 
 def _holdout_images(holdout) -> list[Path]:
@@ -368,15 +408,17 @@ def _check_invoke(model, delegate, threads, rt, x, source, info, emit) -> None:
     prob = bool(row.min() >= -1e-6 and row.max() <= 1 + 1e-6 and 0.5 <= total <= 1.1)
     d.update(probability_like=prob, output_sum=round(total, 4), output_min=float(row.min()),
              output_max=float(row.max()))
+    # The latency is measured here, on this machine, with this delegate: say so in the line.
+    timing = (f"{lat:.3g} ms per image (measured: median of 5 invokes, batch 1, {threads} "
+              f"thread{'s' if threads != 1 else ''}) on {Path(source).name}")
     if float(row.max() - row.min()) == 0.0:
-        emit("invoke", WARN, f"{lat:.1f} ms per image; output is constant (all {row[0]:g})", **d)
+        emit("invoke", WARN, f"{timing}; output is constant (all {row[0]:g}): the model cannot "
+                             "tell images apart", **d)
     elif prob:
-        emit("invoke", PASS, f"{lat:.1f} ms per image on {Path(source).name}; output is a "
-                             f"probability vector (sum {total:.3f})", **d)
+        emit("invoke", PASS, f"{timing}; output is a probability vector (sum {total:.3f})", **d)
     else:
-        emit("invoke", WARN, f"{lat:.1f} ms per image; output is not probability-like (sum "
-                             f"{total:.3g}, range {row.min():.3g}..{row.max():.3g}): logits? top-k "
-                             "still works", **d)
+        emit("invoke", WARN, f"{timing}; output is not probability-like (sum {total:.3g}, range "
+                             f"{row.min():.3g}..{row.max():.3g}): logits? top-k still works", **d)
 
 
 def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
@@ -519,13 +561,29 @@ def _accuracy(model, delegate, threads, rt, spec, root, items, labels) -> dict:
             "top5": top5 / n if n else 0.0}
 
 
+def _reference_spec(reference, spec, timeout_s):
+    """The float reference's preprocessing (the submission's crop/resize/mean/std at the
+    reference's own input size), after loading it in a child process like the submission."""
+    from lpirc import runtime as rtm
+    from lpirc.preprocess import PreprocessSpec
+
+    rinfo = rtm.probe_model(reference, timeout_s=timeout_s, delegate="cpu")
+    shp = list(rinfo.input.shape)
+    if len(shp) != 4 or shp[0] != 1 or shp[3] != 3 or not (shp[1] > 0 and shp[2] > 0):
+        raise InputError(f"{Path(reference).name}: input shape {shp} is not [1, H, W, 3]")
+    if rinfo.num_classes not in (1000, 1001):
+        raise InputError(f"{Path(reference).name}: {rinfo.num_classes} classes; expected 1000 "
+                         "or 1001")
+    return PreprocessSpec(height=int(shp[1]), width=int(shp[2]), dtype=rinfo.input.dtype,
+                          crop_fraction=spec.crop_fraction, resize=spec.resize, mean=spec.mean,
+                          std=spec.std)
+
+
 def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
-                    reference, max_drop, limit, emit) -> None:
+                    reference, max_drop, limit, timeout_s, emit) -> None:
     if not holdout:
         emit("accuracy", SKIP, "no --holdout given")
         return
-    from lpirc import runtime as rtm
-
     root = Path(holdout)
     try:
         labels = _labels_for(holdout, images, ground_truth)
@@ -551,15 +609,10 @@ def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_
     status = PASS
     if reference:
         try:
-            rinfo = rtm.model_info(reference, runtime=rt)
-            from lpirc.preprocess import PreprocessSpec
-            rspec = PreprocessSpec(height=int(rinfo.input.shape[1]),
-                                   width=int(rinfo.input.shape[2]), dtype=rinfo.input.dtype,
-                                   crop_fraction=spec.crop_fraction, resize=spec.resize,
-                                   mean=spec.mean, std=spec.std)
+            rspec = _reference_spec(reference, spec, timeout_s)
             ref = _accuracy(reference, "cpu", threads, rt, rspec, root, items, labels)
-        except (LpircError, ValueError, IndexError) as e:
-            emit("accuracy", FAIL, f"reference: {e}", **d)
+        except (LpircError, ValueError) as e:
+            emit("accuracy", FAIL, f"--reference {e}", **d)
             return
         drop1, drop5 = ref["top1"] - acc["top1"], ref["top5"] - acc["top5"]
         d.update(reference=str(reference), reference_top1=ref["top1"],

@@ -46,6 +46,9 @@ def tf_models(tmp_path_factory):
         return m
 
     paths = {}
+    vec = tf.keras.Sequential([tf.keras.Input((16,)), tf.keras.layers.Dense(1000, activation="softmax")])
+    paths["vector"] = out / "vector.tflite"
+    paths["vector"].write_bytes(convert_int8(tf, vec, size, shape=(16,)))
     for name, kw, conv_kw in [("clean", {}, {}), ("wide", {"wide": True}, {}),
                               ("dwzero", {"kill_channel": True}, {"per_tensor": True})]:
         p = out / f"{name}.tflite"
@@ -63,7 +66,20 @@ def broken(tmp_path):
         p.write_bytes(v)
         out[k] = p
     out["missing"] = tmp_path / "missing.tflite"
+    out["folder"] = tmp_path / "folder.tflite"
+    out["folder"].mkdir()
     return out
+
+
+@pytest.fixture()
+def submission_copy(tmp_path, reference_model):
+    """The bundled reference submission and its sidecar, copied where a test may change them."""
+    d = tmp_path / "sub"
+    d.mkdir()
+    model = d / "model.tflite"
+    model.write_bytes(reference_model.read_bytes())
+    (d / "model.json").write_text(reference_model.with_suffix(".json").read_text())
+    return model
 
 
 def _status(rep):
@@ -76,7 +92,7 @@ def _cli(*args, cwd):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-@pytest.mark.parametrize("kind", ["empty", "garbage", "text", "missing"])
+@pytest.mark.parametrize("kind", ["empty", "garbage", "text", "missing", "folder"])
 def test_broken_models_fail_load(broken, kind):
     rep = check_submission(broken[kind])
     assert rep.failed
@@ -156,6 +172,89 @@ def test_cli_exit_codes_and_report(tf_models, broken, tmp_path):
     assert p.returncode == 2
     p = _cli(tf_models["clean"], "--reference", tf_models["clean"], cwd=tmp_path)
     assert p.returncode == 2
+
+
+def test_cli_folder_as_model_is_a_failed_check_not_a_usage_error(broken, tmp_path):
+    p = _cli(broken["folder"], "--report", tmp_path / "r.json", cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "FAIL  load" in p.stdout and "folder.tflite" in p.stdout and "directory" in p.stdout
+    assert "Traceback" not in p.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["verdict"] == "fail"
+
+
+def test_cli_usage_errors_exit_2(submission_copy, tmp_path):
+    for args in ([], [submission_copy, "--limit", "0"], [submission_copy, "--holdout", tmp_path / "nope"],
+                 [submission_copy, "--near-zero", "-1"], [submission_copy, "--bogus-option"]):
+        p = _cli(*args, cwd=tmp_path)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert "Traceback" not in p.stderr and "Error:" in p.stderr
+
+
+def test_sidecar_is_read_like_lpirc_run(submission_copy):
+    """The check uses the sidecar's preprocessing, and fails on one `lpirc run` would refuse."""
+    side = submission_copy.with_suffix(".json")
+    rep = check_submission(submission_copy)
+    r = rep.get("sidecar")
+    assert r.status == "pass" and "model.json" in r.message and r.details["crop_fraction"] == 0.875
+    data = json.loads(side.read_text())
+    data["preprocess"]["crop_fraction"] = 0.5
+    side.write_text(json.dumps(data))
+    assert check_submission(submission_copy).get("sidecar").details["crop_fraction"] == 0.5
+    data["preprocess"]["crop_fraction"] = 7
+    side.write_text(json.dumps(data))
+    rep = check_submission(submission_copy)
+    assert rep.failed and rep.get("sidecar").status == "fail"
+    assert "crop_fraction" in rep.get("sidecar").message and "model.json" in rep.get("sidecar").message
+    assert rep.get("invoke").status != "fail"  # the other checks still run, on the defaults
+    side.write_text("{not json")
+    rep = check_submission(submission_copy)
+    assert rep.get("sidecar").status == "fail" and "not a readable submission sidecar" in rep.get("sidecar").message
+
+
+def test_stale_sidecar_warns_and_absent_sidecar_passes(submission_copy):
+    side = submission_copy.with_suffix(".json")
+    data = json.loads(side.read_text())
+    data["input"]["height"] = 99
+    data["classes"] = 1001
+    side.write_text(json.dumps(data))
+    r = check_submission(submission_copy).get("sidecar")
+    assert r.status == "warn"
+    assert "height 99 recorded, 64 in the model" in r.message and "classes 1001 recorded" in r.message
+    side.unlink()
+    r = check_submission(submission_copy).get("sidecar")
+    assert r.status == "pass" and "defaults" in r.message and r.details["path"] is None
+
+
+def test_invoke_line_says_the_latency_is_measured(submission_copy):
+    r = check_submission(submission_copy).get("invoke")
+    assert r.details["latency_ms"] > 0
+    assert "measured: median of 5 invokes" in r.message and "generated test image" in r.message
+
+
+def test_empty_holdout_is_a_failed_accuracy_check_with_a_report(submission_copy, tmp_path):
+    (tmp_path / "empty").mkdir()
+    rep_file = tmp_path / "r.json"
+    p = _cli(submission_copy, "--holdout", tmp_path / "empty", "--report", rep_file, cwd=tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "FAIL  accuracy" in p.stdout and "has no images" in p.stdout
+    assert "PASS  invoke" in p.stdout or "WARN  invoke" in p.stdout  # ran on a generated image
+    checks = {c["name"]: c["status"] for c in json.loads(rep_file.read_text())["checks"]}
+    assert checks["accuracy"] == "fail" and checks["load"] == "pass"
+    assert p.stderr.strip() == ""
+
+
+def test_reference_that_does_not_load_is_one_clear_line(submission_copy, small_holdout, broken):
+    rep = check_submission(submission_copy, holdout=small_holdout, reference=broken["garbage"],
+                           limit=3)
+    r = rep.get("accuracy")
+    assert r.status == "fail" and r.message.startswith("--reference garbage.tflite: not a TFLite")
+    assert r.details["images"] == 3  # the submission's own figures are kept
+
+
+def test_reference_with_a_non_image_input_is_refused(submission_copy, small_holdout, tf_models):
+    r = check_submission(submission_copy, holdout=small_holdout, reference=tf_models["vector"],
+                         limit=3).get("accuracy")
+    assert r.status == "fail" and "vector.tflite: input shape [1, 16] is not [1, H, W, 3]" in r.message
 
 
 @pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so"])
