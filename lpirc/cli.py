@@ -307,6 +307,10 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {dtype} in/out, "
                f"{meta['input']['height']}x{meta['input']['width']}, {meta['classes']} classes, "
                f"{meta['representative_images']} calibration images) and {sidecar_path(path)}")
+    if meta.get("representative_skipped"):
+        shown = "; ".join(meta["representative_skipped_files"][:3])
+        click.echo(f"lpirc: warning: {representative}: {meta['representative_skipped']} file(s) "
+                   f"skipped, not decodable as images ({shown})", err=True)
 
 
 # --- lpirc submission check -----------------------------------------------------------------

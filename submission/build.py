@@ -27,11 +27,18 @@ from typing import Any, Iterable
 import numpy as np
 
 from lpirc import __version__
-from lpirc.errors import InputError, LpircError, ModelError
+from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
 
 SIDECAR_FORMAT = "lpirc-submission/1"
 TF_MISSING = "TensorFlow is not installed; install the build extra: pip install '.[build]'"
 _SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md"}
+_SKIPPED_SHOWN = 20  # unreadable calibration files named in the sidecar (the count is exact)
+
+
+class OutPathError(LpircError):
+    """``--out`` names something the model cannot be written to: a usage error."""
+
+    exit_code = EXIT_USAGE
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -42,7 +49,9 @@ def sidecar_path(model_path: Path) -> Path:
 def _import_tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf  # noqa: PLC0415
+        # TF 2.21 prints absl/oneDNN start-up chatter on fd 2 whatever TF_CPP_MIN_LOG_LEVEL says
+        with _quiet_native_stderr():
+            import tensorflow as tf  # noqa: PLC0415
     except ImportError as e:
         raise LpircError(TF_MISSING) from e
     try:
@@ -86,11 +95,12 @@ def _pick(files: list[Path], n: int) -> list[Path]:
 
 def load_representative(folder: Path, height: int, width: int, num_images: int = 300,
                         crop_fraction: float = 0.875, mean: float = 127.5, std: float = 127.5,
-                        resize: str = "bilinear", progress: bool = True) -> np.ndarray:
+                        resize: str = "bilinear", progress: bool = True
+                        ) -> tuple[np.ndarray, list[str]]:
     """Decode and preprocess up to ``num_images`` images, float path, as ``lpirc run`` does.
 
-    Returns a float32 array (n, height, width, 3). Undecodable files are skipped; InputError if
-    none is left.
+    Returns a float32 array (n, height, width, 3) and the files skipped as undecodable
+    (``"name: reason"``); InputError if none is left.
     """
     from lpirc.preprocess import ImageError, PreprocessSpec, load_image  # noqa: PLC0415
 
@@ -112,7 +122,31 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
     if not out:
         first = f" (e.g. {bad[0]})" if bad else ""
         raise InputError(f"{folder}: none of the {len(files)} files could be decoded as an image{first}")
-    return np.stack(out)
+    return np.stack(out), bad
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot hold the model, before any slow work is done."""
+    if out.suffix.lower() == ".json":
+        raise OutPathError(f"--out {out}: a model named .json would be overwritten by its own "
+                           "sidecar; use a .tflite name")
+    if out.is_dir():
+        raise OutPathError(f"--out {out}: is a folder; give a file name such as {out / 'sub.tflite'}")
+
+
+def _write_outputs(out: Path, tflite: bytes, sidecar: dict) -> None:
+    """Model then sidecar, each through a temporary file, so a failed write leaves no half file."""
+    for path, data in ((out, tflite), (sidecar_path(out), (json.dumps(sidecar, indent=2) + "\n").encode())):
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            where = f": {e.filename}" if e.filename and str(e.filename) != str(tmp) else ""
+            raise OutPathError(f"{path}: cannot write ({e.strerror or e}{where})") from None
 
 
 def _input_hw(shape, where: str) -> tuple[int, int]:
@@ -244,7 +278,8 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
     for calibration. ``dtype`` is the input/output tensor type, ``"uint8"`` or ``"int8"``.
 
     Raises ModelError (bad/missing model, conversion failure), InputError (image folder missing,
-    empty or undecodable) and LpircError (TensorFlow missing). Returns ``out``.
+    empty or undecodable), OutPathError (``out`` a folder, named .json, or not writable) and
+    LpircError (TensorFlow missing). Returns ``out``.
     """
     if (saved_model is None) == (keras_model is None):
         raise InputError("give exactly one of a SavedModel folder or a Keras model")
@@ -256,6 +291,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
     out = Path(out)
     # Fail fast on paths, before TensorFlow (slow to import, maybe absent) is imported.
+    _check_out(out)
     if saved_model is not None:
         _check_saved_model_dir(Path(saved_model))
     elif isinstance(keras_model, (str, os.PathLike)) and not Path(keras_model).is_file():
@@ -269,8 +305,8 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         else:
             conv, (h, w), source = _from_keras(tf, keras_model, Path(tmpdir))
 
-        data = load_representative(representative, h, w, num_images, crop_fraction, mean, std,
-                                   resize, progress)
+        data, skipped = load_representative(representative, h, w, num_images, crop_fraction,
+                                            mean, std, resize, progress)
         # Pin the calibrated input range to the full pixel range [(0-mean)/std, (255-mean)/std],
         # so the quantized input is (close to) the raw pixel (uint8) or pixel-128 (int8),
         # which is what `lpirc run` feeds. Two pixels of the first image are changed for that.
@@ -304,10 +340,6 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         raise ModelError(f"{source}: model has {classes} outputs; an ILSVRC-2012 classifier "
                          "needs 1000 or 1001 (index 0 = background)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_bytes(tflite)
-    os.replace(tmp_out, out)
     sidecar = {
         "format": SIDECAR_FORMAT,
         "input": {"height": h, "width": w, "dtype": dtype},
@@ -320,8 +352,10 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         "source": source if saved_model is None and not isinstance(keras_model, (str, os.PathLike))
         else Path(source).name,
         "representative_images": int(len(data)),
+        "representative_skipped": len(skipped),
+        "representative_skipped_files": skipped[:_SKIPPED_SHOWN],
         "quantization": {"input": {k: details["input"][k] for k in ("scale", "zero_point")},
                          "output": {k: details["output"][k] for k in ("scale", "zero_point")}},
     }
-    sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
+    _write_outputs(out, tflite, sidecar)
     return out

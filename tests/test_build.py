@@ -124,6 +124,17 @@ def test_missing_image_folder(tmp_path):
     _assert_one_line_error(r, 5, "not found")
 
 
+@pytest.mark.parametrize("out", ["folder", "sub.json"])
+def test_unusable_out_is_a_usage_error_before_any_work(tmp_path, small_holdout, monkeypatch, out):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # refused before TensorFlow is needed
+    (tmp_path / "folder").mkdir()
+    r = _cli("--saved-model", _fake_saved_model(tmp_path), "--representative", small_holdout,
+             "--out", tmp_path / out)
+    _assert_one_line_error(r, 2, f"--out {tmp_path / out}",
+                           "is a folder" if out == "folder" else "overwritten by its own sidecar")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["folder", "sm"]  # nothing written
+
+
 def test_tensorflow_missing(tmp_path, small_holdout, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` -> ImportError
     r = _cli("--saved-model", _fake_saved_model(tmp_path), "--representative", small_holdout,
@@ -176,13 +187,22 @@ def test_build_keras_model(tf, tmp_path, small_holdout, dtype):
 def test_cli_build_from_keras_file(tf, tmp_path, small_holdout):
     model = tmp_path / "m.keras"
     _tiny_model(tf, (24, 24, 3), 1001).save(model)
-    r = _cli("--keras", model, "--representative", small_holdout, "--out", tmp_path / "s.tflite",
+    reps = tmp_path / "reps"  # four images and one file that is not an image
+    reps.mkdir()
+    for src in sorted(small_holdout.glob("*.jpg"))[:4]:
+        (reps / src.name).write_bytes(src.read_bytes())
+    (reps / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    r = _cli("--keras", model, "--representative", reps, "--out", tmp_path / "s.tflite",
              "--num-images", 5, "--crop-fraction", 1.0, "--mean", 0, "--std", 255, "-q")
     assert r.exit_code == 0, (r.output, r.exception)
     assert "wrote" in r.stdout and "uint8 in/out" in r.stdout and "1001 classes" in r.stdout
+    assert "4 calibration images" in r.stdout
+    assert "1 file(s) skipped" in r.stderr and "zz_broken.jpg" in r.stderr
     side = json.loads((tmp_path / "s.json").read_text())
     assert side["preprocess"]["crop_fraction"] == 1.0 and side["preprocess"]["std"] == 255.0
     assert side["classes"] == 1001
+    assert side["representative_images"] == 4 and side["representative_skipped"] == 1
+    assert side["representative_skipped_files"][0].startswith("zz_broken.jpg: ")
     _, inp, _ = _interpreter(tmp_path / "s.tflite")
     assert np.dtype(inp["dtype"]) == np.uint8 and list(inp["shape"]) == [1, 24, 24, 3]
 
@@ -213,6 +233,20 @@ def test_wrong_number_of_classes(tf, tmp_path, small_holdout):
     assert not (tmp_path / "s.tflite").exists()
 
 
+def test_unwritable_out_is_one_line_and_leaves_no_file(tf, tmp_path, small_holdout):
+    (tmp_path / "afile").write_text("")
+    r = _cli("--keras", _saved_keras(tf, tmp_path), "--representative", small_holdout,
+             "--out", tmp_path / "afile" / "s.tflite", "--num-images", 2, "-q")
+    _assert_one_line_error(r, 2, "afile/s.tflite: cannot write")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["afile", "m.keras"]
+
+
+def _saved_keras(tf, tmp_path: Path) -> Path:
+    model = tmp_path / "m.keras"
+    _tiny_model(tf, (16, 16, 3)).save(model)
+    return model
+
+
 def test_undecodable_images(tf, tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -231,13 +265,15 @@ def test_built_submission_runs_checks_and_scores(tf, tmp_path, small_holdout):
     model = tmp_path / "m.keras"
     _tiny_model(tf, (24, 24, 3), 1001).save(model)
     sub = tmp_path / "sub.tflite"
-    r = _cli("--keras", model, "--representative", small_holdout, "--out", sub,
-             "--num-images", 5, "--crop-fraction", 0.9, "-q")
-    assert r.exit_code == 0, (r.output, r.exception)
 
     def lpirc(*args):
         return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
-                              text=True, cwd=tmp_path, timeout=120)
+                              text=True, cwd=tmp_path, timeout=300)
+
+    build = lpirc("submission", "build", "--keras", model, "--representative", small_holdout,
+                  "--out", sub, "--num-images", 5, "--crop-fraction", 0.9, "-q")
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert build.stderr == ""  # TensorFlow's start-up chatter is kept off the terminal
 
     check = lpirc("submission", "check", sub, "--no-report")
     assert check.returncode == 0, check.stdout + check.stderr
