@@ -118,7 +118,7 @@ def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple
         name, label = row[0].strip(), row[1].strip()
         k = _label_or_none(label)
         if k is None:
-            if first:  # a header row
+            if first and _is_gt_header(name, label):
                 first = False
                 continue
             raise ScoringError(
@@ -133,6 +133,16 @@ def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple
     if not out:
         raise ScoringError(f"{p}: no ground-truth rows (expected 'filename,label' lines)")
     return tuple(out.items())
+
+
+_IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|bmp|gif|webp|tiff?)$", re.IGNORECASE)
+_LABEL_LIKE = re.compile(r"(n\d|[-+]?\d).*")  # column names do not start with a digit
+
+
+def _is_gt_header(name: str, label: str) -> bool:
+    """A header names columns; a first data row with a bad label (``img_1.jpg,zebra`` or
+    ``img_1.jpg,n0000``) is an image file or a label-like value, and must be reported, not dropped."""
+    return not _IMAGE_SUFFIX.search(name) and not _LABEL_LIKE.fullmatch(label)
 
 
 # --- label names ------------------------------------------------------------------------------
@@ -177,7 +187,7 @@ def read_manifest(path) -> dict:
 # --- result logs ------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Log:
     """Answers of one result log, in file order, as parallel arrays."""
 
@@ -190,6 +200,7 @@ class Log:
     t_s: np.ndarray  # (n,) float64, nan = unknown
     inference_ms: np.ndarray  # (n,) float64, nan = unknown
     latency_ms: np.ndarray  # (n,) float64, nan = unknown
+    late: np.ndarray  # (n,) bool: lpirc run logged the answer after its deadline ("late": true)
     warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -215,6 +226,8 @@ def read_log(path) -> Log:
         data = p.read_bytes()
     except OSError as e:
         raise ScoringError(f"{p}: cannot read result log ({e.strerror or e})") from None
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors) is not part of the first line
+        data = data[3:]
     head = data.lstrip()[:1]
     if head == b"{" or not head:
         return _read_jsonl(p, data)
@@ -262,7 +275,8 @@ def _jsonl_fast(p: Path, lines: list[bytes]) -> Log:
     if any(isinstance(c, bool) or not isinstance(c, int) for t in t5 for c in t):
         raise ValueError("top5")
     cols = [np.array([o.get(k) for o in objs], dtype=np.float64) for k in ("t_s", "inference_ms", "latency_ms")]
-    return _make_log(p, images, top5, errors, *cols, [], list(range(1, n + 1)))
+    late = np.fromiter((o.get("late") is True for o in objs), dtype=bool, count=n)
+    return _make_log(p, images, top5, errors, *cols, late, [], list(range(1, n + 1)))
 
 
 def _jsonl_careful(p: Path, numbered: list[tuple[int, bytes]], unterminated: bool) -> Log:
@@ -288,6 +302,7 @@ def _jsonl_careful(p: Path, numbered: list[tuple[int, bytes]], unterminated: boo
     t_s = np.empty(n)
     inf = np.empty(n)
     lat = np.empty(n)
+    late = np.zeros(n, dtype=bool)
     for i, o in enumerate(objs):
         img = o.get("image")
         if not isinstance(img, str) or not img:
@@ -306,10 +321,11 @@ def _jsonl_careful(p: Path, numbered: list[tuple[int, bytes]], unterminated: boo
         t_s[i] = _num(o.get("t_s"))
         inf[i] = _num(o.get("inference_ms"))
         lat[i] = _num(o.get("latency_ms"))
-    return _make_log(p, images, top5, errors, t_s, inf, lat, warnings, linenos)
+        late[i] = o.get("late") is True
+    return _make_log(p, images, top5, errors, t_s, inf, lat, late, warnings, linenos)
 
 
-def _make_log(p, images, top5, errors, t_s, inf, lat, warnings, linenos) -> Log:
+def _make_log(p, images, top5, errors, t_s, inf, lat, late, warnings, linenos) -> Log:
     n = len(images)
     errors = [None if e in (None, "") else e for e in errors]
     error = np.fromiter((e is not None for e in errors), dtype=bool, count=n)
@@ -318,7 +334,7 @@ def _make_log(p, images, top5, errors, t_s, inf, lat, warnings, linenos) -> Log:
     if bad.any():
         i = int(np.nonzero(bad.any(axis=1))[0][0])
         raise ScoringError(f"{p}:{linenos[i]}: class index out of range -1..999 in \"top5\"")
-    return Log(p, "results.jsonl", images, top5, error, errors, t_s, inf, lat, warnings)
+    return Log(p, "results.jsonl", images, top5, error, errors, t_s, inf, lat, late, warnings)
 
 
 def _read_referee(p: Path, data: bytes) -> Log:
@@ -339,8 +355,8 @@ def _read_referee(p: Path, data: bytes) -> Log:
             if lineno == last and unterminated:
                 warnings.append(f"{p}:{lineno}: truncated last line ignored (crashed run?)")
                 break
-            if not images and lineno == numbered[0][0]:
-                continue  # a header row
+            if lineno == numbered[0][0] and _is_referee_header(parts):
+                continue
             raise ScoringError(f"{p}:{lineno}: bad referee row ({why})")
         images.append(parts[0])
         classes.append(k)
@@ -350,7 +366,22 @@ def _read_referee(p: Path, data: bytes) -> Log:
         top5[:, 0] = classes
     nan = np.full(n, np.nan)
     warnings.append(f"{p}: referee format has no timing: lateness is not checked")
-    return Log(p, "referee", images, top5, np.zeros(n, bool), [None] * n, nan, nan.copy(), nan.copy(), warnings)
+    return Log(p, "referee", images, top5, np.zeros(n, bool), [None] * n, nan, nan.copy(), nan.copy(),
+               np.zeros(n, bool), warnings)
+
+
+def _is_referee_header(parts: list[str]) -> bool:
+    """A header names columns (``image_id class_id confidence``): no field is a number. A bad first
+    data row (``img0 zebra 0.9``) has one, and is reported instead of silently dropped."""
+    if len(parts) < 3:
+        return False
+    for x in parts:
+        try:
+            float(x)
+            return False
+        except ValueError:
+            pass
+    return True
 
 
 def _referee_row(parts: list[str]) -> tuple[int, str | None]:

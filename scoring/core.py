@@ -68,9 +68,9 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     for k in sorted(set(opts) - set(rule.options)):
         warnings.append(f"option {k} does not apply to rules {rule.name}; ignored")
     for k, v in opts.items():
-        if k in ("time_limit_s", "ms_per_image", "energy_wh", "idle_watts") and (
-            not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
-        ):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ScoringError(f"option {k}={v!r}: expected a finite number")
+        if k in ("time_limit_s", "ms_per_image", "energy_wh", "idle_watts") and v < 0:
             raise ScoringError(f"option {k}={v!r}: expected a number >= 0")
 
     log_path, man_path = _locate(path)
@@ -157,6 +157,7 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         t_s=log.t_s[keep],
         inference_ms=log.inference_ms[keep],
         latency_ms=log.latency_ms[keep],
+        late_flag=log.late[keep],
         wall_time_s=wall,
         inference_time_s=inf_time,
         energy_wh=energy_wh,
@@ -164,6 +165,9 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         warnings=warnings,
     )
     fields = rule.function(ev, **{k: v for k, v in opts.items() if k in rule.options and k != "energy_wh"})
+    if log.format == "referee":  # one class per row: a top-5 would silently equal the top-1
+        fields["top5"] = None
+        warnings.append(f"{log_path}: referee format gives one class per image: no top-5")
     answered = int(np.count_nonzero(~ev.error))
     failed = int(np.count_nonzero(ev.error))
     model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
@@ -195,16 +199,43 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     out["options"] = {k: v for k, v in opts.items() if k in rule.options}
     out["source"] = {
         "top1": "measured",
-        "top5": "measured",
+        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
         "wall_time_s": time_src if wall is not None else "unknown",
         "inference_time_s": inf_src if inf_time is not None else "unknown",
         "energy_wh": energy_source,
         "energy_method": energy_method,
     }
     if per_class:
-        out.update(_per_class(ev, gt_labels, read_label_names(labels) if labels else None))
+        names, names_from = _label_names(labels, model, warnings)
+        out["label_names"] = names_from
+        out.update(_per_class(ev, gt_labels, names))
     out["warnings"] = warnings
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+_LABEL_FILES = ("{stem}_labels.txt", "labels.txt", "imagenet_labels.txt")
+
+
+def _label_names(labels, model: dict, warnings: list[str]) -> tuple[list[str] | None, str]:
+    """(names, where they came from): --labels, else a labels file beside the run's model (as
+    the TFLite model zoo ships them), else None (synset IDs)."""
+    if labels:
+        return read_label_names(labels), str(labels)
+    path = model.get("path") if isinstance(model.get("path"), str) else None
+    if path:
+        m = Path(path)
+        for pattern in _LABEL_FILES:
+            cand = m.parent / pattern.format(stem=m.stem)
+            try:
+                found = cand.is_file()
+            except (OSError, ValueError):  # a manifest path we cannot even stat
+                found = False
+            if found:
+                try:
+                    return read_label_names(cand), str(cand)
+                except ScoringError as e:
+                    warnings.append(f"labels beside the model not used: {e}")
+    return None, "ILSVRC-2012 synset IDs (no labels file beside the model; give --labels)"
 
 
 def _per_class(ev: Evaluation, gt_labels: np.ndarray, names: list[str] | None, top_confused: int = 10) -> dict:

@@ -45,6 +45,10 @@ def _fmt(v, digits=4) -> str:
     return str(v)
 
 
+def _unit(v, unit: str) -> str:
+    return "n/a" if v is None else f"{_fmt(v)} {unit}"
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
@@ -66,8 +70,8 @@ def format_table(scores: list[dict]) -> str:
         lines = [f"Run: {s.get('run')}" + (f"   model: {s['model']}" if s.get("model") else "")]
         lines.append(f"  rules               {s.get('rules')}" + (f"  ({rule.description}; {rule.year})" if rule else ""))
         lines.append(f"  score               {_fmt(s.get('score'))}" + (f"   rank {r} of {len(scores)}" if r and len(scores) > 1 else ""))
-        lines.append(f"  top-1 accuracy      {_pct(s.get('top1'))}   (measured)")
-        lines.append(f"  top-5 accuracy      {_pct(s.get('top5'))}   (measured)")
+        lines.append(f"  top-1 accuracy      {_pct(s.get('top1'))}   ({src.get('top1', 'measured')})")
+        lines.append(f"  top-5 accuracy      {_pct(s.get('top5'))}   ({src.get('top5', 'measured')})")
         lines.append(
             f"  images              {s.get('images_total')} in ground truth: {s.get('images_answered')} answered, "
             f"{s.get('images_failed')} failed, {s.get('images_unanswered')} unanswered, {s.get('images_late')} late"
@@ -77,12 +81,12 @@ def format_table(scores: list[dict]) -> str:
                 f"  ignored answers     {s.get('answers_not_in_ground_truth')} not in ground truth, "
                 f"{s.get('answers_duplicate')} duplicates"
             )
-        lines.append(f"  wall time           {_fmt(s.get('wall_time_s'))} s   ({src.get('wall_time_s', 'unknown')})")
-        lines.append(f"  inference time      {_fmt(s.get('inference_time_s'))} s   ({src.get('inference_time_s', 'unknown')})")
-        lines.append(f"  throughput          {_fmt(s.get('images_per_s'))} images/s   (answers / wall time)")
+        lines.append(f"  wall time           {_unit(s.get('wall_time_s'), 's')}   ({src.get('wall_time_s', 'unknown')})")
+        lines.append(f"  inference time      {_unit(s.get('inference_time_s'), 's')}   ({src.get('inference_time_s', 'unknown')})")
+        lines.append(f"  throughput          {_unit(s.get('images_per_s'), 'images/s')}   (answers / wall time)")
         e_src = s.get("energy_source") or "unknown"
         method = f", {s['energy_method']}" if s.get("energy_method") else ""
-        lines.append(f"  energy              {_fmt(s.get('energy_wh'))} Wh   ({e_src}{method})")
+        lines.append(f"  energy              {_unit(s.get('energy_wh'), 'Wh')}   ({e_src}{method})")
         for k, v in s.items():
             if k in _SKIP:
                 continue
@@ -93,7 +97,8 @@ def format_table(scores: list[dict]) -> str:
         if s.get("per_class"):
             lines.append("  worst classes (top-1, images):")
             for row in s["per_class"][:10]:
-                lines.append(f"    {_pct(row['top1']):>9}  {row['correct']}/{row['images']}  {row['name']} ({row['synset']})")
+                syn = f" ({row['synset']})" if row["name"] != row["synset"] else ""
+                lines.append(f"    {_pct(row['top1']):>9}  {row['correct']}/{row['images']}  {row['name']}{syn}")
         if s.get("confused"):
             lines.append("  most confused (true -> predicted, count):")
             for c in s["confused"]:

@@ -28,7 +28,7 @@ DEFAULT_A0 = 35.279
 OVIC_2019_BUCKETS = (("real-time", 24.0, 36.0), ("interactive", 80.0, 120.0))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluation:
     """What a rule sees: one row per counted answer (in the ground truth, first answer per image,
     file order), plus run-level figures. Times are nan where the log did not record them."""
@@ -40,6 +40,7 @@ class Evaluation:
     t_s: np.ndarray  # (m,) seconds since the run clock started
     inference_ms: np.ndarray  # (m,)
     latency_ms: np.ndarray  # (m,)
+    late_flag: np.ndarray  # (m,) bool: lpirc run logged it after the run's own deadline
     wall_time_s: float | None
     inference_time_s: float | None
     energy_wh: float | None
@@ -57,7 +58,8 @@ class Evaluation:
     def budget(self, key: str):
         b = self.manifest.get("budget") if isinstance(self.manifest, dict) else None
         v = b.get(key) if isinstance(b, dict) else None
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        return float(v) if ok else None
 
     def frac(self, mask: np.ndarray) -> float:
         return float(np.count_nonzero(mask)) / self.images_total if self.images_total else 0.0
@@ -115,7 +117,8 @@ def ovic_2018(ev: Evaluation, ms_per_image: float | None = None) -> dict:
     mpi = ms_per_image if ms_per_image is not None else ev.budget("ms_per_image") or DEFAULT_MS_PER_IMAGE
     budget_ms = float(mpi) * ev.images_total
     inf = ev.inference_ms
-    if inf.size and np.isnan(inf).all():
+    timed = bool(inf.size) and not np.isnan(inf).all()
+    if inf.size and not timed:
         ev.warnings.append("no inference_ms in the log: the inference budget is not checked")
     order = np.argsort(ev.t_s, kind="stable")  # nan (unknown) last, file order kept
     cum = np.cumsum(np.nan_to_num(inf[order], nan=0.0))
@@ -125,8 +128,10 @@ def ovic_2018(ev: Evaluation, ms_per_image: float | None = None) -> dict:
     n_classified = int(np.count_nonzero(classified))
     correct = ev.correct1 & counted
     acc_classified = float(np.count_nonzero(correct)) / n_classified if n_classified else 0.0
-    runtime_s = float(cum[-1]) / 1000.0 if cum.size else 0.0
+    # unknown (no inference_ms at all) is not 0 s: max(budget, runtime) is then unknown too
+    runtime_s = (float(cum[-1]) / 1000.0 if cum.size else 0.0) if timed or not inf.size else None
     budget_s = budget_ms / 1000.0
+    per_s_div = None if runtime_s is None else max(budget_s, runtime_s)
     top1 = ev.frac(correct)
     return {
         "top1": top1,
@@ -138,7 +143,7 @@ def ovic_2018(ev: Evaluation, ms_per_image: float | None = None) -> dict:
         "runtime_s": runtime_s,
         "images_classified": n_classified,
         "accuracy_classified": acc_classified,
-        "accuracy_per_s": acc_classified / max(budget_s, runtime_s) if max(budget_s, runtime_s) > 0 else None,
+        "accuracy_per_s": acc_classified / per_s_div if per_s_div else None,
     }
 
 
@@ -146,8 +151,9 @@ def ovic_2019(ev: Evaluation, k: float | None = None, a0: float | None = None) -
     """OVIC 2019 (LPIRC-II, 2019 online track): gain over the empirical Pareto frontier.
 
     Formula: metric = 100 x accuracy - (k ln(latency_ms) + a0), in percentage points, where
-    accuracy = correct top-1 / N and latency_ms = mean inference_ms of the answered images (else
-    mean latency_ms, else inference_time_s / answers).  The latency bucket is "real-time" for
+    accuracy = correct top-1 / N (answers lpirc run logged after its deadline, "late": true, are
+    wrong) and latency_ms = mean inference_ms of the answered images (else mean latency_ms, else
+    inference_time_s / answers).  The latency bucket is "real-time" for
     [24, 36] ms, "interactive" for [80, 120] ms, none otherwise (not ranked in 2019).
     Defaults k = 9.163, a0 = 35.279: our fit to the organisers' 2019 reference models (see
     DEFAULT_K), not coefficients they published.
@@ -165,7 +171,8 @@ def ovic_2019(ev: Evaluation, k: float | None = None, a0: float | None = None) -
     n_ok = int(np.count_nonzero(ok))
     if latency is None and ev.inference_time_s and n_ok:
         latency = ev.inference_time_s * 1000.0 / n_ok
-    top1 = ev.frac(ev.correct1)
+    in_time = ~ev.late_flag
+    top1 = ev.frac(ev.correct1 & in_time)
     metric = bucket = None
     if latency is None or latency <= 0:
         ev.warnings.append("no latency in the log or manifest: no OVIC 2019 metric")
@@ -178,8 +185,9 @@ def ovic_2019(ev: Evaluation, k: float | None = None, a0: float | None = None) -
             ev.warnings.append(f"mean latency {latency:.1f} ms is in no OVIC 2019 bucket ([24, 36] or [80, 120] ms)")
     return {
         "top1": top1,
-        "top5": ev.frac(ev.correct5),
+        "top5": ev.frac(ev.correct5 & in_time),
         "score": metric,
+        "images_late": int(np.count_nonzero(ev.late_flag & ~ev.error)),
         "latency_ms": latency,
         "latency_bucket": bucket,
         "frontier_k": kk,
@@ -192,13 +200,15 @@ def ovic_2019(ev: Evaluation, k: float | None = None, a0: float | None = None) -
 def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
     """LPCVC 2020: accuracy per watt-hour above idle.
 
-    Formula: score = accuracy / (energy_Wh - idle_watts x duration_h), accuracy = correct top-1 / N,
-    duration_h = wall_time_s / 3600; idle_watts default 1.961 W (the 2020 referee subtracted
+    Formula: score = accuracy / (energy_Wh - idle_watts x duration_h), accuracy = correct top-1 / N
+    (answers lpirc run logged after its deadline, "late": true, are wrong), duration_h =
+    wall_time_s / 3600; idle_watts default 1.961 W (the 2020 referee subtracted
     0.000544746733 Wh per second).  No score when the net energy is not positive.
     Source: IEEE LPCVC 2020 referee scoring script.
     """
     idle = DEFAULT_IDLE_WATTS if idle_watts is None else float(idle_watts)
-    top1 = ev.frac(ev.correct1)
+    in_time = ~ev.late_flag
+    top1 = ev.frac(ev.correct1 & in_time)
     net = score = None
     if ev.energy_wh is not None and ev.wall_time_s is not None:
         net = ev.energy_wh - idle * ev.wall_time_s / 3600.0
@@ -210,8 +220,9 @@ def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
         ev.warnings.append("no wall time for the run: cannot subtract idle energy, no score")
     return {
         "top1": top1,
-        "top5": ev.frac(ev.correct5),
+        "top5": ev.frac(ev.correct5 & in_time),
         "score": score,
+        "images_late": int(np.count_nonzero(ev.late_flag & ~ev.error)),
         "idle_watts": idle,
         "net_energy_wh": net,
     }

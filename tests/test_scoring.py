@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -388,7 +387,7 @@ def test_import_isolation_and_scoring_in_subprocess(onsite_run):
     assert out["heavy"] == [] and out["top1"] == pytest.approx(0.4)
 
 
-def test_scoring_20000_answers_is_fast(tmp_path):
+def test_scoring_20000_answers(tmp_path):
     n = 20_000
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 1000, n)
@@ -400,12 +399,11 @@ def test_scoring_20000_answers_is_fast(tmp_path):
     run.mkdir()
     (run / "results.jsonl").write_text("\n".join(lines) + "\n")
     (run / "manifest.json").write_text(json.dumps(manifest(gt, wall=200.0)))
+    # correctness at full size only: the time it takes is bench/run_bench.py's job (no timed asserts)
     for rules in scoring.RULES:
-        t0 = time.perf_counter()
         s = scoring.score_path(run, gt, rules=rules)
-        elapsed = time.perf_counter() - t0
         assert s["top1"] == pytest.approx(float(np.mean(pred == labels)))
-        assert elapsed < 1.0, f"{rules}: {elapsed:.2f} s for {n} answers"
+        assert s["images_answered"] == n and s["answers_duplicate"] == 0
 
 
 def test_cli_per_class_labels_and_multi_run_table(tmp_path, onsite_run, gt10):
@@ -424,3 +422,117 @@ def test_real_labels_file(shared_data, onsite_run):
     s = scoring.score_path(onsite_run, per_class=True, labels=shared_data / "models" / "imagenet_labels.txt")
     names = {row["class"]: row["name"] for row in s["per_class"]}
     assert names[0].startswith("tench") and names[1].startswith("goldfish")  # 1001 lines: background dropped
+
+
+# --- audit fixes ------------------------------------------------------------------------------
+
+
+def test_jsonl_with_utf8_bom_is_read_as_jsonl(tmp_path, gt10):
+    log = tmp_path / "results.jsonl"
+    log.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(answer(f"img{i}.jpg", i)) + "\n" for i in range(3)).encode())
+    s = scoring.score_path(log, gt10, energy_wh=1.0)
+    assert s["log_format"] == "results.jsonl" and s["top1"] == pytest.approx(0.3)
+
+
+def test_bad_first_row_is_an_error_not_a_header(tmp_path, gt10):
+    ref = tmp_path / "referee.txt"
+    ref.write_text("img0 zebra 0.9\nimg1 1 0.8\n")
+    with pytest.raises(ScoringError, match=r"referee\.txt:1: bad referee row"):
+        scoring.score_path(ref, gt10)
+    ref.write_text("[1, 2]\n")  # not a referee file at all
+    with pytest.raises(ScoringError, match=r"referee\.txt:1: bad referee row"):
+        scoring.score_path(ref, gt10)
+    gt = tmp_path / "gt.csv"
+    for first in ("img0.jpg,zebra", "img0.jpg,n0000", "img0,n0000", "img0,12x"):
+        gt.write_text(f"{first}\nimg1.jpg,1\n")
+        with pytest.raises(ScoringError, match=r"gt\.csv:1: label"):
+            scoring.read_ground_truth(gt)
+    gt.write_text("image,class\nimg1.jpg,1\n")  # a header is still a header
+    assert scoring.read_ground_truth(gt) == {"img1.jpg": 1}
+
+
+def test_referee_format_has_no_top5(tmp_path, gt10):
+    ref = tmp_path / "referee.txt"
+    ref.write_text("img0 0 0.9\nimg1 5 0.8\n")
+    s = scoring.score_path(ref, gt10, energy_wh=1.0)
+    assert s["top1"] == pytest.approx(0.1)
+    assert s["top5"] is None and s["source"]["top5"].startswith("unknown")
+    assert any("no top-5" in w for w in s["warnings"])
+    assert "top-5 accuracy      n/a" in scoring.format_table([s])
+
+
+def test_ovic_2018_runtime_unknown_without_inference_times(tmp_path, gt10):
+    ref = tmp_path / "referee.txt"
+    ref.write_text("img0 0 0.9\nimg1 1 0.8\n")
+    s = scoring.score_path(ref, gt10, rules="ovic-2018")
+    assert s["runtime_s"] is None and s["accuracy_per_s"] is None  # not 0 s, not accuracy / budget
+    assert s["images_classified"] == 2 and s["top1"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("rules", ["ovic-2019", "lpcvc-2020"])
+def test_answers_logged_late_by_the_run_are_wrong(tmp_path, gt10, rules):
+    # 4 correct answers, the last two logged after the run's deadline ("late": true)
+    answers = [answer(f"img{i}.jpg", i, t_s=float(i), inference_ms=30.0) for i in range(4)]
+    for a in answers[2:]:
+        a["late"] = True
+    run = write_run(tmp_path / "r", answers, manifest(gt10, wh=1.0, wall=360.0))
+    s = scoring.score_path(run, rules=rules, idle_watts=2.0, k=10, a0=20)
+    assert s["top1"] == pytest.approx(0.2) and s["top5"] == pytest.approx(0.2)
+    assert s["images_late"] == 2 and s["images_answered"] == 4
+    expected = 20 - (10 * math.log(30) + 20) if rules == "ovic-2019" else 0.2 / (1.0 - 2.0 * 0.1)
+    assert s["score"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("opt", [{"k": math.nan}, {"a0": math.inf}, {"time_limit_s": math.inf},
+                                 {"idle_watts": math.nan}])
+def test_non_finite_options_are_refused(onsite_run, opt):
+    with pytest.raises(ScoringError, match="expected a finite number"):
+        scoring.score_path(onsite_run, rules="ovic-2019", **opt)
+
+
+def test_per_class_finds_labels_beside_the_model(tmp_path, gt10):
+    models = tmp_path / "models"
+    models.mkdir()
+    m = manifest(gt10)
+    m["model"] = {"path": str(models / "net.tflite")}
+    run = write_run(tmp_path / "r", [answer("img0.jpg", 7)], m)
+    s = scoring.score_path(run, per_class=True)
+    assert s["confused"][0]["predicted_name"] == SYN[7] and "synset IDs" in s["label_names"]
+    (models / "imagenet_labels.txt").write_text("background\n" + "".join(f"thing {k}\n" for k in range(1000)))
+    s = scoring.score_path(run, per_class=True)
+    assert s["label_names"] == str(models / "imagenet_labels.txt")
+    assert s["confused"][0] == {"true": 0, "true_name": "thing 0", "predicted": 7, "predicted_name": "thing 7",
+                                "count": 1}
+    (models / "net_labels.txt").write_text("too short\n")  # preferred name, unusable: said, then skipped
+    s = scoring.score_path(run, per_class=True)
+    assert s["label_names"].endswith("imagenet_labels.txt") and any("net_labels.txt" in w for w in s["warnings"])
+
+
+def test_table_without_label_names_prints_each_synset_once(onsite_run):
+    text = scoring.format_table([scoring.score_path(onsite_run, per_class=True)])
+    assert f"0/1  {SYN[5]}\n" in text and f"{SYN[5]} ({SYN[5]})" not in text
+
+
+def test_cli_one_bad_run_does_not_cost_the_others(tmp_path, onsite_run, gt10):
+    other = write_run(tmp_path / "other", [answer("img0.jpg", 0)], manifest(gt10))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("score", onsite_run, empty, other, "--format", "csv")
+    assert r.exit_code == 5
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [Path(row["run"]).name for row in rows] == ["run", "other"] and rows[0]["rank"] == "1"
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("lpirc: error: ")]
+    assert len(errors) == 1 and "no results.jsonl" in errors[0] and "Traceback" not in r.output
+    r = cli("score", onsite_run, other, "--ground-truth", tmp_path / "missing.csv")  # same error once
+    assert r.exit_code == 5 and r.stdout == ""
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1
+    r = cli("score", onsite_run, empty, "--format", "json")
+    assert r.exit_code == 5 and isinstance(json.loads(r.stdout), list)  # several paths: still a list
+
+
+def test_odd_manifest_values_fall_back_to_defaults(tmp_path, gt10):
+    m = manifest(gt10, time_limit_s=float("nan"), ms_per_image=-5)
+    m["model"] = {"path": "/"}  # no file name: no labels to look for beside it
+    run = write_run(tmp_path / "r", [answer("img0.jpg", 0)], m)
+    assert scoring.score_path(run, per_class=True)["time_limit_s"] == 600
+    assert scoring.score_path(run, rules="ovic-2018")["ms_per_image"] == 30
