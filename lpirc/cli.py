@@ -167,25 +167,31 @@ def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_op
     import scoring
     from lpirc.errors import InputError
 
-    try:
-        scores = [
-            scoring.score_path(p, ground_truth, rules_name, per_class=per_class or labels is not None, labels=labels,
-                               **rule_options)
-            for p in paths
-        ]
+    # one bad run folder must not cost the leaderboard the others: score them, then fail (exit 5)
+    scores, errors = [], []
+    for p in paths:
+        try:
+            scores.append(scoring.score_path(p, ground_truth, rules_name, per_class=per_class or labels is not None,
+                                             labels=labels, **rule_options))
+        except scoring.ScoringError as e:
+            if str(e) not in errors:
+                errors.append(str(e))
+    if scores:
         if fmt == "json":
-            out = json.dumps(scores[0] if len(scores) == 1 else scores, indent=2)
+            out = json.dumps(scores[0] if len(paths) == 1 else scores, indent=2)
         elif fmt == "csv":
             out = scoring.format_csv(scores).rstrip("\n")
         else:
             out = scoring.format_table(scores).rstrip("\n")
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
-    if fmt != "table":  # keep stdout machine-readable; the table shows warnings itself
-        for s in scores:
-            for w in s["warnings"]:
-                click.echo(f"lpirc: warning: {w}", err=True)
-    click.echo(out)
+        if fmt != "table":  # keep stdout machine-readable; the table shows warnings itself
+            for s in scores:
+                for w in s["warnings"]:
+                    click.echo(f"lpirc: warning: {w}", err=True)
+        click.echo(out)
+    for e in errors[:-1]:
+        click.echo(f"lpirc: error: {e}", err=True)
+    if errors:
+        raise InputError(errors[-1])
 
 
 @main.command("rules")
