@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lpirc.errors import InputError, LpircError
+from lpirc.errors import DelegateError, InputError, LpircError
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 REPORT_FORMAT = "lpirc-check/1"
@@ -137,7 +137,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         return r
 
     # 1. load (child process)
-    loaded = False
+    loaded = delegate_missing = False
     try:
         info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate)
         loaded = True
@@ -146,6 +146,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     except LpircError as e:
         emit("load", FAIL, str(e), error_type=type(e).__name__)
         info = None
+        delegate_missing = isinstance(e, DelegateError)
     # structure, even when allocation failed (an unresolved op still has tensors and ops)
     if info is None:
         try:
@@ -166,8 +167,19 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     spec = _check_sidecar(model, info, emit)
 
     if not loaded:
-        for n in ("invoke", "activations", "depthwise", "accuracy"):
-            emit(n, SKIP, "model does not load with this delegate")
+        emit("invoke", SKIP, "model does not load with this delegate")
+        # Quantization does not depend on the delegate: a team checking a GPU or Edge TPU
+        # submission on a machine without one still learns about its ranges and weights.
+        if delegate_missing and _loads_on_cpu(model, timeout_s):
+            x, _ = _test_input(spec, [])
+            _check_quantization(model, rt, x, info, range_threshold, near_zero_levels,
+                                lambda n, st, msg, **d: emit(
+                                    n, st, f"{msg} (inspected on the CPU: the {delegate} delegate "
+                                    "is unavailable here)", **d))
+        else:
+            for n in ("activations", "depthwise"):
+                emit(n, SKIP, "model does not load with this delegate")
+        emit("accuracy", SKIP, "model does not load with this delegate")
         return rep
 
     # An unusable holdout is the accuracy check's failure; the other checks still run on a
@@ -192,6 +204,17 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
                     reference, max_drop, limit, timeout_s, emit)
     return rep
+
+
+def _loads_on_cpu(model, timeout_s: float) -> bool:
+    """Whether the model loads and invokes without a delegate (in a child process, as ever)."""
+    from lpirc import runtime as rtm
+
+    try:
+        rtm.probe_model(model, timeout_s=timeout_s, delegate="cpu")
+    except LpircError:
+        return False
+    return True
 
 
 def _check_input(info, emit) -> bool:

@@ -49,6 +49,14 @@ def tf_models(tmp_path_factory):
     vec = tf.keras.Sequential([tf.keras.Input((16,)), tf.keras.layers.Dense(1000, activation="softmax")])
     paths["vector"] = out / "vector.tflite"
     paths["vector"].write_bytes(convert_int8(tf, vec, size, shape=(16,)))
+    # EfficientNet-Lite's documented case: one tensor spanning -168..204 (inputs calibrated on
+    # [-1, 1], so x * 186 + 18 covers exactly that)
+    inp = tf.keras.Input((size, size, 3))
+    x = tf.keras.layers.Rescaling(186.0, offset=18.0, name="effnet_case")(inp)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    paths["effnet"] = out / "effnet.tflite"
+    paths["effnet"].write_bytes(convert_int8(
+        tf, tf.keras.Model(inp, tf.keras.layers.Dense(1000, activation="softmax")(x)), size))
     for name, kw, conv_kw in [("clean", {}, {}), ("wide", {"wide": True}, {}),
                               ("dwzero", {"kill_channel": True}, {"per_tensor": True})]:
         p = out / f"{name}.tflite"
@@ -129,6 +137,29 @@ def test_wide_activation_is_flagged(tf_models):
     # a threshold above the widest range silences it
     widest = max(t["range"] for t in r.details["tensors"])
     assert check_submission(tf_models["wide"], range_threshold=widest + 1).get("activations").status == "pass"
+
+
+def test_documented_effnet_range_is_flagged_by_name_and_threshold(tf_models, tmp_path):
+    rep_file = tmp_path / "r.json"
+    p = _cli(tf_models["effnet"], "--report", rep_file, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr  # a warning, not a failure
+    line = next(ln for ln in p.stdout.splitlines() if "activations" in ln)
+    assert line.startswith("WARN") and "effnet_case" in line and "wider than 128" in line
+    act = next(c for c in json.loads(rep_file.read_text())["checks"] if c["name"] == "activations")
+    case = next(t for t in act["details"]["tensors"]
+                if "effnet_case" in t["tensor"] and t["tensor"].endswith("/add"))
+    assert abs(case["min"] + 168) < 2 and abs(case["max"] - 204) < 2, case
+    assert abs(case["range"] - 372) < 4 and case["observed"][0] >= case["min"]
+    p = _cli(tf_models["effnet"], "--range-threshold", 400, "--no-report", cwd=tmp_path)
+    assert "PASS  activations  no quantized activation has a range wider than 400" in p.stdout
+
+
+def test_diagnostics_run_on_the_cpu_when_the_delegate_is_unavailable(submission_copy):
+    rep = check_submission(submission_copy, delegate="/nonexistent/libdelegate.so")
+    st = _status(rep)
+    assert st["load"] == "fail" and st["invoke"] == "skip" and st["accuracy"] == "skip"
+    assert st["activations"] == "pass" and st["depthwise"] == "pass"
+    assert "inspected on the CPU" in rep.get("activations").message
 
 
 def test_zero_depthwise_channel_is_flagged(tf_models):
