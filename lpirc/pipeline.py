@@ -60,6 +60,12 @@ def _worker_main(job: WorkerJob, conn: Connection) -> None:
         _serve(job, conn)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass
+    except Exception as e:  # a bug must still end as one line in the parent, not a traceback here
+        try:
+            conn.send(("fatal", "model", f"{Path(job.model).name}: worker {job.worker_id} failed "
+                                         f"({type(e).__name__}: {' '.join(str(e).split())})"))
+        except (OSError, ValueError):
+            pass
     finally:
         try:
             conn.close()
@@ -93,11 +99,16 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         return
 
     info = model.info
-    spec = PreprocessSpec(
-        height=int(info.input.shape[1]), width=int(info.input.shape[2]), dtype=info.input.dtype,
-        crop_fraction=job.crop_fraction, resize=job.resize, mean=job.mean, std=job.std,
-        decode=job.decode, max_image_pixels=job.max_image_pixels,
-    )
+    try:
+        spec = PreprocessSpec(
+            height=int(info.input.shape[1]), width=int(info.input.shape[2]),
+            dtype=info.input.dtype, crop_fraction=job.crop_fraction, resize=job.resize,
+            mean=job.mean, std=job.std, decode=job.decode, max_image_pixels=job.max_image_pixels,
+        )
+    except (ValueError, IndexError) as e:  # an input lpirc cannot feed, e.g. int16 or not 4-D
+        conn.send(("fatal", "model", f"{Path(job.model).name}: input {list(info.input.shape)} "
+                                     f"{info.input.dtype} cannot be fed images ({e})"))
+        return
     import dataclasses
 
     conn.send(("ready", {
@@ -361,16 +372,20 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
         if first_answer_s is None and answers:
             first_answer_s = t
         recs = []
+        limit = budget.inference_budget_s
         for idx, top5, scores, err, lat_ms, inf_ms in answers:
+            inference_s += inf_ms / 1000.0
+            # per image, as the scorer judges it: the answer that takes the summed invoke time
+            # past the inference budget is late, not the whole chunk after it
+            is_late = over or (limit is not None and inference_s > limit)
             recs.append({"image": files[idx], "index": idx, "top5": top5, "scores": scores,
                          "error": err, "t_s": t, "latency_ms": lat_ms, "inference_ms": inf_ms,
-                         "worker": w.wid, "late": over})
-            inference_s += inf_ms / 1000.0
+                         "worker": w.wid, "late": is_late})
             if err is None:
                 answered += 1
             else:
                 failed += 1
-            late += over
+            late += is_late
         write(recs)
 
     def bury(w: _Worker, reason: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     from lpirc.energy import EnergyConfig
     from lpirc.holdout import open_holdout
 
+    from lpirc.settings import check_settings
+
+    check_settings(settings)  # API callers build RunSettings themselves
     model_path = Path(settings.model)
     _check_model_file(model_path)
     root = Path(settings.holdout)
@@ -90,17 +94,18 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     gt = settings.ground_truth
     if gt is None and (root / "ground_truth.csv").is_file():
         gt = root / "ground_truth.csv"
+    truth: dict[str, int] | None = None
     if gt is not None:
         import scoring
 
+        gt = Path(gt).resolve()  # score.json and the manifest name it wherever the run started
         try:  # a malformed ground truth is refused before the run, not after it
-            scoring.read_ground_truth(gt)
+            truth = scoring.read_ground_truth(gt)
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
     exclusive = _check_delegate(settings.delegate)
     out = Path(settings.out) if settings.out else new_run_dir(model_path)
-    if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
-        raise InputError(f"{out}: already holds a run's {RESULTS}; choose another --out")
+    _check_out(out)
     ecfg = EnergyConfig(power_log=settings.power_log, watts_per_core=settings.watts_per_core,
                         idle_watts=settings.idle_watts, powercap_root=settings.powercap_root)
 
@@ -114,13 +119,41 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
         # process group must still stop us
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return _run(settings, model_path, root, gt, exclusive, out, ecfg, progress)
+        return _run(settings, model_path, root, gt, truth, exclusive, out, ecfg, progress)
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, exclusive: bool,
-         out: Path, ecfg, progress: bool) -> RunOutcome:
+def _check_out(out: Path) -> None:
+    """The run folder must be a folder lpirc can write, and must not hold an earlier run."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    if (out / RESULTS).exists() and (out / RESULTS).stat().st_size > 0:
+        raise InputError(f"{out}: already holds a run's {RESULTS}; choose another --out")
+    # made only once the run starts (an empty holdout leaves no folder); check where it will be
+    near = out.absolute()
+    while not near.exists():
+        near = near.parent
+    if not near.is_dir():
+        raise InputError(f"{out}: cannot create the run folder ({near} is not a folder)")
+    if not os.access(near, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
+
+
+def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
+    """Ground-truth rows naming no holdout image: they will count as wrong, so say so first."""
+    names = set(files)
+    missing = sorted(n for n in truth if n not in names)
+    if not missing:
+        return None
+    few = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (f"ground truth names {len(missing)} of its {len(truth)} images that are not in the "
+            f"holdout (they count as unanswered): {few}")
+
+
+def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
+         truth: dict[str, int] | None, exclusive: bool, out: Path, ecfg,
+         progress: bool) -> RunOutcome:
     from lpirc.energy import energy_source_preview, finish_energy, start_energy
     from lpirc.holdout import open_holdout
     from lpirc.machine import machine_info
@@ -133,7 +166,11 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
     pool = start_workers(settings, root, exclusive)
     try:
         holdout = open_holdout(root, seed=settings.seed)
-        out.mkdir(parents=True, exist_ok=True)
+        gt_note = _coverage_note(truth, holdout.files) if truth is not None else None
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
         budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
                         len(holdout.files))
         manifest: dict[str, Any] = {
@@ -146,7 +183,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
             "holdout": {"path": str(root.resolve()),
                         "image_count": len(holdout.files), "order_seed": holdout.seed,
                         "files_sha256": holdout.files_sha256,
-                        "ground_truth": str(Path(gt).resolve()) if gt else None},
+                        "ground_truth": str(gt) if gt else None},
             "settings": settings.to_json(),
             "budget": budget.to_json(),
             "start_utc": start_utc,
@@ -155,7 +192,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
             "inference_time_s": None,
             "energy": {"wh": None, "source": "pending", "method": energy_source_preview(ecfg)},
             "machine": machine_info(),
-            "notes": [],
+            "notes": [gt_note] if gt_note else [],
         }
         write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
@@ -188,7 +225,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
         "images_late": outcome.late,
         "batch_used": ready.get("batch"),
         "preprocess": ready.get("preprocess"),
-        "notes": outcome.notes,
+        "notes": ([gt_note] if gt_note else []) + outcome.notes,
     })
     if ready.get("model"):
         manifest["model"].update({k: v for k, v in ready["model"].items()
@@ -206,7 +243,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
         import scoring
 
         try:
-            score = scoring.score_path(out, ground_truth=Path(gt), rules=settings.rules)
+            score = scoring.score_path(out, ground_truth=gt, rules=settings.rules)
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
         write_json(out / SCORE, score)
@@ -219,7 +256,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None, e
         code = EXIT_FAILED
     else:
         code = EXIT_OK
-    return RunOutcome(out, outcome.status, code, manifest, score, tuple(outcome.notes))
+    return RunOutcome(out, outcome.status, code, manifest, score, tuple(manifest["notes"]))
 
 
 class _Bar:

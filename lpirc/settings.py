@@ -79,7 +79,7 @@ def read_config(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise InputError(f"{path}: unknown settings {', '.join(unknown)}")
-    return data
+    return _typed(Path(path), data)
 
 
 def bundled_model() -> Path:
@@ -106,7 +106,7 @@ def read_sidecar(model: Path) -> dict[str, Any]:
     pre = data.get("preprocess", {}) if isinstance(data, dict) else {}
     if not isinstance(pre, dict):
         raise InputError(f"{path}: 'preprocess' must be an object")
-    return {k: pre[k] for k in ("crop_fraction", "resize", "mean", "std") if k in pre}
+    return _typed(path, {k: pre[k] for k in ("crop_fraction", "resize", "mean", "std") if k in pre})
 
 
 def resolve_settings(values: dict[str, Any], explicit: set[str],
@@ -115,23 +115,96 @@ def resolve_settings(values: dict[str, Any], explicit: set[str],
     config file, then the model's sidecar, then the defaults."""
     merged: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
     layered: dict[str, Any] = {}
-    layered.update(read_sidecar(merged.get("model") or bundled_model()))
+    origin: dict[str, Path] = {}  # which file a setting came from, for the error line
+    model = merged.get("model") or bundled_model()
+    side = read_sidecar(model)
+    layered.update(side)
+    origin.update({k: sidecar_path(model) for k in side})
     if config is not None:
-        layered.update(read_config(config))
+        conf = read_config(config)
+        layered.update(conf)
+        origin.update({k: Path(config) for k in conf})
     for k, v in layered.items():
         if k not in explicit:
             merged[k] = v
+        else:
+            origin.pop(k, None)
     for k in ("model", "holdout", "ground_truth", "out", "power_log", "powercap_root"):
         if merged.get(k) is not None:
             merged[k] = Path(merged[k])
+    def where(k: str) -> str:
+        return f"{origin[k]}: " if k in origin else ""
+
     if merged.get("clock", "wall") not in CLOCKS:
-        raise InputError(f"clock must be one of {', '.join(CLOCKS)}")
+        raise InputError(f"{where('clock')}clock must be one of {', '.join(CLOCKS)}")
     if merged.get("decode", "exact") not in DECODES:
-        raise InputError(f"decode must be one of {', '.join(DECODES)}")
+        raise InputError(f"{where('decode')}decode must be one of {', '.join(DECODES)}")
     for k in ("workers", "threads", "batch"):
         if k in merged and int(merged[k]) < 1:
-            raise InputError(f"{k} must be at least 1 (got {merged[k]})")
+            raise InputError(f"{where(k)}{k} must be at least 1 (got {merged[k]})")
     try:
-        return RunSettings(**merged)
+        settings = RunSettings(**merged)
     except TypeError as e:
         raise InputError(f"bad settings: {e}") from None
+    check_settings(settings, origin)
+    return settings
+
+
+def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> None:
+    """Refuse values that would only fail inside a worker, or after the run (a sidecar or config
+    file can carry them as well as the command line). InputError naming the setting, and the
+    file it came from when ``origin`` says."""
+    import math
+
+    def bad(name: str, why: str) -> InputError:
+        src = f"{origin[name]}: " if origin and name in origin else ""
+        return InputError(f"{src}{name} {why} (got {getattr(s, name)!r})")
+
+    for name in ("time_limit_s", "ms_per_image", "std"):
+        v = getattr(s, name)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise bad(name, "must be a positive number")
+    for name in ("mean", "grace_s", "watts_per_core", "idle_watts"):
+        v = getattr(s, name)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or (name != "mean" and v < 0):
+            raise bad(name, "must be a finite number" + (" >= 0" if name != "mean" else ""))
+    if not isinstance(s.crop_fraction, (int, float)) or not 0.0 < s.crop_fraction <= 1.0:
+        raise bad("crop_fraction", "must be in (0, 1]")
+    if s.resize not in ("bilinear", "antialias"):
+        raise bad("resize", "must be bilinear or antialias")
+    if not isinstance(s.max_image_pixels, int) or s.max_image_pixels < 1:
+        raise bad("max_image_pixels", "must be a positive integer")
+    if not isinstance(s.decode_threads, int) or s.decode_threads < 0:
+        raise bad("decode_threads", "must be an integer >= 0")
+    import scoring  # numpy only; the rule set must exist before the run, not when it is scored
+
+    if s.rules not in scoring.RULES:
+        src = f"{origin['rules']}: " if origin and "rules" in origin else ""
+        raise InputError(f"{src}unknown rule set {s.rules!r} (known: {', '.join(scoring.RULES)})")
+
+
+def _typed(source: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The values of a config or sidecar file, checked against the type of each setting, so a
+    hand-edited ``"workers": "two"`` is one line naming the file, not a crash."""
+    defaults = {f.name: f for f in dataclasses.fields(RunSettings)}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        f = defaults[k]
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if want == "int":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif want == "float":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            v = float(v) if ok else v
+        elif want == "str":
+            ok = isinstance(v, str)
+        elif want == "bool":
+            ok = isinstance(v, bool)
+        else:  # paths: a string, or null where the setting is optional
+            ok = isinstance(v, str) or (v is None and "None" in want)
+        if not ok:
+            kind = {"int": "an integer", "float": "a number", "str": "a string",
+                    "bool": "true or false"}.get(want, "a path")
+            raise InputError(f"{source}: {k} must be {kind}, got {json.dumps(v)}")
+        out[k] = v
+    return out

@@ -447,3 +447,86 @@ def test_unresizable_batch_falls_back_to_1_with_a_note(tmp_path, shared_data):
     assert m["batch_used"] == 1
     assert any("batch 4" in n for n in m["notes"]) and "batch 4" in r.stdout
     assert len(read_log(out)) == 6
+
+
+@pytest.mark.parametrize("args,config,needle", [
+    (["--std", "0"], None, "std"),
+    (["--mean", "nan"], None, "mean"),
+    (["--rules", "bogus"], None, "bogus"),
+    ([], {"settings": {"workers": "two"}}, "workers must be an integer"),
+    ([], {"settings": {"crop_fraction": 2}}, "crop_fraction"),
+    ([], {"settings": {"rules": "nope"}}, "nope"),
+])
+def test_bad_settings_are_refused_before_the_run(tmp_path, reference_model, small_holdout,
+                                                 args, config, needle):
+    """A value that would only fail in a worker (std 0) or after the whole run (an unknown rule
+    set) is one line before anything starts, naming the config file it came from."""
+    if config is not None:
+        cfg = tmp_path / "best.json"
+        cfg.write_text(json.dumps(config))
+        args = [*args, "--config", str(cfg)]
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--out", str(out), "--quiet", *args)
+    assert r.returncode in (2, 5), (r.returncode, r.stderr)  # 2: click refused the option
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert needle in lines[-1] and (r.returncode == 2 or len(lines) == 1), r.stderr
+    assert "Traceback" not in r.stderr
+    if config is not None:
+        assert r.returncode == 5 and "best.json" in lines[0]
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, reference_model, small_holdout):
+    f = tmp_path / "taken"
+    f.write_text("not a folder\n")
+    for out in (f, f / "sub"):
+        r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+                  "--out", str(out), "--quiet")
+        assert r.returncode == 5, r.stderr
+        assert "Traceback" not in r.stderr and "taken" in r.stderr
+        assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1
+    assert f.read_text() == "not a folder\n"
+
+
+def test_ground_truth_naming_images_not_in_the_holdout_is_noted(tmp_path, reference_model,
+                                                                small_holdout, monkeypatch):
+    rows = small_holdout.joinpath("ground_truth.csv").read_text().splitlines()
+    label = rows[1].split(",")[1]
+    gt = tmp_path / "gt.csv"
+    gt.write_text("\n".join(rows + [f"gone_1.jpg,{label}", "gone_2.jpg,0"]) + "\n")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # a relative --ground-truth: the run records where it is
+    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
+                        "--holdout", str(small_holdout), "--ground-truth", "gt.csv",
+                        "--out", str(out), "--quiet"], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    note = next(n for n in m["notes"] if "ground truth" in n)
+    assert "2 of its 42" in note and "gone_1.jpg" in note and "gone_2.jpg" in note
+    assert "gone_1.jpg" in r.stdout
+    score = json.loads((out / "score.json").read_text())
+    assert score["images_total"] == 42 and score["images_unanswered"] == 2
+    assert Path(score["ground_truth"]) == gt and Path(m["holdout"]["ground_truth"]) == gt
+
+
+def test_inference_clock_marks_late_answers_as_the_scorer_does(tmp_path, reference_model,
+                                                               small_holdout):
+    """Under --clock inference the answer that takes the summed invoke time past the budget is
+    the first late one, so the log's late flags and the score agree."""
+    hold = big_holdout(small_holdout, tmp_path / "big", copies=10)  # 400 images
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+              "--clock", "inference", "--ms-per-image", "0.02", "--workers", "1",
+              "--rules", "ovic-2018", "--quiet")
+    assert r.returncode == 0, r.stderr
+    log = read_log(out)
+    m = json.loads((out / "manifest.json").read_text())
+    score = json.loads((out / "score.json").read_text())
+    budget_s = m["budget"]["inference_budget_s"]
+    total = 0.0
+    for x in log:  # one worker: file order is answer order
+        total += x["inference_ms"] / 1000.0
+        assert x["late"] == (total > budget_s), (x, total, budget_s)
+    assert m["images_late"] == sum(x["late"] for x in log) == score["images_late"] > 0
