@@ -465,7 +465,7 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
     produced |= {int(d["index"]) for d in it.get_input_details()}
 
     # activations
-    wide = []
+    wide, n_quantized = [], 0
     for i in sorted(produced):
         d = by_index.get(i)
         if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8"):
@@ -473,6 +473,7 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
         scale, zp = d.get("quantization", (0.0, 0))
         if not scale:
             continue
+        n_quantized += 1
         rng = float(scale) * 255.0
         lo = (np.iinfo(d["dtype"]).min - zp) * scale
         hi = (np.iinfo(d["dtype"]).max - zp) * scale
@@ -491,9 +492,12 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
         emit("activations", WARN, f"{len(wide)} activation(s) with a range wider than "
                                   f"{threshold:g} (1 level > {threshold / 255:.3g}): {names}{more}",
              threshold=threshold, tensors=wide)
-    else:
-        emit("activations", PASS, f"no quantized activation has a range wider than {threshold:g}",
+    elif n_quantized == 0:  # a float model: nothing to starve, and a PASS would overstate it
+        emit("activations", SKIP, "no quantized activations (a float model)",
              threshold=threshold, tensors=[])
+    else:
+        emit("activations", PASS, f"none of {n_quantized} quantized activations has a range wider "
+                                  f"than {threshold:g}", threshold=threshold, tensors=[])
 
     # depthwise weights
     bad, n_dw, per_channel = [], 0, 0
@@ -524,7 +528,8 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
                         "near_zero": near, "scale": float(scales.ravel()[0]) if scales.size else
                         float(d.get("quantization", (0, 0))[0])})
     if n_dw == 0:
-        emit("depthwise", PASS, "no quantized depthwise convolutions", tensors=[])
+        emit("depthwise", SKIP if n_quantized == 0 else PASS, "no quantized depthwise convolutions",
+             tensors=[])
     elif bad:
         desc = "; ".join(f"{b['tensor']}: {len(b['all_zero'])} all-zero, {len(b['near_zero'])} "
                          f"near-zero of {b['channels']} channels" for b in bad[:4])

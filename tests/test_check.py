@@ -62,6 +62,8 @@ def tf_models(tmp_path_factory):
         p = out / f"{name}.tflite"
         p.write_bytes(convert_int8(tf, net(**kw), size, **conv_kw))
         paths[name] = p
+    paths["float"] = out / "float.tflite"
+    paths["float"].write_bytes(tf.lite.TFLiteConverter.from_keras_model(net()).convert())
     return paths
 
 
@@ -128,6 +130,16 @@ def test_clean_model_passes(tf_models):
     assert rep.get("invoke").details["latency_ms"] > 0
 
 
+def test_float_model_warns_and_skips_the_quantization_checks(tf_models):
+    rep = check_submission(tf_models["float"])
+    st = _status(rep)
+    assert not rep.failed
+    assert st["input"] == "warn" and "float32" in rep.get("input").message
+    assert st["activations"] == "skip" and "float model" in rep.get("activations").message
+    assert st["depthwise"] == "skip"
+    assert "(pixel - 127.5) / 127.5" in rep.get("sidecar").message
+
+
 def test_wide_activation_is_flagged(tf_models):
     rep = check_submission(tf_models["wide"])
     r = rep.get("activations")
@@ -151,7 +163,7 @@ def test_documented_effnet_range_is_flagged_by_name_and_threshold(tf_models, tmp
     assert abs(case["min"] + 168) < 2 and abs(case["max"] - 204) < 2, case
     assert abs(case["range"] - 372) < 4 and case["observed"][0] >= case["min"]
     p = _cli(tf_models["effnet"], "--range-threshold", 400, "--no-report", cwd=tmp_path)
-    assert "PASS  activations  no quantized activation has a range wider than 400" in p.stdout
+    assert "PASS  activations  none of" in p.stdout and "range wider than 400" in p.stdout
 
 
 def test_diagnostics_run_on_the_cpu_when_the_delegate_is_unavailable(submission_copy):
