@@ -119,9 +119,22 @@ def find_library(name: str) -> tuple[str | None, str | None]:
                     return alt, None
                 except OSError:
                     pass
+            if Path(name).is_file():  # dlopen searches the library path, not this folder
+                return None, (f"{name} not found in the library search path (for the file in "
+                              f"this folder, write ./{name})")
             return None, f"{name} not found"
-        return None, f"{name} cannot be loaded ({_first_line(str(e))})"
+        why = _first_line(str(e))
+        why = why.split(": ", 1)[1] if why.startswith(f"{target}: ") else why  # dlerror repeats it
+        return None, f"{name} cannot be loaded ({why})"
     return target, None
+
+
+def delegate_error(spec: DelegateSpec, reason: str) -> DelegateError:
+    """One line: the delegate as the user named it, then the problem (the name said once)."""
+    if spec.kind == "edgetpu":
+        return DelegateError(f"edgetpu: {reason} ({EDGETPU_INSTALL_HINT})")
+    label = spec.requested
+    return DelegateError(f"{label}: {reason.removeprefix(label + ' ')}")
 
 
 def _stem(name: str) -> str:
@@ -158,15 +171,13 @@ def load_tflite_delegate(spec: DelegateSpec, runtime_module):
     label = "edgetpu" if spec.kind == "edgetpu" else spec.requested
     resolved, reason = find_library(spec.library or "")
     if resolved is None:
-        hint = f" ({EDGETPU_INSTALL_HINT})" if spec.kind == "edgetpu" else ""
-        raise DelegateError(f"{label}: {reason}{hint}")
+        raise delegate_error(spec, reason or "not found")
     try:
         lib = ctypes.CDLL(resolved)
         lib.tflite_plugin_create_delegate  # noqa: B018  (AttributeError when absent)
     except AttributeError:
         raise DelegateError(
-            f"{label}: {resolved} is not a TFLite external delegate "
-            "(no tflite_plugin_create_delegate symbol)"
+            f"{label}: not a TFLite external delegate (no tflite_plugin_create_delegate symbol)"
         ) from None
     load = getattr(runtime_module, "load_delegate", None)
     if load is None:

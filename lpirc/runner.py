@@ -64,8 +64,7 @@ def _check_delegate(name: str) -> bool:
     if spec.kind in ("edgetpu", "external"):
         _, reason = delegates.find_library(spec.library or "")
         if reason is not None:
-            hint = f" ({delegates.EDGETPU_INSTALL_HINT})" if spec.kind == "edgetpu" else ""
-            raise DelegateError(f"{'edgetpu' if spec.kind == 'edgetpu' else name}: {reason}{hint}")
+            raise delegates.delegate_error(spec, reason)
     if spec.kind == "gpu":
         from lpirc.runtime import load_runtime  # imports the runtime; loads no model
 

@@ -242,13 +242,21 @@ def test_edgetpu_delegate_absent_is_one_line(tiny_int8):
     assert str(ei.value).startswith("edgetpu: libedgetpu.so.1 not found (install the Edge TPU runtime")
 
 
-def test_bogus_delegate_paths(tiny_int8, tmp_path):
-    with pytest.raises(DelegateError, match="not found"):
-        rt.open_model(tiny_int8, delegate=str(tmp_path / "libnothing.so"))
+def test_bogus_delegate_paths(tiny_int8, tmp_path, monkeypatch):
+    # the delegate is named once, as typed, then the problem
+    missing = str(tmp_path / "libnothing.so")
+    with pytest.raises(DelegateError) as ei:
+        rt.open_model(tiny_int8, delegate=missing)
+    assert str(ei.value) == f"{missing}: not found"
     junk = tmp_path / "libjunk.so"
     junk.write_bytes(b"not an ELF")
-    with pytest.raises(DelegateError, match="cannot be loaded"):
+    with pytest.raises(DelegateError, match="cannot be loaded") as ei:
         rt.open_model(tiny_int8, delegate=str(junk))
+    assert str(ei.value).count(str(junk)) == 1
+    # a bare name is looked up like dlopen does, not in this folder: say how to mean the file
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DelegateError, match=r"write \./libjunk\.so"):
+        rt.open_model(tiny_int8, delegate="libjunk.so")
 
 
 def test_gpu_unavailable_is_a_delegate_error(tiny_int8):
