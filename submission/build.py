@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -193,6 +194,26 @@ def _from_keras(tf, keras_model: Any, tmp: Path):
     return conv, (h, w), where
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_keras_file(path: Path) -> None:
+    """Refuse what Keras would misreport (it calls a corrupt .keras file 'File not found')."""
+    if path.is_dir():
+        hint = " (a SavedModel: use --saved-model)" if (path / "saved_model.pb").is_file() else ""
+        raise ModelError(f"{path}: is a folder, not a Keras model file{hint}")
+    if not path.is_file():
+        raise ModelError(f"{path}: Keras model file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{path}: empty file (0 bytes)")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if not (zipfile.is_zipfile(path) or head == _HDF5_SIGNATURE):
+        raise ModelError(f"{path}: not a Keras model file (neither a .keras zip archive nor an "
+                         "HDF5 .h5 file)")
+
+
 def _check_saved_model_dir(path: Path) -> None:
     if not path.exists():
         raise ModelError(f"{path}: SavedModel folder not found")
@@ -294,8 +315,8 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
     _check_out(out)
     if saved_model is not None:
         _check_saved_model_dir(Path(saved_model))
-    elif isinstance(keras_model, (str, os.PathLike)) and not Path(keras_model).is_file():
-        raise ModelError(f"{keras_model}: Keras model file not found")
+    elif isinstance(keras_model, (str, os.PathLike)):
+        _check_keras_file(Path(keras_model))
     list_images(representative)
     tf = _import_tf()
 

@@ -103,6 +103,26 @@ def test_missing_keras_file(tmp_path, small_holdout):
     _assert_one_line_error(r, 3, "m.keras", "not found")
 
 
+@pytest.mark.parametrize("kind, message", [
+    ("garbage", "not a Keras model file (neither a .keras zip archive nor an HDF5 .h5 file)"),
+    ("empty", "empty file (0 bytes)"),
+    ("savedmodel", "is a folder, not a Keras model file (a SavedModel: use --saved-model)"),
+])
+def test_unusable_keras_file_is_named_before_tensorflow(tmp_path, small_holdout, monkeypatch,
+                                                        kind, message):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # refused before TensorFlow is needed
+    model = tmp_path / "m.keras"
+    if kind == "garbage":
+        model.write_bytes(b"garbage" * 100)
+    elif kind == "empty":
+        model.write_bytes(b"")
+    else:
+        model.mkdir()
+        (model / "saved_model.pb").write_bytes(b"")
+    r = _cli("--keras", model, "--representative", small_holdout, "--out", tmp_path / "s.tflite")
+    _assert_one_line_error(r, 3, f"{model}: {message}")
+
+
 def _fake_saved_model(tmp_path: Path) -> Path:
     sm = tmp_path / "sm"
     sm.mkdir()
