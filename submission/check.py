@@ -98,8 +98,12 @@ class CheckReport:
 
     def to_json(self) -> dict:
         counts = Counter(r.status for r in self.results)
-        return {"format": REPORT_FORMAT, "model": self.model, "delegate": self.delegate,
-                "runtime": self.runtime, "verdict": "fail" if self.failed else "pass",
+        from lpirc import __version__
+
+        # the absolute path and the versions: the report is kept beside submissions and compared
+        return {"format": REPORT_FORMAT, "model": str(Path(self.model).absolute()),
+                "delegate": self.delegate, "lpirc": __version__, "runtime": self.runtime,
+                "verdict": "fail" if self.failed else "pass",
                 "counts": {k: counts.get(k, 0) for k in (PASS, WARN, FAIL, SKIP)},
                 "checks": [r.to_json() for r in self.results]}
 

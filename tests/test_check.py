@@ -112,9 +112,9 @@ def test_broken_models_fail_load(broken, kind):
     assert rep.to_json()["verdict"] == "fail"
 
 
-def test_truncated_model_fails(tf_models, tmp_path):
+def test_truncated_model_fails(reference_model, tmp_path):
     p = tmp_path / "trunc.tflite"
-    p.write_bytes(tf_models["clean"].read_bytes()[:500])
+    p.write_bytes(reference_model.read_bytes()[:500])
     rep = check_submission(p)
     assert rep.get("load").status == "fail" and "not a TFLite model" in rep.get("load").message
 
@@ -207,6 +207,10 @@ def test_cli_exit_codes_and_report(tf_models, broken, tmp_path):
     assert "PASS  load" in p.stdout
     data = json.loads(rep_file.read_text())
     assert data["format"] == "lpirc-check/1" and data["verdict"] == "pass"
+    assert data["model"] == str(tf_models["clean"]) and data["lpirc"] and data["runtime"]["name"]
+    assert data["counts"]["fail"] == 0 and data["counts"]["pass"] >= 6
+    assert [c["name"] for c in data["checks"]] == ["load", "input", "output", "ops", "sidecar",
+                                                   "invoke", "activations", "depthwise", "accuracy"]
     p = _cli(broken["garbage"], cwd=tmp_path)
     assert p.returncode == 1 and "FAIL  load" in p.stdout
     assert (tmp_path / "garbage.check.json").is_file()  # default: ./<stem>.check.json
