@@ -333,7 +333,13 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
     cursor = 0
     retry: deque = deque()
     retried: set[int] = set()
-    respawns_left = max(2, len(workers))
+    # Replacements for dead workers: a few in a row, and the count starts again whenever an
+    # image was answered since the last death, so an OOM kill now and then or a few images that
+    # crash the runtime do not end a 10-minute run, but a model that crashes on everything does.
+    max_respawns = max(2, len(workers))
+    respawns_left = max_respawns
+    deaths = 0
+    answered_at_last_death = 0
     next_chunk = 0
     answered = failed = late = 0
     inference_s = 0.0
@@ -420,7 +426,12 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
                 break
             if not workers:
                 if fatal is None:
-                    fatal = ("model", f"{settings.model}: every worker died before answering")
+                    done = answered + failed
+                    fatal = ("model", f"{settings.model}: every worker died before answering"
+                             if answered == 0 else
+                             f"{settings.model}: workers kept dying ({deaths} deaths, the last "
+                             f"ones with no answer in between); stopped with {done} of "
+                             f"{len(files)} images logged")
                 status = "failed"
                 break
             waitables: list[Any] = []
@@ -470,6 +481,10 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
                         fatal = ("model", f"{settings.model}: the runtime crashed loading it "
                                  f"({'signal ' + str(-code) if code and code < 0 else 'exit code ' + str(code)})")
                         continue
+                    deaths += 1
+                    if answered > answered_at_last_death:
+                        respawns_left = max_respawns
+                    answered_at_last_death = answered
                     if respawns_left > 0 and left():
                         respawns_left -= 1
                         _spawn(pool)

@@ -226,6 +226,9 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         "preprocess": ready.get("preprocess"),
         "notes": ([gt_note] if gt_note else []) + outcome.notes,
     })
+    if outcome.error and outcome.answered > 0:
+        # the run stopped part-way: say why beside the partial score, not only in the exit code
+        manifest["notes"].append(f"run stopped: {outcome.error[1]}")
     if ready.get("model"):
         manifest["model"].update({k: v for k, v in ready["model"].items()
                                   if k in ("input", "output", "num_classes", "ops")})
@@ -233,7 +236,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         manifest["error"] = {"kind": outcome.error[0], "message": outcome.error[1]}
     write_json(out / MANIFEST, manifest)
 
-    if outcome.error and outcome.answered + outcome.failed == 0:
+    if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
         kind, message = outcome.error
         raise (DelegateError if kind == "delegate" else ModelError)(message)
 

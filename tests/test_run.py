@@ -530,3 +530,61 @@ def test_inference_clock_marks_late_answers_as_the_scorer_does(tmp_path, referen
         total += x["inference_ms"] / 1000.0
         assert x["late"] == (total > budget_s), (x, total, budget_s)
     assert m["images_late"] == sum(x["late"] for x in log) == score["images_late"] > 0
+
+
+def _crashing_infer(poison: set[str]):
+    """An inference step that segfaults its worker (a real SIGSEGV) when its chunk holds a
+    poison image, as a runtime bug on one odd input would. Forked workers inherit it."""
+    from lpirc import pipeline
+
+    real = pipeline._infer
+
+    def infer(model, items, loaded, runtime):
+        if any(name in poison for _, name in items):
+            import faulthandler
+
+            faulthandler.disable()  # pytest's, inherited: no dump on the test's stderr
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(model, items, loaded, runtime)
+
+    return infer
+
+
+def test_poison_images_that_crash_workers_are_answered_wrong_and_the_run_completes(
+        tmp_path, reference_model, small_holdout, monkeypatch):
+    """Each poison image kills a worker twice (first try and retry); the run replaces workers
+    as long as images keep being resolved, so it completes with every image logged once."""
+    from lpirc import pipeline
+    from lpirc.runner import run
+    from lpirc.settings import resolve_settings
+
+    names = sorted(p.name for p in small_holdout.iterdir() if p.suffix == ".jpg")
+    poison = set(names[5:40:12])  # 3 images
+    monkeypatch.setattr(pipeline, "_infer", _crashing_infer(poison))
+    out = tmp_path / "run"
+    s = resolve_settings({"model": reference_model, "holdout": small_holdout, "out": out,
+                          "workers": 1, "quiet": True}, set())
+    outcome = run(s, progress=False)
+    assert outcome.status == "complete" and outcome.exit_code == 0, outcome.notes
+    log = read_log(out)
+    assert sorted(x["index"] for x in log) == list(range(40))
+    wrong = {x["image"]: x["error"] for x in log if x["error"]}
+    assert poison <= set(wrong) and all("signal 11" in e for e in wrong.values())
+    assert sum("died (signal 11)" in n for n in outcome.notes) > max(2, s.workers)
+
+
+def test_workers_that_die_on_every_image_end_the_run_with_one_line(
+        tmp_path, reference_model, small_holdout, monkeypatch):
+    from lpirc import pipeline
+    from lpirc.errors import ModelError
+    from lpirc.runner import run
+    from lpirc.settings import resolve_settings
+
+    monkeypatch.setattr(pipeline, "_infer", _crashing_infer(
+        {p.name for p in small_holdout.iterdir()}))
+    s = resolve_settings({"model": reference_model, "holdout": small_holdout,
+                          "out": tmp_path / "run", "workers": 2, "quiet": True}, set())
+    with pytest.raises(ModelError, match="every worker died before answering"):
+        run(s, progress=False)
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["status"] == "failed"
