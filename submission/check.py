@@ -154,7 +154,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     # structure, even when allocation failed (an unresolved op still has tensors and ops)
     if info is None:
         try:
-            info = rtm.model_info(model, runtime=rt)
+            info = _structure_in_child(model, timeout_s)
         except LpircError:
             for n in ("input", "output", "ops", "sidecar", "invoke", "activations", "depthwise",
                       "accuracy"):
@@ -208,6 +208,44 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
                     reference, max_drop, limit, timeout_s, emit)
     return rep
+
+
+_STRUCTURE_SNIPPET = r"""
+import json, sys
+from lpirc.errors import LpircError
+from lpirc.runtime import model_info
+try:
+    print(json.dumps({"info": model_info(sys.argv[1]).to_json()}))
+except LpircError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+def _structure_in_child(model, timeout_s: float):
+    """ModelInfo of a model that failed to load, read in a child process: the model that just
+    failed may be one that crashes the runtime, and it must not take the checker with it."""
+    import os
+    import subprocess
+    import sys
+
+    from lpirc.errors import ModelError
+    from lpirc.runtime import ModelInfo
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _STRUCTURE_SNIPPET, str(model)], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"{Path(model).name}: reading its structure timed out") from None
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        raise ModelError(f"{Path(model).name}: the runtime cannot read its structure")
+    res = json.loads(line)
+    if "info" not in res:
+        raise ModelError(res.get("error") or f"{Path(model).name}: cannot read its structure")
+    return ModelInfo.from_json(res["info"])
 
 
 def _loads_on_cpu(model, timeout_s: float) -> bool:

@@ -119,6 +119,22 @@ def test_truncated_model_fails(reference_model, tmp_path):
     assert rep.get("load").status == "fail" and "not a TFLite model" in rep.get("load").message
 
 
+def test_runtime_crash_while_loading_is_a_failed_check(reference_model, tmp_path, monkeypatch):
+    """The model is first loaded in a child process: a child killed by a signal (as an older
+    runtime segfaults on a corrupt model) is a failed load check, not a crash of the checker."""
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "sitecustomize.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setenv("PYTHONPATH", str(crash))  # only new Python processes import it
+    rep = check_submission(reference_model)
+    load = rep.get("load")
+    assert load.status == "fail" and "the runtime crashed loading it (signal 11)" in load.message
+    # the structure is read in a child process too (it crashes as well), never in the checker
+    assert {r.status for r in rep.results[1:]} == {"skip"}
+    monkeypatch.delenv("PYTHONPATH")
+    assert not check_submission(reference_model).failed
+
+
 def test_clean_model_passes(tf_models):
     rep = check_submission(tf_models["clean"])
     st = _status(rep)
