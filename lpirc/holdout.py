@@ -230,6 +230,7 @@ def make_holdout(
     count = int(count)
     sources = labelled_sources(src)
     out_dir = Path(out)
+    created = not out_dir.exists()
     _prepare_out(out_dir, force)
 
     jobs = _plan(len(sources), count, seed)
@@ -261,6 +262,11 @@ def make_holdout(
                 _consume(pool.map(_make_one, tasks, chunksize=16), bar)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # a half-made holdout without its ground truth is worse than none: it would only be
+        # refused as "not empty" next time
+        _remove_partial(out_dir, [t[1] for t in tasks], created)
+        raise
     finally:
         bar.close()
 
@@ -272,6 +278,19 @@ def make_holdout(
             f.write(f"{name},{synset}\n")
     os.replace(tmp, gt)
     return gt
+
+
+def _remove_partial(out_dir: Path, written: list[str], created: bool) -> None:
+    for name in written:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+    if created:
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass
 
 
 def _consume(results, bar) -> None:

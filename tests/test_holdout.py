@@ -192,3 +192,21 @@ def test_cli_errors_are_one_line_exit_5(flat_src, tmp_path):
 def test_cli_count_must_be_positive(flat_src, tmp_path):
     res = _cli(str(flat_src), str(tmp_path / "o"), "--count", "0")
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failed_make_leaves_no_half_holdout(flat_src, tmp_path, workers):
+    """A source that cannot be re-encoded stops the make; what it had written is removed, so
+    the next try is not refused as 'not empty' and no holdout without ground truth is left."""
+    (flat_src / "n01443537_zzz.JPEG").write_bytes(b"not a jpeg")
+    new = tmp_path / "new"
+    with pytest.raises(InputError, match="n01443537_zzz.JPEG"):
+        make_holdout(flat_src, new, count=100, seed=0, progress=False, workers=workers)
+    assert not new.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("not lpirc's")
+    with pytest.raises(InputError):
+        make_holdout(flat_src, kept, count=100, seed=0, progress=False, force=True,
+                     workers=workers)
+    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]
