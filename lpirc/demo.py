@@ -493,6 +493,17 @@ def demo_holdout_path() -> Path:
     final = root / DEMO_HOLDOUT_NAME
     if (final / "ground_truth.csv").is_file():
         return final
+    try:
+        return _generate(root, final)
+    except OSError as e:
+        from lpirc.errors import InputError
+
+        where = e.filename or root
+        raise InputError(f"{where}: cannot write the demo holdout ({e.strerror or e}); set "
+                         "XDG_CACHE_HOME to a writable folder, or pass --holdout") from None
+
+
+def _generate(root: Path, final: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_HOLDOUT_NAME}.tmp-", dir=root))
     try:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +83,6 @@ def test_samples_are_deterministic_and_sliceable():
     assert len(part) == 4
 
 
-def test_300_images_take_seconds(tmp_path):
-    t = time.perf_counter()
-    demo.make_demo_holdout(tmp_path / "h", count=300, seed=1234)
-    assert time.perf_counter() - t < 20  # ~2-3 s on 2 cores; loose for busy CI machines
-
-
 def test_demo_holdout_path_is_cached_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(demo, "DEMO_HOLDOUT_COUNT", 12)
@@ -125,6 +119,18 @@ def test_incomplete_cache_is_replaced(tmp_path, monkeypatch):
     path = demo.demo_holdout_path()
     assert path == stale and len(_read_gt(path)) == 5
     assert Image.open(path / "img_000001.jpg").format == "JPEG"
+
+
+def test_unwritable_cache_is_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("")
+    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--out", str(tmp_path / "run"),
+                        "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env={**os.environ, "XDG_CACHE_HOME": str(blocker)})
+    assert r.returncode == 5, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and str(blocker) in lines[0] and "XDG_CACHE_HOME" in lines[0]
+    assert "Traceback" not in r.stderr
 
 
 def test_demo_does_not_import_tensorflow():
