@@ -99,6 +99,17 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         return
 
     info = model.info
+    shape = list(info.input.shape)
+    problem = None
+    if len(shape) != 4 or shape[3] != 3:
+        problem = f"input {shape} is not one [1, H, W, 3] image"
+    elif info.num_classes not in (1000, 1001):
+        # its answers could not be ILSVRC-2012 classes: refuse rather than score them as such
+        problem = (f"output has {info.num_classes} classes; an LPIRC submission answers the "
+                   "1000 ILSVRC-2012 classes (1000 outputs, or 1001 with background at 0)")
+    if problem is not None:
+        conn.send(("fatal", "model", f"{Path(job.model).name}: {problem}"))
+        return
     try:
         spec = PreprocessSpec(
             height=int(info.input.shape[1]), width=int(info.input.shape[2]),

@@ -588,3 +588,23 @@ def test_workers_that_die_on_every_image_end_the_run_with_one_line(
         run(s, progress=False)
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["status"] == "failed"
+
+
+@pytest.mark.parametrize("channels,classes,needle", [(3, 10, "10 classes"),
+                                                     (1, 1000, "[1, H, W, 3]")])
+def test_model_that_cannot_answer_imagenet_is_refused(tmp_path, small_holdout, channels,
+                                                      classes, needle):
+    """A 10-class model's indices are not ILSVRC classes, a one-channel input takes no RGB
+    image: one line, exit 3, before any answer is scored as if they were."""
+    tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed (builds the model)")
+    inp = tf.keras.Input((16, 16, channels))
+    x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(inp))
+    m = tf.keras.Model(inp, tf.keras.layers.Dense(classes, activation="softmax")(x))
+    model = tmp_path / "odd.tflite"
+    model.write_bytes(tf.lite.TFLiteConverter.from_keras_model(m).convert())
+    r = lpirc("run", "--model", str(model), "--holdout", str(small_holdout),
+              "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "odd.tflite" in lines[0] and needle in lines[0], r.stderr
+    assert (tmp_path / "run" / "results.jsonl").read_text() == ""
