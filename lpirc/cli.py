@@ -131,7 +131,8 @@ def format_run_summary(outcome) -> str:
     else:
         e = m.get("energy") or {}
         lines += [
-            f"answered        {m.get('images_logged')} of {m['holdout']['image_count']}",
+            f"answered        {m.get('images_answered')} of {m['holdout']['image_count']}"
+            f" ({m.get('images_failed')} failed, {m.get('images_late')} late)",
             f"wall time       {m.get('wall_time_s')} s (measured)",
             f"energy          {e.get('wh')} Wh ({e.get('source')}: {e.get('method')})",
             "score           none: no ground truth (give --ground-truth, or `lpirc score` later)",

@@ -221,6 +221,8 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         "first_answer_s": outcome.first_answer_s,
         "energy": energy.to_json(),
         "images_logged": outcome.answered + outcome.failed,
+        "images_answered": outcome.answered,  # with a top-5 (late ones included)
+        "images_failed": outcome.failed,  # logged with an error: count as wrong
         "images_late": outcome.late,
         "batch_used": ready.get("batch"),
         "preprocess": ready.get("preprocess"),

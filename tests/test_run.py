@@ -608,3 +608,20 @@ def test_model_that_cannot_answer_imagenet_is_refused(tmp_path, small_holdout, c
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "odd.tflite" in lines[0] and needle in lines[0], r.stderr
     assert (tmp_path / "run" / "results.jsonl").read_text() == ""
+
+
+def test_summary_without_ground_truth_counts_failed_images_apart(tmp_path, reference_model,
+                                                                 small_holdout):
+    hold = tmp_path / "h"
+    hold.mkdir()
+    for p in sorted(small_holdout.glob("*.jpg"))[:2]:
+        (hold / p.name).write_bytes(p.read_bytes())
+    (hold / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
+              "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "answered        2 of 3 (1 failed, 0 late)" in r.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["images_answered"], m["images_failed"], m["images_logged"]) == (2, 1, 3)
+    assert not (out / "score.json").exists() and "no ground truth" in r.stdout
