@@ -101,10 +101,15 @@ def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
 
     With no options: the bundled reference submission on a generated demo holdout.
     """
+    from lpirc.errors import EXIT_INTERRUPTED
     from lpirc.runner import run
 
-    settings = _settings(ctx, opts, config)
-    outcome = run(settings)
+    try:
+        settings = _settings(ctx, opts, config)
+        outcome = run(settings)
+    except KeyboardInterrupt:  # before the run started (a started run returns "interrupted")
+        click.echo("lpirc: interrupted before the run started (no image was handed out)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(format_run_summary(outcome))
     sys.exit(outcome.exit_code)
 

@@ -163,6 +163,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
     clock = Stopwatch()
     start_utc = utc_now()
     pool = start_workers(settings, root, exclusive)
+    made_out = not out.exists()
     try:
         holdout = open_holdout(root, seed=settings.seed)
         gt_note = _coverage_note(truth, holdout.files) if truth is not None else None
@@ -195,8 +196,15 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         }
         write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
-    except BaseException:
+    except BaseException:  # bad holdout, or Ctrl-C before the first image was handed out
         stop_workers(pool)
+        if made_out and out.is_dir() and not (out / RESULTS).exists():
+            for name in (MANIFEST, MANIFEST + ".tmp"):
+                (out / name).unlink(missing_ok=True)
+            try:
+                out.rmdir()
+            except OSError:
+                pass
         raise
     bar = _progress_bar(len(holdout.files), budget, enabled=progress and not settings.quiet)
     try:

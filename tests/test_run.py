@@ -625,3 +625,28 @@ def test_summary_without_ground_truth_counts_failed_images_apart(tmp_path, refer
     m = json.loads((out / "manifest.json").read_text())
     assert (m["images_answered"], m["images_failed"], m["images_logged"]) == (2, 1, 3)
     assert not (out / "score.json").exists() and "no ground truth" in r.stdout
+
+
+def test_ctrl_c_before_the_first_image_leaves_no_folder_and_no_worker(
+        tmp_path, reference_model, small_holdout, monkeypatch):
+    """Ctrl-C while the workers load and the holdout is listed: workers stopped, no empty run
+    folder left behind, and the CLI says so with exit 130."""
+    psutil = pytest.importorskip("psutil")
+    from click.testing import CliRunner
+
+    from lpirc import machine
+    from lpirc.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    # read while the manifest is first written, after the run folder was made
+    monkeypatch.setattr(machine, "machine_info", interrupted)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "--model", str(reference_model), "--holdout",
+                                  str(small_holdout), "--out", str(out), "--quiet"])
+    assert r.exit_code == 130, r.output
+    assert "interrupted before the run started" in r.output
+    assert not out.exists()
+    assert not [p for p in psutil.Process().children(recursive=True)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
