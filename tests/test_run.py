@@ -650,3 +650,27 @@ def test_ctrl_c_before_the_first_image_leaves_no_folder_and_no_worker(
     assert not out.exists()
     assert not [p for p in psutil.Process().children(recursive=True)
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_sidecar_settings_yield_to_the_command_line_and_are_checked(tmp_path, reference_model,
+                                                                    small_holdout):
+    model = tmp_path / "sub.tflite"
+    model.write_bytes(reference_model.read_bytes())
+    side = json.loads(reference_model.with_suffix(".json").read_text())
+    side["preprocess"]["crop_fraction"] = 0.5
+    model.with_suffix(".json").write_text(json.dumps(side))
+    crops = {}
+    for name, extra in (("side", []), ("cli", ["--crop-fraction", "0.875"])):
+        out = tmp_path / name
+        r = lpirc("run", "--model", str(model), "--holdout", str(small_holdout), "--out",
+                  str(out), "--quiet", *extra)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((out / "manifest.json").read_text())
+        crops[name] = (m["settings"]["crop_fraction"], m["preprocess"]["crop_fraction"])
+    assert crops == {"side": (0.5, 0.5), "cli": (0.875, 0.875)}
+    side["preprocess"]["std"] = 0
+    model.with_suffix(".json").write_text(json.dumps(side))
+    r = lpirc("run", "--model", str(model), "--holdout", str(small_holdout),
+              "--out", str(tmp_path / "bad"), "--quiet")
+    assert r.returncode == 5 and "sub.json" in r.stderr and "std" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
