@@ -174,11 +174,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(img).astype(np.int64)
+        # in the samples' own width (not int64: 8 bytes a pixel, 786 MB peak for 40 M pixels)
+        a = np.asarray(img)
         if mode.startswith("I;16") or a.max(initial=0) > 255:
             a = a >> 8  # 16-bit samples: keep the high byte (Pillow would clip at 255)
-        a = np.clip(a, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(a[:, :, None], 3, axis=2), "RGB")
+        a = np.clip(a, 0, 255).astype(np.uint8) if a.dtype != np.uint8 else a
+        return Image.fromarray(a, "L").convert("RGB")
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)
         if a.size and np.nanmax(a) <= 1.0:

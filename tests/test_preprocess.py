@@ -215,6 +215,24 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
     assert int(out.min()) == int(out.max()) == 128
 
 
+def test_16bit_png_is_converted_in_its_own_width():
+    """No 8-byte-a-pixel int64 copy of a 16-bit image (786 MB peak for 40 M pixels before)."""
+    import tracemalloc
+
+    w, h = 2000, 1500
+    buf = io.BytesIO()
+    a = (np.arange(w * h, dtype=np.uint32).reshape(h, w) % 65536).astype(np.uint16)
+    Image.fromarray(a).save(buf, "PNG")
+    tracemalloc.start()
+    try:
+        img = decode(buf.getvalue(), SPEC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(np.asarray(img)[:, :, 0], (a >> 8).astype(np.uint8))
+    assert peak < 8 * w * h, f"{peak / (w * h):.1f} bytes a pixel"
+
+
 def test_png_named_jpeg(tmp_path):
     _ok(_save(_photo(), tmp_path / "really_png.JPEG", "PNG"))
 
