@@ -123,10 +123,13 @@ def format_run_summary(outcome) -> str:
         f"run folder      {outcome.out_dir}",
         f"status          {outcome.status}",
         f"model           {m['model']['path']}",
-        f"runtime         {rt.get('name')} {rt.get('version')}, delegate {d.get('ran')}"
-        f" (requested {d.get('requested')})",
+        (f"runtime         {rt.get('name')} {rt.get('version')}, delegate {d.get('ran')}"
+         f" (requested {d.get('requested')})" if rt else
+         f"runtime         not reported: no worker loaded the model (requested delegate "
+         f"{d.get('requested')})"),
         f"holdout         {m['holdout']['path']} ({m['holdout']['image_count']} images)",
-        f"first answer    {m.get('first_answer_s')} s after start (measured)",
+        (f"first answer    {m['first_answer_s']} s after start (measured)"
+         if m.get("first_answer_s") is not None else "first answer    none"),
     ]
     lines += [f"note            {n}" for n in outcome.notes]
     if outcome.score is not None:

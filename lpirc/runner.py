@@ -236,6 +236,8 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         "preprocess": ready.get("preprocess"),
         "notes": ([gt_note] if gt_note else []) + outcome.notes,
     })
+    if outcome.ready is None and outcome.status == "budget_exhausted":
+        manifest["notes"].append("the budget ran out before any worker had loaded the model")
     if outcome.error and outcome.answered > 0:
         # the run stopped part-way: say why beside the partial score, not only in the exit code
         manifest["notes"].append(f"run stopped: {outcome.error[1]}")

@@ -674,3 +674,32 @@ def test_sidecar_settings_yield_to_the_command_line_and_are_checked(tmp_path, re
               "--out", str(tmp_path / "bad"), "--quiet")
     assert r.returncode == 5 and "sub.json" in r.stderr and "std" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_budget_that_runs_out_while_the_model_loads(tmp_path, reference_model, small_holdout,
+                                                    monkeypatch):
+    """A model still loading at the deadline: workers killed, every image unanswered, and the
+    summary says what happened instead of printing None."""
+    from click.testing import CliRunner
+
+    from lpirc import runtime
+    from lpirc.cli import main
+
+    real = runtime.open_model
+
+    def slow_open(*a, **k):  # forked workers inherit it: a model that loads for a minute
+        time.sleep(60)
+        return real(*a, **k)
+
+    monkeypatch.setattr(runtime, "open_model", slow_open)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "--model", str(reference_model), "--holdout",
+                                  str(small_holdout), "--out", str(out), "--time-limit-s", "0.3",
+                                  "--quiet"])
+    assert r.exit_code == 1, r.output  # a run that answered nothing
+    assert "None" not in r.output
+    assert "no worker loaded the model" in r.output and "first answer    none" in r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "budget_exhausted"
+    assert "the budget ran out before any worker had loaded the model" in m["notes"]
+    assert json.loads((out / "score.json").read_text())["images_unanswered"] == 40
