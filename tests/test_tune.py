@@ -277,6 +277,43 @@ def test_whole_tune_respects_max_time(monkeypatch, holdout40):
     assert res.rows  # something was measured and chosen
 
 
+def test_trial_cut_short_still_reports_top1(monkeypatch, holdout40):
+    # w3 answers far slower than the warm-up promised: its trial hits its time cap part-way
+    # (as any trial may on a loaded machine); its top-1 over the answers it gave still counts
+    def slow3(c: Candidate) -> float:
+        return 40.0 if c.workers == 3 else speed(c)
+
+    res = fake_tune(monkeypatch, holdout40, FakePipeline(slow3), max_time_s=30, sample=200,
+                    compare_defaults=False)
+    cut = [t for t in res.trials if t.candidate.workers == 3 and t.status == "budget_exhausted"]
+    assert cut and all(8 <= t.answered < 200 for t in cut)
+    assert res.rows and all(r.top1 is not None for r in res.rows)
+
+
+def test_draft_without_a_measured_top1_is_not_chosen(monkeypatch, holdout40):
+    # the draft decode is fastest, but none of its answers has a ground truth: its accuracy
+    # is unknown while the exact decode's is, so it must not be chosen
+    fake = FakePipeline(speed)
+    real_call = fake.__call__
+
+    def unlabelled_draft(settings, root, files, budget, write, clock, **kw):
+        def w(recs):
+            if settings.decode == "draft":
+                for r in recs:
+                    r["image"] = "not-in-ground-truth.jpg"
+            write(recs)
+        return real_call(settings, root, files, budget, w, clock, **kw)
+
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", unlabelled_draft)
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40)
+    res = tune(base, max_time_s=30, sample=80, cooldown_s=0, cores=2, write=False,
+               progress=False, compare_defaults=False)
+    drafts = [r for r in res.rows if r.candidate.decode == "draft"]
+    assert drafts and all(r.top1 is None and not r.eligible for r in drafts)
+    assert res.best.decode == "exact"
+    assert res.best == next(r.candidate for r in res.rows if r.eligible)
+
+
 def test_too_little_time_is_no_time_error(monkeypatch, holdout40):
     fake = FakePipeline(speed, scale=1.0)
     with pytest.raises(NoTimeError, match="too short to measure even one setting"):
