@@ -87,7 +87,7 @@ def submission() -> None:
 @click.option("--decode", type=click.Choice(["exact", "draft"]), default="exact", show_default=True, help="draft: JPEG DCT-scaled decode of large images (faster, may cost accuracy).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (recorded).")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True, help="Decompression-bomb guard: a larger JPEG is decoded at 1/2..1/8 scale to fit, any other larger image is answered wrong.")
-@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set for the score (see `lpirc rules`).")
+@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set for the score (see `lpirc rules`); with --clock inference the default is ovic-2018.")
 @click.option("--power-log", type=click.Path(path_type=Path), help="External meter log, CSV timestamp,watts, integrated over the run (measured energy).")
 @click.option("--watts-per-core", type=click.FloatRange(min=0), default=4.0, show_default=True, help="Energy estimate: watts per busy core.")
 @click.option("--idle-watts", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Energy estimate: idle watts of the machine.")

@@ -129,6 +129,10 @@ def resolve_settings(values: dict[str, Any], explicit: set[str],
             merged[k] = v
         else:
             origin.pop(k, None)
+    if merged.get("clock") == "inference" and "rules" not in explicit and "rules" not in layered:
+        # the Track-1 clock is scored by the Track-1 rules unless asked otherwise: under
+        # lpirc-onsite the answers past the inference budget would still count
+        merged["rules"] = "ovic-2018"
     for k in ("model", "holdout", "ground_truth", "out", "power_log", "powercap_root"):
         if merged.get(k) is not None:
             merged[k] = Path(merged[k])

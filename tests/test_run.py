@@ -518,12 +518,13 @@ def test_inference_clock_marks_late_answers_as_the_scorer_does(tmp_path, referen
     hold = big_holdout(small_holdout, tmp_path / "big", copies=10)  # 400 images
     out = tmp_path / "run"
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(hold), "--out", str(out),
-              "--clock", "inference", "--ms-per-image", "0.02", "--workers", "1",
-              "--rules", "ovic-2018", "--quiet")
+              "--clock", "inference", "--ms-per-image", "0.02", "--workers", "1", "--quiet")
     assert r.returncode == 0, r.stderr
     log = read_log(out)
     m = json.loads((out / "manifest.json").read_text())
     score = json.loads((out / "score.json").read_text())
+    # the Track-1 clock is scored by the Track-1 rules unless --rules says otherwise
+    assert m["settings"]["rules"] == score["rules"] == "ovic-2018"
     budget_s = m["budget"]["inference_budget_s"]
     total = 0.0
     for x in log:  # one worker: file order is answer order
