@@ -374,6 +374,8 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
 
     def feed(w: _Worker) -> None:
         nonlocal next_chunk
+        if budget.exhausted(clock(), inference_s):
+            return  # at the deadline no new work starts, not even to a worker just freed
         while len(w.chunks) < IN_FLIGHT and left():
             items = take(chunk)
             w.chunks[next_chunk] = items

@@ -531,6 +531,9 @@ def test_inference_clock_marks_late_answers_as_the_scorer_does(tmp_path, referen
         total += x["inference_ms"] / 1000.0
         assert x["late"] == (total > budget_s), (x, total, budget_s)
     assert m["images_late"] == sum(x["late"] for x in log) == score["images_late"] > 0
+    # past the budget no new chunk is handed out: late answers are at most the chunk that
+    # crossed it and the one already in flight (4 images each here)
+    assert m["images_late"] <= 4 + 4
 
 
 def _crashing_infer(poison: set[str]):
