@@ -23,8 +23,8 @@ How the search goes (all inside ``max_time_s``)
                   once over the sample (not counted): its speed sizes the sample so that the
                   planned trials fit the time.
     3. screen     every (workers, threads) pair with workers x threads near the core count,
-                  at batch 1 and 4, exact decode, in shuffled order, once each; batch 8 only
-                  where batch 4 beat batch 1.
+                  at batch 1 and 4, exact decode, in shuffled order, once each (time is kept
+                  for the defaults' slot, the baseline); batch 8 only where batch 4 beat batch 1.
     4. draft      the best two again with the JPEG draft (DCT-scaled) decode, only when enough
                   sample images are large enough for it to decode at a reduced scale.
     5. final      the best few (top-1 within ``max_top1_drop`` of exact decode) re-measured
@@ -40,7 +40,10 @@ How the search goes (all inside ``max_time_s``)
                   printed as "best/default images/s ratio". Should the
                   defaults win this direct comparison, they are kept as the best settings.
     A short cooldown separates trials. A trial that would not fit the time left is skipped;
-    each trial's own budget is capped so that the tune never overruns.
+    each trial's own budget is capped so that the tune never overruns (a trial cut short still
+    gives its images/s and its top-1 over the answers it gave). The table's rates come from
+    stages 3 to 5 only, so the winner is its first eligible row, or the defaults when they won
+    the A/B.
 
 Public API: :func:`tune`, :class:`Candidate`, :class:`Trial`, :class:`TuneResult`,
 :func:`search_space`, :func:`throughput`, :func:`format_table`, :func:`default_tune_dir`.
@@ -526,11 +529,16 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
 
         def run_one(c: Candidate, stage: str, keep_reserve: bool = True) -> Trial | None:
             room = left() - (reserve() if keep_reserve else 0.0)
+            if stage == "screen" and c != default and default in first and default not in tried:
+                # the defaults are the baseline of the table and of the ratio: whatever the
+                # shuffled order, they keep their screen slot when time runs short
+                room -= est(default)
             if room < est(c):
                 notes_skipped.append(f"{c.label} ({stage})")
                 bar.step(f"{c.label}: skipped, no time")
                 return None
             tr = measure(c, stage, names, min(room, 3 * est(c)))
+            tried.add(c)
             if tr.images_per_s is not None:
                 rates.setdefault(c, []).append(tr.adjusted_images_per_s)
                 raw.setdefault(c, []).append(tr.images_per_s)
@@ -552,6 +560,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             return tr
 
         notes_skipped: list[str] = []
+        tried: set[Candidate] = set()
 
         # --- 3. screen ---
         first = [c for c in space if c.batch <= 4]
@@ -566,11 +575,20 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                 b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
                 if rates.get(b4) and rates.get(b1) and _med(used(b4)) > _med(used(b1)):
                     later.append(c)
-            skipped8 = [c for c in space if c.batch == 8 and c not in later]
-            if skipped8:
+            slower, unmeasured = [], []
+            for c in space:
+                if c.batch == 8 and c not in later:
+                    b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
+                    (slower if rates.get(b1) and rates.get(b4) else unmeasured).append(c)
+            if slower:
                 notes.append("batch 8 skipped for " + ", ".join(f"w{c.workers} t{c.threads}"
-                                                                for c in skipped8)
+                                                                for c in slower)
                              + ": batch 4 was no faster than batch 1 there")
+            if unmeasured:
+                # saying "no faster" of a batch that was never measured would be a guess
+                notes.append("batch 8 skipped for " + ", ".join(f"w{c.workers} t{c.threads}"
+                                                                for c in unmeasured)
+                             + ": batch 1 or 4 was not measured there (no time)")
             rng.shuffle(later)
             for c in later:
                 run_one(c, "screen")
@@ -646,12 +664,17 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     finally:
         bar.close()
 
+    # the table's rates come from the search (screen, draft, final); a setting measured only in
+    # the A/B comparison has no row, so that the winner is always the first eligible row or
+    # the defaults (when they won the A/B, which the ratio line reports)
+    ranked = [c for c in rates if any(t.stage != "compare" for t in meas.get(c, []))]
     loads_used = {c: [t.foreign_load for t in quiet(c) if t.foreign_load is not None]
-                  for c in rates}
-    rows = _rows({c: used(c) for c in rates},
-                 {c: [t.startup_s for t in quiet(c) if t.startup_s is not None] for c in rates},
+                  for c in ranked}
+    rows = _rows({c: used(c) for c in ranked},
+                 {c: [t.startup_s for t in quiet(c) if t.startup_s is not None] for c in ranked},
                  tops,
-                 {c: [t.inference_ms for t in quiet(c) if t.inference_ms is not None] for c in rates},
+                 {c: [t.inference_ms for t in quiet(c) if t.inference_ms is not None]
+                  for c in ranked},
                  eligible, len(files), base)
     for r in rows:
         ld = loads_used.get(r.candidate)
