@@ -36,8 +36,9 @@ How the search goes (all inside ``max_time_s``)
                   correction is first-order (it flatters multi-threaded settings somewhat), so
                   a busy machine is said to be one in the output.
     6. compare    best vs default settings interleaved (A B A B ...): the median of the
-                  per-pair ratios (raw: both trials of a pair share the machine's load) is
-                  printed as "best/default images/s ratio". Should the
+                  per-pair ratios (raw: both trials of a pair share the machine's load; pairs
+                  where either trial met other processes' load are left out when quiet pairs
+                  exist) is printed as "best/default images/s ratio". Should the
                   defaults win this direct comparison, they are kept as the best settings.
     A short cooldown separates trials. A trial that would not fit the time left is skipped;
     each trial's own budget is capped so that the tune never overruns (a trial cut short still
@@ -254,6 +255,7 @@ class TuneResult:
     ms_per_image: float = 30.0
     challenger: Candidate | None = None  # the fastest setting, when it lost the A/B to defaults
     raw_ratio_pairs: list[float] = field(default_factory=list)  # with the load correction
+    ratio_counted: int = 0  # pairs the ratio is the median of (those on a quiet machine)
 
 
 # --- the tune ----------------------------------------------------------------------------------
@@ -630,12 +632,11 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         # --- 6. compare with the defaults, interleaved ---
         ratio_pairs: list[float] = []
         raw_pairs: list[float] = []
+        pair_loads: list[float] = []  # the larger foreign load of the pair's two trials
         if compare_defaults and best != default:
             for i in range(max(1, compare_pairs)):
                 need = est(best) + est(default)
                 if left() < need:
-                    if not ratio_pairs:
-                        notes.append("no time left to compare best with the defaults")
                     break
                 a = run_one(best, "compare", keep_reserve=False)
                 b = run_one(default, "compare", keep_reserve=False)
@@ -643,7 +644,16 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                     # adjacent trials share the machine's load: the raw ratio is the direct one
                     ratio_pairs.append(a.images_per_s / b.images_per_s)
                     raw_pairs.append(a.adjusted_images_per_s / b.adjusted_images_per_s)
-        ratio = statistics.median(ratio_pairs) if ratio_pairs else (
+                    pair_loads.append(max(a.foreign_load or 0.0, b.foreign_load or 0.0))
+            if not ratio_pairs:
+                notes.append("no time left to compare best with the defaults")
+        # a pair whose trials met different loads is no direct comparison (a burst of other
+        # work during one trial of two pairs moved the median from 1.02 to 1.47): like the
+        # table, count the pairs taken on a quiet machine when there are any
+        counted = ([x for x, ld in zip(ratio_pairs, pair_loads) if ld <= NOISY_LOAD]
+                   or [x for x, ld in zip(ratio_pairs, pair_loads) if ld <= MAX_LOAD]
+                   or ratio_pairs)
+        ratio = statistics.median(counted) if counted else (
             1.0 if compare_defaults and best == default else None)
         challenger = None
         if ratio is not None and ratio < 1.0:
@@ -682,7 +692,8 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     result = TuneResult(out_dir=None, best=best, default=default, rows=rows, trials=trials,
                         notes=notes, sample_size=len(names), holdout_size=len(files),
                         time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
-                        ratio=ratio, ratio_pairs=ratio_pairs, cores=cores,
+                        ratio=ratio, ratio_pairs=ratio_pairs, ratio_counted=len(counted),
+                        cores=cores,
                         challenger=challenger, raw_ratio_pairs=raw_pairs,
                         max_time_s=float(max_time_s), clock=base.clock,
                         ms_per_image=base.ms_per_image)
@@ -806,6 +817,7 @@ def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_
         "default": default_row.to_json() if default_row else None,
         "best_vs_default_ratio": result.ratio,
         "ratio_pairs": [round(x, 4) for x in result.ratio_pairs],
+        "ratio_pairs_counted": result.ratio_counted,
         "load_corrected_ratio_pairs": [round(x, 4) for x in result.raw_ratio_pairs],
         "table": [r.to_json() for r in result.rows],
         "notes": result.notes,
@@ -879,14 +891,15 @@ def format_summary(result: TuneResult) -> str:
         lines.append(f"note            {n}")
     lines.append(f"best            {result.best.label}")
     k = len(result.ratio_pairs)
+    of = (f"median of {result.ratio_counted} of {k} interleaved pairs, the others taken while "
+          f"other processes used more of the CPUs" if 0 < result.ratio_counted < k
+          else f"median of {k}, interleaved")
     if result.challenger is not None:
         lines.append(f"best/default images/s ratio: 1.00 (the defaults are kept: "
-                     f"{result.challenger.label} measured {result.ratio:.2f}x them, median of "
-                     f"{k} interleaved pairs)")
+                     f"{result.challenger.label} measured {result.ratio:.2f}x them, {of})")
     elif result.ratio is not None:
-        raw = ""
         lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
-                     + (f"(median of {k}, interleaved{raw})" if k else "(best is the default)"))
+                     + (f"({of})" if k else "(best is the default)"))
     else:
         lines.append("best/default images/s ratio: not measured (--no-compare-defaults, or no "
                      "time left for it)")

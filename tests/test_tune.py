@@ -232,6 +232,37 @@ def test_defaults_are_kept_when_they_win_the_ab_comparison(monkeypatch, holdout4
     assert "best/default images/s ratio: 1.00 (the defaults are kept" in format_summary(res)
 
 
+def test_ab_pair_taken_under_load_is_left_out_of_the_ratio(monkeypatch, holdout40):
+    # the defaults' trial of the second A/B pair runs at half speed while other processes
+    # take 47 % of the CPUs: that pair says 2x the first, and must not move the ratio
+    state = {"compares": 0, "load": None}
+
+    def rate(c: Candidate) -> float:
+        slow = c == Candidate.default() and state["compares"] == 3
+        if slow:
+            state["load"] = 0.47
+        return speed(c) / (2 if slow else 1)
+
+    def count(tr):
+        state["compares"] += tr.stage == "compare"
+
+    def load(a, b, wall_s):
+        value, state["load"] = state["load"], None
+        return value
+
+    monkeypatch.setattr("lpirc.tune._foreign_load", load)
+    fake = FakePipeline(rate)
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", fake)
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40)
+    res = tune(base, max_time_s=30, sample=200, cooldown_s=0, cores=2, write=False,
+               progress=False, compare_pairs=2, on_trial=count)
+    assert len(res.ratio_pairs) == 2 and res.ratio_counted == 1
+    first = speed(res.best) / speed(res.default)
+    assert res.ratio_pairs == pytest.approx([first, 2 * first], rel=0.02)
+    assert res.ratio == pytest.approx(first, rel=0.02)
+    assert "median of 1 of 2 interleaved pairs" in format_summary(res)
+
+
 def test_foreign_load():
     from lpirc.tune import _cpu_snapshot, _foreign_load
 
