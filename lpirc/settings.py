@@ -103,7 +103,9 @@ def read_sidecar(model: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable submission sidecar ({e})") from None
-    pre = data.get("preprocess", {}) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a submission sidecar (a JSON object was expected)")
+    pre = data.get("preprocess", {})
     if not isinstance(pre, dict):
         raise InputError(f"{path}: 'preprocess' must be an object")
     return _typed(path, {k: pre[k] for k in ("crop_fraction", "resize", "mean", "std") if k in pre})

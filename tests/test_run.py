@@ -678,6 +678,13 @@ def test_sidecar_settings_yield_to_the_command_line_and_are_checked(tmp_path, re
               "--out", str(tmp_path / "bad"), "--quiet")
     assert r.returncode == 5 and "sub.json" in r.stderr and "std" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
+    for text, why in (("[1]", "JSON object"), ("{not json", "readable"),
+                      ('{"preprocess": {"crop_fraction": 7}}', "crop_fraction")):
+        model.with_suffix(".json").write_text(text)
+        r = lpirc("run", "--model", str(model), "--holdout", str(small_holdout),
+                  "--out", str(tmp_path / "bad"), "--quiet")
+        assert r.returncode == 5 and "sub.json" in r.stderr and why in r.stderr, (text, r.stderr)
+        assert "Traceback" not in r.stderr
 
 
 def test_budget_that_runs_out_while_the_model_loads(tmp_path, reference_model, small_holdout,
