@@ -211,7 +211,7 @@ def rules_cmd() -> None:
 
     width = max(len(n) for n in scoring.RULES)
     for name, r in scoring.RULES.items():
-        click.echo(f"{name:<{width}}  {r.year:<9}  {r.description}  [{r.source}]")
+        click.echo(f"{name:<{width}}  {r.year:<9}  {r.describe()}  [{r.source}]")
 
 
 # --- lpirc holdout make ---------------------------------------------------------------------

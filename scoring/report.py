@@ -68,7 +68,7 @@ def format_table(scores: list[dict]) -> str:
         rule = RULES.get(s.get("rules"))
         src = s.get("source", {})
         lines = [f"Run: {s.get('run')}" + (f"   model: {s['model']}" if s.get("model") else "")]
-        lines.append(f"  rules               {s.get('rules')}" + (f"  ({rule.description}; {rule.year})" if rule else ""))
+        lines.append(f"  rules               {s.get('rules')}" + (f"  ({rule.describe(s)}; {rule.year})" if rule else ""))
         lines.append(f"  score               {_fmt(s.get('score'))}" + (f"   rank {r} of {len(scores)}" if r and len(scores) > 1 else ""))
         lines.append(f"  top-1 accuracy      {_pct(s.get('top1'))}   ({src.get('top1', 'measured')})")
         lines.append(f"  top-5 accuracy      {_pct(s.get('top5'))}   ({src.get('top5', 'measured')})")

@@ -74,6 +74,14 @@ class Rule:
     function: Callable[..., dict]
     options: tuple[str, ...]
 
+    def describe(self, values: dict | None = None) -> str:
+        """The one-line description with the parameters a score used (its own fields), or the
+        defaults: a 1 s run must not be described as having had 600 s."""
+        v = dict(DESCRIBE_DEFAULTS)
+        v.update({k: values[k] for k in DESCRIBE_DEFAULTS
+                  if values and isinstance(values.get(k), (int, float))})
+        return self.description.format(**v)
+
 
 def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     """LPIRC on-site tracks, 2015-2019.
@@ -228,16 +236,19 @@ def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
     }
 
 
+DESCRIBE_DEFAULTS = {"time_limit_s": DEFAULT_TIME_LIMIT_S, "ms_per_image": DEFAULT_MS_PER_IMAGE,
+                     "idle_watts": DEFAULT_IDLE_WATTS}
+
 RULES: dict[str, Rule] = {
     r.name: r
     for r in (
-        Rule("lpirc-onsite", "2015-2019", "accuracy within the wall budget (600 s) / energy in Wh",
+        Rule("lpirc-onsite", "2015-2019", "accuracy within the wall budget ({time_limit_s:g} s) / energy in Wh",
              "IEEE LPIRC on-site tracks 2015-2019", lpirc_onsite, ("time_limit_s", "energy_wh")),
-        Rule("ovic-2018", "2018", "accuracy within 30 ms x N of summed inference time (Pixel 2 track)",
+        Rule("ovic-2018", "2018", "accuracy within {ms_per_image:g} ms x N of summed inference time (Pixel 2 track)",
              "OVIC / LPIRC 2018 Track 1", ovic_2018, ("ms_per_image",)),
         Rule("ovic-2019", "2019", "accuracy gain over the Pareto frontier k ln(latency_ms) + a0",
              "OVIC 2019 / LPIRC-II online track", ovic_2019, ("k", "a0")),
-        Rule("lpcvc-2020", "2020", "accuracy / (energy Wh - idle 1.961 W x duration)",
+        Rule("lpcvc-2020", "2020", "accuracy / (energy Wh - idle {idle_watts:.4g} W x duration)",
              "IEEE LPCVC 2020 referee", lpcvc_2020, ("idle_watts", "energy_wh")),
     )
 }

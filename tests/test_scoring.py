@@ -145,6 +145,18 @@ def test_onsite_time_limit_option_and_manifest_budget(onsite_run, gt10, tmp_path
     assert scoring.score_path(run2)["top1"] == pytest.approx(0.1)
 
 
+def test_rule_description_names_the_parameters_used(onsite_run, gt10):
+    """A run scored with other budgets is not described with the defaults."""
+    cases = (({"time_limit_s": 3.5}, "lpirc-onsite", "wall budget (3.5 s)"),
+             ({"ms_per_image": 3.0}, "ovic-2018", "within 3 ms x N"),
+             ({"idle_watts": 0.5}, "lpcvc-2020", "idle 0.5 W"))
+    for opts, rules, needle in cases:
+        text = scoring.format_table([scoring.score_path(onsite_run, gt10, rules=rules, **opts)])
+        assert needle in text, (needle, text)
+    r = cli("rules")
+    assert "wall budget (600 s)" in r.output and "30 ms x N" in r.output and "idle 1.961 W" in r.output
+
+
 def test_bare_log_has_no_energy_unless_given(onsite_run, gt10):
     s = scoring.score_path(onsite_run / "results.jsonl", gt10)
     assert s["energy_wh"] is None and s["score"] is None and s["energy_source"] == "unknown"
