@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from lpirc import __version__
-from lpirc.errors import LpircError
+from lpirc.errors import EXIT_INTERRUPTED, LpircError
 
 
 def friendly_errors(fn):
@@ -26,6 +26,10 @@ def friendly_errors(fn):
         except LpircError as e:
             click.echo(f"lpirc: error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            # click would print "Aborted!" and exit 1; Ctrl-C has its own documented code
+            click.echo("lpirc: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 

@@ -210,3 +210,29 @@ def test_failed_make_leaves_no_half_holdout(flat_src, tmp_path, workers):
         make_holdout(flat_src, kept, count=100, seed=0, progress=False, force=True,
                      workers=workers)
     assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]
+
+
+def test_ctrl_c_during_make_is_exit_130_and_leaves_nothing(flat_src, tmp_path):
+    """Ctrl-C as a terminal sends it (to the process group): one line, exit 130, no half-made
+    holdout left behind (click alone would print 'Aborted!' and exit 1)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "big"
+    p = subprocess.Popen([sys.executable, "-m", "lpirc", "holdout", "make", str(flat_src),
+                          str(out), "--count", "200000", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not (out.is_dir() and len(os.listdir(out)) > 20):
+        time.sleep(0.05)
+    assert out.is_dir() and p.poll() is None, "the make never got going"
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    assert "interrupted" in stderr
+    assert not out.exists()
