@@ -93,15 +93,11 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     gt = settings.ground_truth
     if gt is None and (root / "ground_truth.csv").is_file():
         gt = root / "ground_truth.csv"
-    truth: dict[str, int] | None = None
     if gt is not None:
-        import scoring
-
         gt = Path(gt).resolve()  # score.json and the manifest name it wherever the run started
-        try:  # a malformed ground truth is refused before the run, not after it
-            truth = scoring.read_ground_truth(gt)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
+        if not gt.is_file():
+            raise InputError(f"{gt}: ground truth not found" if not gt.exists()
+                             else f"{gt}: ground truth is not a file")
     exclusive = _check_delegate(settings.delegate)
     out = Path(settings.out) if settings.out else new_run_dir(model_path)
     _check_out(out)
@@ -118,7 +114,7 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
         # process group must still stop us
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return _run(settings, model_path, root, gt, truth, exclusive, out, ecfg, progress)
+        return _run(settings, model_path, root, gt, exclusive, out, ecfg, progress)
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
@@ -139,6 +135,15 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
 
 
+def _read_truth(gt: Path) -> dict[str, int]:
+    import scoring
+
+    try:
+        return scoring.read_ground_truth(gt)
+    except scoring.ScoringError as e:
+        raise InputError(str(e)) from None
+
+
 def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
     """Ground-truth rows naming no holdout image: they will count as wrong, so say so first."""
     names = set(files)
@@ -151,7 +156,7 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
 
 
 def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
-         truth: dict[str, int] | None, exclusive: bool, out: Path, ecfg,
+         exclusive: bool, out: Path, ecfg,
          progress: bool) -> RunOutcome:
     from lpirc.energy import energy_source_preview, finish_energy, start_energy
     from lpirc.holdout import open_holdout
@@ -165,6 +170,9 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
     pool = start_workers(settings, root, exclusive)
     made_out = not out.exists()
     try:
+        # Read only now, after the workers forked: the processes that run the model never hold
+        # the labels. Malformed, it is still refused before any image is handed out.
+        truth = _read_truth(gt) if gt is not None else None
         holdout = open_holdout(root, seed=settings.seed)
         gt_note = _coverage_note(truth, holdout.files) if truth is not None else None
         try:

@@ -714,3 +714,35 @@ def test_budget_that_runs_out_while_the_model_loads(tmp_path, reference_model, s
     assert m["status"] == "budget_exhausted"
     assert "the budget ran out before any worker had loaded the model" in m["notes"]
     assert json.loads((out / "score.json").read_text())["images_unanswered"] == 40
+
+
+def test_workers_never_hold_the_ground_truth(tmp_path, reference_model, small_holdout,
+                                             monkeypatch):
+    """The labels are read by the parent only after the workers forked: a worker (and any
+    delegate library it loads) starts with no ground truth in its memory."""
+    from click.testing import CliRunner
+
+    import scoring._io
+    from lpirc import pipeline
+    from lpirc.cli import main
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    real = pipeline._worker_main
+
+    def spying_worker(job, conn):
+        cached = scoring._io._read_ground_truth_cached.cache_info().currsize
+        (seen / f"w{job.worker_id}").write_text(str(cached))
+        real(job, conn)
+
+    scoring._io._read_ground_truth_cached.cache_clear()
+    monkeypatch.setattr(pipeline, "_worker_main", spying_worker)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "--model", str(reference_model), "--holdout",
+                                  str(small_holdout), "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "score.json").read_text())["images_answered"] > 0
+    counts = [p.read_text() for p in seen.iterdir()]
+    assert counts and set(counts) == {"0"}, counts
+    # and the parent did read it (the spy would be vacuous otherwise)
+    assert scoring._io._read_ground_truth_cached.cache_info().currsize >= 1
