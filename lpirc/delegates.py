@@ -129,6 +129,48 @@ def find_library(name: str) -> tuple[str | None, str | None]:
     return target, None
 
 
+def find_library_isolated(name: str) -> tuple[str | None, str | None]:
+    """:func:`find_library` in a forked child: a library whose start-up code crashes (or
+    starts threads) must not take lpirc, or the workers it forks later, with it."""
+    if not hasattr(os, "fork"):
+        return find_library(name)
+    import json
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe and leave without cleanup
+        code = 0
+        try:
+            os.close(r)
+            os.write(w, json.dumps(find_library(name)).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            signame = signal.Signals(sig).name
+        except ValueError:
+            signame = f"signal {sig}"
+        return None, f"{name} crashed while loading ({signame})"
+    try:
+        resolved, reason = json.loads(b"".join(chunks).decode())
+    except ValueError:
+        return None, f"{name} could not be probed (exit code {os.WEXITSTATUS(status)})"
+    return resolved, reason
+
+
 def delegate_error(spec: DelegateSpec, reason: str) -> DelegateError:
     """One line: the delegate as the user named it, then the problem (the name said once)."""
     if spec.kind == "edgetpu":

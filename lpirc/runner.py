@@ -62,7 +62,7 @@ def _check_delegate(name: str) -> bool:
 
     spec = delegates.parse_delegate(name)
     if spec.kind in ("edgetpu", "external"):
-        _, reason = delegates.find_library(spec.library or "")
+        _, reason = delegates.find_library_isolated(spec.library or "")
         if reason is not None:
             raise delegates.delegate_error(spec, reason)
     if spec.kind == "gpu":

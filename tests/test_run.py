@@ -198,6 +198,26 @@ def test_unavailable_delegate_exit_4(tmp_path, reference_model, small_holdout, d
     assert len(lines) == 1
 
 
+def test_delegate_library_that_crashes_on_load(tmp_path, reference_model, small_holdout):
+    """A delegate whose start-up code segfaults is probed in a child: one line, exit 4, and
+    lpirc itself lives to say so."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler here to build a crashing shared library")
+    src = tmp_path / "boom.c"
+    src.write_text("#include <signal.h>\n"
+                   "__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n")
+    lib = tmp_path / "libboom_delegate.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--delegate", str(lib), "--out", str(tmp_path / "run"), "--quiet")
+    assert r.returncode == 4, r.stderr
+    assert "crashed while loading (SIGSEGV)" in r.stderr and "libboom_delegate.so" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_missing_holdout_exit_5(tmp_path, reference_model):
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(tmp_path / "nope"), "--quiet")
     assert r.returncode == 5 and "nope" in r.stderr and "Traceback" not in r.stderr
