@@ -90,6 +90,17 @@ def _interpreter(model: str, threads: int):
     return it
 
 
+def _as_input(pixels, dtype):
+    """uint8 pixels as the model's input type: int8 models take pixel - 128."""
+    import numpy as np
+
+    if dtype == np.int8:
+        return (pixels.astype(np.int16) - 128).astype(np.int8)
+    if dtype == np.float32:
+        return (pixels.astype(np.float32) - 127.5) / 127.5
+    return pixels
+
+
 def _hand_loop(a: dict) -> dict:
     """The loop a user writes in ten minutes: one process, Pillow, one 2-thread interpreter."""
     t0 = time.perf_counter()
@@ -99,6 +110,7 @@ def _hand_loop(a: dict) -> dict:
     it = _interpreter(a["model"], a.get("threads", 2))
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     _, h, w, _ = inp["shape"]
+    background = 1 if out["shape"][-1] == 1001 else 0  # 1001 classes: index 0 is background
     root = Path(a["holdout"])
     files = _list_images(root)
     limit = a.get("images") or len(files)
@@ -112,10 +124,10 @@ def _hand_loop(a: dict) -> dict:
             cw, ch = W * 0.875, H * 0.875
             box = ((W - cw) / 2, (H - ch) / 2, (W + cw) / 2, (H + ch) / 2)
             img = img.resize((w, h), Image.BILINEAR, box=box)
-            it.set_tensor(inp["index"], np.asarray(img, dtype=np.uint8)[None])
+            it.set_tensor(inp["index"], _as_input(np.asarray(img, dtype=np.uint8), inp["dtype"])[None])
             it.invoke()
             scores = it.get_tensor(out["index"])[0]
-            top5 = np.argsort(scores)[::-1][:5] - 1
+            top5 = np.argsort(scores)[::-1][:5] - background
             f.write(json.dumps({"image": name, "top5": top5.tolist()}) + "\n")
             now = time.perf_counter()
             stamps.append(now - t0)
@@ -147,10 +159,14 @@ def _preprocess_cost(a: dict) -> dict:
     root = Path(a["holdout"])
     files = _list_images(root)[: a.get("distinct", 500)]
     mode = a["mode"]
+    # the model's input size and type: a 224-pixel cost says nothing of a 64-pixel submission
+    inp = _interpreter(a["model"], 1).get_input_details()[0]
+    _, h, w, _ = (int(x) for x in inp["shape"])
+    dtype = np.dtype(inp["dtype"])
     if mode == "lpirc":
         from lpirc.preprocess import PreprocessSpec, load_image
 
-        spec = PreprocessSpec(224, 224, "uint8", decode=a.get("decode", "exact"))
+        spec = PreprocessSpec(h, w, dtype.name, decode=a.get("decode", "exact"))
 
         def one(p):
             return load_image(p, spec)
@@ -160,7 +176,7 @@ def _preprocess_cost(a: dict) -> dict:
             W, H = img.size
             cw, ch = W * 0.875, H * 0.875
             box = ((W - cw) / 2, (H - ch) / 2, (W + cw) / 2, (H + ch) / 2)
-            return np.asarray(img.resize((224, 224), Image.BILINEAR, box=box))
+            return _as_input(np.asarray(img.resize((w, h), Image.BILINEAR, box=box)), dtype)
     one(root / files[0])  # warm imports
     n, t0 = 0, time.perf_counter()
     deadline = t0 + a["time_limit_s"]
@@ -170,7 +186,8 @@ def _preprocess_cost(a: dict) -> dict:
         if time.perf_counter() >= deadline and n >= min(len(files), a.get("min_images", 1)):
             break
     el = time.perf_counter() - t0
-    return {"images": n, "elapsed_s": el, "ms_per_image": el * 1000.0 / n}
+    return {"images": n, "elapsed_s": el, "ms_per_image": el * 1000.0 / n,
+            "input": [h, w, dtype.name]}
 
 
 def _inference(a: dict) -> dict:
@@ -181,7 +198,8 @@ def _inference(a: dict) -> dict:
     it = _interpreter(a["model"], a.get("threads", 1))
     inp = it.get_input_details()[0]
     rng = np.random.default_rng(a.get("seed", 0))
-    xs = [rng.integers(0, 256, size=tuple(inp["shape"]), dtype=np.uint8) for _ in range(8)]
+    xs = [_as_input(rng.integers(0, 256, size=tuple(inp["shape"]), dtype=np.uint8), inp["dtype"])
+          for _ in range(8)]
     it.set_tensor(inp["index"], xs[0])
     it.invoke()  # warm-up
     start_at = a.get("start_at")
@@ -580,9 +598,10 @@ def med(xs: list) -> float | None:
 
 def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
     """The machine's limit, measured now: per-image costs alone, and pure-inference throughput."""
-    pre = run_child("preprocess", {"holdout": str(holdout), "mode": "lpirc", "time_limit_s": t})
+    pre = run_child("preprocess", {"holdout": str(holdout), "mode": "lpirc", "time_limit_s": t,
+                                   "model": str(model)})
     pre_pil = run_child("preprocess", {"holdout": str(holdout), "mode": "pillow",
-                                       "time_limit_s": t})
+                                       "time_limit_s": t, "model": str(model)})
     inf = run_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t})
     start_at = time.time() + 2.5  # all processes loaded before the clock starts
     procs = [_spawn_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t,

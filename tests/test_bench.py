@@ -52,3 +52,38 @@ def test_bench_help():
                        capture_output=True, text=True, cwd=str(REPO), timeout=60)
     assert r.returncode == 0
     assert "--holdout" in r.stdout and "--quick" in r.stdout
+
+
+def load_bench():
+    """bench/run_bench.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_bench", REPO / "bench" / "run_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_contenders_take_the_models_input(tmp_path, reference_model, small_holdout):
+    # the bundled submission takes int8 64x64 inputs and has 1000 classes (no background):
+    # the hand loop, the preprocess cost and the inference cost must feed it what it takes
+    rb = load_bench()
+    res = tmp_path / "hand.jsonl"
+    hand = rb._hand_loop({"model": str(reference_model), "holdout": str(small_holdout),
+                          "threads": 1, "time_limit_s": 30, "images": 12, "results": str(res)})
+    assert hand["images"] == 12
+    answers = [json.loads(ln) for ln in res.read_text().splitlines()]
+    assert len(answers) == 12 and all(0 <= a["top5"][0] < 1000 for a in answers)
+    # the demo model gets most of its own demo images right: the input is fed as it expects
+    import scoring
+
+    gt = scoring.read_ground_truth(small_holdout / "ground_truth.csv")
+    right = sum(a["top5"][0] == gt[a["image"]] for a in answers if a["image"] in gt)
+    assert right >= 8, answers
+    for mode in ("lpirc", "pillow"):
+        pre = rb._preprocess_cost({"model": str(reference_model), "holdout": str(small_holdout),
+                                   "mode": mode, "time_limit_s": 0.05, "min_images": 5})
+        assert pre["images"] >= 5 and pre["ms_per_image"] > 0
+        assert pre["input"] == [64, 64, "int8"]  # not a 224 x 224 uint8 cost
+    inf = rb._inference({"model": str(reference_model), "threads": 1, "time_limit_s": 0.05})
+    assert inf["images"] >= 1 and inf["ms_per_image"] > 0
