@@ -220,8 +220,21 @@ def _inference(a: dict) -> dict:
 CHILDREN = {"hand": _hand_loop, "preprocess": _preprocess_cost, "inference": _inference}
 
 
+class BenchError(Exception):
+    """A contender or a step could not run: one line for the user, no traceback."""
+
+
+CHILD_NAMES = {"hand": "hand-written loop", "preprocess": "preprocess cost",
+               "inference": "inference cost"}
+
+
 def _child_main(kind: str, args_json: str) -> None:
-    res = CHILDREN[kind](json.loads(args_json))
+    try:
+        res = CHILDREN[kind](json.loads(args_json))
+    except Exception as e:  # noqa: BLE001  (reported to the parent as one line)
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"ERROR {type(e).__name__}: {first}", flush=True)
+        sys.exit(1)
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -233,14 +246,28 @@ def _spawn_child(kind: str, args: dict) -> subprocess.Popen:
 
 def _collect(p: subprocess.Popen, what: str) -> dict:
     out, err = p.communicate()
+    why = _last_line(err)
     for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"{what} failed (exit {p.returncode}): {err.strip()[-800:]}")
+        if line.startswith("ERROR "):
+            why = line[6:]
+    raise BenchError(f"{CHILD_NAMES.get(what, what)} failed (exit {p.returncode}): {why}")
+
+
+def _last_line(text: str | None) -> str:
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "no output"
 
 
 def run_child(kind: str, args: dict) -> dict:
-    return _collect(_spawn_child(kind, args), kind)
+    return _collect(_spawn_child(kind, args), _child_label(kind, args))
+
+
+def _child_label(kind: str, args: dict) -> str:
+    """What failed, naming the model it ran."""
+    name = CHILD_NAMES.get(kind, kind)
+    return f"{name} on {Path(args['model']).name}" if args.get("model") else name
 
 
 # =============================================================================================
@@ -423,8 +450,8 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
     process_s = time.perf_counter() - t0
     watch.stop()
     if p.returncode != 0:
-        raise RuntimeError(f"lpirc run failed (exit {p.returncode}): "
-                           f"{(stderr or stdout).strip()[-800:]}")
+        raise BenchError(f"lpirc run failed (exit {p.returncode}): "
+                         f"{_last_line(stderr or stdout)}")
     man = json.loads((out / "manifest.json").read_text())
     stamps = []
     with open(out / "results.jsonl") as f:
@@ -535,7 +562,7 @@ def score_times(run_dir: Path) -> dict:
                        capture_output=True, text=True, cwd=str(REPO))
     cli_s = time.perf_counter() - t
     if r.returncode != 0:
-        raise RuntimeError(f"lpirc score failed: {r.stderr.strip()[-500:]}")
+        raise BenchError(f"lpirc score failed (exit {r.returncode}): {_last_line(r.stderr)}")
     res = json.loads(r.stdout)
     sys.path.insert(0, str(REPO))
     import scoring
@@ -606,7 +633,7 @@ def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
     start_at = time.time() + 2.5  # all processes loaded before the clock starts
     procs = [_spawn_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t,
                                         "start_at": start_at, "seed": i}) for i in range(ncores)]
-    par = [_collect(p, "inference") for p in procs]
+    par = [_collect(p, f"pure inference on {model.name}") for p in procs]
     pure = sum(r["images"] / r["elapsed_s"] for r in par)
     return {
         "preprocess_ms": pre["ms_per_image"], "preprocess_pillow_ms": pre_pil["ms_per_image"],
@@ -621,6 +648,28 @@ def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
     }
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {v}")
+        return v
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -628,20 +677,21 @@ def main(argv: list[str] | None = None) -> int:
                     " --count images made from --src into --cache-dir.")
     ap.add_argument("--src", type=Path, default=DEFAULT_SRC, help="Images to make the default "
                     "holdout from [../shared/data/imagenet-dev].")
-    ap.add_argument("--count", type=int, default=20_000, help="Default holdout size [20000].")
-    ap.add_argument("--big-factor", type=int, default=10, help="The memory check's large "
+    ap.add_argument("--count", type=_count(1), default=20_000, help="Default holdout size [20000].")
+    ap.add_argument("--big-factor", type=_count(0), default=10, help="The memory check's large "
                     "holdout is this many times the holdout, as hard links [10]; 0 = skip.")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    ap.add_argument("--images", type=int, help="Hand-written loop: at most this many images "
+    ap.add_argument("--seed", type=int, default=0, help="Seed of the default holdout [0].")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="Submission .tflite "
+                    "[../shared/data/models/mobilenet_v2_1.0_224_quant.tflite].")
+    ap.add_argument("--images", type=_count(1), help="Hand-written loop: at most this many images "
                     "(default: as many as fit in --time-limit-s).")
-    ap.add_argument("--time-limit-s", type=float, default=25.0, help="Wall budget of each lpirc "
+    ap.add_argument("--time-limit-s", type=_seconds, default=25.0, help="Wall budget of each lpirc "
                     "run and of the hand-written loop; images/s = answers / wall time [25].")
-    ap.add_argument("--limit-s", type=float, default=4.0, help="Seconds for each limit "
+    ap.add_argument("--limit-s", type=_seconds, default=4.0, help="Seconds for each limit "
                     "measurement (preprocess alone, inference alone, pure inference) [4].")
-    ap.add_argument("--repeats", type=int, default=2, help="Interleaved rounds [2]; medians "
+    ap.add_argument("--repeats", type=_count(1), default=2, help="Interleaved rounds [2]; medians "
                     "are reported.")
-    ap.add_argument("--tune-budget-s", type=float, default=60.0,
+    ap.add_argument("--tune-budget-s", type=_seconds, default=60.0,
                     help="Passed to `lpirc tune --max-time-s` [60].")
     ap.add_argument("--tuned-config", type=Path, help="Use this best.json instead of running "
                     "lpirc tune.")
@@ -667,6 +717,35 @@ def main(argv: list[str] | None = None) -> int:
     if not a.model.is_file():
         print(f"run_bench: model not found: {a.model}", file=sys.stderr)
         return 2
+    if a.tuned_config is not None and not a.tuned_config.is_file():
+        print(f"run_bench: --tuned-config not found: {a.tuned_config}", file=sys.stderr)
+        return 2
+    if a.holdout is not None:
+        why = _holdout_problem(a.holdout)
+        if why:
+            print(f"run_bench: {a.holdout}: {why}", file=sys.stderr)
+            return 2
+    try:
+        return _bench(a)
+    except BenchError as e:
+        print(f"run_bench: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _holdout_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be benchmarked, or None."""
+    if not root.is_dir():
+        return "holdout folder not found"
+    if not _list_images(root):
+        return "holdout folder holds no images"
+    if not (root / "ground_truth.csv").is_file():
+        # the memory check's large holdout and the scoring check copy its ground truth
+        return "no ground_truth.csv (make one with `lpirc holdout make`)"
+    return None
+
+
+def _bench(a: argparse.Namespace) -> int:
+    """The benchmark proper, once the options are known to be usable."""
     t_all = time.perf_counter()
     ncores = cores()
     mach = machine()
@@ -723,25 +802,35 @@ def main(argv: list[str] | None = None) -> int:
                 res["limit"] = limit_round(a.model, holdout, a.limit_s, ncores)
         rounds.append(res)
 
+    # the rounds above took minutes: a failure from here on is a note in the report, not the
+    # loss of every figure measured so far
     big = None
     if a.big_factor and a.big_factor > 1:
         t = time.perf_counter()
-        big_holdout = enlarge_holdout(holdout, cache, a.big_factor)
-        log(f"large holdout {big_holdout}: {a.big_factor} x {n_holdout} images "
-            f"({time.perf_counter() - t:.1f} s)")
-        log("memory: lpirc run on the large holdout")
-        big = lpirc_run(a.model, big_holdout, runs_dir / "big", a.time_limit_s,
-                        config=tuned_cfg)
-        big["holdout_images"] = big.get("holdout_images")
-        if tuned_cfg is None:
-            same = [x["default"] for x in rounds]
-        else:
-            same = [x["tuned"] for x in rounds]
-        big["compare_peak_rss_mb"] = med([x["peak_rss_mb"] for x in same])
+        try:
+            big_holdout = enlarge_holdout(holdout, cache, a.big_factor)
+            log(f"large holdout {big_holdout}: {a.big_factor} x {n_holdout} images "
+                f"({time.perf_counter() - t:.1f} s)")
+            log("memory: lpirc run on the large holdout")
+            big = lpirc_run(a.model, big_holdout, runs_dir / "big", a.time_limit_s,
+                            config=tuned_cfg)
+        except (BenchError, OSError) as e:
+            notes.append(f"memory check on a {a.big_factor}x holdout not measured: {e}")
+        if big is not None:
+            if tuned_cfg is None:
+                same = [x["default"] for x in rounds]
+            else:
+                same = [x["tuned"] for x in rounds]
+            big["compare_peak_rss_mb"] = med([x["peak_rss_mb"] for x in same])
 
     log("scoring a full-size log")
-    full = synth_log(last_default_run, holdout, runs_dir / "score-full")
-    score = score_times(full)
+    score = {"answers": None, "images_total": None, "top1": None, "cli_s": None,
+             "in_process_s": None}
+    try:
+        full = synth_log(last_default_run, holdout, runs_dir / "score-full")
+        score = score_times(full)
+    except (BenchError, OSError, ValueError, KeyError) as e:
+        notes.append(f"scoring time not measured: {e}")
 
     # --- figures and ratios (ratios per round, then the median) ------------------------------
     def fig(name: str, key: str) -> float | None:
@@ -812,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"first answer within {GOALS['first_answer_s']} s of start",
          max([v for v in (figures["first_answer_s"], figures["first_answer_big_s"]) if v] or [0])
          or None, lambda v: v <= GOALS["first_answer_s"], "{:.2f} s"),
-        (f"scoring {score['images_total']} answers < {GOALS['score_s']} s (CLI)",
+        (f"scoring {score['images_total'] or n_holdout} answers < {GOALS['score_s']} s (CLI)",
          figures["score_cli_s"], lambda v: v < GOALS["score_s"], "{:.2f} s"),
     ]
     total_s = time.perf_counter() - t_all
@@ -850,16 +939,20 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         (f"pure inference ({mach['cores']} processes x 1 thread)", num(f["pure_inference_ips"]),
          "", "inputs in memory"),
         ("end-to-end limit, lpirc preprocessing", num(f["limit_ips"]), "",
-         f"{mach['cores']} / ({num(f['preprocess_ms'], '{:.2f}')} + "
+         f"derived: {mach['cores']} / ({num(f['preprocess_ms'], '{:.2f}')} + "
          f"{num(f['inference_ms'], '{:.2f}')}) ms"),
         ("end-to-end limit, Pillow resize preprocessing", num(f["limit_pillow_ips"]), "",
-         f"{mach['cores']} / ({num(f['preprocess_pillow_ms'], '{:.2f}')} + "
+         f"derived: {mach['cores']} / ({num(f['preprocess_pillow_ms'], '{:.2f}')} + "
          f"{num(f['inference_ms'], '{:.2f}')}) ms"),
         ("end-to-end limit from parallel inference", num(f["limit_parallel_ips"]), "",
-         "pure inference x inference / (preprocess + inference)"),
+         "derived: pure inference x inference / (preprocess + inference)"),
     ]
     w = max([len(r[0]) for r in rows] + [62])
     lines = [
+        "--quick: a smoke test on tiny sizes, where start-up dominates: these figures are not a "
+        "measurement",
+    ] if a.quick else []
+    lines += [
         f"machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_gb']} GB, Python "
         f"{mach['python']}, LiteRT {mach['versions'].get('ai-edge-litert')}, Pillow "
         f"{mach['versions'].get('pillow')}; load average at start "
@@ -867,6 +960,8 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         f"model: {a.model.name}; holdout: {n_holdout} images ({holdout}); "
         f"{len(rounds)} interleaved round(s), {a.time_limit_s:g} s per run, medians",
         "",
+        "img/s: answers / wall time of each run, start-up included; steady: from the first "
+        "answer to the last; measured, except the rows marked derived",
         f"{'throughput':<{w}}  {'img/s':>6}  {'steady':>6}  notes",
     ]
     lines += [f"{r[0]:<{w}}  {r[1]:>6}  {r[2]:>6}  {r[3]}" for r in rows]
@@ -909,7 +1004,7 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         lines.append(f"{'first answer after process start, ' + str(big['holdout_images']) + ' images':<{w}}  "
                      f"{num(f['first_answer_big_s'], '{:.2f} s'):>9}")
     lines += [
-        f"{'lpirc score --format json, ' + str(score['images_total']) + ' answers (CLI wall)':<{w}}  "
+        f"{'lpirc score --format json, ' + str(score['images_total'] or n_holdout) + ' answers (CLI wall)':<{w}}  "
         f"{num(f['score_cli_s'], '{:.2f} s'):>9}",
         f"{'scoring.score_path, same log (in process)':<{w}}  "
         f"{num(f['score_in_process_s'], '{:.2f} s'):>9}",

@@ -34,7 +34,8 @@ def test_bench_quick_prints_table_and_ratios(tmp_path):
                    "lpirc run, lpirc tune's best settings", "pure inference",
                    "end-to-end limit", "peak RSS, whole process tree", "first answer",
                    "lpirc score", "ratios", "tuned/hand", "tuned/limit",
-                   "tuned/pure_inference", "default/hand", "goals"):
+                   "tuned/pure_inference", "default/hand", "goals",
+                   "--quick: a smoke test", "derived: "):
         assert needle in text, f"{needle!r} missing from:\n{text}"
     data = json.loads(out.read_text())
     assert data["figures"]["hand_ips"] > 0
@@ -54,6 +55,11 @@ def test_bench_help():
     assert "--holdout" in r.stdout and "--quick" in r.stdout
 
 
+def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "run_bench.py"), *args],
+                          capture_output=True, text=True, cwd=str(REPO), timeout=timeout)
+
+
 def load_bench():
     """bench/run_bench.py as a module (it is a script, not part of the package)."""
     import importlib.util
@@ -62,6 +68,41 @@ def load_bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.mark.parametrize("case", ["missing", "no_images", "no_ground_truth", "config",
+                                  "repeats", "seconds"])
+def test_bench_bad_options_are_one_line(tmp_path, reference_model, case):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "nogt").mkdir()
+    (tmp_path / "nogt" / "a.jpg").write_bytes(b"\xff\xd8 not really")
+    args = {"missing": ["--holdout", str(tmp_path / "nope")],
+            "no_images": ["--holdout", str(tmp_path / "empty")],
+            "no_ground_truth": ["--holdout", str(tmp_path / "nogt")],
+            "config": ["--tuned-config", str(tmp_path / "nope.json")],
+            "repeats": ["--repeats", "0"],
+            "seconds": ["--time-limit-s", "-3"]}[case]
+    r = bench("--quick", "--model", str(reference_model), "--cache-dir", str(tmp_path / "c"),
+              *args, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln or ln.startswith("run_bench:")]
+    assert len(errors) == 1, r.stderr
+    named = {"missing": "nope", "no_images": "no images", "no_ground_truth": "ground_truth.csv",
+             "config": "nope.json", "repeats": "--repeats", "seconds": "--time-limit-s"}[case]
+    assert named in errors[0]
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_bench_model_that_cannot_run_is_one_line(tmp_path, small_holdout):
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"\x00garbage" * 64)
+    r = bench("--model", str(bad), "--holdout", str(small_holdout), "--no-tune", "--quick",
+              "--cache-dir", str(tmp_path / "c"), timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("run_bench: error:")]
+    assert len(errors) == 1 and "broken.tflite" in errors[0], r.stderr
 
 
 def test_bench_contenders_take_the_models_input(tmp_path, reference_model, small_holdout):
