@@ -285,6 +285,9 @@ def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: in
                   cooldown_s=cooldown_s, compare_defaults=compare_defaults, compare_pairs=pairs,
                   seed=tune_seed, out=out, max_top1_drop=max_top1_drop)
     click.echo(format_summary(result))
+    if result.interrupted:  # what was measured is printed and kept in tune.json
+        click.echo("lpirc: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 # --- lpirc submission build -----------------------------------------------------------------

@@ -256,6 +256,7 @@ class TuneResult:
     challenger: Candidate | None = None  # the fastest setting, when it lost the A/B to defaults
     raw_ratio_pairs: list[float] = field(default_factory=list)  # with the load correction
     ratio_counted: int = 0  # pairs the ratio is the median of (those on a quiet machine)
+    interrupted: bool = False  # Ctrl-C / SIGTERM before the search finished: tune.json only
 
 
 # --- the tune ----------------------------------------------------------------------------------
@@ -420,6 +421,20 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             on_trial(tr)
         return tr
 
+    # what the report reads, bound before the search so that a Ctrl-C in its middle still
+    # leaves a consistent (partial) result
+    rates: dict[Candidate, list[float]] = {}
+    best: Candidate | None = None
+    ratio: float | None = None
+    ratio_pairs: list[float] = []
+    raw_pairs: list[float] = []
+    counted: list[float] = []
+    challenger: Candidate | None = None
+    exact_top1: float | None = None
+    interrupted = False
+    # as in lpirc run: a terminal's Ctrl-C and a scheduler's SIGTERM both end the tune with
+    # what was measured kept, also when started as a background job (SIGINT ignored)
+    handlers = _catch_stop_signals()
     try:
         # --- 1. probe: does it run, can its batch be resized ---
         big = 1 if exclusive else max(BATCHES)
@@ -481,7 +496,6 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                          f"trial")
         bar.plan(n_planned)
 
-        rates: dict[Candidate, list[float]] = {}
         tops: dict[Candidate, list[float]] = {}
         infs: dict[Candidate, list[float]] = {}
         meas: dict[Candidate, list[Trial]] = {}
@@ -564,6 +578,12 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         notes_skipped: list[str] = []
         tried: set[Candidate] = set()
 
+        def eligible(c: Candidate) -> bool:
+            if c.decode == "exact" or exact_top1 is None:
+                return True
+            # a faster decode whose accuracy was not measured cannot be shown to hold it
+            return bool(tops.get(c)) and _med(tops[c]) >= exact_top1 - max_top1_drop
+
         # --- 3. screen ---
         first = [c for c in space if c.batch <= 4]
         rng.shuffle(first)
@@ -611,12 +631,6 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             notes.append(f"draft decode skipped: only {frac:.0%} of the images are large enough "
                          f"for a reduced-scale JPEG decode to {ready_shape[1]}x{ready_shape[0]}")
 
-        def eligible(c: Candidate) -> bool:
-            if c.decode == "exact" or exact_top1 is None:
-                return True
-            # a faster decode whose accuracy was not measured cannot be shown to hold it
-            return bool(tops.get(c)) and _med(tops[c]) >= exact_top1 - max_top1_drop
-
         # --- 5. final: the best few again ---
         pool = sorted((c for c in rates if eligible(c)), key=goodness, reverse=True)
         finals = pool[:max(1, finalists)]
@@ -630,8 +644,6 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         best = max(pool, key=goodness) if pool else default
 
         # --- 6. compare with the defaults, interleaved ---
-        ratio_pairs: list[float] = []
-        raw_pairs: list[float] = []
         pair_loads: list[float] = []  # the larger foreign load of the pair's two trials
         if compare_defaults and best != default:
             for i in range(max(1, compare_pairs)):
@@ -671,8 +683,20 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         if notes_skipped:
             notes.append(f"{len(notes_skipped)} trial(s) skipped for lack of time: "
                          + ", ".join(notes_skipped[:6]) + ("..." if len(notes_skipped) > 6 else ""))
+    except KeyboardInterrupt:
+        if not rates:
+            raise  # nothing measured yet: nothing to keep
+        # keep what was measured (tune.json); no best.json from an unfinished search
+        interrupted = True
+        if exact_top1 is None:
+            exact_top1 = _exact_top1(tops)
+        best = max((c for c in rates if eligible(c)), key=goodness, default=default)
+        ratio, ratio_pairs, raw_pairs, counted, challenger = None, [], [], [], None
+        notes.append(f"interrupted after {len(trials)} pipeline runs: the table holds what was "
+                     f"measured; best.json was not written")
     finally:
         bar.close()
+        _restore_signals(handlers)
 
     # the table's rates come from the search (screen, draft, final); a setting measured only in
     # the A/B comparison has no row, so that the winner is always the first eligible row or
@@ -696,10 +720,35 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                         cores=cores,
                         challenger=challenger, raw_ratio_pairs=raw_pairs,
                         max_time_s=float(max_time_s), clock=base.clock,
-                        ms_per_image=base.ms_per_image)
+                        ms_per_image=base.ms_per_image, interrupted=interrupted)
     if write:
         result.out_dir = _write(result, base, out, holdout, gt_path, warm, probe)
     return result
+
+
+def _catch_stop_signals() -> dict:
+    """SIGTERM raises KeyboardInterrupt; an ignored SIGINT gets Python's handler back. Returns
+    the handlers to restore (none off the main thread, where signals cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    return old
+
+
+def _restore_signals(old: dict) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def _med(xs: Sequence[float]) -> float:
@@ -821,9 +870,11 @@ def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_
         "load_corrected_ratio_pairs": [round(x, 4) for x in result.raw_ratio_pairs],
         "table": [r.to_json() for r in result.rows],
         "notes": result.notes,
+        "interrupted": result.interrupted,
     }
-    write_json(out_dir / "best.json", {"settings": result.best.settings(),
-                                       "measurements": measured})
+    if not result.interrupted:
+        write_json(out_dir / "best.json", {"settings": result.best.settings(),
+                                           "measurements": measured})
     write_json(out_dir / "tune.json", {
         **measured,
         "base_settings": base.to_json(),
@@ -889,7 +940,7 @@ def format_summary(result: TuneResult) -> str:
         lines.append("ranked by       invoke ms per image (--clock inference sums invoke time)")
     for n in result.notes:
         lines.append(f"note            {n}")
-    lines.append(f"best            {result.best.label}")
+    lines.append(f"{'best so far' if result.interrupted else 'best':<16}{result.best.label}")
     k = len(result.ratio_pairs)
     of = (f"median of {result.ratio_counted} of {k} interleaved pairs, the others taken while "
           f"other processes used more of the CPUs" if 0 < result.ratio_counted < k
@@ -900,10 +951,14 @@ def format_summary(result: TuneResult) -> str:
     elif result.ratio is not None:
         lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
                      + (f"({of})" if k else "(best is the default)"))
+    elif result.interrupted:
+        lines.append("best/default images/s ratio: not measured (interrupted)")
     else:
         lines.append("best/default images/s ratio: not measured (--no-compare-defaults, or no "
                      "time left for it)")
-    if result.out_dir is not None:
+    if result.out_dir is not None and result.interrupted:
+        lines.append(f"wrote           {result.out_dir / 'tune.json'} (interrupted: no best.json)")
+    elif result.out_dir is not None:
         lines.append(f"wrote           {result.out_dir / 'best.json'} and "
                      f"{result.out_dir / 'tune.json'}")
         lines.append(f"use it          lpirc run --config {result.out_dir / 'best.json'} ...")

@@ -7,6 +7,7 @@ runs in the CLI tests on a tiny model and a 40-image demo holdout, and on mobile
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -261,6 +262,61 @@ def test_ab_pair_taken_under_load_is_left_out_of_the_ratio(monkeypatch, holdout4
     assert res.ratio_pairs == pytest.approx([first, 2 * first], rel=0.02)
     assert res.ratio == pytest.approx(first, rel=0.02)
     assert "median of 1 of 2 interleaved pairs" in format_summary(res)
+
+
+class InterruptAt(FakePipeline):
+    """A FakePipeline whose ``at``-th call ends as a Ctrl-C ends a real pipeline run."""
+
+    def __init__(self, rate, at):
+        super().__init__(rate)
+        self.at = at
+
+    def __call__(self, settings, root, files, budget, write, clock, **kw):
+        out = super().__call__(settings, root, files, budget, write, clock, **kw)
+        if len(self.calls) == self.at:
+            return dataclasses.replace(out, status="interrupted")
+        return out
+
+
+def test_interrupted_tune_keeps_what_it_measured(monkeypatch, holdout40, tmp_path):
+    # probe, warm-up, then 4 screen trials; Ctrl-C during the 7th pipeline run
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", InterruptAt(speed, 7))
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40)
+    res = tune(base, max_time_s=30, sample=200, cooldown_s=0, cores=2, progress=False,
+               out=tmp_path / "t")
+    assert res.interrupted and len(res.rows) == 4
+    assert res.best == next(r.candidate for r in res.rows if r.eligible)
+    assert not (tmp_path / "t" / "best.json").exists()
+    saved = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert saved["interrupted"] is True and len(saved["table"]) == 4
+    assert [t["stage"] for t in saved["trials"]] == ["probe", "warmup"] + ["screen"] * 4
+    text = format_summary(res)
+    assert "best so far" in text and "interrupted" in text and "lpirc run --config" not in text
+
+
+def test_interrupted_before_any_setting_is_measured_raises(monkeypatch, holdout40, tmp_path):
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", InterruptAt(speed, 2))  # the warm-up
+    base = RunSettings(model=holdout40 / "ground_truth.csv", holdout=holdout40)
+    with pytest.raises(KeyboardInterrupt):
+        tune(base, max_time_s=30, sample=200, cooldown_s=0, cores=2, progress=False,
+             out=tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_cli_interrupted_tune_prints_the_table_and_exits_130(monkeypatch, holdout40, tmp_path,
+                                                             tiny_model):
+    from click.testing import CliRunner
+
+    from lpirc.cli import main
+    from lpirc.errors import EXIT_INTERRUPTED
+
+    monkeypatch.setattr("lpirc.pipeline.run_pipeline", InterruptAt(speed, 6))
+    r = CliRunner().invoke(main, ["tune", "--model", str(tiny_model), "--holdout",
+                                  str(holdout40), "--out", str(tmp_path / "t"), "--cooldown-s", "0"])
+    assert r.exit_code == EXIT_INTERRUPTED, r.output
+    assert "images/s" in r.output and "best so far" in r.output
+    assert "lpirc: interrupted" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "t" / "tune.json").is_file()
 
 
 def test_foreign_load():
