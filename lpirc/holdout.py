@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import random
 import re
 import shutil
@@ -257,7 +258,7 @@ def make_holdout(
         else:
             from concurrent.futures import ProcessPoolExecutor
 
-            pool = ProcessPoolExecutor(max_workers=n_workers)
+            pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_ignore_sigint)
             try:
                 _consume(pool.map(_make_one, tasks, chunksize=16), bar)
             finally:
@@ -278,6 +279,12 @@ def make_holdout(
             f.write(f"{name},{synset}\n")
     os.replace(tmp, gt)
     return gt
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the parent alone stops and cleans up, and the
+    # workers must not each print a KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _remove_partial(out_dir: Path, written: list[str], created: bool) -> None:
