@@ -139,7 +139,7 @@ def _read_truth(gt: Path) -> dict[str, int]:
     import scoring
 
     try:
-        return scoring.read_ground_truth(gt)
+        return scoring.read_ground_truth(gt, cache=False)
     except scoring.ScoringError as e:
         raise InputError(str(e)) from None
 
@@ -175,6 +175,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         truth = _read_truth(gt) if gt is not None else None
         holdout = open_holdout(root, seed=settings.seed)
         gt_note = _coverage_note(truth, holdout.files) if truth is not None else None
+        truth = None  # checked; the scorer reads it again after the run, workers gone
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -7,7 +7,6 @@ line naming the file (and the line, where there is one) and the problem.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -75,7 +74,7 @@ def _label_or_none(s: str) -> int | None:
 # --- ground truth -----------------------------------------------------------------------------
 
 
-def read_ground_truth(path) -> dict[str, int]:
+def read_ground_truth(path, cache: bool = True) -> dict[str, int]:
     """Read a ground-truth CSV: rows ``filename,label``, header optional.
 
     label is a synset ID (``n01440764``) or a class index 0..999. Returns filename -> class index.
@@ -84,7 +83,10 @@ def read_ground_truth(path) -> dict[str, int]:
     """
     p = Path(path)
     st = _stat(p, "ground truth")
-    return dict(_read_ground_truth_cached(str(p.resolve()), st.st_mtime_ns, st.st_size))
+    # cache=False for a caller that holds it briefly (lpirc run, during the run): the cache
+    # would keep a 200,000-row ground truth alive for nothing
+    read = _read_ground_truth_cached if cache else _read_ground_truth_cached.__wrapped__
+    return dict(read(str(p.resolve()), st.st_mtime_ns, st.st_size))
 
 
 def _stat(p: Path, what: str) -> os.stat_result:
@@ -100,15 +102,19 @@ def _stat(p: Path, what: str) -> os.stat_result:
 @lru_cache(maxsize=8)
 def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple[str, int], ...]:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
+    try:  # streamed, not read whole: a large ground truth is not held twice while parsed
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            return _parse_ground_truth(p, csv.reader(f))
     except UnicodeDecodeError:
         raise ScoringError(f"{p}: not a text CSV file (cannot decode as UTF-8)") from None
     except OSError as e:
         raise ScoringError(f"{p}: cannot read ground truth ({e.strerror or e})") from None
+
+
+def _parse_ground_truth(p: Path, rows) -> tuple[tuple[str, int], ...]:
     out: dict[str, int] = {}
     first = True
-    for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    for lineno, row in enumerate(rows, start=1):
         if not row or all(not c.strip() for c in row):
             continue
         if row[0].lstrip().startswith("#"):

@@ -98,6 +98,22 @@ def test_read_ground_truth_header_optional_synset_or_index(tmp_path):
     assert scoring.read_ground_truth(p) == {"a.jpg": 1}
 
 
+def test_read_ground_truth_uncached_reads_the_same_and_keeps_nothing(tmp_path):
+    """lpirc run checks the ground truth before the run without keeping it in memory."""
+    import scoring._io as sio
+
+    p = tmp_path / "gt.csv"
+    p.write_text("\ufefffilename,label\r\na.jpg,n01440764\r\nb.jpg,7\r\n", encoding="utf-8")
+    sio._read_ground_truth_cached.cache_clear()
+    assert scoring.read_ground_truth(p, cache=False) == {"a.jpg": 0, "b.jpg": 7}
+    assert sio._read_ground_truth_cached.cache_info().currsize == 0
+    assert scoring.read_ground_truth(p) == {"a.jpg": 0, "b.jpg": 7}
+    assert sio._read_ground_truth_cached.cache_info().currsize == 1
+    p.write_bytes(b"a.jpg,0\n\xff\xfe,1\n")
+    with pytest.raises(scoring.ScoringError, match="cannot decode as UTF-8"):
+        scoring.read_ground_truth(p, cache=False)
+
+
 @pytest.mark.parametrize("text, where", [
     ("a.jpg,0\nb.jpg,banana\n", ":2:"),
     ("a.jpg,0\na.jpg,1\n", ":2: duplicate"),
