@@ -64,6 +64,13 @@ class Evaluation:
     def frac(self, mask: np.ndarray) -> float:
         return float(np.count_nonzero(mask)) / self.images_total if self.images_total else 0.0
 
+    def counted(self, in_time: np.ndarray) -> dict:
+        """top1/top5 over all N of the answers a rule counts (``in_time``), and how many answers
+        it refused as late: the fields every rule set reports alike."""
+        return {"top1": self.frac(self.correct1 & in_time),
+                "top5": self.frac(self.correct5 & in_time),
+                "images_late": int(np.count_nonzero(~in_time & ~self.error))}
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -95,18 +102,16 @@ def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     """
     limit = time_limit_s if time_limit_s is not None else ev.budget("time_limit_s") or DEFAULT_TIME_LIMIT_S
     late = ev.t_s > limit  # nan (unknown) compares False: counted
-    in_time = ~late
-    top1 = ev.frac(ev.correct1 & in_time)
+    acc = ev.counted(~late)
+    top1 = acc["top1"]
     score = None
     if ev.energy_wh is not None and ev.energy_wh > 0:
         score = top1 / ev.energy_wh
     elif ev.energy_wh is not None:
         ev.warnings.append(f"energy {ev.energy_wh} Wh is not positive: no score")
     return {
-        "top1": top1,
-        "top5": ev.frac(ev.correct5 & in_time),
+        **acc,
         "score": score,
-        "images_late": int(np.count_nonzero(late & ~ev.error)),
         "time_limit_s": float(limit),
         "accuracy_per_wh": score,
     }
@@ -140,12 +145,10 @@ def ovic_2018(ev: Evaluation, ms_per_image: float | None = None) -> dict:
     runtime_s = (float(cum[-1]) / 1000.0 if cum.size else 0.0) if timed or not inf.size else None
     budget_s = budget_ms / 1000.0
     per_s_div = None if runtime_s is None else max(budget_s, runtime_s)
-    top1 = ev.frac(correct)
+    acc = ev.counted(counted)
     return {
-        "top1": top1,
-        "top5": ev.frac(ev.correct5 & counted),
-        "score": top1,
-        "images_late": int(np.count_nonzero(~counted & ~ev.error)),
+        **acc,
+        "score": acc["top1"],
         "ms_per_image": float(mpi),
         "budget_s": budget_s,
         "runtime_s": runtime_s,
@@ -179,8 +182,8 @@ def ovic_2019(ev: Evaluation, k: float | None = None, a0: float | None = None) -
     n_ok = int(np.count_nonzero(ok))
     if latency is None and ev.inference_time_s and n_ok:
         latency = ev.inference_time_s * 1000.0 / n_ok
-    in_time = ~ev.late_flag
-    top1 = ev.frac(ev.correct1 & in_time)
+    acc = ev.counted(~ev.late_flag)
+    top1 = acc["top1"]
     metric = bucket = None
     if latency is None or latency <= 0:
         ev.warnings.append("no latency in the log or manifest: no OVIC 2019 metric")
@@ -192,10 +195,8 @@ def ovic_2019(ev: Evaluation, k: float | None = None, a0: float | None = None) -
         if bucket is None:
             ev.warnings.append(f"mean latency {latency:.1f} ms is in no OVIC 2019 bucket ([24, 36] or [80, 120] ms)")
     return {
-        "top1": top1,
-        "top5": ev.frac(ev.correct5 & in_time),
+        **acc,
         "score": metric,
-        "images_late": int(np.count_nonzero(ev.late_flag & ~ev.error)),
         "latency_ms": latency,
         "latency_bucket": bucket,
         "frontier_k": kk,
@@ -215,8 +216,8 @@ def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
     Source: IEEE LPCVC 2020 referee scoring script.
     """
     idle = DEFAULT_IDLE_WATTS if idle_watts is None else float(idle_watts)
-    in_time = ~ev.late_flag
-    top1 = ev.frac(ev.correct1 & in_time)
+    acc = ev.counted(~ev.late_flag)
+    top1 = acc["top1"]
     net = score = None
     if ev.energy_wh is not None and ev.wall_time_s is not None:
         net = ev.energy_wh - idle * ev.wall_time_s / 3600.0
@@ -227,10 +228,8 @@ def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
     elif ev.energy_wh is not None:
         ev.warnings.append("no wall time for the run: cannot subtract idle energy, no score")
     return {
-        "top1": top1,
-        "top5": ev.frac(ev.correct5 & in_time),
+        **acc,
         "score": score,
-        "images_late": int(np.count_nonzero(ev.late_flag & ~ev.error)),
         "idle_watts": idle,
         "net_energy_wh": net,
     }
