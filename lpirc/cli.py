@@ -105,7 +105,6 @@ def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
 
     With no options: the bundled reference submission on a generated demo holdout.
     """
-    from lpirc.errors import EXIT_INTERRUPTED
     from lpirc.runner import run
 
     try:

@@ -81,7 +81,6 @@ def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
     folder, its log and its manifest."""
     from lpirc.energy import EnergyConfig
     from lpirc.holdout import open_holdout
-
     from lpirc.settings import check_settings
 
     check_settings(settings)  # API callers build RunSettings themselves

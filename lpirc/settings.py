@@ -174,12 +174,16 @@ def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> Non
         v = getattr(s, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or (name != "mean" and v < 0):
             raise bad(name, "must be a finite number" + (" >= 0" if name != "mean" else ""))
-    if not isinstance(s.crop_fraction, (int, float)) or not 0.0 < s.crop_fraction <= 1.0:
-        raise bad("crop_fraction", "must be in (0, 1]")
-    if s.resize not in ("bilinear", "antialias"):
-        raise bad("resize", "must be bilinear or antialias")
-    if not isinstance(s.max_image_pixels, int) or s.max_image_pixels < 1:
-        raise bad("max_image_pixels", "must be a positive integer")
+    from lpirc.preprocess import PreprocessSpec
+
+    try:  # the preprocessing's own checks (the model's size and type are not known yet)
+        PreprocessSpec(1, 1, "uint8", crop_fraction=s.crop_fraction, resize=s.resize,
+                       mean=s.mean, std=s.std, decode=s.decode,
+                       max_image_pixels=s.max_image_pixels)
+    except (TypeError, ValueError) as e:
+        name = str(e).split(" ", 1)[0]
+        src = f"{origin[name]}: " if origin and name in origin else ""
+        raise InputError(f"{src}{e}") from None
     if not isinstance(s.decode_threads, int) or s.decode_threads < 0:
         raise bad("decode_threads", "must be an integer >= 0")
     import scoring  # numpy only; the rule set must exist before the run, not when it is scored
