@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
+from lpirc import preflight
 from lpirc.clock import Budget, Stopwatch
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
@@ -102,14 +103,8 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         return
 
     info = model.info
-    shape = list(info.input.shape)
-    problem = None
-    if len(shape) != 4 or shape[3] != 3:
-        problem = f"input {shape} is not one [1, H, W, 3] image"
-    elif info.num_classes not in (1000, 1001):
-        # its answers could not be ILSVRC-2012 classes: refuse rather than score them as such
-        problem = (f"output has {info.num_classes} classes; an LPIRC submission answers the "
-                   "1000 ILSVRC-2012 classes (1000 outputs, or 1001 with background at 0)")
+    # answers that could not be ILSVRC-2012 classes are refused rather than scored as such
+    problem = preflight.imagenet_problem(info.input.shape, info.num_classes)
     if problem is not None:
         conn.send(("fatal", "model", f"{Path(job.model).name}: {problem}"))
         return

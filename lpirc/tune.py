@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from lpirc import __version__, preflight
 from lpirc.clock import Budget, Stopwatch
-from lpirc.errors import DelegateError, InputError, ModelError, NoTimeError
+from lpirc.errors import InputError, NoTimeError
 from lpirc.settings import RunSettings, default_workers
 
 BATCHES = (1, 4, 8)
@@ -394,8 +394,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         if outcome.status == "interrupted":
             raise KeyboardInterrupt
         if outcome.error and not recs:
-            kind, message = outcome.error
-            raise (DelegateError if kind == "delegate" else ModelError)(message)
+            raise preflight.failure_error(*outcome.error)
         if outcome.error:
             tr.note = outcome.error[1]
         if outcome.ready and seen["ready"] is None:
@@ -431,7 +430,8 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     interrupted = False
     # as in lpirc run: a terminal's Ctrl-C and a scheduler's SIGTERM both end the tune with
     # what was measured kept, also when started as a background job (SIGINT ignored)
-    handlers = _catch_stop_signals()
+    stopping = preflight.stop_signals()
+    stopping.__enter__()
     try:
         # --- 1. probe: does it run, can its batch be resized ---
         big = 1 if exclusive else max(BATCHES)
@@ -693,7 +693,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
                      f"measured; best.json was not written")
     finally:
         bar.close()
-        _restore_signals(handlers)
+        stopping.__exit__(None, None, None)
 
     # the table's rates come from the search (screen, draft, final); a setting measured only in
     # the A/B comparison has no row, so that the winner is always the first eligible row or
@@ -721,31 +721,6 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     if write:
         result.out_dir = _write(result, base, out, holdout, gt_path, warm, probe)
     return result
-
-
-def _catch_stop_signals() -> dict:
-    """SIGTERM raises KeyboardInterrupt; an ignored SIGINT gets Python's handler back. Returns
-    the handlers to restore (none off the main thread, where signals cannot be set)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    return old
-
-
-def _restore_signals(old: dict) -> None:
-    import signal
-
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
 
 
 def _med(xs: Sequence[float]) -> float:

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lpirc import preflight
 from lpirc.errors import DelegateError, InputError, LpircError
+from scoring import ScoringError, read_ground_truth, synset_index
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 REPORT_FORMAT = "lpirc-check/1"
@@ -154,7 +156,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     # structure, even when allocation failed (an unresolved op still has tensors and ops)
     if info is None:
         try:
-            info = _structure_in_child(model, timeout_s)
+            info = rtm.read_structure_isolated(model, timeout_s)
         except LpircError:
             for n in ("input", "output", "ops", "sidecar", "invoke", "activations", "depthwise",
                       "accuracy"):
@@ -210,44 +212,6 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     return rep
 
 
-_STRUCTURE_SNIPPET = r"""
-import json, sys
-from lpirc.errors import LpircError
-from lpirc.runtime import model_info
-try:
-    print(json.dumps({"info": model_info(sys.argv[1]).to_json()}))
-except LpircError as e:
-    print(json.dumps({"error": str(e)}))
-"""
-
-
-def _structure_in_child(model, timeout_s: float):
-    """ModelInfo of a model that failed to load, read in a child process: the model that just
-    failed may be one that crashes the runtime, and it must not take the checker with it."""
-    import os
-    import subprocess
-    import sys
-
-    from lpirc.errors import ModelError
-    from lpirc.runtime import ModelInfo
-
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run([sys.executable, "-c", _STRUCTURE_SNIPPET, str(model)], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise ModelError(f"{Path(model).name}: reading its structure timed out") from None
-    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
-    if proc.returncode != 0 or line is None:
-        raise ModelError(f"{Path(model).name}: the runtime cannot read its structure")
-    res = json.loads(line)
-    if "info" not in res:
-        raise ModelError(res.get("error") or f"{Path(model).name}: cannot read its structure")
-    return ModelInfo.from_json(res["info"])
-
-
 def _loads_on_cpu(model, timeout_s: float) -> bool:
     """Whether the model loads and invokes without a delegate (in a child process, as ever)."""
     from lpirc import runtime as rtm
@@ -289,12 +253,12 @@ def _check_output(info, emit) -> None:
     d = {"shape": list(shp), "dtype": t.dtype, "classes": n}
     if not shp or shp[0] != 1 or n != shp[-1]:
         emit("output", FAIL, f"output {t.name!r} has shape {list(shp)}; expected [1, classes]", **d)
+    elif n not in preflight.CLASS_COUNTS:
+        emit("output", FAIL, f"{n} classes; expected 1000 or 1001", **d)
     elif n == 1001:
         emit("output", PASS, "1001 classes: index 0 is background, ILSVRC class k at k+1", **d)
-    elif n == 1000:
-        emit("output", PASS, "1000 classes: ILSVRC class indices 0..999", **d)
     else:
-        emit("output", FAIL, f"{n} classes; expected 1000 or 1001", **d)
+        emit("output", PASS, "1000 classes: ILSVRC class indices 0..999", **d)
 
 
 def _check_ops(info, delegate, rt, emit) -> None:
@@ -590,11 +554,9 @@ def _short(name: str) -> str:
 
 def _labels_for(holdout, images, ground_truth) -> dict[str, int]:
     """filename (relative to holdout) -> class index."""
-    from scoring._io import ScoringError, read_ground_truth, synset_index
-
     root = Path(holdout)
-    gt = Path(ground_truth) if ground_truth else root / "ground_truth.csv"
-    if gt.is_file() or ground_truth:
+    gt = preflight.ground_truth_for(root, ground_truth)
+    if gt is not None:
         try:
             return read_ground_truth(gt)
         except ScoringError as e:
@@ -641,7 +603,7 @@ def _reference_spec(reference, spec, timeout_s):
     shp = list(rinfo.input.shape)
     if len(shp) != 4 or shp[0] != 1 or shp[3] != 3 or not (shp[1] > 0 and shp[2] > 0):
         raise InputError(f"{Path(reference).name}: input shape {shp} is not [1, H, W, 3]")
-    if rinfo.num_classes not in (1000, 1001):
+    if rinfo.num_classes not in preflight.CLASS_COUNTS:
         raise InputError(f"{Path(reference).name}: {rinfo.num_classes} classes; expected 1000 "
                          "or 1001")
     return PreprocessSpec(height=int(shp[1]), width=int(shp[2]), dtype=rinfo.input.dtype,
