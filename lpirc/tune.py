@@ -388,7 +388,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
         tr = Trial(cand, stage, len(names), answered=outcome.answered + outcome.failed,
                    failed=outcome.failed, wall_s=outcome.wall_time_s,
                    startup_s=outcome.first_answer_s, status=outcome.status,
-                   batch_used=(outcome.ready or {}).get("batch"))
+                   batch_used=outcome.ready.batch if outcome.ready else None)
         tr.elapsed_s = time.monotonic() - t_in
         tr.foreign_load = _foreign_load(cpu0, _cpu_snapshot(), tr.elapsed_s)
         if outcome.status == "interrupted":
@@ -455,8 +455,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             batches = (1,)
             notes.append(f"batch 4 and 8 skipped: {model_path.name} cannot resize its batch "
                          f"(it pins batch 1, e.g. a constant reshape)")
-        shape = (((seen["ready"] or {}).get("model") or {}).get("input") or {}).get("shape")
-        ready_shape = (int(shape[1]), int(shape[2])) if shape and len(shape) >= 3 else (224, 224)
+        ready_shape = (seen["ready"].input_hw if seen["ready"] else None) or (224, 224)
 
         # --- 2. sample, page cache, warm-up ---
         default = Candidate.default()
