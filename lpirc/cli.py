@@ -57,6 +57,31 @@ def _settings(ctx: click.Context, opts: dict, config: Path | None = None):
     return resolve_settings(opts, explicit, config)
 
 
+def preprocess_options(fn):
+    """The options of RunSettings.preprocess that `run` and `tune` share (see README
+    "Preprocessing"); each also comes from --config or the model's sidecar X.json."""
+    opts = [
+        click.option("--mean", help="Normalisation mean in pixel units 0..255: one number or "
+                     "R,G,B (ImageNet: 123.675,116.28,103.53). Float inputs get (pixel - mean) "
+                     "/ std (default 127.5); quantized inputs are normalised, then quantized "
+                     "with the input's own scale and zero point (default: raw pixel codes)."),
+        click.option("--std", help="Normalisation std in pixel units: one number or R,G,B "
+                     "(ImageNet: 58.395,57.12,57.375). Default 127.5 (float inputs)."),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), help="Channel "
+                     "order the model takes. Default: rgb."),
+        click.option("--crop", type=click.Choice(["central", "square"]), help="central: "
+                     "tf.image.central_crop (TF-slim eval, aspect kept; default); square: the "
+                     "TFLite ImageNet eval tool's centred square."),
+        click.option("--input-size", help="HxW for a model whose input height/width are "
+                     "dynamic (shape signature -1), e.g. 224x224."),
+        click.option("--output", help="Output that answers, by signature name, tensor name or "
+                     "index. Default: the one [1, 1000|1001] output."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
 @main.group()
 def holdout() -> None:
     """Make and inspect holdout sets."""
@@ -86,8 +111,7 @@ def submission() -> None:
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
 @click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Central crop kept before resizing (the model's sidecar X.json, if any, overrides the default).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), default="bilinear", show_default=True, help="bilinear: TF v1 resize_bilinear (TFLite eval tool); antialias: Pillow's (the sidecar X.json, if any, overrides the default).")
-@click.option("--mean", type=float, default=127.5, show_default=True, help="Float inputs: (pixel - mean) / std (the sidecar X.json, if any, overrides the default).")
-@click.option("--std", type=click.FloatRange(0, min_open=True), default=127.5, show_default=True, help="Float inputs: (pixel - mean) / std (the sidecar X.json, if any, overrides the default).")
+@preprocess_options
 @click.option("--decode", type=click.Choice(["exact", "draft"]), default="exact", show_default=True, help="draft: JPEG DCT-scaled decode of large images (faster, may cost accuracy).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (recorded).")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True, help="Decompression-bomb guard: a larger JPEG is decoded at 1/2..1/8 scale to fit, any other larger image is answered wrong.")
@@ -265,8 +289,7 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
 @click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Central crop (default: the model's sidecar, else 0.875).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), help="Resize method (default: the sidecar's, else bilinear).")
-@click.option("--mean", type=float, help="Float inputs: (pixel - mean) / std.")
-@click.option("--std", type=float, help="Float inputs: (pixel - mean) / std.")
+@preprocess_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @friendly_errors

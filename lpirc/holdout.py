@@ -1,8 +1,7 @@
 """Holdout folders: the image order of a run, and making an anonymised rehearsal holdout.
 
-``open_holdout(root, seed)`` lists the images of a holdout folder (every regular file below it
-except hidden ones and ``*.csv``/``*.json``/``*.txt``) in a fixed order: sorted, then shuffled
-by ``random.Random(seed)``. ``files_sha256`` identifies that ordered list in a run's manifest.
+``open_holdout(root, seed)`` lists the images of a holdout folder (:func:`scan_images`, the one
+rule every command uses) in a fixed order: sorted, then shuffled by ``random.Random(seed)``. ``files_sha256`` identifies that ordered list in a run's manifest.
 
 ``make_holdout(src, out, count, seed)`` builds a holdout from a labelled folder, either
 ``SRC/<synset>_*.JPEG`` files (the ImageNet dev layout) or ``SRC/<synset>/*`` subfolders. Names
@@ -21,7 +20,7 @@ import random
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpirc.errors import InputError
@@ -40,32 +39,96 @@ class Holdout:
     files: tuple[str, ...]  # relative names ("/"-separated), in run order
     seed: int
     files_sha256: str
+    skipped: dict = field(default_factory=dict)  # what the listing left out (see Listing)
+
+    def skipped_line(self) -> str | None:
+        return Listing([], self.skipped).skipped_line()
 
 
-def _is_listed(name: str) -> bool:
-    return not name.startswith(".") and not name.lower().endswith(_SKIP_SUFFIXES)
+#: Files the OS leaves in folders (Windows thumbnails and folder settings, macOS metadata).
+OS_JUNK = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+#: Folders made by archivers, never images (macOS zips: resource forks as ``._name`` files).
+JUNK_FOLDERS = frozenset({"__MACOSX"})
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The image files below a folder, and what was skipped (reason -> count).
+
+    Reasons: ``hidden`` (a name starting with "."), ``__MACOSX/`` (archive metadata folder),
+    ``OS junk`` (Thumbs.db, desktop.ini, ...), ``folder link loop`` (a linked folder already
+    being listed), ``broken link``. Data files (.csv/.json/.txt) are not images and not counted."""
+
+    files: list  # relative names, "/"-separated, sorted
+    skipped: dict
+
+    def skipped_line(self) -> str | None:
+        """``skipped 3 entries: 2 hidden, 1 OS junk`` or None when nothing was skipped."""
+        n = sum(self.skipped.values())
+        if not n:
+            return None
+        parts = ", ".join(f"{c} {k}" for k, c in sorted(self.skipped.items()))
+        return f"skipped {n} entr{'y' if n == 1 else 'ies'} that are not images: {parts}"
+
+
+def _skip_reason(name: str, is_dir: bool) -> str | None:
+    if name.startswith("."):
+        return "hidden"
+    if is_dir and name in JUNK_FOLDERS:
+        return "__MACOSX/"
+    if not is_dir and name.lower() in OS_JUNK:
+        return "OS junk"
+    return None
+
+
+def scan_images(root) -> Listing:
+    """The one rule for what an image is, used by every command (run, score's coverage note,
+    tune, submission check and build, holdout make, bench).
+
+    Every regular file below ``root`` (links to files and folders followed), sorted by its
+    relative name, except: hidden files and folders, ``__MACOSX/``, OS junk files, and the
+    data files .csv/.json/.txt. A linked folder that is already being listed (a loop) is
+    skipped. Raises OSError when ``root`` itself cannot be listed."""
+    out: list[str] = []
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    def walk(folder: str, prefix: str, seen: frozenset) -> None:
+        # scandir's DirEntry knows the file type from the listing itself: no stat per plain
+        # file, which is most of the listing time at 200,000 images
+        with os.scandir(folder) as entries:
+            for e in entries:
+                is_dir = e.is_dir()  # follows links
+                why = _skip_reason(e.name, is_dir)
+                if why:
+                    skip(why)
+                elif is_dir:
+                    st = e.stat()
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        skip("folder link loop")
+                        continue
+                    try:
+                        walk(e.path, f"{prefix}{e.name}/", seen | {key})
+                    except PermissionError:
+                        skip("unreadable folder")
+                elif e.is_file():
+                    if not e.name.lower().endswith(_SKIP_SUFFIXES):
+                        out.append(prefix + e.name)
+                elif e.is_symlink():
+                    skip("broken link")
+
+    st = os.stat(root)
+    walk(os.fspath(root), "", frozenset({(st.st_dev, st.st_ino)}))
+    out.sort()
+    return Listing(out, skipped)
 
 
 def list_images(root: Path) -> list[str]:
-    """Relative names of the image files below ``root``, sorted (hidden files/folders and
-    .csv/.json/.txt files left out)."""
-    out: list[str] = []
-
-    # scandir's DirEntry knows the file type from the directory listing itself: no stat per
-    # file, which is most of the listing time at 200,000 images.
-    def walk(folder: str, prefix: str) -> None:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    walk(e.path, f"{prefix}{e.name}/")
-                elif _is_listed(e.name) and e.is_file():  # not sockets, fifos, broken links
-                    out.append(prefix + e.name)
-
-    walk(os.fspath(root), "")
-    out.sort()
-    return out
+    """Relative names of the image files below ``root``, sorted (see :func:`scan_images`)."""
+    return scan_images(root).files
 
 
 def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
@@ -76,14 +139,17 @@ def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
     if not path.is_dir():
         raise InputError(f"{path}: holdout is not a folder")
     try:
-        files = list_images(path)
+        listing = scan_images(path)
     except OSError as e:
         raise InputError(f"{path}: cannot list holdout folder ({e.strerror or e})") from None
+    files = listing.files
     if not files:
-        raise InputError(f"{path}: holdout folder holds no images")
+        extra = f" ({listing.skipped_line()})" if listing.skipped else ""
+        raise InputError(f"{path}: holdout folder holds no images{extra}")
     random.Random(seed).shuffle(files)
     digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
-    return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest)
+    return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest,
+                   skipped=dict(listing.skipped))
 
 
 # --- making a holdout ----------------------------------------------------------------------
@@ -312,6 +378,8 @@ __all__ = [
     "Holdout",
     "labelled_sources",
     "list_images",
+    "Listing",
+    "scan_images",
     "make_holdout",
     "make_variant",
     "open_holdout",

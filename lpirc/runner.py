@@ -11,6 +11,7 @@ import hashlib
 import os
 import signal
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,19 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
 
 
+def _truth_note(gt: Path | None) -> str | None:
+    """The ground truth's own warning (labels that look 1-based), for the manifest's notes."""
+    if gt is None:
+        return None
+    import scoring
+
+    try:
+        notes = scoring.ground_truth_notes(gt)
+    except scoring.ScoringError:
+        return None
+    return "; ".join(notes) or None
+
+
 def _read_truth(gt: Path) -> dict[str, int]:
     import scoring
 
@@ -144,12 +158,21 @@ def _read_truth(gt: Path) -> dict[str, int]:
 
 
 def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
-    """Ground-truth rows naming no holdout image: they will count as wrong, so say so first."""
-    names = set(files)
-    missing = sorted(n for n in truth if n not in names)
+    """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
+    Names are matched by the scorer's own rule (scoring.names), so this note and the score
+    agree."""
+    from scoring.names import NameIndex
+
+    index = NameIndex(truth)
+    pos, _ = index.match_all(files)
+    hit = set(pos)
+    missing = sorted(n for i, n in enumerate(index.names) if i not in hit)
     if not missing:
         return None
-    few = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    # a name not in NFC is shown escaped: it would look the same as its NFC twin
+    few = ", ".join(m if unicodedata.is_normalized("NFC", m) else ascii(m)[1:-1]
+                    for m in missing[:3])
+    few += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     return (f"ground truth names {len(missing)} of its {len(truth)} images that are not in the "
             f"holdout (they count as unanswered): {few}")
 
@@ -174,6 +197,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         truth = _read_truth(gt) if gt is not None else None
         holdout = open_holdout(root, seed=settings.seed)
         gt_note = _coverage_note(truth, holdout.files) if truth is not None else None
+        pre_notes = [n for n in (gt_note, holdout.skipped_line(), _truth_note(gt)) if n]
         truth = None  # checked; the scorer reads it again after the run, workers gone
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -191,6 +215,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
             "holdout": {"path": str(root.resolve()),
                         "image_count": len(holdout.files), "order_seed": holdout.seed,
                         "files_sha256": holdout.files_sha256,
+                        "skipped": holdout.skipped,
                         "ground_truth": str(gt) if gt else None},
             "settings": settings.to_json(),
             "budget": budget.to_json(),
@@ -200,7 +225,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
             "inference_time_s": None,
             "energy": {"wh": None, "source": "pending", "method": energy_source_preview(ecfg)},
             "machine": machine_info(),
-            "notes": [gt_note] if gt_note else [],
+            "notes": list(pre_notes),
         }
         write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
@@ -242,7 +267,7 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         "images_late": outcome.late,
         "batch_used": ready.get("batch"),
         "preprocess": ready.get("preprocess"),
-        "notes": ([gt_note] if gt_note else []) + outcome.notes,
+        "notes": list(pre_notes) + outcome.notes,
     })
     if outcome.ready is None and outcome.status == "budget_exhausted":
         manifest["notes"].append("the budget ran out before any worker had loaded the model")
@@ -251,7 +276,9 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         manifest["notes"].append(f"run stopped: {outcome.error[1]}")
     if ready.get("model"):
         manifest["model"].update({k: v for k, v in ready["model"].items()
-                                  if k in ("input", "output", "num_classes", "ops")})
+                                  if k in ("input", "output", "outputs", "num_classes", "ops")})
+        out_t = ready["model"].get("output") or {}
+        manifest["model"]["output_used"] = out_t.get("signature_name") or out_t.get("name")
     if outcome.error:
         manifest["error"] = {"kind": outcome.error[0], "message": outcome.error[1]}
     write_json(out / MANIFEST, manifest)
