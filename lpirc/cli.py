@@ -253,16 +253,22 @@ def rules_cmd() -> None:
               help="Seed for the order, the subset and the variants.")
 @click.option("--force", is_flag=True, help="Write into a non-empty OUT folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="Labels of SRC's images "
+              "(CSV filename,label or 'filename label' lines, e.g. val_map.txt) instead of "
+              "<synset> names.")
 @friendly_errors
-def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet: bool) -> None:
+def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet: bool,
+                 ground_truth: Path | None) -> None:
     """Make an anonymised holdout OUT (img_000001.jpg ..., ground_truth.csv) from a labelled
-    folder SRC of <synset>_*.JPEG files or <synset>/ subfolders."""
+    folder SRC of <synset>_*.JPEG files or <synset>/ subfolders (or any, with --ground-truth)."""
     import time
 
     from lpirc.holdout import make_holdout
 
     t0 = time.perf_counter()
-    gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force)
+    gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force,
+                      ground_truth=ground_truth,
+                      on_note=lambda n: click.echo(f"lpirc: note: {n}", err=True))
     click.echo(f"wrote {count} images and {gt} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -386,9 +392,12 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON report path [default: ./<model stem>.check.json].")
 @click.option("--no-report", is_flag=True, help="Do not write the JSON report.")
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (best.json) as "
+              "for lpirc run: its preprocessing is checked too.")
+@preprocess_options
 @friendly_errors
 def submission_check(model, delegate, holdout, ground_truth, reference, limit, range_threshold,
-                     near_zero, max_drop, threads, timeout_s, report, no_report):
+                     near_zero, max_drop, threads, timeout_s, report, no_report, config, **pre):
     """Check that MODEL will run and is sensibly quantized: one line per check.
 
     Exit status: 0 when no check failed, 1 when one did, 2 for usage errors.
@@ -405,7 +414,9 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     rep = check_submission(model, delegate=delegate, holdout=holdout, ground_truth=ground_truth,
                            reference=reference, range_threshold=range_threshold,
                            near_zero_levels=near_zero, max_drop=max_drop, limit=limit,
-                           timeout_s=timeout_s, threads=threads, on_result=show)
+                           timeout_s=timeout_s, threads=threads, on_result=show,
+                           preprocess={k: v for k, v in pre.items() if v is not None},
+                           config=config)
     if not no_report:
         out = report or default_report_path(model)
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lpirc.errors import InputError
 
-_SKIP_SUFFIXES = (".csv", ".json", ".txt")
+_SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md")  # data and notes beside the images
 _SYNSET_RE = re.compile(r"^(n\d{8})(?:_|$)")
 _OUR_NAME_RE = re.compile(r"^img_\d{6,}\.[a-z0-9]+$")
 GROUND_TRUTH = "ground_truth.csv"
@@ -57,7 +57,7 @@ class Listing:
 
     Reasons: ``hidden`` (a name starting with "."), ``__MACOSX/`` (archive metadata folder),
     ``OS junk`` (Thumbs.db, desktop.ini, ...), ``folder link loop`` (a linked folder already
-    being listed), ``broken link``. Data files (.csv/.json/.txt) are not images and not counted."""
+    being listed), ``broken link``. Data files (.csv/.json/.txt/.md) are not images and not counted."""
 
     files: list  # relative names, "/"-separated, sorted
     skipped: dict
@@ -87,7 +87,7 @@ def scan_images(root) -> Listing:
 
     Every regular file below ``root`` (links to files and folders followed), sorted by its
     relative name, except: hidden files and folders, ``__MACOSX/``, OS junk files, and the
-    data files .csv/.json/.txt. A linked folder that is already being listed (a loop) is
+    data files .csv/.json/.txt/.md. A linked folder that is already being listed (a loop) is
     skipped. Raises OSError when ``root`` itself cannot be listed."""
     out: list[str] = []
     skipped: dict[str, int] = {}
@@ -161,19 +161,35 @@ def _known_synsets() -> frozenset[str]:
     return frozenset(synsets())
 
 
-def labelled_sources(src: str | os.PathLike) -> list[tuple[Path, str]]:
+def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | None = None,
+                     on_note=None) -> list[tuple[Path, str]]:
     """(file, synset) for every image of a labelled folder, sorted by path.
 
-    Accepts ``SRC/<synset>_*.ext`` files and ``SRC/<synset>/...`` subfolders (both at once too).
-    InputError naming the file/folder whose class cannot be told or is not an ILSVRC synset."""
+    Accepts ``SRC/<synset>_*.ext`` files and ``SRC/<synset>/...`` subfolders (both at once too),
+    or, with ``ground_truth`` (CSV or ``filename label`` lines such as MLPerf's val_map.txt),
+    any layout whose names the ground truth gives, matched by the scorer's rule
+    (scoring.names). Images are listed by :func:`scan_images`; ``on_note`` receives the line
+    saying what it skipped. InputError naming the file/folder whose class cannot be told, is not
+    an ILSVRC synset, or has no (or an ambiguous) ground-truth row."""
     root = Path(src)
     if not root.exists():
         raise InputError(f"{root}: source folder not found")
     if not root.is_dir():
         raise InputError(f"{root}: source is not a folder")
+    try:
+        listing = scan_images(root)
+    except OSError as e:
+        raise InputError(f"{root}: cannot list source folder ({e.strerror or e})") from None
+    if on_note is not None and listing.skipped_line():
+        on_note(f"{root}: {listing.skipped_line()}")
+    if not listing.files:
+        extra = f" ({listing.skipped_line()})" if listing.skipped else ""
+        raise InputError(f"{root}: source folder holds no images{extra}")
+    if ground_truth is not None:
+        return _labelled_by_truth(root, listing.files, Path(ground_truth))
     known = _known_synsets()
     out: list[tuple[Path, str]] = []
-    for rel in list_images(root):
+    for rel in listing.files:
         first = rel.split("/", 1)[0]
         if "/" in rel:
             synset, where = first, root / first
@@ -181,15 +197,36 @@ def labelled_sources(src: str | os.PathLike) -> list[tuple[Path, str]]:
             m = _SYNSET_RE.match(first)
             if not m:
                 raise InputError(
-                    f"{root / rel}: cannot tell the class (expected <synset>_*.JPEG or a "
-                    "<synset>/ folder)"
+                    f"{root / rel}: cannot tell the class (expected <synset>_*.JPEG, a "
+                    "<synset>/ folder, or --ground-truth)"
                 )
             synset, where = m.group(1), root / rel
         if synset not in known:
             raise InputError(f"{where}: {synset!r} is not an ILSVRC-2012 synset")
         out.append((root / rel, synset))
-    if not out:
-        raise InputError(f"{root}: source folder holds no images")
+    return out
+
+
+def _labelled_by_truth(root: Path, files: list[str], gt: Path) -> list[tuple[Path, str]]:
+    """(file, synset) from a ground truth, every listed image matched by scoring.names."""
+    import scoring
+    from scoring.names import AMBIGUOUS, NameIndex
+
+    try:
+        truth = scoring.read_ground_truth(gt)
+    except scoring.ScoringError as e:
+        raise InputError(str(e)) from None
+    names = scoring.synsets()
+    index = NameIndex(truth)
+    labels = list(truth.values())
+    out: list[tuple[Path, str]] = []
+    for rel in files:
+        i, rule = index.lookup(rel)
+        if i < 0:
+            why = ("matches several ground-truth rows" if rule == AMBIGUOUS
+                   else "has no ground-truth row")
+            raise InputError(f"{root / rel}: {why} in {gt}")
+        out.append((root / rel, names[labels[i]]))
     return out
 
 
@@ -287,15 +324,19 @@ def make_holdout(
     progress: bool = True,
     force: bool = False,
     workers: int | None = None,
+    ground_truth: str | os.PathLike | None = None,
+    on_note=None,
 ) -> Path:
     """Write ``count`` anonymised images and ``ground_truth.csv`` into ``out``; returns the CSV.
 
     Raises InputError (one line naming the file) for a bad source folder/file or output folder.
-    ``progress`` shows a tqdm bar on a terminal; ``workers`` defaults to min(2, CPU count)."""
+    ``progress`` shows a tqdm bar on a terminal; ``workers`` defaults to min(2, CPU count).
+    ``ground_truth`` labels the sources (see :func:`labelled_sources`); ``on_note`` receives
+    one-line notes (what the listing skipped)."""
     if int(count) < 1:
         raise InputError(f"--count must be at least 1, got {count}")
     count = int(count)
-    sources = labelled_sources(src)
+    sources = labelled_sources(src, ground_truth, on_note)
     out_dir = Path(out)
     created = not out_dir.exists()
     _prepare_out(out_dir, force)

@@ -184,6 +184,16 @@ def resolve_settings(values: dict[str, Any], explicit: set[str],
     return settings
 
 
+def resolve_preprocess(model: Path, values: dict[str, Any],
+                       config: Path | None = None) -> PreprocessOptions:
+    """The preprocessing ``lpirc run`` would use for ``model``: ``values`` (command-line
+    options, RunSettings names) over ``config`` over the model's sidecar over the defaults, by
+    the same rule as :func:`resolve_settings`. InputError naming the file of a bad value."""
+    given = {k: v for k, v in values.items() if v is not None}
+    merged = dict(given, model=Path(model), holdout=Path("."))
+    return resolve_settings(merged, set(given), config).preprocess
+
+
 def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> None:
     """Refuse values that would only fail inside a worker, or after the run (a sidecar or config
     file can carry them as well as the command line). InputError naming the setting, and the
