@@ -578,15 +578,16 @@ def side_prizes(results: list[tuple[float | None, float | None]], k_std: float =
     Returns:
         {prize name: indices into ``results`` of the winners} (empty lists when not awarded).
     """
-    idx = [i for i, (a, e) in enumerate(results) if a is not None and e is not None]
     out: dict[str, list[int]] = {PRIZE_LOW_ENERGY: [], PRIZE_HIGH_ACCURACY: []}
-    if len(idx) < MIN_PRIZE_FIELD:
+    th = prize_thresholds(results, k_std)
+    if th is None:
         return out
+    idx = [i for i, (a, e) in enumerate(results) if a is not None and e is not None]
     acc = np.array([results[i][0] for i in idx], dtype=float)
     wh = np.array([results[i][1] for i in idx], dtype=float)
     tol = 1e-12  # a threshold computed equal to a value must not miss it by rounding
-    high = acc >= acc.mean() + k_std * acc.std() - tol
-    low = wh <= wh.mean() - k_std * wh.std() + tol
+    high = acc >= th[0] - tol
+    low = wh <= th[1] + tol
     if high.any():
         best = wh[high].min()
         out[PRIZE_LOW_ENERGY] = [i for i, h, w in zip(idx, high, wh) if h and w <= best + tol]
@@ -594,3 +595,16 @@ def side_prizes(results: list[tuple[float | None, float | None]], k_std: float =
         best = acc[low].max()
         out[PRIZE_HIGH_ACCURACY] = [i for i, lo, a in zip(idx, low, acc) if lo and a >= best - tol]
     return out
+
+
+def prize_thresholds(results: list[tuple[float | None, float | None]],
+                     k_std: float = 1.0) -> tuple[float, float] | None:
+    """(accuracy at least, energy_wh at most) for the side prizes of :func:`side_prizes`: mean +
+    k_std x std of the accuracies, mean - k_std x std of the energies (population std), over the
+    entries with both; None when fewer than :data:`MIN_PRIZE_FIELD` have both."""
+    pairs = [(a, e) for a, e in results if a is not None and e is not None]
+    if len(pairs) < MIN_PRIZE_FIELD:
+        return None
+    acc = np.array([a for a, _ in pairs], dtype=float)
+    wh = np.array([e for _, e in pairs], dtype=float)
+    return float(acc.mean() + k_std * acc.std()), float(wh.mean() - k_std * wh.std())

@@ -47,6 +47,35 @@ def _resolve_gt(value, run_dir: Path) -> Path:
     return g
 
 
+def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which ground-truth image each answer is for, and which answers count.
+
+    Args:
+        images: the log's image names, in log order (n).
+        gt_names: the ground truth's file names, in its order.
+    Returns:
+        (pos, keep): pos (n,) int64, the ground-truth row of each answer (matched by name, else by
+        basename or stem where that names one row only), -1 when it names no ground-truth image;
+        keep, the indices of the answers that count (the first answer for each image), ascending.
+    """
+    gt_index = {name: i for i, name in enumerate(gt_names)}
+    n = len(images)
+    pos = np.fromiter((gt_index.get(img, -1) for img in images), dtype=np.int64, count=n)
+    if n and (pos < 0).any():
+        # second chance: the ground truth names files by basename or stem
+        by_base: dict[str, int] = {}
+        for i, name in enumerate(gt_names):
+            for key in {Path(name).name, Path(name).stem}:
+                by_base[key] = -2 if key in by_base and by_base[key] != i else i
+        for j in np.nonzero(pos < 0)[0]:
+            img = images[j]
+            hit = by_base.get(Path(img).name, by_base.get(Path(img).stem, -1))
+            pos[j] = hit if hit >= 0 else -1
+    idx = np.nonzero(pos >= 0)[0]
+    _, first = np.unique(pos[idx], return_index=True)
+    return pos, np.sort(idx[first])
+
+
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
                labels=None, **rule_options) -> dict:
     """Score one run under one rule set; returns the score.json object.
@@ -97,28 +126,14 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
 
     # --- match answers to the ground truth: vectorised over the log --------------------------
     gt_names = list(gt)
-    gt_index = {name: i for i, name in enumerate(gt_names)}
     gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
-    n = len(log)
-    pos = np.fromiter((gt_index.get(img, -1) for img in log.images), dtype=np.int64, count=n)
-    if n and (pos < 0).any():
-        # second chance: the ground truth names files by basename or stem
-        by_base: dict[str, int] = {}
-        for i, name in enumerate(gt_names):
-            for key in {Path(name).name, Path(name).stem}:
-                by_base[key] = -2 if key in by_base and by_base[key] != i else i
-        for j in np.nonzero(pos < 0)[0]:
-            img = log.images[j]
-            hit = by_base.get(Path(img).name, by_base.get(Path(img).stem, -1))
-            pos[j] = hit if hit >= 0 else -1
+    pos, keep = match_answers(log.images, gt_names)
     in_gt = pos >= 0
     n_unknown = int(np.count_nonzero(~in_gt))
     if n_unknown:
         names = [log.images[j] for j in np.nonzero(~in_gt)[0]]
         warnings.append(f"{log.path}: {n_unknown} answer(s) for images not in the ground truth, ignored: {_few(names)}")
     idx = np.nonzero(in_gt)[0]
-    _, first = np.unique(pos[idx], return_index=True)
-    keep = np.sort(idx[first])
     n_dup = len(idx) - len(keep)
     if n_dup:
         counts = Counter(pos[idx].tolist())

@@ -270,7 +270,7 @@ def real_runs(tmp_path_factory, reference_model, small_holdout) -> list[Path]:
     for seed in (0, 1):
         run = base / f"seed{seed}"
         r = lpirc("run", "--model", reference_model, "--holdout", small_holdout, "--out", run,
-                  "--seed", seed, "--quiet")
+                  "--seed", seed, "--quiet", "--no-report")
         assert r.returncode == 0, r.stderr
         out.append(run)
     return out
