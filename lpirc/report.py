@@ -93,24 +93,30 @@ class RunData:
             x = t[order]
         return order, x
 
+    def _late(self, order: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Late, in race order: logged late by lpirc run, or past the rule set's deadline."""
+        deadline = self.deadline_s()
+        late = self.late[self.keep[order]]
+        return late | (x > deadline) if deadline is not None else late
+
     def race_curves(self):
-        """(x, cumulative correct, cumulative answered) over the counted answers by time."""
+        """(x, cumulative correct in time, cumulative answered) over the counted answers by time."""
         got = self._race_x()
         if got is None:
             return None, None, None
         order, x = got
         k = self.keep[order]
-        right = (self.pred[k] == self.labels[k]) & ~self.error[k] if self.labels is not None \
-            else np.zeros(len(k), dtype=bool)
+        right = (self.pred[k] == self.labels[k]) & ~self.error[k] & ~self._late(order, x) \
+            if self.labels is not None else np.zeros(len(k), dtype=bool)
         return x, np.cumsum(right), np.arange(1, len(k) + 1)
 
     def late_points(self):
+        """(x, cumulative answered) of the late answers, or None without times."""
         got = self._race_x()
         if got is None:
             return None
         order, x = got
-        deadline = self.deadline_s()
-        late = self.late[self.keep[order]] | (x > deadline if deadline is not None else False)
+        late = self._late(order, x)
         return x[late], np.nonzero(late)[0] + 1
 
     def top1(self) -> float | None:

@@ -17,6 +17,7 @@ import re
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 MAX_POINTS = 1500  # points per curve: a 20,000-answer run is drawn at this resolution
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -67,6 +68,7 @@ def race(runs: list) -> tuple[str, str] | None:
     several = len(runs) > 1
     drawn = False
     notes = []
+    xmax = 0.0
     for i, r in enumerate(runs):
         x, correct, answered = r.race_curves()
         if x is None:
@@ -87,9 +89,13 @@ def race(runs: list) -> tuple[str, str] | None:
                     label="late answers (do not count)" if i == 0 or not several else None)
         if not several:
             _mark_unanswered(ax, x, answered, total, _color(i))
-        _mark_deadline(ax, r, x, i, several)
+        reach, off = _mark_deadline(ax, r, x, i, several)
+        xmax = max(xmax, reach)
+        if off:
+            notes.append(off)
     if not drawn:
         return None
+    ax.set_xlim(0, xmax or 1.0)
     ax.set_xlabel(runs[0].race_xlabel())
     ax.set_ylabel("% of holdout images" if several else "images")
     ax.set_ylim(bottom=0)
@@ -114,23 +120,26 @@ def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color:
                 fontsize=8, color="#333")
 
 
-def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> None:
+def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, str | None]:
+    """Draw the run's deadline. Returns (how far the x axis must reach, a caption note where
+    the deadline is off the chart and several runs share it)."""
     deadline = r.deadline_s()
-    if deadline is None:
-        return
     end = float(x[-1]) if len(x) else 0.0
+    if deadline is None:
+        return end * 1.05, None
     if end >= 0.25 * deadline:  # the budget fits on the axis: draw it to scale
         ax.axvline(deadline, color="#d62728", lw=1.2)
-        ax.text(deadline, ax.get_ylim()[1] * (0.95 - 0.07 * i), f" deadline {deadline:g} s",
-                color="#d62728", fontsize=7, ha="right" if end > deadline else "left", va="top")
-        ax.set_xlim(0, max(end, deadline) * 1.03)
-    else:  # the run used a sliver of the budget: say where the deadline is, off the chart
-        ax.set_xlim(0, max(ax.get_xlim()[1], end * 1.1))
-        used = 100.0 * end / deadline if deadline else 0.0
-        ax.annotate(f"{r.name + ': ' if several else ''}deadline at {deadline:g} s, off the chart \u2192 "
-                    f"(the run ended at {end:.3g} s: {used:.2g} % of the budget)",
-                    xy=(0.02, 0.88 - 0.07 * i), xycoords="axes fraction", ha="left", va="top",
-                    fontsize=7, color="#d62728")
+        ax.text(deadline, 0.95 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s",
+                transform=ax.get_xaxis_transform(), color="#d62728", fontsize=7,
+                ha="right" if end > deadline else "left", va="top")
+        return max(end, deadline) * 1.03, None
+    if several:  # a sliver of the budget: the deadline is off the chart
+        return end * 1.1, f"{r.name}: deadline at {deadline:g} s, off the chart (the run ended at {end:.3g} s)"
+    used = 100.0 * end / deadline if deadline else 0.0
+    ax.annotate(f"deadline at {deadline:g} s, off the chart \u2192 "
+                f"(the run ended at {end:.3g} s: {used:.2g} % of the budget)",
+                xy=(0.02, 0.88), xycoords="axes fraction", ha="left", va="top", fontsize=7, color="#d62728")
+    return end * 1.1, None
 
 
 # --- throughput per worker --------------------------------------------------------------------
@@ -195,7 +204,9 @@ def latency(runs: list) -> tuple[str, str] | None:
             continue
         drawn = True
         hi = float(np.percentile(allv, 99.5))
-        edges = np.linspace(0.0, max(hi, 1e-3), 50)
+        lo = float(allv.min())
+        lo = 0.0 if lo < 0.25 * hi else lo - 0.05 * (hi - lo)  # zoom in on a narrow spread
+        edges = np.linspace(lo, max(hi, lo + 1e-3), 50)
         for i, v in enumerate(vals):
             if not v.size:
                 continue
@@ -210,7 +221,7 @@ def latency(runs: list) -> tuple[str, str] | None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("ms")
         ax.set_ylabel("images")
-        ax.legend(fontsize=6.5, loc="upper right")
+        ax.legend(fontsize=6.5, loc="best")
     if not drawn:
         return None
     cap = ("Per-image latency (decode + preprocess + inference, in the worker) and inference "
@@ -265,7 +276,11 @@ def confusion(run) -> tuple[str, str] | None:
         m[trues.index(p["true_name"]), preds.index(p["predicted_name"])] = p["count"]
     fig, (ax,) = _fig(7.5, 1.2 + 0.3 * len(trues))
     ax.grid(False)
-    ax.imshow(np.where(m > 0, m, np.nan), cmap="Reds", aspect="auto", vmin=0)
+    # vector cells (pcolormesh), not imshow's embedded PNG: the page holds no image data URL
+    ax.pcolormesh(np.arange(len(preds) + 1) - 0.5, np.arange(len(trues) + 1) - 0.5,
+                  np.ma.masked_equal(m, 0), cmap="Reds", vmin=0, edgecolors="white", linewidth=0.5)
+    ax.set_xlim(-0.5, len(preds) - 0.5)
+    ax.set_ylim(len(trues) - 0.5, -0.5)
     ax.set_xticks(range(len(preds)), [_short(p) for p in preds], rotation=35, ha="right", fontsize=7)
     ax.set_yticks(range(len(trues)), [_short(t) for t in trues], fontsize=7)
     for (i, j), c in np.ndenumerate(m):
@@ -320,7 +335,7 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
         if a is None:
             continue
         if t:
-            ax_t.plot([t], [100 * a], "o", color=_color(i), label=r.name)
+            ax_t.plot([t], [100 * a], "o", color=_color(i))
             ax_t.annotate(r.name, (t, 100 * a), textcoords="offset points", xytext=(4, 3), fontsize=7)
         if e:
             ax_e.plot([e], [100 * a], "o", color=_color(i))
@@ -335,9 +350,12 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
         grid = np.geomspace(min(ts) / 2, max(ts) * 2, 100)
         ax_t.plot(grid, k * np.log(grid) + a0, color="#555", lw=1, ls="--",
                   label=f"OVIC 2019 frontier {k:g} ln t + {a0:g}")
-        ax_t.legend(fontsize=7)
-    for ax in (ax_t, ax_e):
-        ax.set_xscale("log")
+        ax_t.legend(fontsize=7, loc="lower right")
+    es = [e for _, _, _, e in pts if e]
+    for ax, xs in ((ax_t, ts), (ax_e, es)):
+        if xs and max(xs) > 10 * min(xs):  # log only where the runs span a decade
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("top-1 (%)")
     ax_t.set_xlabel("mean inference time per image (ms)")
     ax_e.set_xlabel("energy of the run (Wh)")
