@@ -3,8 +3,11 @@ written the way `lpirc run` writes them with hand-computed standings and side pr
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -320,3 +323,81 @@ for i in range(25):
     assert len(lb.entries(conn)) == 50
     assert [r.place for r in lb.standings(conn)][:2] == [1, 1]  # 24/25 on both devices
     conn.close()
+
+
+# --- lpirc leaderboard (the command line) -----------------------------------------------------
+
+
+def test_cli_add_show_remove(tmp_path, field_runs):
+    db = tmp_path / "cli.sqlite"
+    runs = [field_runs[k] for k in "ABCDEF"]
+    r = lpirc("leaderboard", "add", *runs, tmp_path / "missing", "--db", db)
+    assert r.returncode == 5  # the bad one is an error line, the six others are in
+    assert r.stderr.strip().splitlines() == [f"lpirc: error: {tmp_path / 'missing'}: no such file or folder"]
+    assert r.stdout.count("added ") == 6
+    r = lpirc("leaderboard", "add", field_runs["A"], "--db", db)
+    assert r.returncode == 0 and r.stdout.startswith("already there")
+
+    table = lpirc("leaderboard", "show", "--db", db)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    ranked = [ln.split()[:3] for ln in lines if re.match(r"\s+\d+\s+[A-F]\s", ln)]
+    assert ranked == [["1", "E", "2.5"], ["2", "D", "1.2"], ["2", "F", "1.2"], ["4", "C", "1.125"],
+                      ["5", "B", "1.111"], ["6", "A", "1"]]
+    assert "least energy with high accuracy: B (lowest energy among top-1 >= mean + 1 std = 98.39 %)" in table.stdout
+    assert "highest accuracy with low energy: E (highest top-1 among energy <= mean - 1 std = 0.2969 Wh)" in table.stdout
+
+    data = json.loads(lpirc("leaderboard", "show", "--db", db, "--format", "json", "--rules", "ovic-2018").stdout)
+    assert data["rules"] == "ovic-2018" and data["std"].startswith("population")
+    assert [(s["submission"], s["place"], s["rescored"]) for s in data["standings"]][:3] == [
+        ("A", 1, True), ("B", 1, True), ("C", 3, True)]
+    rows = list(csv.DictReader(io.StringIO(lpirc("leaderboard", "show", "--db", db, "--format", "csv").stdout)))
+    assert [(row["submission"], row["place"], row["prizes"]) for row in rows][:2] == [
+        ("E", "1", lb.PRIZE_HIGH_ACCURACY), ("D", "2", "")]
+    assert all(row["holdout_sha256"] == "h" * 64 and row["energy_label"] == "estimated" for row in rows)
+
+    uid = next(row["uid"] for row in rows if row["submission"] == "E")
+    r = lpirc("leaderboard", "remove", uid[:10], "--db", db)
+    assert r.returncode == 0 and r.stdout.startswith(f"removed  {uid[:12]}  E")
+    r = lpirc("leaderboard", "remove", uid[:10], "--db", db)
+    assert r.returncode == 5 and "no entry's uid starts with" in r.stderr
+    assert "  E  " not in lpirc("leaderboard", "show", "--db", db).stdout
+
+
+def test_cli_show_errors(tmp_path):
+    r = lpirc("leaderboard", "show", "--db", tmp_path / "none.sqlite")
+    assert r.returncode == 5 and "no standings database here" in r.stderr
+    assert not (tmp_path / "none.sqlite").exists()  # show never creates one
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("x" * 4096)
+    r = lpirc("leaderboard", "show", "--db", bad)
+    assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {bad}: not a SQLite database (expected an lpirc standings database)"
+
+
+def test_cli_db_from_environment(tmp_path, field_runs):
+    env = {"LPIRC_DB": str(tmp_path / "env.sqlite")}
+    assert lpirc("leaderboard", "add", field_runs["A"], env=env).returncode == 0
+    assert (tmp_path / "env.sqlite").is_file()
+    assert "  A  " in lpirc("leaderboard", "show", env=env).stdout
+
+
+def test_standings_page_in_chromium(tmp_path, field_runs):
+    from chromium import PROBE_JS, Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): browser check skipped")
+    db = tmp_path / "page.sqlite"
+    lpirc("leaderboard", "add", *field_runs.values(), "--team", "<b>team</b>", "--db", db)
+    out = tmp_path / "standings.html"
+    r = lpirc("leaderboard", "show", "--db", db, "--format", "html", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "&lt;b&gt;team&lt;/b&gt;" in out.read_text()
+    browser = Chromium(binary)
+    try:
+        visit = browser.visit(out, PROBE_JS)
+    finally:
+        browser.close()
+    assert visit.requests == [] and visit.errors == [] and visit.probe["external"] == 0
+    assert "least energy with high accuracy" in visit.probe["text"]
+    assert visit.probe["tables"] == 1
