@@ -394,3 +394,8 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     verdict = "FAILED" if rep.failed else "ok"
     click.echo(f"{Path(model).name}: {verdict}")
     sys.exit(1 if rep.failed else 0)
+
+
+from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its package)
+
+main.add_command(referee)
