@@ -29,6 +29,9 @@ from lpirc.referee.store import Answer, PowerReading, SessionRow, Store, Team
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
 METER_SESSION_S = 366 * 24 * 3600.0  # a meter's login lasts until it logs out
+#: After a session ends, how long scoring waits for a meter that is logging the team to post a
+#: reading at or after the end (readings arrive after the moment they measure).
+METER_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ class Referee:
             raise ProtocolError(401, P.INVALID_TOKEN) from None
         live = self.live.get(sid)
         if live is None:
-            raise ProtocolError(401, f"{P.INVALID_TOKEN}: the session has ended")
+            raise self._ended(sid)
         if now >= live.row.deadline:
             self.close(sid, live.row.deadline, "time_limit")
             raise ProtocolError(401, P.TIME_UP)
@@ -168,6 +171,14 @@ class Referee:
             raise ProtocolError(403, f"This call is for the {kind} account, not for "
                                      f"{live.row.team} ({live.row.kind})")
         return live
+
+    def _ended(self, sid: int) -> ProtocolError:
+        """401 for a token whose session is closed, saying why."""
+        row = self.store.session(sid) if isinstance(sid, int) else None
+        if row is not None and row.end_reason == "time_limit":
+            return ProtocolError(401, P.TIME_UP)
+        return ProtocolError(401, f"{P.INVALID_TOKEN}: the session has ended"
+                                  + (f" ({row.end_reason})" if row is not None else ""))
 
     # --- images ------------------------------------------------------------------------------
 
@@ -187,7 +198,7 @@ class Referee:
         401 when the session was closed meanwhile (nothing stored)."""
         with self._lock:  # a session is never closed (and scored) half-way through a batch
             if live.row.id not in self.live:
-                raise ProtocolError(401, f"{P.INVALID_TOKEN}: the session has ended")
+                raise self._ended(live.row.id)
             return self.store.add_answers(live.row.id, answers, now)
 
     def set_self_energy(self, live: Live, wh: float, method: str) -> None:
@@ -217,15 +228,29 @@ class Referee:
             self.close(row.id, row.deadline, "time_limit")
         return [row.id for row in due]
 
-    def score_pending(self) -> list[dict]:
+    def score_pending(self, now: float | None = None) -> list[dict]:
         """Score every ended team session that has no score yet (after a logout, a time limit,
-        or a restart that found some). Returns the scores made."""
+        or a restart that found some). A session whose team a meter is logging waits up to
+        METER_GRACE_S after its end for the reading that covers the end (it stays pending and
+        ``unscored`` stays set). Returns the scores made."""
+        now = time.time() if now is None else now
         out = []
         with self._score_lock:
             for row in self.store.sessions(kind="team"):
-                if row.ended is not None and row.score is None:
-                    out.append(self.score(row))
+                if row.ended is None or row.score is not None:
+                    continue
+                if self._meter_behind(row, now):
+                    self.unscored = True
+                    continue
+                out.append(self.score(row))
         return out
+
+    def _meter_behind(self, row: SessionRow, now: float) -> bool:
+        end = min(row.ended, row.deadline)
+        if now - end >= METER_GRACE_S:
+            return False
+        times = [t for t, _, _ in self.store.power(row.team_id)]
+        return bool(times) and times[-1] >= row.started - METER_GRACE_S and times[-1] < end
 
     def score(self, row: SessionRow) -> dict:
         """Score one ended session with ``scoring`` and store it; see :func:`score_session`."""
@@ -323,6 +348,7 @@ def score_session(store: Store, row: SessionRow, root: Path, files: list[str], g
     score = scoring.score_path(out, gt, row.rules, **opts)
     score.update({"team": row.team, "attempt": row.attempt, "session_id": row.id,
                   "end_reason": row.end_reason, "energy_source": energy["source"],
+                  "energy_method": energy["method"],
                   "answers_duplicate": dups, "top5": None})
     score["source"].update({"energy_wh": energy["source"],
                             "top5": "n/a: the referee receives one class per image",
