@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -319,3 +321,35 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
     r = lpirc("referee", "results", "--db", str(db))
     assert r.returncode == 0 and "no scored session yet" in r.stdout
+
+
+def test_original_sample_client_pycurl(holdout, tmp_path):
+    """The sample client's pycurl calls (tests/referee_sample_client.py), unchanged protocol:
+    every image by /image and by /zipimages, answers with boxes five per POST, logout."""
+    pytest.importorskip("pycurl")
+    root, by_sha = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "lpirc", "pass")
+    truth = {name: scoring.synset_index(label) for name, label in read_gt(root).items()}
+    with Referee(root, db) as ref:
+        host, port = ref.url[len("http://"):].split(":")
+        im, tmp = tmp_path / "images", tmp_path / "temp"
+        im.mkdir()
+        tmp.mkdir()
+        # the answers: right for the first 100 images by the client's own downloads
+        golden = tmp_path / "golden_output.csv"
+        proc_args = [sys.executable, str(Path(__file__).with_name("referee_sample_client.py")),
+                     "--ip", host, "--port", port, "--user", "lpirc", "--pass", "pass",
+                     "--in", str(golden), "--im_dir", str(im), "--temp_dir", str(tmp)]
+        # the client's login joins this open session: read its numbering to write right answers
+        token = ref.login("lpirc", "pass")
+        order = numbering(ref, token, by_sha)
+        golden.write_text("".join(f"{k} {truth[order[k]]} 0.9 1 2 3 4\n" for k in range(1, 101)))
+        r = subprocess.run(proc_args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "images 130 fetched one by one, 130 in zips, 100 answers posted" in r.stdout
+        assert sorted(by_sha[sha((im / f"{k}.jpg").read_bytes())] for k in range(1, 131)) == \
+            sorted(by_sha.values())
+        row = wait_for(lambda: results_json(db))[0]
+    assert row["answered"] == 100 and row["top1"] == pytest.approx(100 / 130)
+    assert answers(db)[0][3:7] == ["1.0", "2.0", "3.0", "4.0"]
