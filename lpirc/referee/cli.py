@@ -52,6 +52,9 @@ def referee() -> None:
 def serve_cmd(holdout, ground_truth, time_limit_s, db, host, port, rules, attempts, class_id_base,
               runs_dir, standings_db, max_body_mib) -> None:
     """Serve the holdout to teams' devices until Ctrl-C; score each session when it ends."""
+    from lpirc.referee import require_extra
+
+    require_extra("starlette", "uvicorn", "itsdangerous")
     from lpirc.referee.core import RefereeConfig
     from lpirc.referee.server import serve
 
