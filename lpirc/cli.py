@@ -441,3 +441,7 @@ from lpirc.cli_pages import leaderboard as _leaderboard, report_cmd as _report_c
 
 main.add_command(_report_cmd)
 main.add_command(_leaderboard)
+
+from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its package)
+
+main.add_command(referee)
