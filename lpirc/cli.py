@@ -394,3 +394,10 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     verdict = "FAILED" if rep.failed else "ok"
     click.echo(f"{Path(model).name}: {verdict}")
     sys.exit(1 if rep.failed else 0)
+
+
+# --- lpirc fleet (lpirc/fleet.py; Ray is imported only when a fleet command runs) ------------
+
+from lpirc.fleet import fleet_group  # noqa: E402
+
+main.add_command(fleet_group)
