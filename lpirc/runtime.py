@@ -632,7 +632,14 @@ def top_k(scores_row, k: int, num_classes: int) -> tuple[list[int], list[float]]
     k = max(0, min(int(k), s.size))
     if k == 0:
         return [], []
-    order = np.lexsort((np.arange(s.size), -s))[:k]
+    if s.size > 4 * k and not np.isnan(s).any():
+        # only the values >= the k-th largest need sorting (a partition is linear): the same
+        # order as a full sort, ties broken by the lower index
+        kth = np.partition(s, s.size - k)[s.size - k]
+        cand = np.flatnonzero(s >= kth)
+        order = cand[np.lexsort((cand, -s[cand]))][:k]
+    else:  # NaN sorts last in the full sort; a partition would not place it so
+        order = np.lexsort((np.arange(s.size), -s))[:k]
     shift = 1 if int(num_classes) == 1001 else 0
     return [int(i) - shift for i in order], [float(s[i]) for i in order]
 
