@@ -1,19 +1,23 @@
 """The ``lpirc`` command line. Parsing and printing only: the work is done by the modules it calls.
 
-Heavy modules (LiteRT, TensorFlow, Pillow) are imported inside the commands that need them, so
-``lpirc score`` and ``lpirc rules`` run where only numpy is installed.
+Modules that pull in Pillow, OpenCV, LiteRT or TensorFlow (runner, tune, settings, holdout,
+submission.*) are imported inside the commands that need them, so ``lpirc score`` and ``lpirc
+rules`` run where only numpy is installed; everything light is imported here, at the top.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
+import scoring
 from lpirc import __version__
-from lpirc.errors import EXIT_INTERRUPTED, LpircError
+from lpirc.errors import EXIT_INTERRUPTED, InputError, LpircError
 
 
 def friendly_errors(fn):
@@ -165,8 +169,6 @@ def format_run_summary(outcome) -> str:
     ]
     lines += [f"note            {n}" for n in outcome.notes]
     if outcome.score is not None:
-        import scoring
-
         lines += ["", scoring.format_table([outcome.score])]
     else:
         e = m.get("energy") or {}
@@ -203,11 +205,6 @@ def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_op
     PATHS: run folders (results.jsonl + manifest.json), bare results.jsonl files, or LPIRC referee
     result files (image_id class_id confidence per row). Needs only numpy.
     """
-    import json
-
-    import scoring
-    from lpirc.errors import InputError
-
     # one bad run folder must not cost the leaderboard the others: score them, then fail (exit 5)
     scores, errors = [], []
     for p in paths:
@@ -239,8 +236,6 @@ def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_op
 @friendly_errors
 def rules_cmd() -> None:
     """List the rule sets `lpirc score --rules` knows, with their source year."""
-    import scoring
-
     width = max(len(n) for n in scoring.RULES)
     for name, r in scoring.RULES.items():
         click.echo(f"{name:<{width}}  {r.year:<9}  {r.describe()}  [{r.source}]")
@@ -266,8 +261,6 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
                  ground_truth: Path | None) -> None:
     """Make an anonymised holdout OUT (img_000001.jpg ..., ground_truth.csv) from a labelled
     folder SRC of <synset>_*.JPEG files or <synset>/ subfolders (or any, with --ground-truth)."""
-    import time
-
     from lpirc.holdout import make_holdout
 
     t0 = time.perf_counter()
@@ -357,8 +350,6 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
     path = build_submission(out, representative, saved_model=saved_model, keras_model=keras_file,
                             dtype=dtype, num_images=num_images, crop_fraction=crop_fraction,
                             mean=mean, std=std, progress=not quiet)
-    import json
-
     meta = json.loads(sidecar_path(path).read_text())
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {dtype} in/out, "
                f"{meta['input']['height']}x{meta['input']['width']}, {meta['classes']} classes, "
