@@ -50,7 +50,6 @@ SHARED = REPO.parent / "shared" / "data"
 DEFAULT_SRC = SHARED / "imagenet-dev"
 DEFAULT_MODEL = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 DEFAULT_CACHE = REPO / "bench" / ".cache"
-IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 GOALS = {
     "tuned_vs_hand": 1.4,
@@ -73,9 +72,11 @@ def log(msg: str) -> None:
 
 
 def _list_images(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root)
-                  if e.is_file() and not e.name.startswith(".")
-                  and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS)
+    """The images below ``root`` by lpirc's one listing rule (lpirc.holdout.scan_images), so
+    the contenders and lpirc run answer the same files."""
+    from lpirc.holdout import scan_images  # imported here: the module level stays lpirc-free
+
+    return scan_images(root).files
 
 
 def _interpreter(model: str, threads: int):
@@ -347,7 +348,7 @@ def enlarge_holdout(base: Path, cache: Path, factor: int) -> Path:
     rows = []
     for k in range(factor):
         for n in names:
-            dst = f"r{k}_{n}"
+            dst = f"r{k}_{n.replace('/', '_')}"
             try:
                 os.link(base / n, tmp / dst)
             except OSError:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lpirc.clock import Budget, Stopwatch
+from lpirc.preprocess import PreprocessOptions
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
@@ -48,12 +49,7 @@ class WorkerJob:
     batch: int
     delegate: str
     decode_threads: int
-    crop_fraction: float
-    resize: str
-    mean: float
-    std: float
-    decode: str
-    max_image_pixels: int
+    preprocess: PreprocessOptions  # checked once, in RunSettings
 
 
 def _worker_main(job: WorkerJob, conn: Connection) -> None:
@@ -80,14 +76,15 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
     import PIL
 
     from lpirc.errors import DelegateError, LpircError, ModelError
-    from lpirc.preprocess import PreprocessSpec, resize_backend
+    from lpirc.preprocess import InputShapeError, resize_backend
 
     try:
         from lpirc import runtime
 
         rt = runtime.load_runtime()
         model = runtime.open_model(job.model, threads=job.threads, delegate=job.delegate,
-                                   batch=job.batch, runtime=rt)
+                                   batch=job.batch, runtime=rt, output=job.preprocess.output,
+                                   input_size=job.preprocess.input_size)
     except DelegateError as e:
         conn.send(("fatal", "delegate", str(e)))
         return
@@ -102,40 +99,22 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         return
 
     info = model.info
-    shape = list(info.input.shape)
-    problem = None
-    if len(shape) != 4 or shape[3] != 3:
-        problem = f"input {shape} is not one [1, H, W, 3] image"
-    elif info.num_classes not in (1000, 1001):
-        # its answers could not be ILSVRC-2012 classes: refuse rather than score them as such
-        problem = (f"output has {info.num_classes} classes; an LPIRC submission answers the "
-                   "1000 ILSVRC-2012 classes (1000 outputs, or 1001 with background at 0)")
-    if problem is not None:
-        conn.send(("fatal", "model", f"{Path(job.model).name}: {problem}"))
-        return
     try:
-        spec = PreprocessSpec(
-            height=int(info.input.shape[1]), width=int(info.input.shape[2]),
-            dtype=info.input.dtype, crop_fraction=job.crop_fraction, resize=job.resize,
-            mean=job.mean, std=job.std, decode=job.decode, max_image_pixels=job.max_image_pixels,
-        )
-    except (ValueError, IndexError) as e:  # an input lpirc cannot feed, e.g. int16 or not 4-D
-        conn.send(("fatal", "model", f"{Path(job.model).name}: input {list(info.input.shape)} "
-                                     f"{info.input.dtype} cannot be fed images ({e})"))
+        spec = job.preprocess.spec_for_model(info)
+    except InputShapeError as e:  # an input lpirc cannot feed, or not 1000 classes
+        conn.send(("fatal", "model", f"{Path(job.model).name}: {e}"))
         return
     conn.send(("ready", {
         "model": _jsonable(dataclasses.asdict(info)),
         "runtime": {"name": rt.name, "version": rt.version},
         "delegate_ran": getattr(model, "delegate_ran", job.delegate),
         "batch": getattr(model, "batch", 1),
-        "note": getattr(model, "note", None),
+        "note": _join_notes(getattr(model, "note", None), info.output_note),
         "pid": os.getpid(),
-        "preprocess": {"height": spec.height, "width": spec.width, "dtype": spec.dtype,
-                       "crop_fraction": spec.crop_fraction, "resize": spec.resize,
-                       "resize_backend": resize_backend() if spec.resize == "bilinear"
-                       else f"pillow {PIL.__version__} resize(BILINEAR)",
-                       "decode": f"pillow {PIL.__version__} ({spec.decode})",
-                       "mean": spec.mean, "std": spec.std},
+        "preprocess": dict(spec.to_json(),
+                           resize_backend=resize_backend() if spec.resize == "bilinear"
+                           else f"pillow {PIL.__version__} resize(BILINEAR)",
+                           decode=f"pillow {PIL.__version__} ({spec.decode})"),
     }))
 
     root = Path(job.holdout)
@@ -169,6 +148,10 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
             conn.send(("fatal", "model", f"{job.model}: fails on invoke ({type(e).__name__}: {e})"))
             return
         conn.send(("done", chunk_id, answers))
+
+
+def _join_notes(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
 
 
 def _load(path: Path, spec) -> tuple[Any, str | None, float]:
@@ -312,9 +295,7 @@ def _spawn(pool: WorkerPool) -> None:
     job = WorkerJob(
         worker_id=pool.next_wid, model=str(st.model), holdout=str(pool.root),
         threads=st.threads, batch=st.batch, delegate=st.delegate,
-        decode_threads=pool.decode_threads, crop_fraction=st.crop_fraction,
-        resize=st.resize, mean=st.mean, std=st.std,
-        decode=st.decode, max_image_pixels=st.max_image_pixels,
+        decode_threads=pool.decode_threads, preprocess=st.preprocess,
     )
     parent_end, child_end = pool.ctx.Pipe(duplex=True)
     proc = pool.ctx.Process(target=_worker_main, args=(job, child_end), daemon=True,

@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -160,6 +161,17 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
 
 
+def _truth_note(gt: Path | None) -> str | None:
+    """The ground truth's own warning (labels that look 1-based), for the manifest's notes."""
+    if gt is None:
+        return None
+    try:
+        notes = scoring.ground_truth_notes(gt)
+    except scoring.ScoringError:
+        return None
+    return "; ".join(notes) or None
+
+
 def _read_truth(gt: Path) -> dict[str, int]:
     try:
         return scoring.read_ground_truth(gt, cache=False)
@@ -168,12 +180,21 @@ def _read_truth(gt: Path) -> dict[str, int]:
 
 
 def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
-    """Ground-truth rows naming no holdout image: they will count as wrong, so say so first."""
-    names = set(files)
-    missing = sorted(n for n in truth if n not in names)
+    """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
+    Names are matched by the scorer's own rule (scoring.names), so this note and the score
+    agree."""
+    from scoring.names import NameIndex
+
+    index = NameIndex(truth)
+    pos, _ = index.match_all(files)
+    hit = set(pos)
+    missing = sorted(n for i, n in enumerate(index.names) if i not in hit)
     if not missing:
         return None
-    few = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    # a name not in NFC is shown escaped: it would look the same as its NFC twin
+    few = ", ".join(m if unicodedata.is_normalized("NFC", m) else ascii(m)[1:-1]
+                    for m in missing[:3])
+    few += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     return (f"ground truth names {len(missing)} of its {len(truth)} images that are not in the "
             f"holdout (they count as unanswered): {few}")
 
@@ -188,14 +209,14 @@ def _run(plan: _Plan) -> RunOutcome:
     pool = start_workers(settings, plan.root, plan.exclusive)
     made_out = not out.exists()
     try:
-        source, gt_note = _open_source(plan)
+        source, pre_notes = _open_source(plan)
         budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
                         source.total or 0)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-        manifest = _start_manifest(plan, source, budget, start_utc, gt_note)
+        manifest = _start_manifest(plan, source, budget, start_utc, pre_notes)
         write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
     except BaseException:  # bad holdout, or Ctrl-C before the first image was handed out
@@ -219,7 +240,7 @@ def _run(plan: _Plan) -> RunOutcome:
                       tuple(manifest["notes"]))
 
 
-def _open_source(plan: _Plan) -> tuple[ImageSource, str | None]:
+def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
     """The run's source (the holdout listed now, after the workers forked, unless one was
     given) and the ground-truth coverage note. The ground truth is read only now too: the
     processes that run the model never hold the labels; malformed, it is still refused before
@@ -229,8 +250,11 @@ def _open_source(plan: _Plan) -> tuple[ImageSource, str | None]:
     if source is None:
         source = FolderSource(plan.root, seed=plan.settings.seed)
     files = getattr(source, "files", None)  # a source listed up front
-    note = _coverage_note(truth, files) if truth is not None and files is not None else None
-    return source, note  # truth checked and dropped; the scorer reads it again after the run
+    cover = _coverage_note(truth, files) if truth is not None and files is not None else None
+    holdout = getattr(source, "holdout", None)
+    skipped = holdout.skipped_line() if holdout is not None else None
+    notes = [n for n in (cover, skipped, _truth_note(plan.gt)) if n]
+    return source, notes  # truth checked and dropped; the scorer reads it again after the run
 
 
 def _remove_unstarted(out: Path, made_out: bool) -> None:
@@ -251,11 +275,12 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "image_count": source.total,
             "order_seed": holdout.seed if holdout is not None else None,
             "files_sha256": sha() if callable(sha) else None,
+            "skipped": holdout.skipped if holdout is not None else {},
             "ground_truth": str(plan.gt) if plan.gt else None}
 
 
 def _start_manifest(plan: _Plan, source: ImageSource, budget: Budget, start_utc: str,
-                    gt_note: str | None) -> dict[str, Any]:
+                    pre_notes: list[str]) -> dict[str, Any]:
     """manifest.json as written when the run starts (status ``running``)."""
     s, model_path = plan.settings, plan.model_path
     return {
@@ -275,7 +300,7 @@ def _start_manifest(plan: _Plan, source: ImageSource, budget: Budget, start_utc:
         "energy": {"wh": None, "source": "pending",
                    "method": energy_source_preview(plan.energy_config)},
         "machine": machine.machine_info(),
-        "notes": [gt_note] if gt_note else [],
+        "notes": list(pre_notes),
     }
 
 
@@ -335,7 +360,9 @@ def _finish_manifest(manifest: dict[str, Any], plan: _Plan, source: ImageSource,
             manifest["budget"] = outcome.budget.to_json()
     if ready.get("model"):
         manifest["model"].update({k: v for k, v in ready["model"].items()
-                                  if k in ("input", "output", "num_classes", "ops")})
+                                  if k in ("input", "output", "outputs", "num_classes", "ops")})
+        out_t = ready["model"].get("output") or {}
+        manifest["model"]["output_used"] = out_t.get("signature_name") or out_t.get("name")
     if outcome.error:
         manifest["error"] = {"kind": outcome.error[0], "message": outcome.error[1]}
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from scoring._io import ScoringError, read_ground_truth, read_label_names, read_log, read_manifest, synsets
+from scoring._io import (ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
+                         read_log, read_manifest, synsets, top_scores)
+from scoring.names import AMBIGUOUS, NameIndex, describe_loose
 from scoring.rules import ALL_OPTIONS, RULES, Evaluation
 
 _MAX_NAMED = 5  # names listed in one warning
@@ -40,6 +43,36 @@ def _locate(path) -> tuple[Path, Path | None]:
     return p, None
 
 
+#: "Near 0": top-5 at most this on at least _MIN_CONFIDENT answers whose median best score is
+#: at least _CONFIDENT (a softmax): a model that sure of itself is not that wrong by chance
+#: (chance top-5 is 0.5 %); the labels are in another order.
+_NEAR_ZERO_TOP5 = 0.02
+_CONFIDENT = 0.5
+_MIN_CONFIDENT = 3
+
+
+def _confident_but_wrong(ev: Evaluation, log) -> str | None:
+    """A warning when the answers are confident yet top-5 is near 0, else None."""
+    ok = ~ev.error
+    n = int(np.count_nonzero(ok))
+    if n < _MIN_CONFIDENT or log.format != "results.jsonl":
+        return None
+    hits = (ev.top5[ok] == ev.labels[ok][:, None]).any(axis=1)
+    top5 = float(np.count_nonzero(hits)) / n
+    if top5 > _NEAR_ZERO_TOP5:
+        return None
+    best = top_scores(log.path)
+    if best.size < _MIN_CONFIDENT or best.min() < 0 or best.max() > 1 + 1e-6:
+        return None  # no scores, or logits: confidence cannot be told
+    med = float(np.median(best))
+    if med < _CONFIDENT:
+        return None
+    return (f"top-5 is {top5:.1%} on {n} answers whose median best score is {med:.2f} "
+            "(measured): confident answers this wrong suggest labels in another order (the "
+            "devkit's 1-based ILSVRC2012_IDs?); lpirc's class k is the k-th synset in sorted "
+            "order, 0-based")
+
+
 def _resolve_gt(value, run_dir: Path) -> Path:
     g = Path(value)
     if not g.is_absolute() and not g.exists() and (run_dir / g).exists():
@@ -47,33 +80,39 @@ def _resolve_gt(value, run_dir: Path) -> Path:
     return g
 
 
-def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Which ground-truth image each answer is for, and which answers count.
+class Matched(NamedTuple):
+    """Which ground-truth image each answer of a log is for (see :func:`match_answers`)."""
+
+    pos: np.ndarray  # (n,) int64: ground-truth row of each answer, -1 when it names none
+    keep: np.ndarray  # indices of the answers that count (the first one per image), ascending
+    how: dict  # how many answers matched by each loose rule of scoring.names ("none": no match)
+    ambiguous: list  # answers whose names match several ground-truth rows (they count for none)
+
+
+def match_answers(images: list[str], gt_names: list[str]) -> Matched:
+    """Match a log's answers to the ground truth: exact names in one pass, the rest by the rules
+    of scoring.names (NFC, bare name, stem, case; an ambiguous name matches nothing).
 
     Args:
         images: the log's image names, in log order (n).
         gt_names: the ground truth's file names, in its order.
     Returns:
-        (pos, keep): pos (n,) int64, the ground-truth row of each answer (matched by name, else by
-        basename or stem where that names one row only), -1 when it names no ground-truth image;
-        keep, the indices of the answers that count (the first answer for each image), ascending.
+        :class:`Matched`.
     """
-    gt_index = {name: i for i, name in enumerate(gt_names)}
+    names = NameIndex(gt_names)
     n = len(images)
-    pos = np.fromiter((gt_index.get(img, -1) for img in images), dtype=np.int64, count=n)
-    if n and (pos < 0).any():
-        # second chance: the ground truth names files by basename or stem
-        by_base: dict[str, int] = {}
-        for i, name in enumerate(gt_names):
-            for key in {Path(name).name, Path(name).stem}:
-                by_base[key] = -2 if key in by_base and by_base[key] != i else i
-        for j in np.nonzero(pos < 0)[0]:
-            img = images[j]
-            hit = by_base.get(Path(img).name, by_base.get(Path(img).stem, -1))
-            pos[j] = hit if hit >= 0 else -1
+    pos = np.fromiter((names._exact.get(img, -1) for img in images), dtype=np.int64, count=n)
+    how: dict[str, int] = {}
+    ambiguous: list[str] = []
+    for j in np.nonzero(pos < 0)[0]:
+        i, by = names.lookup(images[j])
+        pos[j] = i
+        how[by or "none"] = how.get(by or "none", 0) + 1
+        if by == AMBIGUOUS:
+            ambiguous.append(images[j])
     idx = np.nonzero(pos >= 0)[0]
     _, first = np.unique(pos[idx], return_index=True)
-    return pos, np.sort(idx[first])
+    return Matched(pos, np.sort(idx[first]), how, ambiguous)
 
 
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
@@ -119,15 +158,23 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     else:
         gt_path = Path(ground_truth)
     gt = read_ground_truth(gt_path)
+    warnings.extend(ground_truth_notes(gt_path))
     log = read_log(log_path)
     warnings.extend(log.warnings)
     if not len(log):
         warnings.append(f"{log_path}: no answers in the log")
 
-    # --- match answers to the ground truth: vectorised over the log --------------------------
+    # --- match answers to the ground truth: exact names in one pass, the rest by the rules of
+    # scoring.names (NFC, bare name, stem, case; ambiguous names match nothing)
     gt_names = list(gt)
     gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
-    pos, keep = match_answers(log.images, gt_names)
+    pos, keep, how, ambiguous = match_answers(log.images, gt_names)
+    loose = describe_loose(how)
+    if loose:
+        warnings.append(f"{log.path}: {loose}")
+    if ambiguous:
+        warnings.append(f"{log.path}: {len(ambiguous)} answer(s) whose names match several "
+                        f"ground-truth rows, ignored: {_few(ambiguous)}")
     in_gt = pos >= 0
     n_unknown = int(np.count_nonzero(~in_gt))
     if n_unknown:
@@ -185,6 +232,9 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         warnings.append(f"{log_path}: referee format gives one class per image: no top-5")
     answered = int(np.count_nonzero(~ev.error))
     failed = int(np.count_nonzero(ev.error))
+    confident = _confident_but_wrong(ev, log)
+    if confident:
+        warnings.append(f"{gt_path}: {confident}")
     model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
     out = {
         "rules": rule.name,
