@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -177,7 +178,7 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
     score = None
     try:
         score = scoring.score_path(p, ground_truth, rules or settings.get("rules") or "lpirc-onsite",
-                                   per_class=True, labels=labels)
+                                   per_class=True, labels=labels, log=log)
     except scoring.ScoringError as e:
         notes.append(f"not scored: {e}")
     n = len(log)
@@ -203,26 +204,27 @@ def _read_manifest(path: Path) -> dict:
     return read_manifest(path)
 
 
+_WORKER = re.compile(rb'"worker"\s*:\s*(-?\d+|null)')
+
+
 def _workers(log_path: Path, n: int) -> np.ndarray:
-    """The ``worker`` of each answer (the scorer does not read it): -1 where unknown."""
+    """The ``worker`` of each answer (the scorer does not read it): -1 where unknown. One regex
+    pass over the log (a third JSON parse of it would cost more than all the figures); a log
+    where some line has no single worker field is read line by line."""
     out = np.full(n, -1, dtype=np.int64)
     try:
-        lines = [ln for ln in log_path.read_bytes().split(b"\n") if ln.strip()][:n]
-        try:
-            objs = json.loads(b"[" + b",".join(lines) + b"]")
-        except ValueError:  # a cut-off line somewhere: one by one
-            objs = []
-            for ln in lines:
-                try:
-                    objs.append(json.loads(ln))
-                except ValueError:
-                    objs.append({})
+        data = log_path.read_bytes()
     except OSError:
         return out
-    for i, o in enumerate(objs[:n]):
-        w = o.get("worker") if isinstance(o, dict) else None
-        if isinstance(w, int) and not isinstance(w, bool):
-            out[i] = w
+    lines = [ln for ln in data.split(b"\n") if ln.strip()][:n]
+    found = _WORKER.findall(data)
+    if len(found) == len(lines) == n:  # (a name cannot fake one: JSON escapes its quotes)
+        vals = [-1 if f == b"null" else int(f) for f in found]
+        return np.asarray(vals, dtype=np.int64)
+    for i, ln in enumerate(lines):
+        m = _WORKER.findall(ln)
+        if len(m) == 1 and m[0] != b"null":
+            out[i] = int(m[0])
     return out
 
 
