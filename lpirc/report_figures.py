@@ -257,6 +257,7 @@ def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
     fig, (ax,) = _fig(7.5, 0.8 + 0.22 * len(rows), left=_text_in(_class_label(r) for r in rows), top=0.15)
     y = np.arange(len(rows))[::-1]
     acc = [100.0 * r["top1"] for r in rows]
+    ax.barh(y, [100.0] * len(rows), color="#eeeeee")  # the scale, so a 0 % class still shows a bar
     ax.barh(y, acc, color="#d62728", alpha=0.75)
     ax.set_yticks(y, [_class_label(r) for r in rows], fontsize=7)
     for yy, r, a in zip(y, rows, acc):
@@ -287,7 +288,7 @@ def confusion(run) -> tuple[str, str] | None:
     for p in pairs:
         m[trues.index(p["true_name"]), preds.index(p["predicted_name"])] = p["count"]
     fig, (ax,) = _fig(7.5, 1.2 + 0.3 * len(trues) + 0.03 * max(len(_short(p)) for p in preds),
-                      left=_text_in(_short(t) for t in trues) + 0.2,
+                      left=_text_in(_short(t) for t in trues) + 0.35,
                       bottom=0.45 + 0.6 * _text_in((_short(p) for p in preds), pad=0), top=0.15)
     ax.grid(False)
     # vector cells (pcolormesh), not imshow's embedded PNG: the page holds no image data URL

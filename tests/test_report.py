@@ -206,3 +206,12 @@ def test_a_run_without_ground_truth_is_still_drawn(tmp_path):
     assert r.returncode == 0, r.stderr
     html = (run / "report.html").read_text()
     assert "not scored" in html and 'data-plot="throughput"' in html and "<svg" in html
+
+
+def test_page_style_is_not_escaped(tmp_path):
+    """The inline CSS is ours, verbatim: quotes in it must not become entities (the page would
+    silently fall back to the browser's default font)."""
+    run = awkward_run(tmp_path / "css")
+    assert lpirc("report", run).returncode == 0
+    html = (run / "report.html").read_text()
+    assert '"DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]
