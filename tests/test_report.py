@@ -83,6 +83,8 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
     assert w == 1200 and h > 1500, (w, h)
     assert len(visit.screenshot) > 50_000
     assert visit.pdf.startswith(b"%PDF") and visit.pdf.count(b"/Type /Page") >= 2
+    # printed: the folded manifest.json is shown in full, its toggle is not
+    assert visit.print_probe == {"folded_shown": True, "toggle_shown": False}, visit.print_probe
 
 
 ONE_RUN = {"race", "throughput", "latency", "classes", "confusion", "power"}
