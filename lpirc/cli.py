@@ -441,3 +441,13 @@ from lpirc.cli_pages import leaderboard as _leaderboard, report_cmd as _report_c
 
 main.add_command(_report_cmd)
 main.add_command(_leaderboard)
+
+from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its package)
+
+main.add_command(referee)
+
+# --- lpirc fleet (lpirc/fleet.py; Ray is imported only when a fleet command runs) ------------
+
+from lpirc.fleet import fleet_group  # noqa: E402
+
+main.add_command(fleet_group)

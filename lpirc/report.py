@@ -185,8 +185,7 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
     true_cls, keep = None, np.arange(n)
     if score is not None:
         gt = scoring.read_ground_truth(score["ground_truth"])
-        matched = scoring.match_answers(log.images, list(gt))
-        pos, keep = matched.pos, matched.keep
+        pos, keep = scoring.match_answers(log.images, list(gt))
         gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
         true_cls = np.where(pos >= 0, gt_labels[np.maximum(pos, 0)], -1)
     run = RunData(path=p, name=p.name if p.is_dir() else p.stem, manifest=manifest, score=score,

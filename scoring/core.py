@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -80,24 +79,17 @@ def _resolve_gt(value, run_dir: Path) -> Path:
     return g
 
 
-class Matched(NamedTuple):
-    """Which ground-truth image each answer of a log is for (see :func:`match_answers`)."""
-
-    pos: np.ndarray  # (n,) int64: ground-truth row of each answer, -1 when it names none
-    keep: np.ndarray  # indices of the answers that count (the first one per image), ascending
-    how: dict  # how many answers matched by each loose rule of scoring.names ("none": no match)
-    ambiguous: list  # answers whose names match several ground-truth rows (they count for none)
-
-
-def match_answers(images: list[str], gt_names: list[str]) -> Matched:
-    """Match a log's answers to the ground truth: exact names in one pass, the rest by the rules
-    of scoring.names (NFC, bare name, stem, case; an ambiguous name matches nothing).
+def match_positions(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, dict[str, int], list[str]]:
+    """Which ground-truth row each answer is for, by the one matching rule of scoring.names.
 
     Args:
         images: the log's image names, in log order (n).
         gt_names: the ground truth's file names, in its order.
     Returns:
-        :class:`Matched`.
+        (pos, how, ambiguous): pos (n,) int64, the ground-truth row of each answer (exact name in
+        one pass; the rest by NFC, bare name, stem, case), -1 when it names no row or several;
+        how, the count of answers matched by each looser rule; ambiguous, the names that match
+        several rows (matched to none).
     """
     names = NameIndex(gt_names)
     n = len(images)
@@ -110,9 +102,28 @@ def match_answers(images: list[str], gt_names: list[str]) -> Matched:
         how[by or "none"] = how.get(by or "none", 0) + 1
         if by == AMBIGUOUS:
             ambiguous.append(images[j])
+    return pos, how, ambiguous
+
+
+def first_answers(pos: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the answers that count: the first answer for each matched row."""
     idx = np.nonzero(pos >= 0)[0]
     _, first = np.unique(pos[idx], return_index=True)
-    return Matched(pos, np.sort(idx[first]), how, ambiguous)
+    return np.sort(idx[first])
+
+
+def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which ground-truth image each answer is for, and which answers count.
+
+    Args:
+        images: the log's image names, in log order (n).
+        gt_names: the ground truth's file names, in its order.
+    Returns:
+        (pos, keep): pos (n,) int64 as :func:`match_positions`; keep, the indices of the answers
+        that count (the first answer for each image), ascending.
+    """
+    pos, _, _ = match_positions(images, gt_names)
+    return pos, first_answers(pos)
 
 
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
@@ -171,7 +182,8 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     # scoring.names (NFC, bare name, stem, case; ambiguous names match nothing)
     gt_names = list(gt)
     gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
-    pos, keep, how, ambiguous = match_answers(log.images, gt_names)
+    pos, how, ambiguous = match_positions(log.images, gt_names)
+    keep = first_answers(pos)
     loose = describe_loose(how)
     if loose:
         warnings.append(f"{log.path}: {loose}")
