@@ -477,11 +477,13 @@ class Standing:
         return self.entry.energy_wh
 
     def to_json(self) -> dict[str, Any]:
+        """The row as JSON: place, group, the ranked rules/score/top1/top5, rescored, prizes,
+        notes, the entry's other fields, and ``stored``: its rules/score/top1/top5 as stored."""
         e = self.entry.to_json()
-        e.pop("rules"), e.pop("score"), e.pop("top1"), e.pop("top5")
+        stored = {k: e.pop(k) for k in ("rules", "score", "top1", "top5")}
         return {"place": self.place, "group": self.group, "rules": self.rules, "score": self.score,
                 "top1": self.top1, "top5": self.top5, "rescored": self.rescored,
-                "prizes": list(self.prizes), "notes": list(self.notes), **e}
+                "prizes": list(self.prizes), "notes": list(self.notes), **e, "stored": stored}
 
 
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:

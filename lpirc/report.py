@@ -377,7 +377,10 @@ def summary_text(run: RunData) -> str:
 def run_section(run: RunData) -> dict[str, Any]:
     from lpirc import report_figures as rf
 
-    no_gt = "no ground truth: give --ground-truth" if run.score is None else "no mistakes to show"
+    no_gt = "no ground truth: give --ground-truth" if run.score is None else \
+        "no wrong answers (failed and unanswered images are not drawn here)"
+    no_times = "no answers in the log" if not len(run.images) else \
+        "no answer times in the log (a referee's result file has none)"
     power_why = (f"no power readings over time: the energy is {run.energy_label()}"
                  f" ({(run.manifest.get('energy') or {}).get('method') or 'no figure'}); "
                  "run with --power-log for a meter's readings")
@@ -386,10 +389,10 @@ def run_section(run: RunData) -> dict[str, Any]:
         "summary": summary_text(run), "manifest": manifest_rows(run.manifest),
         "manifest_json": json.dumps(run.manifest, indent=2), "notes": run.notes,
         "figures": [
-            _figure("race", "Correct answers over time, against the budget", rf.race([run]),
-                    "no answer times in the log"),
-            _figure("throughput", "Throughput per worker", rf.throughput([run]), "no answer times in the log"),
-            _figure("latency", "Latency and inference time", rf.latency([run]), "no per-image times in the log"),
+            _figure("race", "Correct answers over time, against the budget", rf.race([run]), no_times),
+            _figure("throughput", "Throughput per worker", rf.throughput([run]), no_times),
+            _figure("latency", "Latency and inference time", rf.latency([run]),
+                    no_times.replace("answer times", "per-image times")),
             _figure("classes", "Worst classes", rf.worst_classes(run), "not scored: " + no_gt
                     if run.score is None else "no classes in the ground truth"),
             _figure("confusion", "Most frequent mistakes", rf.confusion(run), no_gt),
