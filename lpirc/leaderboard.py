@@ -513,7 +513,7 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
     ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules))
     out: list[Standing] = []
     for gi, group in enumerate(ordered, start=1):
-        out.extend(_rank_group(group, gi, len(ordered)))
+        out.extend(_rank_group(group, gi))
     return out
 
 
@@ -540,13 +540,11 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes))
 
 
-def _rank_group(group: list[Standing], gi: int, n_groups: int) -> list[Standing]:
+def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
     places = scoring.ranks([{"score": s.score} for s in group])
     prizes = side_prizes([(s.top1, s.entry.energy_wh) for s in group])
     labels = {s.entry.energy_label for s in group if s.entry.energy_wh is not None}
-    group_notes = []
-    if n_groups > 1:
-        group_notes.append("ranked only against entries on the same holdout and rule set")
+    group_notes = []  # (that a group is ranked apart from the others is its group number)
     if len(labels) > 1:
         group_notes.append(f"energy figures of mixed provenance ({', '.join(sorted(labels))})")
     rows = []
