@@ -65,6 +65,8 @@ class Referee:
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
     def stop(self) -> str:
         """Stop the server (SIGTERM, then SIGKILL) and return its stderr."""
@@ -77,10 +79,9 @@ class Referee:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        err = self.proc.stderr.read() if self.proc.stderr else ""
+        err = self.proc.stderr.read() if not self.proc.stderr.closed else ""
         for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
+            f.close()
         return err
 
     def __enter__(self) -> "Referee":

@@ -106,6 +106,8 @@ def test_protocol_call_by_call(holdout, tmp_path):
                                           ["2", "n01440764", "0.4", "2.0", "2.0", "6.0", "6.0"]]
         assert [r[9] for r in rows] == ["3", "0"]  # class index: as given, and the synset's
         assert ref.post("/nope").status_code == 404
+        err = ref.stop()  # SIGTERM: a clean shutdown, exit 0, nothing on stderr
+        assert ref.proc.returncode == 0 and err == ""
 
 
 def test_full_session_scored_with_meter(holdout, tmp_path):
@@ -140,6 +142,8 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
         r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", timestamp=str(t1 + 1))
         assert r.status_code == 200, r.text
         rows = wait_for(lambda: (lambda x: x if len(x) == 2 else None)(results_json(db)))
+        page = ref.http.get(ref.url + "/leaderboard").text
+        assert "<h1>Standings</h1>" in page and "alpha" in page and "metered" in page
     by_team = {x["team"]: x for x in rows}
     alpha, beta = by_team["alpha"], by_team["beta"]
     assert alpha["answered"] == 65 and alpha["top1"] == pytest.approx(0.5)
@@ -353,3 +357,19 @@ def test_original_sample_client_pycurl(holdout, tmp_path):
         row = wait_for(lambda: results_json(db))[0]
     assert row["answered"] == 100 and row["top1"] == pytest.approx(100 / 130)
     assert answers(db)[0][3:7] == ["1.0", "2.0", "3.0", "4.0"]
+
+
+def test_load_bench_quick(holdout, tmp_path):
+    """bench/referee_load.py end to end on a small holdout: it prints its table; no 5xx and no
+    lost answer (correctness; its speed figures belong to the benchmark, not to tests)."""
+    root, _ = holdout
+    out = tmp_path / "load.json"
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "referee_load.py"),
+                        "--quick", "--holdout", str(root), "--devices", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "served/s" in r.stdout and "[--quick: a smoke test]" in r.stdout
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["devices"] == 2 and level["images_served"] > 0
+    assert level["errors_5xx"] == 0 and level["lost_answers"] == 0
+    assert level["answers_stored"] == level["answers_acked"] == level["images_served"]

@@ -361,20 +361,40 @@ def score_session(store: Store, row: SessionRow, root: Path, files: list[str], g
 
 
 def publish(standings_db: Path, row: SessionRow, score: dict) -> None:
-    """Add a scored session to lpirc's standings database (``lpirc.leaderboard``)."""
-    try:
-        from lpirc import leaderboard
-    except ImportError:
-        print(f"lpirc referee: warning: {standings_db}: lpirc.leaderboard is not available; "
-              "standings not written", file=sys.stderr)
-        return
+    """Add a scored session to lpirc's standings database (``lpirc.leaderboard``); a session
+    scored again (a meter log imported later) replaces its entry."""
+    from lpirc import leaderboard
+
+    entry = leaderboard.Entry(**entry_fields(leaderboard.make_uid, row, score))
     conn = leaderboard.open_db(standings_db)
     try:
-        leaderboard.add_entry(conn, leaderboard.Entry(**_entry_fields(leaderboard.Entry, row, score)))
+        try:
+            leaderboard.remove(conn, entry.uid)
+        except InputError:
+            pass  # not there yet: the session's first score
+        leaderboard.add_entry(conn, entry)
+        conn.commit()
     finally:
         conn.close()
 
 
-def _entry_fields(entry_cls, row: SessionRow, score: dict) -> dict:
-    """Map a referee score onto the standings Entry's fields (filled in when issue 12 lands)."""
-    return {}
+def entry_fields(make_uid, row: SessionRow, score: dict) -> dict:
+    """A referee score as the standings ``Entry``'s fields (source ``referee``; energy labelled
+    metered, self-reported or absent)."""
+    return {
+        "uid": make_uid({"kind": "referee", "session_id": row.id, "team": row.team,
+                         "started": row.started, "holdout_sha256": row.holdout_sha256}),
+        "submission": f"{row.team} attempt {row.attempt}", "team": row.team, "source": "referee",
+        "rules": score["rules"], "score": score["score"], "top1": score["top1"], "top5": None,
+        "images": score["images_total"], "answered": score["images_answered"],
+        "failed": score["images_failed"], "unanswered": score["images_unanswered"],
+        "late": score["images_late"], "wall_s": score["wall_time_s"], "inference_s": None,
+        "energy_wh": score["energy_wh"], "energy_label": score["energy_source"],
+        "model_sha256": None, "holdout_sha256": row.holdout_sha256,
+        "lpirc_version": __version__, "runtime": None, "device": None,
+        "created_utc": _utc(row.started), "run_dir": score["run"],
+        "ground_truth": score["ground_truth"],
+        "extra": {"status": row.end_reason, "energy_method": score.get("energy_method"),
+                  "answers_duplicate": score.get("answers_duplicate"),
+                  "warnings": score.get("warnings") or []},
+    }

@@ -15,8 +15,8 @@ the event loop keeps serving images.
 from __future__ import annotations
 
 import asyncio
-import html
 import io
+import signal
 import socket
 import sys
 import time
@@ -269,4 +269,11 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
     config = uvicorn.Config(RefereeApp(referee, max_body_bytes).app, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
+    # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
+    # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
+    signal.signal(signal.SIGTERM, _exit_ok)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit_ok(signum, frame) -> None:
+    raise SystemExit(0)
