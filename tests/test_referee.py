@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -373,3 +374,66 @@ def test_load_bench_quick(holdout, tmp_path):
     assert level["devices"] == 2 and level["images_served"] > 0
     assert level["errors_5xx"] == 0 and level["lost_answers"] == 0
     assert level["answers_stored"] == level["answers_acked"] == level["images_served"]
+
+
+def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
+    """A full session of the real client: `lpirc run --referee` downloads the holdout as zips,
+    answers with the pipeline, posts every answer, its energy, and logs out; the referee's
+    answers are the run's own, image by image."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    out = tmp_path / "run"
+    with Referee(small_holdout, db, time_limit_s=120) as ref:
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
+                  "--password", "pw", "--out", str(out), "--time-limit-s", "90", "--quiet",
+                  "--no-report", "--referee-ahead", "100")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
+        assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
+        row = wait_for(lambda: results_json(db))[0]
+    local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
+             for ln in (out / "results.jsonl").read_text().splitlines()}
+    remote = {int(a[0]): int(a[9]) for a in answers(db)}
+    assert remote == local and len(remote) == 40
+    posts = [json.loads(ln) for ln in (out / "referee_posts.jsonl").read_text().splitlines()]
+    assert len(posts) == 40 and {p["post"] for p in posts} == {"posted"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["referee"]["posted"] == 40 and manifest["referee"]["logout"] is True
+    assert row["answered"] == 40 and row["top1"] >= 0.8  # the reference model: 93 % on the demo
+    assert row["energy_source"] == "self-reported" and row["score"] == pytest.approx(
+        row["top1"] / row["energy_wh"])
+
+
+def test_referee_client_retries_across_a_restart(holdout, tmp_path):
+    """The client's calls are retried with backoff: a referee that is down at first, and one
+    killed (-9) and restarted on the same port mid-session, lose nothing."""
+    from lpirc.referee.client import RefereeClient
+
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db) as probe:  # a free port for the fixed-port servers below
+        port = probe.url.rsplit(":", 1)[1]
+    ref = Referee(root, db, "--port", port)
+    late, again = threading.Timer(1.0, ref.start), threading.Timer(1.0, ref.start)
+    late.start()
+    client = RefereeClient(f"http://127.0.0.1:{port}", "alpha", "pw",
+                           deadline=time.monotonic() + 60)
+    try:
+        client.login()  # retried until the referee listens
+        late.join()
+        assert client.count() == 130
+        r = client.authed("/result", {"image_name": ["1", "2"], "CLASS_ID": ["1", "2"],
+                                      "confidence": ["1", "1"]})
+        assert r.status == 200
+        ref.kill9()
+        again.start()
+        r = client.authed("/result", {"image_name": ["3"], "CLASS_ID": ["3"], "confidence": ["1"]})
+        assert r.status == 200 and client.retries >= 2
+        assert "answers 3\n" in client.authed("/status", {}).text
+    finally:
+        client.close()
+        for t in (late, again):
+            if t.is_alive():
+                t.join()
+        ref.stop()

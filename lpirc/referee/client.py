@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from lpirc.errors import InputError, LpircError
+from lpirc.errors import LpircError
 
 ZIP = 100
 BACKOFF_S = (0.1, 2.0)  # first retry delay, cap
@@ -91,10 +91,11 @@ class RefereeClient:
             delay = min(delay * 2, BACKOFF_S[1])
 
     def authed(self, path: str, fields: dict) -> Reply:
-        """A call with the token; after a 401 that is not the time limit, log in once more (a
-        referee that lost its sessions) and retry."""
+        """A call with the token; after a bare 401 ``Invalid Token`` (a referee that restarted
+        with a new secret), log in once more and retry. A session that ended (time limit,
+        logout) is not logged into again: that would start a new attempt."""
         r = self.call(path, {"token": self.token, **fields})
-        if r.status == 401 and "time limit" not in r.text.lower() and path != "/logout":
+        if r.status == 401 and r.text == "Invalid Token" and path != "/logout":
             self.login()
             r = self.call(path, {"token": self.token, **fields})
         return r
@@ -167,6 +168,8 @@ class Downloader(threading.Thread):
                         self.cond.wait(0.2)
                 if self.stop.is_set() or not self._fetch(first):
                     break
+        except Exception as e:  # a full disk, say: the run answers what it has, and says why
+            self.error = f"{type(e).__name__}: {e}"
         finally:
             self.feed.close()
 
