@@ -141,9 +141,8 @@ def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) ->
     except KeyboardInterrupt:  # before the run started (a started run returns "interrupted")
         click.echo("lpirc: interrupted before the run started (no image was handed out)", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    click.echo(format_run_summary(outcome))
-    if referee:
-        click.echo(referee.summary())
+    summary = format_run_summary(outcome)
+    click.echo(referee.summary(summary) if referee else summary)
     if not no_report:
         from lpirc.cli_pages import run_report_line
 

@@ -121,7 +121,8 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
         add_team(db, t)
     add_team(db, "wt310", "meterpw", "--meter")
     truth = {name: scoring.synset_index(label) for name, label in read_gt(root).items()}
-    with Referee(root, db, "--class-id-base", "1") as ref:
+    standings = tmp_path / "standings.sqlite"
+    with Referee(root, db, "--class-id-base", "1", "--standings-db", str(standings)) as ref:
         meter = ref.login("wt310", "meterpw")
         t0 = time.time()
         r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", voltage="5",
@@ -162,6 +163,16 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     beta = {x["team"]: x for x in results_json(db)}["beta"]
     assert beta["energy_source"] == "metered"
     assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)
+    # lpirc's standings database has both sessions, beta's entry replaced by its rescoring
+    from lpirc import leaderboard
+
+    conn = leaderboard.open_db(standings)
+    got = {e.team: e for e in leaderboard.entries(conn)}
+    conn.close()
+    assert set(got) == {"alpha", "beta"} and {e.source for e in got.values()} == {"referee"}
+    assert (got["alpha"].energy_label, got["beta"].energy_label) == ("metered", "metered")
+    assert got["beta"].energy_wh == pytest.approx(beta["energy_wh"])
+    assert got["alpha"].score == pytest.approx(alpha["score"]) and got["alpha"].top5 is None
 
 
 def test_time_limit_refuses_late_answers(holdout, tmp_path):
@@ -326,6 +337,10 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
     r = lpirc("referee", "results", "--db", str(db))
     assert r.returncode == 0 and "no scored session yet" in r.stdout
+    r = lpirc("run", "--referee", "http://127.0.0.1:9", "--user", "alpha")
+    assert r.returncode == 2 and "--referee needs --user and --password" in r.stderr
+    r = lpirc("run", "--user", "alpha", "--password", "pw")
+    assert r.returncode == 2 and "--user and --password go with --referee URL" in r.stderr
 
 
 def test_original_sample_client_pycurl(holdout, tmp_path):
@@ -390,6 +405,10 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
         assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
+                  "--password", "wrong", "--out", str(tmp_path / "run2"), "--quiet")
+        assert r.returncode == 1 and r.stderr.strip() == \
+            f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]
     local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
              for ln in (out / "results.jsonl").read_text().splitlines()}

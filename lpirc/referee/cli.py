@@ -171,8 +171,9 @@ def _rescore(store, db: Path, team_id: int) -> list[dict]:
         if hashlib.sha256("\n".join(files).encode()).hexdigest() != row.holdout_sha256:
             raise InputError(f"{root}: the holdout changed since attempt {row.attempt}; "
                              "cannot rescore it")
+        standings = cfg.get("standings_db")
         done.append(score_session(store, row, root, files, Path(cfg["ground_truth"]),
-                                  Path(cfg["runs_dir"])))
+                                  Path(cfg["runs_dir"]), Path(standings) if standings else None))
     return done
 
 
@@ -230,7 +231,11 @@ class RefereeRun:
                                                 ahead=self.ahead, class_base=self.class_base)
         return outcome
 
-    def summary(self) -> str:
+    def summary(self, run_summary: str) -> str:
+        """``lpirc run``'s summary, its score line saying who scores, then the referee's lines."""
         from lpirc.referee.client import format_report
 
-        return format_report(self.report) if self.report else ""
+        lines = [("score           by the referee, which keeps the ground truth "
+                  "(lpirc referee results)" if ln.startswith("score           none:") else ln)
+                 for ln in run_summary.splitlines()]
+        return "\n".join(lines + ([format_report(self.report)] if self.report else []))

@@ -104,7 +104,9 @@ class Referee:
         self.store = Store(cfg.db)
         self.store.put_config({"holdout": str(self.root.resolve()),
                                "ground_truth": str(Path(cfg.ground_truth).resolve()),
-                               "runs_dir": str(cfg.runs_path().resolve())})
+                               "runs_dir": str(cfg.runs_path().resolve()),
+                               "standings_db": (str(Path(cfg.standings_db).resolve())
+                                                if cfg.standings_db else None)})
         self.tokens = URLSafeSerializer(self.store.secret(), salt="lpirc-referee-token")
         self._lock = threading.RLock()
         self._score_lock = threading.Lock()
