@@ -39,7 +39,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys

@@ -12,7 +12,6 @@ import json
 import random
 import re
 import secrets
-import sys
 import threading
 import time
 from dataclasses import dataclass

@@ -204,7 +204,7 @@ class RefereeApp:
 
     async def energy(self, request: Request) -> Response:
         f, live, _ = await self.session(request)
-        wh = P._number("energy_wh", P.one(f, "energy_wh"), min_value=0)
+        wh = P.number("energy_wh", P.one(f, "energy_wh"), min_value=0)
         method = (f.get("method") or ["not said"])[0][:200]
         await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
         return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
