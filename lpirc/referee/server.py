@@ -257,6 +257,7 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
 
     from lpirc.errors import InputError
 
+    lock = _lock_db(Path(cfg.db))  # held until the process ends, kill -9 included
     referee = Referee(cfg)
     try:
         sock = bind(host, port)
@@ -273,6 +274,23 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
     signal.signal(signal.SIGTERM, _exit_ok)
     uvicorn.Server(config).run(sockets=[sock])
+    lock.close()
+
+
+def _lock_db(db: Path):
+    """An exclusive lock on ``DB.lock``: two referees serving one database would each hold the
+    open sessions in memory. InputError when another referee holds it."""
+    import fcntl
+
+    from lpirc.errors import InputError
+
+    f = open(str(db) + ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(f"{db}: another lpirc referee is serving this database") from None
+    return f
 
 
 def _exit_ok(signum, frame) -> None:
