@@ -157,6 +157,8 @@ class Server:
             raise SystemExit(f"referee_load: error: the referee did not start: "
                              f"{line}{self.proc.stderr.read()[-500:]}")
         self.port = int(m.group(1))
+        # its event lines must not fill the pipe
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def stop(self) -> int:
         """Stop the server; returns the answers in its database."""

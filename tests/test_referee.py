@@ -189,7 +189,11 @@ def test_time_limit_refuses_late_answers(holdout, tmp_path):
         assert r.status_code == 401 and "only results already transmitted will be counted" in r.text
         assert ref.post("/zipimages", token=token, image_name="1").status_code == 401
         row = wait_for(lambda: results_json(db))[0]
+        events = wait_for(lambda: [ln for ln in ref.lines if "scored" in ln] and ref.lines)
     assert row["end_reason"] == "time_limit" and row["answered"] == 1
+    assert "alpha (team) attempt 1 started at" in events[0]
+    assert "alpha attempt 1 ended (time_limit) after 1.5 s" in events[1]
+    assert events[2].startswith("lpirc referee: alpha attempt 1 scored: n/a (top-1 ")
     assert row["wall_time_s"] == pytest.approx(1.5)
     assert len(answers(db)) == 1
 

@@ -82,10 +82,11 @@ class Referee:
     that leaves holdout images unlabelled, or an open session started on another holdout.
     """
 
-    def __init__(self, cfg: RefereeConfig) -> None:
+    def __init__(self, cfg: RefereeConfig, announce=None) -> None:
         from lpirc.holdout import list_images, open_holdout
 
         self.cfg = cfg
+        self.announce = announce or (lambda line: None)  # one line per session event
         if cfg.rules not in scoring.RULES:
             raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
         open_holdout(cfg.holdout)  # its one-line errors: missing, not a folder, empty
@@ -151,6 +152,9 @@ class Referee:
                                        self.sha256, self.cfg.class_base, self.cfg.rules)
         self.live[row.id] = Live(row, image_order(row.seed, row.image_count) if kind == "team"
                                  else [])
+        self.announce(f"lpirc referee: {team.name} ({kind}) attempt {row.attempt} started at "
+                      f"{_utc(now)[11:19]} UTC, image order seed {row.seed}"
+                      + (f", ends at {_utc(row.deadline)[11:19]} UTC" if kind == "team" else ""))
         return row
 
     def session_for(self, token: str | None, now: float, kind: str = "team") -> Live:
@@ -217,10 +221,14 @@ class Referee:
     def close(self, sid: int, ended: float, reason: str) -> bool:
         """End an open session (logout or time limit); it is scored by :meth:`score_pending`."""
         with self._lock:
-            self.live.pop(sid, None)
+            live = self.live.pop(sid, None)
             closed = self.store.end_session(sid, ended, reason)
             self.unscored = self.unscored or closed
-            return closed
+        if closed and live is not None:
+            r = live.row
+            self.announce(f"lpirc referee: {r.team} attempt {r.attempt} ended ({reason}) after "
+                          f"{ended - r.started:.1f} s")
+        return closed
 
     def expire(self, now: float) -> list[int]:
         """Close every session past its time limit; returns their ids."""
@@ -255,8 +263,15 @@ class Referee:
 
     def score(self, row: SessionRow) -> dict:
         """Score one ended session with ``scoring`` and store it; see :func:`score_session`."""
-        return score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
-                             self.cfg.runs_path(), self.cfg.standings_db)
+        s = score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
+                          self.cfg.runs_path(), self.cfg.standings_db)
+        e = "n/a" if s["energy_wh"] is None else f"{s['energy_wh']:.4g} Wh"
+        self.announce(f"lpirc referee: {row.team} attempt {row.attempt} scored: "
+                      f"{'n/a' if s['score'] is None else format(s['score'], '.4g')} (top-1 "
+                      f"{100 * s['top1']:.2f} %, {s['images_answered']}/{s['images_total']} "
+                      f"answered, {s['answers_duplicate']} duplicate(s), energy {e} "
+                      f"{s['energy_source']})")
+        return s
 
 
 # --- scoring a session ---------------------------------------------------------------------

@@ -126,7 +126,9 @@ class RefereeApp:
         """Close sessions past their time limit and score ended ones, forever."""
         while True:
             await asyncio.sleep(TICK_S)
-            self.ref.expire(time.time())
+            now = time.time()
+            if any(now >= lv.row.deadline for lv in list(self.ref.live.values())):
+                await run_in_threadpool(self.ref.expire, now)
             if self.ref.unscored:
                 self.ref.unscored = False
                 self.scorer.submit(self._score)
@@ -258,7 +260,7 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     from lpirc.errors import InputError
 
     lock = _lock_db(Path(cfg.db))  # held until the process ends, kill -9 included
-    referee = Referee(cfg)
+    referee = Referee(cfg, announce)
     try:
         sock = bind(host, port)
     except OSError as e:
