@@ -228,9 +228,10 @@ def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
 def test_duplicates_and_malformed_answers(holdout, tmp_path):
     root, _ = holdout
     db = tmp_path / "r.sqlite"
-    add_team(db, "alpha")
+    team = "<i>alpha</i>"  # a name the standings page must escape
+    add_team(db, team)
     with Referee(root, db) as ref:
-        token = ref.login("alpha", "pw")
+        token = ref.login(team, "pw")
         r = ref.post("/result", token=token, image_name=["4", "4"], CLASS_ID=["10", "11"], confidence=["1", "1"])
         assert r.status_code == 200 and "1 new, 1 duplicate" in r.text
         r = ref.post("/result", token=token, image_name="4", CLASS_ID="12", confidence="1")
@@ -257,6 +258,8 @@ def test_duplicates_and_malformed_answers(holdout, tmp_path):
         assert "duplicates 2\n" in ref.post("/status", token=token).text
         ref.post("/logout", token=token)
         row = wait_for(lambda: results_json(db))[0]
+        page = ref.http.get(ref.url + "/").text
+        assert "&lt;i&gt;alpha&lt;/i&gt;" in page and team not in page
     rows = answers(db)
     assert [(r[0], r[1], r[-1]) for r in rows] == [("4", "10", "1"), ("4", "11", "0"), ("4", "12", "0")]
     assert row["answered"] == 1 and row["duplicates"] == 2
