@@ -407,10 +407,10 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
     db = tmp_path / "r.sqlite"
     add_team(db, "alpha")
     out = tmp_path / "run"
-    with Referee(small_holdout, db, time_limit_s=120) as ref:
+    with Referee(small_holdout, db, "--class-id-base", "1", time_limit_s=120) as ref:
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
                   "--password", "pw", "--out", str(out), "--time-limit-s", "90", "--quiet",
-                  "--no-report", "--referee-ahead", "100")
+                  "--no-report", "--referee-ahead", "100", "--referee-class-base", "1")
         assert r.returncode == 0, r.stdout + r.stderr
         assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
         assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
@@ -421,8 +421,9 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
         row = wait_for(lambda: results_json(db))[0]
     local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
              for ln in (out / "results.jsonl").read_text().splitlines()}
-    remote = {int(a[0]): int(a[9]) for a in answers(db)}
+    remote = {int(a[0]): int(a[9]) for a in answers(db)}  # class index, from 1-based CLASS_IDs
     assert remote == local and len(remote) == 40
+    assert {int(a[1]) for a in answers(db)} == {k + 1 for k in local.values()}
     posts = [json.loads(ln) for ln in (out / "referee_posts.jsonl").read_text().splitlines()]
     assert len(posts) == 40 and {p["post"] for p in posts} == {"posted"}
     manifest = json.loads((out / "manifest.json").read_text())
