@@ -346,6 +346,15 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
     r = lpirc("referee", "results", "--db", str(db))
     assert r.returncode == 0 and "no scored session yet" in r.stdout
+    stray = tmp_path / "stray"  # two labelled images and a zip left in the folder
+    stray.mkdir()
+    for name in ("img_000001.jpg", "img_000002.jpg"):
+        (stray / name).write_bytes((root / name).read_bytes())
+    gt = read_gt(root)
+    (stray / "ground_truth.csv").write_text("".join(f"{n},{gt[n]}\n" for n in sorted(gt)[:2]))
+    (stray / "images.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    r = lpirc("referee", "serve", "--holdout", str(stray), "--db", str(db))
+    assert r.returncode == 5 and "no label for 1 holdout image(s), e.g. images.zip" in r.stderr
     r = lpirc("run", "--referee", "http://127.0.0.1:9", "--user", "alpha")
     assert r.returncode == 2 and "--referee needs --user and --password" in r.stderr
     r = lpirc("run", "--user", "alpha", "--password", "pw")
