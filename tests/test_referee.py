@@ -418,7 +418,7 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
     out = tmp_path / "run"
     with Referee(small_holdout, db, "--class-id-base", "1", time_limit_s=120) as ref:
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
-                  "--password", "pw", "--out", str(out), "--time-limit-s", "90", "--quiet",
+                  "--password", "pw", "--out", str(out), "--quiet",  # --time-limit-s 600
                   "--no-report", "--referee-ahead", "100", "--referee-class-base", "1")
         assert r.returncode == 0, r.stdout + r.stderr
         assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
@@ -437,6 +437,7 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
     assert len(posts) == 40 and {p["post"] for p in posts} == {"posted"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["referee"]["posted"] == 40 and manifest["referee"]["logout"] is True
+    assert 100 < manifest["budget"]["time_limit_s"] < 120  # the referee's 120 s clock rules
     assert row["answered"] == 40 and row["top1"] >= 0.8  # the reference model: 93 % on the demo
     assert row["energy_source"] == "self-reported" and row["score"] == pytest.approx(
         row["top1"] / row["energy_wh"])

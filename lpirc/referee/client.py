@@ -113,6 +113,18 @@ class RefereeClient:
             raise RefereeError(f"{self.url}/no_of_images: {r.status} {r.text[:200]}")
         return int(r.text)
 
+    def time_left_s(self) -> float | None:
+        """Seconds left in the session by the referee's clock (``/status``, lpirc's referee);
+        None where the referee does not say (the original has no /status)."""
+        r = self.authed("/status", {})
+        for line in r.text.splitlines() if r.status == 200 else []:
+            if line.startswith("time_left_s "):
+                try:
+                    return float(line.split()[1])
+                except ValueError:
+                    return None
+        return None
+
     def close(self) -> None:
         self.http.close()
 
@@ -277,6 +289,9 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
     try:
         client.login()
         count = client.count()
+        left = client.time_left_s()
+        if left is not None and left < settings.time_limit_s:  # the referee's clock rules
+            settings = dataclasses.replace(settings, time_limit_s=max(0.1, left))
         feed = GrowingSource(scratch, total=count)
         log = PostLog()
         down = Downloader(client, feed, scratch, count, ahead)
@@ -317,7 +332,8 @@ def _finish(client: RefereeClient, outcome, log: PostLog, down: Downloader, coun
                                       "method": f"{e.get('source')}: {e.get('method')}"[:200]})
         energy = "posted" if r.status == 200 else f"not accepted ({r.status} {r.text[:80]})"
     r = client.authed("/logout", {})
-    return {"url": client.url, "user": client.user, "images": count,
+    budget = (outcome.manifest.get("budget") or {}).get("time_limit_s")
+    return {"url": client.url, "user": client.user, "images": count, "time_limit_s": budget,
             "downloaded": down.downloaded, "download_error": down.error,
             "posted": log.posted, "refused": log.refused, "not_posted": len(log.unposted),
             "not_posted_images": log.unposted[:1000], "retries": client.retries,
@@ -329,6 +345,8 @@ def format_report(report: dict) -> str:
     lines = [f"referee         {report['url']} as {report['user']}: {report['images']} images, "
              f"{report['downloaded']} downloaded, {report['posted']} answers posted (200), "
              f"{report['refused']} refused, {report['not_posted']} never posted",
+             f"referee budget  {report['time_limit_s']} s wall (--time-limit-s, or the referee's "
+             "time left at login when shorter)",
              f"referee energy  {report['energy']} (self-reported: the referee's meter, if any, "
              "takes precedence)",
              f"referee logout  {'ok' if report['logout'] else 'failed'}; {report['retries']} "

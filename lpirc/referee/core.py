@@ -152,9 +152,12 @@ class Referee:
                                        self.sha256, self.cfg.class_base, self.cfg.rules)
         self.live[row.id] = Live(row, image_order(row.seed, row.image_count) if kind == "team"
                                  else [])
-        self.announce(f"lpirc referee: {team.name} ({kind}) attempt {row.attempt} started at "
-                      f"{_utc(now)[11:19]} UTC, image order seed {row.seed}"
-                      + (f", ends at {_utc(row.deadline)[11:19]} UTC" if kind == "team" else ""))
+        if kind == "team":
+            self.announce(f"lpirc referee: {team.name} (team) attempt {row.attempt} started at "
+                          f"{_utc(now)[11:19]} UTC, image order seed {row.seed}, ends at "
+                          f"{_utc(row.deadline)[11:19]} UTC")
+        else:
+            self.announce(f"lpirc referee: {team.name} (meter) logged in at {_utc(now)[11:19]} UTC")
         return row
 
     def session_for(self, token: str | None, now: float, kind: str = "team") -> Live:

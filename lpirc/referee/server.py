@@ -18,6 +18,7 @@ import asyncio
 import io
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import zipfile
@@ -82,6 +83,8 @@ class RefereeApp:
                 return await fn(request)
             except ProtocolError as e:
                 return _text(e.message, e.status)
+            except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
+                return _text(f"Database unavailable, nothing stored: {e}", 503)
         handle.__name__ = fn.__name__
         return handle
 
