@@ -140,7 +140,8 @@ def power_cmd(team: str, file: Path, db: Path) -> None:
     for score in _rescore(store, db, who.id):
         e = score.get("energy_wh")
         click.echo(f"  attempt {score['attempt']}: score {score['score']}, energy "
-                   f"{'n/a' if e is None else f'{e:.4g} Wh'} ({score['energy_source']})")
+                   f"{'n/a' if e is None else f'{e:.4g} Wh'} ({score['energy_source']}: "
+                   f"{score['energy_method']})")
 
 
 def _open(db: Path):
