@@ -161,7 +161,7 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     log = tmp_path / "meter.csv"
     log.write_text(f"timestamp,watts\n{t0 - 2},20\n{t1 + 2},20\n")
     r = lpirc("referee", "power", "beta", str(log), "--db", str(db))
-    assert r.returncode == 0 and "(metered)" in r.stdout, r.stderr
+    assert r.returncode == 0 and "(metered: power meter (import:meter.csv): " in r.stdout, r.stdout
     beta = {x["team"]: x for x in results_json(db)}["beta"]
     assert beta["energy_source"] == "metered"
     assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)

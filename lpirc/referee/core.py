@@ -297,8 +297,9 @@ def energy_of(store: Store, row: SessionRow) -> dict:
             wh, n = power_log_wh(samples, row.started, end, "meter readings")
             sources = sorted({s for _, _, s in readings})
             return {"wh": wh, "source": "metered",
-                    "method": f"power meter ({', '.join(sources)}): {n} readings inside the "
-                              f"session, trapezoid over {end - row.started:.1f} s"}
+                    "method": f"power meter ({', '.join(sources)}): trapezoid over the "
+                              f"{end - row.started:.1f} s session, {n} reading(s) inside it, "
+                              "interpolated at its ends"}
         except InputError as e:
             why = str(e)
     if row.self_energy_wh is not None:
