@@ -274,6 +274,17 @@ class Poster(threading.Thread):
             self.closed = r.status == 401
 
 
+class _Relay:
+    """The run's answers callback: each chunk to the poster, its images off the disk."""
+
+    def __init__(self, poster: Poster, down: Downloader) -> None:
+        self.poster, self.down = poster, down
+
+    def __call__(self, records) -> None:
+        self.poster.submit(records)
+        self.down.on_answered([r.image for r in records])
+
+
 def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int = 1000,
                      batch: int = 100, class_base: int = 0, progress: bool = True):
     """``lpirc run`` fed by a referee. Returns (RunOutcome, report dict).
@@ -299,14 +310,11 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
         out = Path(settings.out) if settings.out else new_run_dir(Path(settings.model))
         settings = dataclasses.replace(settings, holdout=scratch, ground_truth=None, out=out)
 
-        def on_answers(records) -> None:
-            poster.submit(records)
-            down.on_answered([r.image for r in records])
-
         down.start()
         poster.start()
         try:
-            outcome = run(settings, progress=progress, source=feed, on_answers=on_answers)
+            outcome = run(settings, progress=progress, source=feed,
+                          on_answers=_Relay(poster, down))
         finally:
             down.stop.set()
             with down.cond:
