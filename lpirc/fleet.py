@@ -462,6 +462,7 @@ class Fleet:
         self.checks: dict[Any, _Slot] = {}
         self.running: dict[Any, tuple[_Slot, JobState, float]] = {}
         self.tries: dict[str, int] = {}  # attempts in this session, per job
+        self.t0 = time.time()
         self.first_ready: float | None = None  # time.time() the first device passed its check
 
     # progress and state
@@ -481,8 +482,14 @@ class Fleet:
             "holdout_files_sha256": self.head_sha,
             "ground_truth": str(Path(self.cfg.ground_truth).resolve()),
             "rules": self.cfg.rules, "updated_utc": _now_utc(),
+            "devices_ready_s": self.ready_s, "wall_s": round(time.time() - self.t0, 3),
             "devices": self.device_table(),
             "jobs": [dataclasses.asdict(j) for j in self.jobs]})
+
+    @property
+    def ready_s(self) -> float | None:
+        """Seconds from the fleet's start to the first device passing its holdout check."""
+        return round(self.first_ready - self.t0, 3) if self.first_ready else None
 
     def device_table(self) -> list[dict[str, Any]]:
         return [{"device": s.device.label, "resource": s.device.resource,
@@ -662,6 +669,7 @@ class Fleet:
         the standings. The only place a result is scored."""
         import scoring
 
+        t0 = time.perf_counter()
         run_dir = self.cfg.out / "runs" / job.name
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS).write_bytes(res.results or b"")
@@ -681,6 +689,7 @@ class Fleet:
         rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
                                          self.cfg.rules)
+        rec["score_s"] = round(time.perf_counter() - t0, 3)  # write, score, standings
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         self.emit("done", f"{job.name} on {slot.device.label}: score {_num(score.get('score'))} "
                           f"({self.cfg.rules}), top-1 {top1} (measured); lpirc run process "
@@ -830,6 +839,7 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
         with local_cluster(devices):
             yield
         return
+    _probe_address(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, by Ray version
@@ -838,6 +848,24 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to ``host:port`` first: Ray itself waits minutes (and logs a line every
+    few seconds) on an address where nothing listens. ``auto`` is left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        if address == "auto":
+            return
+        raise FleetError(f"{address}: not a Ray address (expected HOST:PORT, as `ray start "
+                         "--head` printed it)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise FleetError(f"{address}: no Ray cluster reachable ({e.strerror or e})") from None
 
 
 def cluster_devices() -> list[Device]:
@@ -850,6 +878,10 @@ def check_inputs(cfg: FleetConfig) -> None:
     rule set, a fleet folder it can write. InputError (one line naming the file) otherwise."""
     import scoring
 
+    from lpirc.holdout import open_holdout
+
+    if not Path(cfg.holdout).is_dir():
+        open_holdout(cfg.holdout)  # its one-line error
     if cfg.rules not in scoring.RULES:
         raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
     if not Path(cfg.ground_truth).is_file():
@@ -872,7 +904,6 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
 
     Raises InputError for the head's own inputs (holdout, ground truth, fleet folder) and
     FleetError when the cluster offers no lpirc device."""
-    t0 = time.time()
     check_inputs(cfg)
     fleet = Fleet(cfg, [], on_event)
     fleet.jobs = load_jobs(cfg, subs, fleet.head_sha)
@@ -897,10 +928,8 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
     finally:
         fleet.release()
         fleet.save()
-    startup = (fleet.first_ready - t0) if fleet.first_ready else None
-    return FleetOutcome(fleet.jobs, fleet.device_table(), interrupted,
-                        round(startup, 3) if startup is not None else None,
-                        round(time.time() - t0, 3), cfg.rules)
+    return FleetOutcome(fleet.jobs, fleet.device_table(), interrupted, fleet.ready_s,
+                        round(time.time() - fleet.t0, 3), cfg.rules)
 
 
 def format_standings(outcome: FleetOutcome) -> str:
@@ -1003,8 +1032,11 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
                        f"{address or f'local instance, {devices} simulated devices'}", err=True)
         outcome = run_fleet(subs, cfg, None if quiet else print_event)
     click.echo(format_standings(outcome))
+    ready = "n/a" if outcome.startup_s is None else f"{outcome.startup_s:.1f} s"
     click.echo(f"fleet           {cfg.out / STATE}; wall time {outcome.wall_s:.1f} s after Ray "
-               f"connected (measured)")
+               f"connected, first device ready after {ready} (measured)")
+    if outcome.interrupted:
+        click.echo("lpirc: interrupted", err=True)
     sys.exit(outcome.exit_code)
 
 

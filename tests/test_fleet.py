@@ -123,6 +123,28 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
     assert "Traceback" not in rest
 
 
+def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
+                                                        reference_model):
+    subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])
+    cases = [
+        (["missing.tflite"], 5, "missing.tflite: submission not found"),
+        ([str(subs / "alpha.json")], 5, "a sidecar, not a model"),
+        ([str(tmp_path)], 5, "folder holds no .tflite submission"),
+        ([str(subs), "--holdout", str(tmp_path / "nope")], 5, "holdout folder not found"),
+        ([str(subs), "--holdout", str(small_holdout), "--rules", "nope"], 5, "unknown rule set"),
+        ([str(subs), "--holdout", str(small_holdout), "--address", "127.0.0.1:1"], 1,
+         "127.0.0.1:1: no Ray cluster reachable"),
+    ]
+    for args, code, message in cases:
+        if "--holdout" not in args:
+            args = [*args, "--holdout", str(small_holdout)]
+        r = lpirc("fleet", "run", *args, "--out", str(tmp_path / "out"), timeout=60)
+        assert r.returncode == code, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
+        assert message in lines[0], r.stderr
+
+
 # --- a 3-node cluster on this machine --------------------------------------------------------
 
 
