@@ -953,7 +953,7 @@ def format_standings(outcome: FleetOutcome) -> str:
                      f"{top1:>8}  {wall:>7}  {len(j.attempts):>8}  {j.device}")
     for j in outcome.jobs:
         if j.status != "done":
-            lines.append(f"  {j.status:>9} {j.name:<{width}}  {j.reason}")
+            lines.append(f"  {j.status:<9} {j.name:<{width}}  {j.reason}")
     st = [j.status for j in outcome.jobs]
     lines.append(f"jobs            {len(st)}: {st.count('done')} done, {st.count('failed')} "
                  f"failed, {st.count('cancelled')} cancelled")
