@@ -57,6 +57,31 @@ def _settings(ctx: click.Context, opts: dict, config: Path | None = None):
     return resolve_settings(opts, explicit, config)
 
 
+def preprocess_options(fn):
+    """The options of RunSettings.preprocess that `run` and `tune` share (see README
+    "Preprocessing"); each also comes from --config or the model's sidecar X.json."""
+    opts = [
+        click.option("--mean", help="Normalisation mean in pixel units 0..255: one number or "
+                     "R,G,B (ImageNet: 123.675,116.28,103.53). Float inputs get (pixel - mean) "
+                     "/ std (default 127.5); quantized inputs are normalised, then quantized "
+                     "with the input's own scale and zero point (default: raw pixel codes)."),
+        click.option("--std", help="Normalisation std in pixel units: one number or R,G,B "
+                     "(ImageNet: 58.395,57.12,57.375). Default 127.5 (float inputs)."),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), help="Channel "
+                     "order the model takes. Default: rgb."),
+        click.option("--crop", type=click.Choice(["central", "square"]), help="central: "
+                     "tf.image.central_crop (TF-slim eval, aspect kept; default); square: the "
+                     "TFLite ImageNet eval tool's centred square."),
+        click.option("--input-size", help="HxW for a model whose input height/width are "
+                     "dynamic (shape signature -1), e.g. 224x224."),
+        click.option("--output", help="Output that answers, by signature name, tensor name or "
+                     "index. Default: the one [1, 1000|1001] output."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
 @main.group()
 def holdout() -> None:
     """Make and inspect holdout sets."""
@@ -86,8 +111,7 @@ def submission() -> None:
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
 @click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Central crop kept before resizing (the model's sidecar X.json, if any, overrides the default).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), default="bilinear", show_default=True, help="bilinear: TF v1 resize_bilinear (TFLite eval tool); antialias: Pillow's (the sidecar X.json, if any, overrides the default).")
-@click.option("--mean", type=float, default=127.5, show_default=True, help="Float inputs: (pixel - mean) / std (the sidecar X.json, if any, overrides the default).")
-@click.option("--std", type=click.FloatRange(0, min_open=True), default=127.5, show_default=True, help="Float inputs: (pixel - mean) / std (the sidecar X.json, if any, overrides the default).")
+@preprocess_options
 @click.option("--decode", type=click.Choice(["exact", "draft"]), default="exact", show_default=True, help="draft: JPEG DCT-scaled decode of large images (faster, may cost accuracy).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (recorded).")
 @click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True, help="Decompression-bomb guard: a larger JPEG is decoded at 1/2..1/8 scale to fit, any other larger image is answered wrong.")
@@ -98,9 +122,10 @@ def submission() -> None:
 @click.option("--powercap-root", type=click.Path(path_type=Path), default=Path("/sys/class/powercap"), show_default=True, help="Where RAPL counters are read.")
 @click.option("--grace-s", type=click.FloatRange(min=0, max=1.5), default=0.5, show_default=True, help="Seconds workers get to stop at the deadline before they are killed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html (lpirc report) into the run folder.")
 @click.pass_context
 @friendly_errors
-def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
+def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) -> None:
     """Run a timed submission over a holdout and score it.
 
     With no options: the bundled reference submission on a generated demo holdout.
@@ -114,6 +139,10 @@ def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
         click.echo("lpirc: interrupted before the run started (no image was handed out)", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(format_run_summary(outcome))
+    if not no_report:
+        from lpirc.cli_pages import run_report_line
+
+        click.echo(run_report_line(outcome.out_dir))
     sys.exit(outcome.exit_code)
 
 
@@ -229,16 +258,22 @@ def rules_cmd() -> None:
               help="Seed for the order, the subset and the variants.")
 @click.option("--force", is_flag=True, help="Write into a non-empty OUT folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="Labels of SRC's images "
+              "(CSV filename,label or 'filename label' lines, e.g. val_map.txt) instead of "
+              "<synset> names.")
 @friendly_errors
-def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet: bool) -> None:
+def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet: bool,
+                 ground_truth: Path | None) -> None:
     """Make an anonymised holdout OUT (img_000001.jpg ..., ground_truth.csv) from a labelled
-    folder SRC of <synset>_*.JPEG files or <synset>/ subfolders."""
+    folder SRC of <synset>_*.JPEG files or <synset>/ subfolders (or any, with --ground-truth)."""
     import time
 
     from lpirc.holdout import make_holdout
 
     t0 = time.perf_counter()
-    gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force)
+    gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force,
+                      ground_truth=ground_truth,
+                      on_note=lambda n: click.echo(f"lpirc: note: {n}", err=True))
     click.echo(f"wrote {count} images and {gt} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -265,8 +300,7 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
 @click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Central crop (default: the model's sidecar, else 0.875).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), help="Resize method (default: the sidecar's, else bilinear).")
-@click.option("--mean", type=float, help="Float inputs: (pixel - mean) / std.")
-@click.option("--std", type=float, help="Float inputs: (pixel - mean) / std.")
+@preprocess_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @friendly_errors
@@ -363,9 +397,12 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
 @click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON report path [default: ./<model stem>.check.json].")
 @click.option("--no-report", is_flag=True, help="Do not write the JSON report.")
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (best.json) as "
+              "for lpirc run: its preprocessing is checked too.")
+@preprocess_options
 @friendly_errors
 def submission_check(model, delegate, holdout, ground_truth, reference, limit, range_threshold,
-                     near_zero, max_drop, threads, timeout_s, report, no_report):
+                     near_zero, max_drop, threads, timeout_s, report, no_report, config, **pre):
     """Check that MODEL will run and is sensibly quantized: one line per check.
 
     Exit status: 0 when no check failed, 1 when one did, 2 for usage errors.
@@ -382,7 +419,9 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     rep = check_submission(model, delegate=delegate, holdout=holdout, ground_truth=ground_truth,
                            reference=reference, range_threshold=range_threshold,
                            near_zero_levels=near_zero, max_drop=max_drop, limit=limit,
-                           timeout_s=timeout_s, threads=threads, on_result=show)
+                           timeout_s=timeout_s, threads=threads, on_result=show,
+                           preprocess={k: v for k, v in pre.items() if v is not None},
+                           config=config)
     if not no_report:
         out = report or default_report_path(model)
         try:
@@ -395,6 +434,17 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     click.echo(f"{Path(model).name}: {verdict}")
     sys.exit(1 if rep.failed else 0)
 
+
+# --- lpirc report, lpirc leaderboard (lpirc/cli_pages.py) ----------------------------------
+
+from lpirc.cli_pages import leaderboard as _leaderboard, report_cmd as _report_cmd  # noqa: E402
+
+main.add_command(_report_cmd)
+main.add_command(_leaderboard)
+
+from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its package)
+
+main.add_command(referee)
 
 # --- lpirc fleet (lpirc/fleet.py; Ray is imported only when a fleet command runs) ------------
 

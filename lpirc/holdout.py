@@ -1,8 +1,7 @@
 """Holdout folders: the image order of a run, and making an anonymised rehearsal holdout.
 
-``open_holdout(root, seed)`` lists the images of a holdout folder (every regular file below it
-except hidden ones and ``*.csv``/``*.json``/``*.txt``) in a fixed order: sorted, then shuffled
-by ``random.Random(seed)``. ``files_sha256`` identifies that ordered list in a run's manifest.
+``open_holdout(root, seed)`` lists the images of a holdout folder (:func:`scan_images`, the one
+rule every command uses) in a fixed order: sorted, then shuffled by ``random.Random(seed)``. ``files_sha256`` identifies that ordered list in a run's manifest.
 
 ``make_holdout(src, out, count, seed)`` builds a holdout from a labelled folder, either
 ``SRC/<synset>_*.JPEG`` files (the ImageNet dev layout) or ``SRC/<synset>/*`` subfolders. Names
@@ -21,12 +20,12 @@ import random
 import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpirc.errors import InputError
 
-_SKIP_SUFFIXES = (".csv", ".json", ".txt")
+_SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md")  # data and notes beside the images
 _SYNSET_RE = re.compile(r"^(n\d{8})(?:_|$)")
 _OUR_NAME_RE = re.compile(r"^img_\d{6,}\.[a-z0-9]+$")
 GROUND_TRUTH = "ground_truth.csv"
@@ -40,32 +39,96 @@ class Holdout:
     files: tuple[str, ...]  # relative names ("/"-separated), in run order
     seed: int
     files_sha256: str
+    skipped: dict = field(default_factory=dict)  # what the listing left out (see Listing)
+
+    def skipped_line(self) -> str | None:
+        return Listing([], self.skipped).skipped_line()
 
 
-def _is_listed(name: str) -> bool:
-    return not name.startswith(".") and not name.lower().endswith(_SKIP_SUFFIXES)
+#: Files the OS leaves in folders (Windows thumbnails and folder settings, macOS metadata).
+OS_JUNK = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+#: Folders made by archivers, never images (macOS zips: resource forks as ``._name`` files).
+JUNK_FOLDERS = frozenset({"__MACOSX"})
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The image files below a folder, and what was skipped (reason -> count).
+
+    Reasons: ``hidden`` (a name starting with "."), ``__MACOSX/`` (archive metadata folder),
+    ``OS junk`` (Thumbs.db, desktop.ini, ...), ``folder link loop`` (a linked folder already
+    being listed), ``broken link``. Data files (.csv/.json/.txt/.md) are not images and not counted."""
+
+    files: list  # relative names, "/"-separated, sorted
+    skipped: dict
+
+    def skipped_line(self) -> str | None:
+        """``skipped 3 entries: 2 hidden, 1 OS junk`` or None when nothing was skipped."""
+        n = sum(self.skipped.values())
+        if not n:
+            return None
+        parts = ", ".join(f"{c} {k}" for k, c in sorted(self.skipped.items()))
+        return f"skipped {n} entr{'y' if n == 1 else 'ies'} that are not images: {parts}"
+
+
+def _skip_reason(name: str, is_dir: bool) -> str | None:
+    if name.startswith("."):
+        return "hidden"
+    if is_dir and name in JUNK_FOLDERS:
+        return "__MACOSX/"
+    if not is_dir and name.lower() in OS_JUNK:
+        return "OS junk"
+    return None
+
+
+def scan_images(root) -> Listing:
+    """The one rule for what an image is, used by every command (run, score's coverage note,
+    tune, submission check and build, holdout make, bench).
+
+    Every regular file below ``root`` (links to files and folders followed), sorted by its
+    relative name, except: hidden files and folders, ``__MACOSX/``, OS junk files, and the
+    data files .csv/.json/.txt/.md. A linked folder that is already being listed (a loop) is
+    skipped. Raises OSError when ``root`` itself cannot be listed."""
+    out: list[str] = []
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    def walk(folder: str, prefix: str, seen: frozenset) -> None:
+        # scandir's DirEntry knows the file type from the listing itself: no stat per plain
+        # file, which is most of the listing time at 200,000 images
+        with os.scandir(folder) as entries:
+            for e in entries:
+                is_dir = e.is_dir()  # follows links
+                why = _skip_reason(e.name, is_dir)
+                if why:
+                    skip(why)
+                elif is_dir:
+                    st = e.stat()
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        skip("folder link loop")
+                        continue
+                    try:
+                        walk(e.path, f"{prefix}{e.name}/", seen | {key})
+                    except PermissionError:
+                        skip("unreadable folder")
+                elif e.is_file():
+                    if not e.name.lower().endswith(_SKIP_SUFFIXES):
+                        out.append(prefix + e.name)
+                elif e.is_symlink():
+                    skip("broken link")
+
+    st = os.stat(root)
+    walk(os.fspath(root), "", frozenset({(st.st_dev, st.st_ino)}))
+    out.sort()
+    return Listing(out, skipped)
 
 
 def list_images(root: Path) -> list[str]:
-    """Relative names of the image files below ``root``, sorted (hidden files/folders and
-    .csv/.json/.txt files left out)."""
-    out: list[str] = []
-
-    # scandir's DirEntry knows the file type from the directory listing itself: no stat per
-    # file, which is most of the listing time at 200,000 images.
-    def walk(folder: str, prefix: str) -> None:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    walk(e.path, f"{prefix}{e.name}/")
-                elif _is_listed(e.name) and e.is_file():  # not sockets, fifos, broken links
-                    out.append(prefix + e.name)
-
-    walk(os.fspath(root), "")
-    out.sort()
-    return out
+    """Relative names of the image files below ``root``, sorted (see :func:`scan_images`)."""
+    return scan_images(root).files
 
 
 def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
@@ -76,14 +139,17 @@ def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
     if not path.is_dir():
         raise InputError(f"{path}: holdout is not a folder")
     try:
-        files = list_images(path)
+        listing = scan_images(path)
     except OSError as e:
         raise InputError(f"{path}: cannot list holdout folder ({e.strerror or e})") from None
+    files = listing.files
     if not files:
-        raise InputError(f"{path}: holdout folder holds no images")
+        extra = f" ({listing.skipped_line()})" if listing.skipped else ""
+        raise InputError(f"{path}: holdout folder holds no images{extra}")
     random.Random(seed).shuffle(files)
     digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
-    return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest)
+    return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest,
+                   skipped=dict(listing.skipped))
 
 
 # --- making a holdout ----------------------------------------------------------------------
@@ -95,19 +161,35 @@ def _known_synsets() -> frozenset[str]:
     return frozenset(synsets())
 
 
-def labelled_sources(src: str | os.PathLike) -> list[tuple[Path, str]]:
+def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | None = None,
+                     on_note=None) -> list[tuple[Path, str]]:
     """(file, synset) for every image of a labelled folder, sorted by path.
 
-    Accepts ``SRC/<synset>_*.ext`` files and ``SRC/<synset>/...`` subfolders (both at once too).
-    InputError naming the file/folder whose class cannot be told or is not an ILSVRC synset."""
+    Accepts ``SRC/<synset>_*.ext`` files and ``SRC/<synset>/...`` subfolders (both at once too),
+    or, with ``ground_truth`` (CSV or ``filename label`` lines such as MLPerf's val_map.txt),
+    any layout whose names the ground truth gives, matched by the scorer's rule
+    (scoring.names). Images are listed by :func:`scan_images`; ``on_note`` receives the line
+    saying what it skipped. InputError naming the file/folder whose class cannot be told, is not
+    an ILSVRC synset, or has no (or an ambiguous) ground-truth row."""
     root = Path(src)
     if not root.exists():
         raise InputError(f"{root}: source folder not found")
     if not root.is_dir():
         raise InputError(f"{root}: source is not a folder")
+    try:
+        listing = scan_images(root)
+    except OSError as e:
+        raise InputError(f"{root}: cannot list source folder ({e.strerror or e})") from None
+    if on_note is not None and listing.skipped_line():
+        on_note(f"{root}: {listing.skipped_line()}")
+    if not listing.files:
+        extra = f" ({listing.skipped_line()})" if listing.skipped else ""
+        raise InputError(f"{root}: source folder holds no images{extra}")
+    if ground_truth is not None:
+        return _labelled_by_truth(root, listing.files, Path(ground_truth))
     known = _known_synsets()
     out: list[tuple[Path, str]] = []
-    for rel in list_images(root):
+    for rel in listing.files:
         first = rel.split("/", 1)[0]
         if "/" in rel:
             synset, where = first, root / first
@@ -115,15 +197,36 @@ def labelled_sources(src: str | os.PathLike) -> list[tuple[Path, str]]:
             m = _SYNSET_RE.match(first)
             if not m:
                 raise InputError(
-                    f"{root / rel}: cannot tell the class (expected <synset>_*.JPEG or a "
-                    "<synset>/ folder)"
+                    f"{root / rel}: cannot tell the class (expected <synset>_*.JPEG, a "
+                    "<synset>/ folder, or --ground-truth)"
                 )
             synset, where = m.group(1), root / rel
         if synset not in known:
             raise InputError(f"{where}: {synset!r} is not an ILSVRC-2012 synset")
         out.append((root / rel, synset))
-    if not out:
-        raise InputError(f"{root}: source folder holds no images")
+    return out
+
+
+def _labelled_by_truth(root: Path, files: list[str], gt: Path) -> list[tuple[Path, str]]:
+    """(file, synset) from a ground truth, every listed image matched by scoring.names."""
+    import scoring
+    from scoring.names import AMBIGUOUS, NameIndex
+
+    try:
+        truth = scoring.read_ground_truth(gt)
+    except scoring.ScoringError as e:
+        raise InputError(str(e)) from None
+    names = scoring.synsets()
+    index = NameIndex(truth)
+    labels = list(truth.values())
+    out: list[tuple[Path, str]] = []
+    for rel in files:
+        i, rule = index.lookup(rel)
+        if i < 0:
+            why = ("matches several ground-truth rows" if rule == AMBIGUOUS
+                   else "has no ground-truth row")
+            raise InputError(f"{root / rel}: {why} in {gt}")
+        out.append((root / rel, names[labels[i]]))
     return out
 
 
@@ -221,15 +324,19 @@ def make_holdout(
     progress: bool = True,
     force: bool = False,
     workers: int | None = None,
+    ground_truth: str | os.PathLike | None = None,
+    on_note=None,
 ) -> Path:
     """Write ``count`` anonymised images and ``ground_truth.csv`` into ``out``; returns the CSV.
 
     Raises InputError (one line naming the file) for a bad source folder/file or output folder.
-    ``progress`` shows a tqdm bar on a terminal; ``workers`` defaults to min(2, CPU count)."""
+    ``progress`` shows a tqdm bar on a terminal; ``workers`` defaults to min(2, CPU count).
+    ``ground_truth`` labels the sources (see :func:`labelled_sources`); ``on_note`` receives
+    one-line notes (what the listing skipped)."""
     if int(count) < 1:
         raise InputError(f"--count must be at least 1, got {count}")
     count = int(count)
-    sources = labelled_sources(src)
+    sources = labelled_sources(src, ground_truth, on_note)
     out_dir = Path(out)
     created = not out_dir.exists()
     _prepare_out(out_dir, force)
@@ -312,6 +419,8 @@ __all__ = [
     "Holdout",
     "labelled_sources",
     "list_images",
+    "Listing",
+    "scan_images",
     "make_holdout",
     "make_variant",
     "open_holdout",

@@ -31,19 +31,21 @@ the header before any pixel is decoded, and truncated files are an error.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import re
 import struct
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-try:  # the optional `fast` extra: OpenCV's float warp reproduces TF's resize ~3x faster
+try:  # a core dependency: OpenCV's float warp reproduces TF's resize ~3x faster than numpy
     import cv2
 
     # OpenCV 4.x snaps sample coordinates to 1/32 pixel (errors up to 6 levels, 0.8 points of
@@ -79,33 +81,278 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How to turn an image file into one model input of shape (height, width, 3)."""
+    """How to turn an image file into one model input of shape (height, width, 3).
+
+    ``mean`` and ``std`` are in pixel units (0..255), one value or one per channel (R, G, B):
+    a float input gets ``(pixel - mean) / std``. A quantized input (uint8/int8) gets the raw
+    pixel codes (uint8: the pixel, int8: pixel - 128) when ``quantize`` is None; with
+    ``quantize=(scale, zero_point)`` it gets ``round((pixel - mean) / std / scale) +
+    zero_point`` clipped to the dtype (see :func:`input_lut`). ``crop`` is ``"central"``
+    (tf.image.central_crop, TF-slim) or ``"square"`` (the TFLite ImageNet evaluation tool's
+    centred square of side min(round(f h), round(f w))). ``channel_order="bgr"`` swaps R and B
+    after preprocessing (mean/std are still given R, G, B)."""
 
     height: int
     width: int
     dtype: str  # "uint8" | "int8" | "float32"
     crop_fraction: float = 0.875
     resize: str = "bilinear"  # "bilinear" (TF v1 resize_bilinear, no antialias) | "antialias"
-    mean: float = 127.5
-    std: float = 127.5
+    mean: float | tuple = 127.5
+    std: float | tuple = 127.5
     decode: str = "exact"  # "exact" | "draft" (JPEG DCT scaling for large images)
     max_image_pixels: int = 40_000_000
+    crop: str = "central"  # "central" | "square"
+    channel_order: str = "rgb"  # "rgb" | "bgr"
+    quantize: tuple | None = None  # (scale, zero_point) of a quantized input, or raw codes
 
     def __post_init__(self) -> None:
         if int(self.height) < 1 or int(self.width) < 1:
             raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not 0.0 < float(self.crop_fraction) <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
-        if self.resize not in RESIZES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
-        if self.decode not in DECODES:
-            raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
-        if not float(self.std) > 0.0:
-            raise ValueError(f"std must be positive, got {self.std}")
+        _check_choice("crop", self.crop, CROPS)
+        _check_choice("resize", self.resize, RESIZES)
+        _check_choice("decode", self.decode, DECODES)
+        _check_choice("channel_order", self.channel_order, CHANNEL_ORDERS)
+        _check_fraction(self.crop_fraction)
+        object.__setattr__(self, "mean", channel_values("mean", self.mean))
+        object.__setattr__(self, "std", channel_values("std", self.std, positive=True))
         if int(self.max_image_pixels) < 1:
             raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.quantize is not None:
+            scale, zp = self.quantize
+            if not (math.isfinite(float(scale)) and float(scale) > 0):
+                raise ValueError(f"input scale must be positive, got {scale}")
+            object.__setattr__(self, "quantize", (float(scale), int(zp)))
+
+    def to_json(self) -> dict:
+        """What the manifest records: sizes, crop, resize, normalisation and quantization."""
+        lut = input_lut(self)
+        return {"height": self.height, "width": self.width, "dtype": self.dtype,
+                "crop": self.crop, "crop_fraction": self.crop_fraction, "resize": self.resize,
+                "mean": list(self.mean), "std": list(self.std),
+                "channel_order": self.channel_order,
+                "quantize": list(self.quantize) if lut is not None else None,
+                "input": self.describe_input()}
+
+    def describe_input(self) -> str:
+        """One line saying what the model is fed, e.g. ``int8 = pixel - 128 (raw codes)``."""
+        order = " in BGR order" if self.channel_order == "bgr" else ""
+        m, s = _fmt(self.mean), _fmt(self.std)
+        if self.dtype == "float32":
+            return f"float32 = (pixel - {m}) / {s}{order}"
+        if self.quantize is None or input_lut(self) is None:
+            raw = "pixel" if self.dtype == "uint8" else "pixel - 128"
+            return f"{self.dtype} = {raw} (raw pixel codes){order}"
+        scale, zp = self.quantize
+        sign = "-" if zp < 0 else "+"
+        return (f"{self.dtype} = round((pixel - {m}) / {s} / {scale:.6g}) {sign} {abs(zp)}, "
+                f"clipped{order}")
+
+
+CROPS = ("central", "square")
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_fraction(value) -> None:
+    try:
+        ok = 0.0 < float(value) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {value!r}")
+
+
+def _fmt(v: tuple) -> str:
+    return f"{v[0]:g}" if len(set(v)) == 1 else "(" + ", ".join(f"{x:g}" for x in v) + ")"
+
+
+def channel_values(name: str, value, positive: bool = False) -> tuple[float, float, float]:
+    """One value or one per channel (R, G, B) -> a 3-tuple of finite floats.
+
+    Accepts a number, a list/tuple of 1 or 3 numbers, or a string ``"123.7,116.3,103.5"``.
+    Raises ValueError starting with ``name`` (e.g. ``"mean must be ..."``)."""
+    v = value
+    if isinstance(v, str):
+        v = [x for x in v.replace(" ", ",").split(",") if x]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]
+    try:
+        vals = tuple(float(x) for x in v if not isinstance(x, bool))
+        if len(vals) != len(v):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or three numbers R,G,B, got {value!r}") from None
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise ValueError(f"{name} must be one number or three (R,G,B), got {len(vals)}: {value!r}")
+    if not all(math.isfinite(x) and (x > 0 or not positive) for x in vals):
+        kind = "positive" if positive else "finite"
+        raise ValueError(f"{name} must be {kind} numbers, got {value!r}")
+    return vals
+
+
+class OptionError(ValueError):
+    """A preprocessing option with a bad value. ``setting`` names it (e.g. ``"mean"``), so the
+    caller can say which file it came from; ``str(err)`` is the one-line reason."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class InputShapeError(ValueError):
+    """The model's input cannot be fed images with these options (one-line reason)."""
+
+
+def parse_input_size(value) -> tuple[int, int] | None:
+    """``"224x224"``, ``"224"``, ``224`` or ``[224, 224]`` -> (height, width); None stays None.
+    Raises OptionError("input_size", ...)."""
+    if value is None:
+        return None
+    v = value
+    if isinstance(v, str):
+        v = [x for x in v.lower().replace("*", "x").replace(",", "x").split("x") if x.strip()]
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v, v]
+    try:
+        dims = [int(str(x).strip()) for x in v]
+        if any(isinstance(x, bool) or (isinstance(x, float) and x != int(x)) for x in v):
+            raise ValueError
+    except (TypeError, ValueError):
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or not all(1 <= d <= 10_000 for d in dims):
+        raise OptionError("input_size", f"input_size must be HxW with 1..10000 pixels each "
+                                        f"(e.g. 224x224), got {value!r}")
+    return dims[0], dims[1]
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """The preprocessing a run asks for, checked once, before any model is loaded.
+
+    Built from the command line, the config file and the model's sidecar (see
+    lpirc.settings); :meth:`spec_for` then gives the :class:`PreprocessSpec` of one model
+    input. Units: ``mean``/``std`` in pixel units 0..255, one value or three (R, G, B); None
+    means "not given" (float inputs: 127.5 / 127.5; quantized inputs: raw pixel codes).
+    ``input_size`` is (height, width) for a model whose height/width are dynamic. ``output`` is
+    a signature name, tensor name or index of the output that answers (None: the one
+    [1, 1000|1001] output). Raises OptionError naming the setting."""
+
+    crop: str = "central"
+    crop_fraction: float = 0.875
+    resize: str = "bilinear"
+    mean: tuple | None = None
+    std: tuple | None = None
+    channel_order: str = "rgb"
+    input_size: tuple | None = None
+    decode: str = "exact"
+    max_image_pixels: int = 40_000_000
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = functools.partial(object.__setattr__, self)
+        for name, choices in (("crop", CROPS), ("resize", RESIZES), ("decode", DECODES),
+                              ("channel_order", CHANNEL_ORDERS)):
+            try:
+                _check_choice(name, getattr(self, name), choices)
+            except ValueError as e:
+                raise OptionError(name, str(e)) from None
+        try:
+            _check_fraction(self.crop_fraction)
+        except ValueError as e:
+            raise OptionError("crop_fraction", str(e)) from None
+        set_("crop_fraction", float(self.crop_fraction))
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                try:
+                    set_(name, channel_values(name, getattr(self, name), positive=name == "std"))
+                except ValueError as e:
+                    raise OptionError(name, str(e)) from None
+        self._check_units()
+        set_("input_size", parse_input_size(self.input_size))
+        m = self.max_image_pixels
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise OptionError("max_image_pixels", f"max_image_pixels must be a positive "
+                                                  f"integer, got {m!r}")
+        if self.output is not None:
+            if isinstance(self.output, bool) or not isinstance(self.output, (str, int)) \
+                    or not str(self.output).strip():
+                raise OptionError("output", f"output must be an output's name or index, got "
+                                            f"{self.output!r}")
+            set_("output", str(self.output).strip())
+
+    def _check_units(self) -> None:
+        """0..1 units (PyTorch's 0.485/0.229) given where lpirc takes 0..255 are refused."""
+        mean, std = self.mean or (), self.std or ()
+        small_mean = bool(mean) and all(0 < m < 1 for m in mean)
+        small_std = bool(std) and all(s < 1 for s in std)
+        if small_mean or small_std:
+            name = "mean" if small_mean else "std"
+            raise OptionError(name, f"{name} {_fmt(getattr(self, name))} looks like 0..1 units; "
+                              "lpirc takes pixel units 0..255 (ImageNet: mean 123.675,116.28,"
+                              "103.53 std 58.395,57.12,57.375): multiply by 255")
+
+    def to_json(self) -> dict:
+        """The options as JSON values (tuples as lists)."""
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    def spec_for_model(self, info) -> PreprocessSpec:
+        """:meth:`spec_for` the input of a ``lpirc.runtime.ModelInfo``, after checking that its
+        answering output has 1000 or 1001 classes. InputShapeError (one line) otherwise."""
+        t = info.input
+        if info.num_classes not in (1000, 1001):
+            # its answers could not be ILSVRC-2012 classes: refuse rather than score them as such
+            which = (f"output {info.output.describe(info.output_index)}"
+                     if len(getattr(info, "outputs", ())) > 1 else "output")
+            raise InputShapeError(
+                f"{which} has {info.num_classes} classes; an LPIRC submission answers the 1000 "
+                "ILSVRC-2012 classes (1000 outputs, or 1001 with background at 0)")
+        return self.spec_for(t.shape, t.dtype, t.scale, t.zero_point, t.shape_signature)
+
+    def spec_for(self, shape, dtype: str, scale: float = 0.0, zero_point: int = 0,
+                 shape_signature=None) -> PreprocessSpec:
+        """The PreprocessSpec for a model input of ``shape`` (1, H, W, 3) and ``dtype``, with
+        its quantization (``scale`` 0: none) and ``shape_signature`` (-1 = dynamic).
+
+        Raises InputShapeError (one line) for an input lpirc cannot feed: not one RGB image, a
+        dynamic height/width without ``input_size``, a fixed size ``input_size`` contradicts, or
+        a dtype other than uint8/int8/float32."""
+        shp = [int(x) for x in shape]
+        sig = [int(x) for x in shape_signature] if shape_signature is not None and \
+            len(shape_signature) == len(shp) else shp
+        if len(shp) != 4 or shp[3] != 3:
+            raise InputShapeError(f"input {sig} is not one [1, H, W, 3] image")
+        dynamic = sig[1] < 0 or sig[2] < 0
+        if self.input_size is not None:
+            h, w = self.input_size
+            if not dynamic and (h, w) != (shp[1], shp[2]):
+                raise InputShapeError(f"input_size {h}x{w} does not match the model's fixed "
+                                      f"input {shp[1]}x{shp[2]}")
+        elif dynamic:
+            raise InputShapeError(f"input {sig} has a dynamic height/width; give --input-size "
+                                  "HxW (or input_size in the config or sidecar)")
+        else:
+            h, w = shp[1], shp[2]
+        if dtype not in DTYPES:
+            raise InputShapeError(f"input dtype {dtype} cannot be fed images (uint8, int8 or "
+                                  "float32 expected)")
+        given = self.mean is not None or self.std is not None
+        quant = (float(scale), int(zero_point)) if dtype != "float32" and given and scale else None
+        return PreprocessSpec(h, w, dtype, crop_fraction=self.crop_fraction, resize=self.resize,
+                              mean=self.mean if self.mean is not None else 127.5,
+                              std=self.std if self.std is not None else 127.5,
+                              decode=self.decode, max_image_pixels=self.max_image_pixels,
+                              crop=self.crop, channel_order=self.channel_order, quantize=quant)
 
 
 def load_image(path: PathOrBytes, spec: PreprocessSpec) -> np.ndarray:
@@ -145,10 +392,6 @@ def _orientation(img: Image.Image) -> int:
     return value if value in _TRANSPOSE else 1
 
 
-def _cropped_size(w: int, h: int, fraction: float) -> tuple[int, int]:
-    return w - 2 * int((w - w * fraction) / 2), h - 2 * int((h - h * fraction) / 2)
-
-
 def _draft_scale(img: Image.Image, spec: PreprocessSpec, swap: bool) -> int:
     """Largest JPEG DCT scale (1, 2, 4, 8) needed by ``spec``: the pixel limit always, and the
     speed option ``decode="draft"`` while the cropped image stays >= the model input."""
@@ -160,9 +403,9 @@ def _draft_scale(img: Image.Image, spec: PreprocessSpec, swap: bool) -> int:
     if spec.decode == "draft":
         th, tw = (spec.width, spec.height) if swap else (spec.height, spec.width)
         while scale < 8:
-            cw, ch = _cropped_size(
-                math.ceil(w / (2 * scale)), math.ceil(h / (2 * scale)), spec.crop_fraction
-            )
+            l, t, r, b = crop_box(math.ceil(w / (2 * scale)), math.ceil(h / (2 * scale)),
+                                  spec.crop_fraction, spec.crop)
+            cw, ch = r - l, b - t
             if cw < tw or ch < th:
                 break
             scale *= 2
@@ -282,15 +525,34 @@ def _reason(e: BaseException) -> str:
 # --- crop and resize -----------------------------------------------------------------------
 
 
-def crop_box(width: int, height: int, crop_fraction: float) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the central crop, with tf.image.central_crop's rounding."""
+def crop_box(width: int, height: int, crop_fraction: float,
+             crop: str = "central") -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centred crop.
+
+    ``crop="central"``: tf.image.central_crop's box (offset ``int((d - d f) / 2)`` each side,
+    aspect ratio kept; TF-slim's ImageNet evaluation). ``crop="square"``: the TFLite ImageNet
+    evaluation tool's (tensorflow/lite/tools/evaluation/stages/image_preprocessing_stage.cc,
+    ``square_cropping``): side ``min(round(f h), round(f w))``, offset ``round((d - side) / 2)``,
+    C ``round`` (halves away from zero)."""
+    if crop == "square":
+        side = min(_c_round(crop_fraction * height), _c_round(crop_fraction * width))
+        side = max(1, side)
+        left = _c_round((width - side) / 2.0)
+        top = _c_round((height - side) / 2.0)
+        return left, top, left + side, top + side
     top = int((height - height * crop_fraction) / 2)
     left = int((width - width * crop_fraction) / 2)
     return left, top, width - left, height - top
 
 
+def _c_round(x: float) -> int:
+    """C's ``round``: halves away from zero (Python's round is half to even)."""
+    return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
+
+
 def crop_and_resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Central crop (``spec.crop_fraction``) and resize to (spec.height, spec.width): uint8 (H, W, 3).
+    """Centred crop (``spec.crop``, ``spec.crop_fraction``) and resize to (spec.height,
+    spec.width): uint8 (H, W, 3).
 
     ``resize="bilinear"`` reproduces tf.compat.v1.image.resize_bilinear(align_corners=False)
     followed by a cast to uint8; ``resize="antialias"`` is Pillow's resize(BILINEAR).
@@ -298,7 +560,8 @@ def crop_and_resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if img.mode != "RGB":
         img = _to_rgb(img)
     W, H = int(spec.width), int(spec.height)
-    left, top, right, bottom = crop_box(img.width, img.height, float(spec.crop_fraction))
+    left, top, right, bottom = crop_box(img.width, img.height, float(spec.crop_fraction),
+                                        spec.crop)
     cw, ch = right - left, bottom - top
     if spec.resize == "antialias":
         out = img.resize((W, H), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
@@ -393,27 +656,78 @@ def _resize_bilinear_tf_numpy(
 # --- model input ---------------------------------------------------------------------------
 
 
+#: Raw pixel codes are fed when they are the asked quantization to within this many levels
+#: (half a level, plus float32 slack on the stored scale): a 2018 model's scale 1/128 zero point
+#: 128 with mean 128 std 128, or a TF2 int8 model's 2/255 / -1 with mean 127.5 std 127.5.
+_RAW_TOLERANCE_LEVELS = 0.5 + 1e-3
+
+
+@functools.lru_cache(maxsize=32)
+def _lut(dtype: str, mean: tuple, std: tuple, quantize: tuple) -> np.ndarray | None:
+    info = np.iinfo(dtype)
+    scale, zp = quantize
+    p = np.arange(256, dtype=np.float64)
+    real = (p[None, :] - np.asarray(mean)[:, None]) / np.asarray(std)[:, None]  # (3, 256)
+    exact = real / scale + zp
+    raw = p if dtype == "uint8" else p - 128.0
+    if np.all(np.abs(exact - raw[None, :]) <= _RAW_TOLERANCE_LEVELS):
+        return None
+    q = np.floor(np.abs(exact) + 0.5) * np.sign(exact)  # TFLite's rounding: halves away from 0
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def input_lut(spec: PreprocessSpec) -> np.ndarray | None:
+    """The pixel -> input-code table (3, 256) of a quantized input, or None for raw codes.
+
+    ``round((pixel - mean_c) / std_c / scale) + zero_point`` clipped to the dtype, rounding
+    halves away from zero as TFLite's QUANTIZE does. None when ``spec.quantize`` is None, or
+    when the raw codes (uint8: pixel, int8: pixel - 128) already are that quantization to within
+    half a level for every pixel value: the standard 2018 models (scale 1/128, zero point 128)
+    then get exactly the input they got before mean/std were read."""
+    if spec.quantize is None or spec.dtype == "float32":
+        return None
+    return _lut(spec.dtype, tuple(spec.mean), tuple(spec.std), tuple(spec.quantize))
+
+
 def to_input(pixels_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 pixels -> model input: uint8 as is, int8 = pixel - 128, float = (pixel - mean) / std."""
+    """uint8 RGB pixels (H, W, 3) -> model input (H, W, 3) of ``spec.dtype``.
+
+    float32: ``(pixel - mean) / std`` per channel. uint8/int8: raw codes (pixel, pixel - 128),
+    or the table of :func:`input_lut`. ``channel_order="bgr"`` then reverses the channels."""
     p = np.asarray(pixels_uint8)
     if p.dtype != np.uint8:
         raise TypeError(f"pixels must be uint8, got {p.dtype}")
-    if spec.dtype == "uint8":
-        return p
-    if spec.dtype == "int8":
-        return np.bitwise_xor(p, np.uint8(0x80)).view(np.int8)  # == pixel - 128, exactly
-    out = p.astype(np.float32)
-    out -= np.float32(spec.mean)
-    out /= np.float32(spec.std)
+    if spec.dtype == "float32":
+        out = p.astype(np.float32)
+        out -= np.asarray(spec.mean, dtype=np.float32)
+        out /= np.asarray(spec.std, dtype=np.float32)
+    else:
+        lut = input_lut(spec)
+        if lut is not None:
+            # one gather: channel c of pixel value v is lut[c, v]
+            out = lut.ravel().take(p.astype(np.intp) + _CHANNEL_OFFSETS)
+        elif spec.dtype == "uint8":
+            out = p
+        else:
+            out = np.bitwise_xor(p, np.uint8(0x80)).view(np.int8)  # == pixel - 128, exactly
+    if spec.channel_order == "bgr":
+        out = np.ascontiguousarray(out[..., ::-1])
     return out
+
+
+_CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.intp)
 
 
 __all__ = [
     "ImageError",
+    "InputShapeError",
+    "OptionError",
+    "PreprocessOptions",
     "PreprocessSpec",
     "crop_and_resize",
     "crop_box",
     "decode",
+    "input_lut",
     "load_image",
     "to_input",
 ]

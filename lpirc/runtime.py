@@ -18,6 +18,7 @@ segfaults on a corrupt model reports a ModelError instead of killing the caller.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
@@ -99,15 +100,34 @@ def load_runtime(prefer: str | None = None) -> Runtime:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    name: str
+    name: str  # the tensor's name, e.g. "PartitionedCall:0"
     shape: tuple
     dtype: str  # numpy dtype name: "uint8", "int8", "float32", ...
     scale: float  # 0.0 when not quantized
     zero_point: int
+    shape_signature: tuple | None = None  # -1 marks a dynamic dimension; None: not reported
+    signature_name: str | None = None  # its name in the model's signature, e.g. "predictions"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "scale": self.scale, "zero_point": self.zero_point}
+        return {"name": self.name, "signature_name": self.signature_name,
+                "shape": list(self.shape),
+                "shape_signature": (list(self.shape_signature)
+                                    if self.shape_signature is not None else None),
+                "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
+
+    @classmethod
+    def from_json(cls, x: dict) -> TensorInfo:
+        sig = x.get("shape_signature")
+        return cls(x["name"], tuple(x["shape"]), x["dtype"], float(x["scale"]),
+                   int(x["zero_point"]), tuple(sig) if sig is not None else None,
+                   x.get("signature_name"))
+
+    def describe(self, index: int | None = None) -> str:
+        """``1 'predictions' (PartitionedCall:1) [1, 1000]``: index, signature name, tensor name,
+        shape."""
+        head = f"{index} " if index is not None else ""
+        sig = f"{self.signature_name!r} " if self.signature_name else ""
+        return f"{head}{sig}({self.name}) {list(self.shape)}"
 
 
 @dataclass(frozen=True)
@@ -116,22 +136,27 @@ class ModelInfo:
     size_bytes: int
     sha256: str
     input: TensorInfo
-    output: TensorInfo
+    output: TensorInfo  # the output that answers (see choose_output), else output 0
     num_classes: int
     ops: tuple  # op names in execution order, e.g. ("CONV_2D", "DEPTHWISE_CONV_2D", ...)
+    outputs: tuple = ()  # every output, in the interpreter's order
+    output_index: int = 0  # position of ``output`` in ``outputs``
+    output_note: str | None = None  # why this output (others exist), or why none could be chosen
 
     def to_json(self) -> dict:
         return {"path": self.path, "size_bytes": self.size_bytes, "sha256": self.sha256,
                 "num_classes": self.num_classes, "input": self.input.to_json(),
-                "output": self.output.to_json(), "ops": list(self.ops)}
+                "output": self.output.to_json(), "ops": list(self.ops),
+                "outputs": [t.to_json() for t in self.outputs],
+                "output_index": self.output_index, "output_note": self.output_note}
 
     @classmethod
     def from_json(cls, d: dict) -> ModelInfo:
-        def t(x):
-            return TensorInfo(x["name"], tuple(x["shape"]), x["dtype"], float(x["scale"]),
-                              int(x["zero_point"]))
+        t = TensorInfo.from_json
         return cls(d["path"], int(d["size_bytes"]), d["sha256"], t(d["input"]), t(d["output"]),
-                   int(d["num_classes"]), tuple(d["ops"]))
+                   int(d["num_classes"]), tuple(d["ops"]),
+                   tuple(t(x) for x in d.get("outputs", ())), int(d.get("output_index", 0)),
+                   d.get("output_note"))
 
 
 @dataclass
@@ -253,15 +278,73 @@ def make_interpreter(path, *, runtime: Runtime | None = None, threads: int | Non
         raise _explain(path, e, "load") from None
 
 
-def _tensor_info(d: dict) -> TensorInfo:
+def _tensor_info(d: dict, signature_names: dict | None = None) -> TensorInfo:
     q = d.get("quantization", (0.0, 0)) or (0.0, 0)
+    sig = d.get("shape_signature")
     return TensorInfo(name=str(d.get("name", "")),
                       shape=tuple(int(x) for x in d.get("shape", ())),
                       dtype=np.dtype(d["dtype"]).name,
-                      scale=float(q[0]), zero_point=int(q[1]))
+                      scale=float(q[0]), zero_point=int(q[1]),
+                      shape_signature=tuple(int(x) for x in sig) if sig is not None else None,
+                      signature_name=(signature_names or {}).get(int(d.get("index", -1))))
 
 
-def _info_from_interpreter(path, data: bytes, it) -> ModelInfo:
+def _signature_names(it, kind: str) -> dict[int, str]:
+    """tensor index -> name in the (first) signature, for ``kind`` "inputs" or "outputs"."""
+    try:
+        sigs = it._get_full_signature_list() or {}
+    except Exception:  # noqa: BLE001  (older runtimes, models without signatures)
+        return {}
+    for sig in sigs.values():
+        return {int(idx): str(name) for name, idx in (sig.get(kind) or {}).items()}
+    return {}
+
+
+#: Output widths that answer the ILSVRC-2012 classes (1001: background at index 0).
+CLASS_COUNTS = (1000, 1001)
+
+
+def _is_answer(t: TensorInfo) -> bool:
+    shp = tuple(t.shape)
+    return len(shp) == 2 and shp[-1] in CLASS_COUNTS
+
+
+def choose_output(path, outputs: tuple, want: str | int | None = None) -> tuple[int, str | None]:
+    """Which output answers: (its position in ``outputs``, a note or None).
+
+    ``want`` (``--output``) is an index, a signature name or a tensor name. Without it the one
+    output of shape [1, 1000|1001] answers (the note names the others when there are any).
+    Raises ModelError, one line listing every output (index, signature name, tensor name,
+    shape), when ``want`` names none of them, or when no output or several could answer."""
+    listing = "; ".join(t.describe(i) for i, t in enumerate(outputs))
+    n = _name(path)
+    if want is not None:
+        w = str(want).strip()
+        if w.lstrip("-").isdigit() and -len(outputs) <= int(w) < len(outputs):
+            k = int(w) % len(outputs)
+        else:
+            by_sig = [i for i, t in enumerate(outputs) if t.signature_name == w]
+            by_name = [i for i, t in enumerate(outputs) if t.name == w]
+            hits = by_sig or by_name
+            if len(hits) != 1:
+                raise ModelError(f"{n}: --output {w} names no output (outputs: {listing})")
+            k = hits[0]
+        return k, None
+    cands = [i for i, t in enumerate(outputs) if _is_answer(t)]
+    if len(outputs) == 1:  # the classic single-output model: its width is checked by the caller
+        return 0, None
+    if len(cands) == 1:
+        k = cands[0]
+        others = "; ".join(t.describe(i) for i, t in enumerate(outputs) if i != k)
+        return k, f"output {outputs[k].describe(k)} answers; ignored: {others}"
+    why = "none is" if not cands else f"{len(cands)} are"
+    raise ModelError(f"{n}: {len(outputs)} outputs and {why} [1, 1000|1001]: {listing}; choose "
+                     f"one with --output NAME|INDEX (or \"output\" in the config or sidecar)")
+
+
+def _info_from_interpreter(path, data: bytes, it, output=None, strict: bool = False) -> ModelInfo:
+    """ModelInfo of an interpreter. ``output``: see choose_output; ``strict`` raises its
+    ModelError, else the model's structure is still returned (output 0, ``output_note`` = why)."""
     ins, outs = it.get_input_details(), it.get_output_details()
     if not ins or not outs:
         raise ModelError(f"{_name(path)}: model has no inputs or no outputs")
@@ -269,21 +352,48 @@ def _info_from_interpreter(path, data: bytes, it) -> ModelInfo:
         ops = tuple(str(o.get("op_name", "?")) for o in it._get_ops_details())
     except Exception:  # noqa: BLE001  (older runtimes)
         ops = ()
-    out = _tensor_info(outs[0])
+    in_names, out_names = _signature_names(it, "inputs"), _signature_names(it, "outputs")
+    outputs = tuple(_tensor_info(d, out_names) for d in outs)
+    try:
+        k, note = choose_output(path, outputs, output)
+    except ModelError as e:
+        if strict:
+            raise
+        k, note = 0, str(e).split(": ", 1)[-1]
+    out = outputs[k]
     return ModelInfo(path=str(path), size_bytes=len(data), sha256=_sha256(data),
-                     input=_tensor_info(ins[0]), output=out,
-                     num_classes=int(out.shape[-1]) if out.shape else 0, ops=ops)
+                     input=_tensor_info(ins[0], in_names), output=out,
+                     num_classes=int(out.shape[-1]) if out.shape else 0, ops=ops,
+                     outputs=outputs, output_index=k, output_note=note)
 
 
-def model_info(path, runtime: Runtime | None = None) -> ModelInfo:
+def model_info(path, runtime: Runtime | None = None, output=None) -> ModelInfo:
     """The model's structure, read without a delegate and without allocating tensors.
 
     ModelError when the file is missing, empty, or not a TFLite flatbuffer. A model with an
-    unresolved custom op still has an info (its ops list names the custom op).
+    unresolved custom op still has an info (its ops list names the custom op); one whose answer
+    cannot be told from its outputs has output 0 and says why in ``output_note``.
     """
     _, data = _check_file(path)
     it = make_interpreter(path, runtime=runtime, threads=1, default_delegates=False)
-    return _info_from_interpreter(path, data, it)
+    return _info_from_interpreter(path, data, it, output=output)
+
+
+def _input_shape(info: ModelInfo, batch: int, input_size) -> list[int] | None:
+    """The input shape to resize to, or None to keep the model's own. Only dynamic dimensions
+    (-1 in the shape signature) change, and the batch."""
+    shape = list(info.input.shape)
+    sig = list(info.input.shape_signature or shape)
+    new = list(shape)
+    if batch > 1 and shape:
+        new[0] = batch
+    if input_size is not None and len(shape) == 4 and len(sig) == 4:
+        h, w = input_size
+        if sig[1] < 0:
+            new[1] = int(h)
+        if sig[2] < 0:
+            new[2] = int(w)
+    return new if new != shape else None
 
 
 # ----------------------------------------------------------------------------------- open
@@ -298,12 +408,15 @@ def _allocate(path, it):
 
 
 def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
-               runtime: Runtime | None = None, delegate_options: dict | None = None) -> Model:
+               runtime: Runtime | None = None, delegate_options: dict | None = None,
+               output=None, input_size: tuple | None = None) -> Model:
     """Load, delegate and allocate a model for inference.
 
     ``batch > 1`` resizes the input; a model that pins batch 1 (most 2018-era quantized models:
     "XNNPack delegate failed to reshape runtime") falls back to batch 1, recorded in
-    ``Model.batch`` and ``Model.note``. Raises ModelError / DelegateError (one line).
+    ``Model.batch`` and ``Model.note``. ``input_size`` (height, width) sets the dynamic
+    height/width of a model whose shape signature has -1 there. ``output`` chooses the output
+    that answers (see choose_output). Raises ModelError / DelegateError (one line).
     """
     from lpirc import delegates as dl
 
@@ -313,18 +426,22 @@ def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
     threads = max(1, int(threads or 1))
     batch = max(1, int(batch or 1))
     if spec.kind == "gpu":
-        return _open_gpu(p, data, rt, spec, threads, batch)
+        return _open_gpu(p, data, rt, spec, threads, batch, output)
 
     def build(b: int):
         tfl_delegate = dl.load_tflite_delegate(spec, rt.module)
         it = make_interpreter(p, runtime=rt, threads=threads,
                               delegates=[tfl_delegate] if tfl_delegate is not None else None)
-        info = _info_from_interpreter(p, data, it)
-        if b > 1:
-            shape = list(info.input.shape)
-            shape[0] = b
-            it.resize_tensor_input(it.get_input_details()[0]["index"], shape)
+        info = _info_from_interpreter(p, data, it, output=output, strict=True)
+        shape = _input_shape(info, b, input_size)
+        if shape is not None:
+            try:
+                it.resize_tensor_input(it.get_input_details()[0]["index"], shape)
+            except Exception as e:  # noqa: BLE001
+                raise _explain(p, e, "allocate") from None
         _allocate(p, it)
+        if input_size is not None:  # the shapes after resizing
+            info = _info_from_interpreter(p, data, it, output=output, strict=True)
         return it, info, tfl_delegate
 
     note = None
@@ -347,7 +464,7 @@ def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
                   delegate_requested=spec.requested, delegate_ran=ran, batch=used,
                   threads=threads, note=note, interpreter=it, _delegate=tfl_delegate)
     model._in = it.get_input_details()[0]
-    model._out = it.get_output_details()[0]
+    model._out = it.get_output_details()[info.output_index]
     return model
 
 
@@ -361,8 +478,8 @@ def _with_batch(info: ModelInfo, it) -> ModelInfo:
         if t.shape and t.shape[0] != 1:
             return TensorInfo(t.name, (1,) + tuple(t.shape[1:]), t.dtype, t.scale, t.zero_point)
         return t
-    return ModelInfo(info.path, info.size_bytes, info.sha256, one(info.input), one(info.output),
-                     info.num_classes, info.ops)
+    return dataclasses.replace(info, input=one(info.input), output=one(info.output),
+                               outputs=tuple(one(t) for t in info.outputs))
 
 
 @contextlib.contextmanager
@@ -398,14 +515,18 @@ def _without_xnnpack_banner():
                 print(line, file=sys.stderr)
 
 
-def _open_gpu(p: Path, data: bytes, rt: Runtime, spec, threads: int, batch: int) -> Model:
-    """LiteRT 2.x CompiledModel on the GPU accelerator (WebGPU/Vulkan), batch 1."""
+def _open_gpu(p: Path, data: bytes, rt: Runtime, spec, threads: int, batch: int,
+              output=None) -> Model:
+    """LiteRT 2.x CompiledModel on the GPU accelerator (WebGPU/Vulkan), batch 1, fixed input
+    size. The chosen output is read from the output buffer at its index (untested on a GPU with
+    several outputs)."""
     from lpirc import delegates as dl
 
     reason = dl.gpu_unavailable_reason(rt.name)
     if reason:
         raise DelegateError(f"gpu: {reason}")
-    info = _with_batch(model_info(p, runtime=rt), None)
+    it = make_interpreter(p, runtime=rt, threads=1, default_delegates=False)
+    info = _with_batch(_info_from_interpreter(p, data, it, output=output, strict=True), None)
     from ai_edge_litert.compiled_model import CompiledModel
     from ai_edge_litert.hardware_accelerator import HardwareAccelerator as HA
 
@@ -457,7 +578,7 @@ def _invoke(model: Model, x: np.ndarray) -> np.ndarray:
             model._in[0].write(np.ascontiguousarray(x))
             cm.run_by_index(0, model._in, model._out)
             n = int(np.prod(model.info.output.shape))
-            raw = model._out[0].read(n, np.dtype(model.info.output.dtype))
+            raw = model._out[model.info.output_index].read(n, np.dtype(model.info.output.dtype))
         else:
             it = model.interpreter
             it.set_tensor(model._in["index"], x)
@@ -528,9 +649,11 @@ def batch_resizable(path, runtime: Runtime | None = None, batch: int = 2) -> boo
 # ----------------------------------------------------------------------------------- probe
 
 
-def _probe_child(path: str, delegate: str, runtime_name: str | None) -> dict:
+def _probe_child(path: str, delegate: str, runtime_name: str | None, output=None,
+                 input_size=None) -> dict:
     rt = load_runtime(runtime_name)
-    m = open_model(path, threads=1, delegate=delegate, runtime=rt)
+    m = open_model(path, threads=1, delegate=delegate, runtime=rt, output=output,
+                   input_size=tuple(input_size) if input_size else None)
     t = m.info.input
     x = np.zeros((m.batch,) + tuple(t.shape[1:]), dtype=np.dtype(t.dtype))
     predict(m, x)
@@ -539,8 +662,10 @@ def _probe_child(path: str, delegate: str, runtime_name: str | None) -> dict:
 
 
 def probe_model(path, timeout_s: float = 120.0, delegate: str = "cpu",
-                runtime_name: str | None = None) -> ModelInfo:
+                runtime_name: str | None = None, output=None, input_size=None) -> ModelInfo:
     """Load and invoke the model once in a child process; ModelInfo, or ModelError/DelegateError.
+
+    ``output`` and ``input_size`` as for :func:`open_model`.
 
     A runtime crash (segfault on a corrupt model in older runtimes) becomes
     ``ModelError("X: the runtime crashed loading it (signal 11)")``.
@@ -550,7 +675,8 @@ def probe_model(path, timeout_s: float = 120.0, delegate: str = "cpu",
     env = dict(os.environ)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = json.dumps({"path": str(p), "delegate": delegate, "runtime": runtime_name})
+    args = json.dumps({"path": str(p), "delegate": delegate, "runtime": runtime_name,
+                       "output": output, "input_size": list(input_size) if input_size else None})
     try:
         proc = subprocess.run([sys.executable, "-c", _PROBE_SNIPPET, args], env=env,
                               capture_output=True, text=True, timeout=timeout_s)
@@ -578,7 +704,7 @@ try:
     from lpirc.errors import LpircError
     from lpirc.runtime import _probe_child
     try:
-        r = _probe_child(a["path"], a["delegate"], a["runtime"])
+        r = _probe_child(a["path"], a["delegate"], a["runtime"], a["output"], a["input_size"])
     except LpircError as e:
         r = {"ok": False, "kind": type(e).__name__, "error": str(e)}
 except Exception as e:
@@ -589,6 +715,6 @@ sys.stdout.flush()
 
 __all__ = [
     "Runtime", "TensorInfo", "ModelInfo", "Model", "load_runtime", "model_info", "open_model",
-    "input_info", "predict", "top_k", "batch_resizable", "probe_model", "make_interpreter",
+    "input_info", "predict", "top_k", "choose_output", "CLASS_COUNTS", "batch_resizable", "probe_model", "make_interpreter",
 ]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lpirc.errors import InputError
+from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")
 DECODES = ("exact", "draft")
@@ -41,9 +42,13 @@ class RunSettings:
     delegate: str = "cpu"  # cpu | gpu | edgetpu | path to a delegate library
     crop_fraction: float = 0.875
     resize: str = "bilinear"  # bilinear (TF v1 resize_bilinear) | antialias (Pillow's)
-    mean: float = 127.5
-    std: float = 127.5
+    mean: Any = None  # pixel units 0..255, one or three (R,G,B); None: not given
+    std: Any = None
     decode: str = "exact"  # exact | draft (JPEG DCT-scaled decode, faster on large images)
+    crop: str = "central"  # central (tf.image.central_crop) | square (TFLite eval tool)
+    channel_order: str = "rgb"  # rgb | bgr
+    input_size: Any = None  # "HxW" for a model with a dynamic height/width
+    output: Any = None  # name or index of the output that answers; None: the one [1, 1000|1001]
     seed: int = 0
     max_image_pixels: int = 40_000_000
     rules: str = "lpirc-onsite"
@@ -53,9 +58,25 @@ class RunSettings:
     powercap_root: Path = Path("/sys/class/powercap")
     grace_s: float = 0.5
     quiet: bool = False
+    #: the preprocessing fields above, checked once (OptionError naming the setting)
+    preprocess: PreprocessOptions = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preprocess", PreprocessOptions(
+            crop=self.crop, crop_fraction=self.crop_fraction, resize=self.resize,
+            mean=self.mean, std=self.std, channel_order=self.channel_order,
+            input_size=self.input_size, decode=self.decode,
+            max_image_pixels=self.max_image_pixels, output=self.output))
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "preprocess":
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else v
+        out.update({k: v for k, v in self.preprocess.to_json().items() if k in out})
+        return out
 
 
 #: Settings a tuned config may carry; anything else in the file is refused.
@@ -108,7 +129,12 @@ def read_sidecar(model: Path) -> dict[str, Any]:
     pre = data.get("preprocess", {})
     if not isinstance(pre, dict):
         raise InputError(f"{path}: 'preprocess' must be an object")
-    return _typed(path, {k: pre[k] for k in ("crop_fraction", "resize", "mean", "std") if k in pre})
+    return _typed(path, {k: pre[k] for k in SIDECAR_KEYS if k in pre})
+
+
+#: Preprocessing a sidecar's ``preprocess`` object may carry (anything else there is ignored).
+SIDECAR_KEYS = ("crop", "crop_fraction", "resize", "mean", "std", "channel_order", "input_size",
+                "output")
 
 
 def resolve_settings(values: dict[str, Any], explicit: set[str],
@@ -152,8 +178,20 @@ def resolve_settings(values: dict[str, Any], explicit: set[str],
         settings = RunSettings(**merged)
     except TypeError as e:
         raise InputError(f"bad settings: {e}") from None
+    except OptionError as e:
+        raise InputError(f"{where(e.setting)}{e}") from None
     check_settings(settings, origin)
     return settings
+
+
+def resolve_preprocess(model: Path, values: dict[str, Any],
+                       config: Path | None = None) -> PreprocessOptions:
+    """The preprocessing ``lpirc run`` would use for ``model``: ``values`` (command-line
+    options, RunSettings names) over ``config`` over the model's sidecar over the defaults, by
+    the same rule as :func:`resolve_settings`. InputError naming the file of a bad value."""
+    given = {k: v for k, v in values.items() if v is not None}
+    merged = dict(given, model=Path(model), holdout=Path("."))
+    return resolve_settings(merged, set(given), config).preprocess
 
 
 def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> None:
@@ -166,24 +204,15 @@ def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> Non
         src = f"{origin[name]}: " if origin and name in origin else ""
         return InputError(f"{src}{name} {why} (got {getattr(s, name)!r})")
 
-    for name in ("time_limit_s", "ms_per_image", "std"):
+    for name in ("time_limit_s", "ms_per_image"):
         v = getattr(s, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise bad(name, "must be a positive number")
-    for name in ("mean", "grace_s", "watts_per_core", "idle_watts"):
+    for name in ("grace_s", "watts_per_core", "idle_watts"):
         v = getattr(s, name)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or (name != "mean" and v < 0):
-            raise bad(name, "must be a finite number" + (" >= 0" if name != "mean" else ""))
-    from lpirc.preprocess import PreprocessSpec
-
-    try:  # the preprocessing's own checks (the model's size and type are not known yet)
-        PreprocessSpec(1, 1, "uint8", crop_fraction=s.crop_fraction, resize=s.resize,
-                       mean=s.mean, std=s.std, decode=s.decode,
-                       max_image_pixels=s.max_image_pixels)
-    except (TypeError, ValueError) as e:
-        name = str(e).split(" ", 1)[0]
-        src = f"{origin[name]}: " if origin and name in origin else ""
-        raise InputError(f"{src}{e}") from None
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise bad(name, "must be a finite number >= 0")
+    # the preprocessing options were checked when ``s`` was made (RunSettings.preprocess)
     if not isinstance(s.decode_threads, int) or s.decode_threads < 0:
         raise bad("decode_threads", "must be an integer >= 0")
     import scoring  # numpy only; the rule set must exist before the run, not when it is scored
@@ -210,6 +239,8 @@ def _typed(source: Path, data: dict[str, Any]) -> dict[str, Any]:
             ok = isinstance(v, str)
         elif want == "bool":
             ok = isinstance(v, bool)
+        elif want == "Any":  # preprocessing values: checked by PreprocessOptions
+            ok = True
         else:  # paths: a string, or null where the setting is optional
             ok = isinstance(v, str) or (v is None and "None" in want)
         if not ok:

@@ -75,18 +75,32 @@ def _label_or_none(s: str) -> int | None:
 
 
 def read_ground_truth(path, cache: bool = True) -> dict[str, int]:
-    """Read a ground-truth CSV: rows ``filename,label``, header optional.
+    """Read a ground truth: rows ``filename,label`` (CSV, header optional) or ``filename label``
+    separated by whitespace (MLPerf's ``val_map.txt``, caffe's ``val.txt``); the format is told
+    from the first row (a comma makes it CSV).
 
-    label is a synset ID (``n01440764``) or a class index 0..999. Returns filename -> class index.
-    Raises ScoringError (file and line named) for a missing file, a bad row, a duplicate filename
-    or an empty file.
+    label is a synset ID (``n01440764``) or a class index 0..999 (lpirc's: the sorted-synset
+    order). Returns filename -> class index. Raises ScoringError (file and line named) for a
+    missing file, a bad row, a duplicate filename or an empty file. See
+    :func:`ground_truth_notes` for labels that look 1-based.
     """
+    return dict(_read(path, cache)[0])
+
+
+def ground_truth_notes(path, cache: bool = True) -> list[str]:
+    """Warnings about a readable ground truth (one line each), e.g. numeric labels that never
+    use 0: the ImageNet devkit's ILSVRC2012_IDs are 1-based and ordered differently (kit fox
+    is ID 1 there, class 278 in the sorted-synset order lpirc uses)."""
+    return list(_read(path, cache)[1])
+
+
+def _read(path, cache: bool) -> tuple[tuple, tuple]:
     p = Path(path)
     st = _stat(p, "ground truth")
     # cache=False for a caller that holds it briefly (lpirc run, during the run): the cache
     # would keep a 200,000-row ground truth alive for nothing
     read = _read_ground_truth_cached if cache else _read_ground_truth_cached.__wrapped__
-    return dict(read(str(p.resolve()), st.st_mtime_ns, st.st_size))
+    return read(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
 
 def _stat(p: Path, what: str) -> os.stat_result:
@@ -100,37 +114,68 @@ def _stat(p: Path, what: str) -> os.stat_result:
 
 
 @lru_cache(maxsize=8)
-def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple[str, int], ...]:
+def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple, tuple]:
     p = Path(path)
     try:  # streamed, not read whole: a large ground truth is not held twice while parsed
         with open(p, encoding="utf-8-sig", newline="") as f:
-            return _parse_ground_truth(p, csv.reader(f))
+            return _parse_ground_truth(p, _rows(f))
     except UnicodeDecodeError:
         raise ScoringError(f"{p}: not a text CSV file (cannot decode as UTF-8)") from None
     except OSError as e:
         raise ScoringError(f"{p}: cannot read ground truth ({e.strerror or e})") from None
 
 
-def _parse_ground_truth(p: Path, rows) -> tuple[tuple[str, int], ...]:
+def _rows(f):
+    """Rows of a ground-truth file: csv rows when its first data line has a comma, else lines
+    split at their last run of whitespace (``filename label``; a name may hold spaces)."""
+    first = None
+    for line in f:
+        if line.strip() and not line.lstrip().startswith("#"):
+            first = line
+            break
+    if first is None:
+        return
+    if "," in first:
+        yield from csv.reader(_chain(first, f))
+        return
+    for line in _chain(first, f):
+        s = line.strip()
+        yield s.rsplit(None, 1) if s else []
+
+
+def _chain(first: str, rest):
+    yield first
+    yield from rest
+
+
+def _parse_ground_truth(p: Path, rows) -> tuple[tuple, tuple]:
     out: dict[str, int] = {}
     first = True
+    numeric = True
     for lineno, row in enumerate(rows, start=1):
         if not row or all(not c.strip() for c in row):
             continue
         if row[0].lstrip().startswith("#"):
             continue
         if len(row) < 2:
-            raise ScoringError(f"{p}:{lineno}: expected 'filename,label', got {','.join(row)[:60]!r}")
+            raise ScoringError(f"{p}:{lineno}: expected 'filename,label' or 'filename label', "
+                               f"got {','.join(row)[:60]!r}")
         name, label = row[0].strip(), row[1].strip()
         k = _label_or_none(label)
         if k is None:
             if first and _is_gt_header(name, label):
                 first = False
                 continue
+            hint = ""
+            if label.isdigit() and int(label) == NUM_CLASSES:
+                hint = (" (labels 1..1000 look like the ImageNet devkit's 1-based "
+                        "ILSVRC2012_IDs; lpirc's class k is the k-th synset in sorted order, "
+                        "0-based: write synset IDs such as n01440764 instead)")
             raise ScoringError(
-                f"{p}:{lineno}: label {label[:40]!r} is neither an ILSVRC-2012 synset ID nor a class index 0..999"
-            )
+                f"{p}:{lineno}: label {label[:40]!r} is neither an ILSVRC-2012 synset ID nor a "
+                f"class index 0..999{hint}")
         first = False
+        numeric = numeric and label.lstrip("-").isdigit()
         if not name:
             raise ScoringError(f"{p}:{lineno}: empty filename")
         if name in out:
@@ -138,7 +183,17 @@ def _parse_ground_truth(p: Path, rows) -> tuple[tuple[str, int], ...]:
         out[name] = k
     if not out:
         raise ScoringError(f"{p}: no ground-truth rows (expected 'filename,label' lines)")
-    return tuple(out.items())
+    notes = []
+    if numeric and 0 not in out.values():
+        notes.append(_one_based_note(p, out))
+    return tuple(out.items()), tuple(notes)
+
+
+def _one_based_note(p: Path, gt: dict[str, int]) -> str:
+    lo, hi = min(gt.values()), max(gt.values())
+    return (f"{p}: numeric labels never use 0 (they run {lo}..{hi}): if they are the ImageNet "
+            "devkit's 1-based ILSVRC2012_IDs, every answer scores wrong (lpirc's class k is the "
+            "k-th synset in sorted order, 0-based); write synset IDs such as n01440764 instead")
 
 
 _IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|bmp|gif|webp|tiff?)$", re.IGNORECASE)
@@ -220,6 +275,25 @@ def _num(v) -> float:
         return float(v)
     except (TypeError, ValueError):
         return math.nan
+
+
+_TOP_SCORE = re.compile(rb'"scores"\s*:\s*\[\s*(-?[0-9][0-9.eE+-]*)')
+
+
+def top_scores(path) -> np.ndarray:
+    """The first (best) score of every answer of a results.jsonl that has ``"scores"``, as
+    float64 (empty for other logs); read only when a warning needs it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return np.zeros(0)
+    vals = []
+    for m in _TOP_SCORE.finditer(data):
+        try:
+            vals.append(float(m.group(1)))
+        except ValueError:
+            continue
+    return np.asarray(vals, dtype=np.float64)
 
 
 def read_log(path) -> Log:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring._io import ScoringError, read_ground_truth, read_label_names, read_log, read_manifest, synsets
+from scoring._io import (ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
+                         read_log, read_manifest, synsets, top_scores)
+from scoring.names import AMBIGUOUS, NameIndex, describe_loose
 from scoring.rules import ALL_OPTIONS, RULES, Evaluation
 
 _MAX_NAMED = 5  # names listed in one warning
@@ -40,11 +42,88 @@ def _locate(path) -> tuple[Path, Path | None]:
     return p, None
 
 
+#: "Near 0": top-5 at most this on at least _MIN_CONFIDENT answers whose median best score is
+#: at least _CONFIDENT (a softmax): a model that sure of itself is not that wrong by chance
+#: (chance top-5 is 0.5 %); the labels are in another order.
+_NEAR_ZERO_TOP5 = 0.02
+_CONFIDENT = 0.5
+_MIN_CONFIDENT = 3
+
+
+def _confident_but_wrong(ev: Evaluation, log) -> str | None:
+    """A warning when the answers are confident yet top-5 is near 0, else None."""
+    ok = ~ev.error
+    n = int(np.count_nonzero(ok))
+    if n < _MIN_CONFIDENT or log.format != "results.jsonl":
+        return None
+    hits = (ev.top5[ok] == ev.labels[ok][:, None]).any(axis=1)
+    top5 = float(np.count_nonzero(hits)) / n
+    if top5 > _NEAR_ZERO_TOP5:
+        return None
+    best = top_scores(log.path)
+    if best.size < _MIN_CONFIDENT or best.min() < 0 or best.max() > 1 + 1e-6:
+        return None  # no scores, or logits: confidence cannot be told
+    med = float(np.median(best))
+    if med < _CONFIDENT:
+        return None
+    return (f"top-5 is {top5:.1%} on {n} answers whose median best score is {med:.2f} "
+            "(measured): confident answers this wrong suggest labels in another order (the "
+            "devkit's 1-based ILSVRC2012_IDs?); lpirc's class k is the k-th synset in sorted "
+            "order, 0-based")
+
+
 def _resolve_gt(value, run_dir: Path) -> Path:
     g = Path(value)
     if not g.is_absolute() and not g.exists() and (run_dir / g).exists():
         g = run_dir / g
     return g
+
+
+def match_positions(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, dict[str, int], list[str]]:
+    """Which ground-truth row each answer is for, by the one matching rule of scoring.names.
+
+    Args:
+        images: the log's image names, in log order (n).
+        gt_names: the ground truth's file names, in its order.
+    Returns:
+        (pos, how, ambiguous): pos (n,) int64, the ground-truth row of each answer (exact name in
+        one pass; the rest by NFC, bare name, stem, case), -1 when it names no row or several;
+        how, the count of answers matched by each looser rule; ambiguous, the names that match
+        several rows (matched to none).
+    """
+    names = NameIndex(gt_names)
+    n = len(images)
+    pos = np.fromiter((names._exact.get(img, -1) for img in images), dtype=np.int64, count=n)
+    how: dict[str, int] = {}
+    ambiguous: list[str] = []
+    for j in np.nonzero(pos < 0)[0]:
+        i, by = names.lookup(images[j])
+        pos[j] = i
+        how[by or "none"] = how.get(by or "none", 0) + 1
+        if by == AMBIGUOUS:
+            ambiguous.append(images[j])
+    return pos, how, ambiguous
+
+
+def first_answers(pos: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the answers that count: the first answer for each matched row."""
+    idx = np.nonzero(pos >= 0)[0]
+    _, first = np.unique(pos[idx], return_index=True)
+    return np.sort(idx[first])
+
+
+def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which ground-truth image each answer is for, and which answers count.
+
+    Args:
+        images: the log's image names, in log order (n).
+        gt_names: the ground truth's file names, in its order.
+    Returns:
+        (pos, keep): pos (n,) int64 as :func:`match_positions`; keep, the indices of the answers
+        that count (the first answer for each image), ascending.
+    """
+    pos, _, _ = match_positions(images, gt_names)
+    return pos, first_answers(pos)
 
 
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
@@ -90,35 +169,30 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     else:
         gt_path = Path(ground_truth)
     gt = read_ground_truth(gt_path)
+    warnings.extend(ground_truth_notes(gt_path))
     log = read_log(log_path)
     warnings.extend(log.warnings)
     if not len(log):
         warnings.append(f"{log_path}: no answers in the log")
 
-    # --- match answers to the ground truth: vectorised over the log --------------------------
+    # --- match answers to the ground truth: exact names in one pass, the rest by the rules of
+    # scoring.names (NFC, bare name, stem, case; ambiguous names match nothing)
     gt_names = list(gt)
-    gt_index = {name: i for i, name in enumerate(gt_names)}
     gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
-    n = len(log)
-    pos = np.fromiter((gt_index.get(img, -1) for img in log.images), dtype=np.int64, count=n)
-    if n and (pos < 0).any():
-        # second chance: the ground truth names files by basename or stem
-        by_base: dict[str, int] = {}
-        for i, name in enumerate(gt_names):
-            for key in {Path(name).name, Path(name).stem}:
-                by_base[key] = -2 if key in by_base and by_base[key] != i else i
-        for j in np.nonzero(pos < 0)[0]:
-            img = log.images[j]
-            hit = by_base.get(Path(img).name, by_base.get(Path(img).stem, -1))
-            pos[j] = hit if hit >= 0 else -1
+    pos, how, ambiguous = match_positions(log.images, gt_names)
+    keep = first_answers(pos)
+    loose = describe_loose(how)
+    if loose:
+        warnings.append(f"{log.path}: {loose}")
+    if ambiguous:
+        warnings.append(f"{log.path}: {len(ambiguous)} answer(s) whose names match several "
+                        f"ground-truth rows, ignored: {_few(ambiguous)}")
     in_gt = pos >= 0
     n_unknown = int(np.count_nonzero(~in_gt))
     if n_unknown:
         names = [log.images[j] for j in np.nonzero(~in_gt)[0]]
         warnings.append(f"{log.path}: {n_unknown} answer(s) for images not in the ground truth, ignored: {_few(names)}")
     idx = np.nonzero(in_gt)[0]
-    _, first = np.unique(pos[idx], return_index=True)
-    keep = np.sort(idx[first])
     n_dup = len(idx) - len(keep)
     if n_dup:
         counts = Counter(pos[idx].tolist())
@@ -170,6 +244,9 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         warnings.append(f"{log_path}: referee format gives one class per image: no top-5")
     answered = int(np.count_nonzero(~ev.error))
     failed = int(np.count_nonzero(ev.error))
+    confident = _confident_but_wrong(ev, log)
+    if confident:
+        warnings.append(f"{gt_path}: {confident}")
     model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
     out = {
         "rules": rule.name,

@@ -32,7 +32,6 @@ from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
 
 SIDECAR_FORMAT = "lpirc-submission/1"
 TF_MISSING = "TensorFlow is not installed; install the build extra: pip install '.[build]'"
-_SKIP_SUFFIXES = {".csv", ".json", ".txt", ".md"}
 _SKIPPED_SHOWN = 20  # unreadable calibration files named in the sidecar (the count is exact)
 
 
@@ -68,22 +67,23 @@ def _one_line(e: BaseException) -> str:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted; hidden files and .csv/.json/.txt skipped."""
+    """Image files under ``folder`` by lpirc's one listing rule (lpirc.holdout.scan_images:
+    linked folders followed, hidden files, __MACOSX/, OS junk and .csv/.json/.txt/.md skipped),
+    sorted. InputError for a missing folder or one without images."""
+    from lpirc.holdout import scan_images  # noqa: PLC0415
+
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"{folder}: representative image folder not found")
     if not folder.is_dir():
         raise InputError(f"{folder}: representative images must be a folder")
-    files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.is_file() and p.suffix.lower() not in _SKIP_SUFFIXES:
-            files.append(p)
-    if not files:
+    try:
+        listing = scan_images(folder)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot list it ({e.strerror or e})") from None
+    if not listing.files:
         raise InputError(f"{folder}: no images in the representative image folder")
-    return files
+    return [folder / f for f in listing.files]
 
 
 def _pick(files: list[Path], n: int) -> list[Path]:

@@ -126,9 +126,13 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
                      reference=None, range_threshold: float = DEFAULT_RANGE_THRESHOLD,
                      near_zero_levels: int = DEFAULT_NEAR_ZERO_LEVELS,
                      max_drop: float = DEFAULT_MAX_DROP, limit: int | None = None,
-                     timeout_s: float = 120.0, threads: int = 1, on_result=None) -> CheckReport:
+                     timeout_s: float = 120.0, threads: int = 1, on_result=None,
+                     preprocess: dict | None = None, config=None) -> CheckReport:
     """Run every check; never raises for a bad model (it is a failed check). ``on_result`` is
-    called with each CheckResult as soon as it is known (for printing)."""
+    called with each CheckResult as soon as it is known (for printing). ``preprocess`` holds
+    the preprocessing options given on the command line (RunSettings names: mean, std, crop,
+    input_size, output, ...) and ``config`` a tuned config file: layered over the model's
+    sidecar exactly as ``lpirc run`` layers them."""
     from lpirc import runtime as rtm
 
     rt = rtm.load_runtime()
@@ -140,10 +144,12 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
             on_result(r)
         return r
 
+    opts, side_error = _resolve_options(model, preprocess or {}, config)
     # 1. load (child process)
     loaded = delegate_missing = False
     try:
-        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate)
+        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
+                               input_size=opts.input_size)
         loaded = True
         emit("load", PASS, f"loads and invokes with --delegate {delegate or 'cpu'}",
              size_bytes=info.size_bytes, sha256=info.sha256)
@@ -156,19 +162,20 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         try:
             info = _structure_in_child(model, timeout_s)
         except LpircError:
-            for n in ("input", "output", "ops", "sidecar", "invoke", "activations", "depthwise",
-                      "accuracy"):
+            for n in ("input", "output", "ops", "sidecar", "normalise", "invoke", "activations",
+                      "depthwise", "accuracy"):
                 emit(n, SKIP, "model could not be read")
             return rep
 
-    ok_input = _check_input(info, emit)
-    _check_output(info, emit)
+    ok_input = _check_input(info, opts, emit)
+    _check_output(model, info, opts, emit)
     _check_ops(info, delegate, rt, emit)
     if not ok_input:
-        for n in ("sidecar", "invoke", "activations", "depthwise", "accuracy"):
-            emit(n, SKIP, "input is not an image tensor")
+        for n in ("sidecar", "normalise", "invoke", "activations", "depthwise", "accuracy"):
+            emit(n, SKIP, "lpirc run cannot feed this input images")
         return rep
-    spec = _check_sidecar(model, info, emit)
+    spec = _check_sidecar(model, info, opts, side_error, emit)
+    _check_normalise(info, spec, emit)
 
     if not loaded:
         emit("invoke", SKIP, "model does not load with this delegate")
@@ -188,11 +195,11 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
 
     # An unusable holdout is the accuracy check's failure; the other checks still run on a
     # generated image, and the report is still written.
-    holdout_error = None
+    holdout_error = skipped = None
     images: list[Path] = []
     if holdout:
         try:
-            images = _holdout_images(holdout)
+            images, skipped = _holdout_images(holdout)
         except LpircError as e:
             holdout_error = str(e)
     try:
@@ -200,14 +207,31 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     except LpircError as e:
         emit("invoke", FAIL, str(e))
         return rep
-    _check_invoke(model, delegate, threads, rt, x, source, info, emit)
+    _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit)
     _check_quantization(model, rt, x, info, range_threshold, near_zero_levels, emit)
     if holdout_error:
         emit("accuracy", FAIL, holdout_error)
         return rep
-    _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
-                    reference, max_drop, limit, timeout_s, emit)
+    _check_accuracy(model, delegate, threads, rt, spec, opts, holdout, images, ground_truth,
+                    reference, max_drop, limit, timeout_s, emit, skipped)
     return rep
+
+
+def _resolve_options(model, values: dict, config):
+    """(PreprocessOptions lpirc run would use, the sidecar/config error or None): the command
+    line's values over the config over the sidecar, by lpirc.settings' own rule. A sidecar the
+    run would refuse is reported by the sidecar check; the other checks use the values given."""
+    from lpirc.preprocess import OptionError, PreprocessOptions
+    from lpirc.settings import resolve_preprocess
+
+    try:
+        return resolve_preprocess(model, values, config), None
+    except LpircError as e:
+        err = str(e)
+    try:
+        return PreprocessOptions(**values), err
+    except (OptionError, TypeError):
+        return PreprocessOptions(), err
 
 
 _STRUCTURE_SNIPPET = r"""
@@ -259,42 +283,70 @@ def _loads_on_cpu(model, timeout_s: float) -> bool:
     return True
 
 
-def _check_input(info, emit) -> bool:
+def _check_input(info, opts, emit) -> bool:
+    """Can lpirc run feed this input images? The same verdict as the run's workers
+    (PreprocessOptions.spec_for): one [1, H, W, 3] uint8/int8/float32 input, a fixed height and
+    width or --input-size for a dynamic one."""
+    from lpirc.preprocess import InputShapeError
+
     t = info.input
     shp = tuple(t.shape)
-    d = {"shape": list(shp), "dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point}
-    if len(shp) != 4 or shp[0] != 1 or shp[3] != 3:
+    sig = list(t.shape_signature) if t.shape_signature is not None else list(shp)
+    d = {"shape": list(shp), "shape_signature": sig, "dtype": t.dtype, "scale": t.scale,
+         "zero_point": t.zero_point}
+    try:
+        spec = opts.spec_for(shp, t.dtype, t.scale, t.zero_point, t.shape_signature)
+    except InputShapeError as e:
+        emit("input", FAIL, f"{e}; lpirc run refuses it", **d)
+        return False
+    h, w = spec.height, spec.width
+    if len(shp) != 4 or shp[0] != 1:
         emit("input", FAIL, f"input {t.name!r} has shape {list(shp)}; expected [1, H, W, 3]", **d)
         return False
-    h, w = shp[1], shp[2]
     if not (1 <= h <= 1000 and 1 <= w <= 1000):
         emit("input", FAIL, f"input {h}x{w} is outside 1..1000", **d)
         return False
+    size = f"[1, {h}, {w}, 3]"
+    if sig[1] < 0 or sig[2] < 0:
+        size += f" (dynamic {sig}, set by --input-size {h}x{w})"
     if t.dtype in ("uint8", "int8"):
-        emit("input", PASS, f"[1, {h}, {w}, 3] {t.dtype} (scale {t.scale:g}, zero point "
-                            f"{t.zero_point})", **d)
-    elif t.dtype == "float32":
-        emit("input", WARN, f"[1, {h}, {w}, 3] float32: not a quantized input (allowed, but the "
-                            "challenge expects uint8/int8)", **d)
+        emit("input", PASS, f"{size} {t.dtype} (scale {t.scale:g}, zero point {t.zero_point})",
+             **d)
     else:
-        emit("input", FAIL, f"input dtype {t.dtype}; expected uint8 or int8 (or float32)", **d)
-        return False
+        emit("input", WARN, f"{size} float32: not a quantized input (allowed, but the "
+                            "challenge expects uint8/int8)", **d)
     return True
 
 
-def _check_output(info, emit) -> None:
-    t = info.output
+def _check_output(model, info, opts, emit) -> None:
+    """The output that answers, by the run's own rule (lpirc.runtime.choose_output)."""
+    from lpirc.errors import ModelError
+    from lpirc.runtime import choose_output
+
+    outs = tuple(info.outputs) or (info.output,)
+    try:
+        k, note = choose_output(model, outs, opts.output)
+    except ModelError as e:
+        emit("output", FAIL, str(e).split(": ", 1)[-1],
+             outputs=[o.to_json() for o in outs])
+        return
+    t = outs[k]
     shp = tuple(t.shape)
     n = int(np.prod(shp)) if shp else 0
-    d = {"shape": list(shp), "dtype": t.dtype, "classes": n}
+    d = {"shape": list(shp), "dtype": t.dtype, "classes": n, "index": k,
+         "signature_name": t.signature_name, "tensor": t.name,
+         "outputs": [o.to_json() for o in outs]}
+    which = f"output {t.describe(k)}: " if len(outs) > 1 else ""
+    extra = f" ({note})" if note else ""
     if not shp or shp[0] != 1 or n != shp[-1]:
         emit("output", FAIL, f"output {t.name!r} has shape {list(shp)}; expected [1, classes]", **d)
     elif n == 1001:
-        emit("output", PASS, "1001 classes: index 0 is background, ILSVRC class k at k+1", **d)
+        emit("output", PASS, f"{which}1001 classes: index 0 is background, ILSVRC class k at "
+                             f"k+1{extra}", **d)
     elif n == 1000:
-        emit("output", PASS, "1000 classes: ILSVRC class indices 0..999", **d)
+        emit("output", PASS, f"{which}1000 classes: ILSVRC class indices 0..999{extra}", **d)
     else:
-        emit("output", FAIL, f"{n} classes; expected 1000 or 1001", **d)
+        emit("output", FAIL, f"{which}{n} classes; expected 1000 or 1001", **d)
 
 
 def _check_ops(info, delegate, rt, emit) -> None:
@@ -347,38 +399,93 @@ def _check_ops(info, delegate, rt, emit) -> None:
         emit("ops", PASS, f"{len(ops)} ops, all taken by XNNPACK: {summary}", reference_ops=[], **d)
 
 
-def _check_sidecar(model, info, emit):
-    """The preprocessing ``lpirc run`` will use: the sidecar ``X.json`` read exactly as the runner
-    reads it (lpirc.settings), so a sidecar the run would refuse fails here too."""
-    from lpirc.preprocess import PreprocessSpec
-    from lpirc.settings import read_sidecar, sidecar_path
+def _check_sidecar(model, info, opts, side_error, emit):
+    """The preprocessing ``lpirc run`` will use: the sidecar ``X.json`` (and the options given)
+    read exactly as the runner reads them (lpirc.settings), so a sidecar the run would refuse
+    fails here too. Returns the PreprocessSpec the other checks feed."""
+    from lpirc.settings import sidecar_path
 
     t = info.input
-    h, w = int(t.shape[1]), int(t.shape[2])
     side = sidecar_path(model)
-    try:
-        kw = read_sidecar(model)
-        spec = PreprocessSpec(height=h, width=w, dtype=t.dtype, **kw)
-    except LpircError as e:
-        emit("sidecar", FAIL, str(e), path=str(side))
-        return PreprocessSpec(height=h, width=w, dtype=t.dtype)
-    except (ValueError, TypeError) as e:
-        emit("sidecar", FAIL, f"{side}: {e}; lpirc run cannot use it", path=str(side))
-        return PreprocessSpec(height=h, width=w, dtype=t.dtype)
-    d = {"path": str(side) if side.is_file() else None, "crop_fraction": spec.crop_fraction,
-         "resize": spec.resize, "mean": spec.mean, "std": spec.std}
-    what = (f"crop {spec.crop_fraction:g}, {spec.resize} resize to {h}x{w}"
-            + (f", (pixel - {spec.mean:g}) / {spec.std:g}" if t.dtype == "float32" else ""))
+    spec = opts.spec_for(t.shape, t.dtype, t.scale, t.zero_point, t.shape_signature)
+    if side_error:
+        emit("sidecar", FAIL, side_error if str(side) in side_error else
+             f"{side}: {side_error}; lpirc run cannot use it", path=str(side))
+        return spec
+    d = {"path": str(side) if side.is_file() else None, **spec.to_json()}
+    what = (f"{spec.crop} crop {spec.crop_fraction:g}, {spec.resize} resize to "
+            f"{spec.height}x{spec.width}, {spec.describe_input()}")
     if not side.is_file():
         emit("sidecar", PASS, f"no {side.name}: lpirc run uses its defaults ({what})", **d)
         return spec
-    stale = _sidecar_mismatch(side, h, w, t.dtype, info.num_classes)
+    stale = _sidecar_mismatch(side, spec.height, spec.width, t.dtype, info.num_classes)
     if stale:
         emit("sidecar", WARN, f"{side.name} does not match the model ({stale}): written for "
                               f"another build?", **d)
     else:
         emit("sidecar", PASS, f"{side.name}: {what}", **d)
     return spec
+
+
+#: ImageNet mean/std in pixel units (torchvision's 0.485/0.456/0.406, 0.229/0.224/0.225 x 255)
+IMAGENET_MEAN = "123.675,116.28,103.53"
+IMAGENET_STD = "58.395,57.12,57.375"
+#: Input ranges lpirc's raw pixel codes feed correctly: (p - 128) / 128, p / 255, p, p - 128.
+_RAW_RANGES = ((-1.0, 1.0), (0.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
+
+
+def _input_range(t) -> tuple[float, float] | None:
+    if t.dtype not in ("uint8", "int8") or not t.scale:
+        return None
+    info = np.iinfo(t.dtype)
+    return (info.min - t.zero_point) * t.scale, (info.max - t.zero_point) * t.scale
+
+
+def _check_normalise(info, spec, emit) -> None:
+    """Does the input's quantization range fit the values lpirc feeds? Raw pixel codes suit
+    an input whose real range is one of _RAW_RANGES (within 5 %); an input calibrated on
+    ImageNet mean/std (about -2.1..2.6) fails with the options to set; with mean/std given, a
+    feed clipped by more than 2 levels, or using under half of the levels, warns."""
+    rng = _input_range(info.input)
+    d = {"feed": spec.describe_input(), "input_range": list(rng) if rng else None}
+    if rng is None:
+        emit("normalise", PASS if info.input.dtype == "float32" else SKIP,
+             f"lpirc feeds {spec.describe_input()}", **d)
+        return
+    lo, hi = rng
+    scale = info.input.scale
+    if spec.quantize is None:
+        span = hi - lo
+        fits = any(abs(lo - a) <= 0.05 * (b - a) and abs(hi - b) <= 0.05 * (b - a)
+                   for a, b in _RAW_RANGES)
+        if fits:
+            emit("normalise", PASS, f"input range [{lo:.3g}, {hi:.3g}]: raw pixel codes fit it "
+                                    f"({spec.describe_input()})", **d)
+            return
+        hint = (f"; it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std "
+                f"{IMAGENET_STD} (or mean/std in the sidecar's preprocess)"
+                if -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8 else
+                "; give the normalisation it was calibrated with: --mean/--std in pixel units "
+                "0..255 (or in the sidecar's preprocess)")
+        emit("normalise", FAIL if "ImageNet" in hint else WARN,
+             f"input range [{lo:.3g}, {hi:.3g}] (span {span:.3g}) is not one that raw pixel "
+             f"codes feed correctly{hint}", **d)
+        return
+    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
+    f_lo, f_hi = float(np.min(-mean / std)), float(np.max((255 - mean) / std))
+    d["feed_range"] = [f_lo, f_hi]
+    clip = max(lo - f_lo, f_hi - hi) / scale
+    used = (min(f_hi, hi) - max(f_lo, lo)) / (hi - lo)
+    msg = (f"lpirc feeds [{f_lo:.3g}, {f_hi:.3g}] into an input holding [{lo:.3g}, {hi:.3g}] "
+           f"({spec.describe_input()})")
+    if clip > 2:
+        emit("normalise", WARN, f"{msg}: {clip:.0f} levels clipped: mean/std not the ones it "
+                                "was calibrated with?", **d)
+    elif used < 0.5:
+        emit("normalise", WARN, f"{msg}: only {used:.0%} of its levels used: mean/std not the "
+                                "ones it was calibrated with?", **d)
+    else:
+        emit("normalise", PASS, msg, **d)
 
 
 def _sidecar_mismatch(side: Path, h: int, w: int, dtype: str, classes: int) -> str:
@@ -395,15 +502,21 @@ def _sidecar_mismatch(side: Path, h: int, w: int, dtype: str, classes: int) -> s
                      if rec[k] is not None and rec[k] != real[k])
 
 
-def _holdout_images(holdout) -> list[Path]:
+def _holdout_images(holdout) -> tuple[list[Path], str | None]:
+    """The holdout's images by the rule every command uses (lpirc.holdout.scan_images), and the
+    line saying what that rule skipped."""
+    from lpirc.holdout import scan_images
+
     root = Path(holdout)
     if not root.is_dir():
         raise InputError(f"{root}: holdout folder not found")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() not in (".csv", ".json", ".txt"))
-    if not files:
+    try:
+        listing = scan_images(root)
+    except OSError as e:
+        raise InputError(f"{root}: cannot list holdout folder ({e.strerror or e})") from None
+    if not listing.files:
         raise InputError(f"{root}: holdout folder has no images")
-    return files
+    return [root / f for f in listing.files], listing.skipped_line()
 
 
 def natural_test_image(height: int = 256, width: int = 256, seed: int = 0) -> np.ndarray:
@@ -445,11 +558,12 @@ def _test_input(spec, images) -> tuple[np.ndarray, str]:
     return to_input(pix, spec)[None], "generated test image"
 
 
-def _check_invoke(model, delegate, threads, rt, x, source, info, emit) -> None:
+def _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit) -> None:
     from lpirc import runtime as rtm
 
     try:
-        m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt)
+        m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt,
+                           output=opts.output, input_size=opts.input_size)
         s = rtm.predict(m, x)
         first = m.last_invoke_s
         times = []
@@ -492,8 +606,11 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
     try:
         it = rtm.make_interpreter(model, runtime=rt, threads=1, default_delegates=False,
                                   preserve_all_tensors=True)
+        inp = it.get_input_details()[0]
+        if tuple(inp["shape"]) != tuple(x.shape):  # a dynamic input, sized by --input-size
+            it.resize_tensor_input(inp["index"], list(x.shape))
         it.allocate_tensors()
-        it.set_tensor(it.get_input_details()[0]["index"], x.astype(info.input.dtype))
+        it.set_tensor(inp["index"], x.astype(info.input.dtype))
         it.invoke()
         details = it.get_tensor_details()
         ops = it._get_ops_details()
@@ -588,33 +705,43 @@ def _short(name: str) -> str:
     return str(name).split(";")[0]
 
 
-def _labels_for(holdout, images, ground_truth) -> dict[str, int]:
-    """filename (relative to holdout) -> class index."""
+def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | None]:
+    """(filename relative to holdout -> class index, a note or None). A ground truth's names
+    are matched to the images by the scorer's rule (scoring.names: exact, NFC, bare name, stem,
+    case; ambiguous names match nothing)."""
     from scoring._io import ScoringError, read_ground_truth, synset_index
+    from scoring.names import NameIndex, describe_loose
 
     root = Path(holdout)
+    rels = [p.relative_to(root).as_posix() for p in images]
     gt = Path(ground_truth) if ground_truth else root / "ground_truth.csv"
     if gt.is_file() or ground_truth:
         try:
-            return read_ground_truth(gt)
+            truth = read_ground_truth(gt)
         except ScoringError as e:
             raise InputError(str(e)) from None
+        index = NameIndex(truth)
+        pos, how = index.match_all(rels)
+        values = list(truth.values())
+        return {r: values[i] for r, i in zip(rels, pos) if i >= 0}, describe_loose(how)
     labels = {}
-    for p in images:
+    for p, rel in zip(images, rels):
         m = _SYNSET_NAME.match(p.name)
         if m:
             try:
-                labels[str(p.relative_to(root))] = synset_index(m.group(1))
+                labels[rel] = synset_index(m.group(1))
             except ScoringError:
                 pass
-    return labels
+    return labels, None
 
 
-def _accuracy(model, delegate, threads, rt, spec, root, items, labels) -> dict:
+def _accuracy(model, delegate, threads, rt, spec, root, items, labels, opts=None) -> dict:
     from lpirc import runtime as rtm
     from lpirc.preprocess import ImageError, load_image
 
-    m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt)
+    m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt,
+                       output=opts.output if opts else None,
+                       input_size=opts.input_size if opts else None)
     top1 = top5 = n = failed = 0
     for rel in items:
         try:
@@ -631,37 +758,34 @@ def _accuracy(model, delegate, threads, rt, spec, root, items, labels) -> dict:
             "top5": top5 / n if n else 0.0}
 
 
-def _reference_spec(reference, spec, timeout_s):
+def _reference_spec(reference, opts, timeout_s):
     """The float reference's preprocessing (the submission's crop/resize/mean/std at the
     reference's own input size), after loading it in a child process like the submission."""
+    import dataclasses
+
     from lpirc import runtime as rtm
-    from lpirc.preprocess import PreprocessSpec
+    from lpirc.preprocess import InputShapeError
 
     rinfo = rtm.probe_model(reference, timeout_s=timeout_s, delegate="cpu")
-    shp = list(rinfo.input.shape)
-    if len(shp) != 4 or shp[0] != 1 or shp[3] != 3 or not (shp[1] > 0 and shp[2] > 0):
-        raise InputError(f"{Path(reference).name}: input shape {shp} is not [1, H, W, 3]")
-    if rinfo.num_classes not in (1000, 1001):
-        raise InputError(f"{Path(reference).name}: {rinfo.num_classes} classes; expected 1000 "
-                         "or 1001")
-    return PreprocessSpec(height=int(shp[1]), width=int(shp[2]), dtype=rinfo.input.dtype,
-                          crop_fraction=spec.crop_fraction, resize=spec.resize, mean=spec.mean,
-                          std=spec.std)
+    ropts = dataclasses.replace(opts, output=None, input_size=None)
+    try:
+        return ropts.spec_for_model(rinfo)
+    except InputShapeError as e:
+        raise InputError(f"{Path(reference).name}: {e}") from None
 
 
-def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_truth,
-                    reference, max_drop, limit, timeout_s, emit) -> None:
+def _check_accuracy(model, delegate, threads, rt, spec, opts, holdout, images, ground_truth,
+                    reference, max_drop, limit, timeout_s, emit, skipped=None) -> None:
     if not holdout:
         emit("accuracy", SKIP, "no --holdout given")
         return
     root = Path(holdout)
     try:
-        labels = _labels_for(holdout, images, ground_truth)
+        labels, matched = _labels_for(holdout, images, ground_truth)
     except LpircError as e:
         emit("accuracy", FAIL, str(e))
         return
-    present = {str(p.relative_to(root)) for p in images}
-    items = sorted(k for k in labels if k in present)
+    items = sorted(labels)
     if limit:
         items = items[: int(limit)]
     if not items:
@@ -670,7 +794,7 @@ def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_
         return
     t0 = time.perf_counter()
     try:
-        acc = _accuracy(model, delegate, threads, rt, spec, root, items, labels)
+        acc = _accuracy(model, delegate, threads, rt, spec, root, items, labels, opts)
     except LpircError as e:
         emit("accuracy", FAIL, str(e))
         return
@@ -679,7 +803,7 @@ def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_
     status = PASS
     if reference:
         try:
-            rspec = _reference_spec(reference, spec, timeout_s)
+            rspec = _reference_spec(reference, opts, timeout_s)
             ref = _accuracy(reference, "cpu", threads, rt, rspec, root, items, labels)
         except (LpircError, ValueError) as e:
             emit("accuracy", FAIL, f"--reference {e}", **d)
@@ -694,6 +818,10 @@ def _check_accuracy(model, delegate, threads, rt, spec, holdout, images, ground_
             msg += f" (more than {max_drop * 100:g})"
     if acc["unreadable"]:
         msg += f"; {acc['unreadable']} unreadable image(s) skipped"
+    for note in (matched, skipped):
+        if note:
+            msg += f"; {note}"
+    d.update(names_matched=matched, listing_skipped=skipped)
     emit("accuracy", status, msg, **d)
 
 

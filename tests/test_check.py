@@ -225,7 +225,7 @@ def test_cli_exit_codes_and_report(tf_models, broken, tmp_path):
     assert data["format"] == "lpirc-check/1" and data["verdict"] == "pass"
     assert data["model"] == str(tf_models["clean"]) and data["lpirc"] and data["runtime"]["name"]
     assert data["counts"]["fail"] == 0 and data["counts"]["pass"] >= 6
-    assert [c["name"] for c in data["checks"]] == ["load", "input", "output", "ops", "sidecar",
+    assert [c["name"] for c in data["checks"]] == ["load", "input", "output", "ops", "sidecar", "normalise",
                                                    "invoke", "activations", "depthwise", "accuracy"]
     p = _cli(broken["garbage"], cwd=tmp_path)
     assert p.returncode == 1 and "FAIL  load" in p.stdout
@@ -317,7 +317,7 @@ def test_reference_that_does_not_load_is_one_clear_line(submission_copy, small_h
 def test_reference_with_a_non_image_input_is_refused(submission_copy, small_holdout, tf_models):
     r = check_submission(submission_copy, holdout=small_holdout, reference=tf_models["vector"],
                          limit=3).get("accuracy")
-    assert r.status == "fail" and "vector.tflite: input shape [1, 16] is not [1, H, W, 3]" in r.message
+    assert r.status == "fail" and "vector.tflite: input [-1, 16] is not one [1, H, W, 3] image" in r.message
 
 
 @pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so"])
