@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from lpirc import __version__
+from lpirc import __version__, leaderboard
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError, LpircError
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
@@ -347,7 +347,8 @@ def _reason(stderr: bytes, code: int) -> str | None:
 class FleetConfig:
     """Everything the head decides: the holdout and ground truth (head paths), the fleet folder,
     the run's budget and rules (passed to every ``lpirc run``), attempts allowed per job, and
-    the standings database (None: ``OUT/standings.db``)."""
+    the standings database (None: ``lpirc leaderboard``'s default, ``$LPIRC_DB`` or
+    ``runs/standings.sqlite``)."""
 
     holdout: Path
     ground_truth: Path
@@ -367,7 +368,7 @@ class FleetConfig:
 
     @property
     def db_path(self) -> Path:
-        return self.db if self.db is not None else self.out / "standings.db"
+        return Path(self.db) if self.db is not None else leaderboard.default_db_path()
 
 
 @dataclass
@@ -688,13 +689,15 @@ class Fleet:
         job.status, job.reason = "done", res.reason  # a run stopped part-way keeps its reason
         rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
-                                         self.cfg.rules)
+                                         self.cfg.rules, job.name)
         rec["score_s"] = round(time.perf_counter() - t0, 3)  # write, score, standings
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         self.emit("done", f"{job.name} on {slot.device.label}: score {_num(score.get('score'))} "
                           f"({self.cfg.rules}), top-1 {top1} (measured); lpirc run process "
                           f"{res.run_s:.2f} s, fleet overhead {rec['overhead_s']:.2f} s "
                           f"(measured on the head)", job, slot)
+        if job.standings.startswith("not recorded"):
+            self.emit("note", f"{job.name}: standings {job.standings}", job, slot)
         self.save()
 
     def _retry_or_fail(self, job: JobState, why: str) -> None:
@@ -748,20 +751,26 @@ def _parse_json(data: bytes | None) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str) -> str:
-    """Add one scored run folder to the standings database of ``lpirc leaderboard``; returns
-    what happened, for ``fleet.json`` and the progress line."""
+def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
+                     submission: str) -> str:
+    """Add one scored run folder to the standings database of ``lpirc leaderboard`` (source
+    ``fleet``, its uid the run's: the same run is never added twice). Returns what happened,
+    for ``fleet.json``: ``added``, ``already in the standings``, or why it was not recorded
+    (the result stays scored in its run folder; ``lpirc leaderboard add`` can add it later)."""
     try:
-        from lpirc import leaderboard
-    except ImportError:
-        return "not recorded: this lpirc has no standings database (lpirc.leaderboard)"
-    conn = leaderboard.open_db(db)
+        conn = leaderboard.open_db(db)
+    except LpircError as e:
+        return f"not recorded: {e}"
     try:
-        added = leaderboard.add_entry(conn, leaderboard.entry_from_run(run_dir, ground_truth,
-                                                                       rules))
+        entry = leaderboard.entry_from_run(run_dir, ground_truth, rules, submission=submission,
+                                           source="fleet")
+        added = leaderboard.add_entry(conn, entry)
+    except (LpircError, ValueError, OSError) as e:
+        return f"not recorded: {_first_line(e)}"
     finally:
         conn.close()
-    return "added" if added else "already in the standings (not added twice)"
+    return f"added to {db} ({entry.uid[:8]})" if added else (
+        f"already in {db} ({entry.uid[:8]}), not added twice")
 
 
 # --- one fleet, end to end -------------------------------------------------------------------
@@ -894,6 +903,7 @@ def check_inputs(cfg: FleetConfig) -> None:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{cfg.out}: cannot create the fleet folder ({e.strerror or e})") from None
+    leaderboard.open_db(cfg.db_path).close()  # a file that is not a standings database: one line
 
 
 def run_fleet(subs: list[Submission], cfg: FleetConfig,
@@ -1006,13 +1016,14 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image in ms, for --clock inference.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (the holdout check lists the holdout in this order).")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="Tries per job when its device is lost mid-run.")
-@click.option("--db", type=click.Path(path_type=Path), help="Standings database. Default: OUT/standings.db.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=leaderboard.DB_ENV, help=f"Standings database the results are added to (lpirc leaderboard's). Default: ${leaderboard.DB_ENV}, else {leaderboard.DEFAULT_DB}.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @_cli_errors
 def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, rules,
               time_limit_s, clock, ms_per_image, seed, max_attempts, db, quiet) -> None:
     """Run every SUBMISSION (a .tflite with its optional sidecar, or a folder of them) as one
-    job on one device of a Ray cluster, score the results on the head, print the standings.
+    job on one device of a Ray cluster, score the results on the head, add them to the
+    standings database (`lpirc leaderboard show`), print this fleet's standings.
 
     Exit status: 0 when every job is done, 1 when one failed (its reason is in the table and
     OUT/fleet.json) or the cluster offers no device, 5 for a bad holdout, ground truth or

@@ -20,7 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the `fleet` extra)")
 
-from lpirc import fleet  # noqa: E402
+from lpirc import fleet, leaderboard  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -57,9 +57,9 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
                                                                    reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha", "beta", "gamma",
                                                                   "broken"])
-    out = tmp_path / "fleet"
+    out, db = tmp_path / "fleet", tmp_path / "standings.sqlite"
     args = ["fleet", "run", str(subs), "--holdout", str(small_holdout), "--out", str(out),
-            "--devices", "2"]
+            "--devices", "2", "--db", str(db)]
     r = lpirc(*args)
     assert r.returncode == 1, r.stderr  # one job failed: exit 1, the others scored
     assert "Traceback" not in r.stderr
@@ -89,6 +89,15 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
     ranked = [ln.split() for ln in table if ln.strip()[:1].isdigit()]
     assert sorted(row[1] for row in ranked) == ["alpha", "beta", "gamma"]
     assert any("failed" in ln and "broken" in ln and "not a TFLite model" in ln for ln in table)
+    # the head added the three scored runs to the standings database, as source "fleet"
+    conn = leaderboard.open_db(db)
+    stored = {e.submission: e for e in leaderboard.entries(conn)}
+    conn.close()
+    assert sorted(stored) == ["alpha", "beta", "gamma"]
+    for name, e in stored.items():
+        assert e.source == "fleet" and e.top1 == jobs[name]["score"]["top1"]
+        assert e.run_dir == str((out / "runs" / name).resolve())
+        assert jobs[name]["standings"].startswith("added to")
 
 
 def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, small_holdout,
@@ -97,7 +106,8 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
     out = tmp_path / "fleet"
     # a terminal's Ctrl-C reaches the whole process group: the head and its local Ray
     p = subprocess.Popen([sys.executable, "-m", "lpirc", "fleet", "run", str(subs), "--holdout",
-                          str(small_holdout), "--out", str(out), "--devices", "2"], cwd=REPO,
+                          str(small_holdout), "--out", str(out), "--devices", "2", "--db",
+                          str(tmp_path / "standings.sqlite")], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     seen = []
@@ -126,18 +136,24 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
 def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
                                                         reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("not a database\n" * 100)
     cases = [
         (["missing.tflite"], 5, "missing.tflite: submission not found"),
         ([str(subs / "alpha.json")], 5, "a sidecar, not a model"),
         ([str(tmp_path)], 5, "folder holds no .tflite submission"),
         ([str(subs), "--holdout", str(tmp_path / "nope")], 5, "holdout folder not found"),
         ([str(subs), "--holdout", str(small_holdout), "--rules", "nope"], 5, "unknown rule set"),
+        ([str(subs), "--holdout", str(small_holdout), "--db", str(not_db)], 5,
+         "not a SQLite database"),
         ([str(subs), "--holdout", str(small_holdout), "--address", "127.0.0.1:1"], 1,
          "127.0.0.1:1: no Ray cluster reachable"),
     ]
     for args, code, message in cases:
         if "--holdout" not in args:
             args = [*args, "--holdout", str(small_holdout)]
+        if "--db" not in args:
+            args = [*args, "--db", str(tmp_path / "standings.sqlite")]
         r = lpirc("fleet", "run", *args, "--out", str(tmp_path / "out"), timeout=60)
         assert r.returncode == code, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
@@ -172,8 +188,9 @@ def cluster(tmp_path_factory, small_holdout):
         c.shutdown()
 
 
-def _cfg(tmp_path: Path, holdout: Path, **kw) -> fleet.FleetConfig:
-    return fleet.FleetConfig(holdout, holdout / "ground_truth.csv", tmp_path / "fleet", **kw)
+def _cfg(tmp_path: Path, holdout: Path) -> fleet.FleetConfig:
+    return fleet.FleetConfig(holdout, holdout / "ground_truth.csv", tmp_path / "fleet",
+                             db=tmp_path / "standings.sqlite")
 
 
 def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
@@ -213,6 +230,9 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
                    for e in events)
     assert not any(e.what == "running" for e in events)
     assert score_file.stat().st_mtime_ns == before
+    conn = leaderboard.open_db(tmp_path / "standings.sqlite")
+    assert sorted(e.submission for e in leaderboard.entries(conn)) == ["one", "three", "two"]
+    conn.close()
 
 
 def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, small_holdout,
@@ -257,3 +277,9 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     assert {d["device"]: d["state"] for d in outcome.devices}[killed["device"]] == "lost"
     other = [j for j in outcome.jobs if j is not victim][0]
     assert other.status == "done" and len(other.attempts) == 1
+    # scored once each: one standings entry per job, the victim's from its second attempt
+    conn = leaderboard.open_db(tmp_path / "standings.sqlite")
+    stored = {e.submission: e for e in leaderboard.entries(conn)}
+    conn.close()
+    assert sorted(stored) == sorted(j.name for j in outcome.jobs)
+    assert stored[victim.name].extra["status"] == "complete"
