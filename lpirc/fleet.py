@@ -882,15 +882,15 @@ def cluster_devices() -> list[Device]:
     return devices_from_nodes(_import_ray().nodes())
 
 
-def check_inputs(cfg: FleetConfig) -> None:
-    """What the head must have before any device is asked: a ground truth that parses, a known
-    rule set, a fleet folder it can write. InputError (one line naming the file) otherwise."""
+def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> None:
+    """What the head must have before any device is asked: its holdout, a ground truth that
+    parses, a known rule set, a fleet folder it can write (whose ``fleet.json``, if any, is this
+    fleet's), a standings database. InputError (one line naming the file) otherwise."""
     import scoring
 
     from lpirc.holdout import open_holdout
 
-    if not Path(cfg.holdout).is_dir():
-        open_holdout(cfg.holdout)  # its one-line error
+    head = open_holdout(cfg.holdout, seed=cfg.seed)  # its one-line error
     if cfg.rules not in scoring.RULES:
         raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
     if not Path(cfg.ground_truth).is_file():
@@ -904,6 +904,7 @@ def check_inputs(cfg: FleetConfig) -> None:
     except OSError as e:
         raise InputError(f"{cfg.out}: cannot create the fleet folder ({e.strerror or e})") from None
     leaderboard.open_db(cfg.db_path).close()  # a file that is not a standings database: one line
+    load_jobs(cfg, subs, head.files_sha256)
 
 
 def run_fleet(subs: list[Submission], cfg: FleetConfig,
@@ -914,7 +915,7 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
 
     Raises InputError for the head's own inputs (holdout, ground truth, fleet folder) and
     FleetError when the cluster offers no lpirc device."""
-    check_inputs(cfg)
+    check_inputs(cfg, subs)
     fleet = Fleet(cfg, [], on_event)
     fleet.jobs = load_jobs(cfg, subs, fleet.head_sha)
     devices = cluster_devices()
@@ -1034,7 +1035,7 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
     cfg = FleetConfig(Path(holdout), Path(ground_truth), Path(out), rules, time_limit_s, clock,
                       ms_per_image, seed, max_attempts, db)
     subs = find_submissions(list(submissions), kind)
-    check_inputs(cfg)
+    check_inputs(cfg, subs)
     t0 = time.time()
     with connect(address, devices):
         connected = time.time() - t0

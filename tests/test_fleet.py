@@ -20,7 +20,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the `fleet` extra)")
 
+from click.testing import CliRunner  # noqa: E402
+
 from lpirc import fleet, leaderboard  # noqa: E402
+from lpirc.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -138,6 +141,10 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])
     not_db = tmp_path / "notes.txt"
     not_db.write_text("not a database\n" * 100)
+    other_fleet = tmp_path / "other-fleet"
+    other_fleet.mkdir()
+    (other_fleet / "fleet.json").write_text(json.dumps({"jobs": [], "rules": "lpirc-onsite",
+                                                        "holdout_files_sha256": "0" * 64}))
     cases = [
         (["missing.tflite"], 5, "missing.tflite: submission not found"),
         ([str(subs / "alpha.json")], 5, "a sidecar, not a model"),
@@ -146,6 +153,8 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
         ([str(subs), "--holdout", str(small_holdout), "--rules", "nope"], 5, "unknown rule set"),
         ([str(subs), "--holdout", str(small_holdout), "--db", str(not_db)], 5,
          "not a SQLite database"),
+        ([str(subs), "--holdout", str(small_holdout), "--out", str(other_fleet)], 5,
+         "an earlier fleet over another holdout or rule set"),
         ([str(subs), "--holdout", str(small_holdout), "--address", "127.0.0.1:1"], 1,
          "127.0.0.1:1: no Ray cluster reachable"),
     ]
@@ -154,11 +163,14 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
             args = [*args, "--holdout", str(small_holdout)]
         if "--db" not in args:
             args = [*args, "--db", str(tmp_path / "standings.sqlite")]
-        r = lpirc("fleet", "run", *args, "--out", str(tmp_path / "out"), timeout=60)
-        assert r.returncode == code, (args, r.stderr)
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / "out")]
+        r = CliRunner().invoke(main, ["fleet", "run", *args])  # in process: no Ray starts
+        assert r.exit_code == code, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
         assert message in lines[0], r.stderr
+        assert not ray.is_initialized()
 
 
 # --- a 3-node cluster on this machine --------------------------------------------------------
