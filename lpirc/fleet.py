@@ -346,8 +346,9 @@ def _reason(stderr: bytes, code: int) -> str | None:
 @dataclass(frozen=True)
 class FleetConfig:
     """Everything the head decides: the holdout and ground truth (head paths), the fleet folder,
-    the run's budget and rules (passed to every ``lpirc run``), attempts allowed per job, and
-    the standings database (None: ``lpirc leaderboard``'s default, ``$LPIRC_DB`` or
+    the run's budget and rules (passed to every ``lpirc run``), attempts allowed per job, the
+    seconds past a run's budget after which its device counts as stuck, and the standings
+    database (None: ``lpirc leaderboard``'s default, ``$LPIRC_DB`` or
     ``runs/standings.sqlite``)."""
 
     holdout: Path
@@ -360,6 +361,7 @@ class FleetConfig:
     seed: int = 0
     max_attempts: int = 3
     db: Path | None = None
+    hang_margin_s: float = 120.0  # a run silent this long past its wall budget: stuck device
 
     def run_args(self, kind: str) -> tuple[str, ...]:
         return ("--delegate", kind, "--time-limit-s", repr(self.time_limit_s), "--clock",
@@ -579,6 +581,21 @@ class Fleet:
                     self._on_check(ref)
                 else:
                     self._on_result(ref)
+            self._stop_hung()
+
+    def _stop_hung(self) -> None:
+        """A run ends within about a second of its wall budget (``lpirc run``'s own rule); one
+        silent for ``hang_margin_s`` beyond it has a stuck device: its actor is ended, and the
+        job is retried like any lost device's."""
+        limit = self.cfg.time_limit_s + self.cfg.hang_margin_s
+        for slot, job, t0 in self.running.values():
+            if slot.state == "busy" and time.time() - t0 > limit:
+                slot.state = "hung"
+                self.ray.kill(slot.actor)
+                self.emit("note", f"{slot.device.label}: no result from {job.name} within "
+                                  f"{limit:.0f} s (budget + {self.cfg.hang_margin_s:.0f} s); "
+                                  "device ended",
+                          job, slot)
 
     def _dispatch(self) -> None:
         for slot in self.slots:
@@ -623,13 +640,15 @@ class Fleet:
         try:
             res: AttemptResult = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
-            slot.state = "lost"
+            why = {"hung": "stuck past its budget", "refused": "its node was refused"}.get(
+                slot.state, "lost mid-run")
+            slot.state = "refused" if slot.state == "refused" else "lost"
             work = slot.report.work_dir if slot.report else "?"
-            rec.update(outcome="device_lost", reason=_first_line(e),
+            rec.update(outcome="device_lost", reason=f"{why}: {_first_line(e)}",
                        run_dir=str(Path(work) / job.name / f"attempt-{rec['attempt']}" / "run"))
-            self.emit("lost", f"{slot.device.label}: device lost mid-run of {job.name} "
+            self.emit("lost", f"{slot.device.label}: device {why} during {job.name} "
                               f"({_first_line(e)})", job, slot)
-            self._retry_or_fail(job, f"device {slot.device.label} lost mid-run")
+            self._retry_or_fail(job, f"device {slot.device.label} {why}")
             return
         slot.state = "idle" if slot.state == "busy" else slot.state
         rec.update(exit_code=res.exit_code, run_dir=res.run_dir, run_s=round(res.run_s, 3),

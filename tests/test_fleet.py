@@ -200,9 +200,23 @@ def cluster(tmp_path_factory, small_holdout):
         c.shutdown()
 
 
-def _cfg(tmp_path: Path, holdout: Path) -> fleet.FleetConfig:
+def _cfg(tmp_path: Path, holdout: Path, **kw) -> fleet.FleetConfig:
     return fleet.FleetConfig(holdout, holdout / "ground_truth.csv", tmp_path / "fleet",
-                             db=tmp_path / "standings.sqlite")
+                             db=tmp_path / "standings.sqlite", **kw)
+
+
+def run_child(pid: int, timeout_s: float = 30) -> psutil.Process | None:
+    """The `lpirc run` child of a device worker, once it is running (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            kids = [k for k in psutil.Process(pid).children() if "run" in k.cmdline()]
+        except psutil.Error:
+            kids = []
+        if kids:
+            return kids[0]
+        time.sleep(0.005)
+    return None
 
 
 def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
@@ -253,17 +267,10 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     killed: dict = {}
 
     def kill_when_running(pid: int) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the device's `lpirc run` child is running
-            try:
-                kids = [k for k in psutil.Process(pid).children() if "run" in k.cmdline()]
-            except psutil.Error:
-                kids = []
-            if kids:
-                killed["child"] = kids[0]
-                os.kill(pid, signal.SIGKILL)
-                return
-            time.sleep(0.005)
+        child = run_child(pid)
+        if child is not None:
+            killed["child"] = child
+            os.kill(pid, signal.SIGKILL)
 
     def on_event(ev: fleet.FleetEvent) -> None:
         if ev.what == "running" and not killed:
@@ -295,3 +302,43 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     conn.close()
     assert sorted(stored) == sorted(j.name for j in outcome.jobs)
     assert stored[victim.name].extra["status"] == "complete"
+
+
+def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_holdout,
+                                                   reference_model):
+    subs = make_submissions(tmp_path / "subs", reference_model, ["stuck"])
+    stopped: dict = {}
+
+    def stop_when_running(pid: int) -> None:
+        child = run_child(pid)
+        if child is not None:
+            stopped["child"] = child
+            child.suspend()  # SIGSTOP: the run hangs without dying
+
+    def on_event(ev: fleet.FleetEvent) -> None:
+        if ev.what == "running" and not stopped:
+            stopped["device"] = ev.device
+            threading.Thread(target=stop_when_running, args=(ev.pid,), daemon=True).start()
+
+    cfg = _cfg(tmp_path, small_holdout, time_limit_s=3.0, hang_margin_s=2.0)
+    events: list[fleet.FleetEvent] = []
+    outcome = fleet.run_fleet(fleet.find_submissions([subs]), cfg,
+                              lambda ev: (events.append(ev), on_event(ev)))
+    assert "child" in stopped
+    job = outcome.jobs[0]
+    assert job.status == "done", [e.message for e in events]
+    first, second = job.attempts
+    assert first["device"] == stopped["device"] and first["outcome"] == "device_lost"
+    assert first["reason"].startswith("stuck past its budget")
+    assert second["outcome"] == "done" and second["device"] != stopped["device"]
+    assert any(e.what == "note" and "no result from stuck within 5 s" in e.message for e in events)
+    stopped["child"].wait(timeout=10)  # the stopped run died with its device
+
+
+def test_fleet_devices_lists_each_node_device(cluster):
+    r = CliRunner().invoke(main, ["fleet", "devices"])  # Ray already connected: that cluster
+    assert r.exit_code == 0, r.output
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("cpu_0@")]
+    assert len(rows) == 3 and len({row.split()[0] for row in rows}) == 3  # one per node
+    assert all("lpirc_device_cpu_0" in row for row in rows)
+    assert r.stdout.splitlines()[-1] == "3 device(s)"
