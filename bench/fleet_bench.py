@@ -98,6 +98,7 @@ def report(args, seq: list[float], fl: dict) -> dict:
     figures = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}",
+        "load_average_at_start": args.load_at_start,
         "jobs": args.jobs, "devices": args.devices, "images": args.images,
         "sequential_total_s": round(sum(seq), 2),
         "sequential_per_job_s": round(med(seq), 3),
@@ -133,7 +134,8 @@ def report(args, seq: list[float], fl: dict) -> dict:
          "median: write, score, standings"),
     ]
     print(f"{args.jobs} submissions, {args.devices} simulated devices, {args.images}-image demo "
-          f"holdout; {figures['machine']}; all measured")
+          f"holdout; {figures['machine']}; load average at start {args.load_at_start}; "
+          "all measured")
     for name, value, how in rows:
         print(f"{name:<34} {value:>9}   {how}")
     return figures
@@ -148,6 +150,7 @@ def main() -> None:
     args = ap.parse_args()
     if min(args.jobs, args.devices, args.images) < 1:
         ap.error("--jobs, --devices and --images must be at least 1")
+    args.load_at_start = "/".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="lpirc-fleet-bench-") as tmp:
         work = Path(tmp)
         holdout, subs = prepare(work, args.jobs, args.images)
