@@ -5,7 +5,7 @@ folder) is one **job**. A job runs ``lpirc run`` (a child process of a Ray actor
 node, so a crash of the run cannot take the node's worker with it) on one **device** that nothing
 else uses meanwhile. The head (the organiser's machine) keeps the ground truth: device nodes send
 back the result log and the manifest, and the head scores them with ``scoring`` and adds them to
-the standings.
+the standings database of ``lpirc leaderboard`` (:mod:`lpirc.leaderboard`, source ``fleet``).
 
 Devices are Ray custom resources a device node offers, one per device, named
 ``lpirc_device_<kind>_<id>`` with amount 1 (:data:`RESOURCE_PREFIX`): ``kind`` is ``cpu``,
@@ -23,7 +23,8 @@ in one line. The manifest each run returns is checked again against the head's s
 
 Faults. A device whose actor dies mid-run (node lost, worker killed) gets no further job; its job
 is queued again for another device, the attempt is recorded (device, reason, where its partial
-run folder stays), and nothing of that attempt is scored. A submission that fails (bad model,
+run folder stays), and nothing of that attempt is scored; a device silent for
+``FleetConfig.hang_margin_s`` past its run's budget is ended and counts the same. A submission that fails (bad model,
 delegate missing) is recorded with ``lpirc run``'s one-line reason and the others go on.
 Ctrl-C on the head cancels every job; what finished stays scored. A job is scored once: a
 re-run with the same ``--out`` skips the jobs ``fleet.json`` records as done.
