@@ -872,7 +872,9 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, by Ray version
-        raise FleetError(f"{address}: no Ray cluster reachable ({_first_line(e)})") from None
+        hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+            "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here")
+        raise FleetError(f"{address}: no Ray cluster reachable ({_first_line(e)}){hint}") from None
     try:
         yield
     finally:
