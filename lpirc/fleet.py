@@ -254,21 +254,33 @@ def _node_work_dir(suggested: str) -> Path:
     return Path(os.environ.get(WORK_ENV) or suggested)
 
 
-def _child_setup(cores: list[int] | None) -> Callable[[], None]:
-    """For the ``lpirc run`` child: its own session (a Ctrl-C on the head's terminal is the
-    head's to handle), the device's cores, and death with its parent (Linux) so a killed device
-    leaves no run behind."""
+# Runs `lpirc run` for a device, in a child of the device's actor. Set up here, not in a
+# preexec_fn (unsafe in a process with threads, as every Ray worker is): death with the actor
+# (Linux PR_SET_PDEATHSIG, kept across exec; the parent checked after, so no race), the
+# device's cores (argv[2], "" = all), then exec. Standard library only: it starts in ~20 ms.
+_CHILD = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "    if os.getppid() != int(sys.argv[1]): sys.exit(137)\n"
+    "if sys.argv[2]: os.sched_setaffinity(0, [int(c) for c in sys.argv[2].split(',')])\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'lpirc', *sys.argv[3:]])\n"
+)
 
-    def setup() -> None:
-        os.setsid()
-        if cores is not None and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
-        if sys.platform.startswith("linux"):
-            import ctypes
 
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _child_command(args: list[str], cores: list[int] | None) -> list[str]:
+    """The command line that runs ``lpirc <args>`` through :data:`_CHILD`."""
+    return [sys.executable, "-c", _CHILD, str(os.getpid()),
+            ",".join(map(str, cores)) if cores is not None else "", *args]
 
-    return setup
+
+def _fresh(base: Path) -> Path:
+    """``base``, made; one left there by a fleet whose ``fleet.json`` was removed is moved
+    aside (``.old-<time>``), never overwritten."""
+    if base.exists():
+        base.rename(base.with_name(f"{base.name}.old-{time.time():.0f}"))
+    base.mkdir(parents=True)
+    return base
 
 
 class DeviceWorker:
@@ -299,21 +311,22 @@ class DeviceWorker:
     def run_job(self, req: JobRequest, model: bytes) -> AttemptResult:
         """Write the model (and sidecar) into a fresh attempt folder and run ``lpirc run`` on
         it as a child process; return what it left."""
-        base = _node_work_dir(req.work_dir) / req.job / f"attempt-{req.attempt}"
-        base.mkdir(parents=True, exist_ok=True)
+        base = _fresh(_node_work_dir(req.work_dir) / req.job / f"attempt-{req.attempt}")
         model_path = base / req.model_name
         model_path.write_bytes(model)
         if req.sidecar is not None:
             model_path.with_suffix(".json").write_bytes(req.sidecar)
         run_dir = base / "run"
         holdout = os.environ.get(HOLDOUT_ENV) or req.holdout
-        cmd = [sys.executable, "-m", "lpirc", "run", "--model", str(model_path), "--holdout",
-               holdout, "--out", str(run_dir), "--quiet", *req.run_args]
+        args = ["run", "--model", str(model_path), "--holdout", holdout, "--out", str(run_dir),
+                "--quiet", *req.run_args]
         if self.cores is not None:
-            cmd += ["--workers", str(len(self.cores))]
+            args += ["--workers", str(len(self.cores))]
         t0 = time.time()
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, preexec_fn=_child_setup(self.cores))
+        # its own session: a Ctrl-C on the head's terminal is the head's to handle
+        proc = subprocess.run(_child_command(args, self.cores), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
         t1 = time.time()
         (base / "stderr.txt").write_bytes(proc.stderr)
         return AttemptResult(proc.returncode, _reason(proc.stderr, proc.returncode),
@@ -523,9 +536,11 @@ class Fleet:
     def _work_dir(self, d: Device) -> str:
         """Where a node keeps its run folders unless it sets $LPIRC_FLEET_WORK_DIR: the fleet
         folder on the head's own node, a temp folder elsewhere."""
+        out = self.cfg.out.resolve()
         if d.node_id == self.head_node:
-            return str((self.cfg.out / "attempts").resolve())
-        return str(Path(tempfile.gettempdir()) / "lpirc-fleet" / self.cfg.out.resolve().name)
+            return str(out / "attempts")
+        tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]  # two fleets named alike
+        return str(Path(tempfile.gettempdir()) / "lpirc-fleet" / f"{out.name}-{tag}")
 
     def _on_check(self, ref: Any) -> None:
         slot = self.checks.pop(ref)
