@@ -1043,7 +1043,7 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.argument("submissions", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--holdout", required=True, type=click.Path(path_type=Path), help="Holdout folder on the head; device nodes use the same path unless they set $LPIRC_FLEET_HOLDOUT.")
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label; stays on the head. Default: HOLDOUT/ground_truth.csv.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Fleet folder: fleet.json, runs/<job>/, standings.db (re-using it skips jobs already done).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Fleet folder: fleet.json, runs/<job>/, attempts/ (re-using it skips the jobs already done).")
 @click.option("--address", help=_ADDRESS_HELP)
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated cpu devices of the local instance (no --address); the cores are divided between them.")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True, help="Device kind every job asks for; auto: edgetpu for *_edgetpu.tflite, else cpu.")
@@ -1063,8 +1063,9 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
     standings database (`lpirc leaderboard show`), print this fleet's standings.
 
     Exit status: 0 when every job is done, 1 when one failed (its reason is in the table and
-    OUT/fleet.json) or the cluster offers no device, 5 for a bad holdout, ground truth or
-    submission path, 130 after Ctrl-C (finished jobs stay scored).
+    OUT/fleet.json), Ray is missing, or no cluster or device answers; 5 for a bad submission
+    path, holdout, ground truth, rule set, --db or --out (before Ray starts); 130 after Ctrl-C
+    (finished jobs stay scored).
     """
     if ground_truth is None:
         ground_truth = Path(holdout) / "ground_truth.csv"
