@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring._io import (ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
+from scoring._io import (Log, ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
                          read_log, read_manifest, synsets, top_scores)
 from scoring.names import AMBIGUOUS, NameIndex, describe_loose
 from scoring.rules import ALL_OPTIONS, RULES, Evaluation
@@ -127,7 +127,7 @@ def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, n
 
 
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
-               labels=None, **rule_options) -> dict:
+               labels=None, log: Log | None = None, **rule_options) -> dict:
     """Score one run under one rule set; returns the score.json object.
 
     Args:
@@ -137,6 +137,8 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
       rules: a rule set of :data:`scoring.RULES`.
       per_class: add ``per_class`` and ``confused``; labels names the classes (1000 or
         1001-line file).
+      log: the path's log already read with :func:`read_log` (a caller that needs its columns
+        too need not read it twice).
       rule_options: time_limit_s, ms_per_image, idle_watts, k, a0, energy_wh (None = default).
     Returns:
       the score.json object (every figure with its ``source``; ``warnings`` a list of lines).
@@ -154,7 +156,8 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     gt_path = _ground_truth_path(path, ground_truth, manifest, log_path.parent)
     gt = read_ground_truth(gt_path)
     warnings.extend(ground_truth_notes(gt_path))
-    log = read_log(log_path)
+    if log is None:
+        log = read_log(log_path)
     warnings.extend(log.warnings)
     if not len(log):
         warnings.append(f"{log_path}: no answers in the log")
