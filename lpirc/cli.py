@@ -355,7 +355,8 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
     """Quantize a float model to a full-integer .tflite submission (needs TensorFlow)."""
     if (saved_model is None) == (keras_file is None):
         raise click.UsageError("give exactly one of --saved-model DIR or --keras FILE")
-    from submission.build import build_submission, sidecar_path
+    from lpirc.settings import sidecar_path
+    from submission.build import build_submission
 
     path = build_submission(out, representative, saved_model=saved_model, keras_model=keras_file,
                             dtype=dtype, num_images=num_images, crop_fraction=crop_fraction,
