@@ -45,6 +45,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from lpirc.runtime import CLASS_COUNTS
+
 try:  # a core dependency: OpenCV's float warp reproduces TF's resize ~3x faster than numpy
     import cv2
 
@@ -310,7 +312,7 @@ class PreprocessOptions:
         """:meth:`spec_for` the input of a ``lpirc.runtime.ModelInfo``, after checking that its
         answering output has 1000 or 1001 classes. InputShapeError (one line) otherwise."""
         t = info.input
-        if info.num_classes not in (1000, 1001):
+        if info.num_classes not in CLASS_COUNTS:
             # its answers could not be ILSVRC-2012 classes: refuse rather than score them as such
             which = (f"output {info.output.describe(info.output_index)}"
                      if len(getattr(info, "outputs", ())) > 1 else "output")
