@@ -352,3 +352,40 @@ def test_fleet_devices_lists_each_node_device(cluster):
     assert all("lpirc_device_cpu_0" in row for row in rows)
     assert sum(ln.startswith("edgetpu_usb0@") for ln in r.stdout.splitlines()) == 1
     assert r.stdout.splitlines()[-1] == "4 device(s)"
+
+
+def test_node_lost_mid_run_job_retried_on_another_node(cluster, tmp_path, small_holdout,
+                                                       reference_model):
+    """A whole node dies (its raylet and every process of it killed) while a job runs there.
+    Last test of the module: it takes a node away."""
+    c = cluster["cluster"]
+    c.add_node(num_cpus=1, resources={"lpirc_device_cpu_0": 1},
+                       object_store_memory=80 * MB,
+                       env_vars={fleet.WORK_ENV: str(tmp_path / "work-d")})
+    removable = {n.node_id[:6]: n for n in c.worker_nodes}  # not the head: it holds the GCS
+    subs = make_submissions(tmp_path / "subs", reference_model, ["n1", "n2", "n3", "n4"])
+    lost: dict = {}
+
+    def remove_when_running(pid: int, node) -> None:
+        if run_child(pid) is not None:
+            c.remove_node(node, allow_graceful=False)
+            lost["removed"] = True
+
+    def on_event(ev: fleet.FleetEvent) -> None:
+        node = removable.get((ev.device or "#").rsplit("#", 1)[-1])
+        if ev.what == "running" and node is not None and not lost:
+            lost["device"], lost["job"] = ev.device, ev.job
+            threading.Thread(target=remove_when_running, args=(ev.pid, node),
+                             daemon=True).start()
+
+    outcome = fleet.run_fleet(fleet.find_submissions([subs]), _cfg(tmp_path, small_holdout),
+                              on_event)
+    assert lost.get("removed"), "no job was caught running on a removable node"
+    jobs = {j.name: j for j in outcome.jobs}
+    assert all(j.status == "done" for j in jobs.values()), [j.reason for j in jobs.values()]
+    victim = jobs[lost["job"]]
+    assert victim.attempts[0]["device"] == lost["device"]
+    assert victim.attempts[0]["outcome"] == "device_lost"
+    assert victim.attempts[-1]["outcome"] == "done"
+    assert all(a["device"] != lost["device"] for a in victim.attempts[1:])
+    assert {d["device"]: d["state"] for d in outcome.devices}[lost["device"]] == "lost"
