@@ -365,9 +365,11 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     gt: dict[str, int] | None = None
     if gt_path is not None:
         import scoring
+        from scoring.names import label_images
 
         try:
-            gt = scoring.read_ground_truth(gt_path)
+            # keyed by the holdout's own names, matched by the scorer's rule (scoring.names)
+            gt = label_images(scoring.read_ground_truth(gt_path), files)
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
     exclusive = _check_delegate(base.delegate)

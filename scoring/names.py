@@ -100,6 +100,19 @@ class NameIndex:
         return out, how
 
 
+def label_images(truth: dict, images: Iterable[str]) -> dict:
+    """image name -> label, for the ``images`` that match a name of ``truth`` (name -> label)
+    by :data:`RULES` (ambiguous and unmatched images left out)."""
+    index = NameIndex(truth)
+    labels = list(truth.values())
+    out = {}
+    for img in images:
+        i, _ = index.lookup(img)
+        if i >= 0:
+            out[img] = labels[i]
+    return out
+
+
 def describe_loose(how: dict[str, int]) -> str | None:
     """``3 names matched loosely (2 by bare name, 1 by case)``, or None when every match was
     exact: said in notes so a silent rename is visible."""
@@ -111,4 +124,4 @@ def describe_loose(how: dict[str, int]) -> str | None:
     return f"{n} name{'s' if n != 1 else ''} matched the ground truth loosely ({parts})"
 
 
-__all__ = ["AMBIGUOUS", "NameIndex", "RULES", "describe_loose"]
+__all__ = ["AMBIGUOUS", "NameIndex", "RULES", "describe_loose", "label_images"]
