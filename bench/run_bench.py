@@ -164,10 +164,12 @@ def _preprocess_cost(a: dict) -> dict:
     inp = _interpreter(a["model"], 1).get_input_details()[0]
     _, h, w, _ = (int(x) for x in inp["shape"])
     dtype = np.dtype(inp["dtype"])
+    backend = "Pillow resize(BILINEAR)"
     if mode == "lpirc":
-        from lpirc.preprocess import PreprocessSpec, load_image
+        from lpirc.preprocess import PreprocessSpec, load_image, resize_backend
 
         spec = PreprocessSpec(h, w, dtype.name, decode=a.get("decode", "exact"))
+        backend = resize_backend()
 
         def one(p):
             return load_image(p, spec)
@@ -188,7 +190,7 @@ def _preprocess_cost(a: dict) -> dict:
             break
     el = time.perf_counter() - t0
     return {"images": n, "elapsed_s": el, "ms_per_image": el * 1000.0 / n,
-            "input": [h, w, dtype.name]}
+            "input": [h, w, dtype.name], "resize_backend": backend}
 
 
 def _inference(a: dict) -> dict:
@@ -473,6 +475,8 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
         "settings": {k: man["settings"].get(k) for k in
                      ("workers", "threads", "batch", "decode", "decode_threads")},
         "holdout_images": man["holdout"]["image_count"],
+        # which implementation of the resize the workers used (OpenCV or the numpy fallback)
+        "resize_backend": (man.get("preprocess") or {}).get("resize_backend"),
     }
 
 
@@ -639,6 +643,7 @@ def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
     return {
         "preprocess_ms": pre["ms_per_image"], "preprocess_pillow_ms": pre_pil["ms_per_image"],
         "inference_ms": inf["ms_per_image"], "pure_inference_ips": pure,
+        "preprocess_resize_backend": pre.get("resize_backend"),
         "limit_ips": ncores * 1000.0 / (pre["ms_per_image"] + inf["ms_per_image"]),
         "limit_pillow_ips": ncores * 1000.0 / (pre_pil["ms_per_image"] + inf["ms_per_image"]),
         # the same limit from the measured parallel inference rate instead of cores x one core:
@@ -872,6 +877,10 @@ def _bench(a: argparse.Namespace) -> int:
         "peak_rss_big_mb": big["peak_rss_mb"] if big else None,
         "first_answer_big_s": big["first_answer_s"] if big else None,
         "score_cli_s": score["cli_s"], "score_in_process_s": score["in_process_s"],
+        "resize_backend_run": next((x[k].get("resize_backend") for x in rounds
+                                    for k in ("default", "tuned") if k in x), None),
+        "resize_backend_preprocess": next((x["limit"].get("preprocess_resize_backend")
+                                           for x in rounds if "limit" in x), None),
     }
     ratios = {
         "default/hand": ratio("default", ("hand", "ips")),
@@ -960,6 +969,9 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         f"{'/'.join(f'{x:.1f}' for x in mach['loadavg_at_start']) if mach['loadavg_at_start'] else '?'}",
         f"model: {a.model.name}; holdout: {n_holdout} images ({holdout}); "
         f"{len(rounds)} interleaved round(s), {a.time_limit_s:g} s per run, medians",
+        f"resize path: lpirc run used {f.get('resize_backend_run') or 'unknown'} (its manifest's "
+        f"preprocess.resize_backend); the preprocess-cost row used "
+        f"{f.get('resize_backend_preprocess') or 'unknown'}",
         "",
         "img/s: answers / wall time of each run, start-up included; steady: from the first "
         "answer to the last; measured, except the rows marked derived",

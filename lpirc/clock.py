@@ -31,7 +31,8 @@ class Budget:
         if wall_s >= self.time_limit_s:
             return True
         limit = self.inference_budget_s
-        return limit is not None and inference_s >= limit
+        # images 0: a feed that has given none yet (its budget grows with the images taken)
+        return limit is not None and self.images > 0 and inference_s >= limit
 
     def wall_left_s(self, wall_s: float) -> float:
         return max(0.0, self.time_limit_s - wall_s)

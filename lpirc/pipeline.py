@@ -9,6 +9,7 @@ Workers never see the ground truth: they get file names and send back answers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -24,6 +25,8 @@ from typing import Any, Callable
 from lpirc.clock import Budget, Stopwatch
 from lpirc.preprocess import PreprocessOptions
 from lpirc.settings import RunSettings
+from lpirc.sources import FolderSource, ImageSource
+from scoring.records import Answer, Record
 
 #: Images per chunk handed to a worker at batch 1: large enough that pipe overhead is noise,
 #: small enough that the last chunks of a run spread over all workers.
@@ -101,8 +104,6 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
     except InputShapeError as e:  # an input lpirc cannot feed, or not 1000 classes
         conn.send(("fatal", "model", f"{Path(job.model).name}: {e}"))
         return
-    import dataclasses
-
     conn.send(("ready", {
         "model": _jsonable(dataclasses.asdict(info)),
         "runtime": {"name": rt.name, "version": rt.version},
@@ -235,6 +236,8 @@ class PipelineOutcome:
     error: tuple[str, str] | None = None  # (kind, message) of a fatal failure
     notes: list[str] = field(default_factory=list)
     first_answer_s: float | None = None
+    images_taken: int = 0  # images taken from the source (the count a growing feed reached)
+    budget: Budget | None = None  # the budget at the end (a growing feed's counts its images)
 
 
 ProgressFn = Callable[[int, float, float], None]  # (answers so far, wall s, inference s)
@@ -284,7 +287,7 @@ def start_workers(settings: RunSettings, root: Path, exclusive: bool = False,
 
 def stop_workers(pool: WorkerPool) -> None:
     """Stop a pool that will not be used (the run could not start)."""
-    _stop(pool.workers, pool.settings.grace_s, lambda w, answers: None, "failed")
+    _stop(pool.workers, pool.settings.grace_s, lambda w, items, answers: None, "failed")
 
 
 def _spawn(pool: WorkerPool) -> None:
@@ -303,200 +306,293 @@ def _spawn(pool: WorkerPool) -> None:
     pool.next_wid += 1
 
 
-def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budget: Budget,
-                 write: Callable[[list[dict]], None], clock: Stopwatch,
-                 exclusive: bool = False, progress: ProgressFn | None = None,
-                 pool: WorkerPool | None = None) -> PipelineOutcome:
-    """Answer ``files`` (in order) within ``budget``; every answer goes through ``write``.
+RecordsFn = Callable[[list[Record]], None]
 
-    Uses ``pool`` when given (see :func:`start_workers`), else starts one. Returns when every
-    image is answered, the budget runs out, all workers fail, or on KeyboardInterrupt (status
-    ``interrupted``): in every case workers are stopped (killed after ``settings.grace_s``)
-    before returning.
+
+def chunk_size(batch: int) -> int:
+    """Images per chunk handed to a worker: at least MIN_CHUNK, a whole number of batches."""
+    if batch > 1:
+        return batch * max(1, math.ceil(MIN_CHUNK / batch))
+    return max(batch, MIN_CHUNK)
+
+
+class Dispatcher:
+    """Hands a source's images to a pool's workers within a budget and collects their answers.
+
+    The parent's side of a run, as an object: its state is the attributes below, one method
+    per event (a worker's message, a worker's exit), and the respawn policy is
+    :meth:`should_respawn`. Every answer becomes a :class:`~scoring.records.Record` passed to
+    ``on_records`` (in arrival order, one call per chunk), so a caller can log it, post it, or
+    both. Images are numbered (``Record.index``) in the order they are taken from the source.
+
+    Args:
+      settings: the run's settings (batch, grace_s, model for messages).
+      source: an :class:`~lpirc.sources.ImageSource`; may grow while the run goes.
+      budget: the time budget. With ``source.total`` None (a feed of unknown length) the
+        inference-clock budget is ``ms_per_image`` x the images taken so far.
+      clock: the run's stopwatch (``t_s`` of every record).
+      pool: started workers (:func:`start_workers`).
+      on_records: called with each chunk's records as they arrive.
+      progress: called as ``progress(answers so far, wall s, inference s)`` every round.
     """
-    if pool is None:
-        pool = start_workers(settings, root, exclusive, max_workers=len(files))
-    workers = pool.workers
-    chunk = max(settings.batch, MIN_CHUNK)
-    if settings.batch > 1:
-        chunk = settings.batch * max(1, math.ceil(MIN_CHUNK / settings.batch))
-    # A cursor into ``files`` rather than a queue of every (index, name): the parent's memory
-    # must not grow with the holdout. Images of a dead worker wait in ``retry``.
-    cursor = 0
-    retry: deque = deque()
-    retried: set[int] = set()
-    # Replacements for dead workers: a few in a row, and the count starts again whenever an
-    # image was answered since the last death, so an OOM kill now and then or a few images that
-    # crash the runtime do not end a 10-minute run, but a model that crashes on everything does.
-    max_respawns = max(2, len(workers))
-    respawns_left = max_respawns
-    deaths = 0
-    answered_at_last_death = 0
-    next_chunk = 0
-    answered = failed = late = 0
-    inference_s = 0.0
-    ready_info: dict | None = None
-    fatal: tuple[str, str] | None = None
-    notes: list[str] = []
-    first_answer_s: float | None = None
-    status = "complete"
 
-    def left() -> bool:
-        return bool(retry) or cursor < len(files)
+    #: seconds between looks at a growing source while a worker waits for images
+    HUNGRY_POLL_S = 0.02
 
-    def take(n: int) -> list[tuple[int, str]]:
-        nonlocal cursor
-        items = [retry.popleft() for _ in range(min(n, len(retry)))]
-        if len(items) < n and cursor < len(files):
-            stop = min(len(files), cursor + n - len(items))
-            items += [(i, files[i]) for i in range(cursor, stop)]
-            cursor = stop
+    def __init__(self, settings: RunSettings, source: ImageSource, budget: Budget,
+                 clock: Stopwatch, pool: WorkerPool, on_records: RecordsFn,
+                 progress: ProgressFn | None = None) -> None:
+        self.settings, self.source, self.budget, self.clock = settings, source, budget, clock
+        self.pool, self.workers = pool, pool.workers
+        self.on_records, self.progress = on_records, progress
+        self.chunk = chunk_size(settings.batch)
+        self.retry: deque[tuple[int, str]] = deque()  # images of a dead worker, to retry once
+        self.retried: set[int] = set()
+        self.taken = 0  # images taken from the source: the next image's index
+        self.next_chunk = 0
+        # Replacements for dead workers: a few in a row, and the count starts again whenever
+        # an image was answered since the last death (see should_respawn).
+        self.max_respawns = max(2, len(self.workers))
+        self.respawns_left = self.max_respawns
+        self.deaths = 0
+        self.answered_at_last_death = 0
+        self.answered = self.failed = self.late = 0
+        self.inference_s = 0.0
+        self.ready_info: dict | None = None
+        self.fatal: tuple[str, str] | None = None
+        self.notes: list[str] = []
+        self.first_answer_s: float | None = None
+        self.status = "complete"
+
+    # --- images ------------------------------------------------------------------------------
+
+    def images_remain(self) -> bool:
+        """Images still to hand out: retries, or a source not yet exhausted."""
+        return bool(self.retry) or not self.source.exhausted()
+
+    def _take(self, n: int) -> list[tuple[int, str]]:
+        items = [self.retry.popleft() for _ in range(min(n, len(self.retry)))]
+        if len(items) < n:
+            names = self.source.take(n - len(items), 0.0)
+            items += [(self.taken + i, name) for i, name in enumerate(names)]
+            self.taken += len(names)
+            if names and self.source.total is None:
+                self.budget = dataclasses.replace(self.budget, images=self.taken)
         return items
 
-    def feed(w: _Worker) -> None:
-        nonlocal next_chunk
-        if budget.exhausted(clock(), inference_s):
+    def over_budget(self) -> bool:
+        return self.budget.exhausted(self.clock(), self.inference_s)
+
+    def feed(self, w: _Worker) -> None:
+        """Top ``w`` up to IN_FLIGHT chunks, if the budget allows and images are ready."""
+        if not w.ready or self.over_budget():
             return  # at the deadline no new work starts, not even to a worker just freed
-        while len(w.chunks) < IN_FLIGHT and left():
-            items = take(chunk)
-            w.chunks[next_chunk] = items
+        while len(w.chunks) < IN_FLIGHT and self.images_remain():
+            items = self._take(self.chunk)
+            if not items:
+                return  # a growing source with nothing ready yet
+            w.chunks[self.next_chunk] = items
             try:
-                w.conn.send(("work", next_chunk, items))
+                w.conn.send(("work", self.next_chunk, items))
             except (BrokenPipeError, OSError):
                 return  # its death is handled when its sentinel fires
-            next_chunk += 1
+            self.next_chunk += 1
 
-    def record(w: _Worker, answers: list[tuple], over: bool) -> None:
-        nonlocal answered, failed, late, inference_s, first_answer_s
-        t = round(clock(), 4)
-        if first_answer_s is None and answers:
-            first_answer_s = t
+    # --- answers -----------------------------------------------------------------------------
+
+    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list, over: bool) -> None:
+        """Turn a chunk's answers into records (late past the budget) and pass them on."""
+        t = round(self.clock(), 4)
+        if self.first_answer_s is None and answers:
+            self.first_answer_s = t
+        names = dict(items)
+        limit = self.budget.inference_budget_s
         recs = []
-        limit = budget.inference_budget_s
-        for idx, top5, scores, err, lat_ms, inf_ms in answers:
-            inference_s += inf_ms / 1000.0
+        for a in answers:
+            a = Answer(*a)
+            self.inference_s += a.inference_ms / 1000.0
             # per image, as the scorer judges it: the answer that takes the summed invoke time
             # past the inference budget is late, not the whole chunk after it
-            is_late = over or (limit is not None and inference_s > limit)
-            recs.append({"image": files[idx], "index": idx, "top5": top5, "scores": scores,
-                         "error": err, "t_s": t, "latency_ms": lat_ms, "inference_ms": inf_ms,
-                         "worker": w.wid, "late": is_late})
-            if err is None:
-                answered += 1
+            is_late = over or (limit is not None and self.inference_s > limit)
+            recs.append(Record.of(names[a.index], a, t, w.wid, is_late))
+            if a.error is None:
+                self.answered += 1
             else:
-                failed += 1
-            late += is_late
-        write(recs)
+                self.failed += 1
+            self.late += is_late
+        self.on_records(recs)
 
-    def bury(w: _Worker, reason: str) -> None:
+    def bury(self, w: _Worker, reason: str) -> None:
         """A worker died: retry its images once, elsewhere; a second death answers them wrong."""
         lost = [it for items in w.chunks.values() for it in items]
         w.chunks.clear()
-        again = [it for it in lost if it[0] not in retried]
-        given_up = [it for it in lost if it[0] in retried]
-        retried.update(idx for idx, _ in again)
-        retry.extendleft(reversed(again))
+        again = [it for it in lost if it[0] not in self.retried]
+        given_up = [it for it in lost if it[0] in self.retried]
+        self.retried.update(idx for idx, _ in again)
+        self.retry.extendleft(reversed(again))
         if given_up:
-            record(w, [(idx, [], [], f"{reason}; also on retry", 0.0, 0.0) for idx, _ in given_up],
-                   False)
+            self.record(w, given_up, [Answer(idx, [], [], f"{reason}; also on retry", 0.0, 0.0)
+                                      for idx, _ in given_up], False)
         if lost:
-            notes.append(f"worker {w.wid} {reason} holding {len(lost)} images: "
-                         f"{len(again)} retried, {len(given_up)} answered wrong")
+            self.notes.append(f"worker {w.wid} {reason} holding {len(lost)} images: "
+                              f"{len(again)} retried, {len(given_up)} answered wrong")
         else:
-            notes.append(f"worker {w.wid} {reason}")
+            self.notes.append(f"worker {w.wid} {reason}")
         try:
             w.conn.close()
         except OSError:
             pass
         w.proc.join(timeout=0.1)
-        del workers[w.wid]
+        del self.workers[w.wid]
 
-    try:
-        while True:
-            if not left() and not any(w.chunks for w in workers.values()):
-                break
-            if budget.exhausted(clock(), inference_s):
-                status = "budget_exhausted"
-                break
-            if not workers:
-                if fatal is None:
-                    done = answered + failed
-                    fatal = ("model", f"{settings.model}: every worker died before answering"
-                             if answered == 0 else
-                             f"{settings.model}: workers kept dying ({deaths} deaths, the last "
-                             f"ones with no answer in between); stopped with {done} of "
-                             f"{len(files)} images logged")
-                status = "failed"
-                break
-            waitables: list[Any] = []
-            for w in workers.values():
-                waitables += [w.conn, w.proc.sentinel]
-            timeout = min(0.2, budget.wall_left_s(clock()))
-            for obj in wait(waitables, timeout=timeout):
-                w = next((w for w in workers.values()
-                          if obj is w.conn or obj == w.proc.sentinel), None)
-                if w is None:
-                    continue  # already buried this round
-                if obj is w.conn:
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        continue  # the sentinel reports the death
-                    kind = msg[0]
-                    if kind == "ready":
-                        w.ready = True
-                        if ready_info is None:
-                            ready_info = msg[1]
-                            if ready_info.get("note"):
-                                notes.append(ready_info["note"])
-                        feed(w)
-                    elif kind == "done":
-                        items = w.chunks.pop(msg[1], None)
-                        if items is not None:
-                            record(w, msg[2], budget.exhausted(clock(), inference_s))
-                        feed(w)
-                    elif kind == "fatal":
-                        fatal = fatal or (msg[1], msg[2])
-                        # the worker returns after a fatal message; its sentinel fires next
-                else:
-                    w.proc.join(timeout=0.5)
-                    code = w.proc.exitcode
-                    if fatal is not None and not w.ready:
-                        bury(w, "could not start")
-                        continue
-                    if fatal is not None:
-                        bury(w, "stopped on a model error")
-                        continue
-                    reason = (f"died (signal {-code})" if code is not None and code < 0
-                              else f"exited with code {code}")
-                    was_ready = w.ready
-                    bury(w, reason)
-                    if not was_ready and ready_info is None:
-                        fatal = ("model", f"{settings.model}: the runtime crashed loading it "
-                                 f"({'signal ' + str(-code) if code and code < 0 else 'exit code ' + str(code)})")
-                        continue
-                    deaths += 1
-                    if answered > answered_at_last_death:
-                        respawns_left = max_respawns
-                    answered_at_last_death = answered
-                    if respawns_left > 0 and left():
-                        respawns_left -= 1
-                        _spawn(pool)
-            if fatal is not None:  # every worker runs the same model: one failure is all
-                status = "failed"
-                break
-            if progress is not None:
-                progress(answered + failed, clock(), inference_s)
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        late_now = status == "budget_exhausted"
-        _stop(workers, settings.grace_s, lambda w, answers: record(w, answers, late_now), status)
-    if progress is not None:
-        progress(answered + failed, clock(), inference_s)
-    return PipelineOutcome(status=status, wall_time_s=clock(), inference_time_s=inference_s,
-                           answered=answered, failed=failed, late=late, ready=ready_info,
-                           error=fatal, notes=notes, first_answer_s=first_answer_s)
+    def should_respawn(self) -> bool:
+        """The respawn policy, asked after each death of a worker that had started.
+
+        Replace it while images remain and fewer than ``max_respawns`` (at least 2, else one
+        per worker) deaths came in a row with no image answered in between: an OOM kill now
+        and then, or a few images that crash the runtime, do not end a 10-minute run, but a
+        model that crashes on every image does."""
+        self.deaths += 1
+        if self.answered > self.answered_at_last_death:
+            self.respawns_left = self.max_respawns
+        self.answered_at_last_death = self.answered
+        if self.respawns_left > 0 and self.images_remain():
+            self.respawns_left -= 1
+            return True
+        return False
+
+    # --- events ------------------------------------------------------------------------------
+
+    def on_message(self, w: _Worker, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            w.ready = True
+            if self.ready_info is None:
+                self.ready_info = msg[1]
+                if self.ready_info.get("note"):
+                    self.notes.append(self.ready_info["note"])
+            self.feed(w)
+        elif kind == "done":
+            items = w.chunks.pop(msg[1], None)
+            if items is not None:
+                self.record(w, items, msg[2], self.over_budget())
+            self.feed(w)
+        elif kind == "fatal":
+            self.fatal = self.fatal or (msg[1], msg[2])
+            # the worker returns after a fatal message; its sentinel fires next
+
+    def on_exit(self, w: _Worker) -> None:
+        w.proc.join(timeout=0.5)
+        code = w.proc.exitcode
+        if self.fatal is not None:
+            self.bury(w, "stopped on a model error" if w.ready else "could not start")
+            return
+        reason = (f"died (signal {-code})" if code is not None and code < 0
+                  else f"exited with code {code}")
+        was_ready = w.ready
+        self.bury(w, reason)
+        if not was_ready and self.ready_info is None:
+            how = f"signal {-code}" if code and code < 0 else f"exit code {code}"
+            self.fatal = ("model", f"{self.settings.model}: the runtime crashed loading it ({how})")
+            return
+        if self.should_respawn():
+            _spawn(self.pool)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _hungry(self) -> bool:
+        """A started worker waits for images a growing source has not given yet."""
+        return (not self.retry and not self.source.exhausted()
+                and any(w.ready and len(w.chunks) < IN_FLIGHT for w in self.workers.values()))
+
+    def _end_reason(self) -> str | None:
+        if not self.images_remain() and not any(w.chunks for w in self.workers.values()):
+            return "complete"
+        if self.over_budget():
+            return "budget_exhausted"
+        if not self.workers:
+            if self.fatal is None:
+                done = self.answered + self.failed
+                self.fatal = ("model", f"{self.settings.model}: every worker died before "
+                              "answering" if self.answered == 0 else
+                              f"{self.settings.model}: workers kept dying ({self.deaths} deaths, "
+                              f"the last ones with no answer in between); stopped with {done} "
+                              f"of {self.taken} images logged")
+            return "failed"
+        return None
+
+    def step(self) -> str | None:
+        """Wait for one round of events and handle them; the end status when the run ends."""
+        end = self._end_reason()
+        if end is not None:
+            return end
+        for w in list(self.workers.values()):
+            if w.ready and len(w.chunks) < IN_FLIGHT:
+                self.feed(w)  # a growing source may have images for a waiting worker now
+        by_obj: dict[Any, _Worker] = {}
+        for w in self.workers.values():
+            by_obj[w.conn] = by_obj[w.proc.sentinel] = w
+        timeout = min(self.HUNGRY_POLL_S if self._hungry() else 0.2,
+                      self.budget.wall_left_s(self.clock()))
+        for obj in wait(list(by_obj), timeout=timeout):
+            w = by_obj[obj]
+            if w.wid not in self.workers:
+                continue  # already buried this round
+            if obj is w.conn:
+                try:
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    continue  # the sentinel reports the death
+                self.on_message(w, msg)
+            else:
+                self.on_exit(w)
+        if self.fatal is not None:  # every worker runs the same model: one failure is all
+            return "failed"
+        if self.progress is not None:
+            self.progress(self.answered + self.failed, self.clock(), self.inference_s)
+        return None
+
+    def run(self) -> PipelineOutcome:
+        """Dispatch until every image is answered, the budget runs out, the workers fail, or
+        KeyboardInterrupt (status ``interrupted``); the workers are always stopped (killed
+        after ``settings.grace_s``) before it returns."""
+        try:
+            status = None
+            while status is None:
+                status = self.step()
+            self.status = status
+        except KeyboardInterrupt:
+            self.status = "interrupted"
+        finally:
+            late_now = self.status == "budget_exhausted"
+            _stop(self.workers, self.settings.grace_s,
+                  lambda w, items, answers: self.record(w, items, answers, late_now),
+                  self.status)
+        if self.progress is not None:
+            self.progress(self.answered + self.failed, self.clock(), self.inference_s)
+        return PipelineOutcome(
+            status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_s,
+            answered=self.answered, failed=self.failed, late=self.late, ready=self.ready_info,
+            error=self.fatal, notes=self.notes, first_answer_s=self.first_answer_s,
+            images_taken=self.taken, budget=self.budget)
+
+
+def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budget: Budget,
+                 write: Callable[[list[dict]], None], clock: Stopwatch,
+                 exclusive: bool = False, progress: ProgressFn | None = None,
+                 pool: WorkerPool | None = None) -> PipelineOutcome:
+    """Answer ``files`` of ``root`` (in order) within ``budget``; each answer's results.jsonl
+    object goes through ``write`` (a list per chunk).
+
+    A convenience over :class:`Dispatcher` with a :class:`~lpirc.sources.FolderSource` of the
+    given names (``lpirc tune`` runs its trials through it). Uses ``pool`` when given (see
+    :func:`start_workers`), else starts one. Returns as :meth:`Dispatcher.run` does.
+    """
+    if pool is None:
+        pool = start_workers(settings, root, exclusive, max_workers=len(files))
+    source = FolderSource.of_names(root, files)
+    return Dispatcher(settings, source, budget, clock, pool,
+                      lambda recs: write([r.to_json() for r in recs]), progress).run()
 
 
 def _stop(workers: dict[int, _Worker], grace_s: float, on_answers, status: str) -> None:
@@ -522,8 +618,9 @@ def _stop(workers: dict[int, _Worker], grace_s: float, on_answers, status: str) 
                     w.conn.close()
                     continue
                 if msg[0] == "done" and status != "failed":
-                    if w.chunks.pop(msg[1], None) is not None:
-                        on_answers(w, msg[2])
+                    items = w.chunks.pop(msg[1], None)
+                    if items is not None:
+                        on_answers(w, items, msg[2])
             else:
                 live.pop(w.wid, None)
     for w in workers.values():

@@ -45,7 +45,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-try:  # the optional `fast` extra: OpenCV's float warp reproduces TF's resize ~3x faster
+try:  # a core dependency: OpenCV's float warp reproduces TF's resize ~3x faster than numpy
     import cv2
 
     # OpenCV 4.x snaps sample coordinates to 1/32 pixel (errors up to 6 levels, 0.8 points of

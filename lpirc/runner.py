@@ -1,7 +1,27 @@
-"""One timed run: holdout -> pipeline (workers) -> result log -> scorer.
+"""One timed run: image source -> pipeline (workers) -> result log -> scorer.
 
 ``run(settings)`` is the public entry point behind ``lpirc run``; it never loads the model
 itself (workers do), so a model that crashes the runtime cannot take the results with it.
+
+By default the images are the holdout folder ``settings.holdout``, listed up front. Any
+:class:`~lpirc.sources.ImageSource` can feed the run instead, and ``on_answers`` sees every
+answer as it arrives, so a client can post answers while later images are still coming::
+
+    import threading
+    from lpirc.runner import run
+    from lpirc.settings import resolve_settings
+    from lpirc.sources import GrowingSource
+
+    settings = resolve_settings({"model": "sub.tflite", "holdout": "incoming/"}, set())
+    feed = GrowingSource("incoming/")
+
+    def download():                      # e.g. the referee's zips, unpacked into incoming/
+        for names in unpacked_batches():
+            feed.add(names)
+        feed.close()
+
+    threading.Thread(target=download, daemon=True).start()
+    outcome = run(settings, source=feed, on_answers=lambda recs: print(len(recs), "answers"))
 """
 
 from __future__ import annotations
@@ -9,29 +29,71 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import signal
 import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from lpirc import __version__
+from tqdm import tqdm
+
+import scoring
+from lpirc import __version__, machine, preflight
 from lpirc.clock import Budget, Stopwatch
-from lpirc.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, DelegateError, InputError,
-                          ModelError)
+from lpirc.energy import (EnergyConfig, energy_source_preview, finish_energy,
+                          start_energy)
+from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
+from lpirc.holdout import open_holdout
+from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_workers, stop_workers
 from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, new_run_dir, write_json
-from lpirc.settings import RunSettings
+from lpirc.settings import RunSettings, check_settings
+from lpirc.sources import FolderSource, ImageSource
+from scoring.records import Record
+
+#: Called with each chunk's records as they arrive (after they are logged).
+AnswersFn = Callable[[list[Record]], None]
 
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """What ``run`` returns.
+
+    Attributes:
+      out_dir: the run folder (results.jsonl, manifest.json, score.json).
+      status: ``complete``, ``budget_exhausted``, ``interrupted`` or ``failed``.
+      exit_code: the documented exit code for it (lpirc/errors.py).
+      manifest: the manifest.json object as written.
+      score: the score.json object; None without a ground truth.
+      notes: the manifest's notes (worker deaths, why the run stopped, ...).
+    """
+
     out_dir: Path
     status: str
     exit_code: int
     manifest: dict[str, Any]
-    score: dict[str, Any] | None  # the score.json object; None without a ground truth
+    score: dict[str, Any] | None
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one run was asked to do, checked: carried from ``run`` through its steps."""
+
+    settings: RunSettings
+    model_path: Path
+    root: Path
+    gt: Path | None
+    exclusive: bool
+    out: Path
+    progress: bool
+    source: ImageSource | None
+    on_answers: AnswersFn | None
+
+    @property
+    def energy_config(self) -> EnergyConfig:
+        s = self.settings
+        return EnergyConfig(power_log=s.power_log, watts_per_core=s.watts_per_core,
+                            idle_watts=s.idle_watts, powercap_root=s.powercap_root)
 
 
 def utc_now() -> str:
@@ -46,77 +108,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_model_file(path: Path) -> None:
-    """Fail fast, in the parent, on what needs no runtime to see."""
-    if not path.exists():
-        raise ModelError(f"{path}: model file not found")
-    if path.is_dir():
-        raise ModelError(f"{path}: is a folder, not a .tflite model file")
-    if path.stat().st_size == 0:
-        raise ModelError(f"{path}: model file is empty")
+def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | None = None,
+        on_answers: AnswersFn | None = None) -> RunOutcome:
+    """Run ``settings.model`` over a source of images within the budget, write the run folder,
+    score it when a ground truth is known.
 
-
-def _check_delegate(name: str) -> bool:
-    """Look the delegate library up before any worker starts; True if only one process may
-    own the device."""
-    from lpirc import delegates
-
-    spec = delegates.parse_delegate(name)
-    if spec.kind in ("edgetpu", "external"):
-        _, reason = delegates.find_library_isolated(spec.library or "")
-        if reason is not None:
-            raise delegates.delegate_error(spec, reason)
-    if spec.kind == "gpu":
-        from lpirc.runtime import load_runtime  # imports the runtime; loads no model
-
-        reason = delegates.gpu_unavailable_reason(load_runtime().name)
-        if reason is not None:
-            raise DelegateError(f"gpu: {reason}")
-    return delegates.delegate_is_exclusive(name)
-
-
-def run(settings: RunSettings, progress: bool = True) -> RunOutcome:
-    """Run ``settings.model`` over ``settings.holdout`` within the budget, write the run folder,
-    score it when a ground truth is known. Raises LpircError for what stops a run before or
-    instead of answering (bad model, delegate, holdout); a run that started always leaves its
-    folder, its log and its manifest."""
-    from lpirc.energy import EnergyConfig
-    from lpirc.holdout import open_holdout
-    from lpirc.settings import check_settings
-
+    Args:
+      settings: the run's settings (:func:`lpirc.settings.resolve_settings`).
+      progress: show a progress bar (when stderr is a terminal and not ``settings.quiet``).
+      source: where the images come from; default a :class:`~lpirc.sources.FolderSource` of
+        ``settings.holdout`` with ``settings.seed``, listed after the workers started (so they
+        do not inherit the list). A source's ``root`` is the folder workers read from; the
+        ground truth defaults to ``root/ground_truth.csv``.
+      on_answers: called with each chunk's :class:`~scoring.records.Record` list as it arrives,
+        after it is logged. It runs in the dispatching thread: keep it short. An exception in
+        it ends the run (workers stopped, the answers logged so far kept) and propagates.
+    Returns:
+      RunOutcome; ``exit_code`` 130 when interrupted (Ctrl-C or SIGTERM; log kept and scored).
+    Raises:
+      LpircError: what stops a run before or instead of answering (bad model, delegate,
+        holdout, ground truth, run folder). A run that started always leaves its folder, its
+        log and its manifest.
+    """
     check_settings(settings)  # API callers build RunSettings themselves
-    model_path = Path(settings.model)
-    _check_model_file(model_path)
-    root = Path(settings.holdout)
+    model_path = preflight.check_model_file(settings.model)
+    root = Path(source.root if source is not None else settings.holdout)
     if not root.is_dir():
         open_holdout(root)  # raises its one-line error
-    gt = settings.ground_truth
-    if gt is None and (root / "ground_truth.csv").is_file():
-        gt = root / "ground_truth.csv"
-    if gt is not None:
-        gt = Path(gt).resolve()  # score.json and the manifest name it wherever the run started
-        if not gt.is_file():
-            raise InputError(f"{gt}: ground truth not found" if not gt.exists()
-                             else f"{gt}: ground truth is not a file")
-    exclusive = _check_delegate(settings.delegate)
+    gt = preflight.ground_truth_for(root, settings.ground_truth)
+    exclusive = preflight.check_delegate(settings.delegate)
     out = Path(settings.out) if settings.out else new_run_dir(model_path)
     _check_out(out)
-    ecfg = EnergyConfig(power_log=settings.power_log, watts_per_core=settings.watts_per_core,
-                        idle_watts=settings.idle_watts, powercap_root=settings.powercap_root)
-
+    plan = _Plan(settings, model_path, root, gt, exclusive, out, progress, source, on_answers)
     # A terminal's Ctrl-C and a scheduler's SIGTERM both end the run cleanly, log kept.
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        # a shell's background job starts with SIGINT ignored; the user's Ctrl-C to the
-        # process group must still stop us
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return _run(settings, model_path, root, gt, exclusive, out, ecfg, progress)
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
+    with preflight.stop_signals():
+        return _run(plan)
 
 
 def _check_out(out: Path) -> None:
@@ -139,8 +165,6 @@ def _truth_note(gt: Path | None) -> str | None:
     """The ground truth's own warning (labels that look 1-based), for the manifest's notes."""
     if gt is None:
         return None
-    import scoring
-
     try:
         notes = scoring.ground_truth_notes(gt)
     except scoring.ScoringError:
@@ -149,8 +173,6 @@ def _truth_note(gt: Path | None) -> str | None:
 
 
 def _read_truth(gt: Path) -> dict[str, int]:
-    import scoring
-
     try:
         return scoring.read_ground_truth(gt, cache=False)
     except scoring.ScoringError as e:
@@ -177,103 +199,165 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
             f"holdout (they count as unanswered): {few}")
 
 
-def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
-         exclusive: bool, out: Path, ecfg,
-         progress: bool) -> RunOutcome:
-    from lpirc.energy import energy_source_preview, finish_energy, start_energy
-    from lpirc.holdout import open_holdout
-    from lpirc.machine import machine_info
-    from lpirc.pipeline import run_pipeline, start_workers, stop_workers
-
+def _run(plan: _Plan) -> RunOutcome:
+    """Start the workers, open the source and the run folder, dispatch, finish, score."""
+    settings, out = plan.settings, plan.out
     # The run starts here: workers load the model while the parent lists the holdout.
-    probe = start_energy(ecfg)
+    probe = start_energy(plan.energy_config)
     clock = Stopwatch()
     start_utc = utc_now()
-    pool = start_workers(settings, root, exclusive)
+    pool = start_workers(settings, plan.root, plan.exclusive)
     made_out = not out.exists()
     try:
-        # Read only now, after the workers forked: the processes that run the model never hold
-        # the labels. Malformed, it is still refused before any image is handed out.
-        truth = _read_truth(gt) if gt is not None else None
-        holdout = open_holdout(root, seed=settings.seed)
-        gt_note = _coverage_note(truth, holdout.files) if truth is not None else None
-        pre_notes = [n for n in (gt_note, holdout.skipped_line(), _truth_note(gt)) if n]
-        truth = None  # checked; the scorer reads it again after the run, workers gone
+        source, pre_notes = _open_source(plan)
+        budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
+                        source.total or 0)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-        budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
-                        len(holdout.files))
-        manifest: dict[str, Any] = {
-            "lpirc_version": __version__,
-            "status": "running",
-            "runtime": None,
-            "delegate": {"requested": settings.delegate, "ran": None, "note": None},
-            "model": {"path": str(model_path.resolve()), "size_bytes": model_path.stat().st_size,
-                      "sha256": _sha256(model_path)},
-            "holdout": {"path": str(root.resolve()),
-                        "image_count": len(holdout.files), "order_seed": holdout.seed,
-                        "files_sha256": holdout.files_sha256,
-                        "skipped": holdout.skipped,
-                        "ground_truth": str(gt) if gt else None},
-            "settings": settings.to_json(),
-            "budget": budget.to_json(),
-            "start_utc": start_utc,
-            "end_utc": None,
-            "wall_time_s": None,
-            "inference_time_s": None,
-            "energy": {"wh": None, "source": "pending", "method": energy_source_preview(ecfg)},
-            "machine": machine_info(),
-            "notes": list(pre_notes),
-        }
+        manifest = _start_manifest(plan, source, budget, start_utc, pre_notes)
         write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
     except BaseException:  # bad holdout, or Ctrl-C before the first image was handed out
         stop_workers(pool)
-        if made_out and out.is_dir() and not (out / RESULTS).exists():
-            for name in (MANIFEST, MANIFEST + ".tmp"):
-                (out / name).unlink(missing_ok=True)
-            try:
-                out.rmdir()
-            except OSError:
-                pass
+        _remove_unstarted(out, made_out)
         raise
-    bar = _progress_bar(len(holdout.files), budget, enabled=progress and not settings.quiet)
+    outcome = _dispatch(plan, source, budget, clock, pool, log)
+    energy = finish_energy(probe, plan.energy_config)
+    _finish_manifest(manifest, plan, source, outcome, energy.to_json())
+    write_json(out / MANIFEST, manifest)
+    if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
+        raise preflight.failure_error(*outcome.error)
+    score = None
+    if plan.gt is not None:
+        try:
+            score = scoring.score_path(out, ground_truth=plan.gt, rules=settings.rules)
+        except scoring.ScoringError as e:
+            raise InputError(str(e)) from None
+        write_json(out / SCORE, score)
+    return RunOutcome(out, outcome.status, _exit_code(outcome), manifest, score,
+                      tuple(manifest["notes"]))
+
+
+def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
+    """The run's source (the holdout listed now, after the workers forked, unless one was
+    given) and the ground-truth coverage note. The ground truth is read only now too: the
+    processes that run the model never hold the labels; malformed, it is still refused before
+    any image is handed out."""
+    truth = _read_truth(plan.gt) if plan.gt is not None else None
+    source = plan.source
+    if source is None:
+        source = FolderSource(plan.root, seed=plan.settings.seed)
+    files = getattr(source, "files", None)  # a source listed up front
+    cover = _coverage_note(truth, files) if truth is not None and files is not None else None
+    holdout = getattr(source, "holdout", None)
+    skipped = holdout.skipped_line() if holdout is not None else None
+    notes = [n for n in (cover, skipped, _truth_note(plan.gt)) if n]
+    return source, notes  # truth checked and dropped; the scorer reads it again after the run
+
+
+def _remove_unstarted(out: Path, made_out: bool) -> None:
+    """Leave no run folder behind for a run that never handed out an image."""
+    if made_out and out.is_dir() and not (out / RESULTS).exists():
+        for name in (MANIFEST, MANIFEST + ".tmp"):
+            (out / name).unlink(missing_ok=True)
+        try:
+            out.rmdir()
+        except OSError:
+            pass
+
+
+def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
+    sha = getattr(source, "files_sha256", None)
+    holdout = getattr(source, "holdout", None)
+    return {"path": str(plan.root.resolve()), "source": type(source).__name__,
+            "image_count": source.total,
+            "order_seed": holdout.seed if holdout is not None else None,
+            "files_sha256": sha() if callable(sha) else None,
+            "skipped": holdout.skipped if holdout is not None else {},
+            "ground_truth": str(plan.gt) if plan.gt else None}
+
+
+def _start_manifest(plan: _Plan, source: ImageSource, budget: Budget, start_utc: str,
+                    pre_notes: list[str]) -> dict[str, Any]:
+    """manifest.json as written when the run starts (status ``running``)."""
+    s, model_path = plan.settings, plan.model_path
+    return {
+        "lpirc_version": __version__,
+        "status": "running",
+        "runtime": None,
+        "delegate": {"requested": s.delegate, "ran": None, "note": None},
+        "model": {"path": str(model_path.resolve()), "size_bytes": model_path.stat().st_size,
+                  "sha256": _sha256(model_path)},
+        "holdout": _holdout_json(plan, source),
+        "settings": s.to_json(),
+        "budget": budget.to_json(),
+        "start_utc": start_utc,
+        "end_utc": None,
+        "wall_time_s": None,
+        "inference_time_s": None,
+        "energy": {"wh": None, "source": "pending",
+                   "method": energy_source_preview(plan.energy_config)},
+        "machine": machine.machine_info(),
+        "notes": list(pre_notes),
+    }
+
+
+def _dispatch(plan: _Plan, source: ImageSource, budget: Budget, clock: Stopwatch,
+              pool: WorkerPool, log: ResultLog) -> PipelineOutcome:
+    """Answer the source's images: every record logged, then shown to ``on_answers``."""
+    on_answers = plan.on_answers
+
+    def on_records(recs: list[Record]) -> None:
+        log.write(r.to_json() for r in recs)
+        if on_answers is not None:
+            on_answers(recs)
+
+    bar = _progress_bar(source.total, budget,
+                        enabled=plan.progress and not plan.settings.quiet)
     try:
-        outcome = run_pipeline(settings, root, holdout.files, budget, log.write, clock,
-                               exclusive=exclusive, progress=bar.update if bar else None,
-                               pool=pool)
+        return Dispatcher(plan.settings, source, budget, clock, pool, on_records,
+                          progress=bar.update if bar else None).run()
     finally:
         log.close()
         if bar:
             bar.close()
-    energy = finish_energy(probe, ecfg)
 
+
+def _finish_manifest(manifest: dict[str, Any], plan: _Plan, source: ImageSource,
+                     outcome: PipelineOutcome, energy: dict[str, Any]) -> None:
+    """Fill in what the run did (the manifest written at the start is updated in place)."""
+    s = plan.settings
     ready = outcome.ready or {}
+    notes = manifest["notes"] + outcome.notes
+    if outcome.ready is None and outcome.status == "budget_exhausted":
+        notes.append("the budget ran out before any worker had loaded the model")
+    if outcome.error and outcome.answered > 0:
+        # the run stopped part-way: say why beside the partial score, not only in the exit code
+        notes.append(f"run stopped: {outcome.error[1]}")
     manifest.update({
         "status": outcome.status,
         "runtime": ready.get("runtime"),
-        "delegate": {"requested": settings.delegate, "ran": ready.get("delegate_ran"),
-                     "note": ready.get("note"), "exclusive": exclusive},
+        "delegate": {"requested": s.delegate, "ran": ready.get("delegate_ran"),
+                     "note": ready.get("note"), "exclusive": plan.exclusive},
         "end_utc": utc_now(),
         "wall_time_s": round(outcome.wall_time_s, 4),
         "inference_time_s": round(outcome.inference_time_s, 4),
         "first_answer_s": outcome.first_answer_s,
-        "energy": energy.to_json(),
+        "energy": energy,
         "images_logged": outcome.answered + outcome.failed,
         "images_answered": outcome.answered,  # with a top-5 (late ones included)
         "images_failed": outcome.failed,  # logged with an error: count as wrong
         "images_late": outcome.late,
         "batch_used": ready.get("batch"),
         "preprocess": ready.get("preprocess"),
-        "notes": list(pre_notes) + outcome.notes,
+        "notes": notes,
     })
-    if outcome.ready is None and outcome.status == "budget_exhausted":
-        manifest["notes"].append("the budget ran out before any worker had loaded the model")
-    if outcome.error and outcome.answered > 0:
-        # the run stopped part-way: say why beside the partial score, not only in the exit code
-        manifest["notes"].append(f"run stopped: {outcome.error[1]}")
+    if source.total is None:  # a feed of unknown length: what it came to
+        manifest["holdout"] = _holdout_json(plan, source) | {"image_count": outcome.images_taken}
+        if outcome.budget is not None:
+            manifest["budget"] = outcome.budget.to_json()
     if ready.get("model"):
         manifest["model"].update({k: v for k, v in ready["model"].items()
                                   if k in ("input", "output", "outputs", "num_classes", "ops")})
@@ -281,39 +365,20 @@ def _run(settings: RunSettings, model_path: Path, root: Path, gt: Path | None,
         manifest["model"]["output_used"] = out_t.get("signature_name") or out_t.get("name")
     if outcome.error:
         manifest["error"] = {"kind": outcome.error[0], "message": outcome.error[1]}
-    write_json(out / MANIFEST, manifest)
 
-    if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
-        kind, message = outcome.error
-        raise (DelegateError if kind == "delegate" else ModelError)(message)
 
-    score = None
-    if gt is not None:
-        import scoring
-
-        try:
-            score = scoring.score_path(out, ground_truth=gt, rules=settings.rules)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
-        write_json(out / SCORE, score)
-
+def _exit_code(outcome: PipelineOutcome) -> int:
     if outcome.status == "interrupted":
-        code = EXIT_INTERRUPTED
-    elif outcome.error:
-        code = ModelError.exit_code if outcome.error[0] != "delegate" else DelegateError.exit_code
-    elif outcome.answered == 0:
-        code = EXIT_FAILED
-    else:
-        code = EXIT_OK
-    return RunOutcome(out, outcome.status, code, manifest, score, tuple(manifest["notes"]))
+        return EXIT_INTERRUPTED
+    if outcome.error:
+        return preflight.failure_error(*outcome.error).exit_code
+    return EXIT_FAILED if outcome.answered == 0 else EXIT_OK
 
 
 class _Bar:
     """tqdm bar showing answers, images/s and what is left of the budget."""
 
-    def __init__(self, total: int, budget: Budget) -> None:
-        from tqdm import tqdm
-
+    def __init__(self, total: int | None, budget: Budget) -> None:
         self.budget = budget
         self.done = 0
         self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, leave=False,
@@ -333,7 +398,7 @@ class _Bar:
         self.bar.close()
 
 
-def _progress_bar(total: int, budget: Budget, enabled: bool) -> _Bar | None:
+def _progress_bar(total: int | None, budget: Budget, enabled: bool) -> _Bar | None:
     if not enabled or not sys.stderr.isatty():
         return None
     return _Bar(total, budget)

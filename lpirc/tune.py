@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from lpirc import __version__
+from lpirc import __version__, preflight
 from lpirc.clock import Budget, Stopwatch
 from lpirc.errors import DelegateError, InputError, ModelError, NoTimeError
 from lpirc.settings import RunSettings, default_workers
@@ -342,7 +342,6 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
     ground truth), NoTimeError (not even one setting could be measured in ``max_time_s``).
     """
     from lpirc.pipeline import run_pipeline
-    from lpirc.runner import _check_delegate, _check_model_file
 
     t_start = time.monotonic()
     deadline = t_start + float(max_time_s)
@@ -356,12 +355,10 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
 
     # --- inputs ---
     model_path = Path(base.model)
-    _check_model_file(model_path)
+    preflight.check_model_file(model_path)
     holdout = _open_holdout(Path(base.holdout), base.seed)
     files = tuple(holdout.files)
-    gt_path = base.ground_truth
-    if gt_path is None and (Path(base.holdout) / "ground_truth.csv").is_file():
-        gt_path = Path(base.holdout) / "ground_truth.csv"
+    gt_path = preflight.ground_truth_for(base.holdout, base.ground_truth)
     gt: dict[str, int] | None = None
     if gt_path is not None:
         import scoring
@@ -372,7 +369,7 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
             gt = label_images(scoring.read_ground_truth(gt_path), files)
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
-    exclusive = _check_delegate(base.delegate)
+    exclusive = preflight.check_delegate(base.delegate)
     root = Path(base.holdout)
     order = list(files)
     rng.shuffle(order)  # a fixed random sample: every trial sees the same images

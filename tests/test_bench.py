@@ -35,7 +35,7 @@ def test_bench_quick_prints_table_and_ratios(tmp_path):
                    "end-to-end limit", "peak RSS, whole process tree", "first answer",
                    "lpirc score", "ratios", "tuned/hand", "tuned/limit",
                    "tuned/pure_inference", "default/hand", "goals",
-                   "--quick: a smoke test", "derived: "):
+                   "--quick: a smoke test", "derived: ", "resize path: lpirc run used "):
         assert needle in text, f"{needle!r} missing from:\n{text}"
     data = json.loads(out.read_text())
     assert data["figures"]["hand_ips"] > 0
@@ -43,6 +43,10 @@ def test_bench_quick_prints_table_and_ratios(tmp_path):
     assert data["figures"]["pure_inference_ips"] > 0
     assert data["figures"]["peak_rss_mb"] > 0
     assert data["score"]["images_total"] == 24
+    # which resize implementation ran is reported, from the run's own manifest
+    from lpirc.preprocess import resize_backend
+    assert data["figures"]["resize_backend_run"] == resize_backend()
+    assert data["figures"]["resize_backend_preprocess"] == resize_backend()
     assert set(data["ratios"]) >= {"tuned/hand", "tuned/limit", "tuned/pure_inference"}
     # the memory check ran on a larger holdout of hard links
     assert data["big"]["holdout_images"] > 24

@@ -47,3 +47,17 @@ def test_every_command_is_in_the_readme():
     text = (REPO / "README.md").read_text()
     for path in _commands(main):
         assert f"lpirc {' '.join(path)}" in text, path
+
+
+def test_default_install_gets_the_fast_tf_exact_resize():
+    """`pip install .` (the README's first command) must bring OpenCV >= 5, the fast TF-exact
+    resize, as a core dependency rather than an extra; and here it is the path that runs."""
+    import tomllib
+
+    from lpirc.preprocess import resize_backend
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = [d.replace(" ", "") for d in project["dependencies"]]
+    assert "opencv-python-headless>=5.0" in core
+    assert not any("opencv" in d for d in project["optional-dependencies"].get("fast", []))
+    assert resize_backend().startswith("opencv 5")
