@@ -155,6 +155,9 @@ def format_run_summary(outcome) -> str:
          f"runtime         not reported: no worker loaded the model (requested delegate "
          f"{d.get('requested')})"),
         f"holdout         {m['holdout']['path']} ({m['holdout']['image_count']} images)",
+        *([f"input           {pre['input']}; {pre['crop']} crop {pre['crop_fraction']:g}, "
+           f"{pre['resize']} resize to {pre['height']}x{pre['width']}"]
+          if (pre := m.get("preprocess")) and pre.get("input") else []),
         (f"first answer    {m['first_answer_s']} s after start (measured)"
          if m.get("first_answer_s") is not None else "first answer    none"),
     ]
