@@ -709,7 +709,7 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
     """(filename relative to holdout -> class index, a note or None). A ground truth's names
     are matched to the images by the scorer's rule (scoring.names: exact, NFC, bare name, stem,
     case; ambiguous names match nothing)."""
-    from scoring._io import ScoringError, read_ground_truth, synset_index
+    from scoring._io import ScoringError, ground_truth_notes, read_ground_truth, synset_index
     from scoring.names import NameIndex, describe_loose
 
     root = Path(holdout)
@@ -718,12 +718,14 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
     if gt.is_file() or ground_truth:
         try:
             truth = read_ground_truth(gt)
+            notes = ground_truth_notes(gt)
         except ScoringError as e:
             raise InputError(str(e)) from None
         index = NameIndex(truth)
         pos, how = index.match_all(rels)
         values = list(truth.values())
-        return {r: values[i] for r, i in zip(rels, pos) if i >= 0}, describe_loose(how)
+        note = "; ".join(n for n in [describe_loose(how), *notes] if n) or None
+        return {r: values[i] for r, i in zip(rels, pos) if i >= 0}, note
     labels = {}
     for p, rel in zip(images, rels):
         m = _SYNSET_NAME.match(p.name)

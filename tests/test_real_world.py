@@ -342,6 +342,11 @@ def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout)
     assert r.status == "warn" and "dynamic [-1, -1, -1, 3], set by --input-size 20x24" in r.message
     assert rep.get("invoke").status in ("pass", "warn")
 
+    # tune runs the same workers: the same refusal, before any trial is measured
+    p = lpirc("tune", "--model", model, "--holdout", answer_holdout, "--max-time-s", "10",
+              "--out", tmp_path / "tune")
+    assert p.returncode == 3 and "--input-size" in error_lines(p)[0], p.stderr
+
     p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--input-size", "20by",
               "--out", run_dir(tmp_path, "bad"), "--quiet")
     assert p.returncode == 5 and "input_size must be HxW" in error_lines(p)[0]
@@ -571,6 +576,8 @@ def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, ans
     assert any("top-5 is 0.0% on 4 answers whose median best score" in w
                for w in score["warnings"])
     assert "never use 0" in p.stdout and "top-5 is 0.0%" in p.stdout
+    acc = check_submission(models["constant"], holdout=answer_holdout, ground_truth=gt)
+    assert "never use 0" in acc.get("accuracy").message
     # label 1000 is refused with the hint
     gt.write_text("img_0.png 1000\n")
     p = lpirc("run", "--model", models["constant"], "--holdout", answer_holdout,
