@@ -109,7 +109,7 @@ def submission() -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per invoke (falls back to 1 if the model's batch cannot be resized).")
 @click.option("--decode-threads", type=click.IntRange(min=0), default=0, show_default=True, help="Decode threads per worker (0: decode inline; the Edge TPU's single process gets one per core).")
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
-@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Central crop kept before resizing (the model's sidecar X.json, if any, overrides the default).")
+@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Fraction kept by the --crop before resizing (the model's sidecar X.json, if any, overrides the default).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), default="bilinear", show_default=True, help="bilinear: TF v1 resize_bilinear (TFLite eval tool); antialias: Pillow's (the sidecar X.json, if any, overrides the default).")
 @preprocess_options
 @click.option("--decode", type=click.Choice(["exact", "draft"]), default="exact", show_default=True, help="draft: JPEG DCT-scaled decode of large images (faster, may cost accuracy).")
@@ -296,7 +296,7 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
 @click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="Budget clock of the run the settings are for (see lpirc run).")
 @click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image, for --clock inference.")
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
-@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Central crop (default: the model's sidecar, else 0.875).")
+@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Fraction kept by the --crop (default: the model's sidecar, else 0.875).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), help="Resize method (default: the sidecar's, else bilinear).")
 @preprocess_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
