@@ -339,9 +339,11 @@ def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: in
               help="Calibration images used, spread over the folder.")
 @click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.875,
               show_default=True, help="Central crop before resizing, as lpirc run does.")
-@click.option("--mean", type=float, default=127.5, show_default=True,
-              help="Float model input = (pixel - mean) / std.")
-@click.option("--std", type=click.FloatRange(0, min_open=True), default=127.5, show_default=True)
+@click.option("--mean", default="127.5", show_default=True,
+              help="Float model input = (pixel - mean) / std, pixel units 0..255: one number or "
+                   "R,G,B (ImageNet: 123.675,116.28,103.53). Written to the sidecar.")
+@click.option("--std", default="127.5", show_default=True,
+              help="One number or R,G,B (ImageNet: 58.395,57.12,57.375).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def submission_build(saved_model, keras_file, representative, out, dtype, num_images,

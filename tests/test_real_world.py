@@ -585,3 +585,32 @@ def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, ans
     assert p.returncode == 5
     (line,) = error_lines(p)
     assert "devkit.txt:1" in line and "1-based" in line and "n01440764" in line
+
+
+def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_path):
+    """`submission build --mean R,G,B --std R,G,B`: the sidecar carries the lists, and the
+    grey-level classifier built that way answers every level through `lpirc run`."""
+    tf = pytest.importorskip("tensorflow")
+    from submission.build import build_submission
+
+    rep = tmp_path / "rep"  # calibration over the whole grey range the holdout spans
+    for lv in range(0, 256, 15):
+        flat_png(rep / f"{lv:03d}.png", (lv, lv, lv))
+    model, centres = grey_level_classifier(tf)
+    out = build_submission(tmp_path / "sub.tflite", rep, keras_model=model, dtype="int8",
+                           mean=MEAN, std=STD, progress=False)
+    side = json.loads(out.with_suffix(".json").read_text())["preprocess"]
+    assert side["mean"] == [123.675, 116.28, 103.53] and side["std"] == [58.395, 57.12, 57.375]
+    assert check_submission(out).get("normalise").status == "pass"
+
+    root = tmp_path / "grey"
+    levels = [int(np.clip(round(255 * (c * IMAGENET_STD[2] + IMAGENET_MEAN[2])), 0, 255))
+              for c in centres]
+    for k, lv in enumerate(levels):
+        flat_png(root / f"g{lv:03d}.png", (lv, lv, lv))
+    (root / "ground_truth.csv").write_text("".join(f"g{lv:03d}.png,{k}\n"
+                                                   for k, lv in enumerate(levels)))
+    p = lpirc("run", "--model", out, "--holdout", root, "--out", run_dir(tmp_path, "built"),
+              "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run_dir(tmp_path, "built") / "score.json").read_text())["top1"] == 1.0
