@@ -122,9 +122,10 @@ def submission() -> None:
 @click.option("--powercap-root", type=click.Path(path_type=Path), default=Path("/sys/class/powercap"), show_default=True, help="Where RAPL counters are read.")
 @click.option("--grace-s", type=click.FloatRange(min=0, max=1.5), default=0.5, show_default=True, help="Seconds workers get to stop at the deadline before they are killed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html (lpirc report) into the run folder.")
 @click.pass_context
 @friendly_errors
-def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
+def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) -> None:
     """Run a timed submission over a holdout and score it.
 
     With no options: the bundled reference submission on a generated demo holdout.
@@ -138,6 +139,10 @@ def run_cmd(ctx: click.Context, config: Path | None, **opts) -> None:
         click.echo("lpirc: interrupted before the run started (no image was handed out)", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(format_run_summary(outcome))
+    if not no_report:
+        from lpirc.cli_pages import run_report_line
+
+        click.echo(run_report_line(outcome.out_dir))
     sys.exit(outcome.exit_code)
 
 
@@ -433,3 +438,21 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     verdict = "FAILED" if rep.failed else "ok"
     click.echo(f"{Path(model).name}: {verdict}")
     sys.exit(1 if rep.failed else 0)
+
+
+# --- lpirc report, lpirc leaderboard (lpirc/cli_pages.py) ----------------------------------
+
+from lpirc.cli_pages import leaderboard as _leaderboard, report_cmd as _report_cmd  # noqa: E402
+
+main.add_command(_report_cmd)
+main.add_command(_leaderboard)
+
+from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its package)
+
+main.add_command(referee)
+
+# --- lpirc fleet (lpirc/fleet.py; Ray is imported only when a fleet command runs) ------------
+
+from lpirc.fleet import fleet_group  # noqa: E402
+
+main.add_command(fleet_group)

@@ -8,11 +8,12 @@ Nothing here imports lpirc, LiteRT, TensorFlow or Pillow, so it runs where only 
 """
 
 from scoring._io import ScoringError, ground_truth_notes, read_ground_truth, read_label_names, read_log, synset_index, synsets
-from scoring.core import score_path
+from scoring.core import match_answers, score_path
 from scoring.report import format_csv, format_table, ranks
 from scoring.rules import RULES, Evaluation, Rule
 
 __all__ = [
-    "RULES", "Evaluation", "Rule", "ScoringError", "format_csv", "ground_truth_notes", "format_table", "ranks",
+    "RULES", "Evaluation", "Rule", "ScoringError", "format_csv", "ground_truth_notes", "format_table", "match_answers",
+    "ranks",
     "read_ground_truth", "read_label_names", "read_log", "score_path", "synset_index", "synsets",
 ]

@@ -79,6 +79,53 @@ def _resolve_gt(value, run_dir: Path) -> Path:
     return g
 
 
+def match_positions(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, dict[str, int], list[str]]:
+    """Which ground-truth row each answer is for, by the one matching rule of scoring.names.
+
+    Args:
+        images: the log's image names, in log order (n).
+        gt_names: the ground truth's file names, in its order.
+    Returns:
+        (pos, how, ambiguous): pos (n,) int64, the ground-truth row of each answer (exact name in
+        one pass; the rest by NFC, bare name, stem, case), -1 when it names no row or several;
+        how, the count of answers matched by each looser rule; ambiguous, the names that match
+        several rows (matched to none).
+    """
+    names = NameIndex(gt_names)
+    n = len(images)
+    pos = np.fromiter((names._exact.get(img, -1) for img in images), dtype=np.int64, count=n)
+    how: dict[str, int] = {}
+    ambiguous: list[str] = []
+    for j in np.nonzero(pos < 0)[0]:
+        i, by = names.lookup(images[j])
+        pos[j] = i
+        how[by or "none"] = how.get(by or "none", 0) + 1
+        if by == AMBIGUOUS:
+            ambiguous.append(images[j])
+    return pos, how, ambiguous
+
+
+def first_answers(pos: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the answers that count: the first answer for each matched row."""
+    idx = np.nonzero(pos >= 0)[0]
+    _, first = np.unique(pos[idx], return_index=True)
+    return np.sort(idx[first])
+
+
+def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Which ground-truth image each answer is for, and which answers count.
+
+    Args:
+        images: the log's image names, in log order (n).
+        gt_names: the ground truth's file names, in its order.
+    Returns:
+        (pos, keep): pos (n,) int64 as :func:`match_positions`; keep, the indices of the answers
+        that count (the first answer for each image), ascending.
+    """
+    pos, _, _ = match_positions(images, gt_names)
+    return pos, first_answers(pos)
+
+
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
                labels=None, **rule_options) -> dict:
     """Score one run under one rule set; returns the score.json object.
@@ -131,18 +178,9 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     # --- match answers to the ground truth: exact names in one pass, the rest by the rules of
     # scoring.names (NFC, bare name, stem, case; ambiguous names match nothing)
     gt_names = list(gt)
-    names = NameIndex(gt_names)
     gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
-    n = len(log)
-    pos = np.fromiter((names._exact.get(img, -1) for img in log.images), dtype=np.int64, count=n)
-    how: dict[str, int] = {}
-    ambiguous: list[str] = []
-    for j in np.nonzero(pos < 0)[0]:
-        i, by = names.lookup(log.images[j])
-        pos[j] = i
-        how[by or "none"] = how.get(by or "none", 0) + 1
-        if by == AMBIGUOUS:
-            ambiguous.append(log.images[j])
+    pos, how, ambiguous = match_positions(log.images, gt_names)
+    keep = first_answers(pos)
     loose = describe_loose(how)
     if loose:
         warnings.append(f"{log.path}: {loose}")
@@ -155,8 +193,6 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         names = [log.images[j] for j in np.nonzero(~in_gt)[0]]
         warnings.append(f"{log.path}: {n_unknown} answer(s) for images not in the ground truth, ignored: {_few(names)}")
     idx = np.nonzero(in_gt)[0]
-    _, first = np.unique(pos[idx], return_index=True)
-    keep = np.sort(idx[first])
     n_dup = len(idx) - len(keep)
     if n_dup:
         counts = Counter(pos[idx].tolist())

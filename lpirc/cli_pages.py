@@ -1,0 +1,290 @@
+"""``lpirc report`` and ``lpirc leaderboard add | show | remove``: the command lines of
+:mod:`lpirc.report` and of the standings database (:mod:`lpirc.leaderboard`), and the standings
+as a table, CSV, JSON or an HTML page. lpirc/cli.py adds these commands to ``lpirc``."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+
+import scoring
+from lpirc import __version__
+from lpirc import leaderboard as lb
+from lpirc.errors import InputError
+from lpirc.report import REPORT, write_report
+
+
+def friendly_errors(fn):
+    """lpirc.cli.friendly_errors, looked up when the command runs (lpirc.cli imports this module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lpirc.cli import friendly_errors as wrap
+
+        return wrap(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+# --- lpirc report -----------------------------------------------------------------------------
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"HTML file to write. Default: RUN/{REPORT} for one run folder, else ./{REPORT}.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: the one each run's manifest names.")
+@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Score every run under this rule set. Default: each run's own.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class names (1000 or 1001 lines). Default: a labels file beside the run's model, else synset IDs.")
+@click.option("--title", help="Page title.")
+@friendly_errors
+def report_cmd(runs, out, ground_truth, rules, labels, title) -> None:
+    """Draw one run, or compare several, as one self-contained HTML page (no network request,
+    prints well): summary, manifest, the race against the budget, throughput per worker,
+    latency, worst classes and confusions, failed images, power."""
+    import time
+
+    t0 = time.perf_counter()
+    if out is None:
+        out = Path(runs[0]) / REPORT if len(runs) == 1 and Path(runs[0]).is_dir() else Path(REPORT)
+    path = write_report(runs, out, ground_truth, rules, labels, title)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {len(runs)} run{'s' * (len(runs) > 1)}) "
+               f"in {time.perf_counter() - t0:.2f} s")
+
+
+def run_report_line(run_dir: Path) -> str:
+    """Write RUN/report.html after `lpirc run`; the summary line saying where it is. Never
+    raises: a report that cannot be made is a warning, and the run keeps its exit code."""
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        path = write_report([run_dir], Path(run_dir) / REPORT)
+    except Exception as e:  # noqa: BLE001 - the run is done and scored; its report is extra
+        click.echo(f"lpirc: warning: {Path(run_dir) / REPORT} not written ({e})", err=True)
+        return f"report          not written (lpirc report {run_dir} retries)"
+    return f"report          {path} (lpirc report, {time.perf_counter() - t0:.1f} s)"
+
+
+# --- lpirc leaderboard ----------------------------------------------------------------------
+
+
+_db_option = click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), envvar=lb.DB_ENV, default=lb.DEFAULT_DB,
+    show_default=True, help=f"Standings database (SQLite); also ${lb.DB_ENV}.")
+
+
+@click.group("leaderboard")
+def leaderboard() -> None:
+    """Standings of scored runs, in a SQLite database (--db): add, show, remove."""
+
+
+@leaderboard.command("add")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_db_option
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: the one each run's manifest names.")
+@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Rule set stored with the entry. Default: the one each run was scored under.")
+@click.option("--name", help="Submission name shown (one run only). Default: the run folder's name.")
+@click.option("--team", help="Team that submitted the run(s).")
+@friendly_errors
+def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
+    """Score run folders and add them. A run already there changes nothing.
+
+    A run that cannot be read is one error line; the others are still added (exit 5 then).
+    """
+    if name and len(runs) > 1:
+        raise click.UsageError("--name names one run; give one RUN with it")
+    conn = lb.open_db(db)
+    errors = []
+    for run in runs:
+        try:
+            e = lb.entry_from_run(run, ground_truth, rules, submission=name, team=team)
+        except InputError as err:
+            click.echo(f"lpirc: error: {err}", err=True)
+            errors.append(err)
+            continue
+        added = lb.add_entry(conn, e)
+        what = "added        " if added else "already there"
+        click.echo(f"{what}  {e.uid[:12]}  {e.submission}  {e.rules} score {_num(e.score)}, "
+                   f"top-1 {_pct(e.top1)}, energy {_energy(e)}")
+    conn.close()
+    if errors:
+        sys.exit(InputError.exit_code)
+
+
+@leaderboard.command("show")
+@_db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table", show_default=True,
+              help="table: for people; csv/json: for programs; html: one self-contained page.")
+@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Rank under this rule set, re-scoring from each entry's log where it was stored under another. Default: each as stored.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
+@friendly_errors
+def show_cmd(db, fmt, rules, out) -> None:
+    """Print the standings: ranked by score within each holdout (equal scores share a place),
+    with the LPIRC side prizes."""
+    if not Path(db).exists():
+        raise InputError(f"{db}: no standings database here (add runs with `lpirc leaderboard add RUN`)")
+    conn = lb.open_db(db)
+    rows = lb.standings(conn, rules)
+    conn.close()
+    text = {"table": format_table, "csv": format_csv, "json": format_json, "html": format_html}[fmt](rows, db, rules)
+    if out:
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"{out}: cannot write ({e.strerror or e})") from None
+        click.echo(f"wrote {out} ({len(rows)} entries)")
+    else:
+        click.echo(text.rstrip("\n"))
+
+
+@leaderboard.command("remove")
+@click.argument("uids", nargs=-1, required=True)
+@_db_option
+@friendly_errors
+def remove_cmd(uids, db) -> None:
+    """Remove entries by uid, or by the start of it (as `show` prints it)."""
+    if not Path(db).exists():
+        raise InputError(f"{db}: no standings database here")
+    conn = lb.open_db(db)
+    try:
+        for uid in uids:
+            e = lb.remove(conn, uid)
+            click.echo(f"removed  {e.uid[:12]}  {e.submission}")
+    finally:
+        conn.close()
+
+
+# --- formats --------------------------------------------------------------------------------
+
+
+def _num(v, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def _energy(e: lb.Entry) -> str:
+    return "absent" if e.energy_wh is None else f"{_num(e.energy_wh)} Wh ({e.energy_label})"
+
+
+def groups(rows: list[lb.Standing]) -> list[list[lb.Standing]]:
+    out: dict[int, list[lb.Standing]] = {}
+    for r in rows:
+        out.setdefault(r.group, []).append(r)
+    return [out[k] for k in sorted(out)]
+
+
+def group_title(g: list[lb.Standing]) -> str:
+    rule = scoring.RULES[g[0].rules]
+    hold = g[0].entry.holdout_sha256
+    return (f"holdout {hold[:12] if hold else '(not recorded)'} ({g[0].entry.images} images), "
+            f"rules {rule.name}: {rule.describe()}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
+
+
+def prize_lines(g: list[lb.Standing]) -> list[str]:
+    """How the side prizes were decided in one group, with the thresholds."""
+    th = lb.prize_thresholds([(r.top1, r.entry.energy_wh) for r in g])
+    if th is None:
+        return [f"side prizes: not awarded (fewer than {lb.MIN_PRIZE_FIELD} entries with both top-1 and energy)"]
+    won = {p: [r.entry.submission for r in g if p in r.prizes] for p in (lb.PRIZE_LOW_ENERGY, lb.PRIZE_HIGH_ACCURACY)}
+    return [
+        f"{lb.PRIZE_LOW_ENERGY}: {', '.join(won[lb.PRIZE_LOW_ENERGY]) or 'none'} "
+        f"(lowest energy among top-1 >= mean + 1 std = {_pct(th[0])})",
+        f"{lb.PRIZE_HIGH_ACCURACY}: {', '.join(won[lb.PRIZE_HIGH_ACCURACY]) or 'none'} "
+        f"(highest top-1 among energy <= mean - 1 std = {_num(th[1])} Wh)",
+    ]
+
+
+_MARKS = {lb.PRIZE_LOW_ENERGY: "E", lb.PRIZE_HIGH_ACCURACY: "A"}
+
+
+def format_table(rows: list[lb.Standing], db, rules) -> str:
+    """The standings for people: one block per group (holdout and rule set)."""
+    if not rows:
+        return f"Standings in {db}: no entries yet (lpirc leaderboard add RUN)\n"
+    head = f"Standings in {db}: {len(rows)} entries, " + (f"ranked under {rules} (re-scored from the logs where stored under another)"
+                                                           if rules else "each under the rule set it was stored with")
+    out = [head, "Equal scores share a place. Prizes: E = least energy with high accuracy, A = highest accuracy with low energy."]
+    gs = groups(rows)
+    if len(gs) > 1:
+        out.append(f"Note: {len(gs)} groups; entries on different holdouts or rule sets are never ranked together.")
+    cols = ("place", "submission", "score", "top-1", "top-5", "energy", "wall s", "answered/images", "prize", "uid")
+    for g in gs:
+        table = [cols] + [(
+            str(r.place) if r.place else "-", r.entry.submission + (f" ({r.entry.team})" if r.entry.team else ""),
+            _num(r.score), _pct(r.top1), _pct(r.top5), _energy(r.entry), _num(r.entry.wall_s),
+            f"{r.entry.answered}/{r.entry.images}", "".join(_MARKS[p] for p in r.prizes), r.entry.uid[:12],
+        ) for r in g]
+        widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+        out += ["", f"Group {g[0].group}: {group_title(g)}"]
+        right = {0, 2, 3, 4, 6, 7}
+        for row in table:
+            out.append("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        out += ["  " + line for line in prize_lines(g)]
+        for r in g:
+            for n in r.notes:
+                if "same holdout" not in n:
+                    out.append(f"  note: {r.entry.submission}: {n}")
+    return "\n".join(out) + "\n"
+
+
+CSV_COLUMNS = ("group", "place", "submission", "team", "rules", "score", "top1", "top5", "images",
+               "answered", "failed", "unanswered", "late", "wall_s", "inference_s", "energy_wh",
+               "energy_label", "prizes", "holdout_sha256", "model_sha256", "lpirc_version", "runtime",
+               "device", "source", "created_utc", "uid", "rescored", "notes", "run_dir")
+
+
+def format_csv(rows: list[lb.Standing], db=None, rules=None) -> str:
+    """One row per entry, group by group, best first; prizes and notes joined with ' | '."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        d = r.to_json()
+        d["prizes"] = " | ".join(r.prizes)
+        d["notes"] = " | ".join(r.notes)
+        w.writerow(["" if d.get(c) is None else (repr(d[c]) if isinstance(d[c], float) else d[c]) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def format_json(rows: list[lb.Standing], db=None, rules=None) -> str:
+    """``{"db", "schema_version", "rules", "std", "groups", "standings": [Standing.to_json()]}``."""
+    return json.dumps({
+        "db": str(db), "schema_version": lb.SCHEMA_VERSION, "rules": rules or "as stored",
+        "std": "population (ddof=0)",
+        "groups": [{"group": g[0].group, "title": group_title(g), "prizes": prize_lines(g)} for g in groups(rows)],
+        "standings": [r.to_json() for r in rows],
+    }, indent=2) + "\n"
+
+
+def format_html(rows: list[lb.Standing], db=None, rules=None) -> str:
+    """A self-contained page (inline CSS, no script), like `lpirc report`'s."""
+    import datetime as dt
+
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("lpirc", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    page = {
+        "title": "lpirc standings", "db": str(db), "version": __version__,
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "rules": rules, "groups": [{"title": group_title(g), "prizes": prize_lines(g), "rows": [
+            {"place": r.place, "submission": r.entry.submission, "team": r.entry.team, "score": _num(r.score),
+             "top1": _pct(r.top1), "top5": _pct(r.top5), "energy": _energy(r.entry),
+             "wall": _num(r.entry.wall_s), "answered": f"{r.entry.answered}/{r.entry.images}",
+             "prizes": r.prizes, "uid": r.entry.uid[:12], "notes": r.notes, "runtime": r.entry.runtime,
+             "device": r.entry.device, "model": (r.entry.model_sha256 or "?")[:12]} for r in g]} for g in groups(rows)],
+    }
+    return env.get_template("standings.html.j2").render(page=page, css=env.get_template("page.css").render())

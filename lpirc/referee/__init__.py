@@ -1,0 +1,25 @@
+"""The LPIRC referee: the server organisers run on the day (``lpirc referee serve``) and the
+client a team's device runs against it (``lpirc run --referee URL``).
+
+Modules: :mod:`~lpirc.referee.protocol` (the calls, their fields and replies),
+:mod:`~lpirc.referee.store` (SQLite), :mod:`~lpirc.referee.core` (sessions, clock, scoring),
+:mod:`~lpirc.referee.server` (Starlette on uvicorn), :mod:`~lpirc.referee.results` (standings,
+exports), :mod:`~lpirc.referee.client` (httpx), :mod:`~lpirc.referee.cli` (the click group).
+The web stack is the ``referee`` extra: ``pip install 'lpirc[referee]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def require_extra(*modules: str) -> None:
+    """Raise LpircError (exit 1, one line) when a module of the ``referee`` extra is missing."""
+    from lpirc.errors import LpircError
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise LpircError(f"{name} is not installed: the referee needs the referee extra "
+                             "(pip install 'lpirc[referee]')") from None

@@ -1,0 +1,380 @@
+"""The referee's rules, without HTTP: accounts and attempts, each team's image order, the
+session clock, answers, power, and scoring a closed session with ``scoring``.
+
+:class:`Referee` is what ``lpirc referee serve`` runs behind its web server; every method is a
+plain call (tests and the CLI use them directly), safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+import scoring
+from lpirc import __version__
+from lpirc.errors import InputError
+from lpirc.referee import protocol as P
+from lpirc.referee.protocol import ProtocolError
+from lpirc.referee.store import Answer, PowerReading, SessionRow, Store, Team
+from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
+
+METER_SESSION_S = 366 * 24 * 3600.0  # a meter's login lasts until it logs out
+#: After a session ends, how long scoring waits for a meter that is logging the team to post a
+#: reading at or after the end (readings arrive after the moment they measure).
+METER_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class RefereeConfig:
+    """What ``lpirc referee serve`` is started with.
+
+    time_limit_s: seconds from a team's login to the end of its session (LPIRC: 600).
+    attempts: sessions each team may start (every one is kept and scored).
+    class_base: 0 = CLASS_ID 0..999 (lpirc's sorted synsets), 1 = 1..1000.
+    runs_dir: where each scored session's run folder goes (default: ``<db>.runs/`` beside it).
+    standings_db: lpirc's standings database (``lpirc.leaderboard``) to add each scored session
+    to, or None.
+    """
+
+    holdout: Path
+    ground_truth: Path
+    db: Path
+    time_limit_s: float = 600.0
+    rules: str = "lpirc-onsite"
+    attempts: int = 1
+    class_base: int = 0
+    runs_dir: Path | None = None
+    standings_db: Path | None = None
+
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir) if self.runs_dir else Path(str(self.db) + ".runs")
+
+
+@dataclass
+class Live:
+    """An open session held in memory: its row and its image order (order[k-1] = the index of
+    image k in the sorted holdout listing)."""
+
+    row: SessionRow
+    order: list[int]
+
+
+def image_order(seed: int, n: int) -> list[int]:
+    """A session's order of the holdout: 0..n-1 shuffled by random.Random(seed)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+class Referee:
+    """The referee state over one database, one holdout and one ground truth.
+
+    Raises InputError (one line) at start for a missing holdout or ground truth, a ground truth
+    that leaves holdout images unlabelled, or an open session started on another holdout.
+    """
+
+    def __init__(self, cfg: RefereeConfig) -> None:
+        from lpirc.holdout import list_images, open_holdout
+
+        self.cfg = cfg
+        if cfg.rules not in scoring.RULES:
+            raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
+        open_holdout(cfg.holdout)  # its one-line errors: missing, not a folder, empty
+        self.root = Path(cfg.holdout)
+        self.files = list_images(self.root)
+        self.sha256 = hashlib.sha256("\n".join(self.files).encode("utf-8")).hexdigest()
+        try:
+            truth = scoring.read_ground_truth(cfg.ground_truth)
+        except scoring.ScoringError as e:
+            raise InputError(str(e)) from None
+        unlabelled = [f for f in self.files if f not in truth]
+        if unlabelled:
+            raise InputError(f"{cfg.ground_truth}: no label for {len(unlabelled)} holdout "
+                             f"image(s), e.g. {unlabelled[0]}")
+        self.store = Store(cfg.db)
+        self.store.put_config({"holdout": str(self.root.resolve()),
+                               "ground_truth": str(Path(cfg.ground_truth).resolve()),
+                               "runs_dir": str(cfg.runs_path().resolve())})
+        self.tokens = URLSafeSerializer(self.store.secret(), salt="lpirc-referee-token")
+        self._lock = threading.RLock()
+        self._score_lock = threading.Lock()
+        self.live: dict[int, Live] = {}
+        self.unscored = False  # a session was closed since score_pending last ran
+        for row in self.store.sessions(open_only=True):
+            if row.kind == "team" and row.holdout_sha256 != self.sha256:
+                raise InputError(f"{cfg.db}: open session {row.id} ({row.team}, attempt "
+                                 f"{row.attempt}) was started on another holdout listing; "
+                                 f"serve the same --holdout until it has ended")
+            self.live[row.id] = Live(row, image_order(row.seed, row.image_count)
+                                     if row.kind == "team" else [])
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    # --- login, tokens -----------------------------------------------------------------------
+
+    def login(self, username: str, password: str, now: float) -> str:
+        """The session token of ``username``: the open session's (same clock) or a new
+        attempt's. ProtocolError 401 for a bad login, 403 when no attempt is left."""
+        team = self.store.check_login(username, password)
+        if team is None:
+            raise ProtocolError(401, P.BAD_LOGIN)
+        with self._lock:
+            for live in list(self.live.values()):
+                if live.row.team_id == team.id:
+                    if now < live.row.deadline:
+                        return self.tokens.dumps({"sid": live.row.id})
+                    self.close(live.row.id, live.row.deadline, "time_limit")
+            return self.tokens.dumps({"sid": self._start(team, now).id})
+
+    def _start(self, team: Team, now: float) -> SessionRow:
+        kind = team.role
+        if kind == "team":
+            used = len(self.store.sessions(team_id=team.id, kind="team"))
+            if used >= self.cfg.attempts:
+                raise ProtocolError(403, f"No attempts left: team {team.name} has used {used} of "
+                                         f"{self.cfg.attempts}")
+        limit = self.cfg.time_limit_s if kind == "team" else METER_SESSION_S
+        row = self.store.start_session(team, kind, now, limit, secrets.randbits(31), self.count,
+                                       self.sha256, self.cfg.class_base, self.cfg.rules)
+        self.live[row.id] = Live(row, image_order(row.seed, row.image_count) if kind == "team"
+                                 else [])
+        return row
+
+    def session_for(self, token: str | None, now: float, kind: str = "team") -> Live:
+        """The open session a token names. ProtocolError 401 for a missing, forged or tampered
+        token, a closed session or one past its time limit; 403 for the other kind of account."""
+        if not token:
+            raise ProtocolError(401, P.INVALID_TOKEN)
+        try:
+            sid = self.tokens.loads(token)["sid"]
+        except (BadSignature, KeyError, TypeError):
+            raise ProtocolError(401, P.INVALID_TOKEN) from None
+        live = self.live.get(sid)
+        if live is None:
+            raise self._ended(sid)
+        if now >= live.row.deadline:
+            self.close(sid, live.row.deadline, "time_limit")
+            raise ProtocolError(401, P.TIME_UP)
+        if live.row.kind != kind:
+            raise ProtocolError(403, f"This call is for the {kind} account, not for "
+                                     f"{live.row.team} ({live.row.kind})")
+        return live
+
+    def _ended(self, sid: int) -> ProtocolError:
+        """401 for a token whose session is closed, saying why."""
+        row = self.store.session(sid) if isinstance(sid, int) else None
+        if row is not None and row.end_reason == "time_limit":
+            return ProtocolError(401, P.TIME_UP)
+        return ProtocolError(401, f"{P.INVALID_TOKEN}: the session has ended"
+                                  + (f" ({row.end_reason})" if row is not None else ""))
+
+    # --- images ------------------------------------------------------------------------------
+
+    def image_path(self, live: Live, k: int) -> Path:
+        """The file served as image k (1-based) of a session."""
+        return self.root / self.files[live.order[k - 1]]
+
+    def zip_members(self, live: Live, first: int) -> list[tuple[int, Path]]:
+        """(k, file) of the zip starting at image ``first``: up to 100 images."""
+        last = min(first + P.ZIP_SIZE - 1, self.count)
+        return [(k, self.image_path(live, k)) for k in range(first, last + 1)]
+
+    # --- answers, energy, power --------------------------------------------------------------
+
+    def add_answers(self, live: Live, answers: list[Answer], now: float) -> tuple[int, int]:
+        """Store a batch (first answer per image kept). Returns (new, duplicates). ProtocolError
+        401 when the session was closed meanwhile (nothing stored)."""
+        with self._lock:  # a session is never closed (and scored) half-way through a batch
+            if live.row.id not in self.live:
+                raise self._ended(live.row.id)
+            return self.store.add_answers(live.row.id, answers, now)
+
+    def set_self_energy(self, live: Live, wh: float, method: str) -> None:
+        self.store.set_self_energy(live.row.id, wh, method)
+
+    def add_power(self, player: str, readings: list[PowerReading], source: str) -> int:
+        """Store a team's meter readings. ProtocolError 406 for an unknown team."""
+        team = self.store.team(player)
+        if team is None or team.role != "team":
+            raise ProtocolError(406, f"Unknown player {player[:64]!r}: no such team")
+        return self.store.add_power(team.id, readings, source)
+
+    # --- closing and scoring -----------------------------------------------------------------
+
+    def close(self, sid: int, ended: float, reason: str) -> bool:
+        """End an open session (logout or time limit); it is scored by :meth:`score_pending`."""
+        with self._lock:
+            self.live.pop(sid, None)
+            closed = self.store.end_session(sid, ended, reason)
+            self.unscored = self.unscored or closed
+            return closed
+
+    def expire(self, now: float) -> list[int]:
+        """Close every session past its time limit; returns their ids."""
+        due = [lv.row for lv in list(self.live.values()) if now >= lv.row.deadline]
+        for row in due:
+            self.close(row.id, row.deadline, "time_limit")
+        return [row.id for row in due]
+
+    def score_pending(self, now: float | None = None) -> list[dict]:
+        """Score every ended team session that has no score yet (after a logout, a time limit,
+        or a restart that found some). A session whose team a meter is logging waits up to
+        METER_GRACE_S after its end for the reading that covers the end (it stays pending and
+        ``unscored`` stays set). Returns the scores made."""
+        now = time.time() if now is None else now
+        out = []
+        with self._score_lock:
+            for row in self.store.sessions(kind="team"):
+                if row.ended is None or row.score is not None:
+                    continue
+                if self._meter_behind(row, now):
+                    self.unscored = True
+                    continue
+                out.append(self.score(row))
+        return out
+
+    def _meter_behind(self, row: SessionRow, now: float) -> bool:
+        end = min(row.ended, row.deadline)
+        if now - end >= METER_GRACE_S:
+            return False
+        times = [t for t, _, _ in self.store.power(row.team_id)]
+        return bool(times) and times[-1] >= row.started - METER_GRACE_S and times[-1] < end
+
+    def score(self, row: SessionRow) -> dict:
+        """Score one ended session with ``scoring`` and store it; see :func:`score_session`."""
+        return score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
+                             self.cfg.runs_path(), self.cfg.standings_db)
+
+
+# --- scoring a session ---------------------------------------------------------------------
+
+
+def energy_of(store: Store, row: SessionRow) -> dict:
+    """The session's energy: ``metered`` (the meter's readings integrated over the session
+    window, trapezoid, lpirc.energy.power_log_wh), else ``self-reported`` (the device's own
+    figure), else ``absent``. Returns {"wh", "source", "method"}."""
+    import numpy as np
+
+    from lpirc.energy import power_log_wh
+
+    end = min(row.ended if row.ended is not None else row.deadline, row.deadline)
+    readings = store.power(row.team_id)
+    why = "no meter readings for this team"
+    if readings:
+        samples = np.array([(t, w) for t, w, _ in readings], dtype=np.float64)
+        try:
+            wh, n = power_log_wh(samples, row.started, end, "meter readings")
+            sources = sorted({s for _, _, s in readings})
+            return {"wh": wh, "source": "metered",
+                    "method": f"power meter ({', '.join(sources)}): {n} readings inside the "
+                              f"session, trapezoid over {end - row.started:.1f} s"}
+        except InputError as e:
+            why = str(e)
+    if row.self_energy_wh is not None:
+        return {"wh": row.self_energy_wh, "source": "self-reported",
+                "method": f"posted by the device ({row.self_energy_method}); not metered: {why}"}
+    return {"wh": None, "source": "absent", "method": f"no energy figure: {why}"}
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _utc(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_session_log(store: Store, row: SessionRow, files: list[str], out: Path) -> int:
+    """The session's answers as ``results.jsonl`` (the format ``lpirc run`` writes and
+    ``scoring`` reads): one line per kept answer, ``image`` = the holdout file, ``index`` =
+    the team's image number, ``top5`` = [class], ``t_s`` = seconds after login. Returns lines."""
+    order = image_order(row.seed, row.image_count)
+    lines = []
+    for k, cls, given, conf, *_box, t in store.answers(row.id):
+        lines.append(json.dumps({"image": files[order[k - 1]], "index": k, "top5": [cls],
+                                 "scores": [conf], "class_given": given, "error": None,
+                                 "t_s": round(t - row.started, 4), "late": False},
+                                separators=(",", ":")))
+    (out / RESULTS).write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    return len(lines)
+
+
+def score_session(store: Store, row: SessionRow, root: Path, files: list[str], gt: Path,
+                  runs_dir: Path, standings_db: Path | None = None) -> dict:
+    """Write the session's run folder (results.jsonl, manifest.json, score.json) under
+    ``runs_dir`` and score it with ``scoring.score_path`` under the session's rule set.
+
+    Images never answered count wrong; an answer arrives within the time limit or is refused,
+    so none is late. top-5 is n/a (one class per answer). The energy is labelled metered,
+    self-reported or absent (see :func:`energy_of`). Returns the score.json object."""
+    out = runs_dir / f"{row.id:05d}-{_SAFE.sub('_', row.team)[:40]}-attempt{row.attempt}"
+    out.mkdir(parents=True, exist_ok=True)
+    n = write_session_log(store, row, files, out)
+    kept, dups = store.counts(row.id)
+    end = min(row.ended if row.ended is not None else row.deadline, row.deadline)
+    energy = energy_of(store, row)
+    manifest = {
+        "lpirc_version": __version__, "kind": "referee session", "team": row.team,
+        "attempt": row.attempt, "session_id": row.id,
+        "status": "budget_exhausted" if row.end_reason == "time_limit" else "complete",
+        "end_reason": row.end_reason,
+        "holdout": {"path": str(root.resolve()), "image_count": row.image_count,
+                    "order_seed": row.seed, "files_sha256": row.holdout_sha256,
+                    "ground_truth": str(gt.resolve())},
+        "budget": {"clock": "wall", "time_limit_s": row.time_limit_s},
+        "class_id_base": row.class_base, "start_utc": _utc(row.started), "end_utc": _utc(end),
+        "wall_time_s": round(end - row.started, 4), "inference_time_s": None,
+        "energy": {"wh": energy["wh"],
+                   "source": "measured" if energy["source"] == "metered" else energy["source"],
+                   "method": energy["method"]},
+        "images_answered": n, "answers_duplicate": dups, "notes": [],
+    }
+    write_json(out / MANIFEST, manifest)
+    rule = scoring.RULES[row.rules]
+    opts = {"time_limit_s": row.time_limit_s} if "time_limit_s" in rule.options else {}
+    score = scoring.score_path(out, gt, row.rules, **opts)
+    score.update({"team": row.team, "attempt": row.attempt, "session_id": row.id,
+                  "end_reason": row.end_reason, "energy_source": energy["source"],
+                  "energy_method": energy["method"],
+                  "answers_duplicate": dups, "top5": None})
+    score["source"].update({"energy_wh": energy["source"],
+                            "top5": "n/a: the referee receives one class per image",
+                            "top1": "measured by the referee"})
+    write_json(out / SCORE, score)
+    store.set_score(row.id, score, str(out))
+    if standings_db is not None:
+        publish(standings_db, row, score)
+    return score
+
+
+def publish(standings_db: Path, row: SessionRow, score: dict) -> None:
+    """Add a scored session to lpirc's standings database (``lpirc.leaderboard``)."""
+    try:
+        from lpirc import leaderboard
+    except ImportError:
+        print(f"lpirc referee: warning: {standings_db}: lpirc.leaderboard is not available; "
+              "standings not written", file=sys.stderr)
+        return
+    conn = leaderboard.open_db(standings_db)
+    try:
+        leaderboard.add_entry(conn, leaderboard.Entry(**_entry_fields(leaderboard.Entry, row, score)))
+    finally:
+        conn.close()
+
+
+def _entry_fields(entry_cls, row: SessionRow, score: dict) -> dict:
+    """Map a referee score onto the standings Entry's fields (filled in when issue 12 lands)."""
+    return {}

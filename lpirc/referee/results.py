@@ -1,0 +1,137 @@
+"""What the referee shows: the standings (table, CSV, JSON, the live HTML page) and the CSV
+export of every answer, in the original referee's column order."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+
+import scoring
+from lpirc.referee.store import Store
+
+STANDINGS_COLUMNS = ("rank", "team", "attempt", "score", "top1", "images_total", "answered",
+                     "duplicates", "wall_time_s", "energy_wh", "energy_source", "rules",
+                     "end_reason")
+# The original referee's CSV of a team's submissions: image, class_id, confidence, xmin, ymin,
+# xmax, ymax (write_csvfiles in referee.py, 2015); then what this referee adds.
+ANSWER_COLUMNS = ("image_name", "CLASS_ID", "confidence", "xmin", "ymin", "xmax", "ymax",
+                  "team", "attempt", "class_index", "received_s", "kept")
+
+
+def attempts(store: Store) -> list[dict]:
+    """One row per team session (scored or not), oldest first."""
+    rows = []
+    for s in store.sessions(kind="team"):
+        sc = s.score or {}
+        rows.append({
+            "team": s.team, "attempt": s.attempt, "session_id": s.id,
+            "status": "open" if s.ended is None else ("scored" if s.score else "ended"),
+            "score": sc.get("score"), "top1": sc.get("top1"),
+            "images_total": sc.get("images_total", s.image_count),
+            "answered": sc.get("images_answered"), "duplicates": sc.get("answers_duplicate"),
+            "wall_time_s": sc.get("wall_time_s"), "energy_wh": sc.get("energy_wh"),
+            "energy_source": sc.get("energy_source"), "rules": s.rules,
+            "end_reason": s.end_reason, "run_dir": s.run_dir,
+            "warnings": sc.get("warnings", []),
+        })
+    return rows
+
+
+def standings(store: Store) -> list[dict]:
+    """Each team's best scored attempt, ranked by score (equal scores share a rank, as in
+    ``scoring.ranks``); teams with no score last."""
+    best: dict[str, dict] = {}
+    for row in attempts(store):
+        if row["status"] != "scored":
+            continue
+        cur = best.get(row["team"])
+        key = row["score"] if row["score"] is not None else float("-inf")
+        if cur is None or key > (cur["score"] if cur["score"] is not None else float("-inf")):
+            best[row["team"]] = row
+    rows = list(best.values())
+    for row, rank in zip(rows, scoring.ranks(rows)):
+        row["rank"] = rank
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["team"]))
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_standings(rows: list[dict], fmt: str = "table") -> str:
+    """The standings as ``table`` (for people), ``csv`` or ``json``."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(STANDINGS_COLUMNS)
+        for r in rows:
+            w.writerow(["" if r.get(c) is None else r.get(c) for c in STANDINGS_COLUMNS])
+        return buf.getvalue().rstrip("\n")
+    if not rows:
+        return "no scored session yet"
+    head = (f"{'rank':>4}  {'team':<20} {'try':>3}  {'score':>10}  {'top-1':>8}  "
+            f"{'answered':>9}  {'dups':>5}  {'wall s':>8}  energy (source)")
+    lines = [head]
+    for r in rows:
+        top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
+        energy = ("n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh") \
+            + f" ({r['energy_source']})"
+        lines.append(f"{_fmt(r['rank']):>4}  {r['team'][:20]:<20} {r['attempt']:>3}  "
+                     f"{_fmt(r['score']):>10}  {top1:>8}  "
+                     f"{_fmt(r['answered']) + '/' + _fmt(r['images_total']):>9}  "
+                     f"{_fmt(r['duplicates']):>5}  {_fmt(r['wall_time_s']):>8}  {energy}")
+    lines.append(f"rules {rows[0]['rules']}: score = top-1 accuracy within the time limit / "
+                 "energy in Wh (top-1 measured by the referee; unanswered images count wrong)"
+                 if rows[0]["rules"] == "lpirc-onsite" else f"rules {rows[0]['rules']}")
+    return "\n".join(lines)
+
+
+def answers_csv(store: Store, team: str | None = None) -> str:
+    """Every answer received (kept and duplicate), the original referee's columns first."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ANSWER_COLUMNS)
+    for s in store.sessions(kind="team"):
+        if team is not None and s.team != team:
+            continue
+        for kept, rows in ((1, store.answers(s.id)), (0, store.answers(s.id, duplicates=True))):
+            for k, cls, given, conf, x0, y0, x1, y1, t in rows:
+                box = ["" if v is None else v for v in (x0, y0, x1, y1)]
+                w.writerow([k, given, conf, *box, s.team, s.attempt, cls,
+                            round(t - s.started, 4), kept])
+    return buf.getvalue()
+
+
+def standings_html(store: Store, live: dict, now: float) -> str:
+    """The live standings page: best attempt per team, then the sessions under way."""
+    rows = standings(store)
+    esc = html.escape
+    body = ["<tr><th>rank</th><th>team</th><th>attempt</th><th>score</th><th>top-1</th>"
+            "<th>answered</th><th>duplicates</th><th>energy</th></tr>"]
+    for r in rows:
+        top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
+        energy = "n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh"
+        body.append(f"<tr><td>{esc(_fmt(r['rank']))}</td><td>{esc(r['team'])}</td>"
+                    f"<td>{r['attempt']}</td><td>{esc(_fmt(r['score']))}</td><td>{top1}</td>"
+                    f"<td>{esc(_fmt(r['answered']))}/{esc(_fmt(r['images_total']))}</td>"
+                    f"<td>{esc(_fmt(r['duplicates']))}</td>"
+                    f"<td>{esc(energy)} ({esc(str(r['energy_source']))})</td></tr>")
+    running = [f"<li>{esc(lv.row.team)}, attempt {lv.row.attempt}: "
+               f"{max(0.0, lv.row.deadline - now):.0f} s left</li>"
+               for lv in list(live.values()) if lv.row.kind == "team"]
+    return ("<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
+            "content='5'><title>LPIRC standings</title><style>body{font-family:sans-serif}"
+            "td,th{padding:2px 10px;text-align:right}</style></head><body>"
+            "<h1>Standings</h1><table>" + "".join(body) + "</table>"
+            + ("<h2>Under way</h2><ul>" + "".join(running) + "</ul>" if running else "")
+            + "<p>score = top-1 accuracy within the time limit / energy in Wh; unanswered "
+              "images count wrong. Refreshes every 5 s.</p></body></html>")

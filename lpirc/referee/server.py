@@ -1,0 +1,272 @@
+"""The referee's HTTP server: Starlette on uvicorn.
+
+Starlette rather than FastAPI: the protocol is the original referee's (URL-encoded form fields
+that repeat, plain-text bodies, fixed status codes), which FastAPI's typed models and JSON
+errors would have to be bent around; Starlette gives routing, streaming file replies and the
+ASGI lifespan with nothing between a request and the referee's own parsing
+(:mod:`lpirc.referee.protocol`). uvicorn (with uvloop and httptools where installed) is the
+well-kept ASGI server it runs on.
+
+One process serves everything: the clock and the open sessions are in memory and in SQLite,
+blocking work (password hashing, database writes, zip building, scoring) runs in threads so
+the event loop keeps serving images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import io
+import socket
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+import scoring
+from lpirc import __version__
+from lpirc.referee import protocol as P
+from lpirc.referee.core import Live, Referee, RefereeConfig
+from lpirc.referee.protocol import ProtocolError
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a /result of 20,000 answers is about 1.2 MB
+TICK_S = 0.25  # how often sessions past their time limit are closed and scored
+
+
+def build_zip(members: list[tuple[int, Path]]) -> bytes:
+    """A zip of ``k.jpg`` members (stored, not deflated: JPEGs do not compress), flat, with a
+    fixed date so that the same images give the same bytes."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, path in members:
+            info = zipfile.ZipInfo(f"{k}.jpg", date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def _text(message: str, status: int = 200) -> PlainTextResponse:
+    return PlainTextResponse(message if message.endswith("\n") else message + "\n", status)
+
+
+class RefereeApp:
+    """The ASGI application (``.app``) around one :class:`Referee`."""
+
+    def __init__(self, referee: Referee, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.ref = referee
+        self.max_body = max_body_bytes
+        self.scorer = ThreadPoolExecutor(1, thread_name_prefix="lpirc-score")
+        calls = {
+            "/login": self.login, "/get_token": self.login, "/verify": self.verify,
+            "/logout": self.logout, "/no_of_images": self.no_of_images, "/image": self.image,
+            "/zipimages": self.zipimages, "/result": self.result, "/energy": self.energy,
+            "/status": self.status, "/powermeter": self.powermeter, "/help": self.help,
+            "/": self.leaderboard, "/leaderboard": self.leaderboard,
+        }
+        routes = [Route(path, self._endpoint(fn), methods=["GET", "POST"])
+                  for path, fn in calls.items()]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _endpoint(self, fn):
+        async def handle(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except ProtocolError as e:
+                return _text(e.message, e.status)
+        handle.__name__ = fn.__name__
+        return handle
+
+    async def fields(self, request: Request) -> P.Fields:
+        """The request's form fields, the body read up to the size limit (413 beyond it)."""
+        too_big = ProtocolError(413, f"Request body too large: the limit is {self.max_body} bytes")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise too_big
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            if not length.isdigit():
+                raise ProtocolError(411, "multipart form without Content-Length")
+            form = await request.form(max_fields=P.MAX_FIELDS, max_files=0)
+            out = P.parse_fields(b"", request.url.query)
+            for k, v in form.multi_items():
+                out.setdefault(k, []).append(str(v))
+            return out
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.max_body:
+                raise too_big
+        return P.parse_fields(bytes(body), request.url.query)
+
+    async def session(self, request: Request, kind: str = "team") -> tuple[P.Fields, Live, float]:
+        f = await self.fields(request)
+        now = time.time()
+        token = (f.get("token") or [None])[0]
+        return f, self.ref.session_for(token, now, kind), now
+
+    @asynccontextmanager
+    async def _lifespan(self, app):
+        self.scorer.submit(self._score)  # sessions that ended while the server was down
+        task = asyncio.create_task(self._tick())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await run_in_threadpool(self.scorer.shutdown, True)
+
+    async def _tick(self) -> None:
+        """Close sessions past their time limit and score ended ones, forever."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.ref.expire(time.time())
+            if self.ref.unscored:
+                self.ref.unscored = False
+                self.scorer.submit(self._score)
+
+    def _score(self) -> None:
+        try:
+            self.ref.score_pending()
+        except Exception as e:  # the server goes on; the session stays unscored, retried later
+            print(f"lpirc referee: error: scoring failed ({type(e).__name__}: {e})",
+                  file=sys.stderr, flush=True)
+
+    # --- the calls ---------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        f = await self.fields(request)
+        if not f.get("username") or not f.get("password"):
+            raise ProtocolError(401, P.MISSING_LOGIN)
+        token = await run_in_threadpool(self.ref.login, f["username"][0], f["password"][0],
+                                        time.time())
+        return PlainTextResponse(token)
+
+    async def verify(self, request: Request) -> Response:
+        f = await self.fields(request)
+        token = (f.get("token") or [None])[0]
+        try:
+            self.ref.session_for(token, time.time(), "team")
+        except ProtocolError as e:
+            if e.status != 403:  # the meter's token is valid too
+                raise ProtocolError(401, P.INVALID_TOKEN) from None
+        return _text(P.VALID_TOKEN)
+
+    async def logout(self, request: Request) -> Response:
+        f = await self.fields(request)
+        token = (f.get("token") or [None])[0]
+        now = time.time()
+        try:
+            live = self.ref.session_for(token, now, "team")
+        except ProtocolError as e:
+            if e.status != 403:
+                raise
+            live = self.ref.session_for(token, now, "meter")
+        await run_in_threadpool(self.ref.close, live.row.id, now, "logout")
+        return _text(P.LOGOUT_OK)
+
+    async def no_of_images(self, request: Request) -> Response:
+        await self.session(request)
+        return PlainTextResponse(str(self.ref.count))
+
+    async def image(self, request: Request) -> Response:
+        f, live, _ = await self.session(request)
+        k = P.image_index(P.one(f, "image_name"), self.ref.count)
+        path = self.ref.image_path(live, k)
+        if not path.is_file():
+            raise ProtocolError(404, f"Image {k} is missing on the referee (the holdout changed "
+                                     "while serving)")
+        return FileResponse(path, media_type="image/jpeg", filename=f"{k}.jpg")
+
+    async def zipimages(self, request: Request) -> Response:
+        f, live, _ = await self.session(request)
+        k = P.image_index(P.one(f, "image_name"), self.ref.count, zip_start=True)
+        try:
+            data = await run_in_threadpool(build_zip, self.ref.zip_members(live, k))
+        except OSError as e:
+            raise ProtocolError(404, f"Zip {k}: an image is missing on the referee "
+                                     f"({e.strerror or e})") from None
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{k}.zip"'})
+
+    async def result(self, request: Request) -> Response:
+        f, live, now = await self.session(request)
+        answers = P.parse_answers(f, self.ref.count, live.row.class_base, scoring.synset_index)
+        new, dup = await run_in_threadpool(self.ref.add_answers, live, answers, now)
+        return _text(f"{P.RESULT_STORED}: {new} new, {dup} duplicate(s) (an image's first "
+                     "answer counts)")
+
+    async def energy(self, request: Request) -> Response:
+        f, live, _ = await self.session(request)
+        wh = P._number("energy_wh", P.one(f, "energy_wh"), min_value=0)
+        method = (f.get("method") or ["not said"])[0][:200]
+        await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
+        return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
+
+    async def status(self, request: Request) -> Response:
+        _, live, now = await self.session(request)
+        kept, dups = await run_in_threadpool(self.ref.store.counts, live.row.id)
+        r = live.row
+        return _text(f"team {r.team}\nattempt {r.attempt} of {self.ref.cfg.attempts}\n"
+                     f"images {r.image_count}\nanswers {kept}\nduplicates {dups}\n"
+                     f"time_left_s {max(0.0, r.deadline - now):.3f}\n")
+
+    async def powermeter(self, request: Request) -> Response:
+        f, _, now = await self.session(request, kind="meter")
+        player, readings = P.parse_power(f, now)
+        n = await run_in_threadpool(self.ref.add_power, player, readings, "meter")
+        return _text(f"{P.POWER_STORED}: {n} reading(s) for {player}")
+
+    async def help(self, request: Request) -> Response:
+        numbering = ("0..999, the sorted ILSVRC-2012 synsets (-1 = background)"
+                     if self.ref.cfg.class_base == 0 else
+                     "1..1000, the sorted ILSVRC-2012 synsets + 1 (0 = background)")
+        return _text(P.HELP.format(version=__version__, numbering=numbering
+                                   + "; a synset ID such as n01440764 is accepted too"))
+
+    async def leaderboard(self, request: Request) -> Response:
+        from lpirc.referee.results import standings_html
+
+        body = await run_in_threadpool(standings_html, self.ref.store, self.ref.live,
+                                       time.time())
+        return HTMLResponse(body)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port). OSError when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, announce=print) -> None:
+    """Run the referee until Ctrl-C or SIGTERM (uvicorn shuts down cleanly, then re-raises the
+    signal). ``announce`` gets one line with the URL once the socket is bound."""
+    import uvicorn
+
+    from lpirc.errors import InputError
+
+    referee = Referee(cfg)
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        raise InputError(f"{host}:{port}: cannot listen ({e.strerror or e})") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"lpirc referee: listening on http://{shown}:{bound} ({referee.count} images from "
+             f"{cfg.holdout}, time limit {cfg.time_limit_s:g} s, rules {cfg.rules}, "
+             f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
+    config = uvicorn.Config(RefereeApp(referee, max_body_bytes).app, log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

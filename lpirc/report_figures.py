@@ -1,0 +1,371 @@
+"""The pictures of ``lpirc report``: matplotlib figures rendered to inline SVG strings.
+
+matplotlib is imported here only (this module is imported lazily by lpirc.report), through its
+object API (``matplotlib.figure.Figure``), never pyplot: no GUI backend, no global figure state.
+Text is kept as SVG text (``svg.fonttype: none``) so a page stays small and uses the browser's
+own sans-serif font; nothing refers outside the page. Each function takes
+:class:`lpirc.report.RunData` objects and returns ``(svg, caption)``, or None when the runs have
+nothing to draw (the page then says why).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+MAX_POINTS = 1500  # points per curve: a 20,000-answer run is drawn at this resolution
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+_RC = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+       "axes.grid": True, "grid.alpha": 0.3, "font.family": "sans-serif"}
+_counter = iter(range(1, 1 << 30))
+
+
+def to_svg(fig: Figure) -> str:
+    """The figure as an inline ``<svg>`` element: no XML prolog, DOCTYPE or metadata, ids made
+    unique within the page (a salt per figure)."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": f"lpirc{next(_counter)}"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    s = buf.getvalue()
+    s = s[s.index("<svg"):]
+    s = re.sub(r"<metadata>.*?</metadata>", "", s, flags=re.S)
+    return s
+
+
+def _fig(w: float = 7.5, h: float = 3.2, ncols: int = 1) -> tuple[Figure, list]:
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(w, h))
+        fig.subplots_adjust(wspace=0.3)
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most MAX_POINTS points of a monotone curve, the last one kept."""
+    if len(x) <= MAX_POINTS:
+        return x, y
+    idx = np.unique(np.linspace(0, len(x) - 1, MAX_POINTS).astype(int))
+    return x[idx], y[idx]
+
+
+def _color(i: int) -> str:
+    return COLORS[i % len(COLORS)]
+
+
+# --- the race: correct answers over time against the budget -----------------------------------
+
+
+def race(runs: list) -> tuple[str, str] | None:
+    """Correct answers (as the rule set counts them) over time, the deadline, the images never
+    answered; several runs as fractions of their holdout."""
+    fig, (ax,) = _fig(7.5, 3.6)
+    several = len(runs) > 1
+    drawn = False
+    notes = []
+    xmax = 0.0
+    for i, r in enumerate(runs):
+        x, correct, answered = r.race_curves()
+        if x is None:
+            notes.append(f"{r.name}: no answer times in the log")
+            continue
+        drawn = True
+        total = r.images_total or max(1, len(x))
+        scale = 100.0 / total if several else 1.0
+        xs, ys = _thin(np.concatenate(([0.0], x)), np.concatenate(([0], correct)) * scale)
+        label = f"{r.name}: correct" if several else "correct top-1 (counted)"
+        ax.step(xs, ys, where="post", color=_color(i), lw=1.6, label=label)
+        xa, ya = _thin(np.concatenate(([0.0], x)), np.concatenate(([0], answered)) * scale)
+        ax.step(xa, ya, where="post", color=_color(i), lw=0.9, ls="--",
+                label=f"{r.name}: answered" if several else "answered (right or wrong)")
+        late = r.late_points()
+        if late is not None and len(late[0]):
+            ax.plot(late[0], late[1] * scale, "x", color="#d62728", ms=4,
+                    label="late answers (do not count)" if i == 0 or not several else None)
+        if not several:
+            _mark_unanswered(ax, x, answered, total, _color(i))
+        reach, off = _mark_deadline(ax, r, x, i, several)
+        xmax = max(xmax, reach)
+        if off:
+            notes.append(off)
+    if not drawn:
+        return None
+    ax.set_xlim(0, xmax or 1.0)
+    ax.set_xlabel(runs[0].race_xlabel())
+    ax.set_ylabel("% of holdout images" if several else "images")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right", fontsize=7)
+    cap = ("Correct top-1 answers over time (solid), all answers (dashed). Time is "
+           + runs[0].race_xlabel() + ", measured by lpirc run (t_s of each answer). "
+           "The red line is the deadline; answers after it do not count.")
+    if not several:
+        cap += " The grey band is the images never answered: they count as wrong."
+    return to_svg(fig), cap + (" " + "; ".join(notes) if notes else "")
+
+
+def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color: str) -> None:
+    ax.axhline(total, color="#555", lw=0.8, ls=":")
+    end = x[-1] if len(x) else 0.0
+    got = int(answered[-1]) if len(answered) else 0
+    ax.text(0, total, f" holdout: {total} images", va="bottom", ha="left", fontsize=7, color="#555")
+    missing = total - got
+    if missing > 0:
+        ax.axhspan(got, total, color="#999", alpha=0.25, lw=0)
+        ax.text(end, (got + total) / 2, f" {missing} never answered ", va="center", ha="right",
+                fontsize=8, color="#333")
+
+
+def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, str | None]:
+    """Draw the run's deadline. Returns (how far the x axis must reach, a caption note where
+    the deadline is off the chart and several runs share it)."""
+    deadline = r.deadline_s()
+    end = float(x[-1]) if len(x) else 0.0
+    if deadline is None:
+        return end * 1.05, None
+    if end >= 0.25 * deadline:  # the budget fits on the axis: draw it to scale
+        ax.axvline(deadline, color="#d62728", lw=1.2)
+        ax.text(deadline, 0.95 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s",
+                transform=ax.get_xaxis_transform(), color="#d62728", fontsize=7,
+                ha="right" if end > deadline else "left", va="top")
+        return max(end, deadline) * 1.03, None
+    if several:  # a sliver of the budget: the deadline is off the chart
+        return end * 1.1, f"{r.name}: deadline at {deadline:g} s, off the chart (the run ended at {end:.3g} s)"
+    used = 100.0 * end / deadline if deadline else 0.0
+    ax.annotate(f"deadline at {deadline:g} s, off the chart \u2192 "
+                f"(the run ended at {end:.3g} s: {used:.2g} % of the budget)",
+                xy=(0.02, 0.88), xycoords="axes fraction", ha="left", va="top", fontsize=7, color="#d62728")
+    return end * 1.1, None
+
+
+# --- throughput per worker --------------------------------------------------------------------
+
+
+def _bins(span: float, n: int) -> np.ndarray:
+    nb = int(min(80, max(8, n // 25)))
+    return np.linspace(0.0, max(span, 1e-6), nb + 1)
+
+
+def throughput(runs: list) -> tuple[str, str] | None:
+    """Answers per second over wall time: per worker for one run (a stall or a dead worker shows
+    as a line falling to zero), in total per run for several."""
+    fig, (ax,) = _fig()
+    several = len(runs) > 1
+    drawn = False
+    for i, r in enumerate(runs):
+        t = r.t_s[np.isfinite(r.t_s)]
+        if not len(t):
+            continue
+        drawn = True
+        edges = _bins(float(t.max()), len(t))
+        width = edges[1] - edges[0]
+        if several:
+            h, _ = np.histogram(t, edges)
+            ax.stairs(h / width, edges, color=_color(i), lw=1.4, label=r.name)
+            continue
+        ws = r.worker[np.isfinite(r.t_s)]
+        for j, w in enumerate(np.unique(ws)):
+            h, _ = np.histogram(t[ws == w], edges)
+            ax.stairs(h / width, edges, color=_color(j), lw=1.2,
+                      label=f"worker {w}" if w >= 0 else "worker unknown")
+        h, _ = np.histogram(t, edges)
+        ax.stairs(h / width, edges, color="#333", lw=0.8, ls="--", label="all workers")
+    if not drawn:
+        return None
+    ax.set_xlabel("wall time since the run started (s)")
+    ax.set_ylabel("answers / s")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=7, ncols=2)
+    cap = ("Throughput: answers logged per second of wall time, in bins; "
+           + ("each run's total." if several else "one line per worker process (a replacement "
+              "for a dead worker is a new line), dashed: all workers."))
+    return to_svg(fig), cap
+
+
+# --- latency ----------------------------------------------------------------------------------
+
+
+def latency(runs: list) -> tuple[str, str] | None:
+    """Histograms of per-image latency (decode + preprocess + inference in the worker) and of
+    inference (invoke) time, with medians; the slowest 0.5 % are counted, not drawn."""
+    fig, axes = _fig(7.5, 3.0, ncols=2)
+    drawn = False
+    notes = []
+    for ax, key, title in zip(axes, ("latency_ms", "inference_ms"), ("latency per image", "inference per image")):
+        vals = [getattr(r, key)[np.isfinite(getattr(r, key))] for r in runs]
+        allv = np.concatenate(vals) if vals else np.array([])
+        if not allv.size:
+            ax.set_title(f"{title}: not in the log")
+            ax.set_axis_off()
+            continue
+        drawn = True
+        hi = float(np.percentile(allv, 99.5))
+        lo = float(allv.min())
+        lo = 0.0 if lo < 0.25 * hi else lo - 0.05 * (hi - lo)  # zoom in on a narrow spread
+        edges = np.linspace(lo, max(hi, lo + 1e-3), 50)
+        for i, v in enumerate(vals):
+            if not v.size:
+                continue
+            h, _ = np.histogram(np.minimum(v, hi), edges)
+            label = f"{r_name(runs, i)}median {np.median(v):.3g} ms, p99 {np.percentile(v, 99):.3g} ms"
+            ax.stairs(h, edges, color=_color(i), fill=len(runs) == 1, alpha=0.6 if len(runs) == 1 else 1.0,
+                      lw=1.2, label=label)
+            ax.axvline(float(np.median(v)), color=_color(i), lw=0.8, ls="--")
+            over = int(np.count_nonzero(v > hi))
+            if over:
+                notes.append(f"{r_name(runs, i)}{over} {key} values above {hi:.3g} ms are in the last bin")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("ms")
+        ax.set_ylabel("images")
+        ax.legend(fontsize=6.5, loc="best")
+    if not drawn:
+        return None
+    cap = ("Per-image latency (decode + preprocess + inference, in the worker) and inference "
+           "(model invoke) time, measured by lpirc run; dashed: medians.")
+    return to_svg(fig), cap + (" " + "; ".join(notes[:4]) + "." if notes else "")
+
+
+def r_name(runs: list, i: int) -> str:
+    return f"{runs[i].name}: " if len(runs) > 1 else ""
+
+
+# --- classes ----------------------------------------------------------------------------------
+
+
+def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
+    """Horizontal bars: top-1 of the worst classes (by accuracy, then most images), by name."""
+    rows = (run.score or {}).get("per_class") or []
+    if not rows:
+        return None
+    rows = rows[:count]
+    fig, (ax,) = _fig(7.5, 0.8 + 0.22 * len(rows))
+    y = np.arange(len(rows))[::-1]
+    acc = [100.0 * r["top1"] for r in rows]
+    ax.barh(y, acc, color="#d62728", alpha=0.75)
+    ax.set_yticks(y, [_class_label(r) for r in rows], fontsize=7)
+    for yy, r, a in zip(y, rows, acc):
+        inside = a > 85
+        ax.text(a - 1 if inside else a + 1, yy, f"{r['correct']}/{r['images']}", va="center", fontsize=7,
+                ha="right" if inside else "left", color="white" if inside else "black")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("top-1 accuracy of the class (%)")
+    cap = (f"The {len(rows)} worst classes of this run: top-1 over all ground-truth images of the "
+           f"class (unanswered count as wrong), correct/images. Names: {run.score.get('label_names')}.")
+    return to_svg(fig), cap
+
+
+def _class_label(r: dict) -> str:
+    name = r["name"] if len(r["name"]) <= 32 else r["name"][:31] + "\u2026"
+    return name if r["name"] == r["synset"] else f"{name} ({r['synset']})"
+
+
+def confusion(run) -> tuple[str, str] | None:
+    """A small confusion matrix of the classes in the most frequent mistakes (true rows,
+    predicted columns, counts written in the cells)."""
+    pairs = (run.score or {}).get("confused") or []
+    if not pairs:
+        return None
+    trues = list(dict.fromkeys(p["true_name"] for p in pairs))
+    preds = list(dict.fromkeys(p["predicted_name"] for p in pairs))
+    m = np.zeros((len(trues), len(preds)))
+    for p in pairs:
+        m[trues.index(p["true_name"]), preds.index(p["predicted_name"])] = p["count"]
+    fig, (ax,) = _fig(7.5, 1.2 + 0.3 * len(trues))
+    ax.grid(False)
+    # vector cells (pcolormesh), not imshow's embedded PNG: the page holds no image data URL
+    ax.pcolormesh(np.arange(len(preds) + 1) - 0.5, np.arange(len(trues) + 1) - 0.5,
+                  np.ma.masked_equal(m, 0), cmap="Reds", vmin=0, edgecolors="white", linewidth=0.5)
+    ax.set_xlim(-0.5, len(preds) - 0.5)
+    ax.set_ylim(len(trues) - 0.5, -0.5)
+    ax.set_xticks(range(len(preds)), [_short(p) for p in preds], rotation=35, ha="right", fontsize=7)
+    ax.set_yticks(range(len(trues)), [_short(t) for t in trues], fontsize=7)
+    for (i, j), c in np.ndenumerate(m):
+        if c:
+            ax.text(j, i, f"{int(c)}", ha="center", va="center", fontsize=7,
+                    color="white" if c > 0.6 * m.max() else "black")
+    ax.set_xlabel("predicted (top-1)")
+    ax.set_ylabel("true class")
+    return to_svg(fig), (f"The {len(pairs)} most frequent mistakes (true class -> top-1 answer), "
+                         "as counts of images; failed images are left out (see below).")
+
+
+def _short(s: str) -> str:
+    return s if len(s) <= 24 else s[:23] + "\u2026"
+
+
+# --- power ------------------------------------------------------------------------------------
+
+
+def power(runs: list) -> tuple[str, str] | None:
+    """Power over the run (a meter's log), with the energy it integrates to."""
+    with_power = [(i, r) for i, r in enumerate(runs) if r.power is not None]
+    if not with_power:
+        return None
+    fig, (ax,) = _fig()
+    for i, r in with_power:
+        t, w = r.power[:, 0], r.power[:, 1]
+        xs, ys = _thin(t, w)
+        ax.plot(xs, ys, color=_color(i), lw=1.2, label=f"{r.name}: {r.energy_text()}")
+        if len(with_power) == 1:
+            ax.fill_between(xs, ys, color=_color(i), alpha=0.15, lw=0)
+    ax.set_xlabel("wall time since the run started (s)")
+    ax.set_ylabel("W")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    return to_svg(fig), ("Power over the run, from the meter's log (--power-log), as recorded: "
+                         "the run's energy is its trapezoid integral over the run (measured).")
+
+
+# --- several runs as points -------------------------------------------------------------------
+
+
+def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
+    """Top-1 of each run against its mean inference time per image (log x; with the OVIC 2019
+    frontier a(t) = k ln t + a0 where a run is scored under ovic-2019) and against its energy."""
+    pts = [(r, r.top1(), r.mean_inference_ms(), r.energy_wh()) for r in runs]
+    if not any(a is not None for _, a, _, _ in pts):
+        return None
+    fig, (ax_t, ax_e) = _fig(7.5, 3.4, ncols=2)
+    frontier = None
+    for i, (r, a, t, e) in enumerate(pts):
+        if a is None:
+            continue
+        if t:
+            ax_t.plot([t], [100 * a], "o", color=_color(i))
+            ax_t.annotate(r.name, (t, 100 * a), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if e:
+            ax_e.plot([e], [100 * a], "o", color=_color(i))
+            ax_e.annotate(f"{r.name} ({r.energy_label()})", (e, 100 * a), textcoords="offset points",
+                          xytext=(4, 3), fontsize=7)
+        s = r.score or {}
+        if s.get("rules") == "ovic-2019" and s.get("frontier_k") is not None:
+            frontier = (s["frontier_k"], s["frontier_a0"])
+    ts = [t for _, _, t, _ in pts if t]
+    if frontier and ts:
+        k, a0 = frontier
+        grid = np.geomspace(min(ts) / 2, max(ts) * 2, 100)
+        ax_t.plot(grid, k * np.log(grid) + a0, color="#555", lw=1, ls="--",
+                  label=f"OVIC 2019 frontier {k:g} ln t + {a0:g}")
+        ax_t.legend(fontsize=7, loc="lower right")
+    es = [e for _, _, _, e in pts if e]
+    for ax, xs in ((ax_t, ts), (ax_e, es)):
+        if xs and max(xs) > 10 * min(xs):  # log only where the runs span a decade
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("top-1 (%)")
+    ax_t.set_xlabel("mean inference time per image (ms)")
+    ax_e.set_xlabel("energy of the run (Wh)")
+    cap = ("Each run as a point: top-1 (as its rule set counts it) against mean model-invoke time "
+           "per image (measured) and against the run's energy (label in brackets).")
+    if frontier:
+        cap += (f" Dashed: the OVIC 2019 frontier a(t) = k ln(t) + a0 (k = {frontier[0]:g}, a0 = "
+                f"{frontier[1]:g}; see `lpirc rules`): a run above it gains.")
+    return to_svg(fig), cap
+
+
+def is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

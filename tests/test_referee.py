@@ -1,0 +1,355 @@
+"""`lpirc referee`: the protocol call by call against a real server process on 127.0.0.1, the
+time limit, kill -9 and restart, duplicates and malformed answers, tokens, isolation between
+teams, path tricks, oversized bodies, attempts, power and scoring."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import scoring
+
+from referee_helpers import Referee, lpirc, make_distinct_holdout, read_gt, sha, wait_for
+
+
+@pytest.fixture(scope="module")
+def holdout(small_holdout, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """130 distinct images (two zips: 100 + 30), and sha256 -> file name."""
+    out = tmp_path_factory.mktemp("ref") / "holdout"
+    return out, make_distinct_holdout(small_holdout, out, 130)
+
+
+def add_team(db: Path, name: str, password: str = "pw", *extra: str) -> None:
+    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", password, *extra)
+    assert r.returncode == 0, r.stderr
+
+
+def results_json(db: Path, *extra: str) -> list[dict]:
+    r = lpirc("referee", "results", "--db", str(db), "--format", "json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def answers(db: Path) -> list[list[str]]:
+    r = lpirc("referee", "answers", "--db", str(db))
+    assert r.returncode == 0, r.stderr
+    return [ln.split(",") for ln in r.stdout.splitlines()[1:]]
+
+
+def numbering(ref: Referee, token: str, by_sha: dict[str, str]) -> dict[int, str]:
+    """Image number -> holdout file, from the bytes the referee serves in its zips."""
+    out = {}
+    for first in (1, 101):
+        r = ref.post("/zipimages", token=token, image_name=str(first))
+        assert r.status_code == 200, r.text
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            for name in z.namelist():
+                out[int(name[:-4])] = by_sha[sha(z.read(name))]
+    return out
+
+
+def test_protocol_call_by_call(holdout, tmp_path):
+    root, by_sha = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db) as ref:
+        r = ref.post("/login", username="alpha")
+        assert (r.status_code, r.text) == (401, "Missing username or password\n")
+        r = ref.post("/login", username="alpha", password="nope")
+        assert (r.status_code, r.text) == (401, "Invalid username or password\n")
+        token = ref.login("alpha", "pw")
+        assert "pw" not in token and "alpha" not in token
+        assert ref.post("/get_token", username="alpha", password="pw").text == token  # same session
+        assert ref.post("/verify", token=token).text == "Valid Token\n"
+        r = ref.post("/verify", token=token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
+        assert (r.status_code, r.text) == (401, "Invalid Token\n")
+        r = ref.post("/no_of_images", token=token)
+        assert (r.status_code, r.text) == (200, "130")
+        assert ref.http.get(ref.url + "/no_of_images", params={"token": token}).text == "130"
+
+        r = ref.post("/image", token=token, image_name="7")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert 'filename="7.jpg"' in r.headers["content-disposition"]
+        assert sha(r.content) in by_sha
+        for bad in ("0", "131", "abc", "", "-1"):
+            assert ref.post("/image", token=token, image_name=bad).status_code == 406, bad
+
+        order = numbering(ref, token, by_sha)
+        assert sorted(order) == list(range(1, 131))
+        assert sorted(order.values()) == sorted(by_sha.values())  # a permutation of the holdout
+        z = zipfile.ZipFile(io.BytesIO(ref.post("/zipimages", token=token, image_name="101").content))
+        assert z.namelist() == [f"{k}.jpg" for k in range(101, 131)]  # flat; the last holds 30
+        assert by_sha[sha(r.content)] == order[7]  # /image and /zipimages agree
+        for bad in ("2", "100", "201", "x"):
+            assert ref.post("/zipimages", token=token, image_name=bad).status_code == 406, bad
+
+        r = ref.post("/result", token=token, image_name=["1", "2"], CLASS_ID=["3"], confidence=["0.5", "0.4"])
+        assert r.status_code == 406 and "length mismatch" in r.text
+        r = ref.post("/result", token=token, image_name=["1", "2.jpg"], CLASS_ID=["3", "n01440764"],
+                     confidence=["0.5", "0.4"], xmin=["1", "2"], ymin=["1", "2"], xmax=["5", "6"],
+                     ymax=["5", "6"])
+        assert r.status_code == 200 and r.text.startswith("Result stored in the server database")
+        assert "/zipimages" in ref.post("/help").text
+        r = ref.post("/status", token=token)
+        assert "answers 2\n" in r.text and "duplicates 0\n" in r.text
+        assert ref.post("/logout", token=token).text == "Logout success\n"
+        assert ref.post("/verify", token=token).status_code == 401
+        assert ref.post("/image", token=token, image_name="1").status_code == 401
+        rows = answers(db)
+        assert [r[:7] for r in rows] == [["1", "3", "0.5", "1.0", "1.0", "5.0", "5.0"],
+                                          ["2", "n01440764", "0.4", "2.0", "2.0", "6.0", "6.0"]]
+        assert [r[9] for r in rows] == ["3", "0"]  # class index: as given, and the synset's
+        assert ref.post("/nope").status_code == 404
+
+
+def test_full_session_scored_with_meter(holdout, tmp_path):
+    """Half the images answered right in 1-based numbering; alpha metered by the meter account,
+    beta self-reported then metered from an imported log: top-1, energy and score are exactly
+    what the answers and the readings give."""
+    root, by_sha = holdout
+    db = tmp_path / "r.sqlite"
+    for t in ("alpha", "beta"):
+        add_team(db, t)
+    add_team(db, "wt310", "meterpw", "--meter")
+    truth = {name: scoring.synset_index(label) for name, label in read_gt(root).items()}
+    with Referee(root, db, "--class-id-base", "1") as ref:
+        meter = ref.login("wt310", "meterpw")
+        t0 = time.time()
+        r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", voltage="5",
+                     current="2.4", energy="0", elapsed="0", timestamp=str(t0 - 1))
+        assert r.status_code == 200, r.text
+        for team in ("alpha", "beta"):
+            token = ref.login(team, "pw")
+            order = numbering(ref, token, by_sha)
+            ks = [k for k in order if k % 2 == 0]
+            r = ref.post("/result", token=token, image_name=[str(k) for k in ks],
+                         CLASS_ID=[str(truth[order[k]] + 1) for k in ks],  # 1-based
+                         confidence=["0.9"] * len(ks))
+            assert r.status_code == 200, r.text
+            assert ref.post("/powermeter", token=token, player=team, power="5").status_code == 403
+            if team == "beta":
+                assert ref.post("/energy", token=token, energy_wh="9", method="RAPL").status_code == 200
+            assert ref.post("/logout", token=token).status_code == 200
+        t1 = time.time()
+        r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", timestamp=str(t1 + 1))
+        assert r.status_code == 200, r.text
+        rows = wait_for(lambda: (lambda x: x if len(x) == 2 else None)(results_json(db)))
+    by_team = {x["team"]: x for x in rows}
+    alpha, beta = by_team["alpha"], by_team["beta"]
+    assert alpha["answered"] == 65 and alpha["top1"] == pytest.approx(0.5)
+    assert alpha["energy_source"] == "metered"
+    assert alpha["energy_wh"] == pytest.approx(12 * alpha["wall_time_s"] / 3600, rel=1e-3)
+    assert alpha["score"] == pytest.approx(0.5 / alpha["energy_wh"])
+    assert (beta["energy_source"], beta["energy_wh"]) == ("self-reported", 9)
+    score = json.loads((Path(alpha["run_dir"]) / "score.json").read_text())
+    assert score["images_unanswered"] == 65 and score["top5"] is None
+
+    log = tmp_path / "meter.csv"
+    log.write_text(f"timestamp,watts\n{t0 - 2},20\n{t1 + 2},20\n")
+    r = lpirc("referee", "power", "beta", str(log), "--db", str(db))
+    assert r.returncode == 0 and "(metered)" in r.stdout, r.stderr
+    beta = {x["team"]: x for x in results_json(db)}["beta"]
+    assert beta["energy_source"] == "metered"
+    assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)
+
+
+def test_time_limit_refuses_late_answers(holdout, tmp_path):
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db, time_limit_s=1.5) as ref:
+        token = ref.login("alpha", "pw")
+        assert ref.post("/result", token=token, image_name="1", CLASS_ID="3", confidence="1").status_code == 200
+        time.sleep(1.7)
+        r = ref.post("/result", token=token, image_name="2", CLASS_ID="3", confidence="1")
+        assert r.status_code == 401 and "only results already transmitted will be counted" in r.text
+        assert ref.post("/zipimages", token=token, image_name="1").status_code == 401
+        row = wait_for(lambda: results_json(db))[0]
+    assert row["end_reason"] == "time_limit" and row["answered"] == 1
+    assert row["wall_time_s"] == pytest.approx(1.5)
+    assert len(answers(db)) == 1
+
+
+def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    ref = Referee(root, db, time_limit_s=60).start()
+    try:
+        token = ref.login("alpha", "pw")
+        for first in range(1, 121, 20):  # six acknowledged batches
+            ks = [str(k) for k in range(first, first + 20)]
+            r = ref.post("/result", token=token, image_name=ks, CLASS_ID=["5"] * 20, confidence=["1"] * 20)
+            assert r.status_code == 200
+        left_before = float(ref.post("/status", token=token).text.split("time_left_s ")[1])
+        ref.kill9()
+        time.sleep(1.0)
+        ref.start()  # same database: same secret, same open session, same clock
+        r = ref.post("/status", token=token)
+        assert r.status_code == 200 and "answers 120\n" in r.text
+        left_after = float(r.text.split("time_left_s ")[1])
+        assert left_after < left_before - 0.9
+        assert ref.login("alpha", "pw") == token
+        assert ref.post("/logout", token=token).status_code == 200
+        row = wait_for(lambda: results_json(db))[0]
+        assert row["answered"] == 120
+    finally:
+        ref.stop()
+
+
+def test_duplicates_and_malformed_answers(holdout, tmp_path):
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db) as ref:
+        token = ref.login("alpha", "pw")
+        r = ref.post("/result", token=token, image_name=["4", "4"], CLASS_ID=["10", "11"], confidence=["1", "1"])
+        assert r.status_code == 200 and "1 new, 1 duplicate" in r.text
+        r = ref.post("/result", token=token, image_name="4", CLASS_ID="12", confidence="1")
+        assert "0 new, 1 duplicate" in r.text
+        bad = [
+            {},  # zero answers
+            {"image_name": "5", "CLASS_ID": "cat", "confidence": "1"},
+            {"image_name": "99999", "CLASS_ID": "1", "confidence": "1"},
+            {"image_name": "5", "CLASS_ID": "1000", "confidence": "1"},
+            {"image_name": "5", "CLASS_ID": "-2", "confidence": "1"},
+            {"image_name": "5", "CLASS_ID": "1", "confidence": "nan"},
+            {"image_name": "5", "CLASS_ID": "1", "confidence": "high"},
+            {"image_name": ["5", "6"], "CLASS_ID": ["1", "2"], "confidence": ["1", "x"]},  # one bad row
+            {"image_name": "5", "CLASS_ID": "1", "confidence": "1", "xmin": "1"},  # box incomplete
+            {"image_name": "5", "CLASS_ID": "1"},
+        ]
+        for fields in bad:
+            r = ref.post("/result", token=token, **fields)
+            assert r.status_code == 406, (fields, r.text)
+            assert r.text.count("\n") == 1 and len(r.text) < 200  # one line with the reason
+        r = ref.http.post(ref.url + "/result", content=b"token=" + token.encode() + b"&image_name=\xff",
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 406
+        assert "duplicates 2\n" in ref.post("/status", token=token).text
+        ref.post("/logout", token=token)
+        row = wait_for(lambda: results_json(db))[0]
+    rows = answers(db)
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("4", "10", "1"), ("4", "11", "0"), ("4", "12", "0")]
+    assert row["answered"] == 1 and row["duplicates"] == 2
+
+
+def test_tokens_teams_and_paths(holdout, tmp_path):
+    """Tampered tokens, a token of another referee, a team reaching for another's session,
+    meter-only calls, path tricks in image_name and URL paths."""
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    for t in ("alpha", "beta"):
+        add_team(db, t)
+    other_db = tmp_path / "other.sqlite"
+    add_team(other_db, "alpha")
+    with Referee(root, other_db) as other:
+        foreign = other.login("alpha", "pw")
+    with Referee(root, db) as ref:
+        a, b = ref.login("alpha", "pw"), ref.login("beta", "pw")
+        assert a != b
+        payload_b, sig_b = b.split(".")
+        payload_a, sig_a = a.split(".")
+        for forged in (payload_a + "." + sig_b, foreign, a + "x", "", "null", "." * 40):
+            assert ref.post("/no_of_images", token=forged).status_code == 401, forged
+        za = zipfile.ZipFile(io.BytesIO(ref.post("/zipimages", token=a, image_name="1").content))
+        zb = zipfile.ZipFile(io.BytesIO(ref.post("/zipimages", token=b, image_name="1").content))
+        assert [sha(za.read(n)) for n in za.namelist()] != [sha(zb.read(n)) for n in zb.namelist()]
+        ref.post("/result", token=b, image_name="1", CLASS_ID="1", confidence="1")
+        assert "answers 0\n" in ref.post("/status", token=a).text
+        assert "team alpha\n" in ref.post("/status", token=a).text
+        assert ref.post("/powermeter", token=a, player="beta", power="1").status_code == 403
+        ref.post("/logout", token=b)
+        assert ref.post("/verify", token=a).status_code == 200  # beta's logout is beta's
+        tricks = ["../ground_truth.csv", "ground_truth.csv", "/etc/passwd", "1/../2", "..%2F1",
+                  "1 ", " 1", "+1", "0x1", "1e2", "\u0661", "1.0", "99999999999999999999", "1;2"]
+        for trick in tricks:
+            r = ref.post("/image", token=a, image_name=trick)
+            assert r.status_code == 406 and b"filename" not in r.content, trick
+        for path in ("/../ground_truth.csv", "/image/../ground_truth.csv", "/ground_truth.csv",
+                     "/%2e%2e/ground_truth.csv"):
+            r = ref.http.get(ref.url + path)
+            assert r.status_code == 404 and b"n0" not in r.content, path
+        assert ref.post("/result", token=a, image_name="../1", CLASS_ID="1", confidence="1").status_code == 406
+
+
+def test_oversized_body_and_attempts(holdout, tmp_path):
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db, "--max-body-mib", "0.01", "--attempts", "2") as ref:
+        token = ref.login("alpha", "pw")
+        big = {"token": token, "image_name": ["1"] * 3000, "CLASS_ID": ["1"] * 3000,
+               "confidence": ["1"] * 3000}
+        r = ref.post("/result", **big)
+        assert r.status_code == 413 and "too large" in r.text
+
+        def chunks():
+            yield b"token=" + token.encode()
+            for _ in range(600):  # 22 KB, over the 10 KB limit
+                yield b"&image_name=1&CLASS_ID=1&confidence=1"
+
+        r = ref.http.post(ref.url + "/result", content=chunks(),
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413  # no Content-Length: counted as it streams
+        assert "answers 0\n" in ref.post("/status", token=token).text
+        ref.post("/logout", token=token)
+        second = ref.login("alpha", "pw")
+        assert second != token and "attempt 2 of 2" in ref.post("/status", token=second).text
+        ref.post("/logout", token=second)
+        r = ref.post("/login", username="alpha", password="pw")
+        assert r.status_code == 403 and "No attempts left" in r.text
+        wait_for(lambda: len([x for x in results_json(db, "--all") if x["status"] == "scored"]) == 2)
+
+
+def test_cli_errors(holdout, tmp_path):
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    r = lpirc("referee", "add-team", "alpha", "--db", str(db))
+    assert r.returncode == 0 and "password: " in r.stdout
+    r = lpirc("referee", "add-team", "alpha", "--db", str(db), "--password", "x")
+    assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {db}: team 'alpha' already exists"
+    r = lpirc("referee", "results", "--db", str(tmp_path / "none.sqlite"))
+    assert r.returncode == 5 and "referee database not found" in r.stderr
+    r = lpirc("referee", "serve", "--holdout", str(tmp_path / "nowhere"), "--db", str(db))
+    assert r.returncode == 5 and "holdout folder not found" in r.stderr
+    r = lpirc("referee", "results", "--db", str(db))
+    assert r.returncode == 0 and "no scored session yet" in r.stdout
+
+
+def test_original_sample_client_pycurl(holdout, tmp_path):
+    """The sample client's pycurl calls (tests/referee_sample_client.py), unchanged protocol:
+    every image by /image and by /zipimages, answers with boxes five per POST, logout."""
+    pytest.importorskip("pycurl")
+    root, by_sha = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "lpirc", "pass")
+    truth = {name: scoring.synset_index(label) for name, label in read_gt(root).items()}
+    with Referee(root, db) as ref:
+        host, port = ref.url[len("http://"):].split(":")
+        im, tmp = tmp_path / "images", tmp_path / "temp"
+        im.mkdir()
+        tmp.mkdir()
+        # the answers: right for the first 100 images by the client's own downloads
+        golden = tmp_path / "golden_output.csv"
+        proc_args = [sys.executable, str(Path(__file__).with_name("referee_sample_client.py")),
+                     "--ip", host, "--port", port, "--user", "lpirc", "--pass", "pass",
+                     "--in", str(golden), "--im_dir", str(im), "--temp_dir", str(tmp)]
+        # the client's login joins this open session: read its numbering to write right answers
+        token = ref.login("lpirc", "pass")
+        order = numbering(ref, token, by_sha)
+        golden.write_text("".join(f"{k} {truth[order[k]]} 0.9 1 2 3 4\n" for k in range(1, 101)))
+        r = subprocess.run(proc_args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "images 130 fetched one by one, 130 in zips, 100 answers posted" in r.stdout
+        assert sorted(by_sha[sha((im / f"{k}.jpg").read_bytes())] for k in range(1, 131)) == \
+            sorted(by_sha.values())
+        row = wait_for(lambda: results_json(db))[0]
+    assert row["answered"] == 100 and row["top1"] == pytest.approx(100 / 130)
+    assert answers(db)[0][3:7] == ["1.0", "2.0", "3.0", "4.0"]

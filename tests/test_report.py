@@ -1,0 +1,208 @@
+"""`lpirc report`: real runs of the bundled model drawn and opened in a real headless Chromium
+(no console error, no request, every picture drawn, a screenshot and a print), and a run written
+the way `lpirc run` writes it with the awkward cases (unanswered, late, failed, a dead worker)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import scoring
+from chromium import PROBE_JS, Chromium, find_chromium, png_size
+
+REPO = Path(__file__).resolve().parents[1]
+SYN = scoring.synsets()
+TENCH = "n01440764"  # a class the demo model never answers
+
+
+def lpirc(*args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): browser checks skipped")
+    b = Chromium(binary)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory, reference_model, small_holdout) -> list[Path]:
+    """Two real `lpirc run`s on a copy of the 40-image demo holdout with one undecodable image
+    and one ground-truth label the model never answers (so there is a failure and a mistake);
+    the first with a power meter's log (so there are readings), the second with one worker."""
+    base = tmp_path_factory.mktemp("report-runs")
+    hold = shutil.copytree(small_holdout, base / "holdout")
+    (hold / "img_bad.jpg").write_bytes(b"not a JPEG at all")
+    rows = (hold / "ground_truth.csv").read_text().splitlines()
+    first = rows[1].split(",")[0]
+    rows[1] = f"{first},{TENCH}"
+    (hold / "ground_truth.csv").write_text("\n".join(rows + [f"img_bad.jpg,{TENCH}"]) + "\n")
+    now = time.time()
+    meter = base / "meter.csv"  # 20 samples/s from 5 s before to 5 min after now
+    meter.write_text("timestamp,watts\n" + "".join(
+        f"{now - 5 + i / 20:.3f},{12 + 3 * math.sin(i / 7):.3f}\n" for i in range(20 * 305)))
+    runs = []
+    for name, extra in (("metered", ["--power-log", meter]), ("one-worker", ["--workers", 1])):
+        out = base / name
+        r = lpirc("run", "--model", reference_model, "--holdout", hold, "--out", out, "--quiet", *extra)
+        assert r.returncode == 0, r.stderr
+        assert f"report          {out / 'report.html'}" in r.stdout  # the summary says where
+        runs.append(out)
+    return runs
+
+
+def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
+    """No request but the page itself, no console error, the pictures named per section (a run's
+    name, or "compare") drawn and sized, a full-page screenshot and a PDF print."""
+    assert visit.requests == [], visit.requests
+    assert visit.errors == [], visit.errors
+    assert visit.probe["external"] == 0  # no script, stylesheet link, iframe or image element
+    drawn = {(f["section"], f["id"]): f for f in visit.probe["figures"]}
+    want = {(sec, fid) for sec, ids in figures.items() for fid in ids}
+    assert want <= set(drawn), sorted(set(drawn))
+    for key in want:
+        f = drawn[key]
+        assert f["svg"] and f["missing"] is None, f
+        assert f["width"] > 300 and f["height"] > 100, f  # laid out at a readable size
+        assert f["shapes"] >= 10, f  # axes, ticks and data, not an empty frame
+    w, h = png_size(visit.screenshot)
+    assert w == 1200 and h > 1500, (w, h)
+    assert len(visit.screenshot) > 50_000
+    assert visit.pdf.startswith(b"%PDF") and visit.pdf.count(b"/Type /Page") >= 2
+
+
+ONE_RUN = {"race", "throughput", "latency", "classes", "confusion", "power"}
+
+
+def test_run_writes_its_report_and_chromium_shows_it_clean(browser, real_runs):
+    metered = real_runs[0]
+    visit = browser.visit(metered / "report.html", PROBE_JS)
+    assert_clean_page(visit, {"metered": ONE_RUN})
+    text = visit.probe["text"]
+    assert "measured" in text and "power log meter.csv" in text  # the energy says how
+    assert "img_bad.jpg" in text and "decode:" in text  # the failed image, with its reason
+    assert TENCH in text  # the class the model never gets is among the worst
+    score = json.loads((metered / "score.json").read_text())
+    assert f"{100 * score['top1']:.2f} %" in text
+    manifest = json.loads((metered / "manifest.json").read_text())
+    assert manifest["model"]["sha256"] in text and manifest["holdout"]["files_sha256"] in text
+
+
+def test_several_runs_compared(browser, real_runs, tmp_path):
+    out = tmp_path / "compare.html"
+    r = lpirc("report", *real_runs, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"wrote {out}")
+    visit = browser.visit(out, PROBE_JS)
+    assert_clean_page(visit, {"compare": {"race", "throughput", "latency", "accuracy", "power"},
+                              "metered": ONE_RUN, "one-worker": ONE_RUN - {"power"}})
+    assert visit.probe["runs"] == ["metered", "one-worker"]
+    ids = [f["id"] for f in visit.probe["figures"]]
+    assert ids.count("race") == 3  # overlaid, then one per run
+    assert "Not ranked" not in visit.probe["text"]  # same holdout, same rules: ranked
+
+
+def test_no_report_flag(real_runs, tmp_path, reference_model, small_holdout):
+    out = tmp_path / "quiet"
+    r = lpirc("run", "--model", reference_model, "--holdout", small_holdout, "--out", out, "--quiet", "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "report.html").exists() and "report  " not in r.stdout
+
+
+# --- a run with everything that can go wrong, written as lpirc run writes it --------------
+
+
+def awkward_run(folder: Path, correct_first: int = 18, inference_ms: float = 20.0) -> Path:
+    """30 ground-truth images, 25 answered: 2 failed (one reason is HTML), the last 3 after the
+    2 s budget (logged late), worker 1 silent after 1 s, 5 never answered."""
+    folder.mkdir(parents=True)
+    gt = folder / "gt.csv"
+    gt.write_text("filename,label\n" + "".join(f"img{i:02d}.jpg,{SYN[i]}\n" for i in range(30)))
+    lines = []
+    for i in range(25):
+        t = 0.08 * i if i < 22 else 2.2 + 0.1 * i
+        worker = 0 if t > 1.0 else i % 2
+        err = {3: "decode: cannot identify image file", 7: "<script>alert('x')</script> reason"}.get(i)
+        top1 = i if i < correct_first else (i + 1)
+        lines.append({"image": f"img{i:02d}.jpg", "index": i, "top5": [] if err else [top1, 1, 2, 3, 4],
+                      "scores": [] if err else [0.9, 0.1, 0, 0, 0], "error": err, "t_s": round(t, 3),
+                      "latency_ms": inference_ms + 5 + i % 4, "inference_ms": inference_ms + i % 3,
+                      "worker": worker, "late": t > 2.0})
+    (folder / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "manifest.json").write_text(json.dumps({
+        "lpirc_version": "0.1.0", "status": "budget_exhausted",
+        "runtime": {"name": "ai_edge_litert", "version": "2.3.0"},
+        "delegate": {"requested": "cpu", "ran": "xnnpack", "note": None},
+        "model": {"path": f"/nowhere/{folder.name}.tflite", "size_bytes": 1, "sha256": "ab" * 32},
+        "holdout": {"path": "/h", "image_count": 30, "order_seed": 0, "files_sha256": "cd" * 32,
+                    "ground_truth": str(gt)},
+        "settings": {"rules": "lpirc-onsite", "workers": 2}, "budget": {"clock": "wall", "time_limit_s": 2.0},
+        "start_utc": "2026-11-30T08:00:00.000000Z", "end_utc": "2026-11-30T08:00:05.000000Z",
+        "wall_time_s": 4.7, "inference_time_s": 0.5, "first_answer_s": 0.0,
+        "energy": {"wh": 0.01, "source": "estimated", "method": "CPU time x 4.0 W/core + 10 W idle"},
+        "machine": {"cpu": "test"}, "notes": ["worker 1 died (signal 9); its images were retried"],
+        "images_answered": 23, "images_failed": 2, "images_late": 3}))
+    return folder
+
+
+def test_awkward_run_shows_what_went_wrong(browser, tmp_path):
+    run = awkward_run(tmp_path / "awkward")
+    r = lpirc("report", run)
+    assert r.returncode == 0, r.stderr
+    html = (run / "report.html").read_text()
+    assert "5 never answered" in html  # in the race picture
+    assert "deadline 2 s" in html
+    assert "late answers (do not count)" in html
+    assert "worker 0" in html and "worker 1" in html
+    # a log's text is escaped, never markup
+    assert "&lt;script&gt;alert(" in html and "<script>" not in html
+    visit = browser.visit(run / "report.html", PROBE_JS)
+    assert_clean_page(visit, {"awkward": ONE_RUN - {"power"}})
+    missing = {f["id"]: f["missing"] for f in visit.probe["figures"]}
+    assert "no power readings" in missing["power"]
+    assert "Failed images (2)" in visit.probe["text"]
+
+
+def test_ovic_2019_frontier_drawn_where_it_applies(tmp_path):
+    a = awkward_run(tmp_path / "fast", correct_first=20, inference_ms=10.0)
+    b = awkward_run(tmp_path / "slow", correct_first=22, inference_ms=40.0)
+    for rules, frontier in (("ovic-2019", True), ("lpirc-onsite", False)):
+        out = tmp_path / f"{rules}.html"
+        r = lpirc("report", a, b, "-o", out, "--rules", rules)
+        assert r.returncode == 0, r.stderr
+        html = out.read_text()
+        assert ("OVIC 2019 frontier" in html) is frontier
+        assert html.count('data-plot="accuracy"') == 1
+
+
+def test_report_errors_are_one_line(tmp_path):
+    r = lpirc("report", tmp_path / "nope", "-o", tmp_path / "x.html")
+    assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {tmp_path / 'nope'}: no such run folder or result log"
+    run = awkward_run(tmp_path / "r")
+    (tmp_path / "labels.txt").write_text("just\nthree\nlines\n")
+    r = lpirc("report", run, "--labels", tmp_path / "labels.txt")
+    assert r.returncode == 5 and "expected 1000 or 1001 label lines" in r.stderr
+    assert "Traceback" not in r.stderr and not (run / "report.html").exists()
+
+
+def test_a_run_without_ground_truth_is_still_drawn(tmp_path):
+    run = awkward_run(tmp_path / "nogt")
+    (run / "gt.csv").unlink()
+    r = lpirc("report", run)
+    assert r.returncode == 0, r.stderr
+    html = (run / "report.html").read_text()
+    assert "not scored" in html and 'data-plot="throughput"' in html and "<svg" in html
