@@ -73,6 +73,10 @@ class NameIndex:
             self._loose[rule] = idx
         return idx
 
+    def exact(self, name: str) -> int:
+        """Position of ``name`` by rule 1 alone (-1 if absent): the fast path for a whole log."""
+        return self._exact.get(name, -1)
+
     def lookup(self, name: str) -> tuple[int, str | None]:
         """(position, rule) of the ground-truth name ``name`` matches; (-1, "ambiguous") when a
         rule would pick between several; (-1, None) when none matches."""
