@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lpirc.errors import DelegateError, ModelError
+from lpirc.preflight import CLASS_COUNTS  # 1000, or 1001 with background at 0
 
 # ----------------------------------------------------------------------------------- runtime
 
@@ -300,8 +301,6 @@ def _signature_names(it, kind: str) -> dict[int, str]:
     return {}
 
 
-#: Output widths that answer the ILSVRC-2012 classes (1001: background at index 0).
-CLASS_COUNTS = (1000, 1001)
 
 
 def _is_answer(t: TensorInfo) -> bool:
