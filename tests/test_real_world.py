@@ -614,3 +614,24 @@ def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_pa
               "--quiet", "--workers", "1")
     assert p.returncode == 0, p.stderr
     assert json.loads((run_dir(tmp_path, "built") / "score.json").read_text())["top1"] == 1.0
+
+
+def test_config_file_carries_the_preprocessing_too(tmp_path):
+    from lpirc.settings import resolve_settings
+
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"settings": {"crop": "square", "output": "predictions",
+                                            "input_size": "20x24", "mean": [123.675, 116.28, 103.53],
+                                            "std": 58.0, "channel_order": "bgr"}}))
+    s = resolve_settings({"model": tmp_path / "m.tflite", "holdout": tmp_path}, set(), cfg)
+    p = s.preprocess
+    assert (p.crop, p.output, p.input_size, p.channel_order) == ("square", "predictions",
+                                                                (20, 24), "bgr")
+    assert p.mean == (123.675, 116.28, 103.53) and p.std == (58.0,) * 3
+    # the command line wins over the config
+    s = resolve_settings({"model": tmp_path / "m.tflite", "holdout": tmp_path, "crop": "central"},
+                         {"crop"}, cfg)
+    assert s.preprocess.crop == "central"
+    cfg.write_text(json.dumps({"settings": {"crop": "round"}}))
+    with pytest.raises(InputError, match=r"best\.json: crop must be one of central, square"):
+        resolve_settings({"model": tmp_path / "m.tflite", "holdout": tmp_path}, set(), cfg)
