@@ -39,7 +39,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -158,6 +157,8 @@ class Server:
             raise SystemExit(f"referee_load: error: the referee did not start: "
                              f"{line}{self.proc.stderr.read()[-500:]}")
         self.port = int(m.group(1))
+        # its event lines must not fill the pipe
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def stop(self) -> int:
         """Stop the server; returns the answers in its database."""
@@ -272,6 +273,8 @@ def main(argv=None) -> int:
     ap.add_argument("--find-max", action="store_true",
                     help="Then search the highest pace that the largest device count holds.")
     ap.add_argument("--max-steps", type=int, default=5, help="Levels the --find-max search runs.")
+    ap.add_argument("--search-duration-s", type=float, default=30.0,
+                    help="Seconds each device pulls at most in a --find-max level.")
     ap.add_argument("--quick", action="store_true", help="Smoke test: tiny holdout, 2 s.")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, help="Write every figure as JSON.")
@@ -303,8 +306,11 @@ def main(argv=None) -> int:
         print(fmt_level(levels[-1]), flush=True)
     best = None
     if a.find_max:
-        print(f"search: highest pace that {max(counts)} devices hold")
-        best, more = find_max(holdout, max(counts), a.pace, a.batch, a.duration_s, a.max_steps,
+        print(f"search: highest pace that {max(counts)} devices hold (from {2 * a.pace:g} "
+              f"img/s, doubling, halving, then bisecting; "
+              f"{min(a.duration_s, a.search_duration_s):g} s per level)")
+        best, more = find_max(holdout, max(counts), a.pace * 2, a.batch,
+                              min(a.duration_s, a.search_duration_s), a.max_steps,
                               lambda line: print(line, flush=True))
         levels += more
         print(f"highest pace held by {max(counts)} devices: "

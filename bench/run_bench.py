@@ -434,6 +434,18 @@ class TreeWatch(threading.Thread):
         self.join()
 
 
+_NO_REPORT: list[bool] = []
+
+
+def _run_has_no_report() -> bool:
+    """Whether this lpirc's `run` has --no-report (asked once)."""
+    if not _NO_REPORT:
+        r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--help"], capture_output=True,
+                           text=True, cwd=str(REPO))
+        _NO_REPORT.append("--no-report" in r.stdout)
+    return _NO_REPORT[0]
+
+
 def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
               config: Path | None = None, extra: list[str] | None = None) -> dict:
     """One `lpirc run` subprocess, watched. Images/s from its manifest and log."""
@@ -441,6 +453,10 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "lpirc", "run", "--model", str(model), "--holdout", str(holdout),
            "--out", str(out), "--time-limit-s", str(time_limit_s), "--quiet"]
+    if _run_has_no_report():
+        # the HTML report is written after the run, from its log: not part of answering (and
+        # not in lpirc versions from before it existed, which this script also measures)
+        cmd.append("--no-report")
     if config is not None:
         cmd += ["--config", str(config)]
     cmd += extra or []
@@ -456,12 +472,16 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
         raise BenchError(f"lpirc run failed (exit {p.returncode}): "
                          f"{_last_line(stderr or stdout)}")
     man = json.loads((out / "manifest.json").read_text())
-    stamps = []
+    stamps, lat, inf = [], [], []
     with open(out / "results.jsonl") as f:
         for line in f:
             try:
-                stamps.append(json.loads(line)["t_s"])
-            except (ValueError, KeyError):
+                r = json.loads(line)
+                stamps.append(r["t_s"])
+                if r.get("error") is None:
+                    lat.append(float(r["latency_ms"]))
+                    inf.append(float(r["inference_ms"]))
+            except (ValueError, KeyError, TypeError):
                 pass
     n = int(man.get("images_logged") or len(stamps))
     wall = float(man["wall_time_s"])
@@ -475,6 +495,10 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
         "settings": {k: man["settings"].get(k) for k in
                      ("workers", "threads", "batch", "decode", "decode_threads")},
         "holdout_images": man["holdout"]["image_count"],
+        # measured in the workers, per answered image: the invoke alone, and decode +
+        # preprocess + invoke (the parts as they cost inside the run, under its parallel load)
+        "run_inference_ms": statistics.fmean(inf) if inf else None,
+        "run_latency_ms": statistics.fmean(lat) if lat else None,
         # which implementation of the resize the workers used (OpenCV or the numpy fallback)
         "resize_backend": (man.get("preprocess") or {}).get("resize_backend"),
     }
@@ -872,6 +896,8 @@ def _bench(a: argparse.Namespace) -> int:
         "peak_pss_big_mb": big["peak_pss_mb"] if big else None,
         "hand_cpu_ms": fig("hand", "cpu_ms_per_image"),
         "default_cpu_ms": fig("default", "cpu_ms_per_image"),
+        "default_run_inference_ms": fig("default", "run_inference_ms"),
+        "default_run_latency_ms": fig("default", "run_latency_ms"),
         "tuned_cpu_ms": fig("tuned", "cpu_ms_per_image") if has_tuned else None,
         "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "peak_rss_big_mb": big["peak_rss_mb"] if big else None,
@@ -997,6 +1023,16 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         f"{'lpirc run, tuned settings':<{w}}  {num(f['tuned_cpu_ms'], '{:.2f}'):>6}  "
         f"{num(_div(f['tuned_cpu_ms'], _add(f['preprocess_ms'], f['inference_ms'])), '{:.2f}x')}",
         "",
+        f"{'where the CPU of an answer goes (lpirc run, default settings)':<{w}}  {'ms':>6}",
+        f"{'inference, measured in the workers during the run':<{w}}  "
+        f"{num(f.get('default_run_inference_ms'), '{:.2f}'):>6}  (alone: "
+        f"{num(f['inference_ms'], '{:.2f}')})",
+        f"{'decode + preprocess, measured in the workers during the run':<{w}}  "
+        f"{num(_sub(f.get('default_run_latency_ms'), f.get('default_run_inference_ms')), '{:.2f}'):>6}"
+        f"  (alone: {num(f['preprocess_ms'], '{:.2f}')})",
+        f"{'the rest: pipes, dispatch, log, top-5, start-up and stop (derived)':<{w}}  "
+        f"{num(_sub(f['default_cpu_ms'], f.get('default_run_latency_ms')), '{:.2f}'):>6}",
+        "",
         f"{'lpirc run':<{w}}  {'value':>9}",
         f"{'peak RSS, whole process tree, ' + str(n_holdout) + ' images':<{w}}  "
         f"{num(f['peak_rss_mb'], '{:.0f} MB'):>9}",
@@ -1045,6 +1081,10 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
 
 def _add(a, b):
     return None if a is None or b is None else a + b
+
+
+def _sub(a, b):
+    return None if a is None or b is None else a - b
 
 
 def _div(a, b):

@@ -14,6 +14,7 @@ import click
 
 from lpirc import __version__
 from lpirc.errors import EXIT_INTERRUPTED, LpircError
+from lpirc.referee.cli import RefereeRun, referee_run_options
 
 
 def friendly_errors(fn):
@@ -123,6 +124,7 @@ def submission() -> None:
 @click.option("--grace-s", type=click.FloatRange(min=0, max=1.5), default=0.5, show_default=True, help="Seconds workers get to stop at the deadline before they are killed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html (lpirc report) into the run folder.")
+@referee_run_options
 @click.pass_context
 @friendly_errors
 def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) -> None:
@@ -132,13 +134,15 @@ def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) ->
     """
     from lpirc.runner import run
 
+    referee = RefereeRun.from_options(opts)  # None without --referee
     try:
         settings = _settings(ctx, opts, config)
-        outcome = run(settings)
+        outcome = referee.run(settings) if referee else run(settings)
     except KeyboardInterrupt:  # before the run started (a started run returns "interrupted")
         click.echo("lpirc: interrupted before the run started (no image was handed out)", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    click.echo(format_run_summary(outcome))
+    summary = format_run_summary(outcome)
+    click.echo(referee.summary(summary) if referee else summary)
     if not no_report:
         from lpirc.cli_pages import run_report_line
 
@@ -356,7 +360,8 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
     """Quantize a float model to a full-integer .tflite submission (needs TensorFlow)."""
     if (saved_model is None) == (keras_file is None):
         raise click.UsageError("give exactly one of --saved-model DIR or --keras FILE")
-    from submission.build import build_submission, sidecar_path
+    from lpirc.settings import sidecar_path
+    from submission.build import build_submission
 
     path = build_submission(out, representative, saved_model=saved_model, keras_model=keras_file,
                             dtype=dtype, num_images=num_images, crop_fraction=crop_fraction,

@@ -235,8 +235,7 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
         out += ["  " + line for line in prize_lines(g)]
         for r in g:
             for n in r.notes:
-                if "same holdout" not in n:
-                    out.append(f"  note: {r.entry.submission}: {n}")
+                out.append(f"  note: {r.entry.submission}: {n}")
     return "\n".join(out) + "\n"
 
 

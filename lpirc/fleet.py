@@ -5,7 +5,7 @@ folder) is one **job**. A job runs ``lpirc run`` (a child process of a Ray actor
 node, so a crash of the run cannot take the node's worker with it) on one **device** that nothing
 else uses meanwhile. The head (the organiser's machine) keeps the ground truth: device nodes send
 back the result log and the manifest, and the head scores them with ``scoring`` and adds them to
-the standings.
+the standings database of ``lpirc leaderboard`` (:mod:`lpirc.leaderboard`, source ``fleet``).
 
 Devices are Ray custom resources a device node offers, one per device, named
 ``lpirc_device_<kind>_<id>`` with amount 1 (:data:`RESOURCE_PREFIX`): ``kind`` is ``cpu``,
@@ -23,7 +23,8 @@ in one line. The manifest each run returns is checked again against the head's s
 
 Faults. A device whose actor dies mid-run (node lost, worker killed) gets no further job; its job
 is queued again for another device, the attempt is recorded (device, reason, where its partial
-run folder stays), and nothing of that attempt is scored. A submission that fails (bad model,
+run folder stays), and nothing of that attempt is scored; a device silent for
+``FleetConfig.hang_margin_s`` past its run's budget is ended and counts the same. A submission that fails (bad model,
 delegate missing) is recorded with ``lpirc run``'s one-line reason and the others go on.
 Ctrl-C on the head cancels every job; what finished stays scored. A job is scored once: a
 re-run with the same ``--out`` skips the jobs ``fleet.json`` records as done.
@@ -44,7 +45,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from lpirc import __version__
+from lpirc import __version__, leaderboard
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError, LpircError
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
@@ -253,21 +253,33 @@ def _node_work_dir(suggested: str) -> Path:
     return Path(os.environ.get(WORK_ENV) or suggested)
 
 
-def _child_setup(cores: list[int] | None) -> Callable[[], None]:
-    """For the ``lpirc run`` child: its own session (a Ctrl-C on the head's terminal is the
-    head's to handle), the device's cores, and death with its parent (Linux) so a killed device
-    leaves no run behind."""
+# Runs `lpirc run` for a device, in a child of the device's actor. Set up here, not in a
+# preexec_fn (unsafe in a process with threads, as every Ray worker is): death with the actor
+# (Linux PR_SET_PDEATHSIG, kept across exec; the parent checked after, so no race), the
+# device's cores (argv[2], "" = all), then exec. Standard library only: it starts in ~20 ms.
+_CHILD = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "    if os.getppid() != int(sys.argv[1]): sys.exit(137)\n"
+    "if sys.argv[2]: os.sched_setaffinity(0, [int(c) for c in sys.argv[2].split(',')])\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'lpirc', *sys.argv[3:]])\n"
+)
 
-    def setup() -> None:
-        os.setsid()
-        if cores is not None and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
-        if sys.platform.startswith("linux"):
-            import ctypes
 
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _child_command(args: list[str], cores: list[int] | None) -> list[str]:
+    """The command line that runs ``lpirc <args>`` through :data:`_CHILD`."""
+    return [sys.executable, "-c", _CHILD, str(os.getpid()),
+            ",".join(map(str, cores)) if cores is not None else "", *args]
 
-    return setup
+
+def _fresh(base: Path) -> Path:
+    """``base``, made; one left there by a fleet whose ``fleet.json`` was removed is moved
+    aside (``.old-<time>``), never overwritten."""
+    if base.exists():
+        base.rename(base.with_name(f"{base.name}.old-{time.time():.0f}"))
+    base.mkdir(parents=True)
+    return base
 
 
 class DeviceWorker:
@@ -298,21 +310,22 @@ class DeviceWorker:
     def run_job(self, req: JobRequest, model: bytes) -> AttemptResult:
         """Write the model (and sidecar) into a fresh attempt folder and run ``lpirc run`` on
         it as a child process; return what it left."""
-        base = _node_work_dir(req.work_dir) / req.job / f"attempt-{req.attempt}"
-        base.mkdir(parents=True, exist_ok=True)
+        base = _fresh(_node_work_dir(req.work_dir) / req.job / f"attempt-{req.attempt}")
         model_path = base / req.model_name
         model_path.write_bytes(model)
         if req.sidecar is not None:
             model_path.with_suffix(".json").write_bytes(req.sidecar)
         run_dir = base / "run"
         holdout = os.environ.get(HOLDOUT_ENV) or req.holdout
-        cmd = [sys.executable, "-m", "lpirc", "run", "--model", str(model_path), "--holdout",
-               holdout, "--out", str(run_dir), "--quiet", *req.run_args]
+        args = ["run", "--model", str(model_path), "--holdout", holdout, "--out", str(run_dir),
+                "--quiet", *req.run_args]
         if self.cores is not None:
-            cmd += ["--workers", str(len(self.cores))]
+            args += ["--workers", str(len(self.cores))]
         t0 = time.time()
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, preexec_fn=_child_setup(self.cores))
+        # its own session: a Ctrl-C on the head's terminal is the head's to handle
+        proc = subprocess.run(_child_command(args, self.cores), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
         t1 = time.time()
         (base / "stderr.txt").write_bytes(proc.stderr)
         return AttemptResult(proc.returncode, _reason(proc.stderr, proc.returncode),
@@ -346,8 +359,10 @@ def _reason(stderr: bytes, code: int) -> str | None:
 @dataclass(frozen=True)
 class FleetConfig:
     """Everything the head decides: the holdout and ground truth (head paths), the fleet folder,
-    the run's budget and rules (passed to every ``lpirc run``), attempts allowed per job, and
-    the standings database (None: ``OUT/standings.db``)."""
+    the run's budget and rules (passed to every ``lpirc run``), attempts allowed per job, the
+    seconds past a run's budget after which its device counts as stuck, and the standings
+    database (None: ``lpirc leaderboard``'s default, ``$LPIRC_DB`` or
+    ``runs/standings.sqlite``)."""
 
     holdout: Path
     ground_truth: Path
@@ -359,6 +374,7 @@ class FleetConfig:
     seed: int = 0
     max_attempts: int = 3
     db: Path | None = None
+    hang_margin_s: float = 120.0  # a run silent this long past its wall budget: stuck device
 
     def run_args(self, kind: str) -> tuple[str, ...]:
         return ("--delegate", kind, "--time-limit-s", repr(self.time_limit_s), "--clock",
@@ -367,7 +383,7 @@ class FleetConfig:
 
     @property
     def db_path(self) -> Path:
-        return self.db if self.db is not None else self.out / "standings.db"
+        return Path(self.db) if self.db is not None else leaderboard.default_db_path()
 
 
 @dataclass
@@ -462,6 +478,7 @@ class Fleet:
         self.checks: dict[Any, _Slot] = {}
         self.running: dict[Any, tuple[_Slot, JobState, float]] = {}
         self.tries: dict[str, int] = {}  # attempts in this session, per job
+        self.t0 = time.time()
         self.first_ready: float | None = None  # time.time() the first device passed its check
 
     # progress and state
@@ -481,8 +498,14 @@ class Fleet:
             "holdout_files_sha256": self.head_sha,
             "ground_truth": str(Path(self.cfg.ground_truth).resolve()),
             "rules": self.cfg.rules, "updated_utc": _now_utc(),
+            "devices_ready_s": self.ready_s, "wall_s": round(time.time() - self.t0, 3),
             "devices": self.device_table(),
             "jobs": [dataclasses.asdict(j) for j in self.jobs]})
+
+    @property
+    def ready_s(self) -> float | None:
+        """Seconds from the fleet's start to the first device passing its holdout check."""
+        return round(self.first_ready - self.t0, 3) if self.first_ready else None
 
     def device_table(self) -> list[dict[str, Any]]:
         return [{"device": s.device.label, "resource": s.device.resource,
@@ -512,9 +535,11 @@ class Fleet:
     def _work_dir(self, d: Device) -> str:
         """Where a node keeps its run folders unless it sets $LPIRC_FLEET_WORK_DIR: the fleet
         folder on the head's own node, a temp folder elsewhere."""
+        out = self.cfg.out.resolve()
         if d.node_id == self.head_node:
-            return str((self.cfg.out / "attempts").resolve())
-        return str(Path(tempfile.gettempdir()) / "lpirc-fleet" / self.cfg.out.resolve().name)
+            return str(out / "attempts")
+        tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]  # two fleets named alike
+        return str(Path(tempfile.gettempdir()) / "lpirc-fleet" / f"{out.name}-{tag}")
 
     def _on_check(self, ref: Any) -> None:
         slot = self.checks.pop(ref)
@@ -571,6 +596,21 @@ class Fleet:
                     self._on_check(ref)
                 else:
                     self._on_result(ref)
+            self._stop_hung()
+
+    def _stop_hung(self) -> None:
+        """A run ends within about a second of its wall budget (``lpirc run``'s own rule); one
+        silent for ``hang_margin_s`` beyond it has a stuck device: its actor is ended, and the
+        job is retried like any lost device's."""
+        limit = self.cfg.time_limit_s + self.cfg.hang_margin_s
+        for slot, job, t0 in self.running.values():
+            if slot.state == "busy" and time.time() - t0 > limit:
+                slot.state = "hung"
+                self.ray.kill(slot.actor)
+                self.emit("note", f"{slot.device.label}: no result from {job.name} within "
+                                  f"{limit:.0f} s (budget + {self.cfg.hang_margin_s:.0f} s); "
+                                  "device ended",
+                          job, slot)
 
     def _dispatch(self) -> None:
         for slot in self.slots:
@@ -615,13 +655,15 @@ class Fleet:
         try:
             res: AttemptResult = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
-            slot.state = "lost"
+            why = {"hung": "stuck past its budget", "refused": "its node was refused"}.get(
+                slot.state, "lost mid-run")
+            slot.state = "refused" if slot.state == "refused" else "lost"
             work = slot.report.work_dir if slot.report else "?"
-            rec.update(outcome="device_lost", reason=_first_line(e),
+            rec.update(outcome="device_lost", reason=f"{why}: {_first_line(e)}",
                        run_dir=str(Path(work) / job.name / f"attempt-{rec['attempt']}" / "run"))
-            self.emit("lost", f"{slot.device.label}: device lost mid-run of {job.name} "
+            self.emit("lost", f"{slot.device.label}: device {why} during {job.name} "
                               f"({_first_line(e)})", job, slot)
-            self._retry_or_fail(job, f"device {slot.device.label} lost mid-run")
+            self._retry_or_fail(job, f"device {slot.device.label} {why}")
             return
         slot.state = "idle" if slot.state == "busy" else slot.state
         rec.update(exit_code=res.exit_code, run_dir=res.run_dir, run_s=round(res.run_s, 3),
@@ -662,6 +704,7 @@ class Fleet:
         the standings. The only place a result is scored."""
         import scoring
 
+        t0 = time.perf_counter()
         run_dir = self.cfg.out / "runs" / job.name
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS).write_bytes(res.results or b"")
@@ -680,12 +723,15 @@ class Fleet:
         job.status, job.reason = "done", res.reason  # a run stopped part-way keeps its reason
         rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
-                                         self.cfg.rules)
+                                         self.cfg.rules, job.name)
+        rec["score_s"] = round(time.perf_counter() - t0, 3)  # write, score, standings
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         self.emit("done", f"{job.name} on {slot.device.label}: score {_num(score.get('score'))} "
                           f"({self.cfg.rules}), top-1 {top1} (measured); lpirc run process "
                           f"{res.run_s:.2f} s, fleet overhead {rec['overhead_s']:.2f} s "
                           f"(measured on the head)", job, slot)
+        if job.standings.startswith("not recorded"):
+            self.emit("note", f"{job.name}: standings {job.standings}", job, slot)
         self.save()
 
     def _retry_or_fail(self, job: JobState, why: str) -> None:
@@ -739,20 +785,26 @@ def _parse_json(data: bytes | None) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str) -> str:
-    """Add one scored run folder to the standings database of ``lpirc leaderboard``; returns
-    what happened, for ``fleet.json`` and the progress line."""
+def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
+                     submission: str) -> str:
+    """Add one scored run folder to the standings database of ``lpirc leaderboard`` (source
+    ``fleet``, its uid the run's: the same run is never added twice). Returns what happened,
+    for ``fleet.json``: ``added``, ``already in the standings``, or why it was not recorded
+    (the result stays scored in its run folder; ``lpirc leaderboard add`` can add it later)."""
     try:
-        from lpirc import leaderboard
-    except ImportError:
-        return "not recorded: this lpirc has no standings database (lpirc.leaderboard)"
-    conn = leaderboard.open_db(db)
+        conn = leaderboard.open_db(db)
+    except LpircError as e:
+        return f"not recorded: {e}"
     try:
-        added = leaderboard.add_entry(conn, leaderboard.entry_from_run(run_dir, ground_truth,
-                                                                       rules))
+        entry = leaderboard.entry_from_run(run_dir, ground_truth, rules, submission=submission,
+                                           source="fleet")
+        added = leaderboard.add_entry(conn, entry)
+    except (LpircError, ValueError, OSError) as e:
+        return f"not recorded: {_first_line(e)}"
     finally:
         conn.close()
-    return "added" if added else "already in the standings (not added twice)"
+    return f"added to {db} ({entry.uid[:8]})" if added else (
+        f"already in {db} ({entry.uid[:8]}), not added twice")
 
 
 # --- one fleet, end to end -------------------------------------------------------------------
@@ -830,14 +882,35 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
         with local_cluster(devices):
             yield
         return
+    _probe_address(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, by Ray version
-        raise FleetError(f"{address}: no Ray cluster reachable ({_first_line(e)})") from None
+        hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+            "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here")
+        raise FleetError(f"{address}: no Ray cluster reachable ({_first_line(e)}){hint}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to ``host:port`` first: Ray itself waits minutes (and logs a line every
+    few seconds) on an address where nothing listens. ``auto`` is left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        if address == "auto":
+            return
+        raise FleetError(f"{address}: not a Ray address (expected HOST:PORT, as `ray start "
+                         "--head` printed it)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise FleetError(f"{address}: no Ray cluster reachable ({e.strerror or e})") from None
 
 
 def cluster_devices() -> list[Device]:
@@ -845,11 +918,15 @@ def cluster_devices() -> list[Device]:
     return devices_from_nodes(_import_ray().nodes())
 
 
-def check_inputs(cfg: FleetConfig) -> None:
-    """What the head must have before any device is asked: a ground truth that parses, a known
-    rule set, a fleet folder it can write. InputError (one line naming the file) otherwise."""
+def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> None:
+    """What the head must have before any device is asked: its holdout, a ground truth that
+    parses, a known rule set, a fleet folder it can write (whose ``fleet.json``, if any, is this
+    fleet's), a standings database. InputError (one line naming the file) otherwise."""
     import scoring
 
+    from lpirc.holdout import open_holdout
+
+    head = open_holdout(cfg.holdout, seed=cfg.seed)  # its one-line error
     if cfg.rules not in scoring.RULES:
         raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
     if not Path(cfg.ground_truth).is_file():
@@ -862,6 +939,8 @@ def check_inputs(cfg: FleetConfig) -> None:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{cfg.out}: cannot create the fleet folder ({e.strerror or e})") from None
+    leaderboard.open_db(cfg.db_path).close()  # a file that is not a standings database: one line
+    load_jobs(cfg, subs, head.files_sha256)
 
 
 def run_fleet(subs: list[Submission], cfg: FleetConfig,
@@ -872,8 +951,7 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
 
     Raises InputError for the head's own inputs (holdout, ground truth, fleet folder) and
     FleetError when the cluster offers no lpirc device."""
-    t0 = time.time()
-    check_inputs(cfg)
+    check_inputs(cfg, subs)
     fleet = Fleet(cfg, [], on_event)
     fleet.jobs = load_jobs(cfg, subs, fleet.head_sha)
     devices = cluster_devices()
@@ -897,10 +975,8 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
     finally:
         fleet.release()
         fleet.save()
-    startup = (fleet.first_ready - t0) if fleet.first_ready else None
-    return FleetOutcome(fleet.jobs, fleet.device_table(), interrupted,
-                        round(startup, 3) if startup is not None else None,
-                        round(time.time() - t0, 3), cfg.rules)
+    return FleetOutcome(fleet.jobs, fleet.device_table(), interrupted, fleet.ready_s,
+                        round(time.time() - fleet.t0, 3), cfg.rules)
 
 
 def format_standings(outcome: FleetOutcome) -> str:
@@ -924,7 +1000,7 @@ def format_standings(outcome: FleetOutcome) -> str:
                      f"{top1:>8}  {wall:>7}  {len(j.attempts):>8}  {j.device}")
     for j in outcome.jobs:
         if j.status != "done":
-            lines.append(f"  {j.status:>9} {j.name:<{width}}  {j.reason}")
+            lines.append(f"  {j.status:<9} {j.name:<{width}}  {j.reason}")
     st = [j.status for j in outcome.jobs]
     lines.append(f"jobs            {len(st)}: {st.count('done')} done, {st.count('failed')} "
                  f"failed, {st.count('cancelled')} cancelled")
@@ -967,7 +1043,7 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.argument("submissions", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--holdout", required=True, type=click.Path(path_type=Path), help="Holdout folder on the head; device nodes use the same path unless they set $LPIRC_FLEET_HOLDOUT.")
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label; stays on the head. Default: HOLDOUT/ground_truth.csv.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Fleet folder: fleet.json, runs/<job>/, standings.db (re-using it skips jobs already done).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Fleet folder: fleet.json, runs/<job>/, attempts/ (re-using it skips the jobs already done).")
 @click.option("--address", help=_ADDRESS_HELP)
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated cpu devices of the local instance (no --address); the cores are divided between them.")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True, help="Device kind every job asks for; auto: edgetpu for *_edgetpu.tflite, else cpu.")
@@ -977,24 +1053,26 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image in ms, for --clock inference.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (the holdout check lists the holdout in this order).")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="Tries per job when its device is lost mid-run.")
-@click.option("--db", type=click.Path(path_type=Path), help="Standings database. Default: OUT/standings.db.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=leaderboard.DB_ENV, help=f"Standings database the results are added to (lpirc leaderboard's). Default: ${leaderboard.DB_ENV}, else {leaderboard.DEFAULT_DB}.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @_cli_errors
 def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, rules,
               time_limit_s, clock, ms_per_image, seed, max_attempts, db, quiet) -> None:
     """Run every SUBMISSION (a .tflite with its optional sidecar, or a folder of them) as one
-    job on one device of a Ray cluster, score the results on the head, print the standings.
+    job on one device of a Ray cluster, score the results on the head, add them to the
+    standings database (`lpirc leaderboard show`), print this fleet's standings.
 
     Exit status: 0 when every job is done, 1 when one failed (its reason is in the table and
-    OUT/fleet.json) or the cluster offers no device, 5 for a bad holdout, ground truth or
-    submission path, 130 after Ctrl-C (finished jobs stay scored).
+    OUT/fleet.json), Ray is missing, or no cluster or device answers; 5 for a bad submission
+    path, holdout, ground truth, rule set, --db or --out (before Ray starts); 130 after Ctrl-C
+    (finished jobs stay scored).
     """
     if ground_truth is None:
         ground_truth = Path(holdout) / "ground_truth.csv"
     cfg = FleetConfig(Path(holdout), Path(ground_truth), Path(out), rules, time_limit_s, clock,
                       ms_per_image, seed, max_attempts, db)
     subs = find_submissions(list(submissions), kind)
-    check_inputs(cfg)
+    check_inputs(cfg, subs)
     t0 = time.time()
     with connect(address, devices):
         connected = time.time() - t0
@@ -1003,8 +1081,11 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
                        f"{address or f'local instance, {devices} simulated devices'}", err=True)
         outcome = run_fleet(subs, cfg, None if quiet else print_event)
     click.echo(format_standings(outcome))
+    ready = "n/a" if outcome.startup_s is None else f"{outcome.startup_s:.1f} s"
     click.echo(f"fleet           {cfg.out / STATE}; wall time {outcome.wall_s:.1f} s after Ray "
-               f"connected (measured)")
+               f"connected, first device ready after {ready} (measured)")
+    if outcome.interrupted:
+        click.echo("lpirc: interrupted", err=True)
     sys.exit(outcome.exit_code)
 
 

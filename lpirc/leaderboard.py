@@ -295,7 +295,7 @@ def run_uid(manifest: Mapping[str, Any]) -> str:
                      "lpirc_version": manifest.get("lpirc_version")})
 
 
-def energy_label(score_source: str | None, energy_wh: float | None) -> str:
+def energy_label_of(score_source: str | None, energy_wh: float | None) -> str:
     """The entry's energy label from a score's ``energy_source`` (measured, estimated, given)."""
     if energy_wh is None:
         return "absent"
@@ -334,40 +334,58 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
     else:
         log = path / "results.jsonl" if path.is_dir() else path
         uid = make_uid({"kind": "log", "sha256": hashlib.sha256(log.read_bytes()).hexdigest()})
-    return _entry(uid, path, manifest, s, submission, team, source)
+    return entry_from_score(s, uid=uid, submission=submission or (path.name if path.is_dir() else path.stem),
+                            source=source, manifest=manifest, team=team, run_dir=str(path.resolve()))
 
 
-def _entry(uid: str, path: Path, manifest: dict, s: dict, submission, team, source) -> Entry:
-    hold = manifest.get("holdout") or {}
-    model = manifest.get("model") or {}
-    rt = manifest.get("runtime") or {}
-    deleg = manifest.get("delegate") or {}
-    mach = manifest.get("machine") or {}
+def entry_from_score(score: Mapping[str, Any], *, uid: str, submission: str, source: str = "run",
+                     manifest: Mapping[str, Any] | None = None, team: str | None = None,
+                     energy_label: str | None = None, **overrides) -> Entry:
+    """An Entry from a ``score.json`` object (what ``scoring.score_path`` returns): the one
+    mapping every writer uses (``entry_from_run``, the referee, the fleet).
+
+    Args:
+        score: the score object (rules, score, top1, top5, images_*, times, energy_*, log,
+            ground_truth, the rule set's own fields, warnings).
+        uid, submission, source, team: as in :class:`Entry`.
+        manifest: the run's manifest, for the provenance fields (model and holdout sha256, lpirc
+            version, runtime and delegate, machine, start time, status, notes); {} if none.
+        energy_label: overrides the label derived from ``score["energy_source"]`` (a referee
+            passes ``"metered"`` for its own meter's reading).
+        overrides: any other Entry field (``device``, ``created_utc``, ``run_dir``, ...).
+    Raises:
+        ValueError: the resulting Entry is invalid (see :class:`Entry`).
+    """
+    m = manifest or {}
+    hold, model, rt = m.get("holdout") or {}, m.get("model") or {}, m.get("runtime") or {}
+    deleg, mach = m.get("delegate") or {}, m.get("machine") or {}
     runtime = f"{rt.get('name')} {rt.get('version')}" if rt else None
     if runtime and deleg.get("ran"):
         runtime += f" ({deleg['ran']})"
-    device = None
-    if mach:
-        device = f"{mach.get('cpu') or 'unknown CPU'}, {mach.get('cores_logical')} cores, {mach.get('arch')}"
-    created = manifest.get("start_utc")
-    if not created:
-        log = Path(s["log"])
-        created = dt.datetime.fromtimestamp(log.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    own = {k: v for k, v in s.items() if k not in _SCORE_COMMON}
-    return Entry(
-        uid=uid, submission=submission or (path.name if path.is_dir() else path.stem), team=team,
-        source=source, rules=s["rules"], score=s["score"], top1=s["top1"], top5=s["top5"],
-        images=s["images_total"], answered=s["images_answered"], failed=s["images_failed"],
-        unanswered=s["images_unanswered"], late=s["images_late"], wall_s=s["wall_time_s"],
-        inference_s=s["inference_time_s"], energy_wh=s["energy_wh"],
-        energy_label=energy_label(s["energy_source"], s["energy_wh"]),
+    device = f"{mach.get('cpu') or 'unknown CPU'}, {mach.get('cores_logical')} cores, {mach.get('arch')}" if mach else None
+    log = Path(score["log"]) if score.get("log") else None
+    created = m.get("start_utc") or (
+        dt.datetime.fromtimestamp(log.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if log is not None and log.exists() else utc_now())
+    run_dir = (log.parent if log.name == "results.jsonl" and m else log) if log is not None else None
+    fields_ = dict(
+        uid=uid, submission=submission, team=team, source=source, rules=score["rules"],
+        score=score["score"], top1=score["top1"], top5=score["top5"], images=score["images_total"],
+        answered=score["images_answered"], failed=score["images_failed"],
+        unanswered=score["images_unanswered"], late=score["images_late"],
+        wall_s=score["wall_time_s"], inference_s=score["inference_time_s"], energy_wh=score["energy_wh"],
+        energy_label=energy_label or energy_label_of(score.get("energy_source"), score["energy_wh"]),
         model_sha256=model.get("sha256"), holdout_sha256=hold.get("files_sha256"),
-        lpirc_version=manifest.get("lpirc_version"), runtime=runtime, device=device,
-        created_utc=created, run_dir=str(path.resolve()), ground_truth=str(Path(s["ground_truth"]).resolve()),
-        extra={"status": manifest.get("status"), "model": s.get("model"), "delegate": deleg or None,
-               "energy_method": s.get("energy_method"), "notes": manifest.get("notes") or [],
-               "warnings": s.get("warnings") or [], "rule_fields": own},
+        lpirc_version=m.get("lpirc_version"), runtime=runtime, device=device, created_utc=created,
+        run_dir=str(run_dir.resolve()) if run_dir is not None else None,
+        ground_truth=str(Path(score["ground_truth"]).resolve()) if score.get("ground_truth") else None,
+        extra={"status": m.get("status"), "model": score.get("model"), "delegate": deleg or None,
+               "energy_method": score.get("energy_method"), "notes": m.get("notes") or [],
+               "warnings": score.get("warnings") or [],
+               "rule_fields": {k: v for k, v in score.items() if k not in _SCORE_COMMON}},
     )
+    fields_.update(overrides)
+    return Entry(**fields_)
 
 
 _SCORE_COMMON = set(scoring.report.COMMON) | {
@@ -477,11 +495,13 @@ class Standing:
         return self.entry.energy_wh
 
     def to_json(self) -> dict[str, Any]:
+        """The row as JSON: place, group, the ranked rules/score/top1/top5, rescored, prizes,
+        notes, the entry's other fields, and ``stored``: its rules/score/top1/top5 as stored."""
         e = self.entry.to_json()
-        e.pop("rules"), e.pop("score"), e.pop("top1"), e.pop("top5")
+        stored = {k: e.pop(k) for k in ("rules", "score", "top1", "top5")}
         return {"place": self.place, "group": self.group, "rules": self.rules, "score": self.score,
                 "top1": self.top1, "top5": self.top5, "rescored": self.rescored,
-                "prizes": list(self.prizes), "notes": list(self.notes), **e}
+                "prizes": list(self.prizes), "notes": list(self.notes), **e, "stored": stored}
 
 
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:
@@ -511,7 +531,7 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
     ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules))
     out: list[Standing] = []
     for gi, group in enumerate(ordered, start=1):
-        out.extend(_rank_group(group, gi, len(ordered)))
+        out.extend(_rank_group(group, gi))
     return out
 
 
@@ -538,13 +558,11 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes))
 
 
-def _rank_group(group: list[Standing], gi: int, n_groups: int) -> list[Standing]:
+def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
     places = scoring.ranks([{"score": s.score} for s in group])
     prizes = side_prizes([(s.top1, s.entry.energy_wh) for s in group])
     labels = {s.entry.energy_label for s in group if s.entry.energy_wh is not None}
-    group_notes = []
-    if n_groups > 1:
-        group_notes.append("ranked only against entries on the same holdout and rule set")
+    group_notes = []  # (that a group is ranked apart from the others is its group number)
     if len(labels) > 1:
         group_notes.append(f"energy figures of mixed provenance ({', '.join(sorted(labels))})")
     rows = []

@@ -13,16 +13,16 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
-from lpirc import delegates
+from lpirc import delegates, runtime
 from lpirc.errors import DelegateError, InputError, LpircError, ModelError
 
 #: The file a holdout's labels are read from when no ground truth is given.
 GROUND_TRUTH_NAME = "ground_truth.csv"
-#: Outputs an LPIRC submission may have: the 1000 ILSVRC-2012 classes, or 1001 with background
-#: at index 0 (the TF-slim / TFLite model zoo convention).
-CLASS_COUNTS = (1000, 1001)
+#: Outputs an LPIRC submission may have (defined in lpirc.runtime, which picks the answering
+#: output by it): the 1000 ILSVRC-2012 classes, or 1001 with background at index 0.
+CLASS_COUNTS = runtime.CLASS_COUNTS
 
 
 def check_model_file(path: str | Path) -> Path:
@@ -61,9 +61,8 @@ def check_delegate(name: str) -> bool:
         if reason is not None:
             raise delegates.delegate_error(spec, reason)
     if spec.kind == "gpu":
-        from lpirc.runtime import load_runtime  # imports the runtime (heavy); loads no model
-
-        reason = delegates.gpu_unavailable_reason(load_runtime().name)
+        # imports the runtime library (heavy, hence only here); loads no model
+        reason = delegates.gpu_unavailable_reason(runtime.load_runtime().name)
         if reason is not None:
             raise DelegateError(f"gpu: {reason}")
     return delegates.delegate_is_exclusive(name)
@@ -85,19 +84,6 @@ def ground_truth_for(holdout: str | Path, given: str | Path | None = None) -> Pa
         raise InputError(f"{gt}: ground truth not found" if not gt.exists()
                          else f"{gt}: ground truth is not a file")
     return gt
-
-
-def imagenet_problem(input_shape: Sequence[int], num_classes: int) -> str | None:
-    """Why a model cannot answer LPIRC's ImageNet task, or None: its input must be one
-    ``[1, H, W, 3]`` image (a resizable batch ``-1`` or ``None`` is allowed) and its output
-    1000 or 1001 classes (:data:`CLASS_COUNTS`)."""
-    shape = list(input_shape)
-    if len(shape) != 4 or shape[3] != 3:
-        return f"input {shape} is not one [1, H, W, 3] image"
-    if num_classes not in CLASS_COUNTS:
-        return (f"output has {num_classes} classes; an LPIRC submission answers the 1000 "
-                "ILSVRC-2012 classes (1000 outputs, or 1001 with background at 0)")
-    return None
 
 
 def failure_error(kind: str, message: str) -> LpircError:
@@ -130,4 +116,4 @@ def stop_signals() -> Iterator[None]:
 
 
 __all__ = ["CLASS_COUNTS", "GROUND_TRUTH_NAME", "check_delegate", "check_model_file",
-           "failure_error", "ground_truth_for", "imagenet_problem", "stop_signals"]
+           "failure_error", "ground_truth_for", "stop_signals"]

@@ -48,6 +48,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from lpirc.runtime import CLASS_COUNTS
+
 try:  # a core dependency: OpenCV's float warp reproduces TF's resize ~3x faster than numpy
     import cv2
 
@@ -314,14 +316,14 @@ class PreprocessOptions:
     def spec_for_model(self, info) -> PreprocessSpec:
         """:meth:`spec_for` the input of a ``lpirc.runtime.ModelInfo``, after checking that its
         answering output has 1000 or 1001 classes. InputShapeError (one line) otherwise."""
-        from lpirc.preflight import imagenet_problem  # the one rule for what can answer
-
         t = info.input
-        problem = imagenet_problem(t.shape_signature or t.shape, info.num_classes)
-        if problem:
-            if problem.startswith("output") and len(getattr(info, "outputs", ())) > 1:
-                problem = f"output {info.output.describe(info.output_index)}" + problem[6:]
-            raise InputShapeError(problem)
+        if info.num_classes not in CLASS_COUNTS:
+            # its answers could not be ILSVRC-2012 classes: refuse rather than score them as such
+            which = (f"output {info.output.describe(info.output_index)}"
+                     if len(getattr(info, "outputs", ())) > 1 else "output")
+            raise InputShapeError(
+                f"{which} has {info.num_classes} classes; an LPIRC submission answers the 1000 "
+                "ILSVRC-2012 classes (1000 outputs, or 1001 with background at 0)")
         return self.spec_for(t.shape, t.dtype, t.scale, t.zero_point, t.shape_signature)
 
     def spec_for(self, shape, dtype: str, scale: float = 0.0, zero_point: int = 0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -177,7 +178,7 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
     score = None
     try:
         score = scoring.score_path(p, ground_truth, rules or settings.get("rules") or "lpirc-onsite",
-                                   per_class=True, labels=labels)
+                                   per_class=True, labels=labels, log=log)
     except scoring.ScoringError as e:
         notes.append(f"not scored: {e}")
     n = len(log)
@@ -202,26 +203,27 @@ def _read_manifest(path: Path) -> dict:
     return read_manifest(path)
 
 
+_WORKER = re.compile(rb'"worker"\s*:\s*(-?\d+|null)')
+
+
 def _workers(log_path: Path, n: int) -> np.ndarray:
-    """The ``worker`` of each answer (the scorer does not read it): -1 where unknown."""
+    """The ``worker`` of each answer (the scorer does not read it): -1 where unknown. One regex
+    pass over the log (a third JSON parse of it would cost more than all the figures); a log
+    where some line has no single worker field is read line by line."""
     out = np.full(n, -1, dtype=np.int64)
     try:
-        lines = [ln for ln in log_path.read_bytes().split(b"\n") if ln.strip()][:n]
-        try:
-            objs = json.loads(b"[" + b",".join(lines) + b"]")
-        except ValueError:  # a cut-off line somewhere: one by one
-            objs = []
-            for ln in lines:
-                try:
-                    objs.append(json.loads(ln))
-                except ValueError:
-                    objs.append({})
+        data = log_path.read_bytes()
     except OSError:
         return out
-    for i, o in enumerate(objs[:n]):
-        w = o.get("worker") if isinstance(o, dict) else None
-        if isinstance(w, int) and not isinstance(w, bool):
-            out[i] = w
+    lines = [ln for ln in data.split(b"\n") if ln.strip()][:n]
+    found = _WORKER.findall(data)
+    if len(found) == len(lines) == n:  # (a name cannot fake one: JSON escapes its quotes)
+        vals = [-1 if f == b"null" else int(f) for f in found]
+        return np.asarray(vals, dtype=np.int64)
+    for i, ln in enumerate(lines):
+        m = _WORKER.findall(ln)
+        if len(m) == 1 and m[0] != b"null":
+            out[i] = int(m[0])
     return out
 
 
@@ -375,7 +377,10 @@ def summary_text(run: RunData) -> str:
 def run_section(run: RunData) -> dict[str, Any]:
     from lpirc import report_figures as rf
 
-    no_gt = "no ground truth: give --ground-truth" if run.score is None else "no mistakes to show"
+    no_gt = "no ground truth: give --ground-truth" if run.score is None else \
+        "no wrong answers (failed and unanswered images are not drawn here)"
+    no_times = "no answers in the log" if not len(run.images) else \
+        "no answer times in the log (a referee's result file has none)"
     power_why = (f"no power readings over time: the energy is {run.energy_label()}"
                  f" ({(run.manifest.get('energy') or {}).get('method') or 'no figure'}); "
                  "run with --power-log for a meter's readings")
@@ -384,10 +389,10 @@ def run_section(run: RunData) -> dict[str, Any]:
         "summary": summary_text(run), "manifest": manifest_rows(run.manifest),
         "manifest_json": json.dumps(run.manifest, indent=2), "notes": run.notes,
         "figures": [
-            _figure("race", "Correct answers over time, against the budget", rf.race([run]),
-                    "no answer times in the log"),
-            _figure("throughput", "Throughput per worker", rf.throughput([run]), "no answer times in the log"),
-            _figure("latency", "Latency and inference time", rf.latency([run]), "no per-image times in the log"),
+            _figure("race", "Correct answers over time, against the budget", rf.race([run]), no_times),
+            _figure("throughput", "Throughput per worker", rf.throughput([run]), no_times),
+            _figure("latency", "Latency and inference time", rf.latency([run]),
+                    no_times.replace("answer times", "per-image times")),
             _figure("classes", "Worst classes", rf.worst_classes(run), "not scored: " + no_gt
                     if run.score is None else "no classes in the ground truth"),
             _figure("confusion", "Most frequent mistakes", rf.confusion(run), no_gt),

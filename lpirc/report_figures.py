@@ -28,22 +28,32 @@ _counter = iter(range(1, 1 << 30))
 
 def to_svg(fig: Figure) -> str:
     """The figure as an inline ``<svg>`` element: no XML prolog, DOCTYPE or metadata, ids made
-    unique within the page (a salt per figure)."""
+    unique within the page (a salt per figure). Drawn once: margins are set in :func:`_fig`, not
+    by ``bbox_inches="tight"`` (which draws everything twice)."""
     buf = io.StringIO()
     with matplotlib.rc_context({**_RC, "svg.hashsalt": f"lpirc{next(_counter)}"}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     s = buf.getvalue()
     s = s[s.index("<svg"):]
     s = re.sub(r"<metadata>.*?</metadata>", "", s, flags=re.S)
     return s
 
 
-def _fig(w: float = 7.5, h: float = 3.2, ncols: int = 1) -> tuple[Figure, list]:
+def _fig(w: float = 7.5, h: float = 3.2, ncols: int = 1, left: float = 0.7, bottom: float = 0.5,
+         top: float = 0.3, right: float = 0.15, gap: float = 0.8) -> tuple[Figure, list]:
+    """A figure ``w`` x ``h`` inches with ``ncols`` axes; margins and the gap between axes in
+    inches (room for tick labels and titles)."""
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(w, h))
-        fig.subplots_adjust(wspace=0.3)
         axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=gap * ncols / max(w - left - right - gap * (ncols - 1), 1.0))
     return fig, axes
+
+
+def _text_in(labels, per_char: float = 0.052, pad: float = 0.25) -> float:
+    """Inches a column of 7-pt labels needs (an average sans-serif character is ~0.052 in)."""
+    return pad + per_char * max((len(x) for x in labels), default=0)
 
 
 def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +95,8 @@ def race(runs: list) -> tuple[str, str] | None:
                 label=f"{r.name}: answered" if several else "answered (right or wrong)")
         late = r.late_points()
         if late is not None and len(late[0]):
-            ax.plot(late[0], late[1] * scale, "x", color="#d62728", ms=4,
+            lx, ly = _thin(late[0], late[1])
+            ax.plot(lx, ly * scale, "x", color="#d62728", ms=4,
                     label="late answers (do not count)" if i == 0 or not several else None)
         if not several:
             _mark_unanswered(ax, x, answered, total, _color(i))
@@ -116,8 +127,9 @@ def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color:
     missing = total - got
     if missing > 0:
         ax.axhspan(got, total, color="#999", alpha=0.25, lw=0)
-        ax.text(end, (got + total) / 2, f" {missing} never answered ", va="center", ha="right",
-                fontsize=8, color="#333")
+        thin = missing < 0.08 * total  # a narrow band: the words go under it, not on it
+        ax.text(end, got if thin else (got + total) / 2, f" {missing} never answered ",
+                va="top" if thin else "center", ha="right", fontsize=8, color="#333")
 
 
 def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, str | None]:
@@ -129,7 +141,7 @@ def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, 
         return end * 1.05, None
     if end >= 0.25 * deadline:  # the budget fits on the axis: draw it to scale
         ax.axvline(deadline, color="#d62728", lw=1.2)
-        ax.text(deadline, 0.95 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s",
+        ax.text(deadline, 0.55 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s",
                 transform=ax.get_xaxis_transform(), color="#d62728", fontsize=7,
                 ha="right" if end > deadline else "left", va="top")
         return max(end, deadline) * 1.03, None
@@ -192,7 +204,7 @@ def throughput(runs: list) -> tuple[str, str] | None:
 def latency(runs: list) -> tuple[str, str] | None:
     """Histograms of per-image latency (decode + preprocess + inference in the worker) and of
     inference (invoke) time, with medians; the slowest 0.5 % are counted, not drawn."""
-    fig, axes = _fig(7.5, 3.0, ncols=2)
+    fig, axes = _fig(7.5, 3.0, ncols=2, top=0.35)
     drawn = False
     notes = []
     for ax, key, title in zip(axes, ("latency_ms", "inference_ms"), ("latency per image", "inference per image")):
@@ -242,9 +254,10 @@ def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
     if not rows:
         return None
     rows = rows[:count]
-    fig, (ax,) = _fig(7.5, 0.8 + 0.22 * len(rows))
+    fig, (ax,) = _fig(7.5, 0.8 + 0.22 * len(rows), left=_text_in(_class_label(r) for r in rows), top=0.15)
     y = np.arange(len(rows))[::-1]
     acc = [100.0 * r["top1"] for r in rows]
+    ax.barh(y, [100.0] * len(rows), color="#eeeeee")  # the scale, so a 0 % class still shows a bar
     ax.barh(y, acc, color="#d62728", alpha=0.75)
     ax.set_yticks(y, [_class_label(r) for r in rows], fontsize=7)
     for yy, r, a in zip(y, rows, acc):
@@ -274,7 +287,9 @@ def confusion(run) -> tuple[str, str] | None:
     m = np.zeros((len(trues), len(preds)))
     for p in pairs:
         m[trues.index(p["true_name"]), preds.index(p["predicted_name"])] = p["count"]
-    fig, (ax,) = _fig(7.5, 1.2 + 0.3 * len(trues))
+    fig, (ax,) = _fig(7.5, 1.2 + 0.3 * len(trues) + 0.03 * max(len(_short(p)) for p in preds),
+                      left=_text_in(_short(t) for t in trues) + 0.35,
+                      bottom=0.45 + 0.6 * _text_in((_short(p) for p in preds), pad=0), top=0.15)
     ax.grid(False)
     # vector cells (pcolormesh), not imshow's embedded PNG: the page holds no image data URL
     ax.pcolormesh(np.arange(len(preds) + 1) - 0.5, np.arange(len(trues) + 1) - 0.5,
@@ -329,7 +344,7 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
     pts = [(r, r.top1(), r.mean_inference_ms(), r.energy_wh()) for r in runs]
     if not any(a is not None for _, a, _, _ in pts):
         return None
-    fig, (ax_t, ax_e) = _fig(7.5, 3.4, ncols=2)
+    fig, (ax_t, ax_e) = _fig(7.5, 3.4, ncols=2, right=0.5)
     frontier = None
     for i, (r, a, t, e) in enumerate(pts):
         if a is None:

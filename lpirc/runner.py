@@ -48,7 +48,7 @@ from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_worker
 from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, new_run_dir, write_json
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
-from scoring.records import Record
+from scoring.records import Manifest, Record
 
 #: Called with each chunk's records as they arrive (after they are logged).
 AnswersFn = Callable[[list[Record]], None]
@@ -70,7 +70,7 @@ class RunOutcome:
     out_dir: Path
     status: str
     exit_code: int
-    manifest: dict[str, Any]
+    manifest: Manifest
     score: dict[str, Any] | None
     notes: tuple[str, ...]
 
@@ -280,7 +280,7 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
 
 
 def _start_manifest(plan: _Plan, source: ImageSource, budget: Budget, start_utc: str,
-                    pre_notes: list[str]) -> dict[str, Any]:
+                    pre_notes: list[str]) -> Manifest:
     """manifest.json as written when the run starts (status ``running``)."""
     s, model_path = plan.settings, plan.model_path
     return {
@@ -325,22 +325,21 @@ def _dispatch(plan: _Plan, source: ImageSource, budget: Budget, clock: Stopwatch
             bar.close()
 
 
-def _finish_manifest(manifest: dict[str, Any], plan: _Plan, source: ImageSource,
+def _finish_manifest(manifest: Manifest, plan: _Plan, source: ImageSource,
                      outcome: PipelineOutcome, energy: dict[str, Any]) -> None:
     """Fill in what the run did (the manifest written at the start is updated in place)."""
-    s = plan.settings
-    ready = outcome.ready or {}
+    s, ready = plan.settings, outcome.ready
     notes = manifest["notes"] + outcome.notes
-    if outcome.ready is None and outcome.status == "budget_exhausted":
+    if ready is None and outcome.status == "budget_exhausted":
         notes.append("the budget ran out before any worker had loaded the model")
     if outcome.error and outcome.answered > 0:
         # the run stopped part-way: say why beside the partial score, not only in the exit code
         notes.append(f"run stopped: {outcome.error[1]}")
     manifest.update({
         "status": outcome.status,
-        "runtime": ready.get("runtime"),
-        "delegate": {"requested": s.delegate, "ran": ready.get("delegate_ran"),
-                     "note": ready.get("note"), "exclusive": plan.exclusive},
+        "runtime": ready.runtime if ready else None,
+        "delegate": {"requested": s.delegate, "ran": ready.delegate_ran if ready else None,
+                     "note": ready.note if ready else None, "exclusive": plan.exclusive},
         "end_utc": utc_now(),
         "wall_time_s": round(outcome.wall_time_s, 4),
         "inference_time_s": round(outcome.inference_time_s, 4),
@@ -350,18 +349,18 @@ def _finish_manifest(manifest: dict[str, Any], plan: _Plan, source: ImageSource,
         "images_answered": outcome.answered,  # with a top-5 (late ones included)
         "images_failed": outcome.failed,  # logged with an error: count as wrong
         "images_late": outcome.late,
-        "batch_used": ready.get("batch"),
-        "preprocess": ready.get("preprocess"),
+        "batch_used": ready.batch if ready else None,
+        "preprocess": ready.preprocess if ready else None,
         "notes": notes,
     })
     if source.total is None:  # a feed of unknown length: what it came to
         manifest["holdout"] = _holdout_json(plan, source) | {"image_count": outcome.images_taken}
         if outcome.budget is not None:
             manifest["budget"] = outcome.budget.to_json()
-    if ready.get("model"):
-        manifest["model"].update({k: v for k, v in ready["model"].items()
+    if ready is not None:
+        manifest["model"].update({k: v for k, v in ready.model.items()
                                   if k in ("input", "output", "outputs", "num_classes", "ops")})
-        out_t = ready["model"].get("output") or {}
+        out_t = ready.model.get("output") or {}
         manifest["model"]["output_used"] = out_t.get("signature_name") or out_t.get("name")
     if outcome.error:
         manifest["error"] = {"kind": outcome.error[0], "message": outcome.error[1]}

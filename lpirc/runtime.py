@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from lpirc.errors import DelegateError, ModelError
-from lpirc.preflight import CLASS_COUNTS  # 1000, or 1001 with background at 0
 
 # ----------------------------------------------------------------------------------- runtime
 
@@ -301,6 +300,8 @@ def _signature_names(it, kind: str) -> dict[int, str]:
     return {}
 
 
+#: Output widths that answer the ILSVRC-2012 classes (1001: background at index 0).
+CLASS_COUNTS = (1000, 1001)
 
 
 def _is_answer(t: TensorInfo) -> bool:
@@ -631,7 +632,14 @@ def top_k(scores_row, k: int, num_classes: int) -> tuple[list[int], list[float]]
     k = max(0, min(int(k), s.size))
     if k == 0:
         return [], []
-    order = np.lexsort((np.arange(s.size), -s))[:k]
+    if s.size > 4 * k and not np.isnan(s).any():
+        # only the values >= the k-th largest need sorting (a partition is linear): the same
+        # order as a full sort, ties broken by the lower index
+        kth = np.partition(s, s.size - k)[s.size - k]
+        cand = np.flatnonzero(s >= kth)
+        order = cand[np.lexsort((cand, -s[cand]))][:k]
+    else:  # NaN sorts last in the full sort; a partition would not place it so
+        order = np.lexsort((np.arange(s.size), -s))[:k]
     shift = 1 if int(num_classes) == 1001 else 0
     return [int(i) - shift for i in order], [float(s[i]) for i in order]
 
@@ -670,15 +678,10 @@ def probe_model(path, timeout_s: float = 120.0, delegate: str = "cpu",
     ``ModelError("X: the runtime crashed loading it (signal 11)")``.
     """
     p, _ = _check_file(path)  # cheap, in-process: missing / empty / not a flatbuffer
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = json.dumps({"path": str(p), "delegate": delegate, "runtime": runtime_name,
                        "output": output, "input_size": list(input_size) if input_size else None})
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE_SNIPPET, args], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = _in_child(_PROBE_SNIPPET, args, timeout_s)
     except subprocess.TimeoutExpired:
         raise ModelError(f"{p.name}: the runtime did not finish loading and invoking it "
                          f"within {timeout_s:g} s") from None
@@ -695,6 +698,48 @@ def probe_model(path, timeout_s: float = 120.0, delegate: str = "cpu",
         raise cls(res.get("error") or f"{p.name}: failed to load")
     return ModelInfo.from_json(res["info"])
 
+
+def _in_child(code: str, arg: str, timeout_s: float) -> subprocess.CompletedProcess:
+    """Run ``code`` (Python) with ``arg`` in a fresh interpreter that imports this lpirc: what a
+    model that may crash the runtime is loaded in. Raises subprocess.TimeoutExpired."""
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return subprocess.run([sys.executable, "-c", code, arg], env=env, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+def read_structure_isolated(path, timeout_s: float = 120.0) -> ModelInfo:
+    """ModelInfo of a model read (not invoked) in a child process: for a model that just failed
+    to load, which may be one that crashes the runtime and must not take the caller with it.
+
+    Raises:
+      ModelError: the runtime cannot read it (or crashed, or took over ``timeout_s``).
+    """
+    name = Path(path).name
+    try:
+        proc = _in_child(_STRUCTURE_SNIPPET, str(path), timeout_s)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"{name}: reading its structure timed out") from None
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+    if proc.returncode != 0 or line is None:
+        raise ModelError(f"{name}: the runtime cannot read its structure")
+    res = json.loads(line)
+    if "info" not in res:
+        raise ModelError(res.get("error") or f"{name}: cannot read its structure")
+    return ModelInfo.from_json(res["info"])
+
+
+_STRUCTURE_SNIPPET = r"""
+import json, sys
+from lpirc.errors import LpircError
+from lpirc.runtime import model_info
+try:
+    print(json.dumps({"info": model_info(sys.argv[1]).to_json()}))
+except LpircError as e:
+    print(json.dumps({"error": str(e)}))
+"""
 
 _PROBE_SNIPPET = r"""
 import json, sys
@@ -715,5 +760,6 @@ sys.stdout.flush()
 __all__ = [
     "Runtime", "TensorInfo", "ModelInfo", "Model", "load_runtime", "model_info", "open_model",
     "input_info", "predict", "top_k", "choose_output", "CLASS_COUNTS", "batch_resizable", "probe_model", "make_interpreter",
+    "read_structure_isolated",
 ]
 

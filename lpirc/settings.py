@@ -110,6 +110,8 @@ def bundled_model() -> Path:
 
 
 def sidecar_path(model: Path) -> Path:
+    """The submission's sidecar file, ``X.json`` beside ``X.tflite``: the one place its name is
+    made (``lpirc submission build`` writes it, ``lpirc run`` and ``submission check`` read it)."""
     return Path(model).with_suffix(".json")
 
 

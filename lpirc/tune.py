@@ -53,9 +53,9 @@ Public API: :func:`tune`, :class:`Candidate`, :class:`Trial`, :class:`TuneResult
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
 import random
+import resource
 import statistics
 import sys
 import time
@@ -63,10 +63,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from lpirc import __version__, preflight
+import psutil
+from PIL import Image
+from tqdm import tqdm
+
+import scoring
+from scoring.names import label_images
+from lpirc import pipeline, preflight
 from lpirc.clock import Budget, Stopwatch
-from lpirc.errors import DelegateError, InputError, ModelError, NoTimeError
+from lpirc.errors import InputError, NoTimeError
+from lpirc.holdout import open_holdout
+from lpirc.pipeline import PipelineOutcome, WorkerReady
 from lpirc.settings import RunSettings, default_workers
+from lpirc.tune_report import default_tune_dir, format_summary, format_table, write_files
 
 BATCHES = (1, 4, 8)
 #: Draft decode is tried only when at least this fraction of the sample would decode smaller.
@@ -254,33 +263,22 @@ class TuneResult:
     clock: str = "wall"
     ms_per_image: float = 30.0
     challenger: Candidate | None = None  # the fastest setting, when it lost the A/B to defaults
-    raw_ratio_pairs: list[float] = field(default_factory=list)  # with the load correction
+    #: the same pairs with each rate divided by (1 - the foreign load of its trial)
+    corrected_ratio_pairs: list[float] = field(default_factory=list)
     ratio_counted: int = 0  # pairs the ratio is the median of (those on a quiet machine)
     interrupted: bool = False  # Ctrl-C / SIGTERM before the search finished: tune.json only
+    probe: Trial | None = None  # stage 1's trial
+    warmup: Trial | None = None  # stage 2's trial (not counted)
+    ground_truth: Path | None = None  # the labels of the top-1 column
 
 
 # --- the tune ----------------------------------------------------------------------------------
-
-
-def default_tune_dir(model: Path, base: Path = Path("runs")) -> Path:
-    """``runs/tune-<UTC time>-<model stem>/``."""
-    from lpirc.results import new_run_dir
-
-    return new_run_dir(model, prefix="tune-", base=base)
-
-
-def _open_holdout(root: Path, seed: int):
-    from lpirc.holdout import open_holdout
-
-    return open_holdout(root, seed=seed)
 
 
 def _draft_fraction(root: Path, files: Sequence[str], height: int, width: int,
                     crop_fraction: float) -> float:
     """Fraction of ``files`` that the draft decode would decode at a reduced scale: JPEGs whose
     half-size central crop still covers the model input (read from the headers only)."""
-    from PIL import Image
-
     if not files:
         return 0.0
     hits = 0
@@ -302,8 +300,6 @@ class _Bar:
     def __init__(self, enabled: bool) -> None:
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=1, unit="trial", desc="lpirc tune", leave=False,
                             file=sys.stderr, dynamic_ncols=True)
 
@@ -326,6 +322,493 @@ class _Bar:
             self.bar.close()
 
 
+# --- the measurements store --------------------------------------------------------------------
+
+
+@dataclass
+class Measurements:
+    """Every trial of one tune, and the figures the search ranks by: one store all stages read.
+
+    ``counted`` keeps, per candidate (in the order they were first measured), the trials that
+    gave a rate; every derived figure (rates, start-up, top-1, invoke time) comes from them.
+    """
+
+    clock: str = "wall"
+    trials: list[Trial] = field(default_factory=list)
+    counted: dict[Candidate, list[Trial]] = field(default_factory=dict)
+    tried: set[Candidate] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)  # "label (stage)" of trials with no time
+
+    def add(self, tr: Trial) -> None:
+        self.trials.append(tr)
+        if tr.stage in ("probe", "warmup"):
+            return
+        self.tried.add(tr.candidate)
+        if tr.images_per_s is not None:
+            self.counted.setdefault(tr.candidate, []).append(tr)
+
+    def measured(self) -> list[Candidate]:
+        """Candidates with at least one rate, in the order they were first measured."""
+        return list(self.counted)
+
+    def rates(self, c: Candidate) -> list[float]:
+        """Steady-state images/s of ``c`` as measured (no load correction)."""
+        return [t.images_per_s for t in self.counted.get(c, [])]
+
+    def tops(self, c: Candidate) -> list[float]:
+        """Top-1 of ``c``'s counted trials (a trial cut short still answered a prefix of the
+        sample: its top-1 over those answers is a measurement)."""
+        return [t.top1 for t in self.counted.get(c, []) if t.top1 is not None]
+
+    def quiet(self, c: Candidate) -> list[Trial]:
+        """The measurements of ``c`` that count: those taken on a quiet machine if there are
+        any, else those under a moderate load, else all. The interleaved A/B trials answer
+        another question (best vs defaults, as a ratio) and count only when there is nothing
+        else, so the table's order is the order the winner came from."""
+        mine = [t for t in self.counted.get(c, []) if t.stage != "compare"] or \
+            self.counted.get(c, [])
+        calm = [t for t in mine if t.foreign_load is None or t.foreign_load <= NOISY_LOAD]
+        fair = [t for t in mine if t.foreign_load is None or t.foreign_load <= MAX_LOAD]
+        return calm or fair or mine
+
+    def used(self, c: Candidate) -> list[float]:
+        """Rates of the trials that count: as measured on a quiet machine, else corrected for
+        the share of the CPUs other processes took (a first-order estimate)."""
+        return [t.images_per_s if t.foreign_load is None or t.foreign_load <= NOISY_LOAD
+                else t.adjusted_images_per_s for t in self.quiet(c)]
+
+    def goodness(self, c: Candidate) -> tuple[float, float]:
+        """Higher is better: images/s (wall clock), or minus the invoke ms per image first when
+        the run's budget is summed inference time (Track 1 / OVIC)."""
+        if self.clock == "inference":
+            inf = [t.inference_ms for t in self.quiet(c) if t.inference_ms is not None]
+            return (-_med(inf) if inf else -math.inf, _med(self.used(c)))
+        return (_med(self.used(c)), 0.0)
+
+    def ranked(self, keep: Callable[[Candidate], bool] = lambda c: True) -> list[Candidate]:
+        """Measured candidates that ``keep``, best first (ties: first measured first)."""
+        return sorted((c for c in self.counted if keep(c)), key=self.goodness, reverse=True)
+
+    def exact_top1(self) -> float | None:
+        """Median over the exact-decode candidates of their median top-1."""
+        vals = [_med(v) for c in self.counted if c.decode == "exact" and (v := self.tops(c))]
+        return statistics.median(vals) if vals else None
+
+    def rows(self, eligible: Callable[[Candidate], bool], holdout_size: int,
+             base: RunSettings) -> list[Row]:
+        """The table: candidates measured in the search proper (not only in the A/B), with the
+        figures of their trials that count."""
+        rows = []
+        for c in self.counted:
+            if not any(t.stage != "compare" for t in self.counted[c]):
+                continue
+            quiet = self.quiet(c)
+            ms = self.used(c)
+            med = _med(ms)
+            starts = [t.startup_s for t in quiet if t.startup_s is not None]
+            infs = [t.inference_ms for t in quiet if t.inference_ms is not None]
+            loads = [t.foreign_load for t in quiet if t.foreign_load is not None]
+            tops = self.tops(c)
+            st = _med(starts) if starts else 0.0
+            proj = st + holdout_size / med if med > 0 else math.inf
+            fits = proj <= base.time_limit_s
+            if base.clock == "inference":  # Track 1 / OVIC: invoke time per image counts too
+                fits = fits and bool(infs) and _med(infs) <= base.ms_per_image
+            rows.append(Row(c, med, (max(ms) - min(ms)) / 2 / med if len(ms) > 1 and med > 0
+                            else None, len(ms), _med(tops) if tops else None, st, proj, fits,
+                            eligible(c), list(ms), inference_ms=_med(infs) if infs else None,
+                            load=round(_med(loads), 3) if loads else None))
+        if base.clock == "inference":  # the budget is summed invoke time: least ms first
+            rows.sort(key=lambda r: (r.inference_ms is None, r.inference_ms or 0.0,
+                                     -r.images_per_s))
+        else:
+            rows.sort(key=lambda r: -r.images_per_s)
+        return rows
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How ``lpirc tune`` searches (see :func:`tune` for each)."""
+
+    max_time_s: float = 120.0
+    sample: int | None = None
+    repeats: int = 3
+    finalists: int = 3
+    cooldown_s: float = 0.5
+    compare_defaults: bool = True
+    compare_pairs: int = 3
+    seed: int = 0
+    max_top1_drop: float = 0.01
+    cores: int = 1
+
+
+# --- the search, in stages ---------------------------------------------------------------------
+
+
+class _Search:
+    """One tune: the stages (probe, warm-up, screen, draft, final, compare) as methods over one
+    :class:`Measurements` store, and :meth:`finish` for the normal and the interrupted end."""
+
+    def __init__(self, base: RunSettings, opts: TuneOptions, progress: bool,
+                 on_trial: Callable[[Trial], None] | None) -> None:
+        self.base, self.opts, self.on_trial = base, opts, on_trial
+        self.t_start = time.monotonic()
+        self.deadline = self.t_start + float(opts.max_time_s)
+        self.rng = random.Random(opts.seed)
+        self.notes: list[str] = []
+        self.store = Measurements(clock=base.clock)
+        self.model_path = preflight.check_model_file(base.model)
+        self.root = Path(base.holdout)
+        self.files = open_holdout(self.root, seed=base.seed).files
+        self.ground_truth = preflight.ground_truth_for(self.root, base.ground_truth)
+        self.truth: dict[str, int] | None = None
+        if self.ground_truth is not None:
+            try:
+                # keyed by the holdout's own names, matched by the scorer's rule
+                self.truth = label_images(scoring.read_ground_truth(self.ground_truth),
+                                          self.files)
+            except scoring.ScoringError as e:
+                raise InputError(str(e)) from None
+        self.exclusive = preflight.check_delegate(base.delegate)
+        self.order = list(self.files)
+        self.rng.shuffle(self.order)  # a fixed random sample: every trial sees the same images
+        self.bar = _Bar(progress and not base.quiet)
+        self.default = Candidate.default()
+        if self.exclusive:
+            self.default = Candidate(self.default.workers, 1, 1)
+        # set by the stages
+        self.first_ready: WorkerReady | None = None
+        self.first_error: str | None = None
+        self.probe_trial: Trial | None = None
+        self.warm_trial: Trial | None = None
+        self.batches: tuple[int, ...] = (1,)
+        self.space: list[Candidate] = []
+        self.screened: list[Candidate] = []
+        self.try_draft = False
+        self.names: list[str] = []
+        self.warm_rate = 1.0
+        self.overhead = 0.0
+        self.best: Candidate | None = None
+        self.ratio: float | None = None
+        self.ratio_pairs: list[float] = []
+        self.corrected_pairs: list[float] = []  # the same pairs, each rate load-corrected
+        self.pair_loads: list[float] = []  # the larger foreign load of each pair's two trials
+        self.counted_pairs: list[float] = []
+        self.challenger: Candidate | None = None
+        #: the exact decode's top-1, fixed once the screen is done (what a faster decode's
+        #: top-1 is held to); None before
+        self.exact_top1: float | None = None
+
+    # --- time --------------------------------------------------------------------------------
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def estimate_s(self, c: Candidate) -> float:
+        """Expected seconds for one trial of ``c`` (pessimistic before it was measured)."""
+        raw = self.store.rates(c)
+        r = statistics.median(raw) if raw else self.warm_rate * 0.6
+        done = [t for t in self.store.trials if t.images_per_s and t.stage != "probe"]
+        extra = (statistics.median(t.elapsed_s - t.answered / t.images_per_s for t in done)
+                 if done else self.overhead - self.opts.cooldown_s)
+        return max(0.0, extra) + len(self.names) / max(r, 1e-6) + self.opts.cooldown_s
+
+    def reserve_s(self) -> float:
+        """Time kept for the A/B comparison at the end: one pair, with some slack."""
+        if not self.opts.compare_defaults:
+            return 0.0
+        d = (self.estimate_s(self.default) if self.default in self.store.counted
+             else self.overhead + len(self.names) / self.warm_rate)
+        ranked = self.store.ranked()
+        lead = ranked[0] if ranked else self.default
+        return 1.3 * (d + min(d, self.estimate_s(lead)))
+
+    # --- trials ------------------------------------------------------------------------------
+
+    def measure(self, cand: Candidate, stage: str, names: Sequence[str], cap_s: float) -> Trial:
+        """One pipeline run of ``cand`` over ``names`` within ``cap_s`` seconds."""
+        recs: list[dict] = []
+        t_in = time.monotonic()
+        cpu0 = _cpu_snapshot()
+        budget = Budget("wall", max(0.1, cap_s), self.base.ms_per_image, len(names))
+        outcome = pipeline.run_pipeline(cand.apply(self.base), self.root, tuple(names), budget,
+                                        recs.extend, Stopwatch(), exclusive=self.exclusive)
+        tr = Trial(cand, stage, len(names), answered=outcome.answered + outcome.failed,
+                   failed=outcome.failed, wall_s=outcome.wall_time_s,
+                   startup_s=outcome.first_answer_s, status=outcome.status,
+                   batch_used=outcome.ready.batch if outcome.ready else None)
+        tr.elapsed_s = time.monotonic() - t_in
+        tr.foreign_load = _foreign_load(cpu0, _cpu_snapshot(), tr.elapsed_s)
+        if outcome.status == "interrupted":
+            raise KeyboardInterrupt
+        if outcome.error and not recs:
+            raise preflight.failure_error(*outcome.error)
+        _fill_trial(tr, outcome, recs, self.truth)
+        self.first_ready = self.first_ready or outcome.ready
+        self.first_error = self.first_error or next((r["error"] for r in recs if r["error"]),
+                                                    None)
+        self.store.add(tr)
+        if self.on_trial is not None:
+            self.on_trial(tr)
+        return tr
+
+    def run_one(self, c: Candidate, stage: str, keep_reserve: bool = True) -> Trial | None:
+        """Measure ``c`` if it fits the time left (keeping the A/B's reserve, and in the screen
+        the defaults' slot: they are the baseline of the table and of the ratio)."""
+        room = self.seconds_left() - (self.reserve_s() if keep_reserve else 0.0)
+        if (stage == "screen" and c != self.default and self.default in self.screened
+                and self.default not in self.store.tried):
+            room -= self.estimate_s(self.default)
+        if room < self.estimate_s(c):
+            self.store.skipped.append(f"{c.label} ({stage})")
+            self.bar.step(f"{c.label}: skipped, no time")
+            return None
+        tr = self.measure(c, stage, self.names, min(room, 3 * self.estimate_s(c)))
+        ranked = self.store.ranked()
+        self.bar.step(f"{c.label}: {_fmt_rate(tr.images_per_s)} img/s"
+                      + (f" | best {ranked[0].label}" if ranked else ""))
+        if self.opts.cooldown_s > 0 and self.seconds_left() > self.opts.cooldown_s:
+            time.sleep(self.opts.cooldown_s)
+        return tr
+
+    def eligible(self, c: Candidate) -> bool:
+        """A faster decode counts only if its top-1 was measured and holds within
+        ``max_top1_drop`` of the exact decode's."""
+        if c.decode == "exact" or self.exact_top1 is None:
+            return True
+        tops = self.store.tops(c)
+        return bool(tops) and _med(tops) >= self.exact_top1 - self.opts.max_top1_drop
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """1. One worker at the largest batch on a few images: does it run, can its batch be
+        resized."""
+        big = 1 if self.exclusive else max(BATCHES)
+        names = self.order[:max(1, min(len(self.order), max(PROBE_IMAGES, big * 2)))]
+        self.bar.show("probing the model")
+        tr = self.probe_trial = self.measure(Candidate(1, 1, big), "probe", names,
+                                             max(0.5, self.seconds_left()))
+        if tr.answered == 0:
+            raise NoTimeError(f"--max-time-s {self.opts.max_time_s:g}: too short to load and "
+                              f"run {self.model_path.name} even once")
+        if tr.answered == tr.failed:
+            raise InputError(f"{self.root}: none of the first {len(names)} images could be "
+                             f"decoded ({self.first_error})")
+        if self.exclusive:
+            self.notes.append(f"delegate {self.base.delegate} allows one inference process: "
+                              "tuning its decode threads (the workers setting) only")
+        elif tr.batch_used == big:
+            self.batches = BATCHES
+        else:
+            self.notes.append(f"batch 4 and 8 skipped: {self.model_path.name} cannot resize its "
+                              "batch (it pins batch 1, e.g. a constant reshape)")
+
+    def warm_up(self) -> None:
+        """2. Read the sample once (page cache), run the defaults once (not counted), and size
+        the sample from their speed so that the planned trials fit the time."""
+        o = self.opts
+        self.space = search_space(o.cores, self.batches, self.exclusive)
+        hw = (self.first_ready.input_hw if self.first_ready else None) or (224, 224)
+        self.draft_share = _draft_fraction(
+            self.root, sorted(set(self.order[:o.sample or MAX_SAMPLE])), hw[0], hw[1],
+            self.base.crop_fraction)
+        self.try_draft = self.draft_share >= DRAFT_MIN_FRACTION
+        planned = _planned_trials(self.space, self.try_draft, o.repeats, o.finalists,
+                                  o.compare_defaults, o.compare_pairs)
+        n = o.sample or 200
+        self.names = _cycle(self.order, min(n, 200))
+        _read_all(self.root, self.order[:min(len(self.order), o.sample or MAX_SAMPLE)])
+        self.bar.show("warm-up")
+        warm = self.warm_trial = self.measure(self.default, "warmup", self.names,
+                                              max(0.5, self.seconds_left()))
+        if warm.images_per_s is None and warm.answered == 0:
+            raise NoTimeError(f"--max-time-s {o.max_time_s:g}: too short to measure even one "
+                              "setting (the warm-up answered nothing)")
+        self.warm_rate = warm.images_per_s or (warm.wall_images_per_s or 1.0)
+        startup = warm.startup_s or 0.5
+        # what a trial costs beyond its answers: start-up, stop, cooldown
+        self.overhead = max(startup, warm.elapsed_s - len(self.names) / self.warm_rate) \
+            + o.cooldown_s
+        if o.sample is None:
+            # a small holdout is cycled through more than once so that a trial lasts long
+            # enough to measure; the load may double a trial, hence the 0.5
+            per_trial = self.seconds_left() / max(1, planned) - self.overhead
+            want = int(max(0.0, per_trial) * self.warm_rate * 0.5)
+            n = max(max(32, 4 * max(BATCHES) * (o.cores + 1)), min(MAX_SAMPLE, want))
+        self.names = _cycle(self.order, n)
+        if n > len(self.order):
+            self.notes.append(f"sample: the {len(self.order)} holdout images cycled to {n} "
+                              "answers per trial")
+        self.bar.plan(planned)
+
+    def screen(self) -> None:
+        """3. Every point of the search space at batch 1 and 4, shuffled, once each; batch 8
+        only where batch 4 beat batch 1."""
+        self.screened = [c for c in self.space if c.batch <= 4]
+        self.rng.shuffle(self.screened)
+        for c in self.screened:
+            self.run_one(c, "screen")
+        if 8 in self.batches:
+            self._screen_batch_8()
+        if not self.store.counted:
+            raise NoTimeError(f"--max-time-s {self.opts.max_time_s:g}: too short to measure "
+                              f"even one setting (each needs about "
+                              f"{self.estimate_s(self.default):.1f} s after a "
+                              f"{time.monotonic() - self.t_start:.1f} s warm-up)")
+        self.exact_top1 = self.store.exact_top1()
+
+    def _screen_batch_8(self) -> None:
+        store = self.store
+        later, slower, unmeasured = [], [], []
+        for c in (c for c in self.space if c.batch == 8):
+            b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
+            if b1 in store.counted and b4 in store.counted:
+                faster = _med(store.used(b4)) > _med(store.used(b1))
+                (later if faster else slower).append(c)
+            else:
+                unmeasured.append(c)
+        if slower:
+            self.notes.append("batch 8 skipped for " + ", ".join(
+                f"w{c.workers} t{c.threads}" for c in slower)
+                + ": batch 4 was no faster than batch 1 there")
+        if unmeasured:
+            # saying "no faster" of a batch that was never measured would be a guess
+            self.notes.append("batch 8 skipped for " + ", ".join(
+                f"w{c.workers} t{c.threads}" for c in unmeasured)
+                + ": batch 1 or 4 was not measured there (no time)")
+        self.rng.shuffle(later)
+        for c in later:
+            self.run_one(c, "screen")
+
+    def draft(self) -> None:
+        """4. The best two again with the JPEG draft decode, when enough images are large
+        enough for it to decode at a reduced scale."""
+        if not self.try_draft:
+            hw = (self.first_ready.input_hw if self.first_ready else None) or (224, 224)
+            self.notes.append(f"draft decode skipped: only {self.draft_share:.0%} of the images "
+                              f"are large enough for a reduced-scale JPEG decode to "
+                              f"{hw[1]}x{hw[0]}")
+            return
+        drafts = [dataclasses.replace(c, decode="draft") for c in self.store.ranked()[:2]]
+        self.rng.shuffle(drafts)
+        for c in drafts:
+            self.run_one(c, "draft")
+
+    def final(self) -> None:
+        """5. The best few eligible settings re-measured ``repeats - 1`` more times, shuffled
+        per round; the winner is the best over every eligible candidate (the table's first
+        eligible row), or the defaults when none is."""
+        eligible_ranked = self.store.ranked(self.eligible)
+        finals = eligible_ranked[:max(1, self.opts.finalists)]
+        for _ in range(max(0, self.opts.repeats - 1)):
+            rnd = list(finals)
+            self.rng.shuffle(rnd)
+            for c in rnd:
+                self.run_one(c, "final")
+        ranked = self.store.ranked(self.eligible)
+        self.best = ranked[0] if ranked else self.default
+
+    def compare(self) -> None:
+        """6. Best vs defaults interleaved (A B A B ...); the ratio is the median of the
+        per-pair ratios, over the pairs taken on a quiet machine when there are any. Should
+        the defaults win, they are kept."""
+        best, default = self.best, self.default
+        if self.opts.compare_defaults and best != default:
+            for _ in range(max(1, self.opts.compare_pairs)):
+                if self.seconds_left() < self.estimate_s(best) + self.estimate_s(default):
+                    break
+                a = self.run_one(best, "compare", keep_reserve=False)
+                b = self.run_one(default, "compare", keep_reserve=False)
+                if a and b and a.images_per_s and b.images_per_s:
+                    # adjacent trials share the machine's load: the raw ratio is the direct one
+                    self.ratio_pairs.append(a.images_per_s / b.images_per_s)
+                    self.corrected_pairs.append(a.adjusted_images_per_s
+                                                / b.adjusted_images_per_s)
+                    self.pair_loads.append(max(a.foreign_load or 0.0, b.foreign_load or 0.0))
+            if not self.ratio_pairs:
+                self.notes.append("no time left to compare best with the defaults")
+        # a pair whose trials met different loads is no direct comparison (a burst of other
+        # work during one trial of two pairs moved the median from 1.02 to 1.47)
+        pairs = list(zip(self.ratio_pairs, self.pair_loads))
+        self.counted_pairs = ([x for x, ld in pairs if ld <= NOISY_LOAD]
+                              or [x for x, ld in pairs if ld <= MAX_LOAD] or self.ratio_pairs)
+        self.ratio = statistics.median(self.counted_pairs) if self.counted_pairs else (
+            1.0 if self.opts.compare_defaults and best == default else None)
+        if self.ratio is not None and self.ratio < 1.0:
+            # the interleaved A/B is the most direct measurement there is: trust it
+            self.challenger, self.best = best, default
+            self.notes.append(f"{best.label} measured {self.ratio:.2f}x the defaults in the "
+                              "interleaved comparison: the defaults are kept")
+        elif self.opts.compare_defaults and best == default:
+            self.notes.append("the best settings are the defaults")
+
+    def run_stages(self) -> None:
+        self.probe()
+        self.warm_up()
+        self.screen()
+        self.draft()
+        self.final()
+        self.compare()
+
+    # --- the end, normal or interrupted ------------------------------------------------------
+
+    def finish(self, interrupted: bool) -> TuneResult:
+        """The result, from the store, whether the search ran to its end or was interrupted
+        (then: the best eligible setting so far, no ratio, and a note saying so)."""
+        if interrupted:
+            if self.exact_top1 is None:
+                self.exact_top1 = self.store.exact_top1()
+            ranked = self.store.ranked(self.eligible)
+            self.best = ranked[0] if ranked else self.default
+            self.ratio, self.ratio_pairs, self.corrected_pairs = None, [], []
+            self.counted_pairs, self.challenger = [], None
+            self.notes.append(f"interrupted after {len(self.store.trials)} pipeline runs: the "
+                              "table holds what was measured; best.json was not written")
+        else:
+            loads = [t.foreign_load for t in self.store.trials if t.foreign_load is not None]
+            if loads and statistics.median(loads) > NOISY_LOAD:
+                self.notes.append(
+                    f"other processes kept {statistics.median(loads):.0%} of the CPUs busy "
+                    f"during a typical trial (max {max(loads):.0%}): images/s are corrected "
+                    "for it, but tune again on a quiet machine for a firm answer")
+            skipped = self.store.skipped
+            if skipped:
+                self.notes.append(f"{len(skipped)} trial(s) skipped for lack of time: "
+                                  + ", ".join(skipped[:6]) + ("..." if len(skipped) > 6 else ""))
+        o = self.opts
+        return TuneResult(
+            out_dir=None, best=self.best or self.default, default=self.default,
+            rows=self.store.rows(self.eligible, len(self.files), self.base),
+            trials=self.store.trials, notes=self.notes, sample_size=len(self.names),
+            holdout_size=len(self.files), time_limit_s=self.base.time_limit_s,
+            elapsed_s=time.monotonic() - self.t_start, ratio=self.ratio,
+            ratio_pairs=self.ratio_pairs, ratio_counted=len(self.counted_pairs),
+            cores=o.cores, challenger=self.challenger,
+            corrected_ratio_pairs=self.corrected_pairs, max_time_s=float(o.max_time_s),
+            clock=self.base.clock, ms_per_image=self.base.ms_per_image,
+            interrupted=interrupted, probe=self.probe_trial, warmup=self.warm_trial,
+            ground_truth=self.ground_truth)
+
+
+def _fill_trial(tr: Trial, outcome: PipelineOutcome, recs: list[dict],
+                truth: dict[str, int] | None) -> None:
+    """A trial's figures from its pipeline outcome and its records."""
+    if outcome.error:
+        tr.note = outcome.error[1]
+    rate, _ = throughput(recs)
+    tr.images_per_s = rate if tr.answered >= MIN_ANSWERS else None
+    if outcome.wall_time_s > 0 and recs:
+        tr.wall_images_per_s = len(recs) / outcome.wall_time_s
+    inf = [r["inference_ms"] for r in recs if r["error"] is None]
+    tr.inference_ms = sum(inf) / len(inf) if inf else None
+    tr.top1 = top1(recs, truth)
+    if tr.images_per_s is not None:
+        tr.adjusted_images_per_s = tr.images_per_s / (1.0 - min(tr.foreign_load or 0.0, 0.8))
+    if tr.batch_used is not None and tr.batch_used != tr.candidate.batch:
+        tr.note = f"ran at batch {tr.batch_used}"
+
+
 def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = None,
          repeats: int = 3, finalists: int = 3, cooldown_s: float = 0.5,
          compare_defaults: bool = True, compare_pairs: int = 3, seed: int = 0,
@@ -334,420 +817,46 @@ def tune(base: RunSettings, max_time_s: float = 120.0, *, sample: int | None = N
          on_trial: Callable[[Trial], None] | None = None) -> TuneResult:
     """Find the fastest settings for ``base.model`` on this machine within ``max_time_s``.
 
-    ``base`` carries everything not tuned (model, holdout, ground truth, preprocessing,
-    delegate, the competition's ``time_limit_s`` used for the "fits" column). Writes
-    ``best.json`` (``{"settings": {...}, "measurements": {...}}``, read by ``lpirc run --config``)
-    and ``tune.json`` (every trial) to ``out`` (default ``runs/tune-<UTC>-<model stem>/``) unless
-    ``write`` is false. Raises ModelError (model cannot run), DelegateError, InputError (holdout,
-    ground truth), NoTimeError (not even one setting could be measured in ``max_time_s``).
+    Args:
+      base: everything not tuned (model, holdout, ground truth, preprocessing, delegate, the
+        competition's ``time_limit_s`` used for the "fits" column).
+      max_time_s: wall-clock seconds the whole tune may take.
+      sample: answers per trial (default: sized from the warm-up so the trials fit).
+      repeats: measurements of each finalist; finalists: how many are re-measured.
+      cooldown_s: pause between trials. compare_defaults, compare_pairs: the final A/B.
+      seed: of the sample and of the trial order. max_top1_drop: a faster decode is chosen only
+        if its top-1 is within this fraction of the exact decode's. cores: default: this
+        process's CPUs.
+      out: folder for ``best.json`` / ``tune.json`` (default ``runs/tune-<UTC>-<model stem>/``),
+        written unless ``write`` is false (``best.json`` not for an interrupted tune).
+      on_trial: called with each Trial as it ends.
+    Returns:
+      TuneResult (``interrupted`` when Ctrl-C or SIGTERM stopped the search after something
+      was measured).
+    Raises:
+      ModelError (model cannot run), DelegateError, InputError (holdout, ground truth),
+      NoTimeError (not even one setting could be measured in ``max_time_s``),
+      KeyboardInterrupt (interrupted before anything was measured).
     """
-    from lpirc.pipeline import run_pipeline
-
-    t_start = time.monotonic()
-    deadline = t_start + float(max_time_s)
-    rng = random.Random(seed)
-    cores = int(cores or default_workers())
-    notes: list[str] = []
-    trials: list[Trial] = []
-
-    def left() -> float:
-        return deadline - time.monotonic()
-
-    # --- inputs ---
-    model_path = Path(base.model)
-    preflight.check_model_file(model_path)
-    holdout = _open_holdout(Path(base.holdout), base.seed)
-    files = tuple(holdout.files)
-    gt_path = preflight.ground_truth_for(base.holdout, base.ground_truth)
-    gt: dict[str, int] | None = None
-    if gt_path is not None:
-        import scoring
-        from scoring.names import label_images
-
-        try:
-            # keyed by the holdout's own names, matched by the scorer's rule (scoring.names)
-            gt = label_images(scoring.read_ground_truth(gt_path), files)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
-    exclusive = preflight.check_delegate(base.delegate)
-    root = Path(base.holdout)
-    order = list(files)
-    rng.shuffle(order)  # a fixed random sample: every trial sees the same images
-
-    bar = _Bar(progress and not base.quiet)
-
-    seen: dict[str, Any] = {"ready": None, "error": None}
-
-    def measure(cand: Candidate, stage: str, names: Sequence[str], cap_s: float) -> Trial:
-        settings = cand.apply(base)
-        recs: list[dict] = []
-        t_in = time.monotonic()
-        cpu0 = _cpu_snapshot()
-        clock = Stopwatch()
-        budget = Budget("wall", max(0.1, cap_s), base.ms_per_image, len(names))
-        outcome = run_pipeline(settings, root, tuple(names), budget, recs.extend, clock,
-                               exclusive=exclusive, progress=None)
-        tr = Trial(cand, stage, len(names), answered=outcome.answered + outcome.failed,
-                   failed=outcome.failed, wall_s=outcome.wall_time_s,
-                   startup_s=outcome.first_answer_s, status=outcome.status,
-                   batch_used=(outcome.ready or {}).get("batch"))
-        tr.elapsed_s = time.monotonic() - t_in
-        tr.foreign_load = _foreign_load(cpu0, _cpu_snapshot(), tr.elapsed_s)
-        if outcome.status == "interrupted":
-            raise KeyboardInterrupt
-        if outcome.error and not recs:
-            kind, message = outcome.error
-            raise (DelegateError if kind == "delegate" else ModelError)(message)
-        if outcome.error:
-            tr.note = outcome.error[1]
-        if outcome.ready and seen["ready"] is None:
-            seen["ready"] = outcome.ready
-        if seen["error"] is None:
-            seen["error"] = next((r["error"] for r in recs if r["error"]), None)
-        rate, _ = throughput(recs)
-        tr.images_per_s = rate if tr.answered >= MIN_ANSWERS else None
-        if outcome.wall_time_s > 0 and recs:
-            tr.wall_images_per_s = len(recs) / outcome.wall_time_s
-        inf = [r["inference_ms"] for r in recs if r["error"] is None]
-        tr.inference_ms = sum(inf) / len(inf) if inf else None
-        tr.top1 = top1(recs, gt)
-        if tr.images_per_s is not None:
-            tr.adjusted_images_per_s = tr.images_per_s / (1.0 - min(tr.foreign_load or 0.0, 0.8))
-        if tr.batch_used is not None and tr.batch_used != cand.batch:
-            tr.note = f"ran at batch {tr.batch_used}"
-        trials.append(tr)
-        if on_trial is not None:
-            on_trial(tr)
-        return tr
-
-    # what the report reads, bound before the search so that a Ctrl-C in its middle still
-    # leaves a consistent (partial) result
-    rates: dict[Candidate, list[float]] = {}
-    best: Candidate | None = None
-    ratio: float | None = None
-    ratio_pairs: list[float] = []
-    raw_pairs: list[float] = []
-    counted: list[float] = []
-    challenger: Candidate | None = None
-    exact_top1: float | None = None
+    opts = TuneOptions(max_time_s, sample, repeats, finalists, cooldown_s, compare_defaults,
+                       compare_pairs, seed, max_top1_drop, int(cores or default_workers()))
+    search = _Search(base, opts, progress, on_trial)
     interrupted = False
     # as in lpirc run: a terminal's Ctrl-C and a scheduler's SIGTERM both end the tune with
     # what was measured kept, also when started as a background job (SIGINT ignored)
-    handlers = _catch_stop_signals()
-    try:
-        # --- 1. probe: does it run, can its batch be resized ---
-        big = 1 if exclusive else max(BATCHES)
-        probe_names = order[:max(1, min(len(order), max(PROBE_IMAGES, big * 2)))]
-        bar.show("probing the model")
-        probe = measure(Candidate(1, 1, big), "probe", probe_names, max(0.5, left()))
-        if probe.answered == 0:
-            raise NoTimeError(f"--max-time-s {max_time_s:g}: too short to load and run "
-                              f"{model_path.name} even once")
-        if probe.answered == probe.failed:
-            raise InputError(f"{root}: none of the first {len(probe_names)} images could be "
-                             f"decoded ({seen['error']})")
-        batch_ok = probe.batch_used == big
-        if exclusive:
-            batches: tuple[int, ...] = (1,)
-            notes.append(f"delegate {base.delegate} allows one inference process: tuning its "
-                         "decode threads (the workers setting) only")
-        elif batch_ok:
-            batches = BATCHES
-        else:
-            batches = (1,)
-            notes.append(f"batch 4 and 8 skipped: {model_path.name} cannot resize its batch "
-                         f"(it pins batch 1, e.g. a constant reshape)")
-        shape = (((seen["ready"] or {}).get("model") or {}).get("input") or {}).get("shape")
-        ready_shape = (int(shape[1]), int(shape[2])) if shape and len(shape) >= 3 else (224, 224)
-
-        # --- 2. sample, page cache, warm-up ---
-        default = Candidate.default()
-        if exclusive:
-            default = Candidate(default.workers, 1, 1)
-        space = search_space(cores, batches, exclusive)
-        frac = _draft_fraction(root, sorted(set(order[:sample or MAX_SAMPLE])), ready_shape[0],
-                               ready_shape[1], base.crop_fraction)
-        try_draft = frac >= DRAFT_MIN_FRACTION
-        n_planned = _planned_trials(space, try_draft, repeats, finalists, compare_defaults,
-                                    compare_pairs)
-        n = sample or 200
-        names = _cycle(order, min(n, 200))
-        _read_all(root, order[:min(len(order), sample or MAX_SAMPLE)])
-        bar.show("warm-up")
-        warm = measure(default, "warmup", names, max(0.5, left()))
-        if warm.images_per_s is None and warm.answered == 0:
-            raise NoTimeError(f"--max-time-s {max_time_s:g}: too short to measure even one "
-                              f"setting (the warm-up answered nothing)")
-        warm_rate = warm.images_per_s or (warm.wall_images_per_s or 1.0)
-        startup = warm.startup_s or 0.5
-        # what a trial costs beyond its answers: start-up, stop, cooldown
-        overhead = max(startup, warm.elapsed_s - len(names) / warm_rate) + cooldown_s
-        if sample is None:
-            # size the sample so the planned trials fit what is left; a small holdout is
-            # cycled through more than once so that a trial lasts long enough to measure
-            per_trial = left() / max(1, n_planned) - overhead
-            want = int(max(0.0, per_trial) * warm_rate * 0.5)  # the load may double a trial
-            floor = max(32, 4 * max(BATCHES) * (cores + 1))
-            n = max(floor, min(MAX_SAMPLE, want))
-        names = _cycle(order, n)
-        if n > len(order):
-            notes.append(f"sample: the {len(order)} holdout images cycled to {n} answers per "
-                         f"trial")
-        bar.plan(n_planned)
-
-        tops: dict[Candidate, list[float]] = {}
-        infs: dict[Candidate, list[float]] = {}
-        meas: dict[Candidate, list[Trial]] = {}
-        raw: dict[Candidate, list[float]] = {}
-        starts: dict[Candidate, list[float]] = {}
-
-        def est(c: Candidate) -> float:
-            """Expected seconds for one trial of ``c`` (pessimistic before it was measured)."""
-            r = statistics.median(raw[c]) if raw.get(c) else warm_rate * 0.6
-            done = [t for t in trials if t.images_per_s and t.stage != "probe"]
-            extra = (statistics.median(t.elapsed_s - t.answered / t.images_per_s for t in done)
-                     if done else overhead - cooldown_s)
-            return max(0.0, extra) + len(names) / max(r, 1e-6) + cooldown_s
-
-        def goodness(c: Candidate) -> tuple[float, float]:
-            """Higher is better: images/s (wall clock), or first minus the invoke ms per image
-            when the run's budget is summed inference time (Track 1 / OVIC)."""
-            if base.clock == "inference":
-                inf = [t.inference_ms for t in quiet(c) if t.inference_ms is not None]
-                return (-_med(inf) if inf else -math.inf, _med(used(c)))
-            return (_med(used(c)), 0.0)
-
-        def quiet(c: Candidate) -> list[Trial]:
-            """The measurements of ``c`` that count: those taken on a quiet machine if there
-            are any, else those under a moderate load, else all."""
-            # the interleaved A/B trials answer a different question (best vs defaults, as a
-            # ratio); leaving them out keeps the table's order the order the winner came from
-            mine = ([t for t in meas.get(c, []) if t.stage != "compare"]
-                    or meas.get(c, []))
-            calm = [t for t in mine if t.foreign_load is None or t.foreign_load <= NOISY_LOAD]
-            fair = [t for t in mine if t.foreign_load is None or t.foreign_load <= MAX_LOAD]
-            return calm or fair or mine
-
-        def used(c: Candidate) -> list[float]:
-            """Rates of the trials that count: as measured on a quiet machine, else corrected
-            for the share of the CPUs other processes took (a first-order estimate)."""
-            return [t.images_per_s if t.foreign_load is None or t.foreign_load <= NOISY_LOAD
-                    else t.adjusted_images_per_s for t in quiet(c)]
-
-        def reserve() -> float:
-            """Time kept for the A/B comparison at the end: one pair, with some slack."""
-            if not compare_defaults:
-                return 0.0
-            d = est(default) if rates.get(default) else overhead + len(names) / warm_rate
-            lead = max(rates, key=goodness) if rates else default
-            return 1.3 * (d + min(d, est(lead)))
-
-        def run_one(c: Candidate, stage: str, keep_reserve: bool = True) -> Trial | None:
-            room = left() - (reserve() if keep_reserve else 0.0)
-            if stage == "screen" and c != default and default in first and default not in tried:
-                # the defaults are the baseline of the table and of the ratio: whatever the
-                # shuffled order, they keep their screen slot when time runs short
-                room -= est(default)
-            if room < est(c):
-                notes_skipped.append(f"{c.label} ({stage})")
-                bar.step(f"{c.label}: skipped, no time")
-                return None
-            tr = measure(c, stage, names, min(room, 3 * est(c)))
-            tried.add(c)
-            if tr.images_per_s is not None:
-                rates.setdefault(c, []).append(tr.adjusted_images_per_s)
-                raw.setdefault(c, []).append(tr.images_per_s)
-                meas.setdefault(c, []).append(tr)
-                if tr.startup_s is not None:
-                    starts.setdefault(c, []).append(tr.startup_s)
-                if tr.inference_ms is not None:
-                    infs.setdefault(c, []).append(tr.inference_ms)
-                # a trial cut short by its time cap still answered a prefix of the same
-                # sample: its top-1 over those answers is a measurement (else a setting on a
-                # loaded machine would show no top-1 and its accuracy would go unchecked)
-                if tr.top1 is not None:
-                    tops.setdefault(c, []).append(tr.top1)
-            best_now = max(rates, key=goodness) if rates else None
-            bar.step(f"{c.label}: {_fmt_rate(tr.images_per_s)} img/s"
-                     + (f" | best {best_now.label}" if best_now else ""))
-            if cooldown_s > 0 and left() > cooldown_s:
-                time.sleep(cooldown_s)
-            return tr
-
-        notes_skipped: list[str] = []
-        tried: set[Candidate] = set()
-
-        def eligible(c: Candidate) -> bool:
-            if c.decode == "exact" or exact_top1 is None:
-                return True
-            # a faster decode whose accuracy was not measured cannot be shown to hold it
-            return bool(tops.get(c)) and _med(tops[c]) >= exact_top1 - max_top1_drop
-
-        # --- 3. screen ---
-        first = [c for c in space if c.batch <= 4]
-        rng.shuffle(first)
-        for c in first:
-            run_one(c, "screen")
-        if 8 in batches:
-            later = []
-            for c in space:
-                if c.batch != 8:
-                    continue
-                b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
-                if rates.get(b4) and rates.get(b1) and _med(used(b4)) > _med(used(b1)):
-                    later.append(c)
-            slower, unmeasured = [], []
-            for c in space:
-                if c.batch == 8 and c not in later:
-                    b1, b4 = (dataclasses.replace(c, batch=b) for b in (1, 4))
-                    (slower if rates.get(b1) and rates.get(b4) else unmeasured).append(c)
-            if slower:
-                notes.append("batch 8 skipped for " + ", ".join(f"w{c.workers} t{c.threads}"
-                                                                for c in slower)
-                             + ": batch 4 was no faster than batch 1 there")
-            if unmeasured:
-                # saying "no faster" of a batch that was never measured would be a guess
-                notes.append("batch 8 skipped for " + ", ".join(f"w{c.workers} t{c.threads}"
-                                                                for c in unmeasured)
-                             + ": batch 1 or 4 was not measured there (no time)")
-            rng.shuffle(later)
-            for c in later:
-                run_one(c, "screen")
-        if not rates:
-            raise NoTimeError(f"--max-time-s {max_time_s:g}: too short to measure even one "
-                              f"setting (each needs about {est(default):.1f} s after a "
-                              f"{time.monotonic() - t_start:.1f} s warm-up)")
-
-        # --- 4. draft decode ---
-        exact_top1 = _exact_top1(tops)
-        if try_draft:
-            ranked = sorted(rates, key=goodness, reverse=True)[:2]
-            drafts = [dataclasses.replace(c, decode="draft") for c in ranked]
-            rng.shuffle(drafts)
-            for c in drafts:
-                run_one(c, "draft")
-        else:
-            notes.append(f"draft decode skipped: only {frac:.0%} of the images are large enough "
-                         f"for a reduced-scale JPEG decode to {ready_shape[1]}x{ready_shape[0]}")
-
-        # --- 5. final: the best few again ---
-        pool = sorted((c for c in rates if eligible(c)), key=goodness, reverse=True)
-        finals = pool[:max(1, finalists)]
-        for _ in range(max(0, repeats - 1)):
-            rnd = list(finals)
-            rng.shuffle(rnd)
-            for c in rnd:
-                run_one(c, "final")
-        # over the whole pool, not just the finalists, so that the winner is the table's
-        # first eligible row even when the re-measured finalists fell back
-        best = max(pool, key=goodness) if pool else default
-
-        # --- 6. compare with the defaults, interleaved ---
-        pair_loads: list[float] = []  # the larger foreign load of the pair's two trials
-        if compare_defaults and best != default:
-            for i in range(max(1, compare_pairs)):
-                need = est(best) + est(default)
-                if left() < need:
-                    break
-                a = run_one(best, "compare", keep_reserve=False)
-                b = run_one(default, "compare", keep_reserve=False)
-                if a and b and a.images_per_s and b.images_per_s:
-                    # adjacent trials share the machine's load: the raw ratio is the direct one
-                    ratio_pairs.append(a.images_per_s / b.images_per_s)
-                    raw_pairs.append(a.adjusted_images_per_s / b.adjusted_images_per_s)
-                    pair_loads.append(max(a.foreign_load or 0.0, b.foreign_load or 0.0))
-            if not ratio_pairs:
-                notes.append("no time left to compare best with the defaults")
-        # a pair whose trials met different loads is no direct comparison (a burst of other
-        # work during one trial of two pairs moved the median from 1.02 to 1.47): like the
-        # table, count the pairs taken on a quiet machine when there are any
-        counted = ([x for x, ld in zip(ratio_pairs, pair_loads) if ld <= NOISY_LOAD]
-                   or [x for x, ld in zip(ratio_pairs, pair_loads) if ld <= MAX_LOAD]
-                   or ratio_pairs)
-        ratio = statistics.median(counted) if counted else (
-            1.0 if compare_defaults and best == default else None)
-        challenger = None
-        if ratio is not None and ratio < 1.0:
-            # the interleaved A/B is the most direct measurement there is: trust it
-            challenger, best = best, default
-            notes.append(f"{challenger.label} measured {ratio:.2f}x the defaults in the "
-                         f"interleaved comparison: the defaults are kept")
-        elif compare_defaults and best == default:
-            notes.append("the best settings are the defaults")
-        loads = [t.foreign_load for t in trials if t.foreign_load is not None]
-        if loads and statistics.median(loads) > NOISY_LOAD:
-            notes.append(f"other processes kept {statistics.median(loads):.0%} of the CPUs busy "
-                         f"during a typical trial (max {max(loads):.0%}): images/s are corrected "
-                         f"for it, but tune again on a quiet machine for a firm answer")
-        if notes_skipped:
-            notes.append(f"{len(notes_skipped)} trial(s) skipped for lack of time: "
-                         + ", ".join(notes_skipped[:6]) + ("..." if len(notes_skipped) > 6 else ""))
-    except KeyboardInterrupt:
-        if not rates:
-            raise  # nothing measured yet: nothing to keep
-        # keep what was measured (tune.json); no best.json from an unfinished search
-        interrupted = True
-        if exact_top1 is None:
-            exact_top1 = _exact_top1(tops)
-        best = max((c for c in rates if eligible(c)), key=goodness, default=default)
-        ratio, ratio_pairs, raw_pairs, counted, challenger = None, [], [], [], None
-        notes.append(f"interrupted after {len(trials)} pipeline runs: the table holds what was "
-                     f"measured; best.json was not written")
-    finally:
-        bar.close()
-        _restore_signals(handlers)
-
-    # the table's rates come from the search (screen, draft, final); a setting measured only in
-    # the A/B comparison has no row, so that the winner is always the first eligible row or
-    # the defaults (when they won the A/B, which the ratio line reports)
-    ranked = [c for c in rates if any(t.stage != "compare" for t in meas.get(c, []))]
-    loads_used = {c: [t.foreign_load for t in quiet(c) if t.foreign_load is not None]
-                  for c in ranked}
-    rows = _rows({c: used(c) for c in ranked},
-                 {c: [t.startup_s for t in quiet(c) if t.startup_s is not None] for c in ranked},
-                 tops,
-                 {c: [t.inference_ms for t in quiet(c) if t.inference_ms is not None]
-                  for c in ranked},
-                 eligible, len(files), base)
-    for r in rows:
-        ld = loads_used.get(r.candidate)
-        r.load = round(_med(ld), 3) if ld else None
-    result = TuneResult(out_dir=None, best=best, default=default, rows=rows, trials=trials,
-                        notes=notes, sample_size=len(names), holdout_size=len(files),
-                        time_limit_s=base.time_limit_s, elapsed_s=time.monotonic() - t_start,
-                        ratio=ratio, ratio_pairs=ratio_pairs, ratio_counted=len(counted),
-                        cores=cores,
-                        challenger=challenger, raw_ratio_pairs=raw_pairs,
-                        max_time_s=float(max_time_s), clock=base.clock,
-                        ms_per_image=base.ms_per_image, interrupted=interrupted)
+    with preflight.stop_signals():
+        try:
+            search.run_stages()
+        except KeyboardInterrupt:
+            if not search.store.counted:
+                raise  # nothing measured yet: nothing to keep
+            interrupted = True
+        finally:
+            search.bar.close()
+    result = search.finish(interrupted)
     if write:
-        result.out_dir = _write(result, base, out, holdout, gt_path, warm, probe)
+        result.out_dir = write_files(result, base, out)
     return result
-
-
-def _catch_stop_signals() -> dict:
-    """SIGTERM raises KeyboardInterrupt; an ignored SIGINT gets Python's handler back. Returns
-    the handlers to restore (none off the main thread, where signals cannot be set)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    return old
-
-
-def _restore_signals(old: dict) -> None:
-    import signal
-
-    for sig, handler in old.items():
-        signal.signal(sig, handler)
 
 
 def _med(xs: Sequence[float]) -> float:
@@ -756,11 +865,6 @@ def _med(xs: Sequence[float]) -> float:
 
 def _fmt_rate(r: float | None) -> str:
     return "-" if r is None else f"{r:.1f}"
-
-
-def _exact_top1(tops: dict[Candidate, list[float]]) -> float | None:
-    vals = [_med(v) for c, v in tops.items() if c.decode == "exact" and v]
-    return statistics.median(vals) if vals else None
 
 
 def _planned_trials(space, draft, repeats, finalists, compare, pairs) -> int:
@@ -772,15 +876,9 @@ def _planned_trials(space, draft, repeats, finalists, compare, pairs) -> int:
     return n
 
 
-def _cpu_snapshot() -> tuple[float, float, float] | None:
+def _cpu_snapshot() -> tuple[float, float, float]:
     """(CPU seconds busy on the whole machine, CPU seconds of this process and its finished
-    children, number of CPUs); None without psutil."""
-    try:
-        import resource
-
-        import psutil
-    except ImportError:
-        return None
+    children, number of CPUs)."""
     t = psutil.cpu_times()
     busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) \
         - getattr(t, "guest_nice", 0.0)
@@ -818,151 +916,6 @@ def _read_all(root: Path, names: Sequence[str]) -> None:
             pass
 
 
-def _rows(rates, starts, tops, infs, eligible, full: int, base: RunSettings) -> list[Row]:
-    rows = []
-    for c, ms in rates.items():
-        med = _med(ms)
-        spread = (max(ms) - min(ms)) / 2 / med if len(ms) > 1 and med > 0 else None
-        st = _med(starts[c]) if starts.get(c) else 0.0
-        proj = st + full / med if med > 0 else math.inf
-        fits = proj <= base.time_limit_s
-        if base.clock == "inference":  # Track 1 / OVIC: summed invoke time per image counts too
-            fits = fits and bool(infs.get(c)) and _med(infs[c]) <= base.ms_per_image
-        t1 = _med(tops[c]) if tops.get(c) else None
-        inf = _med(infs[c]) if infs.get(c) else None
-        rows.append(Row(c, med, spread, len(ms), t1, st, proj, fits, eligible(c), list(ms),
-                        inference_ms=inf))
-    if base.clock == "inference":  # the budget is summed invoke time: least ms per image first
-        rows.sort(key=lambda r: (r.inference_ms is None, r.inference_ms or 0.0, -r.images_per_s))
-    else:
-        rows.sort(key=lambda r: -r.images_per_s)
-    return rows
-
-
-def _write(result: TuneResult, base: RunSettings, out: Path | None, holdout, gt_path,
-           warm: Trial, probe: Trial) -> Path:
-    from lpirc.machine import machine_info
-    from lpirc.results import write_json
-
-    out_dir = Path(out) if out else default_tune_dir(Path(base.model))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best_row = next((r for r in result.rows if r.candidate == result.best), None)
-    default_row = next((r for r in result.rows if r.candidate == result.default), None)
-    measured = {
-        "lpirc_version": __version__,
-        "created_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": str(Path(base.model).resolve()),
-        "holdout": str(Path(base.holdout).resolve()),
-        "holdout_images": result.holdout_size,
-        "sample_images": result.sample_size,
-        "ground_truth": str(Path(gt_path).resolve()) if gt_path else None,
-        "cores": result.cores,
-        "time_limit_s": base.time_limit_s,
-        "images_per_s_definition": "answers after every worker's first chunk / time from then "
-                                   "to the last answer (start-up excluded); projected_s adds "
-                                   "the measured start-up back",
-        "best": best_row.to_json() if best_row else None,
-        "default": default_row.to_json() if default_row else None,
-        "best_vs_default_ratio": result.ratio,
-        "ratio_pairs": [round(x, 4) for x in result.ratio_pairs],
-        "ratio_pairs_counted": result.ratio_counted,
-        "load_corrected_ratio_pairs": [round(x, 4) for x in result.raw_ratio_pairs],
-        "table": [r.to_json() for r in result.rows],
-        "notes": result.notes,
-        "interrupted": result.interrupted,
-    }
-    if not result.interrupted:
-        write_json(out_dir / "best.json", {"settings": result.best.settings(),
-                                           "measurements": measured})
-    write_json(out_dir / "tune.json", {
-        **measured,
-        "base_settings": base.to_json(),
-        "max_time_s": result.max_time_s,
-        "elapsed_s": round(result.elapsed_s, 2),
-        "machine": machine_info(),
-        "probe": probe.to_json(),
-        "warmup": warm.to_json(),
-        "trials": [t.to_json() for t in result.trials],
-    })
-    return out_dir
-
-
-# --- output ------------------------------------------------------------------------------------
-
-
-def format_table(result: TuneResult) -> str:
-    """The table ``lpirc tune`` prints, fastest first."""
-    lim = result.time_limit_s
-    head = ["", "workers", "threads", "batch", "decode", "images/s", "spread", "n", "load",
-            "invoke ms", "top-1", f"{result.holdout_size} images", f"fits {lim:g} s"
-            + (f" + {result.ms_per_image:g} ms" if result.clock == "inference" else "")]
-    body = []
-    for r in result.rows:
-        mark = "*" if r.candidate == result.best else ("d" if r.candidate == result.default else "")
-        if r.candidate == result.best and r.candidate == result.default:
-            mark = "*d"
-        body.append([
-            mark, str(r.candidate.workers), str(r.candidate.threads), str(r.candidate.batch),
-            r.candidate.decode + ("" if r.eligible else " (acc)"),
-            f"{r.images_per_s:.1f}",
-            "-" if r.spread is None else f"±{r.spread * 100:.1f}%",
-            str(r.n),
-            "-" if r.load is None else f"{r.load:.0%}",
-            "-" if r.inference_ms is None else f"{r.inference_ms:.2f}",
-            "-" if r.top1 is None else f"{r.top1 * 100:.1f}%",
-            f"{r.projected_s:.1f} s",
-            "yes" if r.fits else "NO",
-        ])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    right = {5, 6, 7, 8, 9, 10, 11}
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    out = [line(head)] + [line(b) for b in body]
-    out.append("* best (chosen)   d defaults of lpirc run   (acc) top-1 dropped too much to choose")
-    return "\n".join(out)
-
-
-def format_summary(result: TuneResult) -> str:
-    lines = [format_table(result), ""]
-    lines.append(f"sample          {result.sample_size} answers per trial from "
-                 f"{min(result.sample_size, result.holdout_size)} of the {result.holdout_size} "
-                 f"holdout images; {len(result.trials)} pipeline runs in "
-                 f"{result.elapsed_s:.0f} s on {result.cores} cores")
-    lines.append("images/s        steady state (worker start-up excluded; the projected time "
-                 "adds it back); median of the trials on a quiet machine, else of trials "
-                 "divided by (1 - the CPU share other processes took: the load column)")
-    lines.append("invoke ms       model time per image (what --clock inference sums)")
-    if result.clock == "inference":
-        lines.append("ranked by       invoke ms per image (--clock inference sums invoke time)")
-    for n in result.notes:
-        lines.append(f"note            {n}")
-    lines.append(f"{'best so far' if result.interrupted else 'best':<16}{result.best.label}")
-    k = len(result.ratio_pairs)
-    of = (f"median of {result.ratio_counted} of {k} interleaved pairs, the others taken while "
-          f"other processes used more of the CPUs" if 0 < result.ratio_counted < k
-          else f"median of {k}, interleaved")
-    if result.challenger is not None:
-        lines.append(f"best/default images/s ratio: 1.00 (the defaults are kept: "
-                     f"{result.challenger.label} measured {result.ratio:.2f}x them, {of})")
-    elif result.ratio is not None:
-        lines.append(f"best/default images/s ratio: {result.ratio:.2f} "
-                     + (f"({of})" if k else "(best is the default)"))
-    elif result.interrupted:
-        lines.append("best/default images/s ratio: not measured (interrupted)")
-    else:
-        lines.append("best/default images/s ratio: not measured (--no-compare-defaults, or no "
-                     "time left for it)")
-    if result.out_dir is not None and result.interrupted:
-        lines.append(f"wrote           {result.out_dir / 'tune.json'} (interrupted: no best.json)")
-    elif result.out_dir is not None:
-        lines.append(f"wrote           {result.out_dir / 'best.json'} and "
-                     f"{result.out_dir / 'tune.json'}")
-        lines.append(f"use it          lpirc run --config {result.out_dir / 'best.json'} ...")
-    return "\n".join(lines)
-
-
-__all__ = ["Candidate", "Trial", "Row", "TuneResult", "search_space", "throughput", "top1",
-           "tune", "format_table", "format_summary", "default_tune_dir"]
+__all__ = ["Candidate", "Measurements", "Row", "Trial", "TuneOptions", "TuneResult",
+           "default_tune_dir", "format_summary", "format_table", "search_space", "throughput",
+           "top1", "tune", "write_files"]

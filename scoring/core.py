@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring._io import (ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
+from scoring._io import (Log, ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
                          read_log, read_manifest, synsets, top_scores)
 from scoring.names import AMBIGUOUS, NameIndex, describe_loose
 from scoring.rules import ALL_OPTIONS, RULES, Evaluation
@@ -127,13 +127,15 @@ def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, n
 
 
 def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
-               labels=None, **rule_options) -> dict:
+               labels=None, log: Log | None = None, **rule_options) -> dict:
     """Score one run under one rule set; returns the score.json object.
 
     path: a run folder (results.jsonl + manifest.json), a bare results.jsonl, or a referee result
     file. ground_truth: CSV path; None = the manifest's holdout.ground_truth. rule_options:
     time_limit_s, ms_per_image, idle_watts, k, a0, energy_wh (None = default). per_class adds
-    "per_class" and "confused"; labels names the classes (1000 or 1001-line file).
+    "per_class" and "confused"; labels names the classes (1000 or 1001-line file). log: the
+    path's log already read with :func:`read_log` (a caller that needs its columns too need not
+    read it twice).
     Raises ScoringError (one line naming the file and the problem).
     """
     rule = RULES.get(rules)
@@ -170,7 +172,8 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         gt_path = Path(ground_truth)
     gt = read_ground_truth(gt_path)
     warnings.extend(ground_truth_notes(gt_path))
-    log = read_log(log_path)
+    if log is None:
+        log = read_log(log_path)
     warnings.extend(log.warnings)
     if not len(log):
         warnings.append(f"{log_path}: no answers in the log")

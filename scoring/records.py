@@ -4,14 +4,14 @@
   parent knows which image each index is).
 - :class:`Record`: one line of ``results.jsonl``; its field names, in file order, are
   :data:`RECORD_KEYS`.
-- ``M_*``: the keys of ``manifest.json`` that more than one module reads or writes.
+- :class:`Manifest`: ``manifest.json``; its keys are :data:`MANIFEST_KEYS`.
 
 Standard library only (the scorer stays numpy + stdlib).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 
 class Answer(NamedTuple):
@@ -70,21 +70,40 @@ class Record(NamedTuple):
 #: The keys of one ``results.jsonl`` line, in the order lpirc writes them.
 RECORD_KEYS: tuple[str, ...] = Record._fields
 
-# --- manifest.json keys shared by lpirc (writer) and the scorer / tools (readers) -------------
-M_STATUS = "status"
-M_MODEL = "model"
-M_HOLDOUT = "holdout"
-M_SETTINGS = "settings"
-M_BUDGET = "budget"
-M_ENERGY = "energy"
-M_WALL_TIME_S = "wall_time_s"
-M_INFERENCE_TIME_S = "inference_time_s"
-M_FIRST_ANSWER_S = "first_answer_s"
-M_IMAGES_LOGGED = "images_logged"
-M_IMAGES_ANSWERED = "images_answered"
-M_IMAGES_FAILED = "images_failed"
-M_IMAGES_LATE = "images_late"
-M_PREPROCESS = "preprocess"
-M_NOTES = "notes"
+# --- manifest.json ------------------------------------------------------------------------------
 
-__all__ = ["Answer", "Record", "RECORD_KEYS"] + [k for k in dir() if k.startswith("M_")]
+
+class Manifest(TypedDict, total=False):
+    """``manifest.json`` of a run folder: written by ``lpirc run`` when the run starts (status
+    ``running``) and rewritten at its end; read by the scorer, ``lpirc score``, the CLI summary
+    and the benchmark. The keys are defined here once (:data:`MANIFEST_KEYS`)."""
+
+    lpirc_version: str
+    status: str  # running | complete | budget_exhausted | interrupted | failed
+    runtime: dict | None  # {"name", "version"} of the runtime the workers loaded
+    delegate: dict  # {"requested", "ran", "note", "exclusive"}
+    model: dict  # {"path", "size_bytes", "sha256"} + the model's "input", "output", "num_classes", "ops"
+    holdout: dict  # {"path", "source", "image_count", "order_seed", "files_sha256", "ground_truth"}
+    settings: dict  # every RunSettings field
+    budget: dict  # {"clock", "time_limit_s", "ms_per_image", "inference_budget_s"}
+    start_utc: str
+    end_utc: str | None
+    wall_time_s: float | None  # measured: start of the run to the last answer
+    inference_time_s: float | None  # measured: summed model invoke time
+    first_answer_s: float | None
+    energy: dict  # {"wh", "source", "method", ...}
+    machine: dict  # CPU, cores, memory, OS
+    images_logged: int  # lines in results.jsonl
+    images_answered: int  # with a top-5 (late ones included)
+    images_failed: int  # logged with an error: count as wrong
+    images_late: int
+    batch_used: int | None
+    preprocess: dict | None  # the worker's preprocessing, resize_backend included
+    notes: list  # worker deaths, batch fallback, ground-truth coverage, why a run stopped
+    error: dict  # {"kind", "message"} of a fatal failure, when there was one
+
+
+#: The keys ``manifest.json`` may have, in the order ``lpirc run`` writes them.
+MANIFEST_KEYS: tuple[str, ...] = tuple(Manifest.__annotations__)
+
+__all__ = ["Answer", "MANIFEST_KEYS", "Manifest", "RECORD_KEYS", "Record"]

@@ -27,9 +27,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lpirc import __version__
+from lpirc import __version__, preflight
 from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
 from lpirc.preprocess import channel_values
+from lpirc.settings import sidecar_path
 
 SIDECAR_FORMAT = "lpirc-submission/1"
 TF_MISSING = "TensorFlow is not installed; install the build extra: pip install '.[build]'"
@@ -40,11 +41,6 @@ class OutPathError(LpircError):
     """``--out`` names something the model cannot be written to: a usage error."""
 
     exit_code = EXIT_USAGE
-
-
-def sidecar_path(model_path: Path) -> Path:
-    """``X.tflite`` -> ``X.json``."""
-    return Path(model_path).with_suffix(".json")
 
 
 def _import_tf():
@@ -368,7 +364,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         raise ModelError(f"{source}: converted model does not load ({_one_line(e)})") from e
     out_shape = details["output"]["shape"]
     classes = int(out_shape[-1]) if out_shape else 0
-    if classes not in (1000, 1001):
+    if classes not in preflight.CLASS_COUNTS:
         raise ModelError(f"{source}: model has {classes} outputs; an ILSVRC-2012 classifier "
                          "needs 1000 or 1001 (index 0 = background)")
 

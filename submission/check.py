@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lpirc import preflight
 from lpirc.errors import DelegateError, InputError, LpircError
+from scoring import ScoringError, ground_truth_notes, read_ground_truth, synset_index
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 REPORT_FORMAT = "lpirc-check/1"
@@ -160,7 +162,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     # structure, even when allocation failed (an unresolved op still has tensors and ops)
     if info is None:
         try:
-            info = _structure_in_child(model, timeout_s)
+            info = rtm.read_structure_isolated(model, timeout_s)
         except LpircError:
             for n in ("input", "output", "ops", "sidecar", "normalise", "invoke", "activations",
                       "depthwise", "accuracy"):
@@ -232,44 +234,6 @@ def _resolve_options(model, values: dict, config):
         return PreprocessOptions(**values), err
     except (OptionError, TypeError):
         return PreprocessOptions(), err
-
-
-_STRUCTURE_SNIPPET = r"""
-import json, sys
-from lpirc.errors import LpircError
-from lpirc.runtime import model_info
-try:
-    print(json.dumps({"info": model_info(sys.argv[1]).to_json()}))
-except LpircError as e:
-    print(json.dumps({"error": str(e)}))
-"""
-
-
-def _structure_in_child(model, timeout_s: float):
-    """ModelInfo of a model that failed to load, read in a child process: the model that just
-    failed may be one that crashes the runtime, and it must not take the checker with it."""
-    import os
-    import subprocess
-    import sys
-
-    from lpirc.errors import ModelError
-    from lpirc.runtime import ModelInfo
-
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run([sys.executable, "-c", _STRUCTURE_SNIPPET, str(model)], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise ModelError(f"{Path(model).name}: reading its structure timed out") from None
-    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
-    if proc.returncode != 0 or line is None:
-        raise ModelError(f"{Path(model).name}: the runtime cannot read its structure")
-    res = json.loads(line)
-    if "info" not in res:
-        raise ModelError(res.get("error") or f"{Path(model).name}: cannot read its structure")
-    return ModelInfo.from_json(res["info"])
 
 
 def _loads_on_cpu(model, timeout_s: float) -> bool:
@@ -709,13 +673,12 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
     """(filename relative to holdout -> class index, a note or None). A ground truth's names
     are matched to the images by the scorer's rule (scoring.names: exact, NFC, bare name, stem,
     case; ambiguous names match nothing)."""
-    from scoring._io import ScoringError, ground_truth_notes, read_ground_truth, synset_index
     from scoring.names import NameIndex, describe_loose
 
     root = Path(holdout)
     rels = [p.relative_to(root).as_posix() for p in images]
-    gt = Path(ground_truth) if ground_truth else root / "ground_truth.csv"
-    if gt.is_file() or ground_truth:
+    gt = preflight.ground_truth_for(root, ground_truth)
+    if gt is not None:
         try:
             truth = read_ground_truth(gt)
             notes = ground_truth_notes(gt)

@@ -36,6 +36,7 @@ class PageVisit:
     requests: list[str] = field(default_factory=list)  # every URL the page asked for
     errors: list[str] = field(default_factory=list)  # console errors, exceptions, log errors
     probe: dict = field(default_factory=dict)  # the result of the page's JS probe
+    print_probe: dict = field(default_factory=dict)  # PRINT_JS's result under print media
     screenshot: bytes = b""  # PNG of the whole page
     pdf: bytes = b""  # the page printed (print media)
 
@@ -81,6 +82,9 @@ class Chromium:
             out.screenshot = base64.b64decode(shot["data"])
             pdf = self._call("Page.printToPDF", {"printBackground": False})
             out.pdf = base64.b64decode(pdf["data"])
+            self._call("Emulation.setEmulatedMedia", {"media": "print"})
+            res = self._call("Runtime.evaluate", {"expression": PRINT_JS, "returnByValue": True})
+            out.print_probe = res["result"].get("value") or {}
             self._drain()
         out.requests = [u for u in out.requests if u != url]
         return out
@@ -155,6 +159,13 @@ PROBE_JS = """(() => {
           runs: [...document.querySelectorAll('section.run')].map(s => s.dataset.run),
           tables: document.querySelectorAll('table').length,
           text: document.body.innerText};
+})()"""
+
+
+# Run in the page under print media: what a printed copy shows of the folded manifest.
+PRINT_JS = """(() => {
+  const pre = document.querySelector('details pre'), sum = document.querySelector('details summary');
+  return {folded_shown: pre ? pre.checkVisibility() : null, toggle_shown: sum ? sum.checkVisibility() : null};
 })()"""
 
 

@@ -10,6 +10,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class Referee:
                      "--time-limit-s", str(time_limit_s), *extra]
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.lines: list[str] = []  # the server's stdout after its URL line
         self.http = httpx.Client(timeout=30)
 
     def start(self) -> "Referee":
@@ -46,12 +48,22 @@ class Referee:
                 m = URL_LINE.search(line)
                 if m:
                     self.url = m.group(1)
+                    threading.Thread(target=self._drain, args=(self.proc.stdout,),
+                                     daemon=True).start()
                     return self
                 if not line:
                     break
         err = self.proc.stderr.read() if self.proc.poll() is not None else ""
         self.stop()
         raise RuntimeError(f"referee did not start: {err.strip()}")
+
+    def _drain(self, stream) -> None:
+        """Keep the server's event lines (and never let its stdout pipe fill up)."""
+        try:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+        except ValueError:  # closed by stop()
+            pass
 
     def post(self, path: str, **fields) -> httpx.Response:
         """POST URL-encoded fields (a list value repeats the field)."""
@@ -65,6 +77,8 @@ class Referee:
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
     def stop(self) -> str:
         """Stop the server (SIGTERM, then SIGKILL) and return its stderr."""
@@ -77,10 +91,9 @@ class Referee:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        err = self.proc.stderr.read() if self.proc.stderr else ""
+        err = self.proc.stderr.read() if not self.proc.stderr.closed else ""
         for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
+            f.close()
         return err
 
     def __enter__(self) -> "Referee":

@@ -20,7 +20,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the `fleet` extra)")
 
-from lpirc import fleet  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from lpirc import fleet, leaderboard  # noqa: E402
+from lpirc.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -57,9 +60,9 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
                                                                    reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha", "beta", "gamma",
                                                                   "broken"])
-    out = tmp_path / "fleet"
+    out, db = tmp_path / "fleet", tmp_path / "standings.sqlite"
     args = ["fleet", "run", str(subs), "--holdout", str(small_holdout), "--out", str(out),
-            "--devices", "2"]
+            "--devices", "2", "--db", str(db)]
     r = lpirc(*args)
     assert r.returncode == 1, r.stderr  # one job failed: exit 1, the others scored
     assert "Traceback" not in r.stderr
@@ -89,6 +92,15 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
     ranked = [ln.split() for ln in table if ln.strip()[:1].isdigit()]
     assert sorted(row[1] for row in ranked) == ["alpha", "beta", "gamma"]
     assert any("failed" in ln and "broken" in ln and "not a TFLite model" in ln for ln in table)
+    # the head added the three scored runs to the standings database, as source "fleet"
+    conn = leaderboard.open_db(db)
+    stored = {e.submission: e for e in leaderboard.entries(conn)}
+    conn.close()
+    assert sorted(stored) == ["alpha", "beta", "gamma"]
+    for name, e in stored.items():
+        assert e.source == "fleet" and e.top1 == jobs[name]["score"]["top1"]
+        assert e.run_dir == str((out / "runs" / name).resolve())
+        assert jobs[name]["standings"].startswith("added to")
 
 
 def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, small_holdout,
@@ -97,7 +109,8 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
     out = tmp_path / "fleet"
     # a terminal's Ctrl-C reaches the whole process group: the head and its local Ray
     p = subprocess.Popen([sys.executable, "-m", "lpirc", "fleet", "run", str(subs), "--holdout",
-                          str(small_holdout), "--out", str(out), "--devices", "2"], cwd=REPO,
+                          str(small_holdout), "--out", str(out), "--devices", "2", "--db",
+                          str(tmp_path / "standings.sqlite")], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     seen = []
@@ -121,6 +134,43 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
         assert scored == (statuses[i] == "done")
     assert "cancelled by Ctrl-C" in stdout
     assert "Traceback" not in rest
+
+
+def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
+                                                        reference_model):
+    subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("not a database\n" * 100)
+    other_fleet = tmp_path / "other-fleet"
+    other_fleet.mkdir()
+    (other_fleet / "fleet.json").write_text(json.dumps({"jobs": [], "rules": "lpirc-onsite",
+                                                        "holdout_files_sha256": "0" * 64}))
+    cases = [
+        (["missing.tflite"], 5, "missing.tflite: submission not found"),
+        ([str(subs / "alpha.json")], 5, "a sidecar, not a model"),
+        ([str(tmp_path)], 5, "folder holds no .tflite submission"),
+        ([str(subs), "--holdout", str(tmp_path / "nope")], 5, "holdout folder not found"),
+        ([str(subs), "--holdout", str(small_holdout), "--rules", "nope"], 5, "unknown rule set"),
+        ([str(subs), "--holdout", str(small_holdout), "--db", str(not_db)], 5,
+         "not a SQLite database"),
+        ([str(subs), "--holdout", str(small_holdout), "--out", str(other_fleet)], 5,
+         "an earlier fleet over another holdout or rule set"),
+        ([str(subs), "--holdout", str(small_holdout), "--address", "127.0.0.1:1"], 1,
+         "127.0.0.1:1: no Ray cluster reachable"),
+    ]
+    for args, code, message in cases:
+        if "--holdout" not in args:
+            args = [*args, "--holdout", str(small_holdout)]
+        if "--db" not in args:
+            args = [*args, "--db", str(tmp_path / "standings.sqlite")]
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / "out")]
+        r = CliRunner().invoke(main, ["fleet", "run", *args])  # in process: no Ray starts
+        assert r.exit_code == code, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
+        assert message in lines[0], r.stderr
+        assert not ray.is_initialized()
 
 
 # --- a 3-node cluster on this machine --------------------------------------------------------
@@ -151,7 +201,22 @@ def cluster(tmp_path_factory, small_holdout):
 
 
 def _cfg(tmp_path: Path, holdout: Path, **kw) -> fleet.FleetConfig:
-    return fleet.FleetConfig(holdout, holdout / "ground_truth.csv", tmp_path / "fleet", **kw)
+    return fleet.FleetConfig(holdout, holdout / "ground_truth.csv", tmp_path / "fleet",
+                             db=tmp_path / "standings.sqlite", **kw)
+
+
+def run_child(pid: int, timeout_s: float = 30) -> psutil.Process | None:
+    """The `lpirc run` child of a device worker, once it is running (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            kids = [k for k in psutil.Process(pid).children() if "run" in k.cmdline()]
+        except psutil.Error:
+            kids = []
+        if kids:
+            return kids[0]
+        time.sleep(0.005)
+    return None
 
 
 def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
@@ -191,6 +256,9 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
                    for e in events)
     assert not any(e.what == "running" for e in events)
     assert score_file.stat().st_mtime_ns == before
+    conn = leaderboard.open_db(tmp_path / "standings.sqlite")
+    assert sorted(e.submission for e in leaderboard.entries(conn)) == ["one", "three", "two"]
+    conn.close()
 
 
 def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, small_holdout,
@@ -199,17 +267,10 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     killed: dict = {}
 
     def kill_when_running(pid: int) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the device's `lpirc run` child is running
-            try:
-                kids = [k for k in psutil.Process(pid).children() if "run" in k.cmdline()]
-            except psutil.Error:
-                kids = []
-            if kids:
-                killed["child"] = kids[0]
-                os.kill(pid, signal.SIGKILL)
-                return
-            time.sleep(0.005)
+        child = run_child(pid)
+        if child is not None:
+            killed["child"] = child
+            os.kill(pid, signal.SIGKILL)
 
     def on_event(ev: fleet.FleetEvent) -> None:
         if ev.what == "running" and not killed:
@@ -235,3 +296,49 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     assert {d["device"]: d["state"] for d in outcome.devices}[killed["device"]] == "lost"
     other = [j for j in outcome.jobs if j is not victim][0]
     assert other.status == "done" and len(other.attempts) == 1
+    # scored once each: one standings entry per job, the victim's from its second attempt
+    conn = leaderboard.open_db(tmp_path / "standings.sqlite")
+    stored = {e.submission: e for e in leaderboard.entries(conn)}
+    conn.close()
+    assert sorted(stored) == sorted(j.name for j in outcome.jobs)
+    assert stored[victim.name].extra["status"] == "complete"
+
+
+def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_holdout,
+                                                   reference_model):
+    subs = make_submissions(tmp_path / "subs", reference_model, ["stuck"])
+    stopped: dict = {}
+
+    def stop_when_running(pid: int) -> None:
+        child = run_child(pid)
+        if child is not None:
+            stopped["child"] = child
+            child.suspend()  # SIGSTOP: the run hangs without dying
+
+    def on_event(ev: fleet.FleetEvent) -> None:
+        if ev.what == "running" and not stopped:
+            stopped["device"] = ev.device
+            threading.Thread(target=stop_when_running, args=(ev.pid,), daemon=True).start()
+
+    cfg = _cfg(tmp_path, small_holdout, time_limit_s=3.0, hang_margin_s=2.0)
+    events: list[fleet.FleetEvent] = []
+    outcome = fleet.run_fleet(fleet.find_submissions([subs]), cfg,
+                              lambda ev: (events.append(ev), on_event(ev)))
+    assert "child" in stopped
+    job = outcome.jobs[0]
+    assert job.status == "done", [e.message for e in events]
+    first, second = job.attempts
+    assert first["device"] == stopped["device"] and first["outcome"] == "device_lost"
+    assert first["reason"].startswith("stuck past its budget")
+    assert second["outcome"] == "done" and second["device"] != stopped["device"]
+    assert any(e.what == "note" and "no result from stuck within 5 s" in e.message for e in events)
+    stopped["child"].wait(timeout=10)  # the stopped run died with its device
+
+
+def test_fleet_devices_lists_each_node_device(cluster):
+    r = CliRunner().invoke(main, ["fleet", "devices"])  # Ray already connected: that cluster
+    assert r.exit_code == 0, r.output
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("cpu_0@")]
+    assert len(rows) == 3 and len({row.split()[0] for row in rows}) == 3  # one per node
+    assert all("lpirc_device_cpu_0" in row for row in rows)
+    assert r.stdout.splitlines()[-1] == "3 device(s)"

@@ -156,7 +156,9 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
                                                 start="2026-11-30T10:00:00Z")))
     rows = lb.standings(db)
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
-    assert all(any("same holdout" in n for n in r.notes) for r in rows)
+    from lpirc.cli_pages import format_table
+
+    assert "entries on different holdouts or rule sets are never ranked together" in format_table(rows, "db", None)
 
 
 def test_missing_log_is_unranked_with_a_note(db, field_runs):
@@ -401,3 +403,23 @@ def test_standings_page_in_chromium(tmp_path, field_runs):
     assert visit.requests == [] and visit.errors == [] and visit.probe["external"] == 0
     assert "least energy with high accuracy" in visit.probe["text"]
     assert visit.probe["tables"] == 1
+
+
+def test_entry_from_score_for_a_referee_session(db, tmp_path, field_runs):
+    """What the referee does: score its own result file (one class per image, no timing), add it
+    with its meter's energy as 'metered'; the standings re-score it under another rule set."""
+    gt = write_gt(tmp_path / "gt.csv")
+    ref = tmp_path / "session-7.txt"
+    ref.write_text("".join(f"img{i:02d} {i if i < 15 else 999} 0.9\n" for i in range(N)))
+    score = scoring.score_path(ref, gt, "lpirc-onsite", energy_wh=0.25)
+    e = lb.entry_from_score(score, uid=lb.make_uid({"session": 7}), submission="team-7", source="referee",
+                            energy_label="metered", device="team 7's board", holdout_sha256="h" * 64)
+    assert (e.top1, e.top5, e.score, e.energy_label, e.run_dir) == (0.75, None, 3.0, "metered", str(ref.resolve()))
+    assert lb.add_entry(db, e) and not lb.add_entry(db, e)
+    lb.add_entry(db, lb.entry_from_run(field_runs["B"]))  # 1.0 / 0.9 Wh = 1.11
+    rows = lb.standings(db)
+    assert [(r.entry.submission, r.place, r.group) for r in rows] == [("team-7", 1, 1), ("B", 2, 1)]
+    assert any("mixed provenance (estimated, metered)" in n for n in rows[0].notes)
+    rows = lb.standings(db, rules="lpcvc-2020")  # needs the wall time a referee file lacks
+    assert {r.entry.submission: r.place for r in rows} == {"B": 1, "team-7": None}
+    assert rows[1].rescored and rows[1].score is None

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -106,6 +107,10 @@ def test_protocol_call_by_call(holdout, tmp_path):
                                           ["2", "n01440764", "0.4", "2.0", "2.0", "6.0", "6.0"]]
         assert [r[9] for r in rows] == ["3", "0"]  # class index: as given, and the synset's
         assert ref.post("/nope").status_code == 404
+        r = lpirc("referee", "serve", "--holdout", str(root), "--db", str(db), "--port", "0")
+        assert r.returncode == 5 and "another lpirc referee is serving this database" in r.stderr
+        err = ref.stop()  # SIGTERM: a clean shutdown, exit 0, nothing on stderr
+        assert ref.proc.returncode == 0 and err == ""
 
 
 def test_full_session_scored_with_meter(holdout, tmp_path):
@@ -118,7 +123,8 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
         add_team(db, t)
     add_team(db, "wt310", "meterpw", "--meter")
     truth = {name: scoring.synset_index(label) for name, label in read_gt(root).items()}
-    with Referee(root, db, "--class-id-base", "1") as ref:
+    standings = tmp_path / "standings.sqlite"
+    with Referee(root, db, "--class-id-base", "1", "--standings-db", str(standings)) as ref:
         meter = ref.login("wt310", "meterpw")
         t0 = time.time()
         r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", voltage="5",
@@ -140,6 +146,8 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
         r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", timestamp=str(t1 + 1))
         assert r.status_code == 200, r.text
         rows = wait_for(lambda: (lambda x: x if len(x) == 2 else None)(results_json(db)))
+        page = ref.http.get(ref.url + "/leaderboard").text
+        assert "<h1>Standings</h1>" in page and "alpha" in page and "metered" in page
     by_team = {x["team"]: x for x in rows}
     alpha, beta = by_team["alpha"], by_team["beta"]
     assert alpha["answered"] == 65 and alpha["top1"] == pytest.approx(0.5)
@@ -153,10 +161,20 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     log = tmp_path / "meter.csv"
     log.write_text(f"timestamp,watts\n{t0 - 2},20\n{t1 + 2},20\n")
     r = lpirc("referee", "power", "beta", str(log), "--db", str(db))
-    assert r.returncode == 0 and "(metered)" in r.stdout, r.stderr
+    assert r.returncode == 0 and "(metered: power meter (import:meter.csv): " in r.stdout, r.stdout
     beta = {x["team"]: x for x in results_json(db)}["beta"]
     assert beta["energy_source"] == "metered"
     assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)
+    # lpirc's standings database has both sessions, beta's entry replaced by its rescoring
+    from lpirc import leaderboard
+
+    conn = leaderboard.open_db(standings)
+    got = {e.team: e for e in leaderboard.entries(conn)}
+    conn.close()
+    assert set(got) == {"alpha", "beta"} and {e.source for e in got.values()} == {"referee"}
+    assert (got["alpha"].energy_label, got["beta"].energy_label) == ("metered", "metered")
+    assert got["beta"].energy_wh == pytest.approx(beta["energy_wh"])
+    assert got["alpha"].score == pytest.approx(alpha["score"]) and got["alpha"].top5 is None
 
 
 def test_time_limit_refuses_late_answers(holdout, tmp_path):
@@ -171,7 +189,11 @@ def test_time_limit_refuses_late_answers(holdout, tmp_path):
         assert r.status_code == 401 and "only results already transmitted will be counted" in r.text
         assert ref.post("/zipimages", token=token, image_name="1").status_code == 401
         row = wait_for(lambda: results_json(db))[0]
+        events = wait_for(lambda: [ln for ln in ref.lines if "scored" in ln] and ref.lines)
     assert row["end_reason"] == "time_limit" and row["answered"] == 1
+    assert "alpha (team) attempt 1 started at" in events[0]
+    assert "alpha attempt 1 ended (time_limit) after 1.5 s" in events[1]
+    assert events[2].startswith("lpirc referee: alpha attempt 1 scored: n/a (top-1 ")
     assert row["wall_time_s"] == pytest.approx(1.5)
     assert len(answers(db)) == 1
 
@@ -206,9 +228,10 @@ def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
 def test_duplicates_and_malformed_answers(holdout, tmp_path):
     root, _ = holdout
     db = tmp_path / "r.sqlite"
-    add_team(db, "alpha")
+    team = "<i>alpha</i>"  # a name the standings page must escape
+    add_team(db, team)
     with Referee(root, db) as ref:
-        token = ref.login("alpha", "pw")
+        token = ref.login(team, "pw")
         r = ref.post("/result", token=token, image_name=["4", "4"], CLASS_ID=["10", "11"], confidence=["1", "1"])
         assert r.status_code == 200 and "1 new, 1 duplicate" in r.text
         r = ref.post("/result", token=token, image_name="4", CLASS_ID="12", confidence="1")
@@ -235,6 +258,8 @@ def test_duplicates_and_malformed_answers(holdout, tmp_path):
         assert "duplicates 2\n" in ref.post("/status", token=token).text
         ref.post("/logout", token=token)
         row = wait_for(lambda: results_json(db))[0]
+        page = ref.http.get(ref.url + "/").text
+        assert "&lt;i&gt;alpha&lt;/i&gt;" in page and team not in page
     rows = answers(db)
     assert [(r[0], r[1], r[-1]) for r in rows] == [("4", "10", "1"), ("4", "11", "0"), ("4", "12", "0")]
     assert row["answered"] == 1 and row["duplicates"] == 2
@@ -321,6 +346,19 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
     r = lpirc("referee", "results", "--db", str(db))
     assert r.returncode == 0 and "no scored session yet" in r.stdout
+    stray = tmp_path / "stray"  # two labelled images and a zip left in the folder
+    stray.mkdir()
+    for name in ("img_000001.jpg", "img_000002.jpg"):
+        (stray / name).write_bytes((root / name).read_bytes())
+    gt = read_gt(root)
+    (stray / "ground_truth.csv").write_text("".join(f"{n},{gt[n]}\n" for n in sorted(gt)[:2]))
+    (stray / "images.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    r = lpirc("referee", "serve", "--holdout", str(stray), "--db", str(db))
+    assert r.returncode == 5 and "no label for 1 holdout image(s), e.g. images.zip" in r.stderr
+    r = lpirc("run", "--referee", "http://127.0.0.1:9", "--user", "alpha")
+    assert r.returncode == 2 and "--referee needs --user and --password" in r.stderr
+    r = lpirc("run", "--user", "alpha", "--password", "pw")
+    assert r.returncode == 2 and "--user and --password go with --referee URL" in r.stderr
 
 
 def test_original_sample_client_pycurl(holdout, tmp_path):
@@ -353,3 +391,88 @@ def test_original_sample_client_pycurl(holdout, tmp_path):
         row = wait_for(lambda: results_json(db))[0]
     assert row["answered"] == 100 and row["top1"] == pytest.approx(100 / 130)
     assert answers(db)[0][3:7] == ["1.0", "2.0", "3.0", "4.0"]
+
+
+def test_load_bench_quick(holdout, tmp_path):
+    """bench/referee_load.py end to end on a small holdout: it prints its table; no 5xx and no
+    lost answer (correctness; its speed figures belong to the benchmark, not to tests)."""
+    root, _ = holdout
+    out = tmp_path / "load.json"
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "referee_load.py"),
+                        "--quick", "--holdout", str(root), "--devices", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "served/s" in r.stdout and "[--quick: a smoke test]" in r.stdout
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["devices"] == 2 and level["images_served"] > 0
+    assert level["errors_5xx"] == 0 and level["lost_answers"] == 0
+    assert level["answers_stored"] == level["answers_acked"] == level["images_served"]
+
+
+def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
+    """A full session of the real client: `lpirc run --referee` downloads the holdout as zips,
+    answers with the pipeline, posts every answer, its energy, and logs out; the referee's
+    answers are the run's own, image by image."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    out = tmp_path / "run"
+    with Referee(small_holdout, db, "--class-id-base", "1", time_limit_s=120) as ref:
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
+                  "--password", "pw", "--out", str(out), "--quiet",  # --time-limit-s 600
+                  "--no-report", "--referee-ahead", "100", "--referee-class-base", "1")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
+        assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
+                  "--password", "wrong", "--out", str(tmp_path / "run2"), "--quiet")
+        assert r.returncode == 1 and r.stderr.strip() == \
+            f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
+        row = wait_for(lambda: results_json(db))[0]
+    local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
+             for ln in (out / "results.jsonl").read_text().splitlines()}
+    remote = {int(a[0]): int(a[9]) for a in answers(db)}  # class index, from 1-based CLASS_IDs
+    assert remote == local and len(remote) == 40
+    assert {int(a[1]) for a in answers(db)} == {k + 1 for k in local.values()}
+    posts = [json.loads(ln) for ln in (out / "referee_posts.jsonl").read_text().splitlines()]
+    assert len(posts) == 40 and {p["post"] for p in posts} == {"posted"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["referee"]["posted"] == 40 and manifest["referee"]["logout"] is True
+    assert 100 < manifest["budget"]["time_limit_s"] < 120  # the referee's 120 s clock rules
+    assert row["answered"] == 40 and row["top1"] >= 0.8  # the reference model: 93 % on the demo
+    assert row["energy_source"] == "self-reported" and row["score"] == pytest.approx(
+        row["top1"] / row["energy_wh"])
+
+
+def test_referee_client_retries_across_a_restart(holdout, tmp_path):
+    """The client's calls are retried with backoff: a referee that is down at first, and one
+    killed (-9) and restarted on the same port mid-session, lose nothing."""
+    from lpirc.referee.client import RefereeClient
+
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db) as probe:  # a free port for the fixed-port servers below
+        port = probe.url.rsplit(":", 1)[1]
+    ref = Referee(root, db, "--port", port)
+    late, again = threading.Timer(1.0, ref.start), threading.Timer(1.0, ref.start)
+    late.start()
+    client = RefereeClient(f"http://127.0.0.1:{port}", "alpha", "pw",
+                           deadline=time.monotonic() + 60)
+    try:
+        client.login()  # retried until the referee listens
+        late.join()
+        assert client.count() == 130
+        r = client.authed("/result", {"image_name": ["1", "2"], "CLASS_ID": ["1", "2"],
+                                      "confidence": ["1", "1"]})
+        assert r.status == 200
+        ref.kill9()
+        again.start()
+        r = client.authed("/result", {"image_name": ["3"], "CLASS_ID": ["3"], "confidence": ["1"]})
+        assert r.status == 200 and client.retries >= 2
+        assert "answers 3\n" in client.authed("/status", {}).text
+    finally:
+        client.close()
+        for t in (late, again):
+            if t.is_alive():
+                t.join()
+        ref.stop()

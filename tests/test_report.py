@@ -83,6 +83,8 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
     assert w == 1200 and h > 1500, (w, h)
     assert len(visit.screenshot) > 50_000
     assert visit.pdf.startswith(b"%PDF") and visit.pdf.count(b"/Type /Page") >= 2
+    # printed: the folded manifest.json is shown in full, its toggle is not
+    assert visit.print_probe == {"folded_shown": True, "toggle_shown": False}, visit.print_probe
 
 
 ONE_RUN = {"race", "throughput", "latency", "classes", "confusion", "power"}
@@ -206,3 +208,12 @@ def test_a_run_without_ground_truth_is_still_drawn(tmp_path):
     assert r.returncode == 0, r.stderr
     html = (run / "report.html").read_text()
     assert "not scored" in html and 'data-plot="throughput"' in html and "<svg" in html
+
+
+def test_page_style_is_not_escaped(tmp_path):
+    """The inline CSS is ours, verbatim: quotes in it must not become entities (the page would
+    silently fall back to the browser's default font)."""
+    run = awkward_run(tmp_path / "css")
+    assert lpirc("report", run).returncode == 0
+    html = (run / "report.html").read_text()
+    assert '"DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]

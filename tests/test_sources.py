@@ -16,7 +16,7 @@ from lpirc.holdout import open_holdout
 from lpirc.runner import run
 from lpirc.settings import resolve_settings
 from lpirc.sources import FolderSource, GrowingSource, ImageSource
-from scoring.records import RECORD_KEYS, Record
+from scoring.records import MANIFEST_KEYS, RECORD_KEYS, Record
 
 
 def _images(holdout: Path) -> list[str]:
@@ -101,6 +101,7 @@ def test_run_from_a_growing_source_answers_images_while_they_arrive(
     # answers came while the feed was still growing (the run started within the 2 s feed)
     assert min(r.t_s for r in seen) < closed_at[0] - 0.5
     m = outcome.manifest
+    assert set(m) <= set(MANIFEST_KEYS) and json.loads((out / "manifest.json").read_text()) == m
     assert m["holdout"]["source"] == "GrowingSource"
     assert m["holdout"]["image_count"] == len(names) == m["images_logged"]
     assert m["holdout"]["files_sha256"] == FolderSource.of_names(incoming, names).files_sha256()

@@ -20,7 +20,7 @@ import pytest
 from tflite_models import convert_int8
 
 from lpirc.errors import InputError, ModelError, NoTimeError
-from lpirc.pipeline import PipelineOutcome
+from lpirc.pipeline import PipelineOutcome, WorkerReady
 from lpirc.settings import RunSettings, read_config
 from lpirc.tune import Candidate, format_summary, search_space, throughput, top1, tune
 
@@ -149,8 +149,10 @@ class FakePipeline:
             time.sleep(min(t, budget.time_limit_s) * self.scale)
         return PipelineOutcome(status=status, wall_time_s=t, inference_time_s=len(recs) / 1000,
                                answered=len(recs), failed=0, late=0,
-                               ready={"batch": batch, "note": None,
-                                      "model": {"input": {"shape": [1, 64, 64, 3]}}},
+                               ready=WorkerReady(
+                                   model={"input": {"shape": [1, 64, 64, 3]}}, runtime={},
+                                   delegate_ran="xnnpack", batch=batch, note=None, pid=0,
+                                   preprocess={}),
                                first_answer_s=self.startup + chunk / rate)
 
 

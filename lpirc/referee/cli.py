@@ -140,7 +140,8 @@ def power_cmd(team: str, file: Path, db: Path) -> None:
     for score in _rescore(store, db, who.id):
         e = score.get("energy_wh")
         click.echo(f"  attempt {score['attempt']}: score {score['score']}, energy "
-                   f"{'n/a' if e is None else f'{e:.4g} Wh'} ({score['energy_source']})")
+                   f"{'n/a' if e is None else f'{e:.4g} Wh'} ({score['energy_source']}: "
+                   f"{score['energy_method']})")
 
 
 def _open(db: Path):
@@ -171,6 +172,71 @@ def _rescore(store, db: Path, team_id: int) -> list[dict]:
         if hashlib.sha256("\n".join(files).encode()).hexdigest() != row.holdout_sha256:
             raise InputError(f"{root}: the holdout changed since attempt {row.attempt}; "
                              "cannot rescore it")
+        standings = cfg.get("standings_db")
         done.append(score_session(store, row, root, files, Path(cfg["ground_truth"]),
-                                  Path(cfg["runs_dir"])))
+                                  Path(cfg["runs_dir"]), Path(standings) if standings else None))
     return done
+
+
+# --- lpirc run --referee ---------------------------------------------------------------------
+
+_RUN_OPTIONS = (
+    click.option("--referee", "referee_url", metavar="URL", help="An LPIRC referee (http://host:port): log in, download the holdout from it, post the answers (the referee scores them). No --holdout then."),
+    click.option("--user", "referee_user", help="The team's account on the referee (with --referee)."),
+    click.option("--password", "referee_password", help="Its password (with --referee)."),
+    click.option("--referee-ahead", type=click.IntRange(min=100), default=1000, show_default=True, help="Images downloaded ahead of the answers, at most (bounds disk use)."),
+    click.option("--referee-class-base", type=click.Choice(["0", "1"]), default="0", show_default=True, help="CLASS_ID numbering the referee takes: 0 (0..999, lpirc's) or 1 (1..1000)."),
+)
+
+
+def referee_run_options(fn):
+    """The ``lpirc run`` options of the referee client."""
+    for opt in reversed(_RUN_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+class RefereeRun:
+    """``lpirc run --referee``: what the options asked for; ``run(settings)`` runs it and keeps
+    the report for ``summary()``."""
+
+    def __init__(self, url: str, user: str, password: str, ahead: int, class_base: int) -> None:
+        self.url, self.user, self.password = url, user, password
+        self.ahead, self.class_base = ahead, class_base
+        self.report: dict | None = None
+
+    @classmethod
+    def from_options(cls, opts: dict) -> "RefereeRun | None":
+        """Pop the referee options from ``opts``; None without --referee. UsageError when
+        --user or --password is missing, or given without --referee."""
+        url, user, password = (opts.pop(k) for k in ("referee_url", "referee_user",
+                                                      "referee_password"))
+        ahead, base = opts.pop("referee_ahead"), int(opts.pop("referee_class_base"))
+        if not url:
+            if user or password:
+                raise click.UsageError("--user and --password go with --referee URL")
+            return None
+        if not user or password is None:
+            raise click.UsageError("--referee needs --user and --password")
+        if opts.get("holdout") is None:
+            opts["holdout"] = Path(".")  # the referee serves the holdout; replaced by the download folder
+        return cls(url, user, password, ahead, base)
+
+    def run(self, settings):
+        from lpirc.referee import require_extra
+
+        require_extra("httpx")
+        from lpirc.referee.client import run_with_referee
+
+        outcome, self.report = run_with_referee(settings, self.url, self.user, self.password,
+                                                ahead=self.ahead, class_base=self.class_base)
+        return outcome
+
+    def summary(self, run_summary: str) -> str:
+        """``lpirc run``'s summary, its score line saying who scores, then the referee's lines."""
+        from lpirc.referee.client import format_report
+
+        lines = [("score           by the referee, which keeps the ground truth "
+                  "(lpirc referee results)" if ln.startswith("score           none:") else ln)
+                 for ln in run_summary.splitlines()]
+        return "\n".join(lines + ([format_report(self.report)] if self.report else []))

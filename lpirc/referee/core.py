@@ -12,7 +12,6 @@ import json
 import random
 import re
 import secrets
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -83,11 +82,12 @@ class Referee:
     that leaves holdout images unlabelled, or an open session started on another holdout.
     """
 
-    def __init__(self, cfg: RefereeConfig) -> None:
+    def __init__(self, cfg: RefereeConfig, announce=None) -> None:
         from lpirc.holdout import list_images, open_holdout
         from scoring.names import label_images
 
         self.cfg = cfg
+        self.announce = announce or (lambda line: None)  # one line per session event
         if cfg.rules not in scoring.RULES:
             raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
         open_holdout(cfg.holdout)  # its one-line errors: missing, not a folder, empty
@@ -106,7 +106,9 @@ class Referee:
         self.store = Store(cfg.db)
         self.store.put_config({"holdout": str(self.root.resolve()),
                                "ground_truth": str(Path(cfg.ground_truth).resolve()),
-                               "runs_dir": str(cfg.runs_path().resolve())})
+                               "runs_dir": str(cfg.runs_path().resolve()),
+                               "standings_db": (str(Path(cfg.standings_db).resolve())
+                                                if cfg.standings_db else None)})
         self.tokens = URLSafeSerializer(self.store.secret(), salt="lpirc-referee-token")
         self._lock = threading.RLock()
         self._score_lock = threading.Lock()
@@ -152,6 +154,12 @@ class Referee:
                                        self.sha256, self.cfg.class_base, self.cfg.rules)
         self.live[row.id] = Live(row, image_order(row.seed, row.image_count) if kind == "team"
                                  else [])
+        if kind == "team":
+            self.announce(f"lpirc referee: {team.name} (team) attempt {row.attempt} started at "
+                          f"{_utc(now)[11:19]} UTC, image order seed {row.seed}, ends at "
+                          f"{_utc(row.deadline)[11:19]} UTC")
+        else:
+            self.announce(f"lpirc referee: {team.name} (meter) logged in at {_utc(now)[11:19]} UTC")
         return row
 
     def session_for(self, token: str | None, now: float, kind: str = "team") -> Live:
@@ -218,10 +226,14 @@ class Referee:
     def close(self, sid: int, ended: float, reason: str) -> bool:
         """End an open session (logout or time limit); it is scored by :meth:`score_pending`."""
         with self._lock:
-            self.live.pop(sid, None)
+            live = self.live.pop(sid, None)
             closed = self.store.end_session(sid, ended, reason)
             self.unscored = self.unscored or closed
-            return closed
+        if closed and live is not None:
+            r = live.row
+            self.announce(f"lpirc referee: {r.team} attempt {r.attempt} ended ({reason}) after "
+                          f"{ended - r.started:.1f} s")
+        return closed
 
     def expire(self, now: float) -> list[int]:
         """Close every session past its time limit; returns their ids."""
@@ -256,8 +268,15 @@ class Referee:
 
     def score(self, row: SessionRow) -> dict:
         """Score one ended session with ``scoring`` and store it; see :func:`score_session`."""
-        return score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
-                             self.cfg.runs_path(), self.cfg.standings_db)
+        s = score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
+                          self.cfg.runs_path(), self.cfg.standings_db)
+        e = "n/a" if s["energy_wh"] is None else f"{s['energy_wh']:.4g} Wh"
+        self.announce(f"lpirc referee: {row.team} attempt {row.attempt} scored: "
+                      f"{'n/a' if s['score'] is None else format(s['score'], '.4g')} (top-1 "
+                      f"{100 * s['top1']:.2f} %, {s['images_answered']}/{s['images_total']} "
+                      f"answered, {s['answers_duplicate']} duplicate(s), energy {e} "
+                      f"{s['energy_source']})")
+        return s
 
 
 # --- scoring a session ---------------------------------------------------------------------
@@ -280,8 +299,9 @@ def energy_of(store: Store, row: SessionRow) -> dict:
             wh, n = power_log_wh(samples, row.started, end, "meter readings")
             sources = sorted({s for _, _, s in readings})
             return {"wh": wh, "source": "metered",
-                    "method": f"power meter ({', '.join(sources)}): {n} readings inside the "
-                              f"session, trapezoid over {end - row.started:.1f} s"}
+                    "method": f"power meter ({', '.join(sources)}): trapezoid over the "
+                              f"{end - row.started:.1f} s session, {n} reading(s) inside it, "
+                              "interpolated at its ends"}
         except InputError as e:
             why = str(e)
     if row.self_energy_wh is not None:
@@ -363,20 +383,40 @@ def score_session(store: Store, row: SessionRow, root: Path, files: list[str], g
 
 
 def publish(standings_db: Path, row: SessionRow, score: dict) -> None:
-    """Add a scored session to lpirc's standings database (``lpirc.leaderboard``)."""
-    try:
-        from lpirc import leaderboard
-    except ImportError:
-        print(f"lpirc referee: warning: {standings_db}: lpirc.leaderboard is not available; "
-              "standings not written", file=sys.stderr)
-        return
+    """Add a scored session to lpirc's standings database (``lpirc.leaderboard``); a session
+    scored again (a meter log imported later) replaces its entry."""
+    from lpirc import leaderboard
+
+    entry = leaderboard.Entry(**entry_fields(leaderboard.make_uid, row, score))
     conn = leaderboard.open_db(standings_db)
     try:
-        leaderboard.add_entry(conn, leaderboard.Entry(**_entry_fields(leaderboard.Entry, row, score)))
+        try:
+            leaderboard.remove(conn, entry.uid)
+        except InputError:
+            pass  # not there yet: the session's first score
+        leaderboard.add_entry(conn, entry)
+        conn.commit()
     finally:
         conn.close()
 
 
-def _entry_fields(entry_cls, row: SessionRow, score: dict) -> dict:
-    """Map a referee score onto the standings Entry's fields (filled in when issue 12 lands)."""
-    return {}
+def entry_fields(make_uid, row: SessionRow, score: dict) -> dict:
+    """A referee score as the standings ``Entry``'s fields (source ``referee``; energy labelled
+    metered, self-reported or absent)."""
+    return {
+        "uid": make_uid({"kind": "referee", "session_id": row.id, "team": row.team,
+                         "started": row.started, "holdout_sha256": row.holdout_sha256}),
+        "submission": f"{row.team} attempt {row.attempt}", "team": row.team, "source": "referee",
+        "rules": score["rules"], "score": score["score"], "top1": score["top1"], "top5": None,
+        "images": score["images_total"], "answered": score["images_answered"],
+        "failed": score["images_failed"], "unanswered": score["images_unanswered"],
+        "late": score["images_late"], "wall_s": score["wall_time_s"], "inference_s": None,
+        "energy_wh": score["energy_wh"], "energy_label": score["energy_source"],
+        "model_sha256": None, "holdout_sha256": row.holdout_sha256,
+        "lpirc_version": __version__, "runtime": None, "device": None,
+        "created_utc": _utc(row.started), "run_dir": score["run"],
+        "ground_truth": score["ground_truth"],
+        "extra": {"status": row.end_reason, "energy_method": score.get("energy_method"),
+                  "answers_duplicate": score.get("answers_duplicate"),
+                  "warnings": score.get("warnings") or []},
+    }

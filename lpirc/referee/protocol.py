@@ -119,7 +119,7 @@ def class_index(value: str, base: int, synset_index) -> int:
     return k
 
 
-def _number(name: str, value: str, *, min_value: float | None = None) -> float:
+def number(name: str, value: str, *, min_value: float | None = None) -> float:
     try:
         x = float(value)
     except ValueError:
@@ -156,11 +156,11 @@ def parse_answers(fields: Fields, count: int, base: int, synset_index) -> list[A
     for i, name in enumerate(names):
         box = None
         if with_box:
-            box = tuple(_number(b, boxes[j][i]) for j, b in enumerate(_BOX))
+            box = tuple(number(b, boxes[j][i]) for j, b in enumerate(_BOX))
         out.append(Answer(image_no=image_index(name, count, suffix=True),
                           class_id=class_index(classes[i], base, synset_index),
                           class_given=classes[i].strip()[:16],
-                          confidence=_number("confidence", confs[i]), box=box))
+                          confidence=number("confidence", confs[i]), box=box))
     return out
 
 
@@ -187,8 +187,8 @@ def parse_power(fields: Fields, now: float) -> tuple[str, list[PowerReading]]:
         if v and len(v) != len(watts):
             raise ProtocolError(406, f"Power readings field length mismatch (power {len(watts)}, "
                                      f"{k} {len(v)})")
-    vals = {k: [_number(k, x) for x in v] for k, v in cols.items() if v}
-    p = [_number("power", x, min_value=0) for x in watts]
+    vals = {k: [number(k, x) for x in v] for k, v in cols.items() if v}
+    p = [number("power", x, min_value=0) for x in watts]
     if "timestamp" in vals:
         times = vals["timestamp"]
     elif "elapsed" in vals:

@@ -92,6 +92,8 @@ def format_standings(rows: list[dict], fmt: str = "table") -> str:
     lines.append(f"rules {rows[0]['rules']}: score = top-1 accuracy within the time limit / "
                  "energy in Wh (top-1 measured by the referee; unanswered images count wrong)"
                  if rows[0]["rules"] == "lpirc-onsite" else f"rules {rows[0]['rules']}")
+    lines.append("wall s: the referee's clock, login to logout or time limit; energy: metered "
+                 "(the referee's meter), self-reported (the device's own figure) or absent")
     return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ the event loop keeps serving images.
 from __future__ import annotations
 
 import asyncio
-import html
 import io
+import signal
 import socket
+import sqlite3
 import sys
 import time
 import zipfile
@@ -82,6 +83,8 @@ class RefereeApp:
                 return await fn(request)
             except ProtocolError as e:
                 return _text(e.message, e.status)
+            except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
+                return _text(f"Database unavailable, nothing stored: {e}", 503)
         handle.__name__ = fn.__name__
         return handle
 
@@ -126,7 +129,9 @@ class RefereeApp:
         """Close sessions past their time limit and score ended ones, forever."""
         while True:
             await asyncio.sleep(TICK_S)
-            self.ref.expire(time.time())
+            now = time.time()
+            if any(now >= lv.row.deadline for lv in list(self.ref.live.values())):
+                await run_in_threadpool(self.ref.expire, now)
             if self.ref.unscored:
                 self.ref.unscored = False
                 self.scorer.submit(self._score)
@@ -204,7 +209,7 @@ class RefereeApp:
 
     async def energy(self, request: Request) -> Response:
         f, live, _ = await self.session(request)
-        wh = P._number("energy_wh", P.one(f, "energy_wh"), min_value=0)
+        wh = P.number("energy_wh", P.one(f, "energy_wh"), min_value=0)
         method = (f.get("method") or ["not said"])[0][:200]
         await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
         return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
@@ -257,7 +262,8 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
 
     from lpirc.errors import InputError
 
-    referee = Referee(cfg)
+    lock = _lock_db(Path(cfg.db))  # held until the process ends, kill -9 included
+    referee = Referee(cfg, announce)
     try:
         sock = bind(host, port)
     except OSError as e:
@@ -269,4 +275,28 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
     config = uvicorn.Config(RefereeApp(referee, max_body_bytes).app, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
+    # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
+    # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
+    signal.signal(signal.SIGTERM, _exit_ok)
     uvicorn.Server(config).run(sockets=[sock])
+    lock.close()
+
+
+def _lock_db(db: Path):
+    """An exclusive lock on ``DB.lock``: two referees serving one database would each hold the
+    open sessions in memory. InputError when another referee holds it."""
+    import fcntl
+
+    from lpirc.errors import InputError
+
+    f = open(str(db) + ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(f"{db}: another lpirc referee is serving this database") from None
+    return f
+
+
+def _exit_ok(signum, frame) -> None:
+    raise SystemExit(0)

@@ -34,6 +34,8 @@ from lpirc.errors import InputError
 SCHEMA_VERSION = 1
 ROLES = ("team", "meter")
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
+#: scrypt takes 16 MB and ~50 ms per check: at most two at once, whatever a client floods
+_HASHING = threading.BoundedSemaphore(2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -133,8 +135,9 @@ def check_password(password: str, stored: str) -> bool:
     """True when ``password`` matches the stored hash (constant-time compare)."""
     try:
         kind, n, r, p, salt, digest = stored.split("$")
-        got = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32,
-                             n=int(n), r=int(r), p=int(p))
+        with _HASHING:
+            got = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32,
+                                 n=int(n), r=int(r), p=int(p))
     except (ValueError, TypeError):
         return False
     return kind == "scrypt" and hmac.compare_digest(got.hex(), digest)
