@@ -225,7 +225,7 @@ def test_real_2018_models_get_todays_values(shared_data):
         pytest.skip("no 2018 model in the shared data")
 
 
-def test_quantize_is_normalise_then_the_tensors_own_scale_clipped():
+def test_quantize_is_normalise_then_the_tensors_own_scale_clipped(monkeypatch):
     spec = PreprocessOptions(mean=MEAN, std=STD).spec_for((1, 4, 4, 3), "int8", 0.01866, -14)
     px = _all_pixels()
     real = (px.astype(np.float64) - np.array([123.675, 116.28, 103.53])) / np.array(
@@ -233,13 +233,9 @@ def test_quantize_is_normalise_then_the_tensors_own_scale_clipped():
     q = real / 0.01866 - 14
     want = np.clip(np.sign(q) * np.floor(np.abs(q) + 0.5), -128, 127).astype(np.int8)
     assert np.array_equal(to_input(px, spec), want)
-    import lpirc.preprocess as pp
-
-    cv2, pp.cv2 = pp.cv2, None  # the numpy fallback gives the same codes
-    try:
+    with monkeypatch.context() as m:  # the numpy fallback gives the same codes
+        m.setattr("lpirc.preprocess.cv2", None)
         assert np.array_equal(to_input(px, spec), want)
-    finally:
-        pp.cv2 = cv2
     # channel order: the same values, B first
     bgr = PreprocessOptions(mean=MEAN, std=STD, channel_order="bgr").spec_for(
         (1, 4, 4, 3), "int8", 0.01866, -14)
