@@ -147,27 +147,12 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         return r
 
     opts, side_error = _resolve_options(model, preprocess or {}, config)
-    # 1. load (child process)
-    loaded = delegate_missing = False
-    try:
-        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
-                               input_size=opts.input_size)
-        loaded = True
-        emit("load", PASS, f"loads and invokes with --delegate {delegate or 'cpu'}",
-             size_bytes=info.size_bytes, sha256=info.sha256)
-    except LpircError as e:
-        emit("load", FAIL, str(e), error_type=type(e).__name__)
-        info = None
-        delegate_missing = isinstance(e, DelegateError)
-    # structure, even when allocation failed (an unresolved op still has tensors and ops)
+    info, loaded, delegate_missing = _check_load(model, delegate, opts, timeout_s, emit)
     if info is None:
-        try:
-            info = rtm.read_structure_isolated(model, timeout_s)
-        except LpircError:
-            for n in ("input", "output", "ops", "sidecar", "normalise", "invoke", "activations",
-                      "depthwise", "accuracy"):
-                emit(n, SKIP, "model could not be read")
-            return rep
+        for n in ("input", "output", "ops", "sidecar", "normalise", "invoke", "activations",
+                  "depthwise", "accuracy"):
+            emit(n, SKIP, "model could not be read")
+        return rep
 
     ok_input = _check_input(info, opts, emit)
     _check_output(model, info, opts, emit)
@@ -217,6 +202,27 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     _check_accuracy(model, delegate, threads, rt, spec, opts, holdout, images, ground_truth,
                     reference, max_drop, limit, timeout_s, emit, skipped)
     return rep
+
+
+def _check_load(model, delegate, opts, timeout_s, emit):
+    """The load check, in a child process: (ModelInfo or None, loaded, delegate missing). A model
+    that does not load still gets its structure read (an unresolved op still has tensors and
+    ops), in a child process too; None when even that fails."""
+    from lpirc import runtime as rtm
+
+    try:
+        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
+                               input_size=opts.input_size)
+    except LpircError as e:
+        emit("load", FAIL, str(e), error_type=type(e).__name__)
+        try:
+            return rtm.read_structure_isolated(model, timeout_s), False, \
+                isinstance(e, DelegateError)
+        except LpircError:
+            return None, False, False
+    emit("load", PASS, f"loads and invokes with --delegate {delegate or 'cpu'}",
+         size_bytes=info.size_bytes, sha256=info.sha256)
+    return info, True, False
 
 
 def _resolve_options(model, values: dict, config):
