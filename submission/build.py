@@ -280,6 +280,18 @@ def _inspect(tflite_bytes: bytes) -> dict:
     return {"input": info(i), "output": info(o)}
 
 
+def _checked_values(dtype: str, mean, std, crop_fraction: float) -> tuple[tuple, tuple]:
+    """The per-channel mean and std; InputError naming the option for a bad value."""
+    if dtype not in ("uint8", "int8"):
+        raise InputError(f"--dtype {dtype}: must be uint8 or int8")
+    if not 0 < crop_fraction <= 1:
+        raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
+    try:
+        return channel_values("mean", mean), channel_values("std", std, positive=True)
+    except ValueError as e:
+        raise InputError(f"--{e}") from None
+
+
 def _one_or_three(v: tuple) -> float | list:
     """A number when the three channels agree (as before), else the R, G, B list."""
     return float(v[0]) if len(set(v)) == 1 else [float(x) for x in v]
@@ -307,15 +319,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
     """
     if (saved_model is None) == (keras_model is None):
         raise InputError("give exactly one of a SavedModel folder or a Keras model")
-    if dtype not in ("uint8", "int8"):
-        raise InputError(f"--dtype {dtype}: must be uint8 or int8")
-    try:
-        mean_c = channel_values("mean", mean)
-        std_c = channel_values("std", std, positive=True)
-    except ValueError as e:
-        raise InputError(f"--{e}") from None
-    if not 0 < crop_fraction <= 1:
-        raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
+    mean_c, std_c = _checked_values(dtype, mean, std, crop_fraction)
     out = Path(out)
     # Fail fast on paths, before TensorFlow (slow to import, maybe absent) is imported.
     _check_out(out)
