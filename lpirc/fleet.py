@@ -658,6 +658,8 @@ class Fleet:
             why = {"hung": "stuck past its budget", "refused": "its node was refused"}.get(
                 slot.state, "lost mid-run")
             slot.state = "refused" if slot.state == "refused" else "lost"
+            with contextlib.suppress(Exception):  # "unavailable" may be a blip: free it for sure
+                self.ray.kill(slot.actor)
             work = slot.report.work_dir if slot.report else "?"
             rec.update(outcome="device_lost", reason=f"{why}: {_first_line(e)}",
                        run_dir=str(Path(work) / job.name / f"attempt-{rec['attempt']}" / "run"))

@@ -16,7 +16,6 @@ from lpirc.errors import InputError
 from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")
-DECODES = ("exact", "draft")
 
 
 def default_workers() -> int:
@@ -172,8 +171,6 @@ def resolve_settings(values: dict[str, Any], explicit: set[str],
 
     if merged.get("clock", "wall") not in CLOCKS:
         raise InputError(f"{where('clock')}clock must be one of {', '.join(CLOCKS)}")
-    if merged.get("decode", "exact") not in DECODES:
-        raise InputError(f"{where('decode')}decode must be one of {', '.join(DECODES)}")
     for k in ("workers", "threads", "batch"):
         if k in merged and int(merged[k]) < 1:
             raise InputError(f"{where(k)}{k} must be at least 1 (got {merged[k]})")

@@ -93,7 +93,7 @@ def match_positions(images: list[str], gt_names: list[str]) -> tuple[np.ndarray,
     """
     names = NameIndex(gt_names)
     n = len(images)
-    pos = np.fromiter((names._exact.get(img, -1) for img in images), dtype=np.int64, count=n)
+    pos = np.fromiter((names.exact(img) for img in images), dtype=np.int64, count=n)
     how: dict[str, int] = {}
     ambiguous: list[str] = []
     for j in np.nonzero(pos < 0)[0]:

@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (the `fleet` extra
 
 from click.testing import CliRunner  # noqa: E402
 
-from lpirc import fleet, leaderboard  # noqa: E402
+from lpirc import delegates, fleet, leaderboard  # noqa: E402
 from lpirc.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +178,8 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, small_holdout):
-    """Head node (one device), node B (one device), node C (one device, another holdout):
-    every node offers lpirc_device_cpu_0, told apart by node."""
+    """Head node (a cpu device and an Edge TPU one), node B (a cpu device), node C (a cpu
+    device, another holdout): every node offers lpirc_device_cpu_0, told apart by node."""
     from ray.cluster_utils import Cluster
 
     base = tmp_path_factory.mktemp("cluster")
@@ -188,7 +188,8 @@ def cluster(tmp_path_factory, small_holdout):
     sorted(other.glob("*.jpg"))[0].unlink()  # one image fewer: another ordered file list
     work = {n: base / f"work-{n}" for n in ("b", "c")}
     common = dict(num_cpus=1, resources={"lpirc_device_cpu_0": 1}, object_store_memory=80 * MB)
-    c = Cluster(initialize_head=True, head_node_args=dict(include_dashboard=False, **common))
+    head = common | {"resources": {"lpirc_device_cpu_0": 1, "lpirc_device_edgetpu_usb0": 1}}
+    c = Cluster(initialize_head=True, head_node_args=dict(include_dashboard=False, **head))
     c.add_node(env_vars={fleet.WORK_ENV: str(work["b"])}, **common)
     c.add_node(env_vars={fleet.WORK_ENV: str(work["c"]), fleet.HOLDOUT_ENV: str(other)},
                **common)
@@ -223,9 +224,10 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
                                               reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["one", "two", "three"])
     shutil.copy(subs / "three.tflite", subs / "tpu_edgetpu.tflite")  # asks for an Edge TPU
+    gpu = make_submissions(tmp_path / "gpu", reference_model, ["viagpu"])
+    jobs_given = fleet.find_submissions([subs]) + fleet.find_submissions([gpu], kind="gpu")
     events: list[fleet.FleetEvent] = []
-    outcome = fleet.run_fleet(fleet.find_submissions([subs]), _cfg(tmp_path, small_holdout),
-                              events.append)
+    outcome = fleet.run_fleet(jobs_given, _cfg(tmp_path, small_holdout), events.append)
     refused = [e for e in events if e.what == "refused"]
     assert len(refused) == 1, [e.message for e in events]
     assert str(cluster["other"]) in refused[0].message
@@ -235,8 +237,14 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
     for name in ("one", "two", "three"):
         assert jobs[name].status == "done"
         assert all(a["device"] != refused_label for a in jobs[name].attempts)
-    assert jobs["tpu_edgetpu"].status == "failed"
-    assert jobs["tpu_edgetpu"].reason.startswith("no edgetpu device in the cluster")
+    # a job goes to a device of the kind it asks for, or fails with the reason
+    tpu = jobs["tpu_edgetpu"]
+    assert [a["device"].split("@")[0] for a in tpu.attempts] == ["edgetpu_usb0"]
+    if delegates.find_library(delegates.edgetpu_library_name())[0] is None:  # no Edge TPU here
+        assert tpu.status == "failed" and "edgetpu" in tpu.reason, tpu.reason
+        assert tpu.attempts[0]["exit_code"] == 4  # lpirc run's "delegate unavailable"
+    assert jobs["viagpu"].status == "failed" and jobs["viagpu"].attempts == []
+    assert jobs["viagpu"].reason.startswith("no gpu device in the cluster")
     assert outcome.exit_code == 1
     states = {d["device"]: d["state"] for d in outcome.devices}
     assert states[refused_label] == "refused"
@@ -254,7 +262,8 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
         assert jobs2[name].attempts == jobs[name].attempts
         assert any(e.what == "note" and e.job == name and "not run or scored again" in e.message
                    for e in events)
-    assert not any(e.what == "running" for e in events)
+    assert not any(e.what == "running" and e.job in ("one", "two", "three") for e in events)
+    assert any(e.what == "running" and e.job == "tpu_edgetpu" for e in events)  # failed: again
     assert score_file.stat().st_mtime_ns == before
     conn = leaderboard.open_db(tmp_path / "standings.sqlite")
     assert sorted(e.submission for e in leaderboard.entries(conn)) == ["one", "three", "two"]
@@ -341,4 +350,42 @@ def test_fleet_devices_lists_each_node_device(cluster):
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("cpu_0@")]
     assert len(rows) == 3 and len({row.split()[0] for row in rows}) == 3  # one per node
     assert all("lpirc_device_cpu_0" in row for row in rows)
-    assert r.stdout.splitlines()[-1] == "3 device(s)"
+    assert sum(ln.startswith("edgetpu_usb0@") for ln in r.stdout.splitlines()) == 1
+    assert r.stdout.splitlines()[-1] == "4 device(s)"
+
+
+def test_node_lost_mid_run_job_retried_on_another_node(cluster, tmp_path, small_holdout,
+                                                       reference_model):
+    """A whole node dies (its raylet and every process of it killed) while a job runs there.
+    Last test of the module: it takes a node away."""
+    c = cluster["cluster"]
+    c.add_node(num_cpus=1, resources={"lpirc_device_cpu_0": 1},
+                       object_store_memory=80 * MB,
+                       env_vars={fleet.WORK_ENV: str(tmp_path / "work-d")})
+    removable = {n.node_id[:6]: n for n in c.worker_nodes}  # not the head: it holds the GCS
+    subs = make_submissions(tmp_path / "subs", reference_model, ["n1", "n2", "n3", "n4"])
+    lost: dict = {}
+
+    def remove_when_running(pid: int, node) -> None:
+        if run_child(pid) is not None:
+            c.remove_node(node, allow_graceful=False)
+            lost["removed"] = True
+
+    def on_event(ev: fleet.FleetEvent) -> None:
+        node = removable.get((ev.device or "#").rsplit("#", 1)[-1])
+        if ev.what == "running" and node is not None and not lost:
+            lost["device"], lost["job"] = ev.device, ev.job
+            threading.Thread(target=remove_when_running, args=(ev.pid, node),
+                             daemon=True).start()
+
+    outcome = fleet.run_fleet(fleet.find_submissions([subs]), _cfg(tmp_path, small_holdout),
+                              on_event)
+    assert lost.get("removed"), "no job was caught running on a removable node"
+    jobs = {j.name: j for j in outcome.jobs}
+    assert all(j.status == "done" for j in jobs.values()), [j.reason for j in jobs.values()]
+    victim = jobs[lost["job"]]
+    assert victim.attempts[0]["device"] == lost["device"]
+    assert victim.attempts[0]["outcome"] == "device_lost"
+    assert victim.attempts[-1]["outcome"] == "done"
+    assert all(a["device"] != lost["device"] for a in victim.attempts[1:])
+    assert {d["device"]: d["state"] for d in outcome.devices}[lost["device"]] == "lost"
