@@ -303,9 +303,13 @@ def _child_main(kind: str, args_json: str) -> None:
 
 
 def _spawn_child(kind: str, args: dict) -> subprocess.Popen:
+    # this checkout's lpirc, as `python -m lpirc` (run from REPO) uses, not an installed one
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                     else "")
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=env)
 
 
 def _collect(p: subprocess.Popen, what: str) -> dict:
