@@ -74,8 +74,12 @@ def log(msg: str) -> None:
 def _list_images(root: Path) -> list[str]:
     """The images below ``root`` by lpirc's one listing rule (lpirc.holdout.scan_images), so
     the contenders and lpirc run answer the same files."""
-    from lpirc.holdout import scan_images  # imported here: the module level stays lpirc-free
+    try:  # imported here: the module level stays lpirc-free
+        from lpirc.holdout import scan_images
+    except ImportError:  # an lpirc from before scan_images, measured for a before/after
+        from lpirc.holdout import list_images
 
+        return list_images(root)
     return scan_images(root).files
 
 
