@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from lpirc import __version__, preflight
 from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
-from lpirc.preprocess import channel_values
+from lpirc.holdout import scan_images
+from lpirc.preprocess import ImageError, PreprocessSpec, channel_values, load_image
 from lpirc.settings import sidecar_path
 
 SIDECAR_FORMAT = "lpirc-submission/1"
@@ -67,7 +69,6 @@ def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` by lpirc's one listing rule (lpirc.holdout.scan_images:
     linked folders followed, hidden files, __MACOSX/, OS junk and .csv/.json/.txt/.md skipped),
     sorted. InputError for a missing folder or one without images."""
-    from lpirc.holdout import scan_images  # noqa: PLC0415
 
     folder = Path(folder)
     if not folder.exists():
@@ -100,7 +101,6 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
     Returns a float32 array (n, height, width, 3) and the files skipped as undecodable
     (``"name: reason"``); InputError if none is left.
     """
-    from lpirc.preprocess import ImageError, PreprocessSpec, load_image  # noqa: PLC0415
 
     files = _pick(list_images(folder), max(1, int(num_images)))
     spec = PreprocessSpec(height=int(height), width=int(width), dtype="float32",
@@ -108,8 +108,6 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
     out, bad = [], []
     it: Iterable[Path] = files
     if progress:
-        from tqdm import tqdm  # noqa: PLC0415
-
         it = tqdm(files, desc="representative images", unit="img", leave=False, disable=None)
     for p in it:
         try:
