@@ -968,7 +968,8 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
                                "or scored again", j)
     interrupted = False
     try:
-        fleet.start(devices)
+        if any(j.status == "queued" for j in fleet.jobs):  # else nothing to hold a device for
+            fleet.start(devices)
         fleet.save()
         fleet.loop()
     except KeyboardInterrupt:

@@ -264,6 +264,12 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
                    for e in events)
     assert not any(e.what == "running" and e.job in ("one", "two", "three") for e in events)
     assert any(e.what == "running" and e.job == "tpu_edgetpu" for e in events)  # failed: again
+    # only done jobs given: no device is even asked
+    events.clear()
+    done_only = [s for s in fleet.find_submissions([subs]) if s.name != "tpu_edgetpu"]
+    third = fleet.run_fleet(done_only, _cfg(tmp_path, small_holdout), events.append)
+    assert not any(e.what in ("device", "running", "refused") for e in events)
+    assert all(j.status == "done" for j in third.jobs if j.name in ("one", "two", "three"))
     assert score_file.stat().st_mtime_ns == before
     conn = leaderboard.open_db(tmp_path / "standings.sqlite")
     assert sorted(e.submission for e in leaderboard.entries(conn)) == ["one", "three", "two"]
