@@ -1,19 +1,23 @@
 """The ``lpirc`` command line. Parsing and printing only: the work is done by the modules it calls.
 
-Heavy modules (LiteRT, TensorFlow, Pillow) are imported inside the commands that need them, so
-``lpirc score`` and ``lpirc rules`` run where only numpy is installed.
+Modules that pull in Pillow, OpenCV, LiteRT or TensorFlow (runner, tune, settings, holdout,
+submission.*) are imported inside the commands that need them, so ``lpirc score`` and ``lpirc
+rules`` run where only numpy is installed; everything light is imported here, at the top.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
+import scoring
 from lpirc import __version__
-from lpirc.errors import EXIT_INTERRUPTED, LpircError
+from lpirc.errors import EXIT_INTERRUPTED, InputError, LpircError
 from lpirc.referee.cli import RefereeRun, referee_run_options
 
 
@@ -110,7 +114,7 @@ def submission() -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per invoke (falls back to 1 if the model's batch cannot be resized).")
 @click.option("--decode-threads", type=click.IntRange(min=0), default=0, show_default=True, help="Decode threads per worker (0: decode inline; the Edge TPU's single process gets one per core).")
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
-@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Central crop kept before resizing (the model's sidecar X.json, if any, overrides the default).")
+@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), default=0.875, show_default=True, help="Fraction kept by the --crop before resizing (the model's sidecar X.json, if any, overrides the default).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), default="bilinear", show_default=True, help="bilinear: TF v1 resize_bilinear (TFLite eval tool); antialias: Pillow's (the sidecar X.json, if any, overrides the default).")
 @preprocess_options
 @click.option("--decode", type=click.Choice(["exact", "draft"]), default="exact", show_default=True, help="draft: JPEG DCT-scaled decode of large images (faster, may cost accuracy).")
@@ -164,13 +168,14 @@ def format_run_summary(outcome) -> str:
          f"runtime         not reported: no worker loaded the model (requested delegate "
          f"{d.get('requested')})"),
         f"holdout         {m['holdout']['path']} ({m['holdout']['image_count']} images)",
+        *([f"input           {pre['input']}; {pre['crop']} crop {pre['crop_fraction']:g}, "
+           f"{pre['resize']} resize to {pre['height']}x{pre['width']}"]
+          if (pre := m.get("preprocess")) and pre.get("input") else []),
         (f"first answer    {m['first_answer_s']} s after start (measured)"
          if m.get("first_answer_s") is not None else "first answer    none"),
     ]
     lines += [f"note            {n}" for n in outcome.notes]
     if outcome.score is not None:
-        import scoring
-
         lines += ["", scoring.format_table([outcome.score])]
     else:
         e = m.get("energy") or {}
@@ -207,11 +212,6 @@ def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_op
     PATHS: run folders (results.jsonl + manifest.json), bare results.jsonl files, or LPIRC referee
     result files (image_id class_id confidence per row). Needs only numpy.
     """
-    import json
-
-    import scoring
-    from lpirc.errors import InputError
-
     # one bad run folder must not cost the leaderboard the others: score them, then fail (exit 5)
     scores, errors = [], []
     for p in paths:
@@ -243,8 +243,6 @@ def score_cmd(paths, ground_truth, rules_name, fmt, per_class, labels, **rule_op
 @friendly_errors
 def rules_cmd() -> None:
     """List the rule sets `lpirc score --rules` knows, with their source year."""
-    import scoring
-
     width = max(len(n) for n in scoring.RULES)
     for name, r in scoring.RULES.items():
         click.echo(f"{name:<{width}}  {r.year:<9}  {r.describe()}  [{r.source}]")
@@ -270,8 +268,6 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
                  ground_truth: Path | None) -> None:
     """Make an anonymised holdout OUT (img_000001.jpg ..., ground_truth.csv) from a labelled
     folder SRC of <synset>_*.JPEG files or <synset>/ subfolders (or any, with --ground-truth)."""
-    import time
-
     from lpirc.holdout import make_holdout
 
     t0 = time.perf_counter()
@@ -302,7 +298,7 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
 @click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="Budget clock of the run the settings are for (see lpirc run).")
 @click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image, for --clock inference.")
 @click.option("--delegate", default="cpu", show_default=True, help="cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library.")
-@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Central crop (default: the model's sidecar, else 0.875).")
+@click.option("--crop-fraction", type=click.FloatRange(min=0.01, max=1.0), help="Fraction kept by the --crop (default: the model's sidecar, else 0.875).")
 @click.option("--resize", type=click.Choice(["bilinear", "antialias"]), help="Resize method (default: the sidecar's, else bilinear).")
 @preprocess_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -345,9 +341,11 @@ def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: in
               help="Calibration images used, spread over the folder.")
 @click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.875,
               show_default=True, help="Central crop before resizing, as lpirc run does.")
-@click.option("--mean", type=float, default=127.5, show_default=True,
-              help="Float model input = (pixel - mean) / std.")
-@click.option("--std", type=click.FloatRange(0, min_open=True), default=127.5, show_default=True)
+@click.option("--mean", default="127.5", show_default=True,
+              help="Float model input = (pixel - mean) / std, pixel units 0..255: one number or "
+                   "R,G,B (ImageNet: 123.675,116.28,103.53). Written to the sidecar.")
+@click.option("--std", default="127.5", show_default=True,
+              help="One number or R,G,B (ImageNet: 58.395,57.12,57.375).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def submission_build(saved_model, keras_file, representative, out, dtype, num_images,
@@ -361,8 +359,6 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
     path = build_submission(out, representative, saved_model=saved_model, keras_model=keras_file,
                             dtype=dtype, num_images=num_images, crop_fraction=crop_fraction,
                             mean=mean, std=std, progress=not quiet)
-    import json
-
     meta = json.loads(sidecar_path(path).read_text())
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {dtype} in/out, "
                f"{meta['input']['height']}x{meta['input']['width']}, {meta['classes']} classes, "

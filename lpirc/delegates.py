@@ -25,7 +25,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +136,6 @@ def find_library_isolated(name: str) -> tuple[str | None, str | None]:
     starts threads) must not take lpirc, or the workers it forks later, with it."""
     if not hasattr(os, "fork"):
         return find_library(name)
-    import json
-    import signal
-
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: answer through the pipe and leave without cleanup

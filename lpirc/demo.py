@@ -47,6 +47,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from lpirc.errors import InputError
 from scoring import synset_index
 
 DEMO_HOLDOUT_NAME = "demo-holdout-v1"
@@ -496,8 +497,6 @@ def demo_holdout_path() -> Path:
     try:
         return _generate(root, final)
     except OSError as e:
-        from lpirc.errors import InputError
-
         where = e.filename or root
         raise InputError(f"{where}: cannot write the demo holdout ({e.strerror or e}); set "
                          "XDG_CACHE_HOME to a writable folder, or pass --holdout") from None

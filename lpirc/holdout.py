@@ -14,16 +14,23 @@ the sources, re-encoded as JPEG (quality 90). The result depends only on the sou
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import signal
 import random
 import re
 import shutil
+import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
+import scoring
 from lpirc.errors import InputError
+from scoring.names import AMBIGUOUS, NameIndex
 
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md")  # data and notes beside the images
 _SYNSET_RE = re.compile(r"^(n\d{8})(?:_|$)")
@@ -156,9 +163,7 @@ def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
 
 
 def _known_synsets() -> frozenset[str]:
-    from scoring import synsets  # the scorer owns the label list
-
-    return frozenset(synsets())
+    return frozenset(scoring.synsets())  # the scorer owns the label list
 
 
 def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | None = None,
@@ -209,9 +214,6 @@ def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | N
 
 def _labelled_by_truth(root: Path, files: list[str], gt: Path) -> list[tuple[Path, str]]:
     """(file, synset) from a ground truth, every listed image matched by scoring.names."""
-    import scoring
-    from scoring.names import AMBIGUOUS, NameIndex
-
     try:
         truth = scoring.read_ground_truth(gt)
     except scoring.ScoringError as e:
@@ -258,11 +260,7 @@ def _plan(n_src: int, count: int, seed: int) -> list[tuple[int, int]]:
 def make_variant(data_path: str, seed: str, quality: int = VARIANT_QUALITY) -> bytes:
     """A randomly cropped (50-100 % of the area, aspect x 3/4..4/3) and/or mirrored copy of an
     image, encoded as JPEG. Deterministic for ``seed``. Raises ImageError for unusable images."""
-    import io
-
-    from PIL import Image
-
-    from lpirc.preprocess import PreprocessSpec, decode
+    from lpirc.preprocess import PreprocessSpec, decode  # imports OpenCV (heavy): only here
 
     spec = PreprocessSpec(1, 1, "uint8", max_image_pixels=100_000_000)
     img = decode(data_path, spec)
@@ -352,8 +350,6 @@ def make_holdout(
         tasks.append((str(path), str(out_dir / name), variant, f"{seed}:{i}:{variant}"))
         truth.append((name, synset))
 
-    from tqdm import tqdm
-
     show = bool(progress) and sys.stderr.isatty()
     n_variants = sum(1 for t in tasks if t[2] > 0)
     n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
@@ -363,8 +359,6 @@ def make_holdout(
             results = map(_make_one, tasks)
             _consume(results, bar)
         else:
-            from concurrent.futures import ProcessPoolExecutor
-
             pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_ignore_sigint)
             try:
                 _consume(pool.map(_make_one, tasks, chunksize=16), bar)

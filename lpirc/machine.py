@@ -7,6 +7,10 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from lpirc.energy import rapl_status
+
 # Keys of /proc/cpuinfo that name the CPU, best first (x86: "model name"; ARM/RISC-V vary).
 _CPUINFO_KEYS = ("model name", "hardware", "model", "cpu model", "uarch", "processor")
 
@@ -32,8 +36,6 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def has_rapl(root: Path = Path("/sys/class/powercap")) -> bool:
     """True when RAPL package energy counters exist under ``root`` and can be read."""
-    from lpirc.energy import rapl_status
-
     counters, _ = rapl_status(Path(root))
     return bool(counters)
 
@@ -41,22 +43,16 @@ def has_rapl(root: Path = Path("/sys/class/powercap")) -> bool:
 def machine_info() -> dict[str, Any]:
     """``{"cpu", "cores_logical", "cores_physical", "memory_bytes", "os", "python", "arch"}``.
     A value that cannot be found is None."""
-    try:
-        import psutil
-    except ImportError:  # psutil is a dependency; stay useful without it
-        psutil = None  # type: ignore[assignment]
-
     logical = physical = memory = None
-    if psutil is not None:
-        try:
-            logical = psutil.cpu_count(logical=True)
-            physical = psutil.cpu_count(logical=False)
-        except Exception:
-            pass
-        try:
-            memory = int(psutil.virtual_memory().total)
-        except Exception:
-            pass
+    try:
+        logical = psutil.cpu_count(logical=True)
+        physical = psutil.cpu_count(logical=False)
+    except Exception:
+        pass
+    try:
+        memory = int(psutil.virtual_memory().total)
+    except Exception:
+        pass
     if logical is None:
         logical = os.cpu_count()
     if memory is None:

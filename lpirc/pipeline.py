@@ -17,13 +17,20 @@ import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
+import PIL
+
+from lpirc import runtime
 from lpirc.clock import Budget, Stopwatch
-from lpirc.preprocess import PreprocessOptions
+from lpirc.errors import DelegateError, LpircError, ModelError
+from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions, load_image,
+                              resize_backend)
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
@@ -137,14 +144,7 @@ def _worker_main(job: WorkerJob, conn: Connection) -> None:
 
 
 def _serve(job: WorkerJob, conn: Connection) -> None:
-    import PIL
-
-    from lpirc.errors import DelegateError, LpircError, ModelError
-    from lpirc.preprocess import InputShapeError, resize_backend
-
     try:
-        from lpirc import runtime
-
         rt = runtime.load_runtime()
         model = runtime.open_model(job.model, threads=job.threads, delegate=job.delegate,
                                    batch=job.batch, runtime=rt, output=job.preprocess.output,
@@ -182,8 +182,6 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
     root = Path(job.holdout)
     pool = None
     if job.decode_threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         pool = ThreadPoolExecutor(job.decode_threads)
     pending: deque = deque()  # (chunk_id, items, decoded-or-futures)
     while True:
@@ -218,8 +216,6 @@ def _join_notes(*notes: str | None) -> str | None:
 
 def _load(path: Path, spec) -> tuple[Any, str | None, float]:
     """Decode and preprocess one image: (array or None, error reason or None, ms taken)."""
-    from lpirc.preprocess import ImageError, load_image
-
     t = time.perf_counter()
     try:
         arr, err = load_image(path, spec), None
@@ -233,8 +229,6 @@ def _load(path: Path, spec) -> tuple[Any, str | None, float]:
 
 
 def _infer(model, items, loaded, runtime) -> list[Answer]:
-    import numpy as np
-
     answers: list[Answer] = []
     good = [i for i, (arr, _, _) in enumerate(loaded) if arr is not None]
     per_image_ms = {}

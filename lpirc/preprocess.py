@@ -1,16 +1,19 @@
-"""Decode and preprocess one image the way the TFLite ImageNet evaluation tool does.
+"""Decode and preprocess one image: TF-slim's ImageNet evaluation by default, the TFLite
+ImageNet evaluation tool's square crop on request.
 
-The default pipeline (``PreprocessSpec(h, w, dtype)``) is the one used by the TFLite ImageNet
-evaluation tool and LPIRC's Track-1 benchmarker, written with TensorFlow ops as::
+The default pipeline (``PreprocessSpec(h, w, dtype)``), written with TensorFlow ops, is::
 
     img = tf.io.decode_jpeg(data, channels=3)
-    img = tf.image.central_crop(img, 0.875)
+    img = tf.image.central_crop(img, 0.875)          # crop="square": the eval tool's square
     img = tf.compat.v1.image.resize_bilinear(img[None], (h, w), align_corners=False)[0]
     img = tf.cast(img, tf.uint8)
 
 plus EXIF orientation (which TensorFlow ignores; ImageNet photos carry none that matters).
-Then the pixels become the model's input: raw uint8 for uint8 models, ``pixel - 128`` for int8
-models, ``(pixel - mean) / std`` for float models.
+Then the pixels become the model's input (:func:`to_input`): ``(pixel - mean) / std`` for float
+models; for quantized ones the raw codes (uint8: the pixel, int8: pixel - 128) unless a mean/std
+is given, then that normalisation quantized with the input tensor's own scale and zero point.
+:class:`PreprocessOptions` holds what a run asks for, checked once; ``spec_for`` gives the
+:class:`PreprocessSpec` of one model input.
 
 Crop and resize gather the four source pixels of every output pixel (one numpy ``take`` on
 Pillow's 32-bit RGBX words) and blend them with TF's own float32 formula and truncating cast:
@@ -130,9 +133,11 @@ class PreprocessSpec:
     def to_json(self) -> dict:
         """What the manifest records: sizes, crop, resize, normalisation and quantization."""
         lut = input_lut(self)
+        used = self.dtype == "float32" or self.quantize is not None  # raw codes: no mean/std
         return {"height": self.height, "width": self.width, "dtype": self.dtype,
                 "crop": self.crop, "crop_fraction": self.crop_fraction, "resize": self.resize,
-                "mean": list(self.mean), "std": list(self.std),
+                "mean": list(self.mean) if used else None,
+                "std": list(self.std) if used else None,
                 "channel_order": self.channel_order,
                 "quantize": list(self.quantize) if lut is not None else None,
                 "input": self.describe_input()}
@@ -706,8 +711,7 @@ def to_input(pixels_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     else:
         lut = input_lut(spec)
         if lut is not None:
-            # one gather: channel c of pixel value v is lut[c, v]
-            out = lut.ravel().take(p.astype(np.intp) + _CHANNEL_OFFSETS)
+            out = _apply_lut(p, lut)
         elif spec.dtype == "uint8":
             out = p
         else:
@@ -717,7 +721,17 @@ def to_input(pixels_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
-_CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.intp)
+def _apply_lut(p: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Channel c of pixel value v becomes ``lut[c, v]``: OpenCV's LUT on the table's bytes, else
+    one numpy take per channel (measured on a 224 x 224 image, 2-core machine under load:
+    0.45 ms and 1.1 ms; raw codes cost 0.03 ms)."""
+    if cv2 is not None and p.ndim == 3 and p.shape[2] == 3:
+        table = np.ascontiguousarray(lut.T[None]).view(np.uint8)  # (1, 256, 3) bytes
+        return cv2.LUT(np.ascontiguousarray(p), table).view(lut.dtype)
+    out = np.empty(p.shape, lut.dtype)
+    for c in range(p.shape[-1]):
+        np.take(lut[c], p[..., c], out=out[..., c])
+    return out
 
 
 __all__ = [

@@ -48,6 +48,7 @@ from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_worker
 from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, new_run_dir, write_json
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
+from scoring.names import NameIndex
 from scoring.records import Manifest, Record
 
 #: Called with each chunk's records as they arrive (after they are logged).
@@ -183,8 +184,6 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
     """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
     Names are matched by the scorer's own rule (scoring.names), so this note and the score
     agree."""
-    from scoring.names import NameIndex
-
     index = NameIndex(truth)
     pos, _ = index.match_all(files)
     hit = set(pos)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from lpirc import delegates as dl
 from lpirc.errors import DelegateError, ModelError
 
 # ----------------------------------------------------------------------------------- runtime
@@ -418,8 +419,6 @@ def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
     height/width of a model whose shape signature has -1 there. ``output`` chooses the output
     that answers (see choose_output). Raises ModelError / DelegateError (one line).
     """
-    from lpirc import delegates as dl
-
     rt = runtime or load_runtime()
     spec = dl.parse_delegate(delegate, delegate_options)
     p, data = _check_file(path)
@@ -520,8 +519,6 @@ def _open_gpu(p: Path, data: bytes, rt: Runtime, spec, threads: int, batch: int,
     """LiteRT 2.x CompiledModel on the GPU accelerator (WebGPU/Vulkan), batch 1, fixed input
     size. The chosen output is read from the output buffer at its index (untested on a GPU with
     several outputs)."""
-    from lpirc import delegates as dl
-
     reason = dl.gpu_unavailable_reason(rt.name)
     if reason:
         raise DelegateError(f"gpu: {reason}")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import scoring
+import submission
 from lpirc.errors import InputError
 from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")
-DECODES = ("exact", "draft")
 
 
 def default_workers() -> int:
@@ -105,8 +107,6 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def bundled_model() -> Path:
     """The project's own reference submission, installed with the package."""
-    import submission
-
     return Path(submission.__file__).resolve().parent / "reference" / "model.tflite"
 
 
@@ -171,8 +171,6 @@ def resolve_settings(values: dict[str, Any], explicit: set[str],
 
     if merged.get("clock", "wall") not in CLOCKS:
         raise InputError(f"{where('clock')}clock must be one of {', '.join(CLOCKS)}")
-    if merged.get("decode", "exact") not in DECODES:
-        raise InputError(f"{where('decode')}decode must be one of {', '.join(DECODES)}")
     for k in ("workers", "threads", "batch"):
         if k in merged and int(merged[k]) < 1:
             raise InputError(f"{where(k)}{k} must be at least 1 (got {merged[k]})")
@@ -200,8 +198,6 @@ def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> Non
     """Refuse values that would only fail inside a worker, or after the run (a sidecar or config
     file can carry them as well as the command line). InputError naming the setting, and the
     file it came from when ``origin`` says."""
-    import math
-
     def bad(name: str, why: str) -> InputError:
         src = f"{origin[name]}: " if origin and name in origin else ""
         return InputError(f"{src}{name} {why} (got {getattr(s, name)!r})")
@@ -217,8 +213,7 @@ def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> Non
     # the preprocessing options were checked when ``s`` was made (RunSettings.preprocess)
     if not isinstance(s.decode_threads, int) or s.decode_threads < 0:
         raise bad("decode_threads", "must be an integer >= 0")
-    import scoring  # numpy only; the rule set must exist before the run, not when it is scored
-
+    # the rule set must exist before the run, not only when it is scored
     if s.rules not in scoring.RULES:
         src = f"{origin['rules']}: " if origin and "rules" in origin else ""
         raise InputError(f"{src}unknown rule set {s.rules!r} (known: {', '.join(scoring.RULES)})")

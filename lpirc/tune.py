@@ -68,6 +68,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import scoring
+from scoring.names import label_images
 from lpirc import pipeline, preflight
 from lpirc.clock import Budget, Stopwatch
 from lpirc.errors import InputError, NoTimeError
@@ -463,7 +464,9 @@ class _Search:
         self.truth: dict[str, int] | None = None
         if self.ground_truth is not None:
             try:
-                self.truth = scoring.read_ground_truth(self.ground_truth)
+                # keyed by the holdout's own names, matched by the scorer's rule
+                self.truth = label_images(scoring.read_ground_truth(self.ground_truth),
+                                          self.files)
             except scoring.ScoringError as e:
                 raise InputError(str(e)) from None
         self.exclusive = preflight.check_delegate(base.delegate)

@@ -93,7 +93,7 @@ def match_positions(images: list[str], gt_names: list[str]) -> tuple[np.ndarray,
     """
     names = NameIndex(gt_names)
     n = len(images)
-    pos = np.fromiter((names._exact.get(img, -1) for img in images), dtype=np.int64, count=n)
+    pos = np.fromiter((names.exact(img) for img in images), dtype=np.int64, count=n)
     how: dict[str, int] = {}
     ambiguous: list[str] = []
     for j in np.nonzero(pos < 0)[0]:
@@ -130,14 +130,81 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
                labels=None, log: Log | None = None, **rule_options) -> dict:
     """Score one run under one rule set; returns the score.json object.
 
-    path: a run folder (results.jsonl + manifest.json), a bare results.jsonl, or a referee result
-    file. ground_truth: CSV path; None = the manifest's holdout.ground_truth. rule_options:
-    time_limit_s, ms_per_image, idle_watts, k, a0, energy_wh (None = default). per_class adds
-    "per_class" and "confused"; labels names the classes (1000 or 1001-line file). log: the
-    path's log already read with :func:`read_log` (a caller that needs its columns too need not
-    read it twice).
-    Raises ScoringError (one line naming the file and the problem).
+    Args:
+      path: a run folder (results.jsonl + manifest.json), a bare results.jsonl, or a referee
+        result file.
+      ground_truth: CSV path; None = the manifest's ``holdout.ground_truth``.
+      rules: a rule set of :data:`scoring.RULES`.
+      per_class: add ``per_class`` and ``confused``; labels names the classes (1000 or
+        1001-line file).
+      log: the path's log already read with :func:`read_log` (a caller that needs its columns
+        too need not read it twice).
+      rule_options: time_limit_s, ms_per_image, idle_watts, k, a0, energy_wh (None = default).
+    Returns:
+      the score.json object (every figure with its ``source``; ``warnings`` a list of lines).
+    Raises:
+      ScoringError: one line naming the file (or option) and the problem.
     """
+    rule, opts, warnings = _rule_and_options(rules, rule_options)
+    log_path, man_path = _locate(path)
+    manifest = read_manifest(man_path) if man_path else {}
+    if man_path is None and Path(path).is_dir():
+        warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
+    status = manifest.get("status")
+    if status and status not in ("complete", "budget_exhausted"):
+        warnings.append(f"{man_path}: run status is {status!r} (the log may be partial)")
+    gt_path = _ground_truth_path(path, ground_truth, manifest, log_path.parent)
+    gt = read_ground_truth(gt_path)
+    warnings.extend(ground_truth_notes(gt_path))
+    if log is None:
+        log = read_log(log_path)
+    warnings.extend(log.warnings)
+    if not len(log):
+        warnings.append(f"{log_path}: no answers in the log")
+    gt_names = list(gt)
+    gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
+    pos, keep, n_unknown, n_dup = _match(log, gt_names, warnings)
+    times = _run_times(manifest, log)
+    energy = _energy(manifest, opts, rule, log_path, warnings)
+    ev = Evaluation(
+        images_total=len(gt), labels=gt_labels[pos[keep]], top5=log.top5[keep],
+        error=log.error[keep], t_s=log.t_s[keep], inference_ms=log.inference_ms[keep],
+        latency_ms=log.latency_ms[keep], late_flag=log.late[keep], wall_time_s=times["wall"],
+        inference_time_s=times["inference"], energy_wh=energy["wh"], manifest=manifest,
+        warnings=warnings)
+    fields = rule.function(ev, **{k: v for k, v in opts.items()
+                                  if k in rule.options and k != "energy_wh"})
+    if log.format == "referee":  # one class per row: a top-5 would silently equal the top-1
+        fields["top5"] = None
+        warnings.append(f"{log_path}: referee format gives one class per image: no top-5")
+    confident = _confident_but_wrong(ev, log)
+    if confident:
+        warnings.append(f"{gt_path}: {confident}")
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    out = _score_object(rule, path, log, gt_path, model, ev, fields, times, energy, n_unknown,
+                        n_dup)
+    out["options"] = {k: v for k, v in opts.items() if k in rule.options}
+    out["source"] = {
+        "top1": "measured",
+        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
+        "wall_time_s": times["wall_source"] if times["wall"] is not None else "unknown",
+        "inference_time_s": (times["inference_source"] if times["inference"] is not None
+                             else "unknown"),
+        "energy_wh": energy["source"],
+        "energy_method": energy["method"],
+    }
+    if per_class:
+        names, names_from = _label_names(labels, model, warnings)
+        out["label_names"] = names_from
+        out.update(_per_class(ev, gt_labels, names))
+    out["warnings"] = warnings
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _rule_and_options(rules: str, rule_options: dict):
+    """(the Rule, its options given (None dropped), warnings so far); ScoringError for an
+    unknown rule set or option, or an option that is not a finite number (>= 0 where a count
+    of time or energy)."""
     rule = RULES.get(rules)
     if rule is None:
         raise ScoringError(f"unknown rule set {rules!r} (known: {', '.join(RULES)})")
@@ -153,35 +220,24 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
             raise ScoringError(f"option {k}={v!r}: expected a finite number")
         if k in ("time_limit_s", "ms_per_image", "energy_wh", "idle_watts") and v < 0:
             raise ScoringError(f"option {k}={v!r}: expected a number >= 0")
+    return rule, opts, warnings
 
-    log_path, man_path = _locate(path)
-    manifest = read_manifest(man_path) if man_path else {}
-    run_dir = log_path.parent
-    if man_path is None and Path(path).is_dir():
-        warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
-    status = manifest.get("status")
-    if status and status not in ("complete", "budget_exhausted"):
-        warnings.append(f"{man_path}: run status is {status!r} (the log may be partial)")
 
-    if ground_truth is None:
-        hold = manifest.get("holdout") if isinstance(manifest.get("holdout"), dict) else {}
-        if not hold.get("ground_truth"):
-            raise ScoringError(f"{path}: no ground truth given (--ground-truth) and none named in the manifest")
-        gt_path = _resolve_gt(hold["ground_truth"], run_dir)
-    else:
-        gt_path = Path(ground_truth)
-    gt = read_ground_truth(gt_path)
-    warnings.extend(ground_truth_notes(gt_path))
-    if log is None:
-        log = read_log(log_path)
-    warnings.extend(log.warnings)
-    if not len(log):
-        warnings.append(f"{log_path}: no answers in the log")
+def _ground_truth_path(path, ground_truth, manifest: dict, run_dir: Path) -> Path:
+    """The ground truth given, else the one the run's manifest names (relative to the run)."""
+    if ground_truth is not None:
+        return Path(ground_truth)
+    hold = manifest.get("holdout") if isinstance(manifest.get("holdout"), dict) else {}
+    if not hold.get("ground_truth"):
+        raise ScoringError(f"{path}: no ground truth given (--ground-truth) and none named in the manifest")
+    return _resolve_gt(hold["ground_truth"], run_dir)
 
-    # --- match answers to the ground truth: exact names in one pass, the rest by the rules of
-    # scoring.names (NFC, bare name, stem, case; ambiguous names match nothing)
-    gt_names = list(gt)
-    gt_labels = np.fromiter(gt.values(), dtype=np.int64, count=len(gt))
+
+def _match(log, gt_names: list[str], warnings: list[str]):
+    """Match answers to the ground truth: exact names in one pass, the rest by the rules of
+    scoring.names (NFC, bare name, stem, case; ambiguous names match nothing). Returns (pos,
+    keep, answers not in the ground truth, duplicate answers); says what it did in
+    ``warnings``."""
     pos, how, ambiguous = match_positions(log.images, gt_names)
     keep = first_answers(pos)
     loose = describe_loose(how)
@@ -201,96 +257,76 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         counts = Counter(pos[idx].tolist())
         dups = [gt_names[p] for p, c in counts.items() if c > 1]
         warnings.append(f"{log.path}: {n_dup} duplicate answer(s), the first one counts: {_few(dups)}")
+    return pos, keep, n_unknown, n_dup
 
-    # --- run-level figures ------------------------------------------------------------------
+
+def _run_times(manifest: dict, log) -> dict:
+    """Wall and inference time of the run and how each was obtained: the manifest's, else
+    from the log (the last answer's ``t_s``; the sum of ``inference_ms``)."""
     wall = _fnum(manifest.get("wall_time_s"))
-    time_src = "measured by lpirc run"
+    wall_src = "measured by lpirc run"
     t_known = log.t_s[~np.isnan(log.t_s)]
     if wall is None and t_known.size:
-        wall, time_src = float(t_known.max()), "measured: last answer's t_s in the log"
+        wall, wall_src = float(t_known.max()), "measured: last answer's t_s in the log"
     inf_time = _fnum(manifest.get("inference_time_s"))
     inf_src = "measured: summed model invoke time"
     inf_known = log.inference_ms[~np.isnan(log.inference_ms)]
     if inf_time is None and inf_known.size:
         inf_time, inf_src = float(inf_known.sum()) / 1000.0, "measured: sum of inference_ms in the log"
+    return {"wall": wall, "wall_source": wall_src, "inference": inf_time,
+            "inference_source": inf_src}
+
+
+def _energy(manifest: dict, opts: dict, rule, log_path: Path, warnings: list[str]) -> dict:
+    """The run's energy in Wh with its source (measured, estimated, given, unknown) and
+    method: ``--energy-wh`` wins over the manifest's figure."""
     energy = manifest.get("energy") if isinstance(manifest.get("energy"), dict) else {}
-    energy_wh = _fnum(energy.get("wh"))
-    energy_source = energy.get("source") if energy_wh is not None else None
-    energy_method = energy.get("method") if energy_wh is not None else None
-    if energy_wh is not None and energy_source not in ("measured", "estimated"):
-        energy_source = "unknown"
+    wh = _fnum(energy.get("wh"))
+    source = energy.get("source") if wh is not None else None
+    method = energy.get("method") if wh is not None else None
+    if wh is not None and source not in ("measured", "estimated"):
+        source = "unknown"
     if "energy_wh" in opts:
-        energy_wh, energy_source, energy_method = float(opts["energy_wh"]), "given", "--energy-wh option"
-    if energy_wh is None:
-        energy_source = "unknown"
+        wh, source, method = float(opts["energy_wh"]), "given", "--energy-wh option"
+    if wh is None:
+        source = "unknown"
         if "energy_wh" in rule.options:
             warnings.append(f"{log_path}: no energy figure (no manifest energy, no --energy-wh): no score")
+    return {"wh": wh, "source": source, "method": method}
 
-    ev = Evaluation(
-        images_total=len(gt),
-        labels=gt_labels[pos[keep]],
-        top5=log.top5[keep],
-        error=log.error[keep],
-        t_s=log.t_s[keep],
-        inference_ms=log.inference_ms[keep],
-        latency_ms=log.latency_ms[keep],
-        late_flag=log.late[keep],
-        wall_time_s=wall,
-        inference_time_s=inf_time,
-        energy_wh=energy_wh,
-        manifest=manifest,
-        warnings=warnings,
-    )
-    fields = rule.function(ev, **{k: v for k, v in opts.items() if k in rule.options and k != "energy_wh"})
-    if log.format == "referee":  # one class per row: a top-5 would silently equal the top-1
-        fields["top5"] = None
-        warnings.append(f"{log_path}: referee format gives one class per image: no top-5")
+
+def _score_object(rule, path, log, gt_path: Path, model: dict, ev: Evaluation, fields: dict,
+                  times: dict, energy: dict, n_unknown: int, n_dup: int) -> dict:
+    """The score.json object's figures (``fields``: what the rule set returned)."""
     answered = int(np.count_nonzero(~ev.error))
     failed = int(np.count_nonzero(ev.error))
-    confident = _confident_but_wrong(ev, log)
-    if confident:
-        warnings.append(f"{gt_path}: {confident}")
-    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    wall = times["wall"]
     out = {
         "rules": rule.name,
         "run": str(path),
-        "log": str(log_path),
+        "log": str(log.path),
         "log_format": log.format,
         "model": Path(model["path"]).name if isinstance(model.get("path"), str) else None,
         "ground_truth": str(gt_path),
-        "images_total": len(gt),
+        "images_total": ev.images_total,
         "images_answered": answered,
         "images_failed": failed,
-        "images_unanswered": len(gt) - answered - failed,
+        "images_unanswered": ev.images_total - answered - failed,
         "images_late": fields.pop("images_late", 0),
         "answers_not_in_ground_truth": n_unknown,
         "answers_duplicate": n_dup,
         "top1": fields.pop("top1"),
         "top5": fields.pop("top5"),
         "wall_time_s": wall,
-        "inference_time_s": inf_time,
+        "inference_time_s": times["inference"],
         "images_per_s": answered / wall if wall else None,
-        "energy_wh": energy_wh,
-        "energy_source": energy_source,
-        "energy_method": energy_method,
+        "energy_wh": energy["wh"],
+        "energy_source": energy["source"],
+        "energy_method": energy["method"],
         "score": fields.pop("score"),
     }
     out.update(fields)
-    out["options"] = {k: v for k, v in opts.items() if k in rule.options}
-    out["source"] = {
-        "top1": "measured",
-        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
-        "wall_time_s": time_src if wall is not None else "unknown",
-        "inference_time_s": inf_src if inf_time is not None else "unknown",
-        "energy_wh": energy_source,
-        "energy_method": energy_method,
-    }
-    if per_class:
-        names, names_from = _label_names(labels, model, warnings)
-        out["label_names"] = names_from
-        out.update(_per_class(ev, gt_labels, names))
-    out["warnings"] = warnings
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+    return out
 
 
 _LABEL_FILES = ("{stem}_labels.txt", "labels.txt", "imagenet_labels.txt")

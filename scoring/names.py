@@ -73,6 +73,10 @@ class NameIndex:
             self._loose[rule] = idx
         return idx
 
+    def exact(self, name: str) -> int:
+        """Position of ``name`` by rule 1 alone (-1 if absent): the fast path for a whole log."""
+        return self._exact.get(name, -1)
+
     def lookup(self, name: str) -> tuple[int, str | None]:
         """(position, rule) of the ground-truth name ``name`` matches; (-1, "ambiguous") when a
         rule would pick between several; (-1, None) when none matches."""
@@ -100,6 +104,19 @@ class NameIndex:
         return out, how
 
 
+def label_images(truth: dict, images: Iterable[str]) -> dict:
+    """image name -> label, for the ``images`` that match a name of ``truth`` (name -> label)
+    by :data:`RULES` (ambiguous and unmatched images left out)."""
+    index = NameIndex(truth)
+    labels = list(truth.values())
+    out = {}
+    for img in images:
+        i, _ = index.lookup(img)
+        if i >= 0:
+            out[img] = labels[i]
+    return out
+
+
 def describe_loose(how: dict[str, int]) -> str | None:
     """``3 names matched loosely (2 by bare name, 1 by case)``, or None when every match was
     exact: said in notes so a silent rename is visible."""
@@ -111,4 +128,4 @@ def describe_loose(how: dict[str, int]) -> str | None:
     return f"{n} name{'s' if n != 1 else ''} matched the ground truth loosely ({parts})"
 
 
-__all__ = ["AMBIGUOUS", "NameIndex", "RULES", "describe_loose"]
+__all__ = ["AMBIGUOUS", "NameIndex", "RULES", "describe_loose", "label_images"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from lpirc import __version__, preflight
 from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
+from lpirc.preprocess import channel_values
 from lpirc.settings import sidecar_path
 
 SIDECAR_FORMAT = "lpirc-submission/1"
@@ -91,7 +92,7 @@ def _pick(files: list[Path], n: int) -> list[Path]:
 
 
 def load_representative(folder: Path, height: int, width: int, num_images: int = 300,
-                        crop_fraction: float = 0.875, mean: float = 127.5, std: float = 127.5,
+                        crop_fraction: float = 0.875, mean: Any = 127.5, std: Any = 127.5,
                         resize: str = "bilinear", progress: bool = True
                         ) -> tuple[np.ndarray, list[str]]:
     """Decode and preprocess up to ``num_images`` images, float path, as ``lpirc run`` does.
@@ -103,8 +104,7 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
 
     files = _pick(list_images(folder), max(1, int(num_images)))
     spec = PreprocessSpec(height=int(height), width=int(width), dtype="float32",
-                          crop_fraction=float(crop_fraction), resize=resize, mean=float(mean),
-                          std=float(std))
+                          crop_fraction=float(crop_fraction), resize=resize, mean=mean, std=std)
     out, bad = [], []
     it: Iterable[Path] = files
     if progress:
@@ -280,16 +280,23 @@ def _inspect(tflite_bytes: bytes) -> dict:
     return {"input": info(i), "output": info(o)}
 
 
+def _one_or_three(v: tuple) -> float | list:
+    """A number when the three channels agree (as before), else the R, G, B list."""
+    return float(v[0]) if len(set(v)) == 1 else [float(x) for x in v]
+
+
 def build_submission(out: Path, representative: Path, *, saved_model: Path | None = None,
                      keras_model: Any = None, dtype: str = "uint8", num_images: int = 300,
-                     crop_fraction: float = 0.875, mean: float = 127.5, std: float = 127.5,
+                     crop_fraction: float = 0.875, mean: Any = 127.5, std: Any = 127.5,
                      resize: str = "bilinear", progress: bool = True) -> Path:
     """Quantize a float model to a full-integer TFLite submission; write ``out`` and its sidecar.
 
     Exactly one of ``saved_model`` (a SavedModel folder) or ``keras_model`` (a ``.keras``/``.h5``
     file, or an in-memory ``tf.keras.Model``) is given. The model takes one float32 input
     ``[1|None, H, W, 3]`` normalised as ``(pixel - mean) / std`` and returns class scores with
-    1000 (ILSVRC-2012 order) or 1001 (index 0 = background) outputs.
+    1000 (ILSVRC-2012 order) or 1001 (index 0 = background) outputs. ``mean``/``std`` are in
+    pixel units 0..255, one number or three (R, G, B; a list or ``"R,G,B"``), written to the
+    sidecar so that ``lpirc run`` normalises and quantizes the same way.
 
     ``representative`` is an image folder; up to ``num_images`` images spread over it are used
     for calibration. ``dtype`` is the input/output tensor type, ``"uint8"`` or ``"int8"``.
@@ -302,8 +309,11 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         raise InputError("give exactly one of a SavedModel folder or a Keras model")
     if dtype not in ("uint8", "int8"):
         raise InputError(f"--dtype {dtype}: must be uint8 or int8")
-    if not std > 0:
-        raise InputError(f"--std {std}: must be > 0")
+    try:
+        mean_c = channel_values("mean", mean)
+        std_c = channel_values("std", std, positive=True)
+    except ValueError as e:
+        raise InputError(f"--{e}") from None
     if not 0 < crop_fraction <= 1:
         raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
     out = Path(out)
@@ -323,13 +333,14 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
             conv, (h, w), source = _from_keras(tf, keras_model, Path(tmpdir))
 
         data, skipped = load_representative(representative, h, w, num_images, crop_fraction,
-                                            mean, std, resize, progress)
+                                            mean_c, std_c, resize, progress)
         # Pin the calibrated input range to the full pixel range [(0-mean)/std, (255-mean)/std],
         # so the quantized input is (close to) the raw pixel (uint8) or pixel-128 (int8),
         # which is what `lpirc run` feeds. Two pixels of the first image are changed for that.
         data = data.copy()
-        data[0, 0, 0, :] = (0.0 - mean) / std
-        data[0, 0, -1, :] = (255.0 - mean) / std
+        m, sd = np.asarray(mean_c, np.float32), np.asarray(std_c, np.float32)
+        data[0, 0, 0, :] = (0.0 - m) / sd
+        data[0, 0, -1, :] = (255.0 - m) / sd
 
         def representative_dataset():
             for k in range(len(data)):
@@ -361,7 +372,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         "format": SIDECAR_FORMAT,
         "input": {"height": h, "width": w, "dtype": dtype},
         "preprocess": {"crop_fraction": float(crop_fraction), "resize": resize,
-                       "mean": float(mean), "std": float(std)},
+                       "mean": _one_or_three(mean_c), "std": _one_or_three(std_c)},
         "classes": classes,
         "labels": "ilsvrc2012",
         "built_by": f"lpirc submission build {__version__}",

@@ -39,7 +39,7 @@ import numpy as np
 
 from lpirc import preflight
 from lpirc.errors import DelegateError, InputError, LpircError
-from scoring import ScoringError, read_ground_truth, synset_index
+from scoring import ScoringError, ground_truth_notes, read_ground_truth, synset_index
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 REPORT_FORMAT = "lpirc-check/1"
@@ -681,12 +681,14 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
     if gt is not None:
         try:
             truth = read_ground_truth(gt)
+            notes = ground_truth_notes(gt)
         except ScoringError as e:
             raise InputError(str(e)) from None
         index = NameIndex(truth)
         pos, how = index.match_all(rels)
         values = list(truth.values())
-        return {r: values[i] for r, i in zip(rels, pos) if i >= 0}, describe_loose(how)
+        note = "; ".join(n for n in [describe_loose(how), *notes] if n) or None
+        return {r: values[i] for r, i in zip(rels, pos) if i >= 0}, note
     labels = {}
     for p, rel in zip(images, rels):
         m = _SYNSET_NAME.match(p.name)

@@ -278,3 +278,21 @@ def test_cli_delegate_errors_have_no_traceback(tiny_int8, delegate):
         pytest.skip(f"{delegate} is usable here")
     assert p.returncode == 4, p.stderr
     assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr
+
+
+def test_top_k_by_partition_orders_as_a_full_sort():
+    """top_k sorts only the values at or above the k-th largest: the result must be the full
+    sort's (best first, ties by the lower index, NaN last), on many ties and on NaN."""
+    rng = np.random.default_rng(0)
+    cases = [rng.random(1001).astype(np.float32),
+             (rng.integers(0, 4, 1001) / 255).astype(np.float32),  # heavy ties, as uint8 outputs
+             np.zeros(1000, np.float32), rng.random(1000).astype(np.float32)]
+    cases[2][[7, 500, 900]] = 1.0
+    cases[3][[3, 40]] = np.nan
+    for s in cases:
+        for k in (1, 5, 7):
+            full = np.lexsort((np.arange(s.size), -s))[:k]
+            shift = 1 if s.size == 1001 else 0
+            idx, vals = rt.top_k(s, k, s.size)
+            assert idx == [int(i) - shift for i in full]
+            np.testing.assert_array_equal(vals, s[full])

@@ -4,7 +4,9 @@ The pipeline is the real one: worker processes, the bundled model, real JPEGs.""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 import threading
 import time
@@ -128,3 +130,29 @@ def test_a_feed_closed_empty_answers_nothing_and_exits_1(tmp_path, reference_mod
                   source=feed)
     assert outcome.status == "complete" and outcome.exit_code == 1
     assert outcome.manifest["images_logged"] == 0
+
+
+def test_chunks_are_small_at_the_start_and_end_and_large_between(tmp_path, reference_model,
+                                                                 small_holdout):
+    """Answers of one chunk arrive together (same worker, same t_s): with one worker, its first
+    two chunks and the tail of a holdout listed up front are 4 images, the middle 16."""
+    hold = tmp_path / "h"
+    hold.mkdir()
+    rows = ["filename,label"]
+    for c in range(5):  # 200 images as hard links
+        for row in (small_holdout / "ground_truth.csv").read_text().splitlines()[1:]:
+            name, label = row.split(",")
+            os.link(small_holdout / name, hold / f"c{c}_{name}")
+            rows.append(f"c{c}_{name},{label}")
+    (hold / "ground_truth.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    outcome = run(_settings(reference_model, hold, out, workers=1), progress=False)
+    assert outcome.status == "complete"
+    log = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    sizes = [len(list(g)) for _, g in itertools.groupby(log, key=lambda r: r["t_s"])]
+    assert sum(sizes) == 200
+    assert sizes[:2] == [4, 4] and set(sizes[2:-1]) <= {4, 16} and 16 in sizes
+    assert sizes[-4:] == [4, 4, 4, 4]  # fewer left than keep one worker busy at 16
+    # and in order: once small again, it stays small
+    first_small_tail = next(i for i in range(len(sizes) - 1, 0, -1) if sizes[i - 1] == 16)
+    assert set(sizes[first_small_tail:]) == {4}

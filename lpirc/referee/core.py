@@ -84,6 +84,7 @@ class Referee:
 
     def __init__(self, cfg: RefereeConfig, announce=None) -> None:
         from lpirc.holdout import list_images, open_holdout
+        from scoring.names import label_images
 
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
@@ -97,7 +98,8 @@ class Referee:
             truth = scoring.read_ground_truth(cfg.ground_truth)
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
-        unlabelled = [f for f in self.files if f not in truth]
+        labelled = label_images(truth, self.files)  # the scorer's rule (scoring.names)
+        unlabelled = [f for f in self.files if f not in labelled]
         if unlabelled:
             raise InputError(f"{cfg.ground_truth}: no label for {len(unlabelled)} holdout "
                              f"image(s), e.g. {unlabelled[0]}")
