@@ -230,7 +230,8 @@ def parse_input_size(value) -> tuple[int, int] | None:
         return None
     v = value
     if isinstance(v, str):
-        v = [x for x in v.lower().replace("*", "x").replace(",", "x").split("x") if x.strip()]
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+)\s*)?", v)
+        v = [g for g in m.groups() if g is not None] if m else []
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v, v]
     try:
