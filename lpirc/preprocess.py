@@ -48,7 +48,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from lpirc.runtime import CLASS_COUNTS
+from lpirc.runtime import CLASS_COUNTS, dynamic_size_problem
 
 
 @functools.cache
@@ -352,8 +352,7 @@ class PreprocessOptions:
                 raise InputShapeError(f"input_size {h}x{w} does not match the model's fixed "
                                       f"input {shp[1]}x{shp[2]}")
         elif dynamic:
-            raise InputShapeError(f"input {sig} has a dynamic height/width; give --input-size "
-                                  "HxW (or input_size in the config or sidecar)")
+            raise InputShapeError(dynamic_size_problem(sig))
         else:
             h, w = shp[1], shp[2]
         if dtype not in DTYPES:

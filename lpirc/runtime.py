@@ -380,6 +380,17 @@ def model_info(path, runtime: Runtime | None = None, output=None) -> ModelInfo:
     return _info_from_interpreter(path, data, it, output=output)
 
 
+def dynamic_size_problem(signature) -> str | None:
+    """Why an input of shape ``signature`` ([N, H, W, C], -1 = dynamic) cannot be fed without
+    ``--input-size``, or None when its height and width are fixed. One wording for the worker
+    (before the tensors are allocated) and for the preprocessing spec."""
+    sig = [int(x) for x in signature or ()]
+    if len(sig) == 4 and (sig[1] < 0 or sig[2] < 0):
+        return (f"input {sig} has a dynamic height/width; give --input-size HxW (or input_size "
+                "in the config or sidecar)")
+    return None
+
+
 def _input_shape(info: ModelInfo, batch: int, input_size) -> list[int] | None:
     """The input shape to resize to, or None to keep the model's own. Only dynamic dimensions
     (-1 in the shape signature) change, and the batch."""
@@ -432,6 +443,9 @@ def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
         it = make_interpreter(p, runtime=rt, threads=threads,
                               delegates=[tfl_delegate] if tfl_delegate is not None else None)
         info = _info_from_interpreter(p, data, it, output=output, strict=True)
+        problem = None if input_size else dynamic_size_problem(info.input.shape_signature)
+        if problem:  # allocating at the placeholder 1 x 1 fails, or feeds one pixel
+            raise ModelError(f"{_name(p)}: {problem}")
         shape = _input_shape(info, b, input_size)
         if shape is not None:
             try:

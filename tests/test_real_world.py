@@ -86,6 +86,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
     paths["dynamic"].write_bytes(convert_float(
         tf, tf.keras.Model(dyn_in, constant_head(tf, dx, "probs", ANSWER))))
 
+    conv_in = tf.keras.Input((None, None, 3))  # a 3x3 convolution cannot be allocated at 1x1
+    cx = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(conv_in))
+    paths["dynamic_conv"] = out / "dynamic_conv.tflite"
+    paths["dynamic_conv"].write_bytes(convert_float(
+        tf, tf.keras.Model(conv_in, constant_head(tf, cx, "probs", ANSWER))))
+
     paths["constant"] = out / "constant.tflite"
     paths["constant"].write_bytes(convert_float(
         tf, tf.keras.Model(inp, constant_head(tf, x, "probs", ANSWER))))
@@ -352,7 +358,32 @@ def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout)
 
     p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--input-size", "20by",
               "--out", run_dir(tmp_path, "bad"), "--quiet")
-    assert p.returncode == 5 and "input_size must be HxW" in error_lines(p)[0]
+    # typed on the command line: click's usage error naming the option (exit 2, README)
+    assert p.returncode == 2 and "'--input-size'" in p.stderr, p.stderr
+    assert "input_size must be HxW" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dynamic_conv_model_is_refused_for_its_size_not_its_allocation(models, tmp_path,
+                                                                       answer_holdout):
+    """A real backbone (a convolution) cannot even be allocated at the 1 x 1 placeholder: the
+    refusal must still name the dynamic size, in run, tune and check's load check alike."""
+    model = models["dynamic_conv"]
+    for cmd in (("run", "--out", run_dir(tmp_path, "dc"), "--quiet", "--workers", "1"),
+                ("tune", "--max-time-s", "10", "--out", tmp_path / "tune")):
+        p = lpirc(cmd[0], "--model", model, "--holdout", answer_holdout, *cmd[1:])
+        assert p.returncode == 3, p.stderr
+        (line,) = error_lines(p)
+        assert "dynamic height/width" in line and "allocate" not in line, line
+    rep = check_submission(model)
+    for name in ("load", "input"):
+        r = rep.get(name)
+        assert r.status == "fail" and "dynamic height/width" in r.message, (name, r.message)
+    p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--input-size", "16x16",
+              "--out", run_dir(tmp_path, "dc16"), "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    top1 = [json.loads(ln)["top5"][0] for ln in
+            (run_dir(tmp_path, "dc16") / "results.jsonl").read_text().splitlines()]
+    assert top1 == [ANSWER] * 4
 
 
 def test_dynamic_batch_keeps_working(models):
