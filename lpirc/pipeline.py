@@ -30,7 +30,7 @@ from lpirc import runtime
 from lpirc.clock import Budget, Stopwatch
 from lpirc.errors import DelegateError, LpircError, ModelError
 from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions, load_image,
-                              resize_backend)
+                              raw_codes_problem, resize_backend)
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
@@ -172,7 +172,8 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         model=info.to_json(), runtime=rt.to_json(),
         delegate_ran=getattr(model, "delegate_ran", job.delegate),
         batch=getattr(model, "batch", 1),
-        note=_join_notes(getattr(model, "note", None), info.output_note), pid=os.getpid(),
+        note=_join_notes(getattr(model, "note", None), info.output_note, _feed_note(info, spec)),
+        pid=os.getpid(),
         preprocess=dict(spec.to_json(),
                         resize_backend=resize_backend() if spec.resize == "bilinear"
                         else f"pillow {PIL.__version__} resize(BILINEAR)",
@@ -208,6 +209,16 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
             conn.send(Fatal("model", f"{job.model}: fails on invoke ({type(e).__name__}: {e})"))
             return
         conn.send(Done(chunk_id, answers))
+
+
+def _feed_note(info, spec) -> str | None:
+    """The note for a quantized input fed raw pixel codes that do not fit its quantization
+    (preprocess.raw_codes_problem: the rule `submission check`'s normalise check applies)."""
+    if spec.quantize is not None:
+        return None
+    t = info.input
+    problem = raw_codes_problem(t.dtype, t.scale, t.zero_point)
+    return f"answers are likely wrong: {problem[0]}" if problem else None
 
 
 def _join_notes(*notes: str | None) -> str | None:

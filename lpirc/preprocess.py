@@ -690,6 +690,45 @@ def _lut(dtype: str, mean: tuple, std: tuple, quantize: tuple) -> np.ndarray | N
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
+#: ImageNet mean/std in pixel units (torchvision's 0.485/0.456/0.406, 0.229/0.224/0.225 x 255)
+IMAGENET_MEAN = "123.675,116.28,103.53"
+IMAGENET_STD = "58.395,57.12,57.375"
+#: Input ranges lpirc's raw pixel codes feed correctly: (p - 128) / 128, p / 255, p, p - 128.
+_RAW_RANGES = ((-1.0, 1.0), (0.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
+
+
+def input_range(dtype: str, scale: float, zero_point: int) -> tuple[float, float] | None:
+    """The real values (lo, hi) a quantized input holds: (dtype min/max - zero_point) x scale;
+    None for a float input or one without quantization parameters."""
+    if dtype not in ("uint8", "int8") or not scale:
+        return None
+    info = np.iinfo(dtype)
+    return (info.min - zero_point) * scale, (info.max - zero_point) * scale
+
+
+def raw_codes_problem(dtype: str, scale: float, zero_point: int) -> tuple[str, bool] | None:
+    """Why raw pixel codes (what a quantized input gets with no mean/std) do not fit this
+    input's quantization, or None when they do: its real range is one of _RAW_RANGES within 5 %
+    (the 2018 models, TF2 PTQ on [-1, 1]), or it is not quantized. Returns (one-line message,
+    imagenet): ``imagenet`` when the range is about [-2.1, 2.6], ImageNet mean/std, and the
+    message then gives the options to set. One rule for `lpirc run`'s note and
+    `submission check`'s normalise check."""
+    rng = input_range(dtype, scale, zero_point)
+    if rng is None:
+        return None
+    lo, hi = rng
+    if any(abs(lo - a) <= 0.05 * (b - a) and abs(hi - b) <= 0.05 * (b - a)
+           for a, b in _RAW_RANGES):
+        return None
+    imagenet = -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8
+    hint = (f"; it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std {IMAGENET_STD} "
+            "(or mean/std in the config or sidecar's preprocess)" if imagenet else
+            "; give the normalisation it was calibrated with: --mean/--std in pixel units "
+            "0..255 (or in the config or sidecar's preprocess)")
+    return (f"input range [{lo:.3g}, {hi:.3g}] (span {hi - lo:.3g}) is not one that raw pixel "
+            f"codes feed correctly{hint}", imagenet)
+
+
 def input_lut(spec: PreprocessSpec) -> np.ndarray | None:
     """The pixel -> input-code table (3, 256) of a quantized input, or None for raw codes.
 
@@ -752,6 +791,8 @@ __all__ = [
     "crop_box",
     "decode",
     "input_lut",
+    "input_range",
     "load_image",
+    "raw_codes_problem",
     "to_input",
 ]

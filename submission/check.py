@@ -45,7 +45,8 @@ from lpirc.delegates import parse_delegate
 from lpirc.errors import DelegateError, InputError, LpircError, ModelError
 from lpirc.holdout import scan_images
 from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
-                              crop_and_resize, load_image, to_input)
+                              crop_and_resize, input_range, load_image, raw_codes_problem,
+                              to_input)
 from lpirc.runtime import choose_output
 from lpirc.settings import resolve_preprocess, sidecar_path
 from scoring import ScoringError, ground_truth_notes, read_ground_truth, synset_index
@@ -396,49 +397,27 @@ def _check_sidecar(model, info, opts, side_error, emit):
     return spec
 
 
-#: ImageNet mean/std in pixel units (torchvision's 0.485/0.456/0.406, 0.229/0.224/0.225 x 255)
-IMAGENET_MEAN = "123.675,116.28,103.53"
-IMAGENET_STD = "58.395,57.12,57.375"
-#: Input ranges lpirc's raw pixel codes feed correctly: (p - 128) / 128, p / 255, p, p - 128.
-_RAW_RANGES = ((-1.0, 1.0), (0.0, 1.0), (0.0, 255.0), (-128.0, 127.0))
-
-
-def _input_range(t) -> tuple[float, float] | None:
-    if t.dtype not in ("uint8", "int8") or not t.scale:
-        return None
-    info = np.iinfo(t.dtype)
-    return (info.min - t.zero_point) * t.scale, (info.max - t.zero_point) * t.scale
-
-
 def _check_normalise(info, spec, emit) -> None:
     """Does the input's quantization range fit the values lpirc feeds? Raw pixel codes suit
     an input whose real range is one of _RAW_RANGES (within 5 %); an input calibrated on
     ImageNet mean/std (about -2.1..2.6) fails with the options to set; with mean/std given, a
     feed clipped by more than 2 levels, or using under half of the levels, warns."""
-    rng = _input_range(info.input)
+    t = info.input
+    rng = input_range(t.dtype, t.scale, t.zero_point)
     d = {"feed": spec.describe_input(), "input_range": list(rng) if rng else None}
     if rng is None:
-        emit("normalise", PASS if info.input.dtype == "float32" else SKIP,
+        emit("normalise", PASS if t.dtype == "float32" else SKIP,
              f"lpirc feeds {spec.describe_input()}", **d)
         return
     lo, hi = rng
-    scale = info.input.scale
+    scale = t.scale
     if spec.quantize is None:
-        span = hi - lo
-        fits = any(abs(lo - a) <= 0.05 * (b - a) and abs(hi - b) <= 0.05 * (b - a)
-                   for a, b in _RAW_RANGES)
-        if fits:
+        problem = raw_codes_problem(t.dtype, t.scale, t.zero_point)
+        if problem is None:
             emit("normalise", PASS, f"input range [{lo:.3g}, {hi:.3g}]: raw pixel codes fit it "
                                     f"({spec.describe_input()})", **d)
-            return
-        hint = (f"; it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std "
-                f"{IMAGENET_STD} (or mean/std in the sidecar's preprocess)"
-                if -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8 else
-                "; give the normalisation it was calibrated with: --mean/--std in pixel units "
-                "0..255 (or in the sidecar's preprocess)")
-        emit("normalise", FAIL if "ImageNet" in hint else WARN,
-             f"input range [{lo:.3g}, {hi:.3g}] (span {span:.3g}) is not one that raw pixel "
-             f"codes feed correctly{hint}", **d)
+        else:
+            emit("normalise", FAIL if problem[1] else WARN, problem[0], **d)
         return
     mean, std = np.asarray(spec.mean), np.asarray(spec.std)
     f_lo, f_hi = float(np.min(-mean / std)), float(np.max((255 - mean) / std))

@@ -24,7 +24,7 @@ from tflite_models import (IMAGENET_MEAN, IMAGENET_STD, constant_head, convert_f
 import scoring
 from lpirc.errors import InputError
 from lpirc.preprocess import (OptionError, PreprocessOptions, PreprocessSpec, crop_box, input_lut,
-                              load_image, to_input)
+                              load_image, raw_codes_problem, to_input)
 from submission.check import check_submission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +161,14 @@ def test_imagenet_normalised_int8_model_answers_like_its_float_model(models, tmp
               "--quiet", "--workers", "1")
     assert p.returncode == 0, p.stderr
     assert json.loads((run_dir(tmp_path, "raw") / "score.json").read_text())["top1"] < 1.0
+    # ... and the run says so, with what to set (the rule submission check's normalise uses)
+    raw_notes = json.loads((run_dir(tmp_path, "raw") / "manifest.json").read_text())["notes"]
+    (note,) = [n for n in raw_notes if "raw pixel codes" in n]
+    assert "[-2.13, 2.63]" in note and f"--mean {MEAN} --std {STD}" in note
+    assert "answers are likely wrong" in p.stdout and f"--mean {MEAN}" in p.stdout
+    for ok in ("normalised", "sidecar"):  # fed its own normalisation: no such note
+        man = json.loads((run_dir(tmp_path, ok) / "manifest.json").read_text())
+        assert not [n for n in man["notes"] if "raw pixel codes" in n], man["notes"]
 
 
 def test_check_says_what_to_set_for_an_imagenet_range(models):
@@ -208,6 +216,7 @@ def test_built_models_get_todays_values(models, reference_model):
         spec = resolve_preprocess(path, {}).spec_for(t.shape, t.dtype, t.scale, t.zero_point)
         assert t.dtype == "int8"
         assert np.array_equal(to_input(px, spec), (px.astype(np.int16) - 128).astype(np.int8))
+        assert raw_codes_problem(t.dtype, t.scale, t.zero_point) is None  # no "likely wrong" note
 
 
 def test_real_2018_models_get_todays_values(shared_data):
@@ -224,6 +233,7 @@ def test_real_2018_models_get_todays_values(shared_data):
         assert (t.dtype, t.zero_point) == ("uint8", 128) and t.scale == pytest.approx(1 / 128)
         spec = resolve_preprocess(path, {}).spec_for(t.shape, t.dtype, t.scale, t.zero_point)
         assert np.array_equal(to_input(_all_pixels(), spec), _all_pixels())
+        assert raw_codes_problem(t.dtype, t.scale, t.zero_point) is None
         given = PreprocessOptions(mean=128, std=128).spec_for(t.shape, t.dtype, t.scale,
                                                                t.zero_point)
         assert input_lut(given) is None
