@@ -80,6 +80,8 @@ class WorkerReady:
       note: a fallback worth reporting (batch, delegate), or None.
       pid: the worker's process id.
       preprocess: the preprocessing as the manifest records it (``resize_backend`` included).
+      answer_notes: what bears on the answers whatever the settings (the output chosen among
+        several; raw pixel codes that do not fit the input's quantization), also in ``note``.
     """
 
     model: dict
@@ -89,6 +91,7 @@ class WorkerReady:
     note: str | None
     pid: int
     preprocess: dict
+    answer_notes: tuple[str, ...] = ()
 
     @property
     def input_hw(self) -> tuple[int, int] | None:
@@ -168,12 +171,13 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
     except InputShapeError as e:  # an input lpirc cannot feed, or not 1000 classes
         conn.send(Fatal("model", f"{Path(job.model).name}: {e}"))
         return
+    answer_notes = tuple(n for n in (info.output_note, _feed_note(info, spec)) if n)
     conn.send(WorkerReady(
         model=info.to_json(), runtime=rt.to_json(),
         delegate_ran=getattr(model, "delegate_ran", job.delegate),
         batch=getattr(model, "batch", 1),
-        note=_join_notes(getattr(model, "note", None), info.output_note, _feed_note(info, spec)),
-        pid=os.getpid(),
+        note=_join_notes(getattr(model, "note", None), *answer_notes), pid=os.getpid(),
+        answer_notes=answer_notes,
         preprocess=dict(spec.to_json(),
                         resize_backend=resize_backend() if spec.resize == "bilinear"
                         else f"pillow {PIL.__version__} resize(BILINEAR)",

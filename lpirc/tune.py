@@ -595,6 +595,8 @@ class _Search:
         if tr.answered == tr.failed:
             raise InputError(f"{self.root}: none of the first {len(names)} images could be "
                              f"decoded ({self.first_error})")
+        if self.first_ready:  # the output chosen, a feed that does not fit: as lpirc run notes
+            self.notes.extend(self.first_ready.answer_notes)
         if self.exclusive:
             self.notes.append(f"delegate {self.base.delegate} allows one inference process: "
                               "tuning its decode threads (the workers setting) only")

@@ -166,6 +166,10 @@ def test_imagenet_normalised_int8_model_answers_like_its_float_model(models, tmp
     (note,) = [n for n in raw_notes if "raw pixel codes" in n]
     assert "[-2.13, 2.63]" in note and f"--mean {MEAN} --std {STD}" in note
     assert "answers are likely wrong" in p.stdout and f"--mean {MEAN}" in p.stdout
+    p = lpirc("tune", "--model", model, "--holdout", root, "--max-time-s", "10",
+              "--no-compare-defaults", "--out", tmp_path / "tune")  # the same workers, same note
+    assert p.returncode == 0, p.stderr
+    assert "answers are likely wrong" in p.stdout and f"--mean {MEAN}" in p.stdout
     for ok in ("normalised", "sidecar"):  # fed its own normalisation: no such note
         man = json.loads((run_dir(tmp_path, ok) / "manifest.json").read_text())
         assert not [n for n in man["notes"] if "raw pixel codes" in n], man["notes"]
