@@ -8,7 +8,7 @@ Nothing here imports lpirc, LiteRT, TensorFlow or Pillow, so it runs where only 
 """
 
 from scoring._io import ScoringError, ground_truth_notes, read_ground_truth, read_label_names, read_log, synset_index, synsets
-from scoring.core import match_answers, score_path
+from scoring.core import match_answers, revise_label_notes, score_path
 from scoring.records import MANIFEST_KEYS, RECORD_KEYS, Answer, Manifest, Record
 from scoring.report import format_csv, format_table, ranks
 from scoring.rules import RULES, Evaluation, Rule
@@ -16,5 +16,6 @@ from scoring.rules import RULES, Evaluation, Rule
 __all__ = [
     "MANIFEST_KEYS", "RECORD_KEYS", "RULES", "Answer", "Evaluation", "Manifest", "Record", "Rule",
     "ScoringError", "format_csv", "format_table", "ground_truth_notes", "match_answers", "ranks",
+    "revise_label_notes",
     "read_ground_truth", "read_label_names", "read_log", "score_path", "synset_index", "synsets",
 ]

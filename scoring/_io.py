@@ -189,11 +189,16 @@ def _parse_ground_truth(p: Path, rows) -> tuple[tuple, tuple]:
     return tuple(out.items()), tuple(notes)
 
 
+#: The start of the note for numeric labels that never use 0 (scoring.core revises it).
+ONE_BASED = "numeric labels never use 0"
+
+
 def _one_based_note(p: Path, gt: dict[str, int]) -> str:
     lo, hi = min(gt.values()), max(gt.values())
-    return (f"{p}: numeric labels never use 0 (they run {lo}..{hi}): if they are the ImageNet "
-            "devkit's 1-based ILSVRC2012_IDs, every answer scores wrong (lpirc's class k is the "
-            "k-th synset in sorted order, 0-based); write synset IDs such as n01440764 instead")
+    return (f"{p}: {ONE_BASED} (they run {lo}..{hi}): fine for a subset without class 0, but if "
+            "they are the ImageNet devkit's 1-based ILSVRC2012_IDs (or a 1001-class model's "
+            "indices), every answer scores wrong (lpirc's class k is the k-th synset in sorted "
+            "order, 0-based); write synset IDs such as n01440764 instead")
 
 
 _IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|bmp|gif|webp|tiff?)$", re.IGNORECASE)

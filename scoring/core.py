@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scoring._io import (Log, ScoringError, ground_truth_notes, read_ground_truth, read_label_names,
-                         read_log, read_manifest, synsets, top_scores)
+from scoring._io import (ONE_BASED, Log, ScoringError, ground_truth_notes, read_ground_truth,
+                         read_label_names, read_log, read_manifest, synsets, top_scores)
 from scoring.names import AMBIGUOUS, NameIndex, describe_loose
 from scoring.rules import ALL_OPTIONS, RULES, Evaluation
 
@@ -70,6 +70,42 @@ def _confident_but_wrong(ev: Evaluation, log) -> str | None:
             "(measured): confident answers this wrong suggest labels in another order (the "
             "devkit's 1-based ILSVRC2012_IDs?); lpirc's class k is the k-th synset in sorted "
             "order, 0-based")
+
+
+def revise_label_notes(notes, labels, top5) -> list[str]:
+    """The ground truth's notes (:func:`scoring.ground_truth_notes`) in the light of answers.
+
+    A note that numeric labels never use 0 is dropped when the answers agree with the labels
+    as given: top-5 above near-zero (_NEAR_ZERO_TOP5; chance is 0.5 %) and top-1 no lower than
+    with every label minus 1 (a 0-based subset that lacks class 0). When top-1 is higher with
+    label - 1 (labels shifted by one, e.g. a 1001-class model's indices), the note gives that
+    figure. Devkit IDs, in another order, fit neither way: the note stays as it is.
+
+    Args:
+      notes: the ground truth's notes (one line each).
+      labels: (n,) int class index of each answered image.
+      top5: (n, 5) int answers of those images, in the same order.
+    Returns:
+      The notes to show, in order.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    top5 = np.asarray(top5, dtype=np.int64).reshape(len(labels), -1)
+    n = len(labels)
+    if n < _MIN_CONFIDENT or top5.shape[1] == 0:
+        return list(notes)
+    top1_as_given = int(np.count_nonzero(top5[:, 0] == labels))
+    top1_shifted = int(np.count_nonzero(top5[:, 0] == labels - 1))
+    top5_as_given = np.count_nonzero((top5 == labels[:, None]).any(axis=1)) / n
+    out = []
+    for note in notes:
+        if ONE_BASED in note:
+            if top5_as_given > _NEAR_ZERO_TOP5 and top1_as_given >= top1_shifted:
+                continue  # the answers say these are lpirc's 0-based indices
+            if top1_shifted > top1_as_given:
+                note += (f" (measured: top-1 would be {top1_shifted / n:.1%} with every label "
+                         f"minus 1, against {top1_as_given / n:.1%} as given)")
+        out.append(note)
+    return out
 
 
 def _resolve_gt(value, run_dir: Path) -> Path:
@@ -155,7 +191,7 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
         warnings.append(f"{man_path}: run status is {status!r} (the log may be partial)")
     gt_path = _ground_truth_path(path, ground_truth, manifest, log_path.parent)
     gt = read_ground_truth(gt_path)
-    warnings.extend(ground_truth_notes(gt_path))
+    gt_notes_at = len(warnings)  # ground_truth_notes go here, once the answers have their say
     if log is None:
         log = read_log(log_path)
     warnings.extend(log.warnings)
@@ -177,6 +213,9 @@ def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_clas
     if log.format == "referee":  # one class per row: a top-5 would silently equal the top-1
         fields["top5"] = None
         warnings.append(f"{log_path}: referee format gives one class per image: no top-5")
+    answered = ~ev.error
+    warnings[gt_notes_at:gt_notes_at] = revise_label_notes(
+        ground_truth_notes(gt_path), ev.labels[answered], ev.top5[answered])
     confident = _confident_but_wrong(ev, log)
     if confident:
         warnings.append(f"{gt_path}: {confident}")

@@ -624,8 +624,10 @@ def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, ans
     assert any("top-5 is 0.0% on 4 answers whose median best score" in w
                for w in score["warnings"])
     assert "never use 0" in p.stdout and "top-5 is 0.0%" in p.stdout
+    assert "top-1 would be 100.0% with every label minus 1" in p.stdout  # the shift, measured
     acc = check_submission(models["constant"], holdout=answer_holdout, ground_truth=gt)
     assert "never use 0" in acc.get("accuracy").message
+    assert acc.get("accuracy").status == "warn"
     # label 1000 is refused with the hint
     gt.write_text("img_0.png 1000\n")
     p = lpirc("run", "--model", models["constant"], "--holdout", answer_holdout,
@@ -633,6 +635,31 @@ def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, ans
     assert p.returncode == 5
     (line,) = error_lines(p)
     assert "devkit.txt:1" in line and "1-based" in line and "n01440764" in line
+
+
+def test_zero_based_subset_without_class_0_is_not_called_one_based(models, tmp_path,
+                                                                    answer_holdout):
+    """A correct 0-based ground truth of a few classes rarely holds class 0: once the answers
+    agree with it, neither the score nor submission check says the labels look 1-based."""
+    gt = tmp_path / "val_map.txt"
+    gt.write_text("".join(f"img_{i}.png {ANSWER}\n" for i in range(4)))
+    out = run_dir(tmp_path, "subset")
+    p = lpirc("run", "--model", models["constant"], "--holdout", answer_holdout,
+              "--ground-truth", gt, "--out", out, "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    score = json.loads((out / "score.json").read_text())
+    assert score["top1"] == 1.0
+    assert not [w for w in score["warnings"] if "never use 0" in w], score["warnings"]
+    assert "warning:" not in p.stdout
+    p = lpirc("score", out, "--ground-truth", gt, "--format", "json")
+    assert p.returncode == 0 and "never use 0" not in p.stdout, p.stdout
+    acc = check_submission(models["constant"], holdout=answer_holdout, ground_truth=gt)
+    r = acc.get("accuracy")
+    assert r.status == "pass" and "never use 0" not in r.message, r.message
+    # with no answers to judge by, the ground truth's own note still says it, conditionally
+    (note,) = scoring.ground_truth_notes(gt)
+    assert "never use 0" in note and "fine for a subset without class 0" in note
+    assert scoring.revise_label_notes([note], [ANSWER] * 4, [[ANSWER, 1, 2, 3, 4]] * 4) == []
 
 
 def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_path):
