@@ -191,7 +191,7 @@ def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | N
         extra = f" ({listing.skipped_line()})" if listing.skipped else ""
         raise InputError(f"{root}: source folder holds no images{extra}")
     if ground_truth is not None:
-        return _labelled_by_truth(root, listing.files, Path(ground_truth))
+        return _labelled_by_truth(root, listing.files, Path(ground_truth), on_note)
     known = _known_synsets()
     out: list[tuple[Path, str]] = []
     for rel in listing.files:
@@ -212,12 +212,19 @@ def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | N
     return out
 
 
-def _labelled_by_truth(root: Path, files: list[str], gt: Path) -> list[tuple[Path, str]]:
-    """(file, synset) from a ground truth, every listed image matched by scoring.names."""
+def _labelled_by_truth(root: Path, files: list[str], gt: Path,
+                       on_note=None) -> list[tuple[Path, str]]:
+    """(file, synset) from a ground truth, every listed image matched by scoring.names. The
+    ground truth's own notes (numeric labels that look 1-based) go to ``on_note``: the synsets
+    written would carry the mistake where no later warning can see it."""
     try:
         truth = scoring.read_ground_truth(gt)
+        notes = scoring.ground_truth_notes(gt)
     except scoring.ScoringError as e:
         raise InputError(str(e)) from None
+    for note in notes if on_note is not None else ():
+        on_note(f"{note}; the holdout's ground_truth.csv names the synsets these labels mean "
+                "in lpirc's order")
     names = scoring.synsets()
     index = NameIndex(truth)
     labels = list(truth.values())

@@ -625,6 +625,12 @@ def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, ans
                for w in score["warnings"])
     assert "never use 0" in p.stdout and "top-5 is 0.0%" in p.stdout
     assert "top-1 would be 100.0% with every label minus 1" in p.stdout  # the shift, measured
+    # holdout make turns the labels into synsets, where no later warning could see the shift
+    p = lpirc("holdout", "make", answer_holdout, tmp_path / "made", "--count", "4",
+              "--ground-truth", gt, "--quiet")
+    assert p.returncode == 0, p.stderr
+    (note,) = [ln for ln in p.stderr.splitlines() if "never use 0" in ln]
+    assert note.startswith("lpirc: note:") and "devkit.txt" in note and "1-based" in note
     acc = check_submission(models["constant"], holdout=answer_holdout, ground_truth=gt)
     assert "never use 0" in acc.get("accuracy").message
     assert acc.get("accuracy").status == "warn"
