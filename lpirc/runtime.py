@@ -328,7 +328,8 @@ def choose_output(path, outputs: tuple, want: str | int | None = None) -> tuple[
             by_name = [i for i, t in enumerate(outputs) if t.name == w]
             hits = by_sig or by_name
             if len(hits) != 1:
-                raise ModelError(f"{n}: --output {w} names no output (outputs: {listing})")
+                raise ModelError(f"{n}: output {w!r} (--output, or \"output\" in the config "
+                                 f"or sidecar) names no output; outputs: {listing}")
             k = hits[0]
         return k, None
     cands = [i for i, t in enumerate(outputs) if _is_answer(t)]

@@ -316,6 +316,13 @@ def test_auxiliary_head_is_refused_until_output_is_chosen(models, tmp_path, answ
         man = json.loads((run_dir(tmp_path, "index") / "manifest.json").read_text())
         assert man["model"]["output_used"] == "aux_logits"
         assert json.loads((run_dir(tmp_path, "index") / "score.json").read_text())["top1"] == 0.0
+        # a name the model lacks, from the sidecar: one line that does not blame --output alone
+        model.with_suffix(".json").write_text(json.dumps({"preprocess": {"output": "logits"}}))
+        p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--out",
+                  run_dir(tmp_path, "nosuch"), "--quiet", "--workers", "1")
+        assert p.returncode == 3, p.stderr
+        (line,) = error_lines(p)
+        assert "output 'logits'" in line and "sidecar" in line and "1 'predictions'" in line
     finally:
         model.with_suffix(".json").unlink()
 
