@@ -661,8 +661,15 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
         index = NameIndex(truth)
         pos, how = index.match_all(rels)
         values = list(truth.values())
-        return ({r: values[i] for r, i in zip(rels, pos) if i >= 0}, describe_loose(how) or None,
-                notes)
+        first: dict[int, str] = {}  # each ground-truth row counts once, as lpirc score counts it
+        for j in sorted(range(len(rels)), key=lambda j: rels[j] not in truth):  # exact first
+            if pos[j] >= 0:
+                first.setdefault(int(pos[j]), rels[j])
+        dups = int(np.count_nonzero(np.asarray(pos) >= 0)) - len(first)
+        loose = "; ".join(n for n in (describe_loose(how), dups and (
+            f"{dups} image(s) match a ground-truth row another image matches, not counted "
+            "(lpirc score counts one answer per row)")) if n) or None
+        return {r: values[i] for i, r in first.items()}, loose, notes
     labels = {}
     for p, rel in zip(images, rels):
         m = _SYNSET_NAME.match(p.name)

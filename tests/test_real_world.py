@@ -581,6 +581,25 @@ def test_run_score_check_and_tune_agree_on_loose_names(models, tmp_path, monkeyp
     assert res.rows and all(r.top1 == 1.0 for r in res.rows if r.top1 is not None)
 
 
+def test_check_counts_each_ground_truth_row_once_as_the_scorer_does(models, tmp_path):
+    """Two folders holding a.png both match the ground truth's bare `a.png`: lpirc score counts
+    one answer for that row, and so must submission check's accuracy (was 3 images, 66.7 %)."""
+    root = tmp_path / "twice"
+    for rel in ("x/a.png", "y/a.png", "b.png"):
+        flat_png(root / rel, (90, 90, 90))
+    gt = tmp_path / "gt.csv"
+    gt.write_text(f"a.png,{ANSWER}\nb.png,3\n")
+    out = run_dir(tmp_path, "twice")
+    p = lpirc("run", "--model", models["constant"], "--holdout", root, "--ground-truth", gt,
+              "--out", out, "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    score = json.loads((out / "score.json").read_text())
+    assert (score["images_total"], score["top1"]) == (2, 0.5)
+    r = check_submission(models["constant"], holdout=root, ground_truth=gt).get("accuracy")
+    assert r.details["images"] == 2 and r.details["top1"] == 0.5, r.message
+    assert "1 image(s) match a ground-truth row another image matches" in r.message
+
+
 def test_unmatched_nfd_name_is_shown_escaped(models, tmp_path):
     root = tmp_path / "h"
     flat_png(root / "other.png", (1, 1, 1))
