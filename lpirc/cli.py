@@ -368,10 +368,13 @@ def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: in
                    "R,G,B (ImageNet: 123.675,116.28,103.53). Written to the sidecar.")
 @click.option("--std", default="127.5", show_default=True, callback=_check_channels,
               help="One number or R,G,B (ImageNet: 58.395,57.12,57.375).")
+@click.option("--output", default=None, help="The output that answers, when several are "
+              "[1, 1000|1001] (e.g. an auxiliary head): signature name, tensor name or index; "
+              "written to the sidecar.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def submission_build(saved_model, keras_file, representative, out, dtype, num_images,
-                     crop_fraction, mean, std, quiet) -> None:
+                     crop_fraction, mean, std, output, quiet) -> None:
     """Quantize a float model to a full-integer .tflite submission (needs TensorFlow)."""
     if (saved_model is None) == (keras_file is None):
         raise click.UsageError("give exactly one of --saved-model DIR or --keras FILE")
@@ -380,7 +383,8 @@ def submission_build(saved_model, keras_file, representative, out, dtype, num_im
 
     path = build_submission(out, representative, saved_model=saved_model, keras_model=keras_file,
                             dtype=dtype, num_images=num_images, crop_fraction=crop_fraction,
-                            mean=mean, std=std, progress=not quiet)
+                            mean=mean, std=std, progress=not quiet, output=output,
+                            on_note=lambda n: click.echo(f"lpirc: note: {n}", err=True))
     meta = json.loads(sidecar_path(path).read_text())
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {dtype} in/out, "
                f"{meta['input']['height']}x{meta['input']['width']}, {meta['classes']} classes, "

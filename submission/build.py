@@ -32,6 +32,7 @@ from lpirc import __version__, preflight
 from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
 from lpirc.holdout import scan_images
 from lpirc.preprocess import ImageError, PreprocessSpec, channel_values, load_image
+from lpirc.runtime import choose_output, model_info
 from lpirc.settings import sidecar_path
 
 SIDECAR_FORMAT = "lpirc-submission/1"
@@ -65,10 +66,11 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path, on_note=None) -> list[Path]:
     """Image files under ``folder`` by lpirc's one listing rule (lpirc.holdout.scan_images:
     linked folders followed, hidden files, __MACOSX/, OS junk and .csv/.json/.txt/.md skipped),
-    sorted. InputError for a missing folder or one without images."""
+    sorted; ``on_note`` receives the line saying what was skipped. InputError for a missing
+    folder or one without images."""
 
     folder = Path(folder)
     if not folder.exists():
@@ -79,6 +81,8 @@ def list_images(folder: Path) -> list[Path]:
         listing = scan_images(folder)
     except OSError as e:
         raise InputError(f"{folder}: cannot list it ({e.strerror or e})") from None
+    if on_note is not None and listing.skipped_line():
+        on_note(f"{folder}: {listing.skipped_line()}")
     if not listing.files:
         raise InputError(f"{folder}: no images in the representative image folder")
     return [folder / f for f in listing.files]
@@ -150,7 +154,10 @@ def _input_hw(shape, where: str) -> tuple[int, int]:
           and all(isinstance(d, int) and d > 0 for d in dims[1:3]))
     if not ok:
         shown = "[" + ", ".join("None" if d is None else str(d) for d in dims) + "]"
-        raise ModelError(f"{where}: model input shape {shown} is not [1|None, H, W, 3]")
+        hint = ("; a dynamic height/width cannot be calibrated: build from a model with a fixed "
+                "input size, e.g. tf.keras.Input((224, 224, 3))"
+                if len(dims) == 4 and dims[3] == 3 and None in dims[1:3] else "")
+        raise ModelError(f"{where}: model input shape {shown} is not [1|None, H, W, 3]{hint}")
     return dims[1], dims[2]
 
 
@@ -258,24 +265,24 @@ def _quiet_native_stderr():
         os.close(saved)
 
 
-def _inspect(tflite_bytes: bytes) -> dict:
-    """Input/output tensor details of the converted model, via LiteRT (TF as a fallback)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        import tensorflow as tf  # noqa: PLC0415
+def _answer(tflite_bytes: bytes, tmp: Path, source: str, output) -> tuple:
+    """(input TensorInfo, answering output TensorInfo, note or None) of the converted model.
 
-        Interpreter = tf.lite.Interpreter
-    it = Interpreter(model_content=tflite_bytes)
-    it.allocate_tensors()
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-
-    def info(d):
-        scale, zp = d.get("quantization", (0.0, 0))
-        return {"name": d["name"], "shape": [int(x) for x in d["shape"]],
-                "dtype": np.dtype(d["dtype"]).name, "scale": float(scale), "zero_point": int(zp)}
-
-    return {"input": info(i), "output": info(o)}
+    The answer is chosen by lpirc run's rule (runtime.choose_output): ``output`` (a signature
+    name, tensor name or index) if given, else the one [1, 1000|1001] output. ModelError, one
+    line listing every output, when that cannot be told, or for a width other than 1000/1001."""
+    probe = tmp / "converted.tflite"
+    probe.write_bytes(tflite_bytes)
+    with _quiet_native_stderr():
+        info = model_info(probe)
+    k, note = choose_output(source, info.outputs, output)
+    out = info.outputs[k]
+    classes = int(out.shape[-1]) if out.shape else 0
+    if classes not in preflight.CLASS_COUNTS:
+        which = f"output {out.describe(k)}" if len(info.outputs) > 1 else "model"
+        raise ModelError(f"{source}: {which} has {classes} classes; an ILSVRC-2012 classifier "
+                         "needs 1000 or 1001 (index 0 = background)")
+    return info.input, out, note
 
 
 def _checked_values(dtype: str, mean, std, crop_fraction: float) -> tuple[tuple, tuple]:
@@ -298,7 +305,8 @@ def _one_or_three(v: tuple) -> float | list:
 def build_submission(out: Path, representative: Path, *, saved_model: Path | None = None,
                      keras_model: Any = None, dtype: str = "uint8", num_images: int = 300,
                      crop_fraction: float = 0.875, mean: Any = 127.5, std: Any = 127.5,
-                     resize: str = "bilinear", progress: bool = True) -> Path:
+                     resize: str = "bilinear", progress: bool = True,
+                     output: str | int | None = None, on_note=None) -> Path:
     """Quantize a float model to a full-integer TFLite submission; write ``out`` and its sidecar.
 
     Exactly one of ``saved_model`` (a SavedModel folder) or ``keras_model`` (a ``.keras``/``.h5``
@@ -310,6 +318,10 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
 
     ``representative`` is an image folder; up to ``num_images`` images spread over it are used
     for calibration. ``dtype`` is the input/output tensor type, ``"uint8"`` or ``"int8"``.
+    ``output`` names the output that answers (signature name, tensor name or index) when the
+    model has several [1, 1000|1001] ones (e.g. an auxiliary head); it is written to the
+    sidecar's ``preprocess.output`` so that ``lpirc run`` answers from it too. ``on_note``
+    receives one-line notes: what the folder listing skipped, which output answers.
 
     Raises ModelError (bad/missing model, conversion failure), InputError (image folder missing,
     empty or undecodable), OutPathError (``out`` a folder, named .json, or not writable) and
@@ -325,7 +337,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
         _check_saved_model_dir(Path(saved_model))
     elif isinstance(keras_model, (str, os.PathLike)):
         _check_keras_file(Path(keras_model))
-    list_images(representative)
+    list_images(representative, on_note)
     tf = _import_tf()
 
     with tempfile.TemporaryDirectory(prefix="lpirc-build-") as tmpdir:
@@ -358,34 +370,31 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
                 tflite = conv.convert()
         except Exception as e:
             raise ModelError(f"{source}: full-integer conversion failed ({_one_line(e)})") from e
-
-    try:
-        with _quiet_native_stderr():
-            details = _inspect(tflite)
-    except Exception as e:  # pragma: no cover - the converter produced something unusable
-        raise ModelError(f"{source}: converted model does not load ({_one_line(e)})") from e
-    out_shape = details["output"]["shape"]
-    classes = int(out_shape[-1]) if out_shape else 0
-    if classes not in preflight.CLASS_COUNTS:
-        raise ModelError(f"{source}: model has {classes} outputs; an ILSVRC-2012 classifier "
-                         "needs 1000 or 1001 (index 0 = background)")
+        name = source if saved_model is None and not isinstance(keras_model, (str, os.PathLike)) \
+            else Path(source).name
+        t_in, t_out, note = _answer(tflite, Path(tmpdir), name, output)  # ModelError
+    if note and on_note is not None:
+        on_note(note)
+    classes = int(t_out.shape[-1])
+    preprocess = {"crop_fraction": float(crop_fraction), "resize": resize,
+                  "mean": _one_or_three(mean_c), "std": _one_or_three(std_c)}
+    if output is not None:
+        preprocess["output"] = t_out.signature_name or t_out.name
 
     sidecar = {
         "format": SIDECAR_FORMAT,
         "input": {"height": h, "width": w, "dtype": dtype},
-        "preprocess": {"crop_fraction": float(crop_fraction), "resize": resize,
-                       "mean": _one_or_three(mean_c), "std": _one_or_three(std_c)},
+        "preprocess": preprocess,
         "classes": classes,
         "labels": "ilsvrc2012",
         "built_by": f"lpirc submission build {__version__}",
         "tensorflow": tf.__version__,
-        "source": source if saved_model is None and not isinstance(keras_model, (str, os.PathLike))
-        else Path(source).name,
+        "source": name,
         "representative_images": int(len(data)),
         "representative_skipped": len(skipped),
         "representative_skipped_files": skipped[:_SKIPPED_SHOWN],
-        "quantization": {"input": {k: details["input"][k] for k in ("scale", "zero_point")},
-                         "output": {k: details["output"][k] for k in ("scale", "zero_point")}},
+        "quantization": {"input": {"scale": t_in.scale, "zero_point": t_in.zero_point},
+                         "output": {"scale": t_out.scale, "zero_point": t_out.zero_point}},
     }
     _write_outputs(out, tflite, sidecar)
     return out

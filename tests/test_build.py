@@ -249,7 +249,7 @@ def test_wrong_number_of_classes(tf, tmp_path, small_holdout):
     _tiny_model(tf, (16, 16, 3), classes=10).save(model)
     r = _cli("--keras", model, "--representative", small_holdout, "--out", tmp_path / "s.tflite",
              "--num-images", 3)
-    _assert_one_line_error(r, 3, "10 outputs", "1000 or 1001")
+    _assert_one_line_error(r, 3, "model has 10 classes", "1000 or 1001")
     assert not (tmp_path / "s.tflite").exists()
 
 

@@ -723,6 +723,53 @@ def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_pa
     assert json.loads((run_dir(tmp_path, "built") / "score.json").read_text())["top1"] == 1.0
 
 
+def test_build_chooses_the_answer_as_run_does(tmp_path, answer_holdout):
+    """`submission build` of a Keras model with an auxiliary head asks for --output (it took
+    output 0, the auxiliary head), writes the choice into the sidecar for `lpirc run`; an
+    embedding beside the answer is built (it was refused: "model has 1280 outputs"); what the
+    calibration folder's listing skipped is a note; a dynamic input says how to fix it."""
+    tf = pytest.importorskip("tensorflow")
+    from lpirc.errors import ModelError
+    from submission.build import build_submission
+
+    rep = tmp_path / "rep"
+    for k in range(4):
+        flat_png(rep / f"{k}.png", (60 * k, 90, 200))
+    (rep / "__MACOSX").mkdir()
+    (rep / "__MACOSX" / "._0.png").write_bytes(b"\0\5\26\7")
+    (rep / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    inp = tf.keras.Input((8, 8, 3))
+    x = tf.keras.layers.GlobalAveragePooling2D()(inp)
+    two = tf.keras.Model(inp, {"predictions": constant_head(tf, x, "predictions", ANSWER),
+                               "aux_logits": constant_head(tf, x, "aux_logits", 3)})
+    with pytest.raises(ModelError, match=r"2 are \[1, 1000\|1001\].*--output NAME\|INDEX"):
+        build_submission(tmp_path / "aux.tflite", rep, keras_model=two, progress=False)
+    notes: list[str] = []
+    out = build_submission(tmp_path / "aux.tflite", rep, keras_model=two, progress=False,
+                           output="predictions", on_note=notes.append)
+    assert json.loads(out.with_suffix(".json").read_text())["preprocess"]["output"] == \
+        "predictions"
+    assert notes == [f"{rep}: skipped 2 entries that are not images: 1 __MACOSX/, 1 hidden"]
+    p = lpirc("run", "--model", out, "--holdout", answer_holdout, "--out", run_dir(tmp_path, "b"),
+              "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run_dir(tmp_path, "b") / "score.json").read_text())["top1"] == 1.0
+
+    emb = tf.keras.Model(inp, {"embedding": tf.keras.layers.Dense(1280, name="embedding")(x),
+                               "probs": constant_head(tf, x, "probs", ANSWER)})
+    notes.clear()
+    out = build_submission(tmp_path / "emb.tflite", rep, keras_model=emb, progress=False,
+                           on_note=notes.append)
+    assert json.loads(out.with_suffix(".json").read_text())["classes"] == 1000
+    assert any("'probs'" in n and "answers; ignored: 0 'embedding'" in n for n in notes), notes
+
+    dyn_in = tf.keras.Input((None, None, 3))
+    dyn = tf.keras.Model(dyn_in, constant_head(
+        tf, tf.keras.layers.GlobalAveragePooling2D()(dyn_in), "probs", ANSWER))
+    with pytest.raises(ModelError, match="dynamic height/width cannot be calibrated"):
+        build_submission(tmp_path / "dyn.tflite", rep, keras_model=dyn, progress=False)
+
+
 def test_config_file_carries_the_preprocessing_too(tmp_path):
     from lpirc.settings import resolve_settings
 
