@@ -64,9 +64,15 @@ def synset_index(label: str) -> int:
     raise ScoringError(f"{s!r} is neither an ILSVRC-2012 synset ID nor a class index 0..999")
 
 
+#: Kaggle's ImageNet localization CSV (LOC_val_solution.csv, ``ImageId,PredictionString``):
+#: each box is ``synset x_min y_min x_max y_max``; every box of an image has its one class.
+_KAGGLE_BOXES = re.compile(r"(n\d{8})(?:\s+\d+){4}(?:\s+\1(?:\s+\d+){4})*")
+
+
 def _label_or_none(s: str) -> int | None:
+    m = _KAGGLE_BOXES.fullmatch(s)
     try:
-        return synset_index(s)
+        return synset_index(m.group(1) if m else s)
     except ScoringError:
         return None
 
@@ -77,7 +83,8 @@ def _label_or_none(s: str) -> int | None:
 def read_ground_truth(path, cache: bool = True) -> dict[str, int]:
     """Read a ground truth: rows ``filename,label`` (CSV, header optional) or ``filename label``
     separated by whitespace (MLPerf's ``val_map.txt``, caffe's ``val.txt``); the format is told
-    from the first row (a comma makes it CSV).
+    from the first row (a comma makes it CSV). Kaggle's ``LOC_val_solution.csv`` is read too:
+    its label is the boxes' ``synset x_min y_min x_max y_max ...``, all of one synset.
 
     label is a synset ID (``n01440764``) or a class index 0..999 (lpirc's: the sorted-synset
     order). Returns filename -> class index. Raises ScoringError (file and line named) for a

@@ -622,6 +622,15 @@ def test_val_map_and_caffe_val_txt_are_read(tmp_path, models, answer_holdout):
     caffe.write_text("ILSVRC2012_val_00000001.JPEG 65\nmy photo.JPEG 970\n")
     assert scoring.read_ground_truth(caffe) == {"ILSVRC2012_val_00000001.JPEG": 65,
                                                 "my photo.JPEG": 970}
+    kaggle = tmp_path / "LOC_val_solution.csv"  # boxes: synset x_min y_min x_max y_max ...
+    kaggle.write_text("ImageId,PredictionString\n"
+                      "ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295 \n"
+                      "ILSVRC2012_val_00000001,n01751748 111 108 250 183\n")
+    assert scoring.read_ground_truth(kaggle) == {"ILSVRC2012_val_00008726": 278,
+                                                 "ILSVRC2012_val_00000001": 65}
+    kaggle.write_text("ILSVRC2012_val_00000001,n01751748 1 2 3 4 n02119789 1 2 3 4\n")
+    with pytest.raises(scoring.ScoringError, match="neither an ILSVRC-2012 synset"):
+        scoring.read_ground_truth(kaggle)  # boxes of two classes: no one label
     out = run_dir(tmp_path, "vm")
     p = lpirc("run", "--model", models["constant"], "--holdout", answer_holdout,
               "--ground-truth", vm, "--out", out, "--quiet", "--workers", "1")
