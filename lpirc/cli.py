@@ -18,7 +18,7 @@ import click
 import scoring
 from lpirc import __version__
 from lpirc.errors import EXIT_INTERRUPTED, InputError, LpircError
-from lpirc.preprocess import channel_values, parse_input_size
+from lpirc.preprocess import channel_values, parse_input_size, units_problem
 from lpirc.referee.cli import RefereeRun, referee_run_options
 
 
@@ -67,9 +67,12 @@ def _check_channels(ctx, param, value):
     """Click callback: --mean/--std syntax checked where it was typed (exit 2, naming it)."""
     if value is not None:
         try:
-            channel_values(param.name, value, positive=param.name == "std")
+            vals = channel_values(param.name, value, positive=param.name == "std")
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
+        problem = units_problem(param.name, vals)
+        if problem:
+            raise click.BadParameter(problem)
     return value
 
 

@@ -184,6 +184,18 @@ def _fmt(v: tuple) -> str:
     return f"{v[0]:g}" if len(set(v)) == 1 else "(" + ", ".join(f"{x:g}" for x in v) + ")"
 
 
+def units_problem(name: str, values) -> str | None:
+    """Why a ``mean`` or ``std`` (``name``) of per-channel ``values`` looks like 0..1 units
+    (PyTorch's 0.485 / 0.229) where lpirc takes pixel units 0..255, or None. One rule for the
+    command line (a usage error naming the option) and for files (naming the file)."""
+    vals = tuple(values)
+    small = bool(vals) and all((0 < v < 1) if name == "mean" else (v < 1) for v in vals)
+    if not small:
+        return None
+    return (f"{name} {_fmt(vals)} looks like 0..1 units; lpirc takes pixel units 0..255 "
+            "(ImageNet: mean 123.675,116.28,103.53 std 58.395,57.12,57.375): multiply by 255")
+
+
 def channel_values(name: str, value, positive: bool = False) -> tuple[float, float, float]:
     """One value or one per channel (R, G, B) -> a 3-tuple of finite floats.
 
@@ -305,14 +317,10 @@ class PreprocessOptions:
 
     def _check_units(self) -> None:
         """0..1 units (PyTorch's 0.485/0.229) given where lpirc takes 0..255 are refused."""
-        mean, std = self.mean or (), self.std or ()
-        small_mean = bool(mean) and all(0 < m < 1 for m in mean)
-        small_std = bool(std) and all(s < 1 for s in std)
-        if small_mean or small_std:
-            name = "mean" if small_mean else "std"
-            raise OptionError(name, f"{name} {_fmt(getattr(self, name))} looks like 0..1 units; "
-                              "lpirc takes pixel units 0..255 (ImageNet: mean 123.675,116.28,"
-                              "103.53 std 58.395,57.12,57.375): multiply by 255")
+        for name in ("mean", "std"):
+            problem = units_problem(name, getattr(self, name) or ())
+            if problem:
+                raise OptionError(name, problem)
 
     def to_json(self) -> dict:
         """The options as JSON values (tuples as lists)."""
@@ -795,4 +803,5 @@ __all__ = [
     "load_image",
     "raw_codes_problem",
     "to_input",
+    "units_problem",
 ]

@@ -284,6 +284,15 @@ def test_mean_std_forms_and_units(tmp_path):
 
     with pytest.raises(InputError, match=r"m\.json: mean must be one number or three"):
         resolve_preprocess(model, {})
+    # PyTorch's 0..1 values typed on the command line: click's usage error naming the option
+    # (exit 2, as for any other bad --mean/--std), not a nameless exit 5; from a file: exit 5
+    for opt in ("--mean", "--std"):
+        p = lpirc("run", "--model", model, "--holdout", tmp_path, opt, "0.485,0.456,0.406",
+                  "--out", run_dir(tmp_path, "units"), "--quiet")
+        assert p.returncode == 2 and f"'{opt}'" in p.stderr and "0..1 units" in p.stderr, p.stderr
+    model.with_suffix(".json").write_text(json.dumps({"preprocess": {"std": [0.229] * 3}}))
+    with pytest.raises(InputError, match=r"m\.json: std 0\.229 looks like 0\.\.1 units"):
+        resolve_preprocess(model, {})
 
 
 # --- 2. which output is the answer ------------------------------------------------------------
