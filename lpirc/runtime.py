@@ -454,8 +454,10 @@ def open_model(path, threads: int = 1, delegate: str = "cpu", batch: int = 1,
             except Exception as e:  # noqa: BLE001
                 raise _explain(p, e, "allocate") from None
         _allocate(p, it)
-        if input_size is not None:  # the shapes after resizing
-            info = _info_from_interpreter(p, data, it, output=output, strict=True)
+        if input_size is not None:  # the shapes after resizing; the ops as the file has them
+            # (read again now, they would include the delegate's own DELEGATE node)
+            info = dataclasses.replace(
+                _info_from_interpreter(p, data, it, output=output, strict=True), ops=info.ops)
         return it, info, tfl_delegate
 
     note = None

@@ -379,6 +379,8 @@ def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout)
     rep = check_submission(model, preprocess={"input_size": "20x24"})
     r = rep.get("input")  # a float32 input warns; the size is set
     assert r.status == "warn" and "dynamic [-1, -1, -1, 3], set by --input-size 20x24" in r.message
+    ops = rep.get("ops")  # the model's ops, not the XNNPACK node that replaced them once resized
+    assert ops.status == "pass" and "DELEGATE" not in ops.message, ops.message
     assert rep.get("invoke").status in ("pass", "warn")
 
     # tune runs the same workers: the same refusal, before any trial is measured
