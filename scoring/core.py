@@ -89,10 +89,10 @@ def revise_label_notes(notes, labels, top5) -> list[str]:
       The notes to show, in order.
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    top5 = np.asarray(top5, dtype=np.int64).reshape(len(labels), -1)
     n = len(labels)
-    if n < _MIN_CONFIDENT or top5.shape[1] == 0:
+    if n < _MIN_CONFIDENT or not notes:
         return list(notes)
+    top5 = np.asarray(top5, dtype=np.int64).reshape(n, -1)
     top1_as_given = int(np.count_nonzero(top5[:, 0] == labels))
     top1_shifted = int(np.count_nonzero(top5[:, 0] == labels - 1))
     top5_as_given = np.count_nonzero((top5 == labels[:, None]).any(axis=1)) / n

@@ -712,6 +712,13 @@ def test_zero_based_subset_without_class_0_is_not_called_one_based(models, tmp_p
     (note,) = scoring.ground_truth_notes(gt)
     assert "never use 0" in note and "fine for a subset without class 0" in note
     assert scoring.revise_label_notes([note], [ANSWER] * 4, [[ANSWER, 1, 2, 3, 4]] * 4) == []
+    assert scoring.revise_label_notes([note], [], np.zeros((0, 5))) == [note]  # nothing to judge
+    # a ground truth naming none of the images: scored (all unanswered), no traceback
+    gt.write_text("".join(f"other_{i}.png {ANSWER}\n" for i in range(4)))
+    p = lpirc("run", "--model", models["constant"], "--holdout", answer_holdout,
+              "--ground-truth", gt, "--out", run_dir(tmp_path, "none"), "--quiet", "--workers", "1")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert json.loads((run_dir(tmp_path, "none") / "score.json").read_text())["top1"] == 0.0
 
 
 def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_path):
