@@ -30,7 +30,6 @@ import datetime as dt
 import hashlib
 import os
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +47,7 @@ from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_worker
 from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, new_run_dir, write_json
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
-from scoring.names import NameIndex
+from scoring.names import NameIndex, shown
 from scoring.records import Manifest, Record
 
 #: Called with each chunk's records as they arrive (after they are logged).
@@ -192,8 +191,7 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
     if not missing:
         return None
     # a name not in NFC is shown escaped: it would look the same as its NFC twin
-    few = ", ".join(m if unicodedata.is_normalized("NFC", m) else ascii(m)[1:-1]
-                    for m in missing[:3])
+    few = ", ".join(shown(m) for m in missing[:3])
     few += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     return (f"ground truth names {len(missing)} of its {len(truth)} images that are not in the "
             f"holdout (they count as unanswered): {few}")

@@ -10,7 +10,7 @@ import numpy as np
 
 from scoring._io import (ONE_BASED, Log, ScoringError, ground_truth_notes, read_ground_truth,
                          read_label_names, read_log, read_manifest, synsets, top_scores)
-from scoring.names import AMBIGUOUS, NameIndex, describe_loose
+from scoring.names import AMBIGUOUS, NameIndex, describe_loose, shown
 from scoring.rules import ALL_OPTIONS, RULES, Evaluation
 
 _MAX_NAMED = 5  # names listed in one warning
@@ -19,7 +19,7 @@ _MAX_NAMED = 5  # names listed in one warning
 def _few(names) -> str:
     names = list(names)
     more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
-    return ", ".join(names[:_MAX_NAMED]) + more
+    return ", ".join(shown(n) for n in names[:_MAX_NAMED]) + more
 
 
 def _fnum(v):

@@ -28,6 +28,12 @@ AMBIGUOUS = "ambiguous"
 _CLASH = -2
 
 
+def shown(name: str) -> str:
+    """``name`` as a message shows it: escaped (``cafe\\u0301.JPEG``) when it is not in Unicode
+    NFC, so it does not look the same as its NFC twin (a macOS zip's NFD ``café``)."""
+    return name if unicodedata.is_normalized("NFC", name) else ascii(name)[1:-1]
+
+
 def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name.replace("\\", "/"))
 
@@ -128,4 +134,4 @@ def describe_loose(how: dict[str, int]) -> str | None:
     return f"{n} name{'s' if n != 1 else ''} matched the ground truth loosely ({parts})"
 
 
-__all__ = ["AMBIGUOUS", "NameIndex", "RULES", "describe_loose", "label_images"]
+__all__ = ["AMBIGUOUS", "NameIndex", "RULES", "describe_loose", "label_images", "shown"]

@@ -620,6 +620,16 @@ def test_unmatched_nfd_name_is_shown_escaped(models, tmp_path):
 
     note = _coverage_note(scoring.read_ground_truth(gt), ("other.png",))
     assert "cafe\\u0301-missing.png" in note
+    # the scorer's warning about answers the ground truth lacks escapes them the same way
+    flat_png(root / unicodedata.normalize("NFD", "cafe\u0301.png"), (1, 1, 1))
+    gt.write_text(f"other.png,{ANSWER}\n")
+    out = run_dir(tmp_path, "nfd")
+    p = lpirc("run", "--model", models["constant"], "--holdout", root, "--ground-truth", gt,
+              "--out", out, "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    (w,) = [w for w in json.loads((out / "score.json").read_text())["warnings"]
+            if "not in the ground truth" in w]
+    assert w.endswith("ignored: cafe\\u0301.png"), w
 
 
 # --- 7. ground-truth files people have --------------------------------------------------------
