@@ -185,11 +185,14 @@ def groups(rows: list[lb.Standing]) -> list[list[lb.Standing]]:
     return [out[k] for k in sorted(out)]
 
 
+APART = "entries on different holdouts, rule sets or budgets are never ranked together"
+
+
 def group_title(g: list[lb.Standing]) -> str:
     rule = scoring.RULES[g[0].rules]
     hold = g[0].entry.holdout_sha256
     return (f"holdout {hold[:12] if hold else '(not recorded)'} ({g[0].entry.images} images), "
-            f"rules {rule.name}: {rule.describe()}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
+            f"rules {rule.name}: {rule.describe(dict(g[0].params))}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
 
 
 def prize_lines(g: list[lb.Standing]) -> list[str]:
@@ -218,7 +221,7 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
     out = [head, "Equal scores share a place. Prizes: E = least energy with high accuracy, A = highest accuracy with low energy."]
     gs = groups(rows)
     if len(gs) > 1:
-        out.append(f"Note: {len(gs)} groups; entries on different holdouts or rule sets are never ranked together.")
+        out.append(f"Note: {len(gs)} groups; {APART}.")
     cols = ("place", "submission", "score", "top-1", "top-5", "energy", "wall s", "answered/images", "prize", "uid")
     for g in gs:
         table = [cols] + [(
@@ -279,7 +282,7 @@ def format_html(rows: list[lb.Standing], db=None, rules=None) -> str:
     page = {
         "title": "lpirc standings", "db": str(db), "version": __version__,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "rules": rules, "groups": [{"title": group_title(g), "prizes": prize_lines(g), "rows": [
+        "rules": rules, "apart": APART, "groups": [{"title": group_title(g), "prizes": prize_lines(g), "rows": [
             {"place": r.place, "submission": r.entry.submission, "team": r.entry.team, "score": _num(r.score),
              "top1": _pct(r.top1), "top5": _pct(r.top5), "energy": _energy(r.entry),
              "wall": _num(r.entry.wall_s), "answered": f"{r.entry.answered}/{r.entry.images}",

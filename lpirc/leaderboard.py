@@ -471,12 +471,17 @@ class Standing:
         place: 1-based competition rank within its group (equal scores share a place: 1, 1, 3);
             None when the entry has no score under these rules.
         group: 1-based number of the group it is ranked in: entries are only ranked together
-            when they share a holdout (``holdout_sha256``) and a rule set.
+            when they share a holdout (``holdout_sha256``), a rule set and its budget
+            (``params``).
         entry: the stored Entry.
         rules, score, top1, top5: under the rules asked for (re-scored from the log if needed).
         rescored: True when score/top1/top5 were recomputed from ``entry.run_dir``.
         prizes: side prizes won in the group (:data:`PRIZE_LOW_ENERGY`, :data:`PRIZE_HIGH_ACCURACY`).
         notes: why a row is unranked or what to know about it (re-scoring failed, status, ...).
+        params: the rule set's parameters the score used, as ``(name, value)`` pairs from
+            :data:`RULE_PARAMS` (``time_limit_s`` for lpirc-onsite, ``ms_per_image`` for
+            ovic-2018, ``frontier_k``/``frontier_a0`` for ovic-2019, ``idle_watts`` for
+            lpcvc-2020): a run with a 4 s budget is not ranked against runs that had 600 s.
     """
 
     place: int | None
@@ -489,6 +494,7 @@ class Standing:
     rescored: bool
     prizes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    params: tuple[tuple[str, float], ...] = ()
 
     @property
     def energy_wh(self) -> float | None:
@@ -501,14 +507,29 @@ class Standing:
         stored = {k: e.pop(k) for k in ("rules", "score", "top1", "top5")}
         return {"place": self.place, "group": self.group, "rules": self.rules, "score": self.score,
                 "top1": self.top1, "top5": self.top5, "rescored": self.rescored,
-                "prizes": list(self.prizes), "notes": list(self.notes), **e, "stored": stored}
+                "prizes": list(self.prizes), "notes": list(self.notes), "params": dict(self.params),
+                **e, "stored": stored}
+
+
+# The parameters of a rule set that decide what its score means (its budget, its frontier, its
+# idle power): entries scored with different values are never ranked together.
+RULE_PARAMS = ("time_limit_s", "ms_per_image", "frontier_k", "frontier_a0", "idle_watts")
+
+
+def rule_params(fields_: Mapping[str, Any] | None) -> tuple[tuple[str, float], ...]:
+    """The :data:`RULE_PARAMS` found in a score's fields (``score.json``, an entry's
+    ``extra["rule_fields"]``), as sorted ``(name, value)`` pairs: a group key."""
+    f = fields_ if isinstance(fields_, Mapping) else {}
+    return tuple((k, float(f[k])) for k in RULE_PARAMS
+                 if isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool))
 
 
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:
     """Rank every stored entry, LPIRC style.
 
-    Entries are grouped by (holdout_sha256, rule set); groups never mix (entries on different
-    holdouts are not comparable) and are listed largest first. Within a group, places go by
+    Entries are grouped by (holdout_sha256, rule set, its parameters: :data:`RULE_PARAMS`);
+    groups never mix (entries on different holdouts or budgets are not comparable) and are
+    listed largest first. Within a group, places go by
     score, higher first, equal scores sharing a place (``scoring.ranks``); entries without a
     score come last with place None. Side prizes (:func:`side_prizes`) are awarded per group.
 
@@ -526,9 +547,13 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
         raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
     scored = [_under(e, rules, rule_options) for e in entries(conn)]
     groups: dict[tuple, list[Standing]] = {}
-    for s in scored:
-        groups.setdefault((s.entry.holdout_sha256 or "", s.rules), []).append(s)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules))
+    for s in sorted(scored, key=lambda s: not s.params):  # those whose parameters are known first
+        key = (s.entry.holdout_sha256 or "", s.rules, s.params)
+        if not s.params:  # not re-scored (its log is gone): unranked, beside its holdout's entries
+            key = next((k for k in groups if k[:2] == key[:2]), key)
+        groups.setdefault(key, []).append(s)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules,
+                                                     g[0].params))
     out: list[Standing] = []
     for gi, group in enumerate(ordered, start=1):
         out.extend(_rank_group(group, gi))
@@ -544,7 +569,8 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     if status and status not in ("complete", "budget_exhausted"):
         notes.append(f"run status {status}")
     if want == e.rules and not opts:
-        return Standing(None, 0, e, want, e.score, e.top1, e.top5, False, (), tuple(notes))
+        stored = e.extra.get("rule_fields") if isinstance(e.extra, Mapping) else None
+        return Standing(None, 0, e, want, e.score, e.top1, e.top5, False, (), tuple(notes), rule_params(stored))
     if not e.run_dir or not Path(e.run_dir).exists():
         notes.append(f"cannot re-score under {want}: log {e.run_dir or '(none stored)'} not found")
         return Standing(None, 0, e, want, None, None, None, False, (), tuple(notes))
@@ -555,7 +581,7 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     except scoring.ScoringError as err:
         notes.append(f"cannot re-score under {want}: {err}")
         return Standing(None, 0, e, want, None, None, None, False, (), tuple(notes))
-    return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes))
+    return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes), rule_params(s))
 
 
 def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
@@ -569,7 +595,8 @@ def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
     for i, s in enumerate(group):
         won = tuple(name for name, winners in prizes.items() if i in winners)
         notes = s.notes + tuple(group_notes)
-        rows.append(Standing(places[i], gi, s.entry, s.rules, s.score, s.top1, s.top5, s.rescored, won, notes))
+        rows.append(Standing(places[i], gi, s.entry, s.rules, s.score, s.top1, s.top5, s.rescored, won, notes,
+                             s.params))
     order = sorted(range(len(rows)), key=lambda i: (places[i] is None, places[i] or 0, rows[i].entry.submission))
     return [rows[i] for i in order]
 

@@ -40,7 +40,8 @@ def write_gt(path: Path) -> Path:
 
 
 def fake_run(folder: Path, gt: Path, correct: int, wh: float, files_sha="h" * 64,
-             start="2026-11-30T08:00:00.000000Z", source="estimated") -> Path:
+             start="2026-11-30T08:00:00.000000Z", source="estimated", time_limit_s=600.0,
+             ms_per_image=30.0) -> Path:
     """A run folder whose first ``correct`` of N answers are right (the rest wrong), each with
     10 ms of inference at t_s = 0.1 s x index, and an energy of ``wh``."""
     folder.mkdir(parents=True)
@@ -59,7 +60,7 @@ def fake_run(folder: Path, gt: Path, correct: int, wh: float, files_sha="h" * 64
         "holdout": {"path": "/h", "image_count": N, "order_seed": 0, "files_sha256": files_sha,
                     "ground_truth": str(gt)},
         "settings": {"rules": "lpirc-onsite"},
-        "budget": {"clock": "wall", "time_limit_s": 600.0, "ms_per_image": 30.0},
+        "budget": {"clock": "wall", "time_limit_s": time_limit_s, "ms_per_image": ms_per_image},
         "start_utc": start, "wall_time_s": 2.0, "inference_time_s": 0.2,
         "energy": {"wh": wh, "source": source, "method": "test"},
         "machine": {"cpu": "test CPU", "cores_logical": 2, "arch": "x86_64"},
@@ -158,7 +159,36 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
     from lpirc.cli_pages import format_table
 
-    assert "entries on different holdouts or rule sets are never ranked together" in format_table(rows, "db", None)
+    assert "entries on different holdouts, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
+
+
+def test_different_budgets_are_ranked_apart_and_titled_with_their_own(tmp_path):
+    """A run with a 1 s wall budget is not ranked against runs that had 600 s, and each group's
+    title gives the budget its entries had (not the rule set's default); under ovic-2018 the
+    same for ms per image."""
+    gt = write_gt(tmp_path / "gt.csv")
+    runs = [fake_run(tmp_path / "long-a", gt, 20, 1.0), fake_run(tmp_path / "long-b", gt, 10, 1.0, start="2026-11-30T09:00:00Z"),
+            fake_run(tmp_path / "short", gt, 20, 0.1, start="2026-11-30T10:00:00Z", time_limit_s=1.0, ms_per_image=10.0)]
+    dbf = tmp_path / "s.sqlite"
+    assert lpirc("leaderboard", "add", *runs, "--db", dbf).returncode == 0
+    r = lpirc("leaderboard", "show", "--db", dbf)
+    assert r.returncode == 0, r.stderr
+    blocks = r.stdout.split("\n\nGroup ")[1:]
+    assert len(blocks) == 2, r.stdout
+    assert "wall budget (600 s)" in blocks[0].splitlines()[0] and "2 entries" in blocks[0].splitlines()[0]
+    assert "long-a" in blocks[0] and "long-b" in blocks[0] and "short" not in blocks[0]
+    assert "wall budget (1 s)" in blocks[1].splitlines()[0] and "short" in blocks[1]
+    assert "(600 s)" not in blocks[1]
+    # the short run's answers after 1 s were late: t_s = 0.1 s x index, so 11 of 20 count
+    # (0.0 .. 1.0 s): top-1 0.55, score 0.55 / 0.1 Wh = 5.5
+    assert re.search(r"short\s+5\.5\s+55\.00 %", blocks[1]), blocks[1]
+    r = lpirc("leaderboard", "show", "--db", dbf, "--rules", "ovic-2018", "--format", "json")
+    groups = json.loads(r.stdout)["groups"]
+    assert [g["title"].split("rules ")[1].split(";")[0] for g in groups] == [
+        "ovic-2018: accuracy within 30 ms x N of summed inference time (Pixel 2 track)",
+        "ovic-2018: accuracy within 10 ms x N of summed inference time (Pixel 2 track)"]
+    rows = json.loads(r.stdout)["standings"]
+    assert {x["submission"]: x["params"] for x in rows}["short"] == {"ms_per_image": 10.0}
 
 
 def test_missing_log_is_unranked_with_a_note(db, field_runs):
