@@ -76,7 +76,7 @@ def race(runs: list) -> tuple[str, str] | None:
     answered; several runs as fractions of their holdout."""
     fig, (ax,) = _fig(7.5, 3.6)
     several = len(runs) > 1
-    drawn = False
+    drawn = late_drawn = False
     notes = []
     xmax = 0.0
     for i, r in enumerate(runs):
@@ -96,8 +96,9 @@ def race(runs: list) -> tuple[str, str] | None:
         late = r.late_points()
         if late is not None and len(late[0]):
             lx, ly = _thin(late[0], late[1])
-            ax.plot(lx, ly * scale, "x", color="#d62728", ms=4,
-                    label="late answers (do not count)" if i == 0 or not several else None)
+            ax.plot(lx, ly * scale, "x", color=_color(i) if several else "#d62728", ms=4,
+                    label="late answers (do not count)" if not late_drawn else None)
+            late_drawn = True
         if not several:
             _mark_unanswered(ax, x, answered, total, _color(i))
         reach, off = _mark_deadline(ax, r, x, i, several)
@@ -107,16 +108,47 @@ def race(runs: list) -> tuple[str, str] | None:
     if not drawn:
         return None
     ax.set_xlim(0, xmax or 1.0)
-    ax.set_xlabel(runs[0].race_xlabel())
+    ax.set_xlabel(_race_xlabel(runs))
     ax.set_ylabel("% of holdout images" if several else "images")
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right", fontsize=7)
-    cap = ("Correct top-1 answers over time (solid), all answers (dashed). Time is "
-           + runs[0].race_xlabel() + ", measured by lpirc run (t_s of each answer). "
-           "The red line is the deadline; answers after it do not count.")
-    if not several:
-        cap += " The grey band is the images never answered: they count as wrong."
+    cap = "Correct top-1 answers over time (solid), all answers (dashed). " + _race_time_caption(runs)
+    if several:
+        cap += (" Each run's deadline is a vertical dash-dot line in its colour, its late answers "
+                "(x) too; answers after a deadline do not count.")
+    else:
+        cap += (" The red line is the deadline; answers after it do not count. The grey band is "
+                "the images never answered: they count as wrong.")
     return to_svg(fig), cap + (" " + "; ".join(notes) if notes else "")
+
+
+def _race_clocks(runs: list) -> dict[str, list[str]]:
+    """{x-axis label: names of the runs raced on that clock}, in the runs' order."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.race_xlabel(), []).append(r.name)
+    return out
+
+
+def _race_xlabel(runs: list) -> str:
+    clocks = _race_clocks(runs)
+    if len(clocks) == 1:
+        return next(iter(clocks))
+    return "time (s): " + "; ".join(f"{c.split(' (s)')[0]} for {', '.join(n)}" for c, n in clocks.items())
+
+
+def _race_time_caption(runs: list) -> str:
+    """Which clock each run is raced on, and where its times come from."""
+    how = {"wall time since the run started (s)": "wall time since the run started, measured by lpirc run "
+                                                  "(t_s of each answer)",
+           "summed inference time (s), answers in time order": "summed inference time, answers in the "
+                                                                 "order they were logged, measured by lpirc "
+                                                                 "run (inference_ms of each answer)"}
+    clocks = _race_clocks(runs)
+    if len(clocks) == 1:
+        return f"Time is {how[next(iter(clocks))]}."
+    return ("The runs are raced on different clocks, as their rule sets count time: "
+            + "; ".join(f"{', '.join(n)}: {how[c]}" for c, n in clocks.items()) + ".")
 
 
 def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color: str) -> None:
@@ -140,10 +172,12 @@ def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, 
     if deadline is None:
         return end * 1.05, None
     if end >= 0.25 * deadline:  # the budget fits on the axis: draw it to scale
-        ax.axvline(deadline, color="#d62728", lw=1.2)
-        ax.text(deadline, 0.55 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s",
-                transform=ax.get_xaxis_transform(), color="#d62728", fontsize=7,
-                ha="right" if end > deadline else "left", va="top")
+        color = _color(i) if several else "#d62728"
+        ax.axvline(deadline, color=color, lw=1.2, ls="-." if several else "-")
+        ax.text(deadline, 0.55 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s ",
+                transform=ax.get_xaxis_transform(), color=color, fontsize=7,
+                ha="right" if end > deadline else "left", va="top",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
         return max(end, deadline) * 1.03, None
     if several:  # a sliver of the budget: the deadline is off the chart
         return end * 1.1, f"{r.name}: deadline at {deadline:g} s, off the chart (the run ended at {end:.3g} s)"

@@ -217,3 +217,27 @@ def test_page_style_is_not_escaped(tmp_path):
     assert lpirc("report", run).returncode == 0
     html = (run / "report.html").read_text()
     assert '"DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]
+
+
+def test_runs_raced_on_different_clocks_say_so(tmp_path):
+    """A run scored on the wall clock and one on summed inference time (ovic-2018) share the
+    race's x axis: the axis and the caption say which run is on which clock, and a single
+    inference-clock run's caption names inference_ms, not t_s, as its times."""
+    wall = awkward_run(tmp_path / "wallrun")
+    inf = awkward_run(tmp_path / "infrun")
+    m = json.loads((inf / "manifest.json").read_text())
+    m["settings"]["rules"] = "ovic-2018"
+    m["budget"] = {"clock": "inference", "ms_per_image": 10.0}
+    (inf / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "both.html"
+    r = lpirc("report", wall, inf, "-o", out)
+    assert r.returncode == 0, r.stderr
+    race = out.read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    assert "time (s): wall time since the run started for wallrun; summed inference time for infrun" in race
+    assert "raced on different clocks" in race and "infrun: summed inference time" in race
+    assert "in its colour" in race  # several deadlines: each in its run's colour, not all red
+    r = lpirc("report", inf)
+    assert r.returncode == 0, r.stderr
+    race = (inf / "report.html").read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    assert "inference_ms of each answer" in race and "t_s of each answer" not in race
+    assert "deadline 0.3 s" in race  # 10 ms x 30 images
