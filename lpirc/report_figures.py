@@ -196,39 +196,80 @@ def _bins(span: float, n: int) -> np.ndarray:
     return np.linspace(0.0, max(span, 1e-6), nb + 1)
 
 
+def worker_rates(t_s: np.ndarray, worker: np.ndarray, edges: np.ndarray) -> dict[int, np.ndarray]:
+    """Answers per second of each worker in the bins ``edges`` (s since the run started).
+
+    Answers reach the log in batches (a worker's chunk of images arrives at once, with one t_s),
+    so counting answers by their t_s alone makes a bin that no batch happens to land in look
+    like a stall. Each batch is spread instead over the time since that worker's previous batch
+    (the time it was being computed in): the worker's answers so far, interpolated linearly
+    between its log times, differenced at the bin edges. A worker's first batch is spread over
+    the typical gap between its batches before it (not from 0, so a replacement worker started
+    late does not look busy from the start); after its last batch the worker counts nothing,
+    so a dead or stalled worker falls to zero.
+
+    Args:
+        t_s: (n,) log time of each answer, s since the run started (finite).
+        worker: (n,) worker id of each answer (-1: unknown, counted as one worker).
+        edges: (m + 1,) increasing bin edges, s.
+    Returns:
+        {worker id: (m,) answers per second in each bin}.
+    """
+    out: dict[int, np.ndarray] = {}
+    width = np.diff(edges)
+    gaps = {}
+    times = {}
+    for w in np.unique(worker):
+        u, c = np.unique(t_s[worker == w], return_counts=True)
+        times[int(w)] = (u, c)
+        if len(u) > 1:
+            gaps[int(w)] = float(np.median(np.diff(u)))
+    fallback = float(np.median(list(gaps.values()))) if gaps else None
+    for w, (u, c) in times.items():
+        gap = gaps.get(w, fallback)
+        start = max(0.0, float(u[0]) - gap) if gap is not None else 0.0
+        xs, cum = u, np.cumsum(c, dtype=float)
+        if start < u[0]:  # ramp up to the first batch; else it is a step at u[0]
+            xs, cum = np.concatenate(([start], xs)), np.concatenate(([0.0], cum))
+        got = np.interp(edges, xs, cum, left=0.0, right=cum[-1])
+        out[w] = np.diff(got) / width
+    return out
+
+
 def throughput(runs: list) -> tuple[str, str] | None:
     """Answers per second over wall time: per worker for one run (a stall or a dead worker shows
-    as a line falling to zero), in total per run for several."""
+    as a line falling to zero), in total per run for several (see :func:`worker_rates`)."""
     fig, (ax,) = _fig()
     several = len(runs) > 1
     drawn = False
     for i, r in enumerate(runs):
-        t = r.t_s[np.isfinite(r.t_s)]
+        ok = np.isfinite(r.t_s)
+        t = r.t_s[ok]
         if not len(t):
             continue
         drawn = True
         edges = _bins(float(t.max()), len(t))
-        width = edges[1] - edges[0]
+        rates = worker_rates(t, r.worker[ok], edges)
+        total = np.sum(list(rates.values()), axis=0)
         if several:
-            h, _ = np.histogram(t, edges)
-            ax.stairs(h / width, edges, color=_color(i), lw=1.4, label=r.name)
+            ax.stairs(total, edges, color=_color(i), lw=1.4, label=r.name)
             continue
-        ws = r.worker[np.isfinite(r.t_s)]
-        for j, w in enumerate(np.unique(ws)):
-            h, _ = np.histogram(t[ws == w], edges)
-            ax.stairs(h / width, edges, color=_color(j), lw=1.2,
+        for j, (w, rate) in enumerate(rates.items()):
+            ax.stairs(rate, edges, color=_color(j), lw=1.2 + 0.6 * (len(rates) - 1 - j) / max(1, len(rates) - 1),
                       label=f"worker {w}" if w >= 0 else "worker unknown")
-        h, _ = np.histogram(t, edges)
-        ax.stairs(h / width, edges, color="#333", lw=0.8, ls="--", label="all workers")
+        ax.stairs(total, edges, color="#333", lw=0.8, ls="--", label="all workers")
     if not drawn:
         return None
     ax.set_xlabel("wall time since the run started (s)")
     ax.set_ylabel("answers / s")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize=7, ncols=2)
-    cap = ("Throughput: answers logged per second of wall time, in bins; "
-           + ("each run's total." if several else "one line per worker process (a replacement "
-              "for a dead worker is a new line), dashed: all workers."))
+    cap = ("Throughput: answers per second of wall time, in bins, from the log's t_s (measured by "
+           "lpirc run). Answers are logged in batches; each batch is spread over the time since its "
+           "worker's previous one, so a bin between two batches is not a false stall. "
+           + ("Each run's total." if several else "One line per worker process (a replacement "
+              "for a dead worker is a new line; earlier workers' lines are drawn wider, so equal "
+              "rates stay visible), dashed: all workers."))
     return to_svg(fig), cap
 
 

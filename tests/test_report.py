@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import scoring
@@ -241,3 +242,29 @@ def test_runs_raced_on_different_clocks_say_so(tmp_path):
     race = (inf / "report.html").read_text().split('data-plot="race"')[1].split("</figure>")[0]
     assert "inference_ms of each answer" in race and "t_s of each answer" not in race
     assert "deadline 0.3 s" in race  # 10 ms x 30 images
+
+
+def test_throughput_spreads_logged_batches_and_shows_a_dead_worker():
+    """Answers reach the log 16 at a time: a steady worker is drawn at its steady rate in every
+    bin (counting batches by their log time alone gives 26.7 or 53.3 answers/s by how many
+    batches a 0.6 s bin catches: false stalls and bursts), a worker that dies falls to zero, and
+    no answer is lost or invented."""
+    from lpirc.report_figures import _bins, worker_rates
+
+    steady = np.repeat(np.arange(1, 13) * 0.5, 16)  # worker 0: 16 answers every 0.5 s to 6 s
+    dies = np.repeat(np.arange(1, 5) * 0.5, 16)  # worker 1: the same, until 2 s
+    t = np.concatenate((steady, dies))
+    w = np.concatenate((np.zeros(len(steady), int), np.ones(len(dies), int)))
+    edges = _bins(6.0, len(t))
+    assert np.allclose(np.diff(edges), 0.6)
+    naive = np.histogram(steady, edges)[0] / 0.6
+    assert naive.min() < 27 and naive.max() > 53  # what the old picture showed
+    rates = worker_rates(t, w, edges)
+    assert np.allclose(rates[0], 32.0)  # 16 answers / 0.5 s, in every bin
+    assert np.allclose(rates[1][edges[1:] <= 2.0], 32.0)
+    assert np.all(rates[1][edges[:-1] >= 2.0] == 0.0)  # dead after its last batch
+    for k, n in ((0, len(steady)), (1, len(dies))):
+        assert np.isclose((rates[k] * np.diff(edges)).sum(), n)
+    # a replacement worker started at 4 s is not drawn busy before it started
+    late = worker_rates(np.repeat([4.5, 5.0, 5.5], 16), np.full(48, 2), edges)[2]
+    assert np.all(late[edges[1:] <= 4.0] == 0.0) and np.allclose(late[(edges[:-1] >= 4.0) & (edges[1:] <= 5.5)], 32.0)
