@@ -421,27 +421,26 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
         return None
     fig, (ax_t, ax_e) = _fig(7.5, 3.4, ncols=2, right=0.5)
     frontier = None
+    ts = [t for _, a, t, _ in pts if t and a is not None]
+    es = [e for _, a, _, e in pts if e and a is not None]
     for i, (r, a, t, e) in enumerate(pts):
         if a is None:
             continue
         if t:
             ax_t.plot([t], [100 * a], "o", color=_color(i))
-            ax_t.annotate(r.name, (t, 100 * a), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            _point_label(ax_t, r.name, t, 100 * a, ts)
         if e:
             ax_e.plot([e], [100 * a], "o", color=_color(i))
-            ax_e.annotate(f"{r.name} ({r.energy_label()})", (e, 100 * a), textcoords="offset points",
-                          xytext=(4, 3), fontsize=7)
+            _point_label(ax_e, f"{r.name} ({r.energy_label()})", e, 100 * a, es)
         s = r.score or {}
         if s.get("rules") == "ovic-2019" and s.get("frontier_k") is not None:
             frontier = (s["frontier_k"], s["frontier_a0"])
-    ts = [t for _, _, t, _ in pts if t]
     if frontier and ts:
         k, a0 = frontier
         grid = np.geomspace(min(ts) / 2, max(ts) * 2, 100)
         ax_t.plot(grid, k * np.log(grid) + a0, color="#555", lw=1, ls="--",
                   label=f"OVIC 2019 frontier {k:g} ln t + {a0:g}")
-        ax_t.legend(fontsize=7, loc="lower right")
-    es = [e for _, _, _, e in pts if e]
+        ax_t.legend(fontsize=7, loc="best")  # where it hides no point
     for ax, xs in ((ax_t, ts), (ax_e, es)):
         if xs and max(xs) > 10 * min(xs):  # log only where the runs span a decade
             ax.set_xscale("log")
@@ -452,9 +451,22 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
     cap = ("Each run as a point: top-1 (as its rule set counts it) against mean model-invoke time "
            "per image (measured) and against the run's energy (label in brackets).")
     if frontier:
-        cap += (f" Dashed: the OVIC 2019 frontier a(t) = k ln(t) + a0 (k = {frontier[0]:g}, a0 = "
-                f"{frontier[1]:g}; see `lpirc rules`): a run above it gains.")
+        cap += (f" Dashed: the OVIC 2019 frontier a(t) = k ln(t) + a0, t in ms, a in % (k = "
+                f"{frontier[0]:g}, a0 = {frontier[1]:g}; see `lpirc rules`): a run above it gains.")
     return to_svg(fig), cap
+
+
+def _point_label(ax, text: str, x: float, y: float, xs: list[float]) -> None:
+    """Name a point: to its right, or to its left when it lies in the right part of the axis's
+    range (a label running past the axis would be cut off at the figure's edge)."""
+    lo, hi = min(xs), max(xs)
+    if hi > 10 * lo > 0:  # drawn on a log axis (see accuracy_vs_cost)
+        x_, lo, hi = math.log(x), math.log(lo), math.log(hi)
+    else:
+        x_ = x
+    left = hi > lo and (x_ - lo) / (hi - lo) > 0.55
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(-4 if left else 4, 3),
+                ha="right" if left else "left", fontsize=7)
 
 
 def is_finite(v) -> bool:

@@ -268,3 +268,20 @@ def test_throughput_spreads_logged_batches_and_shows_a_dead_worker():
     # a replacement worker started at 4 s is not drawn busy before it started
     late = worker_rates(np.repeat([4.5, 5.0, 5.5], 16), np.full(48, 2), edges)[2]
     assert np.all(late[edges[1:] <= 4.0] == 0.0) and np.allclose(late[(edges[:-1] >= 4.0) & (edges[1:] <= 5.5)], 32.0)
+
+
+def test_point_labels_stay_inside_the_accuracy_figure(tmp_path):
+    """The run furthest right on each axis of 'accuracy against time and energy' is named to
+    the left of its point (a label to its right ran off the figure and was cut: 'mnv2-full (e')."""
+    a = awkward_run(tmp_path / "fast", correct_first=20, inference_ms=10.0)
+    b = awkward_run(tmp_path / "slow", correct_first=22, inference_ms=40.0)
+    m = json.loads((b / "manifest.json").read_text())
+    m["energy"]["wh"] = 0.05
+    (b / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "two.html"
+    assert lpirc("report", a, b, "-o", out, "--rules", "ovic-2019").returncode == 0
+    fig = out.read_text().split('data-plot="accuracy"')[1].split("</figure>")[0]
+    texts = dict((t, "text-anchor: end" in style) for style, t in
+                 re.findall(r'<text style="([^"]*)"[^>]*>([^<]*)</text>', fig))
+    assert texts["slow"] and texts["slow (estimated)"], texts
+    assert not texts["fast"] and not texts["fast (estimated)"], texts
