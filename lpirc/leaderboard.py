@@ -511,17 +511,9 @@ class Standing:
                 **e, "stored": stored}
 
 
-# The parameters of a rule set that decide what its score means (its budget, its frontier, its
-# idle power): entries scored with different values are never ranked together.
-RULE_PARAMS = ("time_limit_s", "ms_per_image", "frontier_k", "frontier_a0", "idle_watts")
-
-
-def rule_params(fields_: Mapping[str, Any] | None) -> tuple[tuple[str, float], ...]:
-    """The :data:`RULE_PARAMS` found in a score's fields (``score.json``, an entry's
-    ``extra["rule_fields"]``), as sorted ``(name, value)`` pairs: a group key."""
-    f = fields_ if isinstance(fields_, Mapping) else {}
-    return tuple((k, float(f[k])) for k in RULE_PARAMS
-                 if isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool))
+# The parameters of a rule set that decide what its score means (one rule: scoring.rule_params)
+RULE_PARAMS = scoring.RULE_PARAMS
+rule_params = scoring.rule_params
 
 
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:

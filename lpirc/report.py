@@ -409,9 +409,8 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
     from lpirc import report_figures as rf
 
     scores = [r.score or {} for r in runs]
-    keys = {((r.manifest.get("holdout") or {}).get("files_sha256"), s.get("rules")) for r, s in zip(runs, scores)}
-    comparable = len(keys) == 1 and None not in next(iter(keys))
-    places = scoring.ranks(scores) if comparable else [None] * len(runs)
+    why_not = _not_comparable(runs, scores)
+    places = scoring.ranks(scores) if not why_not else [None] * len(runs)
     rows = []
     for r, s, place in zip(runs, scores, places):
         hold = (r.manifest.get("holdout") or {}).get("files_sha256")
@@ -423,9 +422,8 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
                      _num(s.get("inference_time_s"), "s"), _num(r.mean_inference_ms(), "ms"),
                      _num(r.energy_wh(), "Wh") + f" ({r.energy_label()})",
                      (model or "?")[:12], (hold or "?")[:12]])
-    note = None if comparable else (
-        "Not ranked: these runs differ in holdout (sha256 of the ordered file list) or rule set, "
-        "or one has no holdout record; their figures are shown side by side, not ranked.")
+    note = None if not why_not else (
+        f"Not ranked: {'; '.join(why_not)}. Their figures are shown side by side, not ranked.")
     return {
         "header": ["place", "run", "rules", "score", "top-1", "top-5", "answered", "failed",
                    "unanswered", "late", "wall", "inference", "mean inference", "energy",
@@ -440,6 +438,27 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
             _figure("power", "Power over time (overlaid)", rf.power(runs), "no run has power readings over time"),
         ],
     }
+
+
+def _not_comparable(runs: list[RunData], scores: list[dict]) -> list[str]:
+    """Why these runs cannot be ranked together (empty: they can): a run without a holdout
+    record or a score, different holdouts, rule sets or budgets (``scoring.rule_params``)."""
+    why = []
+    holds = [(r.manifest.get("holdout") or {}).get("files_sha256") for r in runs]
+    if None in holds:
+        why.append("no holdout record for " + ", ".join(r.name for r, h in zip(runs, holds) if h is None))
+    if len({h for h in holds if h}) > 1:
+        why.append("different holdouts (sha256 of the ordered file list): "
+                   + ", ".join(f"{r.name} {h[:12]}" for r, h in zip(runs, holds) if h))
+    rules = [s.get("rules") for s in scores]
+    if None in rules:
+        why.append("not scored: " + ", ".join(r.name for r, x in zip(runs, rules) if x is None))
+    if len({x for x in rules if x}) > 1:
+        why.append("different rule sets: " + ", ".join(f"{r.name} {x}" for r, x in zip(runs, rules) if x))
+    elif len({scoring.rule_params(s) for s in scores if s}) > 1:
+        why.append("different budgets: " + ", ".join(
+            f"{r.name} " + ", ".join(f"{k} {v:g}" for k, v in scoring.rule_params(s)) for r, s in zip(runs, scores) if s))
+    return why
 
 
 def render(runs: list[RunData], title: str | None = None) -> str:
