@@ -83,7 +83,10 @@ class Chromium:
             pdf = self._call("Page.printToPDF", {"printBackground": False})
             out.pdf = base64.b64decode(pdf["data"])
             self._call("Emulation.setEmulatedMedia", {"media": "print"})
+            self._call("Emulation.setDeviceMetricsOverride", {"width": A4_PRINTABLE_PX, "height": 1000,
+                                                               "deviceScaleFactor": 1, "mobile": False})
             res = self._call("Runtime.evaluate", {"expression": PRINT_JS, "returnByValue": True})
+            self._call("Emulation.clearDeviceMetricsOverride")
             out.print_probe = res["result"].get("value") or {}
             self._drain()
         out.requests = [u for u in out.requests if u != url]
@@ -162,10 +165,18 @@ PROBE_JS = """(() => {
 })()"""
 
 
-# Run in the page under print media: what a printed copy shows of the folded manifest.
+# A4 less the pages' 14 mm margins (@page in page.css), in CSS px: 182 mm x 96 / 25.4
+A4_PRINTABLE_PX = 688
+
+# Run in the page under print media, A4_PRINTABLE_PX wide: what a printed copy shows of the
+# folded manifest, and the tables that would run past the paper's edge (a page cannot scroll).
 PRINT_JS = """(() => {
   const pre = document.querySelector('details pre'), sum = document.querySelector('details summary');
-  return {folded_shown: pre ? pre.checkVisibility() : null, toggle_shown: sum ? sum.checkVisibility() : null};
+  const page = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right > page + 1)
+    .map(t => (t.className || 'table') + ' ' + Math.round(t.getBoundingClientRect().right) + ' px > ' + page);
+  return {folded_shown: pre ? pre.checkVisibility() : null, toggle_shown: sum ? sum.checkVisibility() : null,
+          too_wide: wide};
 })()"""
 
 

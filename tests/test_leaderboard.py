@@ -433,6 +433,7 @@ def test_standings_page_in_chromium(tmp_path, field_runs):
     assert visit.requests == [] and visit.errors == [] and visit.probe["external"] == 0
     assert "least energy with high accuracy" in visit.probe["text"]
     assert visit.probe["tables"] == 1
+    assert visit.print_probe["too_wide"] == []  # printed, the table fits the paper
 
 
 def test_entry_from_score_for_a_referee_session(db, tmp_path, field_runs):

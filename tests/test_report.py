@@ -85,7 +85,7 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
     assert len(visit.screenshot) > 50_000
     assert visit.pdf.startswith(b"%PDF") and visit.pdf.count(b"/Type /Page") >= 2
     # printed: the folded manifest.json is shown in full, its toggle is not
-    assert visit.print_probe == {"folded_shown": True, "toggle_shown": False}, visit.print_probe
+    assert visit.print_probe == {"folded_shown": True, "toggle_shown": False, "too_wide": []}, visit.print_probe
 
 
 ONE_RUN = {"race", "throughput", "latency", "classes", "confusion", "power"}
@@ -285,3 +285,29 @@ def test_point_labels_stay_inside_the_accuracy_figure(tmp_path):
                  re.findall(r'<text style="([^"]*)"[^>]*>([^<]*)</text>', fig))
     assert texts["slow"] and texts["slow (estimated)"], texts
     assert not texts["fast"] and not texts["fast (estimated)"], texts
+
+
+def test_comparison_says_why_runs_are_not_ranked(tmp_path):
+    """Runs on one holdout under one rule set but with different budgets are not ranked
+    together (a 2 s run against a 5 s one), and the note says what differs; equal budgets are
+    ranked."""
+    a = awkward_run(tmp_path / "two-s")
+    b = awkward_run(tmp_path / "five-s")
+    m = json.loads((b / "manifest.json").read_text())
+    m["budget"]["time_limit_s"] = 5.0
+    (b / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "c.html"
+    assert lpirc("report", a, b, "-o", out).returncode == 0
+    html = out.read_text()
+    assert "Not ranked: different budgets: two-s time_limit_s 2, five-s time_limit_s 5." in html
+    c = awkward_run(tmp_path / "also-two-s", correct_first=10)
+    assert lpirc("report", a, c, "-o", out).returncode == 0
+    table = out.read_text().split('<table class="compare">')[1].split("</table>")[0]
+    assert "Not ranked" not in out.read_text()
+    assert re.findall(r'<tr><td class="num">(\d)</td><td>([\w-]+)</td>', table) == [("1", "two-s"), ("2", "also-two-s")]
+    m = json.loads((c / "manifest.json").read_text())
+    m["holdout"]["files_sha256"] = "ef" * 32
+    (c / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("report", a, c, "-o", out).returncode == 0
+    assert ("Not ranked: different holdouts (sha256 of the ordered file list): two-s cdcdcdcdcdcd, "
+            "also-two-s efefefefefef.") in out.read_text()
