@@ -325,10 +325,10 @@ def r_name(runs: list, i: int) -> str:
 
 def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
     """Horizontal bars: top-1 of the worst classes (by accuracy, then most images), by name."""
-    rows = (run.score or {}).get("per_class") or []
-    if not rows:
+    every = (run.score or {}).get("per_class") or []
+    if not every:
         return None
-    rows = rows[:count]
+    rows = every[:count]
     fig, (ax,) = _fig(7.5, 0.8 + 0.22 * len(rows), left=_text_in(_class_label(r) for r in rows), top=0.15)
     y = np.arange(len(rows))[::-1]
     acc = [100.0 * r["top1"] for r in rows]
@@ -343,6 +343,11 @@ def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
     ax.set_xlabel("top-1 accuracy of the class (%)")
     cap = (f"The {len(rows)} worst classes of this run: top-1 over all ground-truth images of the "
            f"class (unanswered count as wrong), correct/images. Names: {run.score.get('label_names')}.")
+    last = rows[-1]["top1"]
+    tied = sum(1 for r in every if r["top1"] == last)
+    if len(every) > len(rows) and every[len(rows)]["top1"] == last:
+        cap += (f" {tied} classes have {100 * last:.3g} % top-1; {tied - sum(1 for r in rows if r['top1'] == last)} "
+                "of them are not shown (ties go by most images, then class index).")
     return to_svg(fig), cap
 
 

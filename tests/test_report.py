@@ -311,3 +311,12 @@ def test_comparison_says_why_runs_are_not_ranked(tmp_path):
     assert lpirc("report", a, c, "-o", out).returncode == 0
     assert ("Not ranked: different holdouts (sha256 of the ordered file list): two-s cdcdcdcdcdcd, "
             "also-two-s efefefefefef.") in out.read_text()
+
+
+def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
+    """30 classes of one image, 4 right (0, 1, 2, 4: image 3 failed): 26 classes at 0 %, of
+    which the 15 bars show 15; the caption says 11 more are as bad."""
+    run = awkward_run(tmp_path / "ties", correct_first=5)
+    assert lpirc("report", run).returncode == 0
+    fig = (run / "report.html").read_text().split('data-plot="classes"')[1].split("</figure>")[0]
+    assert "26 classes have 0 % top-1; 11 of them are not shown (ties go by most images, then class index)." in fig
