@@ -9,6 +9,7 @@ import functools
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -110,9 +111,12 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
             errors.append(err)
             continue
         added = lb.add_entry(conn, e)
-        what = "added        " if added else "already there"
-        click.echo(f"{what}  {e.uid[:12]}  {e.submission}  {e.rules} score {_num(e.score)}, "
-                   f"top-1 {_pct(e.top1)}, energy {_energy(e)}")
+        if not added:  # the stored entry stays: say what is stored, not what was offered
+            stored = lb.get_entry(conn, e.uid) or e
+            where = f" (stored from {stored.run_dir})" if stored.run_dir != e.run_dir else ""
+            e = replace(stored, submission=stored.submission + where)
+        click.echo(f"{'added        ' if added else 'already there'}  {e.uid[:12]}  {e.submission}  "
+                   f"{e.rules} score {_num(e.score)}, top-1 {_pct(e.top1)}, energy {_energy(e)}")
     conn.close()
     if errors:
         sys.exit(InputError.exit_code)

@@ -369,6 +369,11 @@ def test_cli_add_show_remove(tmp_path, field_runs):
     assert r.stdout.count("added ") == 6
     r = lpirc("leaderboard", "add", field_runs["A"], "--db", db)
     assert r.returncode == 0 and r.stdout.startswith("already there")
+    # a copy of A's folder under another name is A: the line names the entry stored, not the copy
+    copy = shutil.copytree(field_runs["A"], tmp_path / "copy-of-A")
+    r = lpirc("leaderboard", "add", copy, "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert re.match(rf"already there  \w{{12}}  A \(stored from {re.escape(str(field_runs['A']))}\)  lpirc-onsite", r.stdout), r.stdout
 
     table = lpirc("leaderboard", "show", "--db", db)
     assert table.returncode == 0, table.stderr
