@@ -122,6 +122,13 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
         sys.exit(InputError.exit_code)
 
 
+def _has_db(db: Path) -> bool:
+    """A file with something in it: `show` and `remove` must not turn a missing or empty file
+    (SQLite reads a 0-byte file as an empty database) into a standings database."""
+    p = Path(db)
+    return p.is_file() and p.stat().st_size > 0
+
+
 @leaderboard.command("show")
 @_db_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table", show_default=True,
@@ -132,7 +139,7 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
 def show_cmd(db, fmt, rules, out) -> None:
     """Print the standings: ranked by score within each holdout (equal scores share a place),
     with the LPIRC side prizes."""
-    if not Path(db).exists():
+    if not _has_db(db):
         raise InputError(f"{db}: no standings database here (add runs with `lpirc leaderboard add RUN`)")
     conn = lb.open_db(db)
     rows = lb.standings(conn, rules)
@@ -154,7 +161,7 @@ def show_cmd(db, fmt, rules, out) -> None:
 @friendly_errors
 def remove_cmd(uids, db) -> None:
     """Remove entries by uid, or by the start of it (as `show` prints it)."""
-    if not Path(db).exists():
+    if not _has_db(db):
         raise InputError(f"{db}: no standings database here")
     conn = lb.open_db(db)
     try:

@@ -405,6 +405,12 @@ def test_cli_show_errors(tmp_path):
     r = lpirc("leaderboard", "show", "--db", tmp_path / "none.sqlite")
     assert r.returncode == 5 and "no standings database here" in r.stderr
     assert not (tmp_path / "none.sqlite").exists()  # show never creates one
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    for cmd in (("show",), ("remove", "abc")):  # nor turns an empty file into one
+        r = lpirc("leaderboard", *cmd, "--db", empty)
+        assert r.returncode == 5 and r.stderr.strip().startswith(f"lpirc: error: {empty}: no standings database here")
+        assert empty.stat().st_size == 0
     bad = tmp_path / "bad.sqlite"
     bad.write_text("x" * 4096)
     r = lpirc("leaderboard", "show", "--db", bad)
