@@ -161,7 +161,8 @@ def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color:
         ax.axhspan(got, total, color="#999", alpha=0.25, lw=0)
         thin = missing < 0.08 * total  # a narrow band: the words go under it, not on it
         ax.text(end, got if thin else (got + total) / 2, f" {missing} never answered ",
-                va="top" if thin else "center", ha="right", fontsize=8, color="#333")
+                va="top" if thin else "center", ha="right", fontsize=8, color="#333",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
 
 
 def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, str | None]:
@@ -242,6 +243,7 @@ def throughput(runs: list) -> tuple[str, str] | None:
     fig, (ax,) = _fig()
     several = len(runs) > 1
     drawn = False
+    top = 0.0
     for i, r in enumerate(runs):
         ok = np.isfinite(r.t_s)
         t = r.t_s[ok]
@@ -251,6 +253,7 @@ def throughput(runs: list) -> tuple[str, str] | None:
         edges = _bins(float(t.max()), len(t))
         rates = worker_rates(t, r.worker[ok], edges)
         total = np.sum(list(rates.values()), axis=0)
+        top = max(top, float(total.max()))
         if several:
             ax.stairs(total, edges, color=_color(i), lw=1.4, label=r.name)
             continue
@@ -262,7 +265,7 @@ def throughput(runs: list) -> tuple[str, str] | None:
         return None
     ax.set_xlabel("wall time since the run started (s)")
     ax.set_ylabel("answers / s")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.3 * top or 1.0)  # headroom: the legend sits above the lines, hiding none
     ax.legend(loc="upper right", fontsize=7, ncols=2)
     cap = ("Throughput: answers per second of wall time, in bins, from the log's t_s (measured by "
            "lpirc run). Answers are logged in batches; each batch is spread over the time since its "
