@@ -76,7 +76,7 @@ def race(runs: list) -> tuple[str, str] | None:
     answered; several runs as fractions of their holdout."""
     fig, (ax,) = _fig(7.5, 3.6)
     several = len(runs) > 1
-    drawn = late_drawn = False
+    drawn = late_drawn = to_scale = False
     notes = []
     xmax = 0.0
     for i, r in enumerate(runs):
@@ -102,6 +102,7 @@ def race(runs: list) -> tuple[str, str] | None:
         if not several:
             _mark_unanswered(ax, x, answered, total, _color(i))
         reach, off = _mark_deadline(ax, r, x, i, several)
+        to_scale = to_scale or _deadline_reach(r, x) is not None
         xmax = max(xmax, reach)
         if off:
             notes.append(off)
@@ -117,8 +118,10 @@ def race(runs: list) -> tuple[str, str] | None:
         cap += (" Each run's deadline is a vertical dash-dot line in its colour, its late answers "
                 "(x) too; answers after a deadline do not count.")
     else:
-        cap += (" The red line is the deadline; answers after it do not count. The grey band is "
-                "the images never answered: they count as wrong.")
+        cap += (" The red line is the deadline; answers after it do not count." if to_scale else
+                " The deadline is off the chart (its note is in red); answers after it would not count."
+                if runs[0].deadline_s() is not None else " No deadline is recorded for this run.")
+        cap += " The grey band is the images never answered: they count as wrong."
     return to_svg(fig), cap + (" " + "; ".join(notes) if notes else "")
 
 
@@ -165,6 +168,16 @@ def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color:
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
 
 
+def _deadline_reach(r, x: np.ndarray) -> float | None:
+    """How far the x axis reaches when the run's deadline is drawn to scale; None when it is
+    not (no deadline, or the run used under a quarter of it)."""
+    deadline = r.deadline_s()
+    end = float(x[-1]) if len(x) else 0.0
+    if deadline is None or end < 0.25 * deadline:
+        return None
+    return max(end, deadline) * 1.03
+
+
 def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, str | None]:
     """Draw the run's deadline. Returns (how far the x axis must reach, a caption note where
     the deadline is off the chart and several runs share it)."""
@@ -179,7 +192,7 @@ def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, 
                 transform=ax.get_xaxis_transform(), color=color, fontsize=7,
                 ha="right" if end > deadline else "left", va="top",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
-        return max(end, deadline) * 1.03, None
+        return _deadline_reach(r, x), None
     if several:  # a sliver of the budget: the deadline is off the chart
         return end * 1.1, f"{r.name}: deadline at {deadline:g} s, off the chart (the run ended at {end:.3g} s)"
     used = 100.0 * end / deadline if deadline else 0.0

@@ -320,3 +320,19 @@ def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
     assert lpirc("report", run).returncode == 0
     fig = (run / "report.html").read_text().split('data-plot="classes"')[1].split("</figure>")[0]
     assert "26 classes have 0 % top-1; 11 of them are not shown (ties go by most images, then class index)." in fig
+
+
+def test_race_caption_matches_the_deadline_drawn(tmp_path):
+    """The caption speaks of a red deadline line only when one is drawn: a run that used a
+    sliver of its budget has its deadline off the chart, and the caption says so."""
+    run = awkward_run(tmp_path / "sliver")
+    m = json.loads((run / "manifest.json").read_text())
+    m["budget"]["time_limit_s"] = 600.0
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("report", run).returncode == 0
+    race = (run / "report.html").read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    assert "deadline at 600 s, off the chart" in race
+    assert "The red line is the deadline" not in race and "The deadline is off the chart" in race
+    drawn = awkward_run(tmp_path / "drawn")
+    assert lpirc("report", drawn).returncode == 0
+    assert "The red line is the deadline" in (drawn / "report.html").read_text()
