@@ -400,8 +400,15 @@ def confusion(run) -> tuple[str, str] | None:
                     color="white" if c > 0.6 * m.max() else "black")
     ax.set_xlabel("predicted (top-1)")
     ax.set_ylabel("true class")
-    return to_svg(fig), (f"The {len(pairs)} most frequent mistakes (true class -> top-1 answer), "
-                         "as counts of images; failed images are left out (see below).")
+    cap = (f"The {len(pairs)} most frequent mistakes (true class -> top-1 answer), as counts of "
+           "images; failed images are left out (see below).")
+    if run.labels is not None:
+        k = run.keep[~run.error[run.keep] & (run.labels[run.keep] >= 0)]  # answers that count
+        wrong = int(np.count_nonzero(run.pred[k] != run.labels[k]))
+        shown = sum(int(p["count"]) for p in pairs)
+        if wrong > shown:
+            cap += f" They are {shown} of the run's {wrong} wrong answers (late ones included)."
+    return to_svg(fig), cap
 
 
 def _short(s: str) -> str:

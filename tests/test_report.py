@@ -315,11 +315,15 @@ def test_comparison_says_why_runs_are_not_ranked(tmp_path):
 
 def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
     """30 classes of one image, 4 right (0, 1, 2, 4: image 3 failed): 26 classes at 0 %, of
-    which the 15 bars show 15; the caption says 11 more are as bad."""
+    which the 15 bars show 15; the caption says 11 more are as bad. The same for the mistakes:
+    the 10 drawn are said to be 10 of 19."""
     run = awkward_run(tmp_path / "ties", correct_first=5)
     assert lpirc("report", run).returncode == 0
     fig = (run / "report.html").read_text().split('data-plot="classes"')[1].split("</figure>")[0]
     assert "26 classes have 0 % top-1; 11 of them are not shown (ties go by most images, then class index)." in fig
+    conf = (run / "report.html").read_text().split('data-plot="confusion"')[1].split("</figure>")[0]
+    # 23 answers that ran (25 less 2 failed), 4 right: the 10 mistakes drawn are 10 of 19
+    assert "They are 10 of the run&#39;s 19 wrong answers (late ones included)." in conf
 
 
 def test_race_caption_matches_the_deadline_drawn(tmp_path):
