@@ -253,7 +253,7 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
     return "\n".join(out) + "\n"
 
 
-CSV_COLUMNS = ("group", "place", "submission", "team", "rules", "score", "top1", "top5", "images",
+CSV_COLUMNS = ("group", "place", "submission", "team", "rules", "params", "score", "top1", "top5", "images",
                "answered", "failed", "unanswered", "late", "wall_s", "inference_s", "energy_wh",
                "energy_label", "prizes", "holdout_sha256", "model_sha256", "lpirc_version", "runtime",
                "device", "source", "created_utc", "uid", "rescored", "notes", "run_dir")
@@ -268,6 +268,7 @@ def format_csv(rows: list[lb.Standing], db=None, rules=None) -> str:
         d = r.to_json()
         d["prizes"] = " | ".join(r.prizes)
         d["notes"] = " | ".join(r.notes)
+        d["params"] = " ".join(f"{k}={v:g}" for k, v in r.params)  # e.g. time_limit_s=600
         w.writerow(["" if d.get(c) is None else (repr(d[c]) if isinstance(d[c], float) else d[c]) for c in CSV_COLUMNS])
     return buf.getvalue()
 

@@ -189,6 +189,10 @@ def test_different_budgets_are_ranked_apart_and_titled_with_their_own(tmp_path):
         "ovic-2018: accuracy within 10 ms x N of summed inference time (Pixel 2 track)"]
     rows = json.loads(r.stdout)["standings"]
     assert {x["submission"]: x["params"] for x in rows}["short"] == {"ms_per_image": 10.0}
+    r = lpirc("leaderboard", "show", "--db", dbf, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert {x["submission"]: (x["group"], x["params"]) for x in rows} == {
+        "long-a": ("1", "time_limit_s=600"), "long-b": ("1", "time_limit_s=600"), "short": ("2", "time_limit_s=1")}
 
 
 def test_missing_log_is_unranked_with_a_note(db, field_runs):
