@@ -155,7 +155,11 @@ PROBE_JS = """(() => {
     const sec = f.closest('section');
     return {id: f.dataset.plot, section: sec && sec.dataset.run ? sec.dataset.run : 'compare', svg: !!svg, width: r.width, height: r.height,
             shapes: svg ? svg.querySelectorAll('path, use, rect, line, polyline').length : 0,
-            missing: f.querySelector('.missing') ? f.querySelector('.missing').textContent : null};
+            missing: f.querySelector('.missing') ? f.querySelector('.missing').textContent : null,
+            clipped: svg ? [...svg.querySelectorAll('text')].filter(t => {
+              const b = t.getBoundingClientRect();
+              return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1 || b.top < r.top - 1 || b.bottom > r.bottom + 1);
+            }).map(t => t.textContent) : []};
   });
   return {figures: figs, title: document.title,
           external: document.querySelectorAll('script, link, iframe, img, object, embed').length,

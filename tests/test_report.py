@@ -80,6 +80,7 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
         assert f["svg"] and f["missing"] is None, f
         assert f["width"] > 300 and f["height"] > 100, f  # laid out at a readable size
         assert f["shapes"] >= 10, f  # axes, ticks and data, not an empty frame
+        assert f["clipped"] == [], f  # no label runs past the picture's edge
     w, h = png_size(visit.screenshot)
     assert w == 1200 and h > 1500, (w, h)
     assert len(visit.screenshot) > 50_000
@@ -340,3 +341,17 @@ def test_race_caption_matches_the_deadline_drawn(tmp_path):
     drawn = awkward_run(tmp_path / "drawn")
     assert lpirc("report", drawn).returncode == 0
     assert "The red line is the deadline" in (drawn / "report.html").read_text()
+
+
+def test_long_class_names_stay_inside_their_pictures(browser, tmp_path):
+    """Class names as long as ImageNet's longest (cut at 32 characters, plus the synset ID) are
+    drawn whole inside the worst-classes and confusion pictures: 0.052 in a character clipped
+    'spotted salamander, Ambystoma m... (n01632458)' at the figure's left edge."""
+    run = awkward_run(tmp_path / "long-names", correct_first=5)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"Wwwww Mmmmm spotted salamander {i:04d}, Ambystoma maculatum\n" for i in range(1000)))
+    assert lpirc("report", run, "--labels", labels).returncode == 0
+    visit = browser.visit(run / "report.html", PROBE_JS)
+    figs = {f["id"]: f for f in visit.probe["figures"]}
+    assert figs["classes"]["svg"] and figs["confusion"]["svg"]
+    assert figs["classes"]["clipped"] == [] and figs["confusion"]["clipped"] == [], figs
