@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -136,10 +137,17 @@ def _race_clocks(runs: list) -> dict[str, list[str]]:
 
 
 def _race_xlabel(runs: list) -> str:
+    """The race's x label: the clock, or with several clocks which runs are on which (the most
+    common clock last, as 'the others' when naming them would not fit), wrapped to the axis."""
     clocks = _race_clocks(runs)
     if len(clocks) == 1:
         return next(iter(clocks))
-    return "time (s): " + "; ".join(f"{c.split(' (s)')[0]} for {', '.join(n)}" for c, n in clocks.items())
+    parts = sorted(clocks.items(), key=lambda cn: len(cn[1]))
+    names = [", ".join(n) for _, n in parts]
+    if sum(map(len, names)) > 60:
+        names[-1] = "the others"
+    text = "time (s): " + "; ".join(f"{c.split(' (s)')[0]} for {n}" for (c, _), n in zip(parts, names))
+    return "\n".join(textwrap.wrap(text, 100))
 
 
 def _race_time_caption(runs: list) -> str:

@@ -238,6 +238,11 @@ def test_runs_raced_on_different_clocks_say_so(tmp_path):
     assert "time (s): wall time since the run started for wallrun; summed inference time for infrun" in race
     assert "raced on different clocks" in race and "infrun: summed inference time" in race
     assert "in its colour" in race  # several deadlines: each in its run's colour, not all red
+    more = [shutil.copytree(wall, tmp_path / f"another-wall-clock-run-{i}") for i in range(4)]
+    assert lpirc("report", wall, *more, inf, "-o", out).returncode == 0
+    race = out.read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    # five names would run off the picture: the most common clock is 'the others'
+    assert "time (s): summed inference time for infrun; wall time since the run started for the others" in race
     r = lpirc("report", inf)
     assert r.returncode == 0, r.stderr
     race = (inf / "report.html").read_text().split('data-plot="race"')[1].split("</figure>")[0]
