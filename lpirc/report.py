@@ -442,22 +442,25 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
 
 def _not_comparable(runs: list[RunData], scores: list[dict]) -> list[str]:
     """Why these runs cannot be ranked together (empty: they can): a run without a holdout
-    record or a score, different holdouts, rule sets or budgets (``scoring.rule_params``)."""
-    why = []
+    record or a score, different holdouts, rule sets or budgets (``scoring.rule_params``), each
+    value with the runs that have it."""
     holds = [(r.manifest.get("holdout") or {}).get("files_sha256") for r in runs]
-    if None in holds:
-        why.append("no holdout record for " + ", ".join(r.name for r, h in zip(runs, holds) if h is None))
-    if len({h for h in holds if h}) > 1:
-        why.append("different holdouts (sha256 of the ordered file list): "
-                   + ", ".join(f"{r.name} {h[:12]}" for r, h in zip(runs, holds) if h))
     rules = [s.get("rules") for s in scores]
-    if None in rules:
-        why.append("not scored: " + ", ".join(r.name for r, x in zip(runs, rules) if x is None))
-    if len({x for x in rules if x}) > 1:
-        why.append("different rule sets: " + ", ".join(f"{r.name} {x}" for r, x in zip(runs, rules) if x))
-    elif len({scoring.rule_params(s) for s in scores if s}) > 1:
-        why.append("different budgets: " + ", ".join(
-            f"{r.name} " + ", ".join(f"{k} {v:g}" for k, v in scoring.rule_params(s)) for r, s in zip(runs, scores) if s))
+    budgets = [", ".join(f"{k} {v:g}" for k, v in scoring.rule_params(s)) or None if s else None for s in scores]
+    why = []
+    for what, values in (("no holdout record", [h is None for h in holds]), ("not scored", [x is None for x in rules])):
+        if any(values):
+            why.append(f"{what}: " + ", ".join(r.name for r, v in zip(runs, values) if v))
+    for what, values in (("different holdouts (sha256 of the ordered file list)", [h and h[:12] for h in holds]),
+                         ("different rule sets", rules), ("different budgets", budgets)):
+        groups: dict[str, list[str]] = {}
+        for r, v in zip(runs, values):
+            if v:
+                groups.setdefault(v, []).append(r.name)
+        if len(groups) > 1:
+            why.append(f"{what}: " + "; ".join(f"{v} ({', '.join(n)})" for v, n in groups.items()))
+            if what == "different rule sets":
+                break  # budgets only mean something under one rule set
     return why
 
 

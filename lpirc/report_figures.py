@@ -91,11 +91,11 @@ def race(runs: list) -> tuple[str, str] | None:
         total = r.images_total or max(1, len(x))
         scale = 100.0 / total if several else 1.0
         xs, ys = _thin(np.concatenate(([0.0], x)), np.concatenate(([0], correct)) * scale)
-        label = f"{r.name}: correct" if several else "correct top-1 (counted)"
+        label = r.name if several else "correct top-1 (counted)"
         ax.step(xs, ys, where="post", color=_color(i), lw=1.6, label=label)
         xa, ya = _thin(np.concatenate(([0.0], x)), np.concatenate(([0], answered)) * scale)
         ax.step(xa, ya, where="post", color=_color(i), lw=0.9, ls="--",
-                label=f"{r.name}: answered" if several else "answered (right or wrong)")
+                label=None if several else "answered (right or wrong)")  # several: one entry a run
         late = r.late_points()
         if late is not None and len(late[0]):
             lx, ly = _thin(late[0], late[1])
@@ -115,7 +115,7 @@ def race(runs: list) -> tuple[str, str] | None:
     ax.set_xlabel(_race_xlabel(runs))
     ax.set_ylabel("% of holdout images" if several else "images")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="lower right" if not several else "best", fontsize=7, ncols=2 if len(runs) > 4 else 1)
     cap = "Correct top-1 answers over time (solid), all answers (dashed). " + _race_time_caption(runs)
     if several:
         cap += (" Each run's deadline is a vertical dash-dot line in its colour, its late answers "

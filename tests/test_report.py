@@ -305,7 +305,7 @@ def test_comparison_says_why_runs_are_not_ranked(tmp_path):
     out = tmp_path / "c.html"
     assert lpirc("report", a, b, "-o", out).returncode == 0
     html = out.read_text()
-    assert "Not ranked: different budgets: two-s time_limit_s 2, five-s time_limit_s 5." in html
+    assert "Not ranked: different budgets: time_limit_s 2 (two-s); time_limit_s 5 (five-s)." in html
     c = awkward_run(tmp_path / "also-two-s", correct_first=10)
     assert lpirc("report", a, c, "-o", out).returncode == 0
     table = out.read_text().split('<table class="compare">')[1].split("</table>")[0]
@@ -315,8 +315,8 @@ def test_comparison_says_why_runs_are_not_ranked(tmp_path):
     m["holdout"]["files_sha256"] = "ef" * 32
     (c / "manifest.json").write_text(json.dumps(m))
     assert lpirc("report", a, c, "-o", out).returncode == 0
-    assert ("Not ranked: different holdouts (sha256 of the ordered file list): two-s cdcdcdcdcdcd, "
-            "also-two-s efefefefefef.") in out.read_text()
+    assert ("Not ranked: different holdouts (sha256 of the ordered file list): cdcdcdcdcdcd (two-s); "
+            "efefefefefef (also-two-s).") in out.read_text()
 
 
 def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
