@@ -208,9 +208,10 @@ def group_title(g: list[lb.Standing]) -> str:
 
 def prize_lines(g: list[lb.Standing]) -> list[str]:
     """How the side prizes were decided in one group, with the thresholds."""
-    th = lb.prize_thresholds([(r.top1, r.entry.energy_wh) for r in g])
+    th = lb.prize_thresholds(lb.prize_field(g))
     if th is None:
-        return [f"side prizes: not awarded (fewer than {lb.MIN_PRIZE_FIELD} entries with both top-1 and energy)"]
+        return [f"side prizes: not awarded (fewer than {lb.MIN_PRIZE_FIELD} entries with both top-1 and energy "
+                "from a run that completed and answered)"]
     won = {p: [r.entry.submission for r in g if p in r.prizes] for p in (lb.PRIZE_LOW_ENERGY, lb.PRIZE_HIGH_ACCURACY)}
     return [
         f"{lb.PRIZE_LOW_ENERGY}: {', '.join(won[lb.PRIZE_LOW_ENERGY]) or 'none'} "
@@ -247,9 +248,12 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
             out.append("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
                                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
         out += ["  " + line for line in prize_lines(g)]
+        shared = [n for n in g[0].notes if all(n in r.notes for r in g)] if len(g) > 1 else []
+        out += [f"  note: {n}" for n in shared]  # a note on the whole group, once
         for r in g:
             for n in r.notes:
-                out.append(f"  note: {r.entry.submission}: {n}")
+                if n not in shared:
+                    out.append(f"  note: {r.entry.submission}: {n}")
     return "\n".join(out) + "\n"
 
 

@@ -558,8 +558,8 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     want = rules or e.rules
     notes = []
     status = e.extra.get("status") if isinstance(e.extra, Mapping) else None
-    if status and status not in ("complete", "budget_exhausted"):
-        notes.append(f"run status {status}")
+    if status and status not in RUN_OK:
+        notes.append(f"run status {status}: no side prize")
     if want == e.rules and not opts:
         stored = e.extra.get("rule_fields") if isinstance(e.extra, Mapping) else None
         return Standing(None, 0, e, want, e.score, e.top1, e.top5, False, (), tuple(notes), rule_params(stored))
@@ -576,9 +576,25 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes), rule_params(s))
 
 
+RUN_OK = ("complete", "budget_exhausted")  # run statuses of a valid entry (None: not a run)
+
+
+def prize_field(group: list[Standing]) -> list[tuple[float | None, float | None]]:
+    """(top-1, energy Wh) of each row for :func:`side_prizes`, (None, None) for a row that is
+    not in the running: a run that failed (status other than complete or budget_exhausted) or
+    answered nothing is ranked (last, at its score) but neither wins a side prize nor moves the
+    thresholds (a failed run's tiny energy made it 'highest accuracy with low energy' at 0 %)."""
+    out = []
+    for s in group:
+        status = s.entry.extra.get("status") if isinstance(s.entry.extra, Mapping) else None
+        ok = (status is None or status in RUN_OK) and s.entry.answered > 0
+        out.append((s.top1, s.entry.energy_wh) if ok else (None, None))
+    return out
+
+
 def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
     places = scoring.ranks([{"score": s.score} for s in group])
-    prizes = side_prizes([(s.top1, s.entry.energy_wh) for s in group])
+    prizes = side_prizes(prize_field(group))
     labels = {s.entry.energy_label for s in group if s.entry.energy_wh is not None}
     group_notes = []  # (that a group is ranked apart from the others is its group number)
     if len(labels) > 1:

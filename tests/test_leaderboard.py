@@ -405,6 +405,30 @@ def test_cli_add_show_remove(tmp_path, field_runs):
     assert "  E  " not in lpirc("leaderboard", "show", "--db", db).stdout
 
 
+def test_failed_run_is_ranked_but_wins_no_side_prize(tmp_path, field_runs):
+    """A run that failed (a model that could not run: status failed, nothing answered, a sliver
+    of energy) is ranked last at its score of 0, but is not in the running for the side prizes:
+    it neither wins 'highest accuracy with low energy' at 0 % nor moves the thresholds (the
+    hand-computed prizes of the six-run field stand)."""
+    failed = fake_run(tmp_path / "failed", field_runs["A"].parent / "gt.csv", 0, 0.0003, start="2026-11-30T09:30:00Z")
+    (failed / "results.jsonl").write_text("")
+    m = json.loads((failed / "manifest.json").read_text())
+    m.update(status="failed", images_answered=0)
+    m["energy"]["source"] = "measured"  # the others' are estimated: the group mixes labels
+    (failed / "manifest.json").write_text(json.dumps(m))
+    db = tmp_path / "f.sqlite"
+    assert lpirc("leaderboard", "add", *field_runs.values(), failed, "--db", db).returncode == 0
+    r = lpirc("leaderboard", "show", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\n\s+7\s+failed\s+0\s+0\.00 %.*0/20\s+\w{12}\n", r.stdout), r.stdout
+    assert "least energy with high accuracy: B (lowest energy among top-1 >= mean + 1 std = 98.39 %)" in r.stdout
+    assert "highest accuracy with low energy: E (highest top-1 among energy <= mean - 1 std = 0.2969 Wh)" in r.stdout
+    assert "note: failed: run status failed: no side prize" in r.stdout
+    # a note on the whole group is printed once, not once per entry
+    assert r.stdout.count("energy figures of mixed provenance") == 1
+    assert "\n  note: energy figures of mixed provenance (estimated, measured)\n" in r.stdout
+
+
 def test_cli_show_errors(tmp_path):
     r = lpirc("leaderboard", "show", "--db", tmp_path / "none.sqlite")
     assert r.returncode == 5 and "no standings database here" in r.stderr
