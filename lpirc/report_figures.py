@@ -18,7 +18,7 @@ import textwrap
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 MAX_POINTS = 1500  # points per curve: a 20,000-answer run is drawn at this resolution
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -481,7 +481,9 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
         ax_t.legend(fontsize=7, loc="best")  # where it hides no point
     for ax, xs in ((ax_t, ts), (ax_e, es)):
         if xs and max(xs) > 10 * min(xs):  # log only where the runs span a decade
-            ax.set_xscale("log")
+            ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^n, written plainly (0.02, not 2x10^-2)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("top-1 (%)")
     ax_t.set_xlabel("mean inference time per image (ms)")

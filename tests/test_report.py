@@ -291,6 +291,15 @@ def test_point_labels_stay_inside_the_accuracy_figure(tmp_path):
                  re.findall(r'<text style="([^"]*)"[^>]*>([^<]*)</text>', fig))
     assert texts["slow"] and texts["slow (estimated)"], texts
     assert not texts["fast"] and not texts["fast (estimated)"], texts
+    # energies a decade and more apart (0.002 and 0.05 Wh): a log axis with plain ticks at 1, 2,
+    # 5 x 10^n (it had one tick, written 10^-2)
+    m = json.loads((a / "manifest.json").read_text())
+    m["energy"]["wh"] = 0.002
+    (a / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("report", a, b, "-o", out).returncode == 0
+    fig = out.read_text().split('data-plot="accuracy"')[1].split("</figure>")[0]
+    ticks = set(re.findall(r'<text style="[^"]*"[^>]*>([^<]*)</text>', fig))
+    assert {"0.005", "0.01", "0.02"} <= ticks, ticks
 
 
 def test_comparison_says_why_runs_are_not_ranked(tmp_path):
