@@ -552,6 +552,9 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
     return out
 
 
+RUN_OK = ("complete", "budget_exhausted")  # run statuses of a valid entry (None: not a run)
+
+
 def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     """The entry's figures under ``rules``: stored, or re-scored from its log."""
     opts = {k: v for k, v in opts.items() if v is not None}
@@ -560,6 +563,8 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     status = e.extra.get("status") if isinstance(e.extra, Mapping) else None
     if status and status not in RUN_OK:
         notes.append(f"run status {status}: no side prize")
+    elif e.answered == 0:
+        notes.append("answered nothing: no side prize")
     if want == e.rules and not opts:
         stored = e.extra.get("rule_fields") if isinstance(e.extra, Mapping) else None
         return Standing(None, 0, e, want, e.score, e.top1, e.top5, False, (), tuple(notes), rule_params(stored))
@@ -574,9 +579,6 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
         notes.append(f"cannot re-score under {want}: {err}")
         return Standing(None, 0, e, want, None, None, None, False, (), tuple(notes))
     return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes), rule_params(s))
-
-
-RUN_OK = ("complete", "budget_exhausted")  # run statuses of a valid entry (None: not a run)
 
 
 def prize_field(group: list[Standing]) -> list[tuple[float | None, float | None]]:

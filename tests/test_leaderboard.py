@@ -424,6 +424,7 @@ def test_failed_run_is_ranked_but_wins_no_side_prize(tmp_path, field_runs):
     assert "least energy with high accuracy: B (lowest energy among top-1 >= mean + 1 std = 98.39 %)" in r.stdout
     assert "highest accuracy with low energy: E (highest top-1 among energy <= mean - 1 std = 0.2969 Wh)" in r.stdout
     assert "note: failed: run status failed: no side prize" in r.stdout
+    assert "answered nothing" not in r.stdout  # one reason a row, the first
     # a note on the whole group is printed once, not once per entry
     assert r.stdout.count("energy figures of mixed provenance") == 1
     assert "\n  note: energy figures of mixed provenance (estimated, measured)\n" in r.stdout
