@@ -425,6 +425,13 @@ def test_failed_run_is_ranked_but_wins_no_side_prize(tmp_path, field_runs):
     assert "highest accuracy with low energy: E (highest top-1 among energy <= mean - 1 std = 0.2969 Wh)" in r.stdout
     assert "note: failed: run status failed: no side prize" in r.stdout
     assert "answered nothing" not in r.stdout  # one reason a row, the first
+    # a run whose budget ran out before any answer (status budget_exhausted): the same, said so
+    m.update(status="budget_exhausted", start_utc="2026-11-30T09:40:00Z")
+    (failed / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("leaderboard", "add", failed, "--db", db, "--name", "empty").returncode == 0
+    r = lpirc("leaderboard", "show", "--db", db)
+    assert "note: empty: answered nothing: no side prize" in r.stdout
+    assert "highest accuracy with low energy: E (" in r.stdout
     # a note on the whole group is printed once, not once per entry
     assert r.stdout.count("energy figures of mixed provenance") == 1
     assert "\n  note: energy figures of mixed provenance (estimated, measured)\n" in r.stdout
