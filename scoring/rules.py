@@ -96,12 +96,17 @@ def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     Formula: accuracy = (correct top-1 answers received within the wall budget) / (all holdout
     images); unanswered, failed and late answers (t_s > time_limit_s) are wrong.
     score = accuracy / energy_Wh.
-    time_limit_s defaults to the run's budget in the manifest, else 600 s.
+    time_limit_s defaults to the run's budget in the manifest, else 600 s; with neither (a bare
+    log), an answer the run itself logged ``"late": true`` is late too, since its own budget is
+    then known only through those flags.
     Source: IEEE LPIRC on-site track rules 2015-2019 (10 minutes per submission, score =
     accuracy / energy in watt-hours measured by the referee's power meter).
     """
-    limit = time_limit_s if time_limit_s is not None else ev.budget("time_limit_s") or DEFAULT_TIME_LIMIT_S
+    given = time_limit_s if time_limit_s is not None else ev.budget("time_limit_s")
+    limit = given if given is not None else DEFAULT_TIME_LIMIT_S
     late = ev.t_s > limit  # nan (unknown) compares False: counted
+    if given is None:
+        late = late | ev.late_flag
     acc = ev.counted(~late)
     top1 = acc["top1"]
     score = None

@@ -587,3 +587,17 @@ def test_runs_on_other_ground_truths_or_budgets_are_ranked_apart(tmp_path, gt10)
     text = scoring.format_table(scores)
     assert text.count("Ranking ") == 3 and "ranked apart" in text
     assert "rank 1 of 2" in text and "rank 1 of 4" not in text
+
+
+def test_bare_log_keeps_the_runs_own_late_flags_under_onsite_rules(tmp_path, gt10):
+    """A bare results.jsonl (no manifest, so no budget) scored lpirc-onsite: answers lpirc run
+    logged late stay late, not counted under the 600 s default limit; an explicit
+    --time-limit-s re-scores by t_s alone."""
+    answers = [answer(f"img{i}.jpg", i, t_s=1.0 + i) for i in range(6)]
+    for a in answers[4:]:
+        a["late"] = True
+    log = write_run(tmp_path / "bare", answers) / "results.jsonl"
+    s = scoring.score_path(log, gt10, rules="lpirc-onsite")
+    assert s["top1"] == pytest.approx(0.4) and s["images_late"] == 2
+    s = scoring.score_path(log, gt10, rules="lpirc-onsite", time_limit_s=100.0)
+    assert s["top1"] == pytest.approx(0.6) and s["images_late"] == 0
