@@ -480,3 +480,36 @@ def test_referee_client_retries_across_a_restart(holdout, tmp_path):
             if t.is_alive():
                 t.join()
         ref.stop()
+
+
+def test_multipart_forms(holdout, tmp_path):
+    """Fields sent as multipart/form-data (curl -F, pycurl's HTTPPOST) are read like URL-encoded
+    ones; a broken multipart body or a file part is a 406 with one line, never a 500."""
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db) as ref:
+        def multipart(path: str, **fields) -> "httpx.Response":
+            parts = [(k, (None, v)) for k, vs in fields.items()
+                     for v in (vs if isinstance(vs, list) else [vs])]
+            return ref.http.post(ref.url + path, files=parts)
+
+        r = multipart("/login", username="alpha", password="pw")
+        assert r.status_code == 200, r.text
+        token = r.text
+        r = multipart("/result", token=token, image_name=["1", "2"], CLASS_ID=["3", "4"],
+                      confidence=["0.5", "0.4"])
+        assert (r.status_code, r.text) == (
+            200, "Result stored in the server database: 2 new, 0 duplicate(s) "
+                 "(an image's first answer counts)\n")
+        r = multipart("/result", token=token, image_name="3", CLASS_ID=["3", "4"], confidence="1")
+        assert r.status_code == 406 and "length mismatch" in r.text
+        r = ref.http.post(ref.url + "/result", files={"token": (None, token),
+                                                      "image_name": ("a.txt", b"4")})
+        assert r.status_code == 406 and r.text.startswith("Malformed multipart form")
+        r = ref.http.post(ref.url + "/result", content=b"--x\r\nnot a part",
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+        assert 400 <= r.status_code < 500 and r.text.count("\n") <= 1, (r.status_code, r.text)
+        assert "answers 2\n" in ref.post("/status", token=token).text
+        err = ref.stop()
+    assert "Traceback" not in err

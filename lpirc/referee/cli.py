@@ -54,7 +54,7 @@ def serve_cmd(holdout, ground_truth, time_limit_s, db, host, port, rules, attemp
     """Serve the holdout to teams' devices until Ctrl-C; score each session when it ends."""
     from lpirc.referee import require_extra
 
-    require_extra("starlette", "uvicorn", "itsdangerous")
+    require_extra("starlette", "uvicorn", "itsdangerous", "python_multipart")
     from lpirc.referee.core import RefereeConfig
     from lpirc.referee.server import serve
 

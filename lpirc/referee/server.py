@@ -28,6 +28,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -97,7 +98,10 @@ class RefereeApp:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             if not length.isdigit():
                 raise ProtocolError(411, "multipart form without Content-Length")
-            form = await request.form(max_fields=P.MAX_FIELDS, max_files=0)
+            try:
+                form = await request.form(max_fields=P.MAX_FIELDS, max_files=0)
+            except HTTPException as e:  # python-multipart's parse error (Starlette's 400)
+                raise ProtocolError(406, f"Malformed multipart form: {e.detail}") from None
             out = P.parse_fields(b"", request.url.query)
             for k, v in form.multi_items():
                 out.setdefault(k, []).append(str(v))
