@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -359,6 +360,19 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 2 and "--referee needs --user and --password" in r.stderr
     r = lpirc("run", "--user", "alpha", "--password", "pw")
     assert r.returncode == 2 and "--user and --password go with --referee URL" in r.stderr
+    r = lpirc("run", "--referee", "127.0.0.1:8000", "--user", "alpha", "--password", "pw")
+    assert r.returncode == 2 and "--referee '127.0.0.1:8000': expected http://HOST:PORT" in r.stderr
+    r = lpirc("run", "--referee", "http://127.0.0.1:9", "--user", "alpha", "--password", "pw",
+              "--holdout", str(root))
+    assert r.returncode == 2 and "--holdout does not go with --referee" in r.stderr
+    with socket.socket() as s:  # a port nobody listens on: refused at once, retried, then exit 1
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    r = lpirc("run", "--referee", f"http://127.0.0.1:{closed}", "--user", "alpha", "--password",
+              "pw", "--time-limit-s", "2", "--quiet", "--out", str(tmp_path / "unreached"))
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"lpirc: error: http://127.0.0.1:{closed}/login: cannot reach the referee (tried for ")
+    assert "Connection refused" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_original_sample_client_pycurl(holdout, tmp_path):

@@ -8,6 +8,7 @@ import hashlib
 import secrets
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -218,8 +219,14 @@ class RefereeRun:
             return None
         if not user or password is None:
             raise click.UsageError("--referee needs --user and --password")
-        if opts.get("holdout") is None:
-            opts["holdout"] = Path(".")  # the referee serves the holdout; replaced by the download folder
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.UsageError(f"--referee {url!r}: expected http://HOST:PORT")
+        for name in ("holdout", "ground_truth"):
+            if opts.get(name) is not None:  # the referee serves the holdout and keeps its truth
+                raise click.UsageError(f"--{name.replace('_', '-')} does not go with --referee "
+                                       "(the referee serves the holdout and keeps its ground truth)")
+        opts["holdout"] = Path(".")  # replaced by the download folder
         return cls(url, user, password, ahead, base)
 
     def run(self, settings):

@@ -35,6 +35,7 @@ from lpirc.errors import LpircError
 
 ZIP = 100
 BACKOFF_S = (0.1, 2.0)  # first retry delay, cap
+LOGIN_WAIT_S = 30.0  # how long a login retries a referee that does not answer (then exit 1)
 
 
 class RefereeError(LpircError):
@@ -73,19 +74,22 @@ class RefereeClient:
         self.retries = 0
         self._lock = threading.Lock()  # one request at a time on a client
 
-    def call(self, path: str, fields: dict) -> Reply:
-        """POST URL-encoded ``fields`` (lists repeat); retried as the class says."""
-        delay = BACKOFF_S[0]
+    def call(self, path: str, fields: dict, deadline: float | None = None) -> Reply:
+        """POST URL-encoded ``fields`` (lists repeat); retried as the class says, until
+        ``deadline`` (monotonic seconds) when given, else the client's."""
+        delay, why = BACKOFF_S[0], ""
+        deadline = self.deadline if deadline is None else min(deadline, self.deadline)
         while True:
             try:
                 with self._lock:
                     r = self.http.post(self.url + path, data=fields)
                 if r.status_code < 500:
                     return Reply(r.status_code, r.content)
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() + delay > self.deadline:
-                return Reply(0, b"no reply from the referee before the time limit")
+                why = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                why = f"{type(e).__name__}: {e}"
+            if time.monotonic() + delay > deadline:
+                return Reply(0, f"no reply from the referee ({why})".encode())
             self.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, BACKOFF_S[1])
@@ -101,9 +105,17 @@ class RefereeClient:
         return r
 
     def login(self) -> str:
-        r = self.call("/login", {"username": self.user, "password": self.password})
+        """Log in (the referee's clock starts). A referee that cannot be reached is retried
+        for LOGIN_WAIT_S at most (or until the deadline, when sooner). RefereeError (exit 1)
+        when it refuses the login or never replies."""
+        t0 = time.monotonic()
+        r = self.call("/login", {"username": self.user, "password": self.password},
+                      deadline=t0 + LOGIN_WAIT_S)
+        if r.status == 0:
+            raise RefereeError(f"{self.url}/login: cannot reach the referee (tried for "
+                               f"{time.monotonic() - t0:.1f} s): {r.text[:200]}")
         if r.status != 200:
-            raise RefereeError(f"{self.url}/login: {r.status or 'no reply'} {r.text[:200]}")
+            raise RefereeError(f"{self.url}/login: {r.status} {r.text[:200]}")
         self.token = r.text
         return self.token
 
