@@ -257,6 +257,12 @@ def test_duplicates_and_malformed_answers(holdout, tmp_path):
                           headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 406
         assert "duplicates 2\n" in ref.post("/status", token=token).text
+        r = lpirc("referee", "results", "--db", str(db), "--all")  # the session is still open
+        assert r.returncode == 0 and "None" not in r.stdout, r.stdout
+        line = next(ln for ln in r.stdout.splitlines() if team[:20] in ln)
+        assert line.split()[5:8] == ["1/130", "2", "n/a"], line  # answered so far, duplicates
+        assert line.endswith("n/a (session open: answers so far)"), line
+        assert "every attempt, oldest first, unranked" in r.stdout
         ref.post("/logout", token=token)
         row = wait_for(lambda: results_json(db))[0]
         page = ref.http.get(ref.url + "/").text

@@ -25,6 +25,9 @@ def attempts(store: Store) -> list[dict]:
     rows = []
     for s in store.sessions(kind="team"):
         sc = s.score or {}
+        if not sc:  # open, or ended and waiting for its score: the answers stored so far
+            got, dups = store.counts(s.id)
+            sc = {"images_answered": got, "answers_duplicate": dups}
         rows.append({
             "team": s.team, "attempt": s.attempt, "session_id": s.id,
             "status": "open" if s.ended is None else ("scored" if s.score else "ended"),
@@ -57,6 +60,10 @@ def standings(store: Store) -> list[dict]:
     return rows
 
 
+_UNSCORED = {"open": "session open: answers so far", "ended": "ended, not scored yet",
+             "scored": "absent"}
+
+
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -84,7 +91,7 @@ def format_standings(rows: list[dict], fmt: str = "table") -> str:
     for r in rows:
         top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
         energy = ("n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh") \
-            + f" ({r['energy_source']})"
+            + f" ({r['energy_source'] or _UNSCORED[r['status']]})"
         lines.append(f"{_fmt(r['rank']):>4}  {r['team'][:20]:<20} {r['attempt']:>3}  "
                      f"{_fmt(r['score']):>10}  {top1:>8}  "
                      f"{_fmt(r['answered']) + '/' + _fmt(r['images_total']):>9}  "
@@ -94,6 +101,10 @@ def format_standings(rows: list[dict], fmt: str = "table") -> str:
                  if rows[0]["rules"] == "lpirc-onsite" else f"rules {rows[0]['rules']}")
     lines.append("wall s: the referee's clock, login to logout or time limit; energy: metered "
                  "(the referee's meter), self-reported (the device's own figure) or absent")
+    if any("rank" in r and r["rank"] is None and "status" in r for r in rows) and \
+            all(r.get("rank") is None for r in rows):
+        lines.append("every attempt, oldest first, unranked (without --all: each team's best, "
+                     "ranked)")
     return "\n".join(lines)
 
 
