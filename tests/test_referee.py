@@ -347,8 +347,14 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 0 and "password: " in r.stdout
     r = lpirc("referee", "add-team", "alpha", "--db", str(db), "--password", "x")
     assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {db}: team 'alpha' already exists"
+    r = lpirc("referee", "add-team", "beta", "--db", str(db), "--password", "")
+    assert r.returncode == 2 and "'--password': must not be empty" in r.stderr
     r = lpirc("referee", "results", "--db", str(tmp_path / "none.sqlite"))
     assert r.returncode == 5 and "referee database not found" in r.stderr
+    r = lpirc("referee", "answers", "--db", str(db), "--team", "nobody")
+    assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {db}: no team 'nobody'"
+    r = lpirc("referee", "answers", "--db", str(db), "--team", "alpha")
+    assert r.returncode == 0 and r.stdout.startswith("image_name,CLASS_ID,confidence,")
     r = lpirc("referee", "serve", "--holdout", str(tmp_path / "nowhere"), "--db", str(db))
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
     r = lpirc("referee", "results", "--db", str(db))

@@ -29,6 +29,9 @@ def friendly_errors(fn):
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          default=Path("referee.sqlite"), show_default=True,
                          help="The referee's SQLite database (made if absent).")
+DB_READ_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+                              default=Path("referee.sqlite"), show_default=True,
+                              help="The referee's SQLite database (must exist: exit 5 if not).")
 
 
 @click.group("referee")
@@ -81,6 +84,9 @@ def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None
     """Add an account TEAM (its password is stored hashed, never in clear)."""
     from lpirc.referee.store import Store
 
+    if password is not None and not password:  # /login refuses an empty one: never usable
+        raise click.BadParameter("must not be empty (omit it for a random one)",
+                                 param_hint="'--password'")
     shown = password is None
     password = password or secrets.token_urlsafe(12)
     Store(db).add_team(team, password, "meter" if meter else "team")
@@ -90,7 +96,7 @@ def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None
 
 
 @referee.command("results")
-@DB_OPTION
+@DB_READ_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="table: for people; csv/json: for programs.")
 @click.option("--all", "every", is_flag=True, help="Every attempt, not only each team's best.")
 @friendly_errors
@@ -107,21 +113,25 @@ def results_cmd(db: Path, fmt: str, every: bool) -> None:
 
 
 @referee.command("answers")
-@DB_OPTION
+@DB_READ_OPTION
 @click.option("--team", help="Only this team's answers.")
 @friendly_errors
 def answers_cmd(db: Path, team: str | None) -> None:
     """Export every answer received as CSV (the original referee's columns first: image_name,
     CLASS_ID, confidence, xmin, ymin, xmax, ymax), duplicates included (kept = 0)."""
+    from lpirc.errors import InputError
     from lpirc.referee.results import answers_csv
 
-    click.echo(answers_csv(_open(db), team), nl=False)
+    store = _open(db)
+    if team is not None and store.team(team) is None:
+        raise InputError(f"{db}: no team {team!r}")
+    click.echo(answers_csv(store, team), nl=False)
 
 
 @referee.command("power")
 @click.argument("team")
 @click.argument("file", type=click.Path(path_type=Path))
-@DB_OPTION
+@DB_READ_OPTION
 @friendly_errors
 def power_cmd(team: str, file: Path, db: Path) -> None:
     """Import a meter log FILE (CSV timestamp,watts, as `lpirc run --power-log` reads) for
