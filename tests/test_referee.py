@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -163,6 +164,9 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     log.write_text(f"timestamp,watts\n{t0 - 2},20\n{t1 + 2},20\n")
     r = lpirc("referee", "power", "beta", str(log), "--db", str(db))
     assert r.returncode == 0 and "(metered: power meter (import:meter.csv): " in r.stdout, r.stdout
+    assert r.stdout.splitlines()[0] == f"imported 2 readings from {log} for beta"
+    assert re.match(r"  attempt 1: score [0-9.e+]+ 1/Wh \(top-1 [0-9.]+ %, measured by the "
+                    r"referee\), energy [0-9.e-]+ Wh \(metered: ", r.stdout.splitlines()[1]), r.stdout
     beta = {x["team"]: x for x in results_json(db)}["beta"]
     assert beta["energy_source"] == "metered"
     assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)

@@ -149,10 +149,18 @@ def power_cmd(team: str, file: Path, db: Path) -> None:
                         f"import:{file.name}")
     click.echo(f"imported {n} readings from {file} for {team}")
     for score in _rescore(store, db, who.id):
-        e = score.get("energy_wh")
-        click.echo(f"  attempt {score['attempt']}: score {score['score']}, energy "
-                   f"{'n/a' if e is None else f'{e:.4g} Wh'} ({score['energy_source']}: "
-                   f"{score['energy_method']})")
+        click.echo(_rescored_line(score))
+
+
+def _rescored_line(score: dict) -> str:
+    """One rescored attempt: score (top-1 / Wh, or n/a without energy), top-1 as the referee
+    measured it, energy with its source and how it was obtained."""
+    e, top1 = score.get("energy_wh"), score.get("top1")
+    value = "n/a (no energy)" if score.get("score") is None else f"{score['score']:.4g} 1/Wh"
+    top1 = "n/a" if top1 is None else f"{100 * top1:.2f} %"
+    return (f"  attempt {score['attempt']}: score {value} (top-1 {top1}, measured by the "
+            f"referee), energy {'n/a' if e is None else f'{e:.4g} Wh'} "
+            f"({score['energy_source']}: {score['energy_method']})")
 
 
 def _open(db: Path):
