@@ -147,7 +147,9 @@ def power_cmd(team: str, file: Path, db: Path) -> None:
     samples = read_power_log(file)
     n = store.add_power(who.id, [PowerReading(t=float(t), power=float(w)) for t, w in samples],
                         f"import:{file.name}")
-    click.echo(f"imported {n} readings from {file} for {team}")
+    again = len(samples) - n
+    click.echo(f"imported {n} readings from {file} for {team}"
+               + (f" ({again} already stored: same time and watts, skipped)" if again else ""))
     for score in _rescore(store, db, who.id):
         click.echo(_rescored_line(score))
 

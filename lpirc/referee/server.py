@@ -230,7 +230,9 @@ class RefereeApp:
         f, _, now = await self.session(request, kind="meter")
         player, readings = P.parse_power(f, now)
         n = await run_in_threadpool(self.ref.add_power, player, readings, "meter")
-        return _text(f"{P.POWER_STORED}: {n} reading(s) for {player}")
+        again = len(readings) - n
+        return _text(f"{P.POWER_STORED}: {n} reading(s) for {player}"
+                     + (f", {again} already stored (same time and watts)" if again else ""))
 
     async def help(self, request: Request) -> Response:
         numbering = ("0..999, the sorted ILSVRC-2012 synsets (-1 = background)"
