@@ -229,10 +229,14 @@ def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
         assert r.status_code == 200 and "answers 120\n" in r.text
         left_after = float(r.text.split("time_left_s ")[1])
         assert left_after < left_before - 0.9
+        resumed = wait_for(lambda: [ln for ln in ref.lines if " resumed " in ln])
+        assert resumed[0].startswith("lpirc referee: alpha attempt 1 resumed (started ")
+        assert resumed[0].endswith("s left by its clock, 120 answer(s) and 0 duplicate(s) stored)")
         assert ref.login("alpha", "pw") == token
         assert ref.post("/logout", token=token).status_code == 200
         row = wait_for(lambda: results_json(db))[0]
         assert row["answered"] == 120
+        assert Path(row["run_dir"]).is_absolute() and (Path(row["run_dir"]) / "score.json").is_file()
     finally:
         ref.stop()
 

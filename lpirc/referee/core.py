@@ -126,6 +126,20 @@ class Referee:
     def count(self) -> int:
         return len(self.files)
 
+    def resumed(self, now: float) -> list[str]:
+        """One line per team session still open from before a restart: it continues on its
+        own clock (its tokens stay valid)."""
+        out = []
+        for lv in self.live.values():
+            r = lv.row
+            if r.kind == "team":
+                kept, dups = self.store.counts(r.id)
+                out.append(f"lpirc referee: {r.team} attempt {r.attempt} resumed (started "
+                           f"{_utc(r.started)[11:19]} UTC, ends {_utc(r.deadline)[11:19]} UTC, "
+                           f"{max(0.0, r.deadline - now):.0f} s left by its clock, {kept} "
+                           f"answer(s) and {dups} duplicate(s) stored)")
+        return out
+
     # --- login, tokens -----------------------------------------------------------------------
 
     def login(self, username: str, password: str, now: float) -> str:
@@ -269,7 +283,7 @@ class Referee:
     def score(self, row: SessionRow) -> dict:
         """Score one ended session with ``scoring`` and store it; see :func:`score_session`."""
         s = score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
-                          self.cfg.runs_path(), self.cfg.standings_db)
+                          self.cfg.runs_path().resolve(), self.cfg.standings_db)
         e = "n/a" if s["energy_wh"] is None else f"{s['energy_wh']:.4g} Wh"
         self.announce(f"lpirc referee: {row.team} attempt {row.attempt} scored: "
                       f"{'n/a' if s['score'] is None else format(s['score'], '.4g')} (top-1 "

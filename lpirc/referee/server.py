@@ -279,6 +279,8 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     announce(f"lpirc referee: listening on http://{shown}:{bound} ({referee.count} images from "
              f"{cfg.holdout}, time limit {cfg.time_limit_s:g} s, rules {cfg.rules}, "
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
+    for line in referee.resumed(time.time()):
+        announce(line)
     config = uvicorn.Config(RefereeApp(referee, max_body_bytes).app, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
     # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
