@@ -473,6 +473,16 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
         assert r.returncode == 1 and r.stderr.strip() == \
             f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]
+    big = tmp_path / "big"  # 2,000 images: more than the reference model answers in 1.5 s
+    make_distinct_holdout(small_holdout, big, 2000)
+    add_team(tmp_path / "late.sqlite", "late")
+    with Referee(big, tmp_path / "late.sqlite", time_limit_s=1.5) as ref:
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "late",
+                  "--password", "pw", "--out", str(tmp_path / "late"), "--quiet", "--no-report")
+        assert r.returncode == 0 and "status          budget_exhausted" in r.stdout, r.stdout + r.stderr
+        assert "referee energy  not accepted (401 Time limit reached)" in r.stdout, r.stdout
+        assert ("referee logout  none needed: the session had already ended (401 Time limit "
+                "reached)") in r.stdout
     local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
              for ln in (out / "results.jsonl").read_text().splitlines()}
     remote = {int(a[0]): int(a[9]) for a in answers(db)}  # class index, from 1-based CLASS_IDs

@@ -350,14 +350,22 @@ def _finish(client: RefereeClient, outcome, log: PostLog, down: Downloader, coun
     if e.get("wh") is not None:
         r = client.authed("/energy", {"energy_wh": repr(float(e["wh"])),
                                       "method": f"{e.get('source')}: {e.get('method')}"[:200]})
-        energy = "posted" if r.status == 200 else f"not accepted ({r.status} {r.text[:80]})"
+        energy = "posted" if r.status == 200 else f"not accepted ({_reason(r)})"
     r = client.authed("/logout", {})
     budget = (outcome.manifest.get("budget") or {}).get("time_limit_s")
     return {"url": client.url, "user": client.user, "images": count, "time_limit_s": budget,
             "downloaded": down.downloaded, "download_error": down.error,
             "posted": log.posted, "refused": log.refused, "not_posted": len(log.unposted),
             "not_posted_images": log.unposted[:1000], "retries": client.retries,
-            "energy": energy, "logout": r.status == 200}
+            "energy": energy, "logout": r.status == 200,
+            "logout_reply": "ok" if r.status == 200 else (
+                f"none needed: the session had already ended ({_reason(r)})"
+                if r.status == 401 else f"failed ({_reason(r)})")}
+
+
+def _reason(r: Reply) -> str:
+    """A refusal in a few words: its status and the reply's first clause."""
+    return f"{r.status or 'no reply'} {r.text.split(':')[0][:80]}"
 
 
 def format_report(report: dict) -> str:
@@ -369,8 +377,9 @@ def format_report(report: dict) -> str:
              "time left at login when shorter)",
              f"referee energy  {report['energy']} (self-reported: the referee's meter, if any, "
              "takes precedence)",
-             f"referee logout  {'ok' if report['logout'] else 'failed'}; {report['retries']} "
-             "call(s) retried; the referee scores the session (lpirc referee results)"]
+             f"referee logout  {report.get('logout_reply', 'ok' if report['logout'] else 'failed')}"
+             f"; {report['retries']} call(s) retried; the referee scores the session "
+             "(lpirc referee results)"]
     if report["download_error"]:
         lines.append(f"referee note    downloads stopped: {report['download_error']}")
     if report["not_posted"]:
