@@ -564,3 +564,53 @@ def test_multipart_forms(holdout, tmp_path):
         assert "answers 2\n" in ref.post("/status", token=token).text
         err = ref.stop()
     assert "Traceback" not in err
+
+
+STANDINGS_PROBE = """(() => ({
+  headers: [...document.querySelectorAll('th')].map(e => e.textContent),
+  rows: [...document.querySelectorAll('tr')].slice(1).map(
+      tr => [...tr.querySelectorAll('td')].map(e => e.textContent)),
+  under: [...document.querySelectorAll('li')].map(e => e.textContent),
+  note: document.querySelector('p').textContent,
+}))()"""
+
+
+def test_standings_page_in_chromium(holdout, tmp_path):
+    """The live standings page (`/`) in a real headless Chromium: each column says its unit or
+    source, a scored team's row, a session under way with its answers so far; no page errors,
+    nothing asked of any other host."""
+    from chromium import Chromium, find_chromium, png_size
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): browser checks skipped")
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    for team in ("alpha", "beta"):
+        add_team(db, team)
+    with Referee(root, db) as ref:
+        a = ref.login("alpha", "pw")
+        ref.post("/result", token=a, image_name=["1", "2"], CLASS_ID=["1", "2"], confidence=["1", "1"])
+        ref.post("/energy", token=a, energy_wh="0.5", method="estimated")
+        ref.post("/logout", token=a)
+        b = ref.login("beta", "pw")
+        ref.post("/result", token=b, image_name=["1", "2", "3"], CLASS_ID=["1"] * 3,
+                 confidence=["1"] * 3)
+        alpha = wait_for(lambda: results_json(db))[0]
+        browser = Chromium(binary)
+        try:
+            visit = browser.visit(ref.url + "/", STANDINGS_PROBE)
+        finally:
+            browser.close()
+    page = visit.probe
+    assert page["headers"] == ["rank", "team", "attempt", "score (1/Wh)", "top-1 (measured)",
+                               "answered", "duplicates", "energy (source)"]
+    assert page["rows"] == [["1", "alpha", "1", f"{alpha['score']:.4g}",
+                             f"{100 * alpha['top1']:.2f} %", "2/130", "0",
+                             "0.5 Wh (self-reported)"]]
+    (under,) = page["under"]
+    assert under.startswith("beta, attempt 1: 3 of 130 images answered so far, ")
+    assert under.endswith(" s left by the referee's clock")
+    assert "energy in Wh (rules lpirc-onsite)" in page["note"] and "absent (no score)" in page["note"]
+    assert visit.errors == [] and all(u.startswith(ref.url) for u in visit.requests), visit.requests
+    assert png_size(visit.screenshot)[0] >= 800

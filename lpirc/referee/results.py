@@ -128,8 +128,11 @@ def standings_html(store: Store, live: dict, now: float) -> str:
     """The live standings page: best attempt per team, then the sessions under way."""
     rows = standings(store)
     esc = html.escape
-    body = ["<tr><th>rank</th><th>team</th><th>attempt</th><th>score</th><th>top-1</th>"
-            "<th>answered</th><th>duplicates</th><th>energy</th></tr>"]
+    rules = rows[0]["rules"] if rows else None
+    onsite = rules in (None, "lpirc-onsite")
+    body = [f"<tr><th>rank</th><th>team</th><th>attempt</th><th>score{' (1/Wh)' * onsite}</th>"
+            "<th>top-1 (measured)</th><th>answered</th><th>duplicates</th>"
+            "<th>energy (source)</th></tr>"]
     for r in rows:
         top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
         energy = "n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh"
@@ -138,13 +141,20 @@ def standings_html(store: Store, live: dict, now: float) -> str:
                     f"<td>{esc(_fmt(r['answered']))}/{esc(_fmt(r['images_total']))}</td>"
                     f"<td>{esc(_fmt(r['duplicates']))}</td>"
                     f"<td>{esc(energy)} ({esc(str(r['energy_source']))})</td></tr>")
+    if not rows:
+        body.append("<tr><td colspan='8' style='text-align:left'>no scored session yet</td></tr>")
     running = [f"<li>{esc(lv.row.team)}, attempt {lv.row.attempt}: "
-               f"{max(0.0, lv.row.deadline - now):.0f} s left</li>"
+               f"{store.counts(lv.row.id)[0]} of {lv.row.image_count} images answered so far, "
+               f"{max(0.0, lv.row.deadline - now):.0f} s left by the referee's clock</li>"
                for lv in list(live.values()) if lv.row.kind == "team"]
     return ("<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
-            "content='5'><title>LPIRC standings</title><style>body{font-family:sans-serif}"
+            "content='5'><link rel='icon' href='data:,'><title>LPIRC standings</title><style>body{font-family:sans-serif}"
             "td,th{padding:2px 10px;text-align:right}</style></head><body>"
             "<h1>Standings</h1><table>" + "".join(body) + "</table>"
             + ("<h2>Under way</h2><ul>" + "".join(running) + "</ul>" if running else "")
-            + "<p>score = top-1 accuracy within the time limit / energy in Wh; unanswered "
-              "images count wrong. Refreshes every 5 s.</p></body></html>")
+            + ("<p>score = top-1 accuracy within the time limit / energy in Wh (rules "
+               "lpirc-onsite)" if onsite else f"<p>score under rules {esc(rules)} (lpirc rules)")
+            + "; top-1 measured by the referee, unanswered images count wrong; energy metered "
+              "(the referee's meter), "
+              "self-reported (the device's own figure) or absent (no score). Refreshes every "
+              "5 s.</p></body></html>")
