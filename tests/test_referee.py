@@ -150,6 +150,9 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
                          timestamp=str(t1 + 1))
             assert (r.status_code, r.text) == (200, "Readings stored in the server database: "
                                                     f"{0 if again else 1} reading(s) for alpha{again}\n")
+        assert ref.post("/logout", token=meter).status_code == 200  # a meter is no attempt
+        wait_for(lambda: any(ln.startswith("lpirc referee: wt310 (meter) ended (logout) after ")
+                             for ln in ref.lines))
         rows = wait_for(lambda: (lambda x: x if len(x) == 2 else None)(results_json(db)))
         page = ref.http.get(ref.url + "/leaderboard").text
         assert "<h1>Standings</h1>" in page and "alpha" in page and "metered" in page

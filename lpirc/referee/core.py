@@ -245,7 +245,8 @@ class Referee:
             self.unscored = self.unscored or closed
         if closed and live is not None:
             r = live.row
-            self.announce(f"lpirc referee: {r.team} attempt {r.attempt} ended ({reason}) after "
+            who = f"{r.team} attempt {r.attempt}" if r.kind == "team" else f"{r.team} (meter)"
+            self.announce(f"lpirc referee: {who} ended ({reason}) after "
                           f"{ended - r.started:.1f} s")
         return closed
 
