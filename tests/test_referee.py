@@ -401,7 +401,7 @@ def test_cli_errors(holdout, tmp_path):
     r = lpirc("run", "--referee", f"http://127.0.0.1:{closed}", "--user", "alpha", "--password",
               "pw", "--time-limit-s", "2", "--quiet", "--out", str(tmp_path / "unreached"))
     assert r.returncode == 1 and r.stderr.startswith(
-        f"lpirc: error: http://127.0.0.1:{closed}/login: cannot reach the referee (tried for ")
+        f"lpirc: error: http://127.0.0.1:{closed}/help: cannot reach the referee (tried for ")
     assert "Connection refused" in r.stderr and r.stderr.count("\n") == 1
 
 
@@ -466,10 +466,18 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
     out = tmp_path / "run"
     with Referee(small_holdout, db, "--class-id-base", "1", time_limit_s=120) as ref:
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
+                  "--password", "pw", "--out", str(tmp_path / "off"), "--quiet",
+                  "--referee-class-base", "0")  # contradicts the referee: refused before login
+        assert r.returncode == 1 and r.stderr.strip() == (
+            f"lpirc: error: {ref.url}: the referee numbers CLASS_ID from 1 (its /help), not from "
+            "0 (--referee-class-base): every answer would be off by one")
+        assert results_json(db, "--all") == []  # no session started
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
                   "--password", "pw", "--out", str(out), "--quiet",  # --time-limit-s 600
-                  "--no-report", "--referee-ahead", "100", "--referee-class-base", "1")
+                  "--no-report", "--referee-ahead", "100")  # numbering: the referee's /help
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
+        assert ("40 downloaded, 40 answers posted (200), 0 refused, 0 never posted; CLASS_ID "
+                "from 1 (the referee's /help)") in r.stdout
         assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
                   "--password", "wrong", "--out", str(tmp_path / "run2"), "--quiet")

@@ -206,7 +206,7 @@ _RUN_OPTIONS = (
     click.option("--user", "referee_user", help="The team's account on the referee (with --referee)."),
     click.option("--password", "referee_password", help="Its password (with --referee)."),
     click.option("--referee-ahead", type=click.IntRange(min=100), default=1000, show_default=True, help="Images downloaded ahead of the answers, at most (bounds disk use)."),
-    click.option("--referee-class-base", type=click.Choice(["0", "1"]), default="0", show_default=True, help="CLASS_ID numbering the referee takes: 0 (0..999, lpirc's) or 1 (1..1000)."),
+    click.option("--referee-class-base", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True, help="CLASS_ID numbering the referee takes: 0 (0..999, lpirc's) or 1 (1..1000); auto: what its /help says, else 0. A number that contradicts its /help is exit 1."),
 )
 
 
@@ -221,7 +221,8 @@ class RefereeRun:
     """``lpirc run --referee``: what the options asked for; ``run(settings)`` runs it and keeps
     the report for ``summary()``."""
 
-    def __init__(self, url: str, user: str, password: str, ahead: int, class_base: int) -> None:
+    def __init__(self, url: str, user: str, password: str, ahead: int,
+                 class_base: int | None) -> None:
         self.url, self.user, self.password = url, user, password
         self.ahead, self.class_base = ahead, class_base
         self.report: dict | None = None
@@ -232,7 +233,8 @@ class RefereeRun:
         --user or --password is missing, or given without --referee."""
         url, user, password = (opts.pop(k) for k in ("referee_url", "referee_user",
                                                       "referee_password"))
-        ahead, base = opts.pop("referee_ahead"), int(opts.pop("referee_class_base"))
+        ahead, base = opts.pop("referee_ahead"), opts.pop("referee_class_base")
+        base = None if base == "auto" else int(base)
         if not url:
             if user or password:
                 raise click.UsageError("--user and --password go with --referee URL")

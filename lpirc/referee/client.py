@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -118,6 +119,18 @@ class RefereeClient:
             raise RefereeError(f"{self.url}/login: {r.status} {r.text[:200]}")
         self.token = r.text
         return self.token
+
+    def class_base(self) -> int | None:
+        """The CLASS_ID numbering the referee says it takes in ``/help`` (lpirc's referee:
+        "CLASS_ID numbering: 0..999" or "1..1000"); None where it does not say (the original).
+        Asked before the login: no clock runs yet. RefereeError when it cannot be reached."""
+        t0 = time.monotonic()
+        r = self.call("/help", {}, deadline=t0 + LOGIN_WAIT_S)
+        if r.status == 0:
+            raise RefereeError(f"{self.url}/help: cannot reach the referee (tried for "
+                               f"{time.monotonic() - t0:.1f} s): {r.text[:200]}")
+        m = re.search(r"CLASS_ID numbering: (0\.\.999|1\.\.1000)", r.text) if r.status == 200 else None
+        return None if m is None else int(m.group(1)[0])
 
     def count(self) -> int:
         r = self.authed("/no_of_images", {})
@@ -298,7 +311,7 @@ class _Relay:
 
 
 def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int = 1000,
-                     batch: int = 100, class_base: int = 0, progress: bool = True):
+                     batch: int = 100, class_base: int | None = None, progress: bool = True):
     """``lpirc run`` fed by a referee. Returns (RunOutcome, report dict).
 
     Raises RefereeError when the login or the count fails, LpircError as ``lpirc.runner.run``."""
@@ -310,6 +323,7 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
     client = RefereeClient(url, user, password, deadline)
     scratch = Path(tempfile.mkdtemp(prefix="lpirc-referee-"))
     try:
+        class_base, numbering = _numbering(client, class_base)
         client.login()
         count = client.count()
         left = client.time_left_s()
@@ -332,7 +346,8 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
             with down.cond:
                 down.cond.notify_all()
             poster.finish()
-        report = _finish(client, outcome, log, down, count)
+        report = dict(_finish(client, outcome, log, down, count), class_base=class_base,
+                      class_base_from=numbering)
         (outcome.out_dir / "referee_posts.jsonl").write_text(
             "".join(json.dumps(x) + "\n" for x in log.lines), encoding="utf-8")
         manifest = dict(outcome.manifest, referee=report)
@@ -341,6 +356,22 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
     finally:
         client.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _numbering(client: RefereeClient, asked: int | None) -> tuple[int, str]:
+    """The CLASS_ID base to post with, and where it came from: the referee's ``/help`` (when
+    ``asked`` is None, or to check ``asked``), else ``asked``, else 0. RefereeError (before any
+    login) when ``asked`` contradicts what the referee says: every answer would be off by one."""
+    told = client.class_base()
+    if asked is not None and told is not None and asked != told:
+        raise RefereeError(f"{client.url}: the referee numbers CLASS_ID from {told} (its /help), "
+                           f"not from {asked} (--referee-class-base): every answer would be "
+                           "off by one")
+    if told is not None:
+        return told, "the referee's /help"
+    if asked is not None:
+        return asked, "--referee-class-base"
+    return 0, "default: the referee does not say (give --referee-class-base)"
 
 
 def _finish(client: RefereeClient, outcome, log: PostLog, down: Downloader, count: int) -> dict:
@@ -380,6 +411,8 @@ def format_report(report: dict) -> str:
              f"referee logout  {report.get('logout_reply', 'ok' if report['logout'] else 'failed')}"
              f"; {report['retries']} call(s) retried; the referee scores the session "
              "(lpirc referee results)"]
+    if "class_base" in report:
+        lines[0] += f"; CLASS_ID from {report['class_base']} ({report['class_base_from']})"
     if report["download_error"]:
         lines.append(f"referee note    downloads stopped: {report['download_error']}")
     if report["not_posted"]:
