@@ -190,6 +190,9 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     assert (got["alpha"].energy_label, got["beta"].energy_label) == ("metered", "metered")
     assert got["beta"].energy_wh == pytest.approx(beta["energy_wh"])
     assert got["alpha"].score == pytest.approx(alpha["score"]) and got["alpha"].top5 is None
+    r = lpirc("leaderboard", "show", "--db", str(standings))
+    assert r.returncode == 0 and "alpha attempt 1" in r.stdout, r.stdout + r.stderr
+    assert "run status" not in r.stdout  # a session ended by logout is a complete run
 
 
 def test_time_limit_refuses_late_answers(holdout, tmp_path):

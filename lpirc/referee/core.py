@@ -431,7 +431,8 @@ def entry_fields(make_uid, row: SessionRow, score: dict) -> dict:
         "lpirc_version": __version__, "runtime": None, "device": None,
         "created_utc": _utc(row.started), "run_dir": score["run"],
         "ground_truth": score["ground_truth"],
-        "extra": {"status": row.end_reason, "energy_method": score.get("energy_method"),
+        "extra": {"status": "budget_exhausted" if row.end_reason == "time_limit" else "complete",
+                  "end_reason": row.end_reason, "energy_method": score.get("energy_method"),
                   "answers_duplicate": score.get("answers_duplicate"),
                   "warnings": score.get("warnings") or []},
     }
