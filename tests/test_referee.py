@@ -113,6 +113,8 @@ def test_protocol_call_by_call(holdout, tmp_path):
         assert r.returncode == 5 and "another lpirc referee is serving this database" in r.stderr
         err = ref.stop()  # SIGTERM: a clean shutdown, exit 0, nothing on stderr
         assert ref.proc.returncode == 0 and err == ""
+        assert ref.lines[-1] == ("lpirc referee: stopped; 0 open session(s) continue on their "
+                                 f"own clocks when it is started again on {db}")
 
 
 def test_full_session_scored_with_meter(holdout, tmp_path):

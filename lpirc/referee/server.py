@@ -286,8 +286,13 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
     # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
     signal.signal(signal.SIGTERM, _exit_ok)
-    uvicorn.Server(config).run(sockets=[sock])
-    lock.close()
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:  # SIGTERM and Ctrl-C come back through here, after uvicorn's clean shutdown
+        left = sum(lv.row.kind == "team" for lv in list(referee.live.values()))
+        announce(f"lpirc referee: stopped; {left} open session(s) continue on their own clocks "
+                 f"when it is started again on {cfg.db}")
+        lock.close()
 
 
 def _lock_db(db: Path):
