@@ -74,8 +74,12 @@ def log(msg: str) -> None:
 def _list_images(root: Path) -> list[str]:
     """The images below ``root`` by lpirc's one listing rule (lpirc.holdout.scan_images), so
     the contenders and lpirc run answer the same files."""
-    from lpirc.holdout import scan_images  # imported here: the module level stays lpirc-free
+    try:  # imported here: the module level stays lpirc-free
+        from lpirc.holdout import scan_images
+    except ImportError:  # an lpirc from before scan_images, measured for a before/after
+        from lpirc.holdout import list_images
 
+        return list_images(root)
     return scan_images(root).files
 
 
@@ -222,7 +226,66 @@ def _inference(a: dict) -> dict:
             "cpu_ms_per_image": cpu * 1000.0 / n}
 
 
-CHILDREN = {"hand": _hand_loop, "preprocess": _preprocess_cost, "inference": _inference}
+def _worker_path(a: dict) -> dict:
+    """CPU ms per image, in one process, of three ways to do the same work on the same images,
+    alternated ``rounds`` times so that other load hits them alike (medians):
+
+    apart        decode + preprocess every image, then invoke them all (the "sum" the run is
+                 compared with: each part alone, caches warm for it);
+    interleaved  one image after the other: decode + preprocess, invoke (any pipeline that does
+                 both on one core);
+    worker       lpirc's own worker functions (``pipeline._load``, ``pipeline._infer``: top-5,
+                 answer tuples) on chunks of the size the code hands out in steady state;
+    worker_small the same on chunks of ``MIN_CHUNK`` (4).
+    """
+    import numpy as np
+
+    from lpirc import pipeline, runtime
+    from lpirc.preprocess import PreprocessSpec, load_image
+
+    root = Path(a["holdout"])
+    files = _list_images(root)[: a.get("distinct", 200)]
+    rt = runtime.load_runtime()
+    m = runtime.open_model(a["model"], threads=1, delegate="cpu", batch=1, runtime=rt)
+    _, h, w, _ = (int(x) for x in m.info.input.shape)
+    spec = PreprocessSpec(h, w, np.dtype(m.info.input.dtype).name)
+    chunk = getattr(pipeline, "MAX_CHUNK", None) or pipeline.MIN_CHUNK
+    paths = [root / f for f in files]
+
+    def invoke(x):
+        runtime.predict(m, x[None])
+
+    def apart():
+        xs = [load_image(p, spec) for p in paths]
+        for x in xs:
+            invoke(x)
+
+    def interleaved():
+        for p in paths:
+            invoke(load_image(p, spec))
+
+    def worker(size: int = chunk):
+        for i in range(0, len(paths), size):
+            items = [(i + j, f) for j, f in enumerate(files[i:i + size])]
+            loaded = [pipeline._load(root / f, spec) for _, f in items]
+            pipeline._infer(m, items, loaded, runtime)
+
+    apart()  # warm: page cache, first invokes
+    ways = {"apart": apart, "interleaved": interleaved, "worker": worker,
+            # the chunk the code hands out first and last (the only size before chunks grew)
+            "worker_small": lambda: worker(pipeline.MIN_CHUNK)}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
+    for r in range(a.get("rounds", 3)):
+        for name in (list(ways) if r % 2 == 0 else list(reversed(ways))):
+            c0 = time.process_time()
+            ways[name]()
+            cpu[name].append((time.process_time() - c0) * 1000.0 / len(paths))
+    return {k: statistics.median(v) for k, v in cpu.items()} | {"chunk": chunk,
+                                                                  "images": len(paths)}
+
+
+CHILDREN = {"hand": _hand_loop, "preprocess": _preprocess_cost, "inference": _inference,
+            "path": _worker_path}
 
 
 class BenchError(Exception):
@@ -230,7 +293,7 @@ class BenchError(Exception):
 
 
 CHILD_NAMES = {"hand": "hand-written loop", "preprocess": "preprocess cost",
-               "inference": "inference cost"}
+               "inference": "inference cost", "path": "worker path cost"}
 
 
 def _child_main(kind: str, args_json: str) -> None:
@@ -244,9 +307,13 @@ def _child_main(kind: str, args_json: str) -> None:
 
 
 def _spawn_child(kind: str, args: dict) -> subprocess.Popen:
+    # this checkout's lpirc, as `python -m lpirc` (run from REPO) uses, not an installed one
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                     else "")
     return subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=env)
 
 
 def _collect(p: subprocess.Popen, what: str) -> dict:
@@ -661,6 +728,8 @@ def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
     pre_pil = run_child("preprocess", {"holdout": str(holdout), "mode": "pillow",
                                        "time_limit_s": t, "model": str(model)})
     inf = run_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t})
+    path = run_child("path", {"model": str(model), "holdout": str(holdout),
+                              "distinct": max(24, min(200, int(t * 40))), "rounds": 3})
     start_at = time.time() + 2.5  # all processes loaded before the clock starts
     procs = [_spawn_child("inference", {"model": str(model), "threads": 1, "time_limit_s": t,
                                         "start_at": start_at, "seed": i}) for i in range(ncores)]
@@ -670,6 +739,9 @@ def limit_round(model: Path, holdout: Path, t: float, ncores: int) -> dict:
         "preprocess_ms": pre["ms_per_image"], "preprocess_pillow_ms": pre_pil["ms_per_image"],
         "inference_ms": inf["ms_per_image"], "pure_inference_ips": pure,
         "preprocess_resize_backend": pre.get("resize_backend"),
+        "path_apart_cpu_ms": path["apart"], "path_interleaved_cpu_ms": path["interleaved"],
+        "path_worker_cpu_ms": path["worker"], "path_chunk": path["chunk"],
+        "path_worker_small_cpu_ms": path["worker_small"],
         # CPU time per image (process_time): what the CPU-per-answer ratio compares with, as
         # robust as that figure to other processes sharing the cores (wall time is not)
         "preprocess_cpu_ms": pre.get("cpu_ms_per_image"),
@@ -893,6 +965,11 @@ def _bench(a: argparse.Namespace) -> int:
         "preprocess_pillow_ms": fig("limit", "preprocess_pillow_ms"),
         "inference_ms": fig("limit", "inference_ms"),
         "preprocess_cpu_ms": fig("limit", "preprocess_cpu_ms"),
+        "path_apart_cpu_ms": fig("limit", "path_apart_cpu_ms"),
+        "path_interleaved_cpu_ms": fig("limit", "path_interleaved_cpu_ms"),
+        "path_worker_cpu_ms": fig("limit", "path_worker_cpu_ms"),
+        "path_worker_small_cpu_ms": fig("limit", "path_worker_small_cpu_ms"),
+        "path_chunk": fig("limit", "path_chunk"),
         "preprocess_pillow_cpu_ms": fig("limit", "preprocess_pillow_cpu_ms"),
         "inference_cpu_ms": fig("limit", "inference_cpu_ms"),
         "limit_ips": fig("limit", "limit_ips"), "limit_pillow_ips": fig("limit", "limit_pillow_ips"),
@@ -1045,17 +1122,21 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         f"{'lpirc run, tuned settings':<{w}}  {num(f['tuned_cpu_ms'], '{:.2f}'):>6}  "
         f"{num(_div(f['tuned_cpu_ms'], cpu_sum), '{:.2f}x')}",
         "",
-        f"{'where the CPU of an answer goes (lpirc run, default settings)':<{w}}  {'ms':>6}",
-        f"{'inference, measured in the workers during the run':<{w}}  "
-        f"{num(f.get('default_run_inference_ms'), '{:.2f}'):>6}  (alone: "
-        f"{num(f['inference_ms'], '{:.2f}')})",
-        f"{'decode + preprocess, measured in the workers during the run':<{w}}  "
-        f"{num(_sub(f.get('default_run_latency_ms'), f.get('default_run_inference_ms')), '{:.2f}'):>6}"
-        f"  (alone: {num(f['preprocess_ms'], '{:.2f}')})",
-        f"{'the rest: pipes, dispatch, log, top-5, start-up and stop (derived)':<{w}}  "
-        f"{num(_sub(f['default_cpu_ms'], f.get('default_run_latency_ms')), '{:.2f}'):>6}"
-        "  (the workers' figures are wall time: on a busy machine they exceed the CPU time "
-        "and this goes negative)",
+        f"{'where the CPU of an answer goes (one process, CPU ms, alternated)':<{w}}  {'ms':>6}  vs apart",
+        f"{'decode + preprocess all, then invoke all (each part alone)':<{w}}  "
+        f"{num(f.get('path_apart_cpu_ms'), '{:.2f}'):>6}  1.00x",
+        f"{'one image after the other (decode + preprocess, invoke)':<{w}}  "
+        f"{num(f.get('path_interleaved_cpu_ms'), '{:.2f}'):>6}  "
+        f"{num(_div(f.get('path_interleaved_cpu_ms'), f.get('path_apart_cpu_ms')), '{:.2f}x')}",
+        f"{'lpirc worker path, chunks of ' + num(f.get('path_chunk')) + ' (+ top-5, answers)':<{w}}  "
+        f"{num(f.get('path_worker_cpu_ms'), '{:.2f}'):>6}  "
+        f"{num(_div(f.get('path_worker_cpu_ms'), f.get('path_apart_cpu_ms')), '{:.2f}x')}",
+        f"{'lpirc worker path, chunks of 4':<{w}}  "
+        f"{num(f.get('path_worker_small_cpu_ms'), '{:.2f}'):>6}  "
+        f"{num(_div(f.get('path_worker_small_cpu_ms'), f.get('path_apart_cpu_ms')), '{:.2f}x')}",
+        f"{'lpirc run, whole tree (parent, pipes, 2 workers sharing the cores)':<{w}}  "
+        f"{num(f['default_cpu_ms'], '{:.2f}'):>6}  "
+        f"{num(_div(f['default_cpu_ms'], f.get('path_apart_cpu_ms')), '{:.2f}x')}",
         "",
         f"{'lpirc run':<{w}}  {'value':>9}",
         f"{'peak RSS, whole process tree, ' + str(n_holdout) + ' images':<{w}}  "
@@ -1105,10 +1186,6 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
 
 def _add(a, b):
     return None if a is None or b is None else a + b
-
-
-def _sub(a, b):
-    return None if a is None or b is None else a - b
 
 
 def _div(a, b):

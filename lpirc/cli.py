@@ -18,6 +18,7 @@ import click
 import scoring
 from lpirc import __version__
 from lpirc.errors import EXIT_INTERRUPTED, InputError, LpircError
+from lpirc.preprocess import channel_values, parse_input_size
 from lpirc.referee.cli import RefereeRun, referee_run_options
 
 
@@ -62,22 +63,43 @@ def _settings(ctx: click.Context, opts: dict, config: Path | None = None):
     return resolve_settings(opts, explicit, config)
 
 
+def _check_channels(ctx, param, value):
+    """Click callback: --mean/--std syntax checked where it was typed (exit 2, naming it)."""
+    if value is not None:
+        try:
+            channel_values(param.name, value, positive=param.name == "std")
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _check_input_size(ctx, param, value):
+    """Click callback: --input-size must be HxW (or one number for a square)."""
+    try:
+        parse_input_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 def preprocess_options(fn):
     """The options of RunSettings.preprocess that `run` and `tune` share (see README
     "Preprocessing"); each also comes from --config or the model's sidecar X.json."""
     opts = [
-        click.option("--mean", help="Normalisation mean in pixel units 0..255: one number or "
+        click.option("--mean", callback=_check_channels,
+                     help="Normalisation mean in pixel units 0..255: one number or "
                      "R,G,B (ImageNet: 123.675,116.28,103.53). Float inputs get (pixel - mean) "
                      "/ std (default 127.5); quantized inputs are normalised, then quantized "
                      "with the input's own scale and zero point (default: raw pixel codes)."),
-        click.option("--std", help="Normalisation std in pixel units: one number or R,G,B "
+        click.option("--std", callback=_check_channels,
+                     help="Normalisation std in pixel units: one number or R,G,B "
                      "(ImageNet: 58.395,57.12,57.375). Default 127.5 (float inputs)."),
         click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), help="Channel "
                      "order the model takes. Default: rgb."),
         click.option("--crop", type=click.Choice(["central", "square"]), help="central: "
                      "tf.image.central_crop (TF-slim eval, aspect kept; default); square: the "
                      "TFLite ImageNet eval tool's centred square."),
-        click.option("--input-size", help="HxW for a model whose input height/width are "
+        click.option("--input-size", callback=_check_input_size, help="HxW for a model whose input height/width are "
                      "dynamic (shape signature -1), e.g. 224x224."),
         click.option("--output", help="Output that answers, by signature name, tensor name or "
                      "index. Default: the one [1, 1000|1001] output."),
@@ -341,10 +363,10 @@ def tune_cmd(ctx: click.Context, out: Path | None, max_time_s: float, sample: in
               help="Calibration images used, spread over the folder.")
 @click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.875,
               show_default=True, help="Central crop before resizing, as lpirc run does.")
-@click.option("--mean", default="127.5", show_default=True,
+@click.option("--mean", default="127.5", show_default=True, callback=_check_channels,
               help="Float model input = (pixel - mean) / std, pixel units 0..255: one number or "
                    "R,G,B (ImageNet: 123.675,116.28,103.53). Written to the sidecar.")
-@click.option("--std", default="127.5", show_default=True,
+@click.option("--std", default="127.5", show_default=True, callback=_check_channels,
               help="One number or R,G,B (ImageNet: 58.395,57.12,57.375).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors

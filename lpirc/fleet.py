@@ -966,9 +966,15 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
         elif j.status == "done" and j.name in {s.name for s in subs}:
             fleet.emit("note", f"{j.name}: done in an earlier run of this fleet; kept, not run "
                                "or scored again", j)
+        if j.status == "done" and not (j.standings or "").startswith(("added", "already")):
+            # an earlier run stopped between scoring and the database: the run's uid makes
+            # this add safe to repeat
+            j.standings = add_to_standings(cfg.db_path, cfg.out / "runs" / j.name,
+                                           cfg.ground_truth, cfg.rules, j.name)
     interrupted = False
     try:
-        fleet.start(devices)
+        if any(j.status == "queued" for j in fleet.jobs):  # else nothing to hold a device for
+            fleet.start(devices)
         fleet.save()
         fleet.loop()
     except KeyboardInterrupt:

@@ -430,14 +430,19 @@ class Dispatcher:
 
     def chunk_for(self, w: _Worker) -> int:
         """Images for ``w``'s next chunk: small for a worker's first chunks (the first answer
-        comes soon) and when the images left would not keep every worker busy at the large
-        size (the last chunks spread over all workers), else large."""
+        comes soon), when the images left would not keep every worker busy at the large size
+        (the last chunks spread over all workers), and when what is left of an inference-clock
+        budget would not cover them (so little work is done past it); else large."""
         if w.sent < IN_FLIGHT:
             return self.small_chunk
+        ahead = self.big_chunk * IN_FLIGHT * 2 * max(1, len(self.workers))  # images
         if self.source.total is not None:
-            left = self.source.total - self.taken + len(self.retry)
-            if left < self.big_chunk * IN_FLIGHT * 2 * max(1, len(self.workers)):
+            if self.source.total - self.taken + len(self.retry) < ahead:
                 return self.small_chunk
+        limit, done = self.budget.inference_budget_s, self.answered + self.failed
+        if limit is not None and (not done or limit - self.inference_s
+                                  < self.inference_s / done * ahead):
+            return self.small_chunk
         return self.big_chunk
 
     def feed(self, w: _Worker) -> None:

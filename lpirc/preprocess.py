@@ -50,15 +50,20 @@ from PIL import Image, JpegImagePlugin
 
 from lpirc.runtime import CLASS_COUNTS
 
-try:  # a core dependency: OpenCV's float warp reproduces TF's resize ~3x faster than numpy
-    import cv2
 
-    # OpenCV 4.x snaps sample coordinates to 1/32 pixel (errors up to 6 levels, 0.8 points of
-    # top-1 lost); 5.x computes them exactly.
-    _CV2_EXACT = int(cv2.__version__.split(".")[0]) >= 5
-except ImportError:
-    cv2 = None
-    _CV2_EXACT = False
+@functools.cache
+def _opencv():
+    """OpenCV when it is 5.0 or later, else None. A core dependency (its float warp reproduces
+    TF's resize ~3x faster than numpy), imported on first use because it is heavy: the parent
+    process of a run never resizes, and its workers import it after they fork. OpenCV 4.x
+    snaps sample coordinates to 1/32 pixel (errors up to 6 levels, 0.8 points of top-1 lost);
+    5.x computes them exactly."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2 if int(cv2.__version__.split(".")[0]) >= 5 else None
+
 
 DTYPES = ("uint8", "int8", "float32")
 RESIZES = ("bilinear", "antialias")
@@ -225,7 +230,8 @@ def parse_input_size(value) -> tuple[int, int] | None:
         return None
     v = value
     if isinstance(v, str):
-        v = [x for x in v.lower().replace("*", "x").replace(",", "x").split("x") if x.strip()]
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+)\s*)?", v)
+        v = [g for g in m.groups() if g is not None] if m else []
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v, v]
     try:
@@ -592,7 +598,8 @@ _CV2_MAX_DOWNSCALE = 24
 
 def resize_backend() -> str:
     """What performs ``resize="bilinear"`` here, for the manifest."""
-    if _CV2_EXACT:
+    cv2 = _opencv()
+    if cv2 is not None:
         return (f"opencv {cv2.__version__} warpAffine float32 (TF v1 resize_bilinear to within "
                 f"1 level); numpy gather (bit-exact) above {_CV2_MAX_DOWNSCALE}x downscale")
     return "numpy gather (bit-exact TF v1 resize_bilinear)"
@@ -602,7 +609,8 @@ def _resize_bilinear_tf(
     img: Image.Image, left: int, top: int, cw: int, ch: int, H: int, W: int
 ) -> np.ndarray:
     """TF v1 resize_bilinear of the crop box: OpenCV >= 5 when installed, else numpy."""
-    if not _CV2_EXACT or cw * ch > _CV2_MAX_DOWNSCALE * H * W:
+    cv2 = _opencv()
+    if cv2 is None or cw * ch > _CV2_MAX_DOWNSCALE * H * W:
         # OpenCV needs the whole crop as float32 (12 bytes a pixel: 370 MB for a 40 M-pixel
         # photo); the gather touches 4 pixels per output pixel, so on a large downscale it is
         # both leaner (4 bytes a pixel) and faster (measured 2.6x on 6300 x 6300).
@@ -725,6 +733,7 @@ def _apply_lut(p: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Channel c of pixel value v becomes ``lut[c, v]``: OpenCV's LUT on the table's bytes, else
     one numpy take per channel (measured on a 224 x 224 image, 2-core machine under load:
     0.45 ms and 1.1 ms; raw codes cost 0.03 ms)."""
+    cv2 = _opencv()
     if cv2 is not None and p.ndim == 3 and p.shape[2] == 3:
         table = np.ascontiguousarray(lut.T[None]).view(np.uint8)  # (1, 256, 3) bytes
         return cv2.LUT(np.ascontiguousarray(p), table).view(lut.dtype)

@@ -83,7 +83,7 @@ class _Plan:
     settings: RunSettings
     model_path: Path
     root: Path
-    gt: Path | None
+    ground_truth: Path | None  # resolved; None: no scoring
     exclusive: bool
     out: Path
     progress: bool
@@ -136,11 +136,12 @@ def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | N
     root = Path(source.root if source is not None else settings.holdout)
     if not root.is_dir():
         open_holdout(root)  # raises its one-line error
-    gt = preflight.ground_truth_for(root, settings.ground_truth)
+    ground_truth = preflight.ground_truth_for(root, settings.ground_truth)
     exclusive = preflight.check_delegate(settings.delegate)
     out = Path(settings.out) if settings.out else new_run_dir(model_path)
     _check_out(out)
-    plan = _Plan(settings, model_path, root, gt, exclusive, out, progress, source, on_answers)
+    plan = _Plan(settings, model_path, root, ground_truth, exclusive, out, progress, source,
+                 on_answers)
     # A terminal's Ctrl-C and a scheduler's SIGTERM both end the run cleanly, log kept.
     with preflight.stop_signals():
         return _run(plan)
@@ -229,9 +230,9 @@ def _run(plan: _Plan) -> RunOutcome:
     if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
         raise preflight.failure_error(*outcome.error)
     score = None
-    if plan.gt is not None:
+    if plan.ground_truth is not None:
         try:
-            score = scoring.score_path(out, ground_truth=plan.gt, rules=settings.rules)
+            score = scoring.score_path(out, ground_truth=plan.ground_truth, rules=settings.rules)
         except scoring.ScoringError as e:
             raise InputError(str(e)) from None
         write_json(out / SCORE, score)
@@ -244,7 +245,7 @@ def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
     given) and the ground-truth coverage note. The ground truth is read only now too: the
     processes that run the model never hold the labels; malformed, it is still refused before
     any image is handed out."""
-    truth = _read_truth(plan.gt) if plan.gt is not None else None
+    truth = _read_truth(plan.ground_truth) if plan.ground_truth is not None else None
     source = plan.source
     if source is None:
         source = FolderSource(plan.root, seed=plan.settings.seed)
@@ -252,7 +253,7 @@ def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
     cover = _coverage_note(truth, files) if truth is not None and files is not None else None
     holdout = getattr(source, "holdout", None)
     skipped = holdout.skipped_line() if holdout is not None else None
-    notes = [n for n in (cover, skipped, _truth_note(plan.gt)) if n]
+    notes = [n for n in (cover, skipped, _truth_note(plan.ground_truth)) if n]
     return source, notes  # truth checked and dropped; the scorer reads it again after the run
 
 
@@ -275,7 +276,7 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "order_seed": holdout.seed if holdout is not None else None,
             "files_sha256": sha() if callable(sha) else None,
             "skipped": holdout.skipped if holdout is not None else {},
-            "ground_truth": str(plan.gt) if plan.gt else None}
+            "ground_truth": str(plan.ground_truth) if plan.ground_truth else None}
 
 
 def _start_manifest(plan: _Plan, source: ImageSource, budget: Budget, start_utc: str,

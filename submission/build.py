@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from lpirc import __version__, preflight
 from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
-from lpirc.preprocess import channel_values
+from lpirc.holdout import scan_images
+from lpirc.preprocess import ImageError, PreprocessSpec, channel_values, load_image
 from lpirc.settings import sidecar_path
 
 SIDECAR_FORMAT = "lpirc-submission/1"
@@ -67,7 +69,6 @@ def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` by lpirc's one listing rule (lpirc.holdout.scan_images:
     linked folders followed, hidden files, __MACOSX/, OS junk and .csv/.json/.txt/.md skipped),
     sorted. InputError for a missing folder or one without images."""
-    from lpirc.holdout import scan_images  # noqa: PLC0415
 
     folder = Path(folder)
     if not folder.exists():
@@ -100,7 +101,6 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
     Returns a float32 array (n, height, width, 3) and the files skipped as undecodable
     (``"name: reason"``); InputError if none is left.
     """
-    from lpirc.preprocess import ImageError, PreprocessSpec, load_image  # noqa: PLC0415
 
     files = _pick(list_images(folder), max(1, int(num_images)))
     spec = PreprocessSpec(height=int(height), width=int(width), dtype="float32",
@@ -108,8 +108,6 @@ def load_representative(folder: Path, height: int, width: int, num_images: int =
     out, bad = [], []
     it: Iterable[Path] = files
     if progress:
-        from tqdm import tqdm  # noqa: PLC0415
-
         it = tqdm(files, desc="representative images", unit="img", leave=False, disable=None)
     for p in it:
         try:
@@ -280,6 +278,18 @@ def _inspect(tflite_bytes: bytes) -> dict:
     return {"input": info(i), "output": info(o)}
 
 
+def _checked_values(dtype: str, mean, std, crop_fraction: float) -> tuple[tuple, tuple]:
+    """The per-channel mean and std; InputError naming the option for a bad value."""
+    if dtype not in ("uint8", "int8"):
+        raise InputError(f"--dtype {dtype}: must be uint8 or int8")
+    if not 0 < crop_fraction <= 1:
+        raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
+    try:
+        return channel_values("mean", mean), channel_values("std", std, positive=True)
+    except ValueError as e:
+        raise InputError(f"--{e}") from None
+
+
 def _one_or_three(v: tuple) -> float | list:
     """A number when the three channels agree (as before), else the R, G, B list."""
     return float(v[0]) if len(set(v)) == 1 else [float(x) for x in v]
@@ -307,15 +317,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
     """
     if (saved_model is None) == (keras_model is None):
         raise InputError("give exactly one of a SavedModel folder or a Keras model")
-    if dtype not in ("uint8", "int8"):
-        raise InputError(f"--dtype {dtype}: must be uint8 or int8")
-    try:
-        mean_c = channel_values("mean", mean)
-        std_c = channel_values("std", std, positive=True)
-    except ValueError as e:
-        raise InputError(f"--{e}") from None
-    if not 0 < crop_fraction <= 1:
-        raise InputError(f"--crop-fraction {crop_fraction}: must be in (0, 1]")
+    mean_c, std_c = _checked_values(dtype, mean, std, crop_fraction)
     out = Path(out)
     # Fail fast on paths, before TensorFlow (slow to import, maybe absent) is imported.
     _check_out(out)

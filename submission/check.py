@@ -28,6 +28,7 @@ the command: 0 no check failed, 1 a check failed, 2 usage error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -36,10 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from lpirc import preflight
-from lpirc.errors import DelegateError, InputError, LpircError
+from lpirc import __version__, preflight
+from lpirc import runtime as rtm
+from lpirc.delegates import parse_delegate
+from lpirc.errors import DelegateError, InputError, LpircError, ModelError
+from lpirc.holdout import scan_images
+from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
+                              crop_and_resize, load_image, to_input)
+from lpirc.runtime import choose_output
+from lpirc.settings import resolve_preprocess, sidecar_path
 from scoring import ScoringError, ground_truth_notes, read_ground_truth, synset_index
+from scoring.names import NameIndex, describe_loose
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 REPORT_FORMAT = "lpirc-check/1"
@@ -100,7 +110,6 @@ class CheckReport:
 
     def to_json(self) -> dict:
         counts = Counter(r.status for r in self.results)
-        from lpirc import __version__
 
         # the absolute path and the versions: the report is kept beside submissions and compared
         return {"format": REPORT_FORMAT, "model": str(Path(self.model).absolute()),
@@ -135,7 +144,6 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     the preprocessing options given on the command line (RunSettings names: mean, std, crop,
     input_size, output, ...) and ``config`` a tuned config file: layered over the model's
     sidecar exactly as ``lpirc run`` layers them."""
-    from lpirc import runtime as rtm
 
     rt = rtm.load_runtime()
     rep = CheckReport(model=str(model), delegate=delegate or "cpu", runtime=rt.to_json())
@@ -147,27 +155,12 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         return r
 
     opts, side_error = _resolve_options(model, preprocess or {}, config)
-    # 1. load (child process)
-    loaded = delegate_missing = False
-    try:
-        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
-                               input_size=opts.input_size)
-        loaded = True
-        emit("load", PASS, f"loads and invokes with --delegate {delegate or 'cpu'}",
-             size_bytes=info.size_bytes, sha256=info.sha256)
-    except LpircError as e:
-        emit("load", FAIL, str(e), error_type=type(e).__name__)
-        info = None
-        delegate_missing = isinstance(e, DelegateError)
-    # structure, even when allocation failed (an unresolved op still has tensors and ops)
+    info, loaded, delegate_missing = _check_load(model, delegate, opts, timeout_s, emit)
     if info is None:
-        try:
-            info = rtm.read_structure_isolated(model, timeout_s)
-        except LpircError:
-            for n in ("input", "output", "ops", "sidecar", "normalise", "invoke", "activations",
-                      "depthwise", "accuracy"):
-                emit(n, SKIP, "model could not be read")
-            return rep
+        for n in ("input", "output", "ops", "sidecar", "normalise", "invoke", "activations",
+                  "depthwise", "accuracy"):
+            emit(n, SKIP, "model could not be read")
+        return rep
 
     ok_input = _check_input(info, opts, emit)
     _check_output(model, info, opts, emit)
@@ -219,12 +212,31 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
     return rep
 
 
+def _check_load(model, delegate, opts, timeout_s, emit):
+    """The load check, in a child process: (ModelInfo or None, loaded, delegate missing). A model
+    that does not load still gets its structure read (an unresolved op still has tensors and
+    ops), in a child process too; None when even that fails."""
+    from lpirc import runtime as rtm
+
+    try:
+        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
+                               input_size=opts.input_size)
+    except LpircError as e:
+        emit("load", FAIL, str(e), error_type=type(e).__name__)
+        try:
+            return rtm.read_structure_isolated(model, timeout_s), False, \
+                isinstance(e, DelegateError)
+        except LpircError:
+            return None, False, False
+    emit("load", PASS, f"loads and invokes with --delegate {delegate or 'cpu'}",
+         size_bytes=info.size_bytes, sha256=info.sha256)
+    return info, True, False
+
+
 def _resolve_options(model, values: dict, config):
     """(PreprocessOptions lpirc run would use, the sidecar/config error or None): the command
     line's values over the config over the sidecar, by lpirc.settings' own rule. A sidecar the
     run would refuse is reported by the sidecar check; the other checks use the values given."""
-    from lpirc.preprocess import OptionError, PreprocessOptions
-    from lpirc.settings import resolve_preprocess
 
     try:
         return resolve_preprocess(model, values, config), None
@@ -238,7 +250,6 @@ def _resolve_options(model, values: dict, config):
 
 def _loads_on_cpu(model, timeout_s: float) -> bool:
     """Whether the model loads and invokes without a delegate (in a child process, as ever)."""
-    from lpirc import runtime as rtm
 
     try:
         rtm.probe_model(model, timeout_s=timeout_s, delegate="cpu")
@@ -251,7 +262,6 @@ def _check_input(info, opts, emit) -> bool:
     """Can lpirc run feed this input images? The same verdict as the run's workers
     (PreprocessOptions.spec_for): one [1, H, W, 3] uint8/int8/float32 input, a fixed height and
     width or --input-size for a dynamic one."""
-    from lpirc.preprocess import InputShapeError
 
     t = info.input
     shp = tuple(t.shape)
@@ -284,8 +294,6 @@ def _check_input(info, opts, emit) -> bool:
 
 def _check_output(model, info, opts, emit) -> None:
     """The output that answers, by the run's own rule (lpirc.runtime.choose_output)."""
-    from lpirc.errors import ModelError
-    from lpirc.runtime import choose_output
 
     outs = tuple(info.outputs) or (info.output,)
     try:
@@ -314,8 +322,6 @@ def _check_output(model, info, opts, emit) -> None:
 
 
 def _check_ops(info, delegate, rt, emit) -> None:
-    from lpirc.delegates import parse_delegate
-
     spec = parse_delegate(delegate)
     ops = list(info.ops)
     hist = dict(Counter(ops))
@@ -367,7 +373,6 @@ def _check_sidecar(model, info, opts, side_error, emit):
     """The preprocessing ``lpirc run`` will use: the sidecar ``X.json`` (and the options given)
     read exactly as the runner reads them (lpirc.settings), so a sidecar the run would refuse
     fails here too. Returns the PreprocessSpec the other checks feed."""
-    from lpirc.settings import sidecar_path
 
     t = info.input
     side = sidecar_path(model)
@@ -469,7 +474,6 @@ def _sidecar_mismatch(side: Path, h: int, w: int, dtype: str, classes: int) -> s
 def _holdout_images(holdout) -> tuple[list[Path], str | None]:
     """The holdout's images by the rule every command uses (lpirc.holdout.scan_images), and the
     line saying what that rule skipped."""
-    from lpirc.holdout import scan_images
 
     root = Path(holdout)
     if not root.is_dir():
@@ -504,18 +508,12 @@ def natural_test_image(height: int = 256, width: int = 256, seed: int = 0) -> np
 
 
 def _test_input(spec, images) -> tuple[np.ndarray, str]:
-    from lpirc.preprocess import ImageError, load_image, to_input
-
     for p in images[:10]:
         try:
             return load_image(p, spec)[None], str(p)
         except ImageError:
             continue
     try:
-        from PIL import Image
-
-        from lpirc.preprocess import crop_and_resize
-
         pix = crop_and_resize(Image.fromarray(natural_test_image()), spec)
     except Exception:  # noqa: BLE001
         pix = natural_test_image(spec.height, spec.width)
@@ -523,8 +521,6 @@ def _test_input(spec, images) -> tuple[np.ndarray, str]:
 
 
 def _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit) -> None:
-    from lpirc import runtime as rtm
-
     try:
         m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt,
                            output=opts.output, input_size=opts.input_size)
@@ -565,8 +561,6 @@ def _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit) -> 
 
 
 def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
-    from lpirc import runtime as rtm
-
     try:
         it = rtm.make_interpreter(model, runtime=rt, threads=1, default_delegates=False,
                                   preserve_all_tensors=True)
@@ -673,7 +667,6 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
     """(filename relative to holdout -> class index, a note or None). A ground truth's names
     are matched to the images by the scorer's rule (scoring.names: exact, NFC, bare name, stem,
     case; ambiguous names match nothing)."""
-    from scoring.names import NameIndex, describe_loose
 
     root = Path(holdout)
     rels = [p.relative_to(root).as_posix() for p in images]
@@ -701,9 +694,6 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
 
 
 def _accuracy(model, delegate, threads, rt, spec, root, items, labels, opts=None) -> dict:
-    from lpirc import runtime as rtm
-    from lpirc.preprocess import ImageError, load_image
-
     m = rtm.open_model(model, threads=threads, delegate=delegate, runtime=rt,
                        output=opts.output if opts else None,
                        input_size=opts.input_size if opts else None)
@@ -726,10 +716,6 @@ def _accuracy(model, delegate, threads, rt, spec, root, items, labels, opts=None
 def _reference_spec(reference, opts, timeout_s):
     """The float reference's preprocessing (the submission's crop/resize/mean/std at the
     reference's own input size), after loading it in a child process like the submission."""
-    import dataclasses
-
-    from lpirc import runtime as rtm
-    from lpirc.preprocess import InputShapeError
 
     rinfo = rtm.probe_model(reference, timeout_s=timeout_s, delegate="cpu")
     ropts = dataclasses.replace(opts, output=None, input_size=None)

@@ -250,9 +250,14 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
     assert states[refused_label] == "refused"
     assert not cluster["work"]["c"].exists()  # the refused node ran nothing
 
-    # the same fleet again: done jobs are kept, not run or scored again
+    # the same fleet again: done jobs are kept, not run or scored again; one whose database
+    # add was cut short (its standings field lost) is offered again and not stored twice
     score_file = tmp_path / "fleet" / "runs" / "one" / "score.json"
     before = score_file.stat().st_mtime_ns
+    state_file = tmp_path / "fleet" / "fleet.json"
+    saved = json.loads(state_file.read_text())
+    next(j for j in saved["jobs"] if j["name"] == "one")["standings"] = None
+    state_file.write_text(json.dumps(saved))
     events.clear()
     again = fleet.run_fleet(fleet.find_submissions([subs]), _cfg(tmp_path, small_holdout),
                             events.append)
@@ -264,9 +269,16 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
                    for e in events)
     assert not any(e.what == "running" and e.job in ("one", "two", "three") for e in events)
     assert any(e.what == "running" and e.job == "tpu_edgetpu" for e in events)  # failed: again
+    # only done jobs given: no device is even asked
+    events.clear()
+    done_only = [s for s in fleet.find_submissions([subs]) if s.name != "tpu_edgetpu"]
+    third = fleet.run_fleet(done_only, _cfg(tmp_path, small_holdout), events.append)
+    assert not any(e.what in ("device", "running", "refused") for e in events)
+    assert all(j.status == "done" for j in third.jobs if j.name in ("one", "two", "three"))
     assert score_file.stat().st_mtime_ns == before
     conn = leaderboard.open_db(tmp_path / "standings.sqlite")
     assert sorted(e.submission for e in leaderboard.entries(conn)) == ["one", "three", "two"]
+    assert jobs2["one"].standings.startswith("already in")
     conn.close()
 
 

@@ -770,3 +770,21 @@ def test_workers_never_hold_the_ground_truth(tmp_path, reference_model, small_ho
     assert counts and set(counts) == {"0"}, counts
     # and the parent did read it (the spy would be vacuous otherwise)
     assert scoring._io._read_ground_truth_cached.cache_info().currsize >= 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--std", "0"], "'--std'"),
+    (["--mean", "0.5,0.4"], "'--mean'"),
+    (["--input-size", "3x"], "'--input-size'"),
+    (["--input-size", "224x224x3"], "'--input-size'"),
+])
+def test_bad_preprocessing_values_typed_on_the_command_line_are_usage_errors(
+        tmp_path, reference_model, small_holdout, args, needle):
+    """A malformed --mean/--std/--input-size is click's usage error (exit 2) naming the option,
+    checked before anything starts; "3x" is not read as 3x3."""
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--out", str(out), "--quiet", *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
