@@ -204,7 +204,7 @@ def _rescore(store, db: Path, team_id: int) -> list[dict]:
 _RUN_OPTIONS = (
     click.option("--referee", "referee_url", metavar="URL", help="An LPIRC referee (http://host:port): log in, download the holdout from it, post the answers (the referee scores them). No --holdout then."),
     click.option("--user", "referee_user", help="The team's account on the referee (with --referee)."),
-    click.option("--password", "referee_password", help="Its password (with --referee)."),
+    click.option("--password", "referee_password", envvar="LPIRC_REFEREE_PASSWORD", show_envvar=True, help="Its password (with --referee); from the environment keeps it out of the process list."),
     click.option("--referee-ahead", type=click.IntRange(min=100), default=1000, show_default=True, help="Images downloaded ahead of the answers, at most (bounds disk use)."),
     click.option("--referee-class-base", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True, help="CLASS_ID numbering the referee takes: 0 (0..999, lpirc's) or 1 (1..1000); auto: what its /help says, else 0. A number that contradicts its /help is exit 1."),
 )
@@ -236,7 +236,10 @@ class RefereeRun:
         ahead, base = opts.pop("referee_ahead"), opts.pop("referee_class_base")
         base = None if base == "auto" else int(base)
         if not url:
-            if user or password:
+            ctx = click.get_current_context(silent=True)
+            from_env = ctx is not None and ctx.get_parameter_source("referee_password") \
+                == click.core.ParameterSource.ENVIRONMENT  # an exported password: not an error
+            if user or (password and not from_env):
                 raise click.UsageError("--user and --password go with --referee URL")
             return None
         if not user or password is None:
