@@ -1,6 +1,7 @@
 """``lpirc run --referee URL``: a device's side of the LPIRC referee protocol.
 
-Log in (the referee's clock starts), read the count, download zips ahead of the workers into a
+Read the referee's CLASS_ID numbering from ``/help`` (before any clock runs), log in (the
+referee's clock starts), read the count, download zips ahead of the workers into a
 scratch folder and feed their images to the same pipeline ``lpirc run`` uses
 (:class:`lpirc.sources.GrowingSource`), post the answers in batches as they come, post the
 run's own energy figure (self-reported), log out. The local run folder is kept as for a local
