@@ -102,17 +102,17 @@ class RefereeClient:
         logout) is not logged into again: that would start a new attempt."""
         r = self.call(path, {"token": self.token, **fields})
         if r.status == 401 and r.text == "Invalid Token" and path != "/logout":
-            self.login()
+            self.login(wait_s=None)
             r = self.call(path, {"token": self.token, **fields})
         return r
 
-    def login(self) -> str:
+    def login(self, wait_s: float | None = LOGIN_WAIT_S) -> str:
         """Log in (the referee's clock starts). A referee that cannot be reached is retried
-        for LOGIN_WAIT_S at most (or until the deadline, when sooner). RefereeError (exit 1)
-        when it refuses the login or never replies."""
+        for ``wait_s`` at most (None: until the client's deadline, as for a login again
+        mid-run). RefereeError (exit 1) when it refuses the login or never replies."""
         t0 = time.monotonic()
         r = self.call("/login", {"username": self.user, "password": self.password},
-                      deadline=t0 + LOGIN_WAIT_S)
+                      deadline=None if wait_s is None else t0 + wait_s)
         if r.status == 0:
             raise RefereeError(f"{self.url}/login: cannot reach the referee (tried for "
                                f"{time.monotonic() - t0:.1f} s): {r.text[:200]}")
