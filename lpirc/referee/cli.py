@@ -109,7 +109,7 @@ def results_cmd(db: Path, fmt: str, every: bool) -> None:
     if every:
         for r in rows:
             r.setdefault("rank", None)
-    click.echo(format_standings(rows, fmt))
+    click.echo(format_standings(rows, fmt, every))
 
 
 @referee.command("answers")

@@ -72,8 +72,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def format_standings(rows: list[dict], fmt: str = "table") -> str:
-    """The standings as ``table`` (for people), ``csv`` or ``json``."""
+def format_standings(rows: list[dict], fmt: str = "table", every: bool = False) -> str:
+    """The standings as ``table`` (for people), ``csv`` or ``json``; ``every``: the rows are
+    every attempt (``attempts``), unranked, and the table says so."""
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
@@ -101,8 +102,7 @@ def format_standings(rows: list[dict], fmt: str = "table") -> str:
                  if rows[0]["rules"] == "lpirc-onsite" else f"rules {rows[0]['rules']}")
     lines.append("wall s: the referee's clock, login to logout or time limit; energy: metered "
                  "(the referee's meter), self-reported (the device's own figure) or absent")
-    if any("rank" in r and r["rank"] is None and "status" in r for r in rows) and \
-            all(r.get("rank") is None for r in rows):
+    if every:
         lines.append("every attempt, oldest first, unranked (without --all: each team's best, "
                      "ranked)")
     return "\n".join(lines)
@@ -148,8 +148,9 @@ def standings_html(store: Store, live: dict, now: float) -> str:
                f"{max(0.0, lv.row.deadline - now):.0f} s left by the referee's clock</li>"
                for lv in list(live.values()) if lv.row.kind == "team"]
     return ("<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
-            "content='5'><link rel='icon' href='data:,'><title>LPIRC standings</title><style>body{font-family:sans-serif}"
-            "td,th{padding:2px 10px;text-align:right}</style></head><body>"
+            "content='5'><link rel='icon' href='data:,'><title>LPIRC standings</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:right}</style>"
+            "</head><body>"
             "<h1>Standings</h1><table>" + "".join(body) + "</table>"
             + ("<h2>Under way</h2><ul>" + "".join(running) + "</ul>" if running else "")
             + ("<p>score = top-1 accuracy within the time limit / energy in Wh (rules "
