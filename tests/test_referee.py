@@ -287,6 +287,10 @@ def test_duplicates_and_malformed_answers(holdout, tmp_path):
         assert line.split()[5:8] == ["1/130", "2", "n/a"], line  # answered so far, duplicates
         assert line.endswith("n/a (session open: answers so far)"), line
         assert "every attempt, oldest first, unranked" in r.stdout
+        r = lpirc("referee", "results", "--db", str(db), "--all", "--format", "csv")
+        head, row = r.stdout.splitlines()
+        assert head.endswith(",end_reason,status") and row.endswith(",open"), r.stdout
+        assert dict(zip(head.split(","), row.split(",")))["answered"] == "1"
         ref.post("/logout", token=token)
         row = wait_for(lambda: results_json(db))[0]
         page = ref.http.get(ref.url + "/").text

@@ -13,7 +13,7 @@ from lpirc.referee.store import Store
 
 STANDINGS_COLUMNS = ("rank", "team", "attempt", "score", "top1", "images_total", "answered",
                      "duplicates", "wall_time_s", "energy_wh", "energy_source", "rules",
-                     "end_reason")
+                     "end_reason", "status")
 # The original referee's CSV of a team's submissions: image, class_id, confidence, xmin, ymin,
 # xmax, ymax (write_csvfiles in referee.py, 2015); then what this referee adds.
 ANSWER_COLUMNS = ("image_name", "CLASS_ID", "confidence", "xmin", "ymin", "xmax", "ymax",
