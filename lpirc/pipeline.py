@@ -279,7 +279,7 @@ class PipelineOutcome:
     failed: int
     late: int
     ready: WorkerReady | None  # the first worker's: model, runtime, delegate, batch
-    error: tuple[str, str] | None = None  # (kind, message) of a fatal failure
+    error: Fatal | None = None  # (kind, message) of a fatal failure
     notes: list[str] = field(default_factory=list)
     first_answer_s: float | None = None
     images_taken: int = 0  # images taken from the source (the count a growing feed reached)
@@ -404,7 +404,7 @@ class Dispatcher:
         self.answered = self.failed = self.late = 0
         self.inference_s = 0.0
         self.ready_info: WorkerReady | None = None
-        self.fatal: tuple[str, str] | None = None
+        self.fatal: Fatal | None = None  # the first fatal failure: every worker runs the model
         self.notes: list[str] = []
         self.first_answer_s: float | None = None
         self.status = "complete"
@@ -539,7 +539,7 @@ class Dispatcher:
                     self.notes.append(msg.note)
             self.feed(w)
         elif isinstance(msg, Fatal):
-            self.fatal = self.fatal or (msg.kind, msg.message)
+            self.fatal = self.fatal or msg
             # the worker returns after a fatal message; its sentinel fires next
 
     def on_exit(self, w: _Worker) -> None:
@@ -554,7 +554,8 @@ class Dispatcher:
         self.bury(w, reason)
         if not was_ready and self.ready_info is None:
             how = f"signal {-code}" if code and code < 0 else f"exit code {code}"
-            self.fatal = ("model", f"{self.settings.model}: the runtime crashed loading it ({how})")
+            self.fatal = Fatal("model", f"{self.settings.model}: the runtime crashed loading it "
+                                        f"({how})")
             return
         if self.should_respawn():
             _spawn(self.pool)
@@ -574,11 +575,11 @@ class Dispatcher:
         if not self.workers:
             if self.fatal is None:
                 done = self.answered + self.failed
-                self.fatal = ("model", f"{self.settings.model}: every worker died before "
-                              "answering" if self.answered == 0 else
-                              f"{self.settings.model}: workers kept dying ({self.deaths} deaths, "
-                              f"the last ones with no answer in between); stopped with {done} "
-                              f"of {self.taken} images logged")
+                self.fatal = Fatal("model", f"{self.settings.model}: every worker died "
+                                   "before answering" if self.answered == 0 else
+                                   f"{self.settings.model}: workers kept dying ({self.deaths} "
+                                   "deaths, the last ones with no answer in between); stopped "
+                                   f"with {done} of {self.taken} images logged")
             return "failed"
         return None
 

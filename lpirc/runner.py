@@ -163,20 +163,20 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
 
 
-def _truth_note(gt: Path | None) -> str | None:
+def _truth_note(ground_truth: Path | None) -> str | None:
     """The ground truth's own warning (labels that look 1-based), for the manifest's notes."""
-    if gt is None:
+    if ground_truth is None:
         return None
     try:
-        notes = scoring.ground_truth_notes(gt)
+        notes = scoring.ground_truth_notes(ground_truth)
     except scoring.ScoringError:
         return None
     return "; ".join(notes) or None
 
 
-def _read_truth(gt: Path) -> dict[str, int]:
+def _read_truth(ground_truth: Path) -> dict[str, int]:
     try:
-        return scoring.read_ground_truth(gt, cache=False)
+        return scoring.read_ground_truth(ground_truth, cache=False)
     except scoring.ScoringError as e:
         raise InputError(str(e)) from None
 
