@@ -232,6 +232,11 @@ def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
             assert r.status_code == 200
         left_before = float(ref.post("/status", token=token).text.split("time_left_s ")[1])
         ref.kill9()
+        r = lpirc("referee", "serve", "--holdout", str(root), "--db", str(db), "--port", "0",
+                  "--class-id-base", "1")  # the open session numbers classes from 0
+        assert r.returncode == 5 and r.stderr.strip() == (
+            f"lpirc: error: {db}: open session 1 (alpha, attempt 1) takes CLASS_ID from 0; "
+            "serve with --class-id-base 0 until it has ended")
         time.sleep(1.0)
         ref.start()  # same database: same secret, same open session, same clock
         r = ref.post("/status", token=token)

@@ -119,6 +119,10 @@ class Referee:
                 raise InputError(f"{cfg.db}: open session {row.id} ({row.team}, attempt "
                                  f"{row.attempt}) was started on another holdout listing; "
                                  f"serve the same --holdout until it has ended")
+            if row.kind == "team" and row.class_base != cfg.class_base:
+                raise InputError(f"{cfg.db}: open session {row.id} ({row.team}, attempt "
+                                 f"{row.attempt}) takes CLASS_ID from {row.class_base}; serve "
+                                 f"with --class-id-base {row.class_base} until it has ended")
             self.live[row.id] = Live(row, image_order(row.seed, row.image_count)
                                      if row.kind == "team" else [])
 
