@@ -390,6 +390,7 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("image_name,CLASS_ID,confidence,")
     r = lpirc("referee", "serve", "--holdout", str(tmp_path / "nowhere"), "--db", str(db))
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
+    assert not Path(f"{db}.lock").exists()  # nothing left behind by a referee that never started
     r = lpirc("referee", "results", "--db", str(db))
     assert r.returncode == 0 and "no scored session yet" in r.stdout
     stray = tmp_path / "stray"  # two labelled images and a zip left in the folder

@@ -268,8 +268,16 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
 
     from lpirc.errors import InputError
 
+    lock_path = Path(str(cfg.db) + ".lock")
+    made_lock = not lock_path.exists()
     lock = _lock_db(Path(cfg.db))  # held until the process ends, kill -9 included
-    referee = Referee(cfg, announce)
+    try:
+        referee = Referee(cfg, announce)
+    except Exception:
+        if made_lock:  # a referee that never started leaves no lock file behind
+            lock_path.unlink(missing_ok=True)
+        lock.close()
+        raise
     try:
         sock = bind(host, port)
     except OSError as e:
