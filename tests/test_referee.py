@@ -110,6 +110,7 @@ def test_protocol_call_by_call(holdout, tmp_path):
                                           ["2", "n01440764", "0.4", "2.0", "2.0", "6.0", "6.0"]]
         assert [r[9] for r in rows] == ["3", "0"]  # class index: as given, and the synset's
         assert ref.post("/nope").status_code == 404
+        assert ref.http.put(ref.url + "/login", data={"username": "alpha"}).status_code == 405
         r = lpirc("referee", "serve", "--holdout", str(root), "--db", str(db), "--port", "0")
         assert r.returncode == 5 and "another lpirc referee is serving this database" in r.stderr
         err = ref.stop()  # SIGTERM: a clean shutdown, exit 0, nothing on stderr
