@@ -226,6 +226,7 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
   /help                                        -> this text
 
 Status codes: 200 ok; 401 missing/invalid/expired token, bad login, time limit reached;
-403 no attempts left, or a call for the other kind of account; 406 a malformed field;
-413 request body over the limit; 404 unknown call.
+403 no attempts left, or a call for the other kind of account; 404 unknown call; 405 a
+method other than GET/POST; 406 a malformed field; 411 multipart without Content-Length;
+413 request body over the limit; 503 the database failed (nothing stored: retry).
 """
