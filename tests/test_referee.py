@@ -212,12 +212,22 @@ def test_time_limit_refuses_late_answers(holdout, tmp_path):
         assert ref.post("/zipimages", token=token, image_name="1").status_code == 401
         row = wait_for(lambda: results_json(db))[0]
         events = wait_for(lambda: [ln for ln in ref.lines if "scored" in ln] and ref.lines)
+        assert row["energy_source"] == "absent" and row["score"] is None
+        # the device's own energy figure, made when its run stopped at the limit, is still
+        # taken (answers are not), and the session is scored again with it
+        r = ref.post("/energy", token=token, energy_wh="0.25", method="estimated")
+        assert (r.status_code, r.text) == (200, "Energy stored: 0.25 Wh, self-reported "
+                                                "(estimated), after the time limit (answers are not)\n")
+        assert ref.post("/energy", token=token, energy_wh="-1").status_code == 406
+        rescored = results_json(db)[0]
     assert row["end_reason"] == "time_limit" and row["answered"] == 1
     assert "alpha (team) attempt 1 started at" in events[0]
     assert "alpha attempt 1 ended (time_limit) after 1.5 s" in events[1]
     assert events[2].startswith("lpirc referee: alpha attempt 1 scored: n/a (top-1 ")
     assert row["wall_time_s"] == pytest.approx(1.5)
     assert len(answers(db)) == 1
+    assert (rescored["energy_source"], rescored["energy_wh"]) == ("self-reported", 0.25)
+    assert rescored["score"] == pytest.approx(rescored["top1"] / 0.25)
 
 
 def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
@@ -514,9 +524,12 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "late",
                   "--password", "pw", "--out", str(tmp_path / "late"), "--quiet", "--no-report")
         assert r.returncode == 0 and "status          budget_exhausted" in r.stdout, r.stdout + r.stderr
-        assert "referee energy  not accepted (401 Time limit reached)" in r.stdout, r.stdout
+        assert "referee energy  posted" in r.stdout, r.stdout  # taken just after the limit
         assert ("referee logout  none needed: the session had already ended (401 Time limit "
                 "reached)") in r.stdout
+        late = wait_for(lambda: (lambda x: x if x and x[0]["energy_source"] != "absent" else None)(
+            results_json(tmp_path / "late.sqlite")))[0]
+        assert late["energy_source"] == "self-reported" and late["score"] is not None
     local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
              for ln in (out / "results.jsonl").read_text().splitlines()}
     remote = {int(a[0]): int(a[9]) for a in answers(db)}  # class index, from 1-based CLASS_IDs

@@ -212,11 +212,23 @@ class RefereeApp:
                      "answer counts)")
 
     async def energy(self, request: Request) -> Response:
-        f, live, _ = await self.session(request)
+        f = await self.fields(request)
+        now, token = time.time(), (f.get("token") or [None])[0]
+        try:
+            live, refused = self.ref.session_for(token, now), None
+        except ProtocolError as e:
+            if e.status != 401:
+                raise
+            live, refused = None, e  # a session the time limit closed a moment ago may post
         wh = P.number("energy_wh", P.one(f, "energy_wh"), min_value=0)
         method = (f.get("method") or ["not said"])[0][:200]
-        await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
-        return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
+        if live is not None:
+            await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
+            return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
+        if not await run_in_threadpool(self.ref.late_energy, token, wh, method, now):
+            raise refused
+        return _text(f"Energy stored: {wh:g} Wh, self-reported ({method}), after the time "
+                     "limit (answers are not)")
 
     async def status(self, request: Request) -> Response:
         _, live, now = await self.session(request)
