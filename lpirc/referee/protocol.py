@@ -217,7 +217,8 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
                       answer; optional xmin, ymin, xmax, ymax) -> 200, 406 malformed (nothing
                       stored); an image's first answer counts, later ones are counted as
                       duplicates
-  /energy             token, energy_wh, method -> 200 (your own energy figure: self-reported)
+  /energy             token, energy_wh, method -> 200 (your own energy figure: self-reported;
+                      taken up to 30 s after your time limit, answers are not)
   /status             token                    -> 200 your session: answers, time left
   /logout             token                    -> 200 "Logout success" (ends the session)
   /powermeter         meter token, player, power (W) [voltage, current, energy, elapsed,
