@@ -31,9 +31,6 @@ METER_SESSION_S = 366 * 24 * 3600.0  # a meter's login lasts until it logs out
 #: After a session ends, how long scoring waits for a meter that is logging the team to post a
 #: reading at or after the end (readings arrive after the moment they measure).
 METER_GRACE_S = 5.0
-#: A device's own energy figure is taken up to this long after its session ended at the time
-#: limit: the figure is made when the run stops, which is at the limit. Answers are not.
-ENERGY_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -236,7 +233,7 @@ class Referee:
         self.store.set_self_energy(live.row.id, wh, method)
 
     def late_energy(self, token: str | None, wh: float, method: str, now: float) -> bool:
-        """Store a device's energy figure posted within ENERGY_GRACE_S after its session
+        """Store a device's energy figure posted within P.ENERGY_GRACE_S after its session
         ended at the time limit, and rescore the session if it was scored already. Returns
         False when the token names no such session (the caller answers as for any call)."""
         try:
@@ -245,7 +242,7 @@ class Referee:
             return False
         row = self.store.session(sid) if isinstance(sid, int) else None
         if (row is None or row.kind != "team" or row.end_reason != "time_limit"
-                or now - row.deadline > ENERGY_GRACE_S):
+                or now - row.deadline > P.ENERGY_GRACE_S):
             return False
         with self._score_lock:  # not half-way through the scorer's own pass
             self.store.set_self_energy(sid, wh, method)

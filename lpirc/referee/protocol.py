@@ -32,6 +32,9 @@ TIME_UP = ("Time limit reached: the session is closed and nothing more is stored
            "already transmitted will be counted")
 
 ZIP_SIZE = 100  # images per /zipimages reply (the original's)
+#: A device's own energy figure is taken up to this long after its session ended at the time
+#: limit: the figure is made when the run stops, which is at the limit. Answers are not.
+ENERGY_GRACE_S = 30.0
 MAX_FIELDS = 200_000  # fields in one request; the body-size limit comes first in practice
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _IMAGE_NAME = re.compile(r"([0-9]{1,9})(?:\.jpe?g)?", re.IGNORECASE)
@@ -218,7 +221,7 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
                       stored); an image's first answer counts, later ones are counted as
                       duplicates
   /energy             token, energy_wh, method -> 200 (your own energy figure: self-reported;
-                      taken up to 30 s after your time limit, answers are not)
+                      taken up to {energy_grace_s:g} s after your time limit, answers are not)
   /status             token                    -> 200 your session: answers, time left
   /logout             token                    -> 200 "Logout success" (ends the session)
   /powermeter         meter token, player, power (W) [voltage, current, energy, elapsed,

@@ -250,7 +250,8 @@ class RefereeApp:
         numbering = ("0..999, the sorted ILSVRC-2012 synsets (-1 = background)"
                      if self.ref.cfg.class_base == 0 else
                      "1..1000, the sorted ILSVRC-2012 synsets + 1 (0 = background)")
-        return _text(P.HELP.format(version=__version__, numbering=numbering
+        return _text(P.HELP.format(version=__version__, energy_grace_s=P.ENERGY_GRACE_S,
+                                   numbering=numbering
                                    + "; a synset ID such as n01440764 is accepted too"))
 
     async def leaderboard(self, request: Request) -> Response:
