@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -252,3 +252,23 @@ RULES: dict[str, Rule] = {
     )
 }
 ALL_OPTIONS = ("time_limit_s", "ms_per_image", "idle_watts", "k", "a0", "energy_wh")
+
+# The parameters of a rule set that decide what its score means (its budget, its frontier, its
+# idle power), by the names its score fields carry: scores made with different values are
+# never ranked together (lpirc leaderboard, lpirc report's comparison).
+RULE_PARAMS = ("time_limit_s", "ms_per_image", "frontier_k", "frontier_a0", "idle_watts")
+
+
+def rule_params(fields: Mapping[str, Any] | None) -> tuple[tuple[str, float], ...]:
+    """The :data:`RULE_PARAMS` in a score's fields (a ``score.json`` object, or the rule set's
+    own fields stored with a leaderboard entry), as ``(name, value)`` pairs in
+    :data:`RULE_PARAMS` order: hashable, a grouping key.
+
+    Args:
+        fields: a score object or a subset of it; None or a non-mapping gives ().
+    Returns:
+        e.g. ``(("time_limit_s", 600.0),)`` for an lpirc-onsite score.
+    """
+    f = fields if isinstance(fields, Mapping) else {}
+    return tuple((k, float(f[k])) for k in RULE_PARAMS
+                 if isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool))
