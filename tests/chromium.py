@@ -63,11 +63,12 @@ class Chromium:
             targets = json.load(r)
         return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
 
-    def visit(self, path: Path, probe_js: str, timeout_s: float = 30.0) -> PageVisit:
+    def visit(self, path: Path | str, probe_js: str, timeout_s: float = 30.0) -> PageVisit:
+        """Load a file (a Path) or an http:// URL (a str), run ``probe_js``, and report."""
         from websockets.sync.client import connect
 
         out = PageVisit()
-        url = Path(path).resolve().as_uri()
+        url = path if isinstance(path, str) else Path(path).resolve().as_uri()
         with connect(self._page_ws(), max_size=64 << 20, open_timeout=10) as ws:
             self.ws, self.out = ws, out
             for m in ("Page.enable", "Network.enable", "Runtime.enable", "Log.enable"):
