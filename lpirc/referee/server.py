@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import sys
 import time
+import traceback
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -86,6 +87,10 @@ class RefereeApp:
                 return _text(e.message, e.status)
             except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
                 return _text(f"Database unavailable, nothing stored: {e}", 503)
+            except Exception as e:  # a bug of ours: one line to the client, the trace to the log
+                traceback.print_exc(file=sys.stderr)
+                return _text(f"Internal error in {request.url.path}: {type(e).__name__}; "
+                             "see the referee's log", 500)
         handle.__name__ = fn.__name__
         return handle
 
