@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from lpirc import __version__, machine
 from lpirc.results import new_run_dir, write_json
+from lpirc.settings import resolve_preprocess
 
 if TYPE_CHECKING:  # the search imports this module; types only, to avoid the cycle
     from lpirc.settings import RunSettings
@@ -18,6 +19,16 @@ if TYPE_CHECKING:  # the search imports this module; types only, to avoid the cy
 def default_tune_dir(model: Path, base: Path = Path("runs")) -> Path:
     """``runs/tune-<UTC time>-<model stem>/``, not yet existing."""
     return new_run_dir(model, prefix="tune-", base=base)
+
+
+def preprocess_given(base: RunSettings) -> dict:
+    """The preprocessing the tune ran with where it differs from what ``lpirc run`` takes from
+    the model's sidecar and the defaults (options given to tune: ``--mean``/``--std``,
+    ``--output``, ``--input-size``, ``--crop``, ...), as config values. best.json carries them,
+    so that ``lpirc run --config best.json`` feeds and answers as was measured."""
+    own = resolve_preprocess(Path(base.model), {}).to_json()
+    used = base.preprocess.to_json()
+    return {k: v for k, v in used.items() if k != "decode" and v != own.get(k)}
 
 
 def write_files(result: TuneResult, base: RunSettings, out: Path | None = None) -> Path:
@@ -55,7 +66,8 @@ def write_files(result: TuneResult, base: RunSettings, out: Path | None = None) 
         "interrupted": result.interrupted,
     }
     if not result.interrupted:
-        write_json(out_dir / "best.json", {"settings": result.best.settings(),
+        write_json(out_dir / "best.json", {"settings": {**result.best.settings(),
+                                                        **preprocess_given(base)},
                                            "measurements": measured})
     write_json(out_dir / "tune.json", {
         **measured,

@@ -342,6 +342,26 @@ def test_auxiliary_head_is_refused_until_output_is_chosen(models, tmp_path, answ
     assert rep.get("invoke").details["top5"][0] == ANSWER
 
 
+def test_tune_best_json_carries_the_preprocessing_it_measured(models, tmp_path, answer_holdout):
+    """Tuned with --output/--crop/--mean, best.json says so: `lpirc run --config best.json`
+    (what tune prints to do next) answers from the same output (it was refused, exit 3)."""
+    model = models["aux"]
+    p = lpirc("tune", "--model", model, "--holdout", answer_holdout, "--output", "predictions",
+              "--crop", "square", "--mean", "100", "--max-time-s", "10", "--no-compare-defaults",
+              "--out", tmp_path / "tune")
+    assert p.returncode == 0, p.stderr
+    best = json.loads((tmp_path / "tune" / "best.json").read_text())["settings"]
+    assert (best["output"], best["crop"], best["mean"]) == ("predictions", "square", [100.0] * 3)
+    assert "std" not in best and "resize" not in best  # as the defaults have them: not pinned
+    out = run_dir(tmp_path, "tuned")
+    p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--config",
+              tmp_path / "tune" / "best.json", "--out", out, "--quiet", "--workers", "1")
+    assert p.returncode == 0, p.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["output_used"] == "predictions" and man["preprocess"]["crop"] == "square"
+    assert json.loads((out / "score.json").read_text())["top1"] == 1.0
+
+
 def test_embedding_output_beside_the_answer(models, tmp_path, answer_holdout):
     p = lpirc("run", "--model", models["embedding"], "--holdout", answer_holdout, "--out",
               run_dir(tmp_path, "emb"), "--quiet", "--workers", "1")
