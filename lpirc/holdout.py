@@ -69,6 +69,12 @@ class Listing:
     files: list  # relative names, "/"-separated, sorted
     skipped: dict
 
+    def no_images(self, root, what: str) -> InputError:
+        """The one-line error for a ``what`` folder (holdout, source, representative image)
+        without images: ``holdout/: holdout folder holds no images (skipped 4 entries ...)``."""
+        extra = f" ({self.skipped_line()})" if self.skipped else ""
+        return InputError(f"{root}: {what} folder holds no images{extra}")
+
     def skipped_line(self) -> str | None:
         """``skipped 3 entries: 2 hidden, 1 OS junk`` or None when nothing was skipped."""
         n = sum(self.skipped.values())
@@ -151,8 +157,7 @@ def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
         raise InputError(f"{path}: cannot list holdout folder ({e.strerror or e})") from None
     files = listing.files
     if not files:
-        extra = f" ({listing.skipped_line()})" if listing.skipped else ""
-        raise InputError(f"{path}: holdout folder holds no images{extra}")
+        raise listing.no_images(path, "holdout")
     random.Random(seed).shuffle(files)
     digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
     return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest,
@@ -185,11 +190,10 @@ def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | N
         listing = scan_images(root)
     except OSError as e:
         raise InputError(f"{root}: cannot list source folder ({e.strerror or e})") from None
+    if not listing.files:  # the error says what was skipped
+        raise listing.no_images(root, "source")
     if on_note is not None and listing.skipped_line():
         on_note(f"{root}: {listing.skipped_line()}")
-    if not listing.files:
-        extra = f" ({listing.skipped_line()})" if listing.skipped else ""
-        raise InputError(f"{root}: source folder holds no images{extra}")
     if ground_truth is not None:
         return _labelled_by_truth(root, listing.files, Path(ground_truth), on_note)
     known = _known_synsets()

@@ -81,10 +81,10 @@ def list_images(folder: Path, on_note=None) -> list[Path]:
         listing = scan_images(folder)
     except OSError as e:
         raise InputError(f"{folder}: cannot list it ({e.strerror or e})") from None
+    if not listing.files:  # the error says what was skipped
+        raise listing.no_images(folder, "representative image")
     if on_note is not None and listing.skipped_line():
         on_note(f"{folder}: {listing.skipped_line()}")
-    if not listing.files:
-        raise InputError(f"{folder}: no images in the representative image folder")
     return [folder / f for f in listing.files]
 
 

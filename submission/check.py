@@ -463,7 +463,7 @@ def _holdout_images(holdout) -> tuple[list[Path], str | None]:
     except OSError as e:
         raise InputError(f"{root}: cannot list holdout folder ({e.strerror or e})") from None
     if not listing.files:
-        raise InputError(f"{root}: holdout folder has no images")
+        raise listing.no_images(root, "holdout")
     return [root / f for f in listing.files], listing.skipped_line()
 
 

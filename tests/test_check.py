@@ -299,7 +299,7 @@ def test_empty_holdout_is_a_failed_accuracy_check_with_a_report(submission_copy,
     rep_file = tmp_path / "r.json"
     p = _cli(submission_copy, "--holdout", tmp_path / "empty", "--report", rep_file, cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
-    assert "FAIL  accuracy" in p.stdout and "has no images" in p.stdout
+    assert "FAIL  accuracy" in p.stdout and "holdout folder holds no images" in p.stdout
     assert "PASS  invoke" in p.stdout or "WARN  invoke" in p.stdout  # ran on a generated image
     checks = {c["name"]: c["status"] for c in json.loads(rep_file.read_text())["checks"]}
     assert checks["accuracy"] == "fail" and checks["load"] == "pass"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -514,6 +515,29 @@ def test_one_listing_rule_everywhere(tmp_path):
     assert [p.relative_to(root).as_posix() for p in build_list(root)] == want
     assert run_bench._list_images(root) == want
     assert [p.relative_to(root).as_posix() for p in _holdout_images(root)[0]] == want
+
+
+def test_a_folder_of_junk_only_is_one_line_everywhere(tmp_path, reference_model):
+    """Nothing but a Mac zip's leftovers: every command says the same one line, exit 5 (check:
+    its accuracy check fails with that line), with what was skipped."""
+    from lpirc.holdout import open_holdout
+    from submission.build import list_images as build_list
+    from submission.check import _holdout_images
+
+    root = tmp_path / "junk"
+    (root / "__MACOSX").mkdir(parents=True)
+    (root / "__MACOSX" / "._a.jpg").write_bytes(b"\0")
+    (root / ".DS_Store").write_bytes(b"\0")
+    (root / "Thumbs.db").write_bytes(b"\0")
+    line = "holds no images (skipped 3 entries that are not images: 1 OS junk, 1 __MACOSX/, 1 hidden)"
+    for what, call in (("holdout", open_holdout), ("holdout", _holdout_images),
+                       ("representative image", build_list)):
+        with pytest.raises(InputError, match=re.escape(f"{root}: {what} folder {line}")):
+            call(root)
+    for cmd in (("run", "--model", reference_model, "--holdout", root, "--quiet"),
+                ("holdout", "make", root, tmp_path / "out", "--count", "2")):
+        p = lpirc(*cmd)
+        assert p.returncode == 5 and p.stderr.count("\n") == 1 and line in p.stderr, p.stderr
 
 
 def test_run_check_and_make_agree_on_linked_folders(models, tmp_path):
