@@ -658,39 +658,47 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
 
 
 def _stop(workers: dict[int, _Worker], grace_s: float, on_answers, status: str) -> None:
-    """Ask every worker to stop, keep what arrives within the grace period, then kill."""
+    """Ask every worker to stop, keep what arrives within the grace period, then kill.
+
+    The workers are killed and joined whatever happens meanwhile (Ctrl-C, or ``on_answers``
+    raising); an error ``on_answers`` raised is raised again once they are gone."""
     for w in workers.values():
         try:
             w.conn.send(Stop())
         except (BrokenPipeError, OSError):
             pass
-    deadline = time.monotonic() + grace_s
-    live = dict(workers)
-    while live and time.monotonic() < deadline:
-        conns = [w.conn for w in live.values() if not w.conn.closed]
-        sentinels = [w.proc.sentinel for w in live.values()]
-        for obj in wait(conns + sentinels, timeout=max(0.0, deadline - time.monotonic())):
-            w = next((w for w in live.values() if obj is w.conn or obj == w.proc.sentinel), None)
-            if w is None:
-                continue
-            if obj is w.conn:
+    error: BaseException | None = None
+    try:
+        deadline = time.monotonic() + grace_s
+        live = dict(workers)
+        while live and time.monotonic() < deadline:
+            by_obj: dict[Any, _Worker] = {w.proc.sentinel: w for w in live.values()}
+            by_obj.update({w.conn: w for w in live.values() if not w.conn.closed})
+            for obj in wait(list(by_obj), timeout=max(0.0, deadline - time.monotonic())):
+                w = by_obj[obj]
+                if obj is not w.conn:
+                    live.pop(w.wid, None)
+                    continue
                 try:
                     msg = w.conn.recv()
                 except (EOFError, OSError):
                     w.conn.close()
                     continue
-                if isinstance(msg, Done) and status != "failed":
-                    items = w.chunks.pop(msg.chunk_id, None)
-                    if items is not None:
+                items = w.chunks.pop(msg.chunk_id, None) if isinstance(msg, Done) else None
+                if items is not None and status != "failed":
+                    try:
                         on_answers(w, items, msg.answers)
-            else:
-                live.pop(w.wid, None)
-    for w in workers.values():
-        if w.proc.is_alive():
-            w.proc.kill()
-    for w in workers.values():
-        w.proc.join(timeout=1.0)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
+                    except Exception as e:  # the workers are stopped first
+                        error = error or e
+    finally:
+        for w in workers.values():
+            if w.proc.is_alive():
+                w.proc.kill()
+        for w in workers.values():
+            w.proc.join(timeout=1.0)
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+    if error is not None:
+        raise error
