@@ -1,8 +1,14 @@
 """decode -> preprocess -> inference in worker processes, under a time budget.
 
-The parent hands out work in small chunks over one pipe per worker and is the only writer of
-results. A pipe per worker (not one shared queue) means a worker killed mid-write breaks only its
-own pipe, so the parent can tell exactly which images it held and retry them elsewhere.
+Worker side: :func:`_worker_main` / :func:`_serve` load the model (:class:`WorkerJob` says
+how), report :class:`WorkerReady`, then answer each :class:`Work` chunk with a :class:`Done`
+of :class:`~scoring.records.Answer` tuples until :class:`Stop`; a failure is one :class:`Fatal`.
+
+Parent side: :class:`Dispatcher` takes names from an :class:`~lpirc.sources.ImageSource`,
+hands them out in chunks over one pipe per worker, and is the only writer of results. A pipe
+per worker (not one shared queue) means a worker killed mid-write breaks only its own pipe, so
+the parent can tell exactly which images it held and retry them elsewhere.
+:func:`run_pipeline` is the same over a list of names (what ``lpirc tune`` runs per trial).
 
 Workers never see the ground truth: they get file names and send back answers.
 """
