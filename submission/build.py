@@ -302,9 +302,9 @@ def _one_or_three(v: tuple) -> float | list:
     return float(v[0]) if len(set(v)) == 1 else [float(x) for x in v]
 
 
-def _quantize(tf, conv, data: np.ndarray, mean_c, std_c, dtype: str, source: str) -> bytes:
-    """Full-integer conversion calibrated on ``data`` (n, H, W, 3) float32; ModelError when the
-    converter fails."""
+def _quantize(tf, conv, data: np.ndarray, dtype: str, mean_c, std_c, source: str) -> bytes:
+    """Full-integer conversion calibrated on ``data`` (N, H, W, 3 float32, normalised): every
+    op int8, input and output ``dtype``. Raises ModelError when the converter fails."""
     # Pin the calibrated input range to the full pixel range [(0-mean)/std, (255-mean)/std],
     # so the quantized input is (close to) the raw pixel (uint8) or pixel-128 (int8),
     # which is what `lpirc run` feeds. Two pixels of the first image are changed for that.
@@ -375,7 +375,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
 
         data, skipped = load_representative(representative, h, w, num_images, crop_fraction,
                                             mean_c, std_c, resize, progress)
-        tflite = _quantize(tf, conv, data, mean_c, std_c, dtype, source)
+        tflite = _quantize(tf, conv, data, dtype, mean_c, std_c, source)
         name = source if saved_model is None and not isinstance(keras_model, (str, os.PathLike)) \
             else Path(source).name
         t_in, t_out, note = _answer(tflite, Path(tmpdir), name, output)  # ModelError
