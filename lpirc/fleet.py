@@ -250,7 +250,7 @@ class AttemptResult:
 
 
 def _node_work_dir(suggested: str) -> Path:
-    return Path(os.environ.get(WORK_ENV) or suggested)
+    return Path(os.environ.get(WORK_ENV) or suggested).absolute()
 
 
 # Runs `lpirc run` for a device, in a child of the device's actor. Set up here, not in a
@@ -316,16 +316,18 @@ class DeviceWorker:
         if req.sidecar is not None:
             model_path.with_suffix(".json").write_bytes(req.sidecar)
         run_dir = base / "run"
-        holdout = os.environ.get(HOLDOUT_ENV) or req.holdout
+        holdout = os.path.abspath(os.environ.get(HOLDOUT_ENV) or req.holdout)
         args = ["run", "--model", str(model_path), "--holdout", holdout, "--out", str(run_dir),
                 "--quiet", *req.run_args]
         if self.cores is not None:
             args += ["--workers", str(len(self.cores))]
         t0 = time.time()
-        # its own session: a Ctrl-C on the head's terminal is the head's to handle
+        # its own session: a Ctrl-C on the head's terminal is the head's to handle; in the
+        # attempt folder: `python -m lpirc` puts its folder first on sys.path, and a folder
+        # named lpirc where the node's `ray start` ran (a clone) would shadow the package
         proc = subprocess.run(_child_command(args, self.cores), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+                              start_new_session=True, cwd=base)
         t1 = time.time()
         (base / "stderr.txt").write_bytes(proc.stderr)
         return AttemptResult(proc.returncode, _reason(proc.stderr, proc.returncode),
@@ -458,6 +460,20 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): \S")
+
+
+def _start_failure(e: BaseException) -> str | None:
+    """The cause of a device actor that failed to start (its ``__init__`` raised, or its
+    worker could not import lpirc), as the last ``SomeError: message`` line of the traceback
+    Ray wraps it in; None when ``e`` is not such a failure (a device lost otherwise)."""
+    text = str(e)
+    if "creation task" not in text:
+        return None
+    causes = [ln.strip() for ln in text.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
+    return causes[-1] if causes else _first_line(e)
+
+
 class Fleet:
     """The head's dispatch loop: devices check their holdout, idle devices take the next queued
     job of their kind, results are checked, scored and added to the standings. Ray does the
@@ -549,7 +565,11 @@ class Fleet:
             rep = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
             slot.state = "lost"
-            self.emit("lost", f"{slot.device.label}: lost before its holdout check "
+            cause = _start_failure(e)
+            self.emit("lost", f"{slot.device.label}: could not start on its node ({cause}); "
+                              "is lpirc installed there, importable by the Python of its "
+                              "`ray start`, in the head's version?" if cause else
+                              f"{slot.device.label}: lost before its holdout check "
                               f"({_first_line(e)})", slot=slot)
             return
         slot.report = rep
@@ -847,6 +867,24 @@ def load_jobs(cfg: FleetConfig, subs: list[Submission], head_sha: str) -> list[J
     return jobs + list(prev.values())
 
 
+# Ray puts the folder its driver starts in first on every worker's sys.path, on every node. A
+# folder named lpirc there (the clone beside an editable install, an old copy) would shadow
+# the installed package and no device would start; so the head starts Ray in the folder that
+# holds the lpirc it runs (for an editable install the checkout, else site-packages).
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _in_package_root() -> Iterator[None]:
+    """Chdir to the folder that holds this lpirc for the duration (to start Ray in)."""
+    here = os.getcwd()
+    os.chdir(_PACKAGE_ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 @contextlib.contextmanager
 def local_cluster(devices: int, num_cpus: int | None = None,
                   object_store_bytes: int = _OBJECT_STORE_BYTES) -> Iterator[None]:
@@ -859,10 +897,11 @@ def local_cluster(devices: int, num_cpus: int | None = None,
     if num_cpus is None:
         num_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             resources={f"{RESOURCE_PREFIX}cpu_{i}": 1 for i in range(devices)},
-             object_store_memory=object_store_bytes, log_to_driver=False,
-             logging_level=logging.ERROR)
+    with _in_package_root():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 resources={f"{RESOURCE_PREFIX}cpu_{i}": 1 for i in range(devices)},
+                 object_store_memory=object_store_bytes, log_to_driver=False,
+                 logging_level=logging.ERROR)
     try:
         yield
     finally:
@@ -886,7 +925,8 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
         return
     _probe_address(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        with _in_package_root():
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, by Ray version
         hint = "" if os.environ.get("RAY_AUTH_MODE") else (
             "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here")
@@ -1089,9 +1129,10 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
                        f"{address or f'local instance, {devices} simulated devices'}", err=True)
         outcome = run_fleet(subs, cfg, None if quiet else print_event)
     click.echo(format_standings(outcome))
-    ready = "n/a" if outcome.startup_s is None else f"{outcome.startup_s:.1f} s"
+    ready = ("no device became ready" if outcome.startup_s is None else
+             f"first device ready after {outcome.startup_s:.1f} s")
     click.echo(f"fleet           {cfg.out / STATE}; wall time {outcome.wall_s:.1f} s after Ray "
-               f"connected, first device ready after {ready} (measured)")
+               f"connected, {ready} (measured)")
     if outcome.interrupted:
         click.echo("lpirc: interrupted", err=True)
     sys.exit(outcome.exit_code)

@@ -136,6 +136,26 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
     assert "Traceback" not in rest
 
 
+def test_fleet_started_beside_a_folder_named_lpirc_runs_its_jobs(tmp_path, small_holdout,
+                                                                 reference_model):
+    """An organiser runs `lpirc fleet` from the folder that holds their clone (`lpirc/`, no
+    __init__.py there) with lpirc installed editable. Ray puts the head's folder first on every
+    worker's sys.path; that folder must not shadow the installed package on the devices."""
+    subs = make_submissions(tmp_path / "subs", reference_model, ["one"])
+    here = tmp_path / "organiser"
+    (here / "lpirc").mkdir(parents=True)  # a clone's top folder: no __init__.py
+    (here / "lpirc" / "README.md").write_text("a clone\n")
+    out = tmp_path / "fleet"
+    # -P: the head itself does not put its folder on sys.path, as the `lpirc` script does not
+    r = subprocess.run([sys.executable, "-P", "-m", "lpirc", "fleet", "run", str(subs),
+                        "--holdout", str(small_holdout), "--out", str(out), "--devices", "1",
+                        "--db", str(tmp_path / "standings.sqlite")], cwd=here,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert state(out)["one"]["status"] == "done"
+    assert "first device ready after" in r.stdout
+
+
 def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
                                                         reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])
@@ -354,6 +374,18 @@ def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_hold
     assert second["outcome"] == "done" and second["device"] != stopped["device"]
     assert any(e.what == "note" and "no result from stuck within 5 s" in e.message for e in events)
     stopped["child"].wait(timeout=10)  # the stopped run died with its device
+
+
+def test_device_that_cannot_start_is_named_with_its_cause(cluster):
+    """A device actor whose start fails on its node (here DeviceWorker given no device; on a
+    real node, lpirc missing or another version) is reported with the error that stopped it,
+    not Ray's wrapper text."""
+    actor = ray.remote(fleet.DeviceWorker).options(num_cpus=0).remote(None)
+    with pytest.raises(ray.exceptions.RayError) as err:
+        ray.get(actor.check.remote("/nowhere", 0, "/nowhere"), timeout=60)
+    assert fleet._start_failure(err.value) == (
+        "AttributeError: 'NoneType' object has no attribute 'share'")
+    assert fleet._start_failure(RuntimeError("a node died")) is None
 
 
 def test_fleet_devices_lists_each_node_device(cluster):
