@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from lpirc import __version__, leaderboard
+from lpirc import __version__, leaderboard, preflight
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError, LpircError
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
@@ -1127,7 +1127,10 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
         if not quiet:
             click.echo(f"ray       connected in {connected:.1f} s (measured): "
                        f"{address or f'local instance, {devices} simulated devices'}", err=True)
-        outcome = run_fleet(subs, cfg, None if quiet else print_event)
+        # after ray.init, which sets its own SIGTERM handler (sys.exit): a scheduler's SIGTERM
+        # ends the fleet as Ctrl-C does, also when started as a background job (SIGINT ignored)
+        with preflight.stop_signals():
+            outcome = run_fleet(subs, cfg, None if quiet else print_event)
     click.echo(format_standings(outcome))
     ready = ("no device became ready" if outcome.startup_s is None else
              f"first device ready after {outcome.startup_s:.1f} s")

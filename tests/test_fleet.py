@@ -103,8 +103,11 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
         assert jobs[name]["standings"].startswith("added to")
 
 
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, small_holdout,
-                                                                    reference_model):
+                                                                    reference_model, stop):
+    """Ctrl-C, or a scheduler's SIGTERM to the head alone, cancels the running and queued jobs;
+    the finished ones stay scored; exit 130 (SIGTERM was Ray's sys.exit(15) before)."""
     subs = make_submissions(tmp_path / "subs", reference_model, [f"s{i}" for i in range(5)])
     out = tmp_path / "fleet"
     # a terminal's Ctrl-C reaches the whole process group: the head and its local Ray
@@ -118,7 +121,10 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
         for line in p.stderr:
             seen.append(line)
             if line.startswith("done"):
-                os.killpg(p.pid, signal.SIGINT)
+                if stop == "ctrl-c":
+                    os.killpg(p.pid, signal.SIGINT)
+                else:
+                    os.kill(p.pid, signal.SIGTERM)
                 break
         stdout, rest = p.communicate(timeout=60)
     finally:
