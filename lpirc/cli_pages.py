@@ -9,6 +9,7 @@ import functools
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -110,12 +111,22 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
             errors.append(err)
             continue
         added = lb.add_entry(conn, e)
-        what = "added        " if added else "already there"
-        click.echo(f"{what}  {e.uid[:12]}  {e.submission}  {e.rules} score {_num(e.score)}, "
-                   f"top-1 {_pct(e.top1)}, energy {_energy(e)}")
+        if not added:  # the stored entry stays: say what is stored, not what was offered
+            stored = lb.get_entry(conn, e.uid) or e
+            where = f" (stored from {stored.run_dir})" if stored.run_dir != e.run_dir else ""
+            e = replace(stored, submission=stored.submission + where)
+        click.echo(f"{'added        ' if added else 'already there'}  {e.uid[:12]}  {e.submission}  "
+                   f"{e.rules} score {_num(e.score)}, top-1 {_pct(e.top1)}, energy {_energy(e)}")
     conn.close()
     if errors:
         sys.exit(InputError.exit_code)
+
+
+def _has_db(db: Path) -> bool:
+    """A file with something in it: `show` and `remove` must not turn a missing or empty file
+    (SQLite reads a 0-byte file as an empty database) into a standings database."""
+    p = Path(db)
+    return p.is_file() and p.stat().st_size > 0
 
 
 @leaderboard.command("show")
@@ -128,7 +139,7 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
 def show_cmd(db, fmt, rules, out) -> None:
     """Print the standings: ranked by score within each holdout (equal scores share a place),
     with the LPIRC side prizes."""
-    if not Path(db).exists():
+    if not _has_db(db):
         raise InputError(f"{db}: no standings database here (add runs with `lpirc leaderboard add RUN`)")
     conn = lb.open_db(db)
     rows = lb.standings(conn, rules)
@@ -150,7 +161,7 @@ def show_cmd(db, fmt, rules, out) -> None:
 @friendly_errors
 def remove_cmd(uids, db) -> None:
     """Remove entries by uid, or by the start of it (as `show` prints it)."""
-    if not Path(db).exists():
+    if not _has_db(db):
         raise InputError(f"{db}: no standings database here")
     conn = lb.open_db(db)
     try:
@@ -185,18 +196,22 @@ def groups(rows: list[lb.Standing]) -> list[list[lb.Standing]]:
     return [out[k] for k in sorted(out)]
 
 
+APART = "entries on different holdouts, rule sets or budgets are never ranked together"
+
+
 def group_title(g: list[lb.Standing]) -> str:
     rule = scoring.RULES[g[0].rules]
     hold = g[0].entry.holdout_sha256
     return (f"holdout {hold[:12] if hold else '(not recorded)'} ({g[0].entry.images} images), "
-            f"rules {rule.name}: {rule.describe()}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
+            f"rules {rule.name}: {rule.describe(dict(g[0].params))}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
 
 
 def prize_lines(g: list[lb.Standing]) -> list[str]:
     """How the side prizes were decided in one group, with the thresholds."""
-    th = lb.prize_thresholds([(r.top1, r.entry.energy_wh) for r in g])
+    th = lb.prize_thresholds(lb.prize_field(g))
     if th is None:
-        return [f"side prizes: not awarded (fewer than {lb.MIN_PRIZE_FIELD} entries with both top-1 and energy)"]
+        return [f"side prizes: not awarded (fewer than {lb.MIN_PRIZE_FIELD} entries with both top-1 and energy "
+                "from a run that completed and answered)"]
     won = {p: [r.entry.submission for r in g if p in r.prizes] for p in (lb.PRIZE_LOW_ENERGY, lb.PRIZE_HIGH_ACCURACY)}
     return [
         f"{lb.PRIZE_LOW_ENERGY}: {', '.join(won[lb.PRIZE_LOW_ENERGY]) or 'none'} "
@@ -218,7 +233,7 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
     out = [head, "Equal scores share a place. Prizes: E = least energy with high accuracy, A = highest accuracy with low energy."]
     gs = groups(rows)
     if len(gs) > 1:
-        out.append(f"Note: {len(gs)} groups; entries on different holdouts or rule sets are never ranked together.")
+        out.append(f"Note: {len(gs)} groups; {APART}.")
     cols = ("place", "submission", "score", "top-1", "top-5", "energy", "wall s", "answered/images", "prize", "uid")
     for g in gs:
         table = [cols] + [(
@@ -233,13 +248,16 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
             out.append("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
                                         for i, (c, w) in enumerate(zip(row, widths))).rstrip())
         out += ["  " + line for line in prize_lines(g)]
+        shared = [n for n in g[0].notes if all(n in r.notes for r in g)] if len(g) > 1 else []
+        out += [f"  note: {n}" for n in shared]  # a note on the whole group, once
         for r in g:
             for n in r.notes:
-                out.append(f"  note: {r.entry.submission}: {n}")
+                if n not in shared:
+                    out.append(f"  note: {r.entry.submission}: {n}")
     return "\n".join(out) + "\n"
 
 
-CSV_COLUMNS = ("group", "place", "submission", "team", "rules", "score", "top1", "top5", "images",
+CSV_COLUMNS = ("group", "place", "submission", "team", "rules", "params", "score", "top1", "top5", "images",
                "answered", "failed", "unanswered", "late", "wall_s", "inference_s", "energy_wh",
                "energy_label", "prizes", "holdout_sha256", "model_sha256", "lpirc_version", "runtime",
                "device", "source", "created_utc", "uid", "rescored", "notes", "run_dir")
@@ -254,6 +272,7 @@ def format_csv(rows: list[lb.Standing], db=None, rules=None) -> str:
         d = r.to_json()
         d["prizes"] = " | ".join(r.prizes)
         d["notes"] = " | ".join(r.notes)
+        d["params"] = " ".join(f"{k}={v:g}" for k, v in r.params)  # e.g. time_limit_s=600
         w.writerow(["" if d.get(c) is None else (repr(d[c]) if isinstance(d[c], float) else d[c]) for c in CSV_COLUMNS])
     return buf.getvalue()
 
@@ -279,7 +298,7 @@ def format_html(rows: list[lb.Standing], db=None, rules=None) -> str:
     page = {
         "title": "lpirc standings", "db": str(db), "version": __version__,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "rules": rules, "groups": [{"title": group_title(g), "prizes": prize_lines(g), "rows": [
+        "rules": rules, "apart": APART, "groups": [{"title": group_title(g), "prizes": prize_lines(g), "rows": [
             {"place": r.place, "submission": r.entry.submission, "team": r.entry.team, "score": _num(r.score),
              "top1": _pct(r.top1), "top5": _pct(r.top5), "energy": _energy(r.entry),
              "wall": _num(r.entry.wall_s), "answered": f"{r.entry.answered}/{r.entry.images}",

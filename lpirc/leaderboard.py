@@ -471,12 +471,17 @@ class Standing:
         place: 1-based competition rank within its group (equal scores share a place: 1, 1, 3);
             None when the entry has no score under these rules.
         group: 1-based number of the group it is ranked in: entries are only ranked together
-            when they share a holdout (``holdout_sha256``) and a rule set.
+            when they share a holdout (``holdout_sha256``), a rule set and its budget
+            (``params``).
         entry: the stored Entry.
         rules, score, top1, top5: under the rules asked for (re-scored from the log if needed).
         rescored: True when score/top1/top5 were recomputed from ``entry.run_dir``.
         prizes: side prizes won in the group (:data:`PRIZE_LOW_ENERGY`, :data:`PRIZE_HIGH_ACCURACY`).
         notes: why a row is unranked or what to know about it (re-scoring failed, status, ...).
+        params: the rule set's parameters the score used, as ``(name, value)`` pairs from
+            :data:`RULE_PARAMS` (``time_limit_s`` for lpirc-onsite, ``ms_per_image`` for
+            ovic-2018, ``frontier_k``/``frontier_a0`` for ovic-2019, ``idle_watts`` for
+            lpcvc-2020): a run with a 4 s budget is not ranked against runs that had 600 s.
     """
 
     place: int | None
@@ -489,6 +494,7 @@ class Standing:
     rescored: bool
     prizes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    params: tuple[tuple[str, float], ...] = ()
 
     @property
     def energy_wh(self) -> float | None:
@@ -501,14 +507,21 @@ class Standing:
         stored = {k: e.pop(k) for k in ("rules", "score", "top1", "top5")}
         return {"place": self.place, "group": self.group, "rules": self.rules, "score": self.score,
                 "top1": self.top1, "top5": self.top5, "rescored": self.rescored,
-                "prizes": list(self.prizes), "notes": list(self.notes), **e, "stored": stored}
+                "prizes": list(self.prizes), "notes": list(self.notes), "params": dict(self.params),
+                **e, "stored": stored}
+
+
+# The parameters of a rule set that decide what its score means (one rule: scoring.rule_params)
+RULE_PARAMS = scoring.RULE_PARAMS
+rule_params = scoring.rule_params
 
 
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:
     """Rank every stored entry, LPIRC style.
 
-    Entries are grouped by (holdout_sha256, rule set); groups never mix (entries on different
-    holdouts are not comparable) and are listed largest first. Within a group, places go by
+    Entries are grouped by (holdout_sha256, rule set, its parameters: :data:`RULE_PARAMS`);
+    groups never mix (entries on different holdouts or budgets are not comparable) and are
+    listed largest first. Within a group, places go by
     score, higher first, equal scores sharing a place (``scoring.ranks``); entries without a
     score come last with place None. Side prizes (:func:`side_prizes`) are awarded per group.
 
@@ -526,13 +539,20 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
         raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
     scored = [_under(e, rules, rule_options) for e in entries(conn)]
     groups: dict[tuple, list[Standing]] = {}
-    for s in scored:
-        groups.setdefault((s.entry.holdout_sha256 or "", s.rules), []).append(s)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules))
+    for s in sorted(scored, key=lambda s: not s.params):  # those whose parameters are known first
+        key = (s.entry.holdout_sha256 or "", s.rules, s.params)
+        if not s.params:  # not re-scored (its log is gone): unranked, beside its holdout's entries
+            key = next((k for k in groups if k[:2] == key[:2]), key)
+        groups.setdefault(key, []).append(s)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules,
+                                                     g[0].params))
     out: list[Standing] = []
     for gi, group in enumerate(ordered, start=1):
         out.extend(_rank_group(group, gi))
     return out
+
+
+RUN_OK = ("complete", "budget_exhausted")  # run statuses of a valid entry (None: not a run)
 
 
 def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
@@ -541,10 +561,13 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     want = rules or e.rules
     notes = []
     status = e.extra.get("status") if isinstance(e.extra, Mapping) else None
-    if status and status not in ("complete", "budget_exhausted"):
-        notes.append(f"run status {status}")
+    if status and status not in RUN_OK:
+        notes.append(f"run status {status}: no side prize")
+    elif e.answered == 0:
+        notes.append("answered nothing: no side prize")
     if want == e.rules and not opts:
-        return Standing(None, 0, e, want, e.score, e.top1, e.top5, False, (), tuple(notes))
+        stored = e.extra.get("rule_fields") if isinstance(e.extra, Mapping) else None
+        return Standing(None, 0, e, want, e.score, e.top1, e.top5, False, (), tuple(notes), rule_params(stored))
     if not e.run_dir or not Path(e.run_dir).exists():
         notes.append(f"cannot re-score under {want}: log {e.run_dir or '(none stored)'} not found")
         return Standing(None, 0, e, want, None, None, None, False, (), tuple(notes))
@@ -555,12 +578,25 @@ def _under(e: Entry, rules: str | None, opts: dict) -> Standing:
     except scoring.ScoringError as err:
         notes.append(f"cannot re-score under {want}: {err}")
         return Standing(None, 0, e, want, None, None, None, False, (), tuple(notes))
-    return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes))
+    return Standing(None, 0, e, want, s["score"], s["top1"], s["top5"], True, (), tuple(notes), rule_params(s))
+
+
+def prize_field(group: list[Standing]) -> list[tuple[float | None, float | None]]:
+    """(top-1, energy Wh) of each row for :func:`side_prizes`, (None, None) for a row that is
+    not in the running: a run that failed (status other than complete or budget_exhausted) or
+    answered nothing is ranked (last, at its score) but neither wins a side prize nor moves the
+    thresholds (a failed run's tiny energy made it 'highest accuracy with low energy' at 0 %)."""
+    out = []
+    for s in group:
+        status = s.entry.extra.get("status") if isinstance(s.entry.extra, Mapping) else None
+        ok = (status is None or status in RUN_OK) and s.entry.answered > 0
+        out.append((s.top1, s.entry.energy_wh) if ok else (None, None))
+    return out
 
 
 def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
     places = scoring.ranks([{"score": s.score} for s in group])
-    prizes = side_prizes([(s.top1, s.entry.energy_wh) for s in group])
+    prizes = side_prizes(prize_field(group))
     labels = {s.entry.energy_label for s in group if s.entry.energy_wh is not None}
     group_notes = []  # (that a group is ranked apart from the others is its group number)
     if len(labels) > 1:
@@ -569,7 +605,8 @@ def _rank_group(group: list[Standing], gi: int) -> list[Standing]:
     for i, s in enumerate(group):
         won = tuple(name for name, winners in prizes.items() if i in winners)
         notes = s.notes + tuple(group_notes)
-        rows.append(Standing(places[i], gi, s.entry, s.rules, s.score, s.top1, s.top5, s.rescored, won, notes))
+        rows.append(Standing(places[i], gi, s.entry, s.rules, s.score, s.top1, s.top5, s.rescored, won, notes,
+                             s.params))
     order = sorted(range(len(rows)), key=lambda i: (places[i] is None, places[i] or 0, rows[i].entry.submission))
     return [rows[i] for i in order]
 

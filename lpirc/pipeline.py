@@ -1,8 +1,14 @@
 """decode -> preprocess -> inference in worker processes, under a time budget.
 
-The parent hands out work in small chunks over one pipe per worker and is the only writer of
-results. A pipe per worker (not one shared queue) means a worker killed mid-write breaks only its
-own pipe, so the parent can tell exactly which images it held and retry them elsewhere.
+Worker side: :func:`_worker_main` / :func:`_serve` load the model (:class:`WorkerJob` says
+how), report :class:`WorkerReady`, then answer each :class:`Work` chunk with a :class:`Done`
+of :class:`~scoring.records.Answer` tuples until :class:`Stop`; a failure is one :class:`Fatal`.
+
+Parent side: :class:`Dispatcher` takes names from an :class:`~lpirc.sources.ImageSource`,
+hands them out in chunks over one pipe per worker, and is the only writer of results. A pipe
+per worker (not one shared queue) means a worker killed mid-write breaks only its own pipe, so
+the parent can tell exactly which images it held and retry them elsewhere.
+:func:`run_pipeline` is the same over a list of names (what ``lpirc tune`` runs per trial).
 
 Workers never see the ground truth: they get file names and send back answers.
 """
@@ -676,39 +682,47 @@ def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budg
 
 
 def _stop(workers: dict[int, _Worker], grace_s: float, on_answers, status: str) -> None:
-    """Ask every worker to stop, keep what arrives within the grace period, then kill."""
+    """Ask every worker to stop, keep what arrives within the grace period, then kill.
+
+    The workers are killed and joined whatever happens meanwhile (Ctrl-C, or ``on_answers``
+    raising); an error ``on_answers`` raised is raised again once they are gone."""
     for w in workers.values():
         try:
             w.conn.send(Stop())
         except (BrokenPipeError, OSError):
             pass
-    deadline = time.monotonic() + grace_s
-    live = dict(workers)
-    while live and time.monotonic() < deadline:
-        conns = [w.conn for w in live.values() if not w.conn.closed]
-        sentinels = [w.proc.sentinel for w in live.values()]
-        for obj in wait(conns + sentinels, timeout=max(0.0, deadline - time.monotonic())):
-            w = next((w for w in live.values() if obj is w.conn or obj == w.proc.sentinel), None)
-            if w is None:
-                continue
-            if obj is w.conn:
+    error: BaseException | None = None
+    try:
+        deadline = time.monotonic() + grace_s
+        live = dict(workers)
+        while live and time.monotonic() < deadline:
+            by_obj: dict[Any, _Worker] = {w.proc.sentinel: w for w in live.values()}
+            by_obj.update({w.conn: w for w in live.values() if not w.conn.closed})
+            for obj in wait(list(by_obj), timeout=max(0.0, deadline - time.monotonic())):
+                w = by_obj[obj]
+                if obj is not w.conn:
+                    live.pop(w.wid, None)
+                    continue
                 try:
                     msg = w.conn.recv()
                 except (EOFError, OSError):
                     w.conn.close()
                     continue
-                if isinstance(msg, Done) and status != "failed":
-                    items = w.chunks.pop(msg.chunk_id, None)
-                    if items is not None:
+                items = w.chunks.pop(msg.chunk_id, None) if isinstance(msg, Done) else None
+                if items is not None and status != "failed":
+                    try:
                         on_answers(w, items, msg.answers)
-            else:
-                live.pop(w.wid, None)
-    for w in workers.values():
-        if w.proc.is_alive():
-            w.proc.kill()
-    for w in workers.values():
-        w.proc.join(timeout=1.0)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
+                    except Exception as e:  # the workers are stopped first
+                        error = error or e
+    finally:
+        for w in workers.values():
+            if w.proc.is_alive():
+                w.proc.kill()
+        for w in workers.values():
+            w.proc.join(timeout=1.0)
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+    if error is not None:
+        raise error

@@ -409,9 +409,8 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
     from lpirc import report_figures as rf
 
     scores = [r.score or {} for r in runs]
-    keys = {((r.manifest.get("holdout") or {}).get("files_sha256"), s.get("rules")) for r, s in zip(runs, scores)}
-    comparable = len(keys) == 1 and None not in next(iter(keys))
-    places = scoring.ranks(scores) if comparable else [None] * len(runs)
+    why_not = _not_comparable(runs, scores)
+    places = scoring.ranks(scores) if not why_not else [None] * len(runs)
     rows = []
     for r, s, place in zip(runs, scores, places):
         hold = (r.manifest.get("holdout") or {}).get("files_sha256")
@@ -423,9 +422,8 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
                      _num(s.get("inference_time_s"), "s"), _num(r.mean_inference_ms(), "ms"),
                      _num(r.energy_wh(), "Wh") + f" ({r.energy_label()})",
                      (model or "?")[:12], (hold or "?")[:12]])
-    note = None if comparable else (
-        "Not ranked: these runs differ in holdout (sha256 of the ordered file list) or rule set, "
-        "or one has no holdout record; their figures are shown side by side, not ranked.")
+    note = None if not why_not else (
+        f"Not ranked: {'; '.join(why_not)}. Their figures are shown side by side, not ranked.")
     return {
         "header": ["place", "run", "rules", "score", "top-1", "top-5", "answered", "failed",
                    "unanswered", "late", "wall", "inference", "mean inference", "energy",
@@ -440,6 +438,30 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
             _figure("power", "Power over time (overlaid)", rf.power(runs), "no run has power readings over time"),
         ],
     }
+
+
+def _not_comparable(runs: list[RunData], scores: list[dict]) -> list[str]:
+    """Why these runs cannot be ranked together (empty: they can): a run without a holdout
+    record or a score, different holdouts, rule sets or budgets (``scoring.rule_params``), each
+    value with the runs that have it."""
+    holds = [(r.manifest.get("holdout") or {}).get("files_sha256") for r in runs]
+    rules = [s.get("rules") for s in scores]
+    budgets = [", ".join(f"{k} {v:g}" for k, v in scoring.rule_params(s)) or None if s else None for s in scores]
+    why = []
+    for what, values in (("no holdout record", [h is None for h in holds]), ("not scored", [x is None for x in rules])):
+        if any(values):
+            why.append(f"{what}: " + ", ".join(r.name for r, v in zip(runs, values) if v))
+    for what, values in (("different holdouts (sha256 of the ordered file list)", [h and h[:12] for h in holds]),
+                         ("different rule sets", rules), ("different budgets", budgets)):
+        groups: dict[str, list[str]] = {}
+        for r, v in zip(runs, values):
+            if v:
+                groups.setdefault(v, []).append(r.name)
+        if len(groups) > 1:
+            why.append(f"{what}: " + "; ".join(f"{v} ({', '.join(n)})" for v, n in groups.items()))
+            if what == "different rule sets":
+                break  # budgets only mean something under one rule set
+    return why
 
 
 def render(runs: list[RunData], title: str | None = None) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 MAX_POINTS = 1500  # points per curve: a 20,000-answer run is drawn at this resolution
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -51,8 +52,10 @@ def _fig(w: float = 7.5, h: float = 3.2, ncols: int = 1, left: float = 0.7, bott
     return fig, axes
 
 
-def _text_in(labels, per_char: float = 0.052, pad: float = 0.25) -> float:
-    """Inches a column of 7-pt labels needs (an average sans-serif character is ~0.052 in)."""
+def _text_in(labels, per_char: float = 0.06, pad: float = 0.25) -> float:
+    """Inches a column of 7-pt labels needs: ~0.06 in a character, what the widest of the
+    browsers' sans-serif fonts (DejaVu Sans) takes on average (0.052 clipped a 44-character
+    class name at the figure's edge)."""
     return pad + per_char * max((len(x) for x in labels), default=0)
 
 
@@ -76,7 +79,7 @@ def race(runs: list) -> tuple[str, str] | None:
     answered; several runs as fractions of their holdout."""
     fig, (ax,) = _fig(7.5, 3.6)
     several = len(runs) > 1
-    drawn = False
+    drawn = late_drawn = to_scale = False
     notes = []
     xmax = 0.0
     for i, r in enumerate(runs):
@@ -88,35 +91,77 @@ def race(runs: list) -> tuple[str, str] | None:
         total = r.images_total or max(1, len(x))
         scale = 100.0 / total if several else 1.0
         xs, ys = _thin(np.concatenate(([0.0], x)), np.concatenate(([0], correct)) * scale)
-        label = f"{r.name}: correct" if several else "correct top-1 (counted)"
+        label = r.name if several else "correct top-1 (counted)"
         ax.step(xs, ys, where="post", color=_color(i), lw=1.6, label=label)
         xa, ya = _thin(np.concatenate(([0.0], x)), np.concatenate(([0], answered)) * scale)
         ax.step(xa, ya, where="post", color=_color(i), lw=0.9, ls="--",
-                label=f"{r.name}: answered" if several else "answered (right or wrong)")
+                label=None if several else "answered (right or wrong)")  # several: one entry a run
         late = r.late_points()
         if late is not None and len(late[0]):
             lx, ly = _thin(late[0], late[1])
-            ax.plot(lx, ly * scale, "x", color="#d62728", ms=4,
-                    label="late answers (do not count)" if i == 0 or not several else None)
+            ax.plot(lx, ly * scale, "x", color=_color(i) if several else "#d62728", ms=4,
+                    label="late answers (do not count)" if not late_drawn else None)
+            late_drawn = True
         if not several:
             _mark_unanswered(ax, x, answered, total, _color(i))
         reach, off = _mark_deadline(ax, r, x, i, several)
+        to_scale = to_scale or _deadline_reach(r, x) is not None
         xmax = max(xmax, reach)
         if off:
             notes.append(off)
     if not drawn:
         return None
     ax.set_xlim(0, xmax or 1.0)
-    ax.set_xlabel(runs[0].race_xlabel())
+    ax.set_xlabel(_race_xlabel(runs))
     ax.set_ylabel("% of holdout images" if several else "images")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right", fontsize=7)
-    cap = ("Correct top-1 answers over time (solid), all answers (dashed). Time is "
-           + runs[0].race_xlabel() + ", measured by lpirc run (t_s of each answer). "
-           "The red line is the deadline; answers after it do not count.")
-    if not several:
+    ax.legend(loc="lower right" if not several else "best", fontsize=7, ncols=2 if len(runs) > 4 else 1)
+    cap = "Correct top-1 answers over time (solid), all answers (dashed). " + _race_time_caption(runs)
+    if several:
+        cap += (" Each run's deadline is a vertical dash-dot line in its colour, its late answers "
+                "(x) too; answers after a deadline do not count.")
+    else:
+        cap += (" The red line is the deadline; answers after it do not count." if to_scale else
+                " The deadline is off the chart (its note is in red); answers after it would not count."
+                if runs[0].deadline_s() is not None else " No deadline is recorded for this run.")
         cap += " The grey band is the images never answered: they count as wrong."
     return to_svg(fig), cap + (" " + "; ".join(notes) if notes else "")
+
+
+def _race_clocks(runs: list) -> dict[str, list[str]]:
+    """{x-axis label: names of the runs raced on that clock}, in the runs' order."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.race_xlabel(), []).append(r.name)
+    return out
+
+
+def _race_xlabel(runs: list) -> str:
+    """The race's x label: the clock, or with several clocks which runs are on which (the most
+    common clock last, as 'the others' when naming them would not fit), wrapped to the axis."""
+    clocks = _race_clocks(runs)
+    if len(clocks) == 1:
+        return next(iter(clocks))
+    parts = sorted(clocks.items(), key=lambda cn: len(cn[1]))
+    names = [", ".join(n) for _, n in parts]
+    if sum(map(len, names)) > 60:
+        names[-1] = "the others"
+    text = "time (s): " + "; ".join(f"{c.split(' (s)')[0]} for {n}" for (c, _), n in zip(parts, names))
+    return "\n".join(textwrap.wrap(text, 100))
+
+
+def _race_time_caption(runs: list) -> str:
+    """Which clock each run is raced on, and where its times come from."""
+    how = {"wall time since the run started (s)": "wall time since the run started, measured by lpirc run "
+                                                  "(t_s of each answer)",
+           "summed inference time (s), answers in time order": "summed inference time, answers in the "
+                                                                 "order they were logged, measured by lpirc "
+                                                                 "run (inference_ms of each answer)"}
+    clocks = _race_clocks(runs)
+    if len(clocks) == 1:
+        return f"Time is {how[next(iter(clocks))]}."
+    return ("The runs are raced on different clocks, as their rule sets count time: "
+            + "; ".join(f"{', '.join(n)}: {how[c]}" for c, n in clocks.items()) + ".")
 
 
 def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color: str) -> None:
@@ -129,7 +174,18 @@ def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color:
         ax.axhspan(got, total, color="#999", alpha=0.25, lw=0)
         thin = missing < 0.08 * total  # a narrow band: the words go under it, not on it
         ax.text(end, got if thin else (got + total) / 2, f" {missing} never answered ",
-                va="top" if thin else "center", ha="right", fontsize=8, color="#333")
+                va="top" if thin else "center", ha="right", fontsize=8, color="#333",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
+
+
+def _deadline_reach(r, x: np.ndarray) -> float | None:
+    """How far the x axis reaches when the run's deadline is drawn to scale; None when it is
+    not (no deadline, or the run used under a quarter of it)."""
+    deadline = r.deadline_s()
+    end = float(x[-1]) if len(x) else 0.0
+    if deadline is None or end < 0.25 * deadline:
+        return None
+    return max(end, deadline) * 1.03
 
 
 def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, str | None]:
@@ -140,11 +196,13 @@ def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, 
     if deadline is None:
         return end * 1.05, None
     if end >= 0.25 * deadline:  # the budget fits on the axis: draw it to scale
-        ax.axvline(deadline, color="#d62728", lw=1.2)
-        ax.text(deadline, 0.55 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s",
-                transform=ax.get_xaxis_transform(), color="#d62728", fontsize=7,
-                ha="right" if end > deadline else "left", va="top")
-        return max(end, deadline) * 1.03, None
+        color = _color(i) if several else "#d62728"
+        ax.axvline(deadline, color=color, lw=1.2, ls="-." if several else "-")
+        ax.text(deadline, 0.55 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s ",
+                transform=ax.get_xaxis_transform(), color=color, fontsize=7,
+                ha="right" if end > deadline else "left", va="top",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
+        return _deadline_reach(r, x), None
     if several:  # a sliver of the budget: the deadline is off the chart
         return end * 1.1, f"{r.name}: deadline at {deadline:g} s, off the chart (the run ended at {end:.3g} s)"
     used = 100.0 * end / deadline if deadline else 0.0
@@ -162,39 +220,82 @@ def _bins(span: float, n: int) -> np.ndarray:
     return np.linspace(0.0, max(span, 1e-6), nb + 1)
 
 
+def worker_rates(t_s: np.ndarray, worker: np.ndarray, edges: np.ndarray) -> dict[int, np.ndarray]:
+    """Answers per second of each worker in the bins ``edges`` (s since the run started).
+
+    Answers reach the log in batches (a worker's chunk of images arrives at once, with one t_s),
+    so counting answers by their t_s alone makes a bin that no batch happens to land in look
+    like a stall. Each batch is spread instead over the time since that worker's previous batch
+    (the time it was being computed in): the worker's answers so far, interpolated linearly
+    between its log times, differenced at the bin edges. A worker's first batch is spread over
+    the typical gap between its batches before it (not from 0, so a replacement worker started
+    late does not look busy from the start); after its last batch the worker counts nothing,
+    so a dead or stalled worker falls to zero.
+
+    Args:
+        t_s: (n,) log time of each answer, s since the run started (finite).
+        worker: (n,) worker id of each answer (-1: unknown, counted as one worker).
+        edges: (m + 1,) increasing bin edges, s.
+    Returns:
+        {worker id: (m,) answers per second in each bin}.
+    """
+    out: dict[int, np.ndarray] = {}
+    width = np.diff(edges)
+    gaps = {}
+    times = {}
+    for w in np.unique(worker):
+        u, c = np.unique(t_s[worker == w], return_counts=True)
+        times[int(w)] = (u, c)
+        if len(u) > 1:
+            gaps[int(w)] = float(np.median(np.diff(u)))
+    fallback = float(np.median(list(gaps.values()))) if gaps else None
+    for w, (u, c) in times.items():
+        gap = gaps.get(w, fallback)
+        start = max(0.0, float(u[0]) - gap) if gap is not None else 0.0
+        xs, cum = u, np.cumsum(c, dtype=float)
+        if start < u[0]:  # ramp up to the first batch; else it is a step at u[0]
+            xs, cum = np.concatenate(([start], xs)), np.concatenate(([0.0], cum))
+        got = np.interp(edges, xs, cum, left=0.0, right=cum[-1])
+        out[w] = np.diff(got) / width
+    return out
+
+
 def throughput(runs: list) -> tuple[str, str] | None:
     """Answers per second over wall time: per worker for one run (a stall or a dead worker shows
-    as a line falling to zero), in total per run for several."""
+    as a line falling to zero), in total per run for several (see :func:`worker_rates`)."""
     fig, (ax,) = _fig()
     several = len(runs) > 1
     drawn = False
+    top = 0.0
     for i, r in enumerate(runs):
-        t = r.t_s[np.isfinite(r.t_s)]
+        ok = np.isfinite(r.t_s)
+        t = r.t_s[ok]
         if not len(t):
             continue
         drawn = True
         edges = _bins(float(t.max()), len(t))
-        width = edges[1] - edges[0]
+        rates = worker_rates(t, r.worker[ok], edges)
+        total = np.sum(list(rates.values()), axis=0)
+        top = max(top, float(total.max()))
         if several:
-            h, _ = np.histogram(t, edges)
-            ax.stairs(h / width, edges, color=_color(i), lw=1.4, label=r.name)
+            ax.stairs(total, edges, color=_color(i), lw=1.4, label=r.name)
             continue
-        ws = r.worker[np.isfinite(r.t_s)]
-        for j, w in enumerate(np.unique(ws)):
-            h, _ = np.histogram(t[ws == w], edges)
-            ax.stairs(h / width, edges, color=_color(j), lw=1.2,
+        for j, (w, rate) in enumerate(rates.items()):
+            ax.stairs(rate, edges, color=_color(j), lw=1.2 + 0.6 * (len(rates) - 1 - j) / max(1, len(rates) - 1),
                       label=f"worker {w}" if w >= 0 else "worker unknown")
-        h, _ = np.histogram(t, edges)
-        ax.stairs(h / width, edges, color="#333", lw=0.8, ls="--", label="all workers")
+        ax.stairs(total, edges, color="#333", lw=0.8, ls="--", label="all workers")
     if not drawn:
         return None
     ax.set_xlabel("wall time since the run started (s)")
     ax.set_ylabel("answers / s")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.3 * top or 1.0)  # headroom: the legend sits above the lines, hiding none
     ax.legend(loc="upper right", fontsize=7, ncols=2)
-    cap = ("Throughput: answers logged per second of wall time, in bins; "
-           + ("each run's total." if several else "one line per worker process (a replacement "
-              "for a dead worker is a new line), dashed: all workers."))
+    cap = ("Throughput: answers per second of wall time, in bins, from the log's t_s (measured by "
+           "lpirc run). Answers are logged in batches; each batch is spread over the time since its "
+           "worker's previous one, so a bin between two batches is not a false stall. "
+           + ("Each run's total." if several else "One line per worker process (a replacement "
+              "for a dead worker is a new line; earlier workers' lines are drawn wider, so equal "
+              "rates stay visible), dashed: all workers."))
     return to_svg(fig), cap
 
 
@@ -250,10 +351,10 @@ def r_name(runs: list, i: int) -> str:
 
 def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
     """Horizontal bars: top-1 of the worst classes (by accuracy, then most images), by name."""
-    rows = (run.score or {}).get("per_class") or []
-    if not rows:
+    every = (run.score or {}).get("per_class") or []
+    if not every:
         return None
-    rows = rows[:count]
+    rows = every[:count]
     fig, (ax,) = _fig(7.5, 0.8 + 0.22 * len(rows), left=_text_in(_class_label(r) for r in rows), top=0.15)
     y = np.arange(len(rows))[::-1]
     acc = [100.0 * r["top1"] for r in rows]
@@ -268,6 +369,11 @@ def worst_classes(run, count: int = 15) -> tuple[str, str] | None:
     ax.set_xlabel("top-1 accuracy of the class (%)")
     cap = (f"The {len(rows)} worst classes of this run: top-1 over all ground-truth images of the "
            f"class (unanswered count as wrong), correct/images. Names: {run.score.get('label_names')}.")
+    last = rows[-1]["top1"]
+    tied = sum(1 for r in every if r["top1"] == last)
+    if len(every) > len(rows) and every[len(rows)]["top1"] == last:
+        cap += (f" {tied} classes have {100 * last:.3g} % top-1; {tied - sum(1 for r in rows if r['top1'] == last)} "
+                "of them are not shown (ties go by most images, then class index).")
     return to_svg(fig), cap
 
 
@@ -304,8 +410,15 @@ def confusion(run) -> tuple[str, str] | None:
                     color="white" if c > 0.6 * m.max() else "black")
     ax.set_xlabel("predicted (top-1)")
     ax.set_ylabel("true class")
-    return to_svg(fig), (f"The {len(pairs)} most frequent mistakes (true class -> top-1 answer), "
-                         "as counts of images; failed images are left out (see below).")
+    cap = (f"The {len(pairs)} most frequent mistakes (true class -> top-1 answer), as counts of "
+           "images; failed images are left out (see below).")
+    if run.labels is not None:
+        k = run.keep[~run.error[run.keep] & (run.labels[run.keep] >= 0)]  # answers that count
+        wrong = int(np.count_nonzero(run.pred[k] != run.labels[k]))
+        shown = sum(int(p["count"]) for p in pairs)
+        if wrong > shown:
+            cap += f" They are {shown} of the run's {wrong} wrong answers (late ones included)."
+    return to_svg(fig), cap
 
 
 def _short(s: str) -> str:
@@ -346,30 +459,31 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
         return None
     fig, (ax_t, ax_e) = _fig(7.5, 3.4, ncols=2, right=0.5)
     frontier = None
+    ts = [t for _, a, t, _ in pts if t and a is not None]
+    es = [e for _, a, _, e in pts if e and a is not None]
     for i, (r, a, t, e) in enumerate(pts):
         if a is None:
             continue
         if t:
             ax_t.plot([t], [100 * a], "o", color=_color(i))
-            ax_t.annotate(r.name, (t, 100 * a), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            _point_label(ax_t, r.name, t, 100 * a, ts)
         if e:
             ax_e.plot([e], [100 * a], "o", color=_color(i))
-            ax_e.annotate(f"{r.name} ({r.energy_label()})", (e, 100 * a), textcoords="offset points",
-                          xytext=(4, 3), fontsize=7)
+            _point_label(ax_e, f"{r.name} ({r.energy_label()})", e, 100 * a, es)
         s = r.score or {}
         if s.get("rules") == "ovic-2019" and s.get("frontier_k") is not None:
             frontier = (s["frontier_k"], s["frontier_a0"])
-    ts = [t for _, _, t, _ in pts if t]
     if frontier and ts:
         k, a0 = frontier
         grid = np.geomspace(min(ts) / 2, max(ts) * 2, 100)
         ax_t.plot(grid, k * np.log(grid) + a0, color="#555", lw=1, ls="--",
                   label=f"OVIC 2019 frontier {k:g} ln t + {a0:g}")
-        ax_t.legend(fontsize=7, loc="lower right")
-    es = [e for _, _, _, e in pts if e]
+        ax_t.legend(fontsize=7, loc="best")  # where it hides no point
     for ax, xs in ((ax_t, ts), (ax_e, es)):
         if xs and max(xs) > 10 * min(xs):  # log only where the runs span a decade
-            ax.set_xscale("log")
+            ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^n, written plainly (0.02, not 2x10^-2)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("top-1 (%)")
     ax_t.set_xlabel("mean inference time per image (ms)")
@@ -377,9 +491,22 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
     cap = ("Each run as a point: top-1 (as its rule set counts it) against mean model-invoke time "
            "per image (measured) and against the run's energy (label in brackets).")
     if frontier:
-        cap += (f" Dashed: the OVIC 2019 frontier a(t) = k ln(t) + a0 (k = {frontier[0]:g}, a0 = "
-                f"{frontier[1]:g}; see `lpirc rules`): a run above it gains.")
+        cap += (f" Dashed: the OVIC 2019 frontier a(t) = k ln(t) + a0, t in ms, a in % (k = "
+                f"{frontier[0]:g}, a0 = {frontier[1]:g}; see `lpirc rules`): a run above it gains.")
     return to_svg(fig), cap
+
+
+def _point_label(ax, text: str, x: float, y: float, xs: list[float]) -> None:
+    """Name a point: to its right, or to its left when it lies in the right part of the axis's
+    range (a label running past the axis would be cut off at the figure's edge)."""
+    lo, hi = min(xs), max(xs)
+    if hi > 10 * lo > 0:  # drawn on a log axis (see accuracy_vs_cost)
+        x_, lo, hi = math.log(x), math.log(lo), math.log(hi)
+    else:
+        x_ = x
+    left = hi > lo and (x_ - lo) / (hi - lo) > 0.55
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(-4 if left else 4, 3),
+                ha="right" if left else "left", fontsize=7)
 
 
 def is_finite(v) -> bool:

@@ -123,7 +123,8 @@ def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | N
         ground truth defaults to ``root/ground_truth.csv``.
       on_answers: called with each chunk's :class:`~scoring.records.Record` list as it arrives,
         after it is logged. It runs in the dispatching thread: keep it short. An exception in
-        it ends the run (workers stopped, the answers logged so far kept) and propagates.
+        it ends the run and propagates: workers stopped, every answer that arrived logged, the
+        manifest's status ``failed`` with the error.
     Returns:
       RunOutcome; ``exit_code`` 130 when interrupted (Ctrl-C or SIGTERM; log kept and scored).
     Raises:
@@ -223,7 +224,13 @@ def _run(plan: _Plan) -> RunOutcome:
         stop_workers(pool)
         _remove_unstarted(out, made_out)
         raise
-    outcome = _dispatch(plan, source, budget, clock, pool, log)
+    try:
+        outcome = _dispatch(plan, source, budget, clock, pool, log)
+    except Exception as e:  # on_answers raised: the log is kept, the manifest says why
+        manifest.update({"status": "failed", "end_utc": utc_now(),
+                         "error": {"kind": "on_answers", "message": f"{type(e).__name__}: {e}"}})
+        write_json(out / MANIFEST, manifest)
+        raise
     energy = finish_energy(probe, plan.energy_config)
     _finish_manifest(manifest, plan, source, outcome, energy.to_json())
     write_json(out / MANIFEST, manifest)

@@ -11,10 +11,11 @@ from scoring._io import ScoringError, ground_truth_notes, read_ground_truth, rea
 from scoring.core import match_answers, score_path
 from scoring.records import MANIFEST_KEYS, RECORD_KEYS, Answer, Manifest, Record
 from scoring.report import format_csv, format_table, ranks
-from scoring.rules import RULES, Evaluation, Rule
+from scoring.rules import RULE_PARAMS, RULES, Evaluation, Rule, rule_params
 
 __all__ = [
-    "MANIFEST_KEYS", "RECORD_KEYS", "RULES", "Answer", "Evaluation", "Manifest", "Record", "Rule",
+    "MANIFEST_KEYS", "RECORD_KEYS", "RULE_PARAMS", "RULES", "Answer", "Evaluation", "Manifest", "Record", "Rule",
     "ScoringError", "format_csv", "format_table", "ground_truth_notes", "match_answers", "ranks",
-    "read_ground_truth", "read_label_names", "read_log", "score_path", "synset_index", "synsets",
+    "read_ground_truth", "read_label_names", "read_log", "rule_params", "score_path", "synset_index",
+    "synsets",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from scoring.rules import RULES
+from scoring.rules import RULES, rule_params
 
 COMMON = (
     "rules", "run", "model", "score", "top1", "top5", "images_total", "images_answered",
@@ -37,6 +37,32 @@ def ranks(scores: list[dict]) -> list[int | None]:
     return out
 
 
+def comparable(score: dict) -> tuple:
+    """What two scores must share to be ranked together: the rule set and its parameters (time
+    limit, ms per image, ...), the ground truth file and its image count. LPIRC ranked entries
+    of one track on one holdout under one budget; runs that differ in any of these are ranked
+    apart (a 300-image demo run is not "rank 1" above 500-image runs)."""
+    return (score.get("rules"), rule_params(score), str(score.get("ground_truth")),
+            score.get("images_total"))
+
+
+def grouped_ranks(scores: list[dict]) -> tuple[list[int | None], list[int]]:
+    """Competition ranks within each :func:`comparable` group.
+
+    Returns:
+        (ranks, group): ranks as :func:`ranks` computes them inside a run's group (None without
+        a score); group, each run's group number (0, 1, ... in order of first appearance).
+    """
+    keys: dict[tuple, int] = {}
+    group = [keys.setdefault(comparable(s), len(keys)) for s in scores]
+    out: list[int | None] = [None] * len(scores)
+    for g in range(len(keys)):
+        members = [i for i, x in enumerate(group) if x == g]
+        for i, r in zip(members, ranks([scores[i] for i in members])):
+            out[i] = r
+    return out, group
+
+
 def _fmt(v, digits=4) -> str:
     if v is None:
         return "n/a"
@@ -63,13 +89,14 @@ _UNITS = {
 def format_table(scores: list[dict]) -> str:
     """Human-readable report: one labelled block per run, then a ranking when there are several."""
     blocks = []
-    rk = ranks(scores)
-    for s, r in zip(scores, rk):
+    rk, group = grouped_ranks(scores)
+    size = [group.count(g) for g in group]
+    for s, r, n in zip(scores, rk, size):
         rule = RULES.get(s.get("rules"))
         src = s.get("source", {})
         lines = [f"Run: {s.get('run')}" + (f"   model: {s['model']}" if s.get("model") else "")]
         lines.append(f"  rules               {s.get('rules')}" + (f"  ({rule.describe(s)}; {rule.year})" if rule else ""))
-        lines.append(f"  score               {_fmt(s.get('score'))}" + (f"   rank {r} of {len(scores)}" if r and len(scores) > 1 else ""))
+        lines.append(f"  score               {_fmt(s.get('score'))}" + (f"   rank {r} of {n}" if r and n > 1 else ""))
         lines.append(f"  top-1 accuracy      {_pct(s.get('top1'))}   ({src.get('top1', 'measured')})")
         lines.append(f"  top-5 accuracy      {_pct(s.get('top5'))}   ({src.get('top5', 'measured')})")
         lines.append(
@@ -107,33 +134,53 @@ def format_table(scores: list[dict]) -> str:
             lines.append(f"  warning: {w}")
         blocks.append("\n".join(lines))
     if len(scores) > 1:
-        order = sorted(range(len(scores)), key=lambda i: (rk[i] is None, rk[i] or 0))
-        lines = ["Ranking (equal scores share a rank):"]
+        blocks.extend(_ranking_blocks(scores, rk, group))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _ranking_blocks(scores: list[dict], rk: list, group: list[int]) -> list[str]:
+    """One ranking per comparable group; with several, each says what its runs share."""
+    blocks = []
+    for g in sorted(set(group)):
+        idx = [i for i in range(len(scores)) if group[i] == g]
+        order = sorted(idx, key=lambda i: (rk[i] is None, rk[i] or 0))
+        head = "Ranking (equal scores share a rank):"
+        if len(set(group)) > 1:
+            s = scores[idx[0]]
+            params = ", ".join(f"{k} {_fmt(v)}" for k, v in rule_params(s))
+            head = (f"Ranking {g + 1} (equal scores share a rank; runs under {s.get('rules')}"
+                    f"{' (' + params + ')' if params else ''}, ground truth "
+                    f"{s.get('ground_truth')}, {s.get('images_total')} images; runs that differ "
+                    f"in any of these are ranked apart):")
+        lines = [head]
         for i in order:
             lines.append(f"  {rk[i] if rk[i] else '-':>4}  score {_fmt(scores[i].get('score')):>10}  "
                          f"top-1 {_pct(scores[i].get('top1')):>9}  {scores[i].get('run')}")
         blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
+    return blocks
 
 
 def format_csv(scores: list[dict]) -> str:
     """Leaderboard: one row per run, best first; equal scores share a rank; runs without a score
-    last with an empty rank. Columns: rank, the common fields, then each rule's own fields."""
-    rk = ranks(scores)
+    last with an empty rank. Runs that are not :func:`comparable` are ranked apart, each group
+    numbered in the ``group`` column. Columns: rank, group, the common fields, then each rule's
+    own fields."""
+    rk, group = grouped_ranks(scores)
     extra: list[str] = []
     for s in scores:
         for k in s:
             if k not in _SKIP and k not in extra:
                 extra.append(k)
-    cols = ["rank", *COMMON, *extra, "warnings"]
+    cols = ["rank", "group", *COMMON, *extra, "warnings"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
-    order = sorted(range(len(scores)), key=lambda i: (rk[i] is None, rk[i] or 0, str(scores[i].get("run"))))
+    order = sorted(range(len(scores)),
+                   key=lambda i: (group[i], rk[i] is None, rk[i] or 0, str(scores[i].get("run"))))
     for i in order:
         s = scores[i]
-        row = [rk[i] if rk[i] is not None else ""]
-        for c in cols[1:]:
+        row = [rk[i] if rk[i] is not None else "", group[i] + 1]
+        for c in cols[2:]:
             v = s.get(c)
             if c == "warnings":
                 v = " | ".join(v or [])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -96,12 +96,17 @@ def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     Formula: accuracy = (correct top-1 answers received within the wall budget) / (all holdout
     images); unanswered, failed and late answers (t_s > time_limit_s) are wrong.
     score = accuracy / energy_Wh.
-    time_limit_s defaults to the run's budget in the manifest, else 600 s.
+    time_limit_s defaults to the run's budget in the manifest, else 600 s; with neither (a bare
+    log), an answer the run itself logged ``"late": true`` is late too, since its own budget is
+    then known only through those flags.
     Source: IEEE LPIRC on-site track rules 2015-2019 (10 minutes per submission, score =
     accuracy / energy in watt-hours measured by the referee's power meter).
     """
-    limit = time_limit_s if time_limit_s is not None else ev.budget("time_limit_s") or DEFAULT_TIME_LIMIT_S
+    given = time_limit_s if time_limit_s is not None else ev.budget("time_limit_s")
+    limit = given if given is not None else DEFAULT_TIME_LIMIT_S
     late = ev.t_s > limit  # nan (unknown) compares False: counted
+    if given is None:
+        late = late | ev.late_flag
     acc = ev.counted(~late)
     top1 = acc["top1"]
     score = None
@@ -252,3 +257,23 @@ RULES: dict[str, Rule] = {
     )
 }
 ALL_OPTIONS = ("time_limit_s", "ms_per_image", "idle_watts", "k", "a0", "energy_wh")
+
+# The parameters of a rule set that decide what its score means (its budget, its frontier, its
+# idle power), by the names its score fields carry: scores made with different values are
+# never ranked together (lpirc leaderboard, lpirc report's comparison).
+RULE_PARAMS = ("time_limit_s", "ms_per_image", "frontier_k", "frontier_a0", "idle_watts")
+
+
+def rule_params(fields: Mapping[str, Any] | None) -> tuple[tuple[str, float], ...]:
+    """The :data:`RULE_PARAMS` in a score's fields (a ``score.json`` object, or the rule set's
+    own fields stored with a leaderboard entry), as ``(name, value)`` pairs in
+    :data:`RULE_PARAMS` order: hashable, a grouping key.
+
+    Args:
+        fields: a score object or a subset of it; None or a non-mapping gives ().
+    Returns:
+        e.g. ``(("time_limit_s", 600.0),)`` for an lpirc-onsite score.
+    """
+    f = fields if isinstance(fields, Mapping) else {}
+    return tuple((k, float(f[k])) for k in RULE_PARAMS
+                 if isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool))

@@ -295,6 +295,33 @@ def _one_or_three(v: tuple) -> float | list:
     return float(v[0]) if len(set(v)) == 1 else [float(x) for x in v]
 
 
+def _quantize(tf, conv, data: np.ndarray, dtype: str, mean_c, std_c, source: str) -> bytes:
+    """Full-integer conversion calibrated on ``data`` (N, H, W, 3 float32, normalised): every
+    op int8, input and output ``dtype``. Raises ModelError when the converter fails."""
+    # Pin the calibrated input range to the full pixel range [(0-mean)/std, (255-mean)/std],
+    # so the quantized input is (close to) the raw pixel (uint8) or pixel-128 (int8),
+    # which is what `lpirc run` feeds. Two pixels of the first image are changed for that.
+    data = data.copy()
+    m, sd = np.asarray(mean_c, np.float32), np.asarray(std_c, np.float32)
+    data[0, 0, 0, :] = (0.0 - m) / sd
+    data[0, 0, -1, :] = (255.0 - m) / sd
+
+    def representative_dataset():
+        for k in range(len(data)):
+            yield [data[k:k + 1]]
+
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative_dataset
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.uint8 if dtype == "uint8" else tf.int8
+    conv.inference_output_type = tf.uint8 if dtype == "uint8" else tf.int8
+    try:
+        with _quiet_native_stderr():
+            return conv.convert()
+    except Exception as e:
+        raise ModelError(f"{source}: full-integer conversion failed ({_one_line(e)})") from e
+
+
 def build_submission(out: Path, representative: Path, *, saved_model: Path | None = None,
                      keras_model: Any = None, dtype: str = "uint8", num_images: int = 300,
                      crop_fraction: float = 0.875, mean: Any = 127.5, std: Any = 127.5,
@@ -336,28 +363,7 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
 
         data, skipped = load_representative(representative, h, w, num_images, crop_fraction,
                                             mean_c, std_c, resize, progress)
-        # Pin the calibrated input range to the full pixel range [(0-mean)/std, (255-mean)/std],
-        # so the quantized input is (close to) the raw pixel (uint8) or pixel-128 (int8),
-        # which is what `lpirc run` feeds. Two pixels of the first image are changed for that.
-        data = data.copy()
-        m, sd = np.asarray(mean_c, np.float32), np.asarray(std_c, np.float32)
-        data[0, 0, 0, :] = (0.0 - m) / sd
-        data[0, 0, -1, :] = (255.0 - m) / sd
-
-        def representative_dataset():
-            for k in range(len(data)):
-                yield [data[k:k + 1]]
-
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.uint8 if dtype == "uint8" else tf.int8
-        conv.inference_output_type = tf.uint8 if dtype == "uint8" else tf.int8
-        try:
-            with _quiet_native_stderr():
-                tflite = conv.convert()
-        except Exception as e:
-            raise ModelError(f"{source}: full-integer conversion failed ({_one_line(e)})") from e
+        tflite = _quantize(tf, conv, data, dtype, mean_c, std_c, source)
 
     try:
         with _quiet_native_stderr():
@@ -369,7 +375,6 @@ def build_submission(out: Path, representative: Path, *, saved_model: Path | Non
     if classes not in preflight.CLASS_COUNTS:
         raise ModelError(f"{source}: model has {classes} outputs; an ILSVRC-2012 classifier "
                          "needs 1000 or 1001 (index 0 = background)")
-
     sidecar = {
         "format": SIDECAR_FORMAT,
         "input": {"height": h, "width": w, "dtype": dtype},

@@ -216,8 +216,6 @@ def _check_load(model, delegate, opts, timeout_s, emit):
     """The load check, in a child process: (ModelInfo or None, loaded, delegate missing). A model
     that does not load still gets its structure read (an unresolved op still has tensors and
     ops), in a child process too; None when even that fails."""
-    from lpirc import runtime as rtm
-
     try:
         info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
                                input_size=opts.input_size)
@@ -561,6 +559,7 @@ def _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit) -> 
 
 
 def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
+    """The activations and depthwise checks, on the tensors of one invoke on ``x``."""
     try:
         it = rtm.make_interpreter(model, runtime=rt, threads=1, default_delegates=False,
                                   preserve_all_tensors=True)
@@ -580,8 +579,13 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
     by_index = {d["index"]: d for d in details}
     produced = {int(i) for op in ops for i in op["outputs"]}
     produced |= {int(d["index"]) for d in it.get_input_details()}
+    n_quantized = _check_activations(it, by_index, produced, threshold, emit)
+    _check_depthwise(it, by_index, ops, near_zero, n_quantized, emit)
 
-    # activations
+
+def _check_activations(it, by_index: dict, produced: set, threshold: float, emit) -> int:
+    """Quantized activations whose real range (scale x 255) exceeds ``threshold``, with the
+    range seen on the test image; returns how many quantized activations there are."""
     wide, n_quantized = [], 0
     for i in sorted(produced):
         d = by_index.get(i)
@@ -615,8 +619,13 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
     else:
         emit("activations", PASS, f"none of {n_quantized} quantized activations has a range wider "
                                   f"than {threshold:g}", threshold=threshold, tensors=[])
+    return n_quantized
 
-    # depthwise weights
+
+def _check_depthwise(it, by_index: dict, ops: list, near_zero: int, n_quantized: int,
+                     emit) -> None:
+    """Depthwise weights under per-tensor scales with all-zero channels, or channels using at
+    most ``near_zero`` quantization levels."""
     bad, n_dw, per_channel = [], 0, 0
     for op in ops:
         if op.get("op_name") != "DEPTHWISE_CONV_2D" or len(op["inputs"]) < 2:

@@ -63,11 +63,12 @@ class Chromium:
             targets = json.load(r)
         return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
 
-    def visit(self, path: Path, probe_js: str, timeout_s: float = 30.0) -> PageVisit:
+    def visit(self, path: Path | str, probe_js: str, timeout_s: float = 30.0) -> PageVisit:
+        """Load a file (a Path) or an http:// URL (a str), run ``probe_js``, and report."""
         from websockets.sync.client import connect
 
         out = PageVisit()
-        url = Path(path).resolve().as_uri()
+        url = path if isinstance(path, str) else Path(path).resolve().as_uri()
         with connect(self._page_ws(), max_size=64 << 20, open_timeout=10) as ws:
             self.ws, self.out = ws, out
             for m in ("Page.enable", "Network.enable", "Runtime.enable", "Log.enable"):
@@ -83,7 +84,10 @@ class Chromium:
             pdf = self._call("Page.printToPDF", {"printBackground": False})
             out.pdf = base64.b64decode(pdf["data"])
             self._call("Emulation.setEmulatedMedia", {"media": "print"})
+            self._call("Emulation.setDeviceMetricsOverride", {"width": A4_PRINTABLE_PX, "height": 1000,
+                                                               "deviceScaleFactor": 1, "mobile": False})
             res = self._call("Runtime.evaluate", {"expression": PRINT_JS, "returnByValue": True})
+            self._call("Emulation.clearDeviceMetricsOverride")
             out.print_probe = res["result"].get("value") or {}
             self._drain()
         out.requests = [u for u in out.requests if u != url]
@@ -152,7 +156,11 @@ PROBE_JS = """(() => {
     const sec = f.closest('section');
     return {id: f.dataset.plot, section: sec && sec.dataset.run ? sec.dataset.run : 'compare', svg: !!svg, width: r.width, height: r.height,
             shapes: svg ? svg.querySelectorAll('path, use, rect, line, polyline').length : 0,
-            missing: f.querySelector('.missing') ? f.querySelector('.missing').textContent : null};
+            missing: f.querySelector('.missing') ? f.querySelector('.missing').textContent : null,
+            clipped: svg ? [...svg.querySelectorAll('text')].filter(t => {
+              const b = t.getBoundingClientRect();
+              return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1 || b.top < r.top - 1 || b.bottom > r.bottom + 1);
+            }).map(t => t.textContent) : []};
   });
   return {figures: figs, title: document.title,
           external: document.querySelectorAll('script, link, iframe, img, object, embed').length,
@@ -162,10 +170,18 @@ PROBE_JS = """(() => {
 })()"""
 
 
-# Run in the page under print media: what a printed copy shows of the folded manifest.
+# A4 less the pages' 14 mm margins (@page in page.css), in CSS px: 182 mm x 96 / 25.4
+A4_PRINTABLE_PX = 688
+
+# Run in the page under print media, A4_PRINTABLE_PX wide: what a printed copy shows of the
+# folded manifest, and the tables that would run past the paper's edge (a page cannot scroll).
 PRINT_JS = """(() => {
   const pre = document.querySelector('details pre'), sum = document.querySelector('details summary');
-  return {folded_shown: pre ? pre.checkVisibility() : null, toggle_shown: sum ? sum.checkVisibility() : null};
+  const page = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right > page + 1)
+    .map(t => (t.className || 'table') + ' ' + Math.round(t.getBoundingClientRect().right) + ' px > ' + page);
+  return {folded_shown: pre ? pre.checkVisibility() : null, toggle_shown: sum ? sum.checkVisibility() : null,
+          too_wide: wide};
 })()"""
 
 

@@ -48,8 +48,9 @@ class Referee:
                 m = URL_LINE.search(line)
                 if m:
                     self.url = m.group(1)
-                    threading.Thread(target=self._drain, args=(self.proc.stdout,),
-                                     daemon=True).start()
+                    self._drainer = threading.Thread(target=self._drain, args=(self.proc.stdout,),
+                                                     daemon=True)
+                    self._drainer.start()
                     return self
                 if not line:
                     break
@@ -92,6 +93,8 @@ class Referee:
                 self.proc.kill()
                 self.proc.wait()
         err = self.proc.stderr.read() if not self.proc.stderr.closed else ""
+        if getattr(self, "_drainer", None) is not None:
+            self._drainer.join(timeout=10)  # the server's last lines, up to its EOF
         for f in (self.proc.stdout, self.proc.stderr):
             f.close()
         return err

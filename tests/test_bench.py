@@ -35,7 +35,9 @@ def test_bench_quick_prints_table_and_ratios(tmp_path):
                    "end-to-end limit", "peak RSS, whole process tree", "first answer",
                    "lpirc score", "ratios", "tuned/hand", "tuned/limit",
                    "tuned/pure_inference", "default/hand", "goals",
-                   "--quick: a smoke test", "derived: ", "resize path: lpirc run used "):
+                   "--quick: a smoke test", "derived: ", "resize path: lpirc run used ",
+                   "where the CPU of an answer goes", "lpirc worker path, chunks of 16",
+                   "CPU ms"):
         assert needle in text, f"{needle!r} missing from:\n{text}"
     data = json.loads(out.read_text())
     assert data["figures"]["hand_ips"] > 0
@@ -47,6 +49,12 @@ def test_bench_quick_prints_table_and_ratios(tmp_path):
     from lpirc.preprocess import resize_backend
     assert data["figures"]["resize_backend_run"] == resize_backend()
     assert data["figures"]["resize_backend_preprocess"] == resize_backend()
+    # the parts' CPU time and the in-process breakdown were measured, and are CPU times
+    f = data["figures"]
+    for k in ("preprocess_cpu_ms", "inference_cpu_ms", "path_apart_cpu_ms",
+              "path_interleaved_cpu_ms", "path_worker_cpu_ms", "path_worker_small_cpu_ms"):
+        assert f[k] > 0, k
+    assert f["path_chunk"] == 16
     assert set(data["ratios"]) >= {"tuned/hand", "tuned/limit", "tuned/pure_inference"}
     # the memory check ran on a larger holdout of hard links
     assert data["big"]["holdout_images"] > 24

@@ -40,7 +40,8 @@ def write_gt(path: Path) -> Path:
 
 
 def fake_run(folder: Path, gt: Path, correct: int, wh: float, files_sha="h" * 64,
-             start="2026-11-30T08:00:00.000000Z", source="estimated") -> Path:
+             start="2026-11-30T08:00:00.000000Z", source="estimated", time_limit_s=600.0,
+             ms_per_image=30.0) -> Path:
     """A run folder whose first ``correct`` of N answers are right (the rest wrong), each with
     10 ms of inference at t_s = 0.1 s x index, and an energy of ``wh``."""
     folder.mkdir(parents=True)
@@ -59,7 +60,7 @@ def fake_run(folder: Path, gt: Path, correct: int, wh: float, files_sha="h" * 64
         "holdout": {"path": "/h", "image_count": N, "order_seed": 0, "files_sha256": files_sha,
                     "ground_truth": str(gt)},
         "settings": {"rules": "lpirc-onsite"},
-        "budget": {"clock": "wall", "time_limit_s": 600.0, "ms_per_image": 30.0},
+        "budget": {"clock": "wall", "time_limit_s": time_limit_s, "ms_per_image": ms_per_image},
         "start_utc": start, "wall_time_s": 2.0, "inference_time_s": 0.2,
         "energy": {"wh": wh, "source": source, "method": "test"},
         "machine": {"cpu": "test CPU", "cores_logical": 2, "arch": "x86_64"},
@@ -158,7 +159,40 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
     from lpirc.cli_pages import format_table
 
-    assert "entries on different holdouts or rule sets are never ranked together" in format_table(rows, "db", None)
+    assert "entries on different holdouts, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
+
+
+def test_different_budgets_are_ranked_apart_and_titled_with_their_own(tmp_path):
+    """A run with a 1 s wall budget is not ranked against runs that had 600 s, and each group's
+    title gives the budget its entries had (not the rule set's default); under ovic-2018 the
+    same for ms per image."""
+    gt = write_gt(tmp_path / "gt.csv")
+    runs = [fake_run(tmp_path / "long-a", gt, 20, 1.0), fake_run(tmp_path / "long-b", gt, 10, 1.0, start="2026-11-30T09:00:00Z"),
+            fake_run(tmp_path / "short", gt, 20, 0.1, start="2026-11-30T10:00:00Z", time_limit_s=1.0, ms_per_image=10.0)]
+    dbf = tmp_path / "s.sqlite"
+    assert lpirc("leaderboard", "add", *runs, "--db", dbf).returncode == 0
+    r = lpirc("leaderboard", "show", "--db", dbf)
+    assert r.returncode == 0, r.stderr
+    blocks = r.stdout.split("\n\nGroup ")[1:]
+    assert len(blocks) == 2, r.stdout
+    assert "wall budget (600 s)" in blocks[0].splitlines()[0] and "2 entries" in blocks[0].splitlines()[0]
+    assert "long-a" in blocks[0] and "long-b" in blocks[0] and "short" not in blocks[0]
+    assert "wall budget (1 s)" in blocks[1].splitlines()[0] and "short" in blocks[1]
+    assert "(600 s)" not in blocks[1]
+    # the short run's answers after 1 s were late: t_s = 0.1 s x index, so 11 of 20 count
+    # (0.0 .. 1.0 s): top-1 0.55, score 0.55 / 0.1 Wh = 5.5
+    assert re.search(r"short\s+5\.5\s+55\.00 %", blocks[1]), blocks[1]
+    r = lpirc("leaderboard", "show", "--db", dbf, "--rules", "ovic-2018", "--format", "json")
+    groups = json.loads(r.stdout)["groups"]
+    assert [g["title"].split("rules ")[1].split(";")[0] for g in groups] == [
+        "ovic-2018: accuracy within 30 ms x N of summed inference time (Pixel 2 track)",
+        "ovic-2018: accuracy within 10 ms x N of summed inference time (Pixel 2 track)"]
+    rows = json.loads(r.stdout)["standings"]
+    assert {x["submission"]: x["params"] for x in rows}["short"] == {"ms_per_image": 10.0}
+    r = lpirc("leaderboard", "show", "--db", dbf, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert {x["submission"]: (x["group"], x["params"]) for x in rows} == {
+        "long-a": ("1", "time_limit_s=600"), "long-b": ("1", "time_limit_s=600"), "short": ("2", "time_limit_s=1")}
 
 
 def test_missing_log_is_unranked_with_a_note(db, field_runs):
@@ -339,6 +373,11 @@ def test_cli_add_show_remove(tmp_path, field_runs):
     assert r.stdout.count("added ") == 6
     r = lpirc("leaderboard", "add", field_runs["A"], "--db", db)
     assert r.returncode == 0 and r.stdout.startswith("already there")
+    # a copy of A's folder under another name is A: the line names the entry stored, not the copy
+    copy = shutil.copytree(field_runs["A"], tmp_path / "copy-of-A")
+    r = lpirc("leaderboard", "add", copy, "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert re.match(rf"already there  \w{{12}}  A \(stored from {re.escape(str(field_runs['A']))}\)  lpirc-onsite", r.stdout), r.stdout
 
     table = lpirc("leaderboard", "show", "--db", db)
     assert table.returncode == 0, table.stderr
@@ -366,10 +405,48 @@ def test_cli_add_show_remove(tmp_path, field_runs):
     assert "  E  " not in lpirc("leaderboard", "show", "--db", db).stdout
 
 
+def test_failed_run_is_ranked_but_wins_no_side_prize(tmp_path, field_runs):
+    """A run that failed (a model that could not run: status failed, nothing answered, a sliver
+    of energy) is ranked last at its score of 0, but is not in the running for the side prizes:
+    it neither wins 'highest accuracy with low energy' at 0 % nor moves the thresholds (the
+    hand-computed prizes of the six-run field stand)."""
+    failed = fake_run(tmp_path / "failed", field_runs["A"].parent / "gt.csv", 0, 0.0003, start="2026-11-30T09:30:00Z")
+    (failed / "results.jsonl").write_text("")
+    m = json.loads((failed / "manifest.json").read_text())
+    m.update(status="failed", images_answered=0)
+    m["energy"]["source"] = "measured"  # the others' are estimated: the group mixes labels
+    (failed / "manifest.json").write_text(json.dumps(m))
+    db = tmp_path / "f.sqlite"
+    assert lpirc("leaderboard", "add", *field_runs.values(), failed, "--db", db).returncode == 0
+    r = lpirc("leaderboard", "show", "--db", db)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\n\s+7\s+failed\s+0\s+0\.00 %.*0/20\s+\w{12}\n", r.stdout), r.stdout
+    assert "least energy with high accuracy: B (lowest energy among top-1 >= mean + 1 std = 98.39 %)" in r.stdout
+    assert "highest accuracy with low energy: E (highest top-1 among energy <= mean - 1 std = 0.2969 Wh)" in r.stdout
+    assert "note: failed: run status failed: no side prize" in r.stdout
+    assert "answered nothing" not in r.stdout  # one reason a row, the first
+    # a run whose budget ran out before any answer (status budget_exhausted): the same, said so
+    m.update(status="budget_exhausted", start_utc="2026-11-30T09:40:00Z")
+    (failed / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("leaderboard", "add", failed, "--db", db, "--name", "empty").returncode == 0
+    r = lpirc("leaderboard", "show", "--db", db)
+    assert "note: empty: answered nothing: no side prize" in r.stdout
+    assert "highest accuracy with low energy: E (" in r.stdout
+    # a note on the whole group is printed once, not once per entry
+    assert r.stdout.count("energy figures of mixed provenance") == 1
+    assert "\n  note: energy figures of mixed provenance (estimated, measured)\n" in r.stdout
+
+
 def test_cli_show_errors(tmp_path):
     r = lpirc("leaderboard", "show", "--db", tmp_path / "none.sqlite")
     assert r.returncode == 5 and "no standings database here" in r.stderr
     assert not (tmp_path / "none.sqlite").exists()  # show never creates one
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    for cmd in (("show",), ("remove", "abc")):  # nor turns an empty file into one
+        r = lpirc("leaderboard", *cmd, "--db", empty)
+        assert r.returncode == 5 and r.stderr.strip().startswith(f"lpirc: error: {empty}: no standings database here")
+        assert empty.stat().st_size == 0
     bad = tmp_path / "bad.sqlite"
     bad.write_text("x" * 4096)
     r = lpirc("leaderboard", "show", "--db", bad)
@@ -403,6 +480,7 @@ def test_standings_page_in_chromium(tmp_path, field_runs):
     assert visit.requests == [] and visit.errors == [] and visit.probe["external"] == 0
     assert "least energy with high accuracy" in visit.probe["text"]
     assert visit.probe["tables"] == 1
+    assert visit.print_probe["too_wide"] == []  # printed, the table fits the paper
 
 
 def test_entry_from_score_for_a_referee_session(db, tmp_path, field_runs):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -107,10 +110,13 @@ def test_protocol_call_by_call(holdout, tmp_path):
                                           ["2", "n01440764", "0.4", "2.0", "2.0", "6.0", "6.0"]]
         assert [r[9] for r in rows] == ["3", "0"]  # class index: as given, and the synset's
         assert ref.post("/nope").status_code == 404
+        assert ref.http.put(ref.url + "/login", data={"username": "alpha"}).status_code == 405
         r = lpirc("referee", "serve", "--holdout", str(root), "--db", str(db), "--port", "0")
         assert r.returncode == 5 and "another lpirc referee is serving this database" in r.stderr
         err = ref.stop()  # SIGTERM: a clean shutdown, exit 0, nothing on stderr
         assert ref.proc.returncode == 0 and err == ""
+        assert ref.lines[-1] == ("lpirc referee: stopped; 0 open session(s) continue on their "
+                                 f"own clocks when it is started again on {db}")
 
 
 def test_full_session_scored_with_meter(holdout, tmp_path):
@@ -143,8 +149,14 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
                 assert ref.post("/energy", token=token, energy_wh="9", method="RAPL").status_code == 200
             assert ref.post("/logout", token=token).status_code == 200
         t1 = time.time()
-        r = ref.post("/powermeter", token=meter, player="alpha", power="12.0", timestamp=str(t1 + 1))
-        assert r.status_code == 200, r.text
+        for again in ("", ", 1 already stored (same time and watts)"):  # a retried post
+            r = ref.post("/powermeter", token=meter, player="alpha", power="12.0",
+                         timestamp=str(t1 + 1))
+            assert (r.status_code, r.text) == (200, "Readings stored in the server database: "
+                                                    f"{0 if again else 1} reading(s) for alpha{again}\n")
+        assert ref.post("/logout", token=meter).status_code == 200  # a meter is no attempt
+        wait_for(lambda: any(ln.startswith("lpirc referee: wt310 (meter) ended (logout) after ")
+                             for ln in ref.lines))
         rows = wait_for(lambda: (lambda x: x if len(x) == 2 else None)(results_json(db)))
         page = ref.http.get(ref.url + "/leaderboard").text
         assert "<h1>Standings</h1>" in page and "alpha" in page and "metered" in page
@@ -162,8 +174,15 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     log.write_text(f"timestamp,watts\n{t0 - 2},20\n{t1 + 2},20\n")
     r = lpirc("referee", "power", "beta", str(log), "--db", str(db))
     assert r.returncode == 0 and "(metered: power meter (import:meter.csv): " in r.stdout, r.stdout
+    assert r.stdout.splitlines()[0] == f"imported 2 readings from {log} for beta"
+    assert re.match(r"  attempt 1: score [0-9.e+]+ 1/Wh \(top-1 [0-9.]+ %, measured by the "
+                    r"referee\), energy [0-9.e-]+ Wh \(metered: ", r.stdout.splitlines()[1]), r.stdout
     beta = {x["team"]: x for x in results_json(db)}["beta"]
     assert beta["energy_source"] == "metered"
+    r = lpirc("referee", "power", "beta", str(log), "--db", str(db))  # the same log again
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == (
+        f"imported 0 readings from {log} for beta (2 already stored: same time and watts, skipped)")
+    assert {x["team"]: x for x in results_json(db)}["beta"]["energy_wh"] == beta["energy_wh"]
     assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)
     # lpirc's standings database has both sessions, beta's entry replaced by its rescoring
     from lpirc import leaderboard
@@ -175,6 +194,9 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     assert (got["alpha"].energy_label, got["beta"].energy_label) == ("metered", "metered")
     assert got["beta"].energy_wh == pytest.approx(beta["energy_wh"])
     assert got["alpha"].score == pytest.approx(alpha["score"]) and got["alpha"].top5 is None
+    r = lpirc("leaderboard", "show", "--db", str(standings))
+    assert r.returncode == 0 and "alpha attempt 1" in r.stdout, r.stdout + r.stderr
+    assert "run status" not in r.stdout  # a session ended by logout is a complete run
 
 
 def test_time_limit_refuses_late_answers(holdout, tmp_path):
@@ -190,12 +212,22 @@ def test_time_limit_refuses_late_answers(holdout, tmp_path):
         assert ref.post("/zipimages", token=token, image_name="1").status_code == 401
         row = wait_for(lambda: results_json(db))[0]
         events = wait_for(lambda: [ln for ln in ref.lines if "scored" in ln] and ref.lines)
+        assert row["energy_source"] == "absent" and row["score"] is None
+        # the device's own energy figure, made when its run stopped at the limit, is still
+        # taken (answers are not), and the session is scored again with it
+        r = ref.post("/energy", token=token, energy_wh="0.25", method="estimated")
+        assert (r.status_code, r.text) == (200, "Energy stored: 0.25 Wh, self-reported "
+                                                "(estimated), after the time limit (answers are not)\n")
+        assert ref.post("/energy", token=token, energy_wh="-1").status_code == 406
+        rescored = results_json(db)[0]
     assert row["end_reason"] == "time_limit" and row["answered"] == 1
     assert "alpha (team) attempt 1 started at" in events[0]
     assert "alpha attempt 1 ended (time_limit) after 1.5 s" in events[1]
     assert events[2].startswith("lpirc referee: alpha attempt 1 scored: n/a (top-1 ")
     assert row["wall_time_s"] == pytest.approx(1.5)
     assert len(answers(db)) == 1
+    assert (rescored["energy_source"], rescored["energy_wh"]) == ("self-reported", 0.25)
+    assert rescored["score"] == pytest.approx(rescored["top1"] / 0.25)
 
 
 def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
@@ -211,16 +243,25 @@ def test_kill9_and_restart_keep_answers_and_clock(holdout, tmp_path):
             assert r.status_code == 200
         left_before = float(ref.post("/status", token=token).text.split("time_left_s ")[1])
         ref.kill9()
+        r = lpirc("referee", "serve", "--holdout", str(root), "--db", str(db), "--port", "0",
+                  "--class-id-base", "1")  # the open session numbers classes from 0
+        assert r.returncode == 5 and r.stderr.strip() == (
+            f"lpirc: error: {db}: open session 1 (alpha, attempt 1) takes CLASS_ID from 0; "
+            "serve with --class-id-base 0 until it has ended")
         time.sleep(1.0)
         ref.start()  # same database: same secret, same open session, same clock
         r = ref.post("/status", token=token)
         assert r.status_code == 200 and "answers 120\n" in r.text
         left_after = float(r.text.split("time_left_s ")[1])
         assert left_after < left_before - 0.9
+        resumed = wait_for(lambda: [ln for ln in ref.lines if " resumed " in ln])
+        assert resumed[0].startswith("lpirc referee: alpha attempt 1 resumed (started ")
+        assert resumed[0].endswith("s left by its clock, 120 answer(s) and 0 duplicate(s) stored)")
         assert ref.login("alpha", "pw") == token
         assert ref.post("/logout", token=token).status_code == 200
         row = wait_for(lambda: results_json(db))[0]
         assert row["answered"] == 120
+        assert Path(row["run_dir"]).is_absolute() and (Path(row["run_dir"]) / "score.json").is_file()
     finally:
         ref.stop()
 
@@ -256,6 +297,16 @@ def test_duplicates_and_malformed_answers(holdout, tmp_path):
                           headers={"content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 406
         assert "duplicates 2\n" in ref.post("/status", token=token).text
+        r = lpirc("referee", "results", "--db", str(db), "--all")  # the session is still open
+        assert r.returncode == 0 and "None" not in r.stdout, r.stdout
+        line = next(ln for ln in r.stdout.splitlines() if team[:20] in ln)
+        assert line.split()[5:8] == ["1/130", "2", "n/a"], line  # answered so far, duplicates
+        assert line.endswith("n/a (session open: answers so far)"), line
+        assert "every attempt, oldest first, unranked" in r.stdout
+        r = lpirc("referee", "results", "--db", str(db), "--all", "--format", "csv")
+        head, row = r.stdout.splitlines()
+        assert head.endswith(",end_reason,status") and row.endswith(",open"), r.stdout
+        assert dict(zip(head.split(","), row.split(",")))["answered"] == "1"
         ref.post("/logout", token=token)
         row = wait_for(lambda: results_json(db))[0]
         page = ref.http.get(ref.url + "/").text
@@ -340,10 +391,17 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 0 and "password: " in r.stdout
     r = lpirc("referee", "add-team", "alpha", "--db", str(db), "--password", "x")
     assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {db}: team 'alpha' already exists"
+    r = lpirc("referee", "add-team", "beta", "--db", str(db), "--password", "")
+    assert r.returncode == 2 and "'--password': must not be empty" in r.stderr
     r = lpirc("referee", "results", "--db", str(tmp_path / "none.sqlite"))
     assert r.returncode == 5 and "referee database not found" in r.stderr
+    r = lpirc("referee", "answers", "--db", str(db), "--team", "nobody")
+    assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {db}: no team 'nobody'"
+    r = lpirc("referee", "answers", "--db", str(db), "--team", "alpha")
+    assert r.returncode == 0 and r.stdout.startswith("image_name,CLASS_ID,confidence,")
     r = lpirc("referee", "serve", "--holdout", str(tmp_path / "nowhere"), "--db", str(db))
     assert r.returncode == 5 and "holdout folder not found" in r.stderr
+    assert not Path(f"{db}.lock").exists()  # nothing left behind by a referee that never started
     r = lpirc("referee", "results", "--db", str(db))
     assert r.returncode == 0 and "no scored session yet" in r.stdout
     stray = tmp_path / "stray"  # two labelled images and a zip left in the folder
@@ -359,6 +417,23 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 2 and "--referee needs --user and --password" in r.stderr
     r = lpirc("run", "--user", "alpha", "--password", "pw")
     assert r.returncode == 2 and "--user and --password go with --referee URL" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--quiet", "--no-report", "--out",
+                        str(tmp_path / "local")], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "LPIRC_REFEREE_PASSWORD": "pw"})
+    assert r.returncode == 0, r.stderr  # an exported referee password does not stop a local run
+    r = lpirc("run", "--referee", "127.0.0.1:8000", "--user", "alpha", "--password", "pw")
+    assert r.returncode == 2 and "--referee '127.0.0.1:8000': expected http://HOST:PORT" in r.stderr
+    r = lpirc("run", "--referee", "http://127.0.0.1:9", "--user", "alpha", "--password", "pw",
+              "--holdout", str(root))
+    assert r.returncode == 2 and "--holdout does not go with --referee" in r.stderr
+    with socket.socket() as s:  # a port nobody listens on: refused at once, retried, then exit 1
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    r = lpirc("run", "--referee", f"http://127.0.0.1:{closed}", "--user", "alpha", "--password",
+              "pw", "--time-limit-s", "2", "--quiet", "--out", str(tmp_path / "unreached"))
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"lpirc: error: http://127.0.0.1:{closed}/help: cannot reach the referee (tried for ")
+    assert "Connection refused" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_original_sample_client_pycurl(holdout, tmp_path):
@@ -422,16 +497,39 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
     out = tmp_path / "run"
     with Referee(small_holdout, db, "--class-id-base", "1", time_limit_s=120) as ref:
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
-                  "--password", "pw", "--out", str(out), "--quiet",  # --time-limit-s 600
-                  "--no-report", "--referee-ahead", "100", "--referee-class-base", "1")
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "40 downloaded, 40 answers posted (200), 0 refused, 0 never posted" in r.stdout
-        assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
+                  "--password", "pw", "--out", str(tmp_path / "off"), "--quiet",
+                  "--referee-class-base", "0")  # contradicts the referee: refused before login
+        assert r.returncode == 1 and r.stderr.strip() == (
+            f"lpirc: error: {ref.url}: the referee numbers CLASS_ID from 1 (its /help), not from "
+            "0 (--referee-class-base): every answer would be off by one")
+        assert results_json(db, "--all") == []  # no session started
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "alpha",
-                  "--password", "wrong", "--out", str(tmp_path / "run2"), "--quiet")
+                  "--password", "pw", "--out", str(out), "--quiet",  # --time-limit-s 600
+                  "--no-report", "--referee-ahead", "100")  # numbering: the referee's /help
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ("40 downloaded, 40 answers posted (200), 0 refused, 0 never posted; CLASS_ID "
+                "from 1 (the referee's /help)") in r.stdout
+        assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
+        r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
+                            "--referee", ref.url, "--user", "alpha", "--out", str(tmp_path / "run2"),
+                            "--quiet"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "LPIRC_REFEREE_PASSWORD": "wrong"})
         assert r.returncode == 1 and r.stderr.strip() == \
             f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]
+    big = tmp_path / "big"  # 2,000 images: more than the reference model answers in 1.5 s
+    make_distinct_holdout(small_holdout, big, 2000)
+    add_team(tmp_path / "late.sqlite", "late")
+    with Referee(big, tmp_path / "late.sqlite", time_limit_s=1.5) as ref:
+        r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "late",
+                  "--password", "pw", "--out", str(tmp_path / "late"), "--quiet", "--no-report")
+        assert r.returncode == 0 and "status          budget_exhausted" in r.stdout, r.stdout + r.stderr
+        assert "referee energy  posted" in r.stdout, r.stdout  # taken just after the limit
+        assert ("referee logout  none needed: the session had already ended (401 Time limit "
+                "reached)") in r.stdout
+        late = wait_for(lambda: (lambda x: x if x and x[0]["energy_source"] != "absent" else None)(
+            results_json(tmp_path / "late.sqlite")))[0]
+        assert late["energy_source"] == "self-reported" and late["score"] is not None
     local = {int(json.loads(ln)["image"][:-4]): json.loads(ln)["top5"][0]
              for ln in (out / "results.jsonl").read_text().splitlines()}
     remote = {int(a[0]): int(a[9]) for a in answers(db)}  # class index, from 1-based CLASS_IDs
@@ -480,3 +578,86 @@ def test_referee_client_retries_across_a_restart(holdout, tmp_path):
             if t.is_alive():
                 t.join()
         ref.stop()
+
+
+def test_multipart_forms(holdout, tmp_path):
+    """Fields sent as multipart/form-data (curl -F, pycurl's HTTPPOST) are read like URL-encoded
+    ones; a broken multipart body or a file part is a 406 with one line, never a 500."""
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(root, db) as ref:
+        def multipart(path: str, **fields) -> "httpx.Response":
+            parts = [(k, (None, v)) for k, vs in fields.items()
+                     for v in (vs if isinstance(vs, list) else [vs])]
+            return ref.http.post(ref.url + path, files=parts)
+
+        r = multipart("/login", username="alpha", password="pw")
+        assert r.status_code == 200, r.text
+        token = r.text
+        r = multipart("/result", token=token, image_name=["1", "2"], CLASS_ID=["3", "4"],
+                      confidence=["0.5", "0.4"])
+        assert (r.status_code, r.text) == (
+            200, "Result stored in the server database: 2 new, 0 duplicate(s) "
+                 "(an image's first answer counts)\n")
+        r = multipart("/result", token=token, image_name="3", CLASS_ID=["3", "4"], confidence="1")
+        assert r.status_code == 406 and "length mismatch" in r.text
+        r = ref.http.post(ref.url + "/result", files={"token": (None, token),
+                                                      "image_name": ("a.txt", b"4")})
+        assert r.status_code == 406 and r.text.startswith("Malformed multipart form")
+        r = ref.http.post(ref.url + "/result", content=b"--x\r\nnot a part",
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+        assert 400 <= r.status_code < 500 and r.text.count("\n") <= 1, (r.status_code, r.text)
+        assert "answers 2\n" in ref.post("/status", token=token).text
+        err = ref.stop()
+    assert "Traceback" not in err
+
+
+STANDINGS_PROBE = """(() => ({
+  headers: [...document.querySelectorAll('th')].map(e => e.textContent),
+  rows: [...document.querySelectorAll('tr')].slice(1).map(
+      tr => [...tr.querySelectorAll('td')].map(e => e.textContent)),
+  under: [...document.querySelectorAll('li')].map(e => e.textContent),
+  note: document.querySelector('p').textContent,
+}))()"""
+
+
+def test_standings_page_in_chromium(holdout, tmp_path):
+    """The live standings page (`/`) in a real headless Chromium: each column says its unit or
+    source, a scored team's row, a session under way with its answers so far; no page errors,
+    nothing asked of any other host."""
+    from chromium import Chromium, find_chromium, png_size
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): browser checks skipped")
+    root, _ = holdout
+    db = tmp_path / "r.sqlite"
+    for team in ("alpha", "beta"):
+        add_team(db, team)
+    with Referee(root, db) as ref:
+        a = ref.login("alpha", "pw")
+        ref.post("/result", token=a, image_name=["1", "2"], CLASS_ID=["1", "2"], confidence=["1", "1"])
+        ref.post("/energy", token=a, energy_wh="0.5", method="estimated")
+        ref.post("/logout", token=a)
+        b = ref.login("beta", "pw")
+        ref.post("/result", token=b, image_name=["1", "2", "3"], CLASS_ID=["1"] * 3,
+                 confidence=["1"] * 3)
+        alpha = wait_for(lambda: results_json(db))[0]
+        browser = Chromium(binary)
+        try:
+            visit = browser.visit(ref.url + "/", STANDINGS_PROBE)
+        finally:
+            browser.close()
+    page = visit.probe
+    assert page["headers"] == ["rank", "team", "attempt", "score (1/Wh)", "top-1 (measured)",
+                               "answered", "duplicates", "energy (source)"]
+    assert page["rows"] == [["1", "alpha", "1", f"{alpha['score']:.4g}",
+                             f"{100 * alpha['top1']:.2f} %", "2/130", "0",
+                             "0.5 Wh (self-reported)"]]
+    (under,) = page["under"]
+    assert under.startswith("beta, attempt 1: 3 of 130 images answered so far, ")
+    assert under.endswith(" s left by the referee's clock")
+    assert "energy in Wh (rules lpirc-onsite)" in page["note"] and "absent (no score)" in page["note"]
+    assert visit.errors == [] and all(u.startswith(ref.url) for u in visit.requests), visit.requests
+    assert png_size(visit.screenshot)[0] >= 800

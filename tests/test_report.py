@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import scoring
@@ -79,12 +80,13 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
         assert f["svg"] and f["missing"] is None, f
         assert f["width"] > 300 and f["height"] > 100, f  # laid out at a readable size
         assert f["shapes"] >= 10, f  # axes, ticks and data, not an empty frame
+        assert f["clipped"] == [], f  # no label runs past the picture's edge
     w, h = png_size(visit.screenshot)
     assert w == 1200 and h > 1500, (w, h)
     assert len(visit.screenshot) > 50_000
     assert visit.pdf.startswith(b"%PDF") and visit.pdf.count(b"/Type /Page") >= 2
     # printed: the folded manifest.json is shown in full, its toggle is not
-    assert visit.print_probe == {"folded_shown": True, "toggle_shown": False}, visit.print_probe
+    assert visit.print_probe == {"folded_shown": True, "toggle_shown": False, "too_wide": []}, visit.print_probe
 
 
 ONE_RUN = {"race", "throughput", "latency", "classes", "confusion", "power"}
@@ -217,3 +219,153 @@ def test_page_style_is_not_escaped(tmp_path):
     assert lpirc("report", run).returncode == 0
     html = (run / "report.html").read_text()
     assert '"DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]
+
+
+def test_runs_raced_on_different_clocks_say_so(tmp_path):
+    """A run scored on the wall clock and one on summed inference time (ovic-2018) share the
+    race's x axis: the axis and the caption say which run is on which clock, and a single
+    inference-clock run's caption names inference_ms, not t_s, as its times."""
+    wall = awkward_run(tmp_path / "wallrun")
+    inf = awkward_run(tmp_path / "infrun")
+    m = json.loads((inf / "manifest.json").read_text())
+    m["settings"]["rules"] = "ovic-2018"
+    m["budget"] = {"clock": "inference", "ms_per_image": 10.0}
+    (inf / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "both.html"
+    r = lpirc("report", wall, inf, "-o", out)
+    assert r.returncode == 0, r.stderr
+    race = out.read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    assert "time (s): wall time since the run started for wallrun; summed inference time for infrun" in race
+    assert "raced on different clocks" in race and "infrun: summed inference time" in race
+    assert "in its colour" in race  # several deadlines: each in its run's colour, not all red
+    more = [shutil.copytree(wall, tmp_path / f"another-wall-clock-run-{i}") for i in range(4)]
+    assert lpirc("report", wall, *more, inf, "-o", out).returncode == 0
+    race = out.read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    # five names would run off the picture: the most common clock is 'the others'
+    assert "time (s): summed inference time for infrun; wall time since the run started for the others" in race
+    r = lpirc("report", inf)
+    assert r.returncode == 0, r.stderr
+    race = (inf / "report.html").read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    assert "inference_ms of each answer" in race and "t_s of each answer" not in race
+    assert "deadline 0.3 s" in race  # 10 ms x 30 images
+
+
+def test_throughput_spreads_logged_batches_and_shows_a_dead_worker():
+    """Answers reach the log 16 at a time: a steady worker is drawn at its steady rate in every
+    bin (counting batches by their log time alone gives 26.7 or 53.3 answers/s by how many
+    batches a 0.6 s bin catches: false stalls and bursts), a worker that dies falls to zero, and
+    no answer is lost or invented."""
+    from lpirc.report_figures import _bins, worker_rates
+
+    steady = np.repeat(np.arange(1, 13) * 0.5, 16)  # worker 0: 16 answers every 0.5 s to 6 s
+    dies = np.repeat(np.arange(1, 5) * 0.5, 16)  # worker 1: the same, until 2 s
+    t = np.concatenate((steady, dies))
+    w = np.concatenate((np.zeros(len(steady), int), np.ones(len(dies), int)))
+    edges = _bins(6.0, len(t))
+    assert np.allclose(np.diff(edges), 0.6)
+    naive = np.histogram(steady, edges)[0] / 0.6
+    assert naive.min() < 27 and naive.max() > 53  # what the old picture showed
+    rates = worker_rates(t, w, edges)
+    assert np.allclose(rates[0], 32.0)  # 16 answers / 0.5 s, in every bin
+    assert np.allclose(rates[1][edges[1:] <= 2.0], 32.0)
+    assert np.all(rates[1][edges[:-1] >= 2.0] == 0.0)  # dead after its last batch
+    for k, n in ((0, len(steady)), (1, len(dies))):
+        assert np.isclose((rates[k] * np.diff(edges)).sum(), n)
+    # a replacement worker started at 4 s is not drawn busy before it started
+    late = worker_rates(np.repeat([4.5, 5.0, 5.5], 16), np.full(48, 2), edges)[2]
+    assert np.all(late[edges[1:] <= 4.0] == 0.0) and np.allclose(late[(edges[:-1] >= 4.0) & (edges[1:] <= 5.5)], 32.0)
+
+
+def test_point_labels_stay_inside_the_accuracy_figure(tmp_path):
+    """The run furthest right on each axis of 'accuracy against time and energy' is named to
+    the left of its point (a label to its right ran off the figure and was cut: 'mnv2-full (e')."""
+    a = awkward_run(tmp_path / "fast", correct_first=20, inference_ms=10.0)
+    b = awkward_run(tmp_path / "slow", correct_first=22, inference_ms=40.0)
+    m = json.loads((b / "manifest.json").read_text())
+    m["energy"]["wh"] = 0.05
+    (b / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "two.html"
+    assert lpirc("report", a, b, "-o", out, "--rules", "ovic-2019").returncode == 0
+    fig = out.read_text().split('data-plot="accuracy"')[1].split("</figure>")[0]
+    texts = dict((t, "text-anchor: end" in style) for style, t in
+                 re.findall(r'<text style="([^"]*)"[^>]*>([^<]*)</text>', fig))
+    assert texts["slow"] and texts["slow (estimated)"], texts
+    assert not texts["fast"] and not texts["fast (estimated)"], texts
+    # energies a decade and more apart (0.002 and 0.05 Wh): a log axis with plain ticks at 1, 2,
+    # 5 x 10^n (it had one tick, written 10^-2)
+    m = json.loads((a / "manifest.json").read_text())
+    m["energy"]["wh"] = 0.002
+    (a / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("report", a, b, "-o", out).returncode == 0
+    fig = out.read_text().split('data-plot="accuracy"')[1].split("</figure>")[0]
+    ticks = set(re.findall(r'<text style="[^"]*"[^>]*>([^<]*)</text>', fig))
+    assert {"0.005", "0.01", "0.02"} <= ticks, ticks
+
+
+def test_comparison_says_why_runs_are_not_ranked(tmp_path):
+    """Runs on one holdout under one rule set but with different budgets are not ranked
+    together (a 2 s run against a 5 s one), and the note says what differs; equal budgets are
+    ranked."""
+    a = awkward_run(tmp_path / "two-s")
+    b = awkward_run(tmp_path / "five-s")
+    m = json.loads((b / "manifest.json").read_text())
+    m["budget"]["time_limit_s"] = 5.0
+    (b / "manifest.json").write_text(json.dumps(m))
+    out = tmp_path / "c.html"
+    assert lpirc("report", a, b, "-o", out).returncode == 0
+    html = out.read_text()
+    assert "Not ranked: different budgets: time_limit_s 2 (two-s); time_limit_s 5 (five-s)." in html
+    c = awkward_run(tmp_path / "also-two-s", correct_first=10)
+    assert lpirc("report", a, c, "-o", out).returncode == 0
+    table = out.read_text().split('<table class="compare">')[1].split("</table>")[0]
+    assert "Not ranked" not in out.read_text()
+    assert re.findall(r'<tr><td class="num">(\d)</td><td>([\w-]+)</td>', table) == [("1", "two-s"), ("2", "also-two-s")]
+    m = json.loads((c / "manifest.json").read_text())
+    m["holdout"]["files_sha256"] = "ef" * 32
+    (c / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("report", a, c, "-o", out).returncode == 0
+    assert ("Not ranked: different holdouts (sha256 of the ordered file list): cdcdcdcdcdcd (two-s); "
+            "efefefefefef (also-two-s).") in out.read_text()
+
+
+def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
+    """30 classes of one image, 4 right (0, 1, 2, 4: image 3 failed): 26 classes at 0 %, of
+    which the 15 bars show 15; the caption says 11 more are as bad. The same for the mistakes:
+    the 10 drawn are said to be 10 of 19."""
+    run = awkward_run(tmp_path / "ties", correct_first=5)
+    assert lpirc("report", run).returncode == 0
+    fig = (run / "report.html").read_text().split('data-plot="classes"')[1].split("</figure>")[0]
+    assert "26 classes have 0 % top-1; 11 of them are not shown (ties go by most images, then class index)." in fig
+    conf = (run / "report.html").read_text().split('data-plot="confusion"')[1].split("</figure>")[0]
+    # 23 answers that ran (25 less 2 failed), 4 right: the 10 mistakes drawn are 10 of 19
+    assert "They are 10 of the run&#39;s 19 wrong answers (late ones included)." in conf
+
+
+def test_race_caption_matches_the_deadline_drawn(tmp_path):
+    """The caption speaks of a red deadline line only when one is drawn: a run that used a
+    sliver of its budget has its deadline off the chart, and the caption says so."""
+    run = awkward_run(tmp_path / "sliver")
+    m = json.loads((run / "manifest.json").read_text())
+    m["budget"]["time_limit_s"] = 600.0
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert lpirc("report", run).returncode == 0
+    race = (run / "report.html").read_text().split('data-plot="race"')[1].split("</figure>")[0]
+    assert "deadline at 600 s, off the chart" in race
+    assert "The red line is the deadline" not in race and "The deadline is off the chart" in race
+    drawn = awkward_run(tmp_path / "drawn")
+    assert lpirc("report", drawn).returncode == 0
+    assert "The red line is the deadline" in (drawn / "report.html").read_text()
+
+
+def test_long_class_names_stay_inside_their_pictures(browser, tmp_path):
+    """Class names as long as ImageNet's longest (cut at 32 characters, plus the synset ID) are
+    drawn whole inside the worst-classes and confusion pictures: 0.052 in a character clipped
+    'spotted salamander, Ambystoma m... (n01632458)' at the figure's left edge."""
+    run = awkward_run(tmp_path / "long-names", correct_first=5)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"Wwwww Mmmmm spotted salamander {i:04d}, Ambystoma maculatum\n" for i in range(1000)))
+    assert lpirc("report", run, "--labels", labels).returncode == 0
+    visit = browser.visit(run / "report.html", PROBE_JS)
+    figs = {f["id"]: f for f in visit.probe["figures"]}
+    assert figs["classes"]["svg"] and figs["confusion"]["svg"]
+    assert figs["classes"]["clipped"] == [] and figs["confusion"]["clipped"] == [], figs

@@ -564,3 +564,40 @@ def test_odd_manifest_values_fall_back_to_defaults(tmp_path, gt10):
     run = write_run(tmp_path / "r", [answer("img0.jpg", 0)], m)
     assert scoring.score_path(run, per_class=True)["time_limit_s"] == 600
     assert scoring.score_path(run, rules="ovic-2018")["ms_per_image"] == 30
+
+
+def test_runs_on_other_ground_truths_or_budgets_are_ranked_apart(tmp_path, gt10):
+    """A run on a smaller ground truth, or under a shorter time limit, is never ranked against
+    the others: `lpirc score A B C` gives one ranking per comparable group and says why."""
+    small = write_gt(tmp_path / "small.csv", {f"img{i}.jpg": i for i in range(3)})
+    runs = [
+        write_run(tmp_path / "big_a", [answer(f"img{i}.jpg", i) for i in range(5)], manifest(gt10)),
+        write_run(tmp_path / "big_b", [answer(f"img{i}.jpg", i) for i in range(3)], manifest(gt10)),
+        write_run(tmp_path / "demo", [answer(f"img{i}.jpg", i) for i in range(3)], manifest(small)),
+        write_run(tmp_path / "short", [answer(f"img{i}.jpg", i) for i in range(9)],
+                  manifest(gt10, wall=4.0, time_limit_s=4.0)),
+    ]
+    scores = [scoring.score_path(r, rules="lpirc-onsite") for r in runs]
+    rows = list(csv.DictReader(io.StringIO(scoring.format_csv(scores))))
+    got = {Path(r["run"]).name: (r["group"], r["rank"]) for r in rows}
+    assert got["big_a"] == ("1", "1") and got["big_b"] == ("1", "2")
+    # the demo (3 images, all right) and the short-limit run would top a single ranking
+    assert got["demo"][1] == "1" and got["short"][1] == "1"
+    assert len({got["demo"][0], got["short"][0], "1"}) == 3
+    text = scoring.format_table(scores)
+    assert text.count("Ranking ") == 3 and "ranked apart" in text
+    assert "rank 1 of 2" in text and "rank 1 of 4" not in text
+
+
+def test_bare_log_keeps_the_runs_own_late_flags_under_onsite_rules(tmp_path, gt10):
+    """A bare results.jsonl (no manifest, so no budget) scored lpirc-onsite: answers lpirc run
+    logged late stay late, not counted under the 600 s default limit; an explicit
+    --time-limit-s re-scores by t_s alone."""
+    answers = [answer(f"img{i}.jpg", i, t_s=1.0 + i) for i in range(6)]
+    for a in answers[4:]:
+        a["late"] = True
+    log = write_run(tmp_path / "bare", answers) / "results.jsonl"
+    s = scoring.score_path(log, gt10, rules="lpirc-onsite")
+    assert s["top1"] == pytest.approx(0.4) and s["images_late"] == 2
+    s = scoring.score_path(log, gt10, rules="lpirc-onsite", time_limit_s=100.0)
+    assert s["top1"] == pytest.approx(0.6) and s["images_late"] == 0

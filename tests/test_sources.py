@@ -156,3 +156,35 @@ def test_chunks_are_small_at_the_start_and_end_and_large_between(tmp_path, refer
     # and in order: once small again, it stays small
     first_small_tail = next(i for i in range(len(sizes) - 1, 0, -1) if sizes[i - 1] == 16)
     assert set(sizes[first_small_tail:]) == {4}
+
+
+def test_an_on_answers_that_raises_ends_the_run_and_keeps_the_log(tmp_path, reference_model,
+                                                                   small_holdout):
+    """A client's callback failing (say, its referee went away) stops the run: the error
+    propagates, no worker is left running, and every answer that arrived is in the log (the
+    log is written before the callback is called), also when the callback keeps failing while
+    the workers stop."""
+    psutil = pytest.importorskip("psutil")
+
+    class Gone(Exception):
+        pass
+
+    for fail_from in (2, 1):
+        calls = []
+
+        def post(records):
+            calls.append(len(records))
+            if len(calls) >= fail_from:
+                raise Gone("referee unreachable")
+
+        out = tmp_path / f"run{fail_from}"
+        with pytest.raises(Gone):
+            run(_settings(reference_model, small_holdout, out), progress=False,
+                on_answers=post)
+        log = (out / "results.jsonl").read_text().splitlines()
+        assert len(log) == sum(calls) >= 4 and len(calls) >= fail_from
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["status"] == "failed" and m["error"]["kind"] == "on_answers"
+        assert "Gone: referee unreachable" in m["error"]["message"]
+        assert not [p for p in psutil.Process().children(recursive=True)
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -8,6 +8,7 @@ import hashlib
 import secrets
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -28,6 +29,9 @@ def friendly_errors(fn):
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          default=Path("referee.sqlite"), show_default=True,
                          help="The referee's SQLite database (made if absent).")
+DB_READ_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+                              default=Path("referee.sqlite"), show_default=True,
+                              help="The referee's SQLite database (must exist: exit 5 if not).")
 
 
 @click.group("referee")
@@ -54,7 +58,7 @@ def serve_cmd(holdout, ground_truth, time_limit_s, db, host, port, rules, attemp
     """Serve the holdout to teams' devices until Ctrl-C; score each session when it ends."""
     from lpirc.referee import require_extra
 
-    require_extra("starlette", "uvicorn", "itsdangerous")
+    require_extra("starlette", "uvicorn", "itsdangerous", "python_multipart")
     from lpirc.referee.core import RefereeConfig
     from lpirc.referee.server import serve
 
@@ -80,6 +84,9 @@ def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None
     """Add an account TEAM (its password is stored hashed, never in clear)."""
     from lpirc.referee.store import Store
 
+    if password is not None and not password:  # /login refuses an empty one: never usable
+        raise click.BadParameter("must not be empty (omit it for a random one)",
+                                 param_hint="'--password'")
     shown = password is None
     password = password or secrets.token_urlsafe(12)
     Store(db).add_team(team, password, "meter" if meter else "team")
@@ -89,7 +96,7 @@ def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None
 
 
 @referee.command("results")
-@DB_OPTION
+@DB_READ_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="table: for people; csv/json: for programs.")
 @click.option("--all", "every", is_flag=True, help="Every attempt, not only each team's best.")
 @friendly_errors
@@ -102,25 +109,29 @@ def results_cmd(db: Path, fmt: str, every: bool) -> None:
     if every:
         for r in rows:
             r.setdefault("rank", None)
-    click.echo(format_standings(rows, fmt))
+    click.echo(format_standings(rows, fmt, every))
 
 
 @referee.command("answers")
-@DB_OPTION
+@DB_READ_OPTION
 @click.option("--team", help="Only this team's answers.")
 @friendly_errors
 def answers_cmd(db: Path, team: str | None) -> None:
     """Export every answer received as CSV (the original referee's columns first: image_name,
     CLASS_ID, confidence, xmin, ymin, xmax, ymax), duplicates included (kept = 0)."""
+    from lpirc.errors import InputError
     from lpirc.referee.results import answers_csv
 
-    click.echo(answers_csv(_open(db), team), nl=False)
+    store = _open(db)
+    if team is not None and store.team(team) is None:
+        raise InputError(f"{db}: no team {team!r}")
+    click.echo(answers_csv(store, team), nl=False)
 
 
 @referee.command("power")
 @click.argument("team")
 @click.argument("file", type=click.Path(path_type=Path))
-@DB_OPTION
+@DB_READ_OPTION
 @friendly_errors
 def power_cmd(team: str, file: Path, db: Path) -> None:
     """Import a meter log FILE (CSV timestamp,watts, as `lpirc run --power-log` reads) for
@@ -136,12 +147,22 @@ def power_cmd(team: str, file: Path, db: Path) -> None:
     samples = read_power_log(file)
     n = store.add_power(who.id, [PowerReading(t=float(t), power=float(w)) for t, w in samples],
                         f"import:{file.name}")
-    click.echo(f"imported {n} readings from {file} for {team}")
+    again = len(samples) - n
+    click.echo(f"imported {n} readings from {file} for {team}"
+               + (f" ({again} already stored: same time and watts, skipped)" if again else ""))
     for score in _rescore(store, db, who.id):
-        e = score.get("energy_wh")
-        click.echo(f"  attempt {score['attempt']}: score {score['score']}, energy "
-                   f"{'n/a' if e is None else f'{e:.4g} Wh'} ({score['energy_source']}: "
-                   f"{score['energy_method']})")
+        click.echo(_rescored_line(score))
+
+
+def _rescored_line(score: dict) -> str:
+    """One rescored attempt: score (top-1 / Wh, or n/a without energy), top-1 as the referee
+    measured it, energy with its source and how it was obtained."""
+    e, top1 = score.get("energy_wh"), score.get("top1")
+    value = "n/a (no energy)" if score.get("score") is None else f"{score['score']:.4g} 1/Wh"
+    top1 = "n/a" if top1 is None else f"{100 * top1:.2f} %"
+    return (f"  attempt {score['attempt']}: score {value} (top-1 {top1}, measured by the "
+            f"referee), energy {'n/a' if e is None else f'{e:.4g} Wh'} "
+            f"({score['energy_source']}: {score['energy_method']})")
 
 
 def _open(db: Path):
@@ -183,9 +204,9 @@ def _rescore(store, db: Path, team_id: int) -> list[dict]:
 _RUN_OPTIONS = (
     click.option("--referee", "referee_url", metavar="URL", help="An LPIRC referee (http://host:port): log in, download the holdout from it, post the answers (the referee scores them). No --holdout then."),
     click.option("--user", "referee_user", help="The team's account on the referee (with --referee)."),
-    click.option("--password", "referee_password", help="Its password (with --referee)."),
+    click.option("--password", "referee_password", envvar="LPIRC_REFEREE_PASSWORD", show_envvar=True, help="Its password (with --referee); from the environment keeps it out of the process list."),
     click.option("--referee-ahead", type=click.IntRange(min=100), default=1000, show_default=True, help="Images downloaded ahead of the answers, at most (bounds disk use)."),
-    click.option("--referee-class-base", type=click.Choice(["0", "1"]), default="0", show_default=True, help="CLASS_ID numbering the referee takes: 0 (0..999, lpirc's) or 1 (1..1000)."),
+    click.option("--referee-class-base", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True, help="CLASS_ID numbering the referee takes: 0 (0..999, lpirc's) or 1 (1..1000); auto: what its /help says, else 0. A number that contradicts its /help is exit 1."),
 )
 
 
@@ -200,7 +221,8 @@ class RefereeRun:
     """``lpirc run --referee``: what the options asked for; ``run(settings)`` runs it and keeps
     the report for ``summary()``."""
 
-    def __init__(self, url: str, user: str, password: str, ahead: int, class_base: int) -> None:
+    def __init__(self, url: str, user: str, password: str, ahead: int,
+                 class_base: int | None) -> None:
         self.url, self.user, self.password = url, user, password
         self.ahead, self.class_base = ahead, class_base
         self.report: dict | None = None
@@ -211,15 +233,25 @@ class RefereeRun:
         --user or --password is missing, or given without --referee."""
         url, user, password = (opts.pop(k) for k in ("referee_url", "referee_user",
                                                       "referee_password"))
-        ahead, base = opts.pop("referee_ahead"), int(opts.pop("referee_class_base"))
+        ahead, base = opts.pop("referee_ahead"), opts.pop("referee_class_base")
+        base = None if base == "auto" else int(base)
         if not url:
-            if user or password:
+            ctx = click.get_current_context(silent=True)
+            from_env = ctx is not None and ctx.get_parameter_source("referee_password") \
+                == click.core.ParameterSource.ENVIRONMENT  # an exported password: not an error
+            if user or (password and not from_env):
                 raise click.UsageError("--user and --password go with --referee URL")
             return None
         if not user or password is None:
             raise click.UsageError("--referee needs --user and --password")
-        if opts.get("holdout") is None:
-            opts["holdout"] = Path(".")  # the referee serves the holdout; replaced by the download folder
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.UsageError(f"--referee {url!r}: expected http://HOST:PORT")
+        for name in ("holdout", "ground_truth"):
+            if opts.get(name) is not None:  # the referee serves the holdout and keeps its truth
+                raise click.UsageError(f"--{name.replace('_', '-')} does not go with --referee "
+                                       "(the referee serves the holdout and keeps its ground truth)")
+        opts["holdout"] = Path(".")  # replaced by the download folder
         return cls(url, user, password, ahead, base)
 
     def run(self, settings):

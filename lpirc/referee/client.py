@@ -1,6 +1,7 @@
 """``lpirc run --referee URL``: a device's side of the LPIRC referee protocol.
 
-Log in (the referee's clock starts), read the count, download zips ahead of the workers into a
+Read the referee's CLASS_ID numbering from ``/help`` (before any clock runs), log in (the
+referee's clock starts), read the count, download zips ahead of the workers into a
 scratch folder and feed their images to the same pipeline ``lpirc run`` uses
 (:class:`lpirc.sources.GrowingSource`), post the answers in batches as they come, post the
 run's own energy figure (self-reported), log out. The local run folder is kept as for a local
@@ -21,6 +22,7 @@ import dataclasses
 import io
 import json
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -35,6 +37,7 @@ from lpirc.errors import LpircError
 
 ZIP = 100
 BACKOFF_S = (0.1, 2.0)  # first retry delay, cap
+LOGIN_WAIT_S = 30.0  # how long a login retries a referee that does not answer (then exit 1)
 
 
 class RefereeError(LpircError):
@@ -73,19 +76,22 @@ class RefereeClient:
         self.retries = 0
         self._lock = threading.Lock()  # one request at a time on a client
 
-    def call(self, path: str, fields: dict) -> Reply:
-        """POST URL-encoded ``fields`` (lists repeat); retried as the class says."""
-        delay = BACKOFF_S[0]
+    def call(self, path: str, fields: dict, deadline: float | None = None) -> Reply:
+        """POST URL-encoded ``fields`` (lists repeat); retried as the class says, until
+        ``deadline`` (monotonic seconds) when given, else the client's."""
+        delay, why = BACKOFF_S[0], ""
+        deadline = self.deadline if deadline is None else min(deadline, self.deadline)
         while True:
             try:
                 with self._lock:
                     r = self.http.post(self.url + path, data=fields)
                 if r.status_code < 500:
                     return Reply(r.status_code, r.content)
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() + delay > self.deadline:
-                return Reply(0, b"no reply from the referee before the time limit")
+                why = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                why = f"{type(e).__name__}: {e}"
+            if time.monotonic() + delay > deadline:
+                return Reply(0, f"no reply from the referee ({why})".encode())
             self.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, BACKOFF_S[1])
@@ -96,16 +102,36 @@ class RefereeClient:
         logout) is not logged into again: that would start a new attempt."""
         r = self.call(path, {"token": self.token, **fields})
         if r.status == 401 and r.text == "Invalid Token" and path != "/logout":
-            self.login()
+            self.login(wait_s=None)
             r = self.call(path, {"token": self.token, **fields})
         return r
 
-    def login(self) -> str:
-        r = self.call("/login", {"username": self.user, "password": self.password})
+    def login(self, wait_s: float | None = LOGIN_WAIT_S) -> str:
+        """Log in (the referee's clock starts). A referee that cannot be reached is retried
+        for ``wait_s`` at most (None: until the client's deadline, as for a login again
+        mid-run). RefereeError (exit 1) when it refuses the login or never replies."""
+        t0 = time.monotonic()
+        r = self.call("/login", {"username": self.user, "password": self.password},
+                      deadline=None if wait_s is None else t0 + wait_s)
+        if r.status == 0:
+            raise RefereeError(f"{self.url}/login: cannot reach the referee (tried for "
+                               f"{time.monotonic() - t0:.1f} s): {r.text[:200]}")
         if r.status != 200:
-            raise RefereeError(f"{self.url}/login: {r.status or 'no reply'} {r.text[:200]}")
+            raise RefereeError(f"{self.url}/login: {r.status} {r.text[:200]}")
         self.token = r.text
         return self.token
+
+    def class_base(self) -> int | None:
+        """The CLASS_ID numbering the referee says it takes in ``/help`` (lpirc's referee:
+        "CLASS_ID numbering: 0..999" or "1..1000"); None where it does not say (the original).
+        Asked before the login: no clock runs yet. RefereeError when it cannot be reached."""
+        t0 = time.monotonic()
+        r = self.call("/help", {}, deadline=t0 + LOGIN_WAIT_S)
+        if r.status == 0:
+            raise RefereeError(f"{self.url}/help: cannot reach the referee (tried for "
+                               f"{time.monotonic() - t0:.1f} s): {r.text[:200]}")
+        m = re.search(r"CLASS_ID numbering: (0\.\.999|1\.\.1000)", r.text) if r.status == 200 else None
+        return None if m is None else int(m.group(1)[0])
 
     def count(self) -> int:
         r = self.authed("/no_of_images", {})
@@ -286,7 +312,7 @@ class _Relay:
 
 
 def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int = 1000,
-                     batch: int = 100, class_base: int = 0, progress: bool = True):
+                     batch: int = 100, class_base: int | None = None, progress: bool = True):
     """``lpirc run`` fed by a referee. Returns (RunOutcome, report dict).
 
     Raises RefereeError when the login or the count fails, LpircError as ``lpirc.runner.run``."""
@@ -298,6 +324,7 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
     client = RefereeClient(url, user, password, deadline)
     scratch = Path(tempfile.mkdtemp(prefix="lpirc-referee-"))
     try:
+        class_base, numbering = _numbering(client, class_base)
         client.login()
         count = client.count()
         left = client.time_left_s()
@@ -320,7 +347,8 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
             with down.cond:
                 down.cond.notify_all()
             poster.finish()
-        report = _finish(client, outcome, log, down, count)
+        report = dict(_finish(client, outcome, log, down, count), class_base=class_base,
+                      class_base_from=numbering)
         (outcome.out_dir / "referee_posts.jsonl").write_text(
             "".join(json.dumps(x) + "\n" for x in log.lines), encoding="utf-8")
         manifest = dict(outcome.manifest, referee=report)
@@ -331,6 +359,22 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _numbering(client: RefereeClient, asked: int | None) -> tuple[int, str]:
+    """The CLASS_ID base to post with, and where it came from: the referee's ``/help`` (when
+    ``asked`` is None, or to check ``asked``), else ``asked``, else 0. RefereeError (before any
+    login) when ``asked`` contradicts what the referee says: every answer would be off by one."""
+    told = client.class_base()
+    if asked is not None and told is not None and asked != told:
+        raise RefereeError(f"{client.url}: the referee numbers CLASS_ID from {told} (its /help), "
+                           f"not from {asked} (--referee-class-base): every answer would be "
+                           "off by one")
+    if told is not None:
+        return told, "the referee's /help"
+    if asked is not None:
+        return asked, "--referee-class-base"
+    return 0, "default: the referee does not say (give --referee-class-base)"
+
+
 def _finish(client: RefereeClient, outcome, log: PostLog, down: Downloader, count: int) -> dict:
     """Post the run's energy (self-reported), log out, and say what happened."""
     e = outcome.manifest.get("energy") or {}
@@ -338,14 +382,22 @@ def _finish(client: RefereeClient, outcome, log: PostLog, down: Downloader, coun
     if e.get("wh") is not None:
         r = client.authed("/energy", {"energy_wh": repr(float(e["wh"])),
                                       "method": f"{e.get('source')}: {e.get('method')}"[:200]})
-        energy = "posted" if r.status == 200 else f"not accepted ({r.status} {r.text[:80]})"
+        energy = "posted" if r.status == 200 else f"not accepted ({_reason(r)})"
     r = client.authed("/logout", {})
     budget = (outcome.manifest.get("budget") or {}).get("time_limit_s")
     return {"url": client.url, "user": client.user, "images": count, "time_limit_s": budget,
             "downloaded": down.downloaded, "download_error": down.error,
             "posted": log.posted, "refused": log.refused, "not_posted": len(log.unposted),
             "not_posted_images": log.unposted[:1000], "retries": client.retries,
-            "energy": energy, "logout": r.status == 200}
+            "energy": energy, "logout": r.status == 200,
+            "logout_reply": "ok" if r.status == 200 else (
+                f"none needed: the session had already ended ({_reason(r)})"
+                if r.status == 401 else f"failed ({_reason(r)})")}
+
+
+def _reason(r: Reply) -> str:
+    """A refusal in a few words: its status and the reply's first clause."""
+    return f"{r.status or 'no reply'} {r.text.split(':')[0][:80]}"
 
 
 def format_report(report: dict) -> str:
@@ -357,8 +409,11 @@ def format_report(report: dict) -> str:
              "time left at login when shorter)",
              f"referee energy  {report['energy']} (self-reported: the referee's meter, if any, "
              "takes precedence)",
-             f"referee logout  {'ok' if report['logout'] else 'failed'}; {report['retries']} "
-             "call(s) retried; the referee scores the session (lpirc referee results)"]
+             f"referee logout  {report.get('logout_reply', 'ok' if report['logout'] else 'failed')}"
+             f"; {report['retries']} call(s) retried; the referee scores the session "
+             "(lpirc referee results)"]
+    if "class_base" in report:
+        lines[0] += f"; CLASS_ID from {report['class_base']} ({report['class_base_from']})"
     if report["download_error"]:
         lines.append(f"referee note    downloads stopped: {report['download_error']}")
     if report["not_posted"]:

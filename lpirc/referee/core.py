@@ -119,12 +119,30 @@ class Referee:
                 raise InputError(f"{cfg.db}: open session {row.id} ({row.team}, attempt "
                                  f"{row.attempt}) was started on another holdout listing; "
                                  f"serve the same --holdout until it has ended")
+            if row.kind == "team" and row.class_base != cfg.class_base:
+                raise InputError(f"{cfg.db}: open session {row.id} ({row.team}, attempt "
+                                 f"{row.attempt}) takes CLASS_ID from {row.class_base}; serve "
+                                 f"with --class-id-base {row.class_base} until it has ended")
             self.live[row.id] = Live(row, image_order(row.seed, row.image_count)
                                      if row.kind == "team" else [])
 
     @property
     def count(self) -> int:
         return len(self.files)
+
+    def resumed(self, now: float) -> list[str]:
+        """One line per team session still open from before a restart: it continues on its
+        own clock (its tokens stay valid)."""
+        out = []
+        for lv in self.live.values():
+            r = lv.row
+            if r.kind == "team":
+                kept, dups = self.store.counts(r.id)
+                out.append(f"lpirc referee: {r.team} attempt {r.attempt} resumed (started "
+                           f"{_utc(r.started)[11:19]} UTC, ends {_utc(r.deadline)[11:19]} UTC, "
+                           f"{max(0.0, r.deadline - now):.0f} s left by its clock, {kept} "
+                           f"answer(s) and {dups} duplicate(s) stored)")
+        return out
 
     # --- login, tokens -----------------------------------------------------------------------
 
@@ -214,6 +232,25 @@ class Referee:
     def set_self_energy(self, live: Live, wh: float, method: str) -> None:
         self.store.set_self_energy(live.row.id, wh, method)
 
+    def late_energy(self, token: str | None, wh: float, method: str, now: float) -> bool:
+        """Store a device's energy figure posted within P.ENERGY_GRACE_S after its session
+        ended at the time limit, and rescore the session if it was scored already. Returns
+        False when the token names no such session (the caller answers as for any call)."""
+        try:
+            sid = self.tokens.loads(token or "")["sid"]
+        except (BadSignature, KeyError, TypeError):
+            return False
+        row = self.store.session(sid) if isinstance(sid, int) else None
+        if (row is None or row.kind != "team" or row.end_reason != "time_limit"
+                or now - row.deadline > P.ENERGY_GRACE_S):
+            return False
+        with self._score_lock:  # not half-way through the scorer's own pass
+            self.store.set_self_energy(sid, wh, method)
+            row = self.store.session(sid)
+            if row.score is not None:
+                self.score(row)
+        return True
+
     def add_power(self, player: str, readings: list[PowerReading], source: str) -> int:
         """Store a team's meter readings. ProtocolError 406 for an unknown team."""
         team = self.store.team(player)
@@ -231,7 +268,8 @@ class Referee:
             self.unscored = self.unscored or closed
         if closed and live is not None:
             r = live.row
-            self.announce(f"lpirc referee: {r.team} attempt {r.attempt} ended ({reason}) after "
+            who = f"{r.team} attempt {r.attempt}" if r.kind == "team" else f"{r.team} (meter)"
+            self.announce(f"lpirc referee: {who} ended ({reason}) after "
                           f"{ended - r.started:.1f} s")
         return closed
 
@@ -269,7 +307,7 @@ class Referee:
     def score(self, row: SessionRow) -> dict:
         """Score one ended session with ``scoring`` and store it; see :func:`score_session`."""
         s = score_session(self.store, row, self.root, self.files, Path(self.cfg.ground_truth),
-                          self.cfg.runs_path(), self.cfg.standings_db)
+                          self.cfg.runs_path().resolve(), self.cfg.standings_db)
         e = "n/a" if s["energy_wh"] is None else f"{s['energy_wh']:.4g} Wh"
         self.announce(f"lpirc referee: {row.team} attempt {row.attempt} scored: "
                       f"{'n/a' if s['score'] is None else format(s['score'], '.4g')} (top-1 "
@@ -416,7 +454,8 @@ def entry_fields(make_uid, row: SessionRow, score: dict) -> dict:
         "lpirc_version": __version__, "runtime": None, "device": None,
         "created_utc": _utc(row.started), "run_dir": score["run"],
         "ground_truth": score["ground_truth"],
-        "extra": {"status": row.end_reason, "energy_method": score.get("energy_method"),
+        "extra": {"status": "budget_exhausted" if row.end_reason == "time_limit" else "complete",
+                  "end_reason": row.end_reason, "energy_method": score.get("energy_method"),
                   "answers_duplicate": score.get("answers_duplicate"),
                   "warnings": score.get("warnings") or []},
     }

@@ -32,6 +32,9 @@ TIME_UP = ("Time limit reached: the session is closed and nothing more is stored
            "already transmitted will be counted")
 
 ZIP_SIZE = 100  # images per /zipimages reply (the original's)
+#: A device's own energy figure is taken up to this long after its session ended at the time
+#: limit: the figure is made when the run stops, which is at the limit. Answers are not.
+ENERGY_GRACE_S = 30.0
 MAX_FIELDS = 200_000  # fields in one request; the body-size limit comes first in practice
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _IMAGE_NAME = re.compile(r"([0-9]{1,9})(?:\.jpe?g)?", re.IGNORECASE)
@@ -217,7 +220,8 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
                       answer; optional xmin, ymin, xmax, ymax) -> 200, 406 malformed (nothing
                       stored); an image's first answer counts, later ones are counted as
                       duplicates
-  /energy             token, energy_wh, method -> 200 (your own energy figure: self-reported)
+  /energy             token, energy_wh, method -> 200 (your own energy figure: self-reported;
+                      taken up to {energy_grace_s:g} s after your time limit, answers are not)
   /status             token                    -> 200 your session: answers, time left
   /logout             token                    -> 200 "Logout success" (ends the session)
   /powermeter         meter token, player, power (W) [voltage, current, energy, elapsed,
@@ -226,6 +230,7 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
   /help                                        -> this text
 
 Status codes: 200 ok; 401 missing/invalid/expired token, bad login, time limit reached;
-403 no attempts left, or a call for the other kind of account; 406 a malformed field;
-413 request body over the limit; 404 unknown call.
+403 no attempts left, or a call for the other kind of account; 404 unknown call; 405 a
+method other than GET/POST; 406 a malformed field; 411 multipart without Content-Length;
+413 request body over the limit; 503 the database failed (nothing stored: retry).
 """

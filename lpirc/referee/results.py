@@ -13,7 +13,7 @@ from lpirc.referee.store import Store
 
 STANDINGS_COLUMNS = ("rank", "team", "attempt", "score", "top1", "images_total", "answered",
                      "duplicates", "wall_time_s", "energy_wh", "energy_source", "rules",
-                     "end_reason")
+                     "end_reason", "status")
 # The original referee's CSV of a team's submissions: image, class_id, confidence, xmin, ymin,
 # xmax, ymax (write_csvfiles in referee.py, 2015); then what this referee adds.
 ANSWER_COLUMNS = ("image_name", "CLASS_ID", "confidence", "xmin", "ymin", "xmax", "ymax",
@@ -25,6 +25,9 @@ def attempts(store: Store) -> list[dict]:
     rows = []
     for s in store.sessions(kind="team"):
         sc = s.score or {}
+        if not sc:  # open, or ended and waiting for its score: the answers stored so far
+            got, dups = store.counts(s.id)
+            sc = {"images_answered": got, "answers_duplicate": dups}
         rows.append({
             "team": s.team, "attempt": s.attempt, "session_id": s.id,
             "status": "open" if s.ended is None else ("scored" if s.score else "ended"),
@@ -57,6 +60,10 @@ def standings(store: Store) -> list[dict]:
     return rows
 
 
+_UNSCORED = {"open": "session open: answers so far", "ended": "ended, not scored yet",
+             "scored": "absent"}
+
+
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -65,8 +72,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def format_standings(rows: list[dict], fmt: str = "table") -> str:
-    """The standings as ``table`` (for people), ``csv`` or ``json``."""
+def format_standings(rows: list[dict], fmt: str = "table", every: bool = False) -> str:
+    """The standings as ``table`` (for people), ``csv`` or ``json``; ``every``: the rows are
+    every attempt (``attempts``), unranked, and the table says so."""
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
@@ -84,7 +92,7 @@ def format_standings(rows: list[dict], fmt: str = "table") -> str:
     for r in rows:
         top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
         energy = ("n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh") \
-            + f" ({r['energy_source']})"
+            + f" ({r['energy_source'] or _UNSCORED[r['status']]})"
         lines.append(f"{_fmt(r['rank']):>4}  {r['team'][:20]:<20} {r['attempt']:>3}  "
                      f"{_fmt(r['score']):>10}  {top1:>8}  "
                      f"{_fmt(r['answered']) + '/' + _fmt(r['images_total']):>9}  "
@@ -94,6 +102,9 @@ def format_standings(rows: list[dict], fmt: str = "table") -> str:
                  if rows[0]["rules"] == "lpirc-onsite" else f"rules {rows[0]['rules']}")
     lines.append("wall s: the referee's clock, login to logout or time limit; energy: metered "
                  "(the referee's meter), self-reported (the device's own figure) or absent")
+    if every:
+        lines.append("every attempt, oldest first, unranked (without --all: each team's best, "
+                     "ranked)")
     return "\n".join(lines)
 
 
@@ -117,8 +128,11 @@ def standings_html(store: Store, live: dict, now: float) -> str:
     """The live standings page: best attempt per team, then the sessions under way."""
     rows = standings(store)
     esc = html.escape
-    body = ["<tr><th>rank</th><th>team</th><th>attempt</th><th>score</th><th>top-1</th>"
-            "<th>answered</th><th>duplicates</th><th>energy</th></tr>"]
+    rules = rows[0]["rules"] if rows else None
+    onsite = rules in (None, "lpirc-onsite")
+    body = [f"<tr><th>rank</th><th>team</th><th>attempt</th><th>score{' (1/Wh)' * onsite}</th>"
+            "<th>top-1 (measured)</th><th>answered</th><th>duplicates</th>"
+            "<th>energy (source)</th></tr>"]
     for r in rows:
         top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
         energy = "n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh"
@@ -127,13 +141,21 @@ def standings_html(store: Store, live: dict, now: float) -> str:
                     f"<td>{esc(_fmt(r['answered']))}/{esc(_fmt(r['images_total']))}</td>"
                     f"<td>{esc(_fmt(r['duplicates']))}</td>"
                     f"<td>{esc(energy)} ({esc(str(r['energy_source']))})</td></tr>")
+    if not rows:
+        body.append("<tr><td colspan='8' style='text-align:left'>no scored session yet</td></tr>")
     running = [f"<li>{esc(lv.row.team)}, attempt {lv.row.attempt}: "
-               f"{max(0.0, lv.row.deadline - now):.0f} s left</li>"
+               f"{store.counts(lv.row.id)[0]} of {lv.row.image_count} images answered so far, "
+               f"{max(0.0, lv.row.deadline - now):.0f} s left by the referee's clock</li>"
                for lv in list(live.values()) if lv.row.kind == "team"]
     return ("<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' "
-            "content='5'><title>LPIRC standings</title><style>body{font-family:sans-serif}"
-            "td,th{padding:2px 10px;text-align:right}</style></head><body>"
+            "content='5'><link rel='icon' href='data:,'><title>LPIRC standings</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:right}</style>"
+            "</head><body>"
             "<h1>Standings</h1><table>" + "".join(body) + "</table>"
             + ("<h2>Under way</h2><ul>" + "".join(running) + "</ul>" if running else "")
-            + "<p>score = top-1 accuracy within the time limit / energy in Wh; unanswered "
-              "images count wrong. Refreshes every 5 s.</p></body></html>")
+            + ("<p>score = top-1 accuracy within the time limit / energy in Wh (rules "
+               "lpirc-onsite)" if onsite else f"<p>score under rules {esc(rules)} (lpirc rules)")
+            + "; top-1 measured by the referee, unanswered images count wrong; energy metered "
+              "(the referee's meter), "
+              "self-reported (the device's own figure) or absent (no score). Refreshes every "
+              "5 s.</p></body></html>")

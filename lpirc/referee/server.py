@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import sys
 import time
+import traceback
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -85,6 +87,10 @@ class RefereeApp:
                 return _text(e.message, e.status)
             except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
                 return _text(f"Database unavailable, nothing stored: {e}", 503)
+            except Exception as e:  # a bug of ours: one line to the client, the trace to the log
+                traceback.print_exc(file=sys.stderr)
+                return _text(f"Internal error in {request.url.path}: {type(e).__name__}; "
+                             "see the referee's log", 500)
         handle.__name__ = fn.__name__
         return handle
 
@@ -97,7 +103,10 @@ class RefereeApp:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             if not length.isdigit():
                 raise ProtocolError(411, "multipart form without Content-Length")
-            form = await request.form(max_fields=P.MAX_FIELDS, max_files=0)
+            try:
+                form = await request.form(max_fields=P.MAX_FIELDS, max_files=0)
+            except HTTPException as e:  # python-multipart's parse error (Starlette's 400)
+                raise ProtocolError(406, f"Malformed multipart form: {e.detail}") from None
             out = P.parse_fields(b"", request.url.query)
             for k, v in form.multi_items():
                 out.setdefault(k, []).append(str(v))
@@ -208,11 +217,23 @@ class RefereeApp:
                      "answer counts)")
 
     async def energy(self, request: Request) -> Response:
-        f, live, _ = await self.session(request)
+        f = await self.fields(request)
+        now, token = time.time(), (f.get("token") or [None])[0]
+        try:
+            live, refused = self.ref.session_for(token, now), None
+        except ProtocolError as e:
+            if e.status != 401:
+                raise
+            live, refused = None, e  # a session the time limit closed a moment ago may post
         wh = P.number("energy_wh", P.one(f, "energy_wh"), min_value=0)
         method = (f.get("method") or ["not said"])[0][:200]
-        await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
-        return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
+        if live is not None:
+            await run_in_threadpool(self.ref.set_self_energy, live, wh, method)
+            return _text(f"Energy stored: {wh:g} Wh, self-reported ({method})")
+        if not await run_in_threadpool(self.ref.late_energy, token, wh, method, now):
+            raise refused
+        return _text(f"Energy stored: {wh:g} Wh, self-reported ({method}), after the time "
+                     "limit (answers are not)")
 
     async def status(self, request: Request) -> Response:
         _, live, now = await self.session(request)
@@ -226,13 +247,16 @@ class RefereeApp:
         f, _, now = await self.session(request, kind="meter")
         player, readings = P.parse_power(f, now)
         n = await run_in_threadpool(self.ref.add_power, player, readings, "meter")
-        return _text(f"{P.POWER_STORED}: {n} reading(s) for {player}")
+        again = len(readings) - n
+        return _text(f"{P.POWER_STORED}: {n} reading(s) for {player}"
+                     + (f", {again} already stored (same time and watts)" if again else ""))
 
     async def help(self, request: Request) -> Response:
         numbering = ("0..999, the sorted ILSVRC-2012 synsets (-1 = background)"
                      if self.ref.cfg.class_base == 0 else
                      "1..1000, the sorted ILSVRC-2012 synsets + 1 (0 = background)")
-        return _text(P.HELP.format(version=__version__, numbering=numbering
+        return _text(P.HELP.format(version=__version__, energy_grace_s=P.ENERGY_GRACE_S,
+                                   numbering=numbering
                                    + "; a synset ID such as n01440764 is accepted too"))
 
     async def leaderboard(self, request: Request) -> Response:
@@ -262,8 +286,16 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
 
     from lpirc.errors import InputError
 
+    lock_path = Path(str(cfg.db) + ".lock")
+    made_lock = not lock_path.exists()
     lock = _lock_db(Path(cfg.db))  # held until the process ends, kill -9 included
-    referee = Referee(cfg, announce)
+    try:
+        referee = Referee(cfg, announce)
+    except Exception:
+        if made_lock:  # a referee that never started leaves no lock file behind
+            lock_path.unlink(missing_ok=True)
+        lock.close()
+        raise
     try:
         sock = bind(host, port)
     except OSError as e:
@@ -273,13 +305,20 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     announce(f"lpirc referee: listening on http://{shown}:{bound} ({referee.count} images from "
              f"{cfg.holdout}, time limit {cfg.time_limit_s:g} s, rules {cfg.rules}, "
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
+    for line in referee.resumed(time.time()):
+        announce(line)
     config = uvicorn.Config(RefereeApp(referee, max_body_bytes).app, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=5)
     # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
     # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
     signal.signal(signal.SIGTERM, _exit_ok)
-    uvicorn.Server(config).run(sockets=[sock])
-    lock.close()
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:  # SIGTERM and Ctrl-C come back through here, after uvicorn's clean shutdown
+        left = sum(lv.row.kind == "team" for lv in list(referee.live.values()))
+        announce(f"lpirc referee: stopped; {left} open session(s) continue on their own clocks "
+                 f"when it is started again on {cfg.db}")
+        lock.close()
 
 
 def _lock_db(db: Path):

@@ -362,19 +362,25 @@ class Store:
     # --- power -------------------------------------------------------------------------------
 
     def add_power(self, team_id: int, readings: Iterable[PowerReading], source: str) -> int:
-        rows = [(team_id, r.t, r.voltage, r.current, r.power, r.energy, r.elapsed, source)
-                for r in readings]
+        """Store a team's readings in one transaction. A reading equal to one already stored
+        (same time, same watts: a meter's post retried, a log imported twice) is skipped.
+        Returns how many were new."""
+        rows = [(team_id, r.t, r.voltage, r.current, r.power, r.energy, r.elapsed, source,
+                 team_id, r.t, r.power) for r in readings]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT INTO power (team_id, t, voltage, current, power, "
-                                     "energy, elapsed, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                     rows)
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT INTO power (team_id, t, voltage, current, power, energy, elapsed, "
+                    "source) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM "
+                    "power WHERE team_id = ? AND t = ? AND power = ?)", rows)
+                new = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return new
 
     def power(self, team_id: int) -> list[tuple]:
         """(t, watts, source) of a team's readings, in time order."""
