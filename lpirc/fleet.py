@@ -742,6 +742,7 @@ class Fleet:
         job.score = {k: score.get(k) for k in ("score", "top1", "top5", "images_answered",
                                                "images_total", "wall_time_s", "energy_wh",
                                                "energy_source")}
+        job.score |= {k: score[k] for k in scoring.RULE_PARAMS if k in score}  # what it means
         job.status, job.reason = "done", res.reason  # a run stopped part-way keeps its reason
         rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
@@ -1053,6 +1054,11 @@ def format_standings(outcome: FleetOutcome) -> str:
     lines.append(f"jobs            {len(st)}: {st.count('done')} done, {st.count('failed')} "
                  f"failed, {st.count('cancelled')} cancelled")
     lines.append("wall s          measured by lpirc run on the device; top-1 measured")
+    rule = scoring.RULES.get(outcome.rules)
+    if done and rule is not None:  # the score's formula, and whether its energy was measured
+        sources = sorted({str((j.score or {}).get("energy_source") or "none") for j in done})
+        lines.append(f"score           {rule.describe(done[0].score)}; energy "
+                     f"{' / '.join(sources)} (lpirc run's energy source on the device)")
     return "\n".join(lines)
 
 

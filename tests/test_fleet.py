@@ -92,6 +92,10 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
     ranked = [ln.split() for ln in table if ln.strip()[:1].isdigit()]
     assert sorted(row[1] for row in ranked) == ["alpha", "beta", "gamma"]
     assert any("failed" in ln and "broken" in ln and "not a TFLite model" in ln for ln in table)
+    # what the score is, and whether the energy it divides by was measured or estimated
+    score_line = next(ln for ln in table if ln.startswith("score "))
+    assert "/ energy in Wh" in score_line and "(600 s)" in score_line, score_line
+    assert any(w in score_line for w in ("energy estimated", "energy measured")), score_line
     # the head added the three scored runs to the standings database, as source "fleet"
     conn = leaderboard.open_db(db)
     stored = {e.submission: e for e in leaderboard.entries(conn)}
