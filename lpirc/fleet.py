@@ -191,15 +191,18 @@ def devices_from_nodes(nodes: list[dict]) -> list[Device]:
 
 
 def share_cores(cores: list[int], share: tuple[int, int] | None) -> list[int] | None:
-    """The cores of one of ``count`` devices splitting ``cores`` evenly (device ``position``);
-    with fewer cores than devices, device k gets core k mod n. None: no division (all cores)."""
+    """The cores of device ``position`` of ``count`` splitting ``cores``: every device the same
+    number, ``len(cores) // count`` (a job's time must not depend on the device it drew; the
+    rest stay unused); with fewer cores than devices, device k gets core k mod n, shared (the
+    head notes it). None: no division (all cores)."""
     if share is None:
         return None
     pos, count = share
     cores = sorted(cores)
-    if count >= len(cores):
+    size = len(cores) // count
+    if size == 0:
         return [cores[pos % len(cores)]]
-    return cores[pos * len(cores) // count:(pos + 1) * len(cores) // count]
+    return cores[pos * size:(pos + 1) * size]
 
 
 # --- what crosses the boundary between head and device node ---------------------------------
@@ -586,9 +589,24 @@ class Fleet:
             cores = f", cores {','.join(map(str, rep.cores))}" if rep.cores else ""
             self.emit("device", f"{slot.device.label} ready: holdout matches the head's "
                                 f"({rep.image_count} images){cores}", slot=slot)
+            self._note_shared_cores(slot)
             if rep.holds_ground_truth and slot.device.node_id != self.head_node:
                 self.emit("note", f"{slot.device.label}: {rep.holdout} holds ground_truth.csv; "
                                   "the ground truth should stay on the head", slot=slot)
+
+    def _note_shared_cores(self, slot: _Slot) -> None:
+        """A note when ``slot``'s cores overlap another ready device's on its node (more
+        ``cpu`` devices than cores): their runs' times are not comparable."""
+        mine = set(slot.report.cores or ())
+        for other in self.slots:
+            if (other is not slot and other.report is not None and other.state != "checking"
+                    and other.device.node_id == slot.device.node_id
+                    and mine & set(other.report.cores or ())):
+                self.emit("note", f"{slot.device.label} shares core(s) "
+                                  f"{','.join(map(str, sorted(mine & set(other.report.cores))))} "
+                                  f"with {other.device.label} (more cpu devices than cores): "
+                                  "their runs' times are not comparable", slot=slot)
+                return
 
     def refuse_node(self, slot: _Slot, why: str) -> None:
         """Refuse every device of ``slot``'s node (one line) and release them."""

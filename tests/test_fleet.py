@@ -166,6 +166,33 @@ def test_fleet_started_beside_a_folder_named_lpirc_runs_its_jobs(tmp_path, small
     assert "first device ready after" in r.stdout
 
 
+def test_cpu_devices_get_equal_core_shares():
+    """A job's time must not depend on the device it drew: 3 devices on 4 cores get one core
+    each (core 3 unused), not 1, 1 and 2; fewer cores than devices: shared, round robin."""
+    assert [fleet.share_cores([0, 1, 2, 3], (i, 3)) for i in range(3)] == [[0], [1], [2]]
+    assert [fleet.share_cores([4, 5, 6, 7], (i, 2)) for i in range(2)] == [[4, 5], [6, 7]]
+    assert [fleet.share_cores([0, 1], (i, 3)) for i in range(3)] == [[0], [1], [0]]
+    assert fleet.share_cores([0, 1], None) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_devices_sharing_a_core_are_noted(tmp_path, small_holdout, reference_model):
+    """2 simulated devices on a head pinned to one core share it: a note says their times are
+    not comparable, and the fleet still runs."""
+    subs = make_submissions(tmp_path / "subs", reference_model, ["one"])
+    out = tmp_path / "fleet"
+    argv = ["lpirc", "fleet", "run", str(subs), "--holdout", str(small_holdout), "--out",
+            str(out), "--devices", "2", "--db", str(tmp_path / "standings.sqlite")]
+    code = ("import os, runpy, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            f"sys.argv = {argv!r}; runpy.run_module('lpirc', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note") and "shares core" in ln]
+    assert len(notes) == 1 and "times are not comparable" in notes[0], r.stderr
+    assert state(out)["one"]["status"] == "done"
+
+
 def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
                                                         reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])
