@@ -558,7 +558,7 @@ class Fleet:
         if d.node_id == self.head_node:
             return str(out / "attempts")
         tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]  # two fleets named alike
-        return str(Path(tempfile.gettempdir()) / "lpirc-fleet" / f"{out.name}-{tag}")
+        return str(_RAY_START_DIR / f"{out.name}-{tag}")
 
     def _on_check(self, ref: Any) -> None:
         slot = self.checks.pop(ref)
@@ -888,16 +888,19 @@ def load_jobs(cfg: FleetConfig, subs: list[Submission], head_sha: str) -> list[J
 
 # Ray puts the folder its driver starts in first on every worker's sys.path, on every node. A
 # folder named lpirc there (the clone beside an editable install, an old copy) would shadow
-# the installed package and no device would start; so the head starts Ray in the folder that
-# holds the lpirc it runs (for an editable install the checkout, else site-packages).
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# the installed package and no device would start; the checkout or site-packages there would
+# put their modules before the standard library's. So the head starts Ray in a folder that
+# holds nothing importable: <temp>/lpirc-fleet, where nodes keep their run folders (named
+# "<fleet>-<hash>", never a module name).
+_RAY_START_DIR = Path(tempfile.gettempdir()) / "lpirc-fleet"
 
 
 @contextlib.contextmanager
-def _in_package_root() -> Iterator[None]:
-    """Chdir to the folder that holds this lpirc for the duration (to start Ray in)."""
+def _in_ray_start_dir() -> Iterator[None]:
+    """Chdir to :data:`_RAY_START_DIR` (made if missing) for the duration (to start Ray in)."""
     here = os.getcwd()
-    os.chdir(_PACKAGE_ROOT)
+    _RAY_START_DIR.mkdir(parents=True, exist_ok=True)
+    os.chdir(_RAY_START_DIR)
     try:
         yield
     finally:
@@ -916,7 +919,7 @@ def local_cluster(devices: int, num_cpus: int | None = None,
     if num_cpus is None:
         num_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-    with _in_package_root():
+    with _in_ray_start_dir():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  resources={f"{RESOURCE_PREFIX}cpu_{i}": 1 for i in range(devices)},
                  object_store_memory=object_store_bytes, log_to_driver=False,
@@ -944,7 +947,7 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
         return
     _probe_address(address)
     try:
-        with _in_package_root():
+        with _in_ray_start_dir():
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, by Ray version
         hint = "" if os.environ.get("RAY_AUTH_MODE") else (
