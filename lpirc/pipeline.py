@@ -132,7 +132,9 @@ class Fatal(NamedTuple):
 def _die_with_parent(parent_pid: int) -> None:
     """Linux: this process gets SIGKILL when the run that started it dies, even by SIGKILL (an
     out-of-memory kill, a fleet's device lost). A forked worker holds both ends of every pipe
-    the run made before it, so it would never see end-of-file and would wait forever."""
+    the run made before it, so it would never see end-of-file and would wait forever. (Linux
+    signals the death of the parent *thread* that started the worker: a pool must not outlive
+    the thread that started it, and none does: start, respawns and stop run in the run's.)"""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
