@@ -1173,7 +1173,11 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated devices of the local instance (no --address).")
 @_cli_errors
 def fleet_devices(address, devices) -> None:
-    """List the devices a Ray cluster offers (resources lpirc_device_<kind>_<id>), one a line."""
+    """List the devices a Ray cluster offers (resources lpirc_device_<kind>_<id>), one a line.
+
+    Exit status: 0 when the cluster offers a device; 1 when it offers none, no cluster answers
+    at --address, or Ray is missing; 2 usage.
+    """
     with connect(address, devices):
         found = cluster_devices()
     for d in found:

@@ -228,6 +228,9 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
         assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
         assert message in lines[0], r.stderr
         assert not ray.is_initialized()
+    r = CliRunner().invoke(main, ["fleet", "devices", "--address", "127.0.0.1:1"])
+    assert r.exit_code == 1 and r.stderr.startswith("lpirc: error: 127.0.0.1:1: no Ray"), r.stderr
+    assert not ray.is_initialized()
 
 
 # --- a 3-node cluster on this machine --------------------------------------------------------
