@@ -57,7 +57,7 @@ import click
 
 from lpirc import __version__, leaderboard, preflight
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError, LpircError
-from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
+from lpirc.results import MANIFEST, RESULTS, SCORE, file_sha256, write_json
 
 RESOURCE_PREFIX = "lpirc_device_"
 KINDS = ("cpu", "edgetpu", "gpu")
@@ -86,13 +86,6 @@ def _import_ray():
 def _now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- submissions -----------------------------------------------------------------------------
