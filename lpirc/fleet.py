@@ -55,9 +55,9 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from lpirc import __version__, leaderboard
+from lpirc import __version__, leaderboard, preflight
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError, LpircError
-from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
+from lpirc.results import MANIFEST, RESULTS, SCORE, file_sha256, write_json
 
 RESOURCE_PREFIX = "lpirc_device_"
 KINDS = ("cpu", "edgetpu", "gpu")
@@ -86,13 +86,6 @@ def _import_ray():
 def _now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- submissions -----------------------------------------------------------------------------
@@ -191,15 +184,18 @@ def devices_from_nodes(nodes: list[dict]) -> list[Device]:
 
 
 def share_cores(cores: list[int], share: tuple[int, int] | None) -> list[int] | None:
-    """The cores of one of ``count`` devices splitting ``cores`` evenly (device ``position``);
-    with fewer cores than devices, device k gets core k mod n. None: no division (all cores)."""
+    """The cores of device ``position`` of ``count`` splitting ``cores``: every device the same
+    number, ``len(cores) // count`` (a job's time must not depend on the device it drew; the
+    rest stay unused); with fewer cores than devices, device k gets core k mod n, shared (the
+    head notes it). None: no division (all cores)."""
     if share is None:
         return None
     pos, count = share
     cores = sorted(cores)
-    if count >= len(cores):
+    size = len(cores) // count
+    if size == 0:
         return [cores[pos % len(cores)]]
-    return cores[pos * len(cores) // count:(pos + 1) * len(cores) // count]
+    return cores[pos * size:(pos + 1) * size]
 
 
 # --- what crosses the boundary between head and device node ---------------------------------
@@ -250,7 +246,7 @@ class AttemptResult:
 
 
 def _node_work_dir(suggested: str) -> Path:
-    return Path(os.environ.get(WORK_ENV) or suggested)
+    return Path(os.environ.get(WORK_ENV) or suggested).absolute()
 
 
 # Runs `lpirc run` for a device, in a child of the device's actor. Set up here, not in a
@@ -316,16 +312,18 @@ class DeviceWorker:
         if req.sidecar is not None:
             model_path.with_suffix(".json").write_bytes(req.sidecar)
         run_dir = base / "run"
-        holdout = os.environ.get(HOLDOUT_ENV) or req.holdout
+        holdout = os.path.abspath(os.environ.get(HOLDOUT_ENV) or req.holdout)
         args = ["run", "--model", str(model_path), "--holdout", holdout, "--out", str(run_dir),
                 "--quiet", *req.run_args]
         if self.cores is not None:
             args += ["--workers", str(len(self.cores))]
         t0 = time.time()
-        # its own session: a Ctrl-C on the head's terminal is the head's to handle
+        # its own session: a Ctrl-C on the head's terminal is the head's to handle; in the
+        # attempt folder: `python -m lpirc` puts its folder first on sys.path, and a folder
+        # named lpirc where the node's `ray start` ran (a clone) would shadow the package
         proc = subprocess.run(_child_command(args, self.cores), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)
+                              start_new_session=True, cwd=base)
         t1 = time.time()
         (base / "stderr.txt").write_bytes(proc.stderr)
         return AttemptResult(proc.returncode, _reason(proc.stderr, proc.returncode),
@@ -458,6 +456,20 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception): \S")
+
+
+def _start_failure(e: BaseException) -> str | None:
+    """The cause of a device actor that failed to start (its ``__init__`` raised, or its
+    worker could not import lpirc), as the last ``SomeError: message`` line of the traceback
+    Ray wraps it in; None when ``e`` is not such a failure (a device lost otherwise)."""
+    text = str(e)
+    if "creation task" not in text:
+        return None
+    causes = [ln.strip() for ln in text.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
+    return causes[-1] if causes else _first_line(e)
+
+
 class Fleet:
     """The head's dispatch loop: devices check their holdout, idle devices take the next queued
     job of their kind, results are checked, scored and added to the standings. Ray does the
@@ -539,7 +551,7 @@ class Fleet:
         if d.node_id == self.head_node:
             return str(out / "attempts")
         tag = hashlib.sha256(str(out).encode()).hexdigest()[:8]  # two fleets named alike
-        return str(Path(tempfile.gettempdir()) / "lpirc-fleet" / f"{out.name}-{tag}")
+        return str(_RAY_START_DIR / f"{out.name}-{tag}")
 
     def _on_check(self, ref: Any) -> None:
         slot = self.checks.pop(ref)
@@ -549,7 +561,11 @@ class Fleet:
             rep = self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
             slot.state = "lost"
-            self.emit("lost", f"{slot.device.label}: lost before its holdout check "
+            cause = _start_failure(e)
+            self.emit("lost", f"{slot.device.label}: could not start on its node ({cause}); "
+                              "is lpirc installed there, importable by the Python of its "
+                              "`ray start`, in the head's version?" if cause else
+                              f"{slot.device.label}: lost before its holdout check "
                               f"({_first_line(e)})", slot=slot)
             return
         slot.report = rep
@@ -566,9 +582,24 @@ class Fleet:
             cores = f", cores {','.join(map(str, rep.cores))}" if rep.cores else ""
             self.emit("device", f"{slot.device.label} ready: holdout matches the head's "
                                 f"({rep.image_count} images){cores}", slot=slot)
+            self._note_shared_cores(slot)
             if rep.holds_ground_truth and slot.device.node_id != self.head_node:
                 self.emit("note", f"{slot.device.label}: {rep.holdout} holds ground_truth.csv; "
                                   "the ground truth should stay on the head", slot=slot)
+
+    def _note_shared_cores(self, slot: _Slot) -> None:
+        """A note when ``slot``'s cores overlap another ready device's on its node (more
+        ``cpu`` devices than cores): their runs' times are not comparable."""
+        mine = set(slot.report.cores or ())
+        for other in self.slots:
+            if (other is not slot and other.report is not None and other.state != "checking"
+                    and other.device.node_id == slot.device.node_id
+                    and mine & set(other.report.cores or ())):
+                self.emit("note", f"{slot.device.label} shares core(s) "
+                                  f"{','.join(map(str, sorted(mine & set(other.report.cores))))} "
+                                  f"with {other.device.label} (more cpu devices than cores): "
+                                  "their runs' times are not comparable", slot=slot)
+                return
 
     def refuse_node(self, slot: _Slot, why: str) -> None:
         """Refuse every device of ``slot``'s node (one line) and release them."""
@@ -722,6 +753,7 @@ class Fleet:
         job.score = {k: score.get(k) for k in ("score", "top1", "top5", "images_answered",
                                                "images_total", "wall_time_s", "energy_wh",
                                                "energy_source")}
+        job.score |= {k: score[k] for k in scoring.RULE_PARAMS if k in score}  # what it means
         job.status, job.reason = "done", res.reason  # a run stopped part-way keeps its reason
         rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
@@ -847,6 +879,27 @@ def load_jobs(cfg: FleetConfig, subs: list[Submission], head_sha: str) -> list[J
     return jobs + list(prev.values())
 
 
+# Ray puts the folder its driver starts in first on every worker's sys.path, on every node. A
+# folder named lpirc there (the clone beside an editable install, an old copy) would shadow
+# the installed package and no device would start; the checkout or site-packages there would
+# put their modules before the standard library's. So the head starts Ray in a folder that
+# holds nothing importable: <temp>/lpirc-fleet, where nodes keep their run folders (named
+# "<fleet>-<hash>", never a module name).
+_RAY_START_DIR = Path(tempfile.gettempdir()) / "lpirc-fleet"
+
+
+@contextlib.contextmanager
+def _in_ray_start_dir() -> Iterator[None]:
+    """Chdir to :data:`_RAY_START_DIR` (made if missing) for the duration (to start Ray in)."""
+    here = os.getcwd()
+    _RAY_START_DIR.mkdir(parents=True, exist_ok=True)
+    os.chdir(_RAY_START_DIR)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 @contextlib.contextmanager
 def local_cluster(devices: int, num_cpus: int | None = None,
                   object_store_bytes: int = _OBJECT_STORE_BYTES) -> Iterator[None]:
@@ -859,10 +912,11 @@ def local_cluster(devices: int, num_cpus: int | None = None,
     if num_cpus is None:
         num_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             resources={f"{RESOURCE_PREFIX}cpu_{i}": 1 for i in range(devices)},
-             object_store_memory=object_store_bytes, log_to_driver=False,
-             logging_level=logging.ERROR)
+    with _in_ray_start_dir():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 resources={f"{RESOURCE_PREFIX}cpu_{i}": 1 for i in range(devices)},
+                 object_store_memory=object_store_bytes, log_to_driver=False,
+                 logging_level=logging.ERROR)
     try:
         yield
     finally:
@@ -886,7 +940,8 @@ def connect(address: str | None, devices: int = 2) -> Iterator[None]:
         return
     _probe_address(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        with _in_ray_start_dir():
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # ConnectionError, ValueError, RuntimeError, by Ray version
         hint = "" if os.environ.get("RAY_AUTH_MODE") else (
             "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token here")
@@ -1013,6 +1068,11 @@ def format_standings(outcome: FleetOutcome) -> str:
     lines.append(f"jobs            {len(st)}: {st.count('done')} done, {st.count('failed')} "
                  f"failed, {st.count('cancelled')} cancelled")
     lines.append("wall s          measured by lpirc run on the device; top-1 measured")
+    rule = scoring.RULES.get(outcome.rules)
+    if done and rule is not None:  # the score's formula, and whether its energy was measured
+        sources = sorted({str((j.score or {}).get("energy_source") or "none") for j in done})
+        lines.append(f"score           {rule.describe(done[0].score)}; energy "
+                     f"{' / '.join(sources)} (lpirc run's energy source on the device)")
     return "\n".join(lines)
 
 
@@ -1087,11 +1147,15 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
         if not quiet:
             click.echo(f"ray       connected in {connected:.1f} s (measured): "
                        f"{address or f'local instance, {devices} simulated devices'}", err=True)
-        outcome = run_fleet(subs, cfg, None if quiet else print_event)
+        # after ray.init, which sets its own SIGTERM handler (sys.exit): a scheduler's SIGTERM
+        # ends the fleet as Ctrl-C does, also when started as a background job (SIGINT ignored)
+        with preflight.stop_signals():
+            outcome = run_fleet(subs, cfg, None if quiet else print_event)
     click.echo(format_standings(outcome))
-    ready = "n/a" if outcome.startup_s is None else f"{outcome.startup_s:.1f} s"
+    ready = ("no device became ready" if outcome.startup_s is None else
+             f"first device ready after {outcome.startup_s:.1f} s")
     click.echo(f"fleet           {cfg.out / STATE}; wall time {outcome.wall_s:.1f} s after Ray "
-               f"connected, first device ready after {ready} (measured)")
+               f"connected, {ready} (measured)")
     if outcome.interrupted:
         click.echo("lpirc: interrupted", err=True)
     sys.exit(outcome.exit_code)
@@ -1102,7 +1166,11 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated devices of the local instance (no --address).")
 @_cli_errors
 def fleet_devices(address, devices) -> None:
-    """List the devices a Ray cluster offers (resources lpirc_device_<kind>_<id>), one a line."""
+    """List the devices a Ray cluster offers (resources lpirc_device_<kind>_<id>), one a line.
+
+    Exit status: 0 when the cluster offers a device; 1 when it offers none, no cluster answers
+    at --address, or Ray is missing; 2 usage.
+    """
     with connect(address, devices):
         found = cluster_devices()
     for d in found:

@@ -130,9 +130,29 @@ class Fatal(NamedTuple):
     message: str
 
 
-def _worker_main(job: WorkerJob, conn: Connection) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGKILL when the run that started it dies, even by SIGKILL (an
+    out-of-memory kill, a fleet's device lost). A forked worker holds both ends of every pipe
+    the run made before it, so it would never see end-of-file and would wait forever. (Linux
+    signals the death of the parent *thread* that started the worker: a pool must not outlive
+    the thread that started it, and none does: start, respawns and stop run in the run's.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the run died before the prctl: no signal will come
+        os._exit(0)
+
+
+def _worker_main(job: WorkerJob, conn: Connection, parent_pid: int | None = None) -> None:
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     try:
         _serve(job, conn)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -351,8 +371,8 @@ def _spawn(pool: WorkerPool) -> None:
         decode_threads=pool.decode_threads, preprocess=st.preprocess,
     )
     parent_end, child_end = pool.ctx.Pipe(duplex=True)
-    proc = pool.ctx.Process(target=_worker_main, args=(job, child_end), daemon=True,
-                            name=f"lpirc-worker-{pool.next_wid}")
+    proc = pool.ctx.Process(target=_worker_main, args=(job, child_end, os.getpid()),
+                            daemon=True, name=f"lpirc-worker-{pool.next_wid}")
     proc.start()
     child_end.close()
     pool.workers[pool.next_wid] = _Worker(pool.next_wid, proc, parent_end)

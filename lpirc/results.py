@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,3 +54,13 @@ def new_run_dir(model: Path, prefix: str = "", base: Path = Path("runs")) -> Pat
         n += 1
         out = base / f"{prefix}{stamp}-{Path(model).stem}-{n}"
     return out
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file's bytes, read 1 MiB at a time: the model digest every manifest,
+    fleet job and standings row records."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -27,7 +27,6 @@ answer as it arrives, so a client can post answers while later images are still 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import sys
 import unicodedata
@@ -45,7 +44,8 @@ from lpirc.energy import (EnergyConfig, energy_source_preview, finish_energy,
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
 from lpirc.holdout import open_holdout
 from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_workers, stop_workers
-from lpirc.results import MANIFEST, RESULTS, SCORE, ResultLog, new_run_dir, write_json
+from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new_run_dir,
+                           write_json)
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.names import NameIndex
@@ -100,13 +100,6 @@ class _Plan:
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | None = None,
@@ -296,7 +289,7 @@ def _start_manifest(plan: _Plan, source: ImageSource, budget: Budget, start_utc:
         "runtime": None,
         "delegate": {"requested": s.delegate, "ran": None, "note": None},
         "model": {"path": str(model_path.resolve()), "size_bytes": model_path.stat().st_size,
-                  "sha256": _sha256(model_path)},
+                  "sha256": file_sha256(model_path)},
         "holdout": _holdout_json(plan, source),
         "settings": s.to_json(),
         "budget": budget.to_json(),

@@ -92,6 +92,10 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
     ranked = [ln.split() for ln in table if ln.strip()[:1].isdigit()]
     assert sorted(row[1] for row in ranked) == ["alpha", "beta", "gamma"]
     assert any("failed" in ln and "broken" in ln and "not a TFLite model" in ln for ln in table)
+    # what the score is, and whether the energy it divides by was measured or estimated
+    score_line = next(ln for ln in table if ln.startswith("score "))
+    assert "/ energy in Wh" in score_line and "(600 s)" in score_line, score_line
+    assert any(w in score_line for w in ("energy estimated", "energy measured")), score_line
     # the head added the three scored runs to the standings database, as source "fleet"
     conn = leaderboard.open_db(db)
     stored = {e.submission: e for e in leaderboard.entries(conn)}
@@ -103,8 +107,11 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
         assert jobs[name]["standings"].startswith("added to")
 
 
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, small_holdout,
-                                                                    reference_model):
+                                                                    reference_model, stop):
+    """Ctrl-C, or a scheduler's SIGTERM to the head alone, cancels the running and queued jobs;
+    the finished ones stay scored; exit 130 (SIGTERM was Ray's sys.exit(15) before)."""
     subs = make_submissions(tmp_path / "subs", reference_model, [f"s{i}" for i in range(5)])
     out = tmp_path / "fleet"
     # a terminal's Ctrl-C reaches the whole process group: the head and its local Ray
@@ -118,7 +125,10 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
         for line in p.stderr:
             seen.append(line)
             if line.startswith("done"):
-                os.killpg(p.pid, signal.SIGINT)
+                if stop == "ctrl-c":
+                    os.killpg(p.pid, signal.SIGINT)
+                else:
+                    os.kill(p.pid, signal.SIGTERM)
                 break
         stdout, rest = p.communicate(timeout=60)
     finally:
@@ -134,6 +144,53 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
         assert scored == (statuses[i] == "done")
     assert "cancelled by Ctrl-C" in stdout
     assert "Traceback" not in rest
+
+
+def test_fleet_started_beside_a_folder_named_lpirc_runs_its_jobs(tmp_path, small_holdout,
+                                                                 reference_model):
+    """An organiser runs `lpirc fleet` from the folder that holds their clone (`lpirc/`, no
+    __init__.py there) with lpirc installed editable. Ray puts the head's folder first on every
+    worker's sys.path; that folder must not shadow the installed package on the devices."""
+    subs = make_submissions(tmp_path / "subs", reference_model, ["one"])
+    here = tmp_path / "organiser"
+    (here / "lpirc").mkdir(parents=True)  # a clone's top folder: no __init__.py
+    (here / "lpirc" / "README.md").write_text("a clone\n")
+    out = tmp_path / "fleet"
+    # -P: the head itself does not put its folder on sys.path, as the `lpirc` script does not
+    r = subprocess.run([sys.executable, "-P", "-m", "lpirc", "fleet", "run", str(subs),
+                        "--holdout", str(small_holdout), "--out", str(out), "--devices", "1",
+                        "--db", str(tmp_path / "standings.sqlite")], cwd=here,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert state(out)["one"]["status"] == "done"
+    assert "first device ready after" in r.stdout
+
+
+def test_cpu_devices_get_equal_core_shares():
+    """A job's time must not depend on the device it drew: 3 devices on 4 cores get one core
+    each (core 3 unused), not 1, 1 and 2; fewer cores than devices: shared, round robin."""
+    assert [fleet.share_cores([0, 1, 2, 3], (i, 3)) for i in range(3)] == [[0], [1], [2]]
+    assert [fleet.share_cores([4, 5, 6, 7], (i, 2)) for i in range(2)] == [[4, 5], [6, 7]]
+    assert [fleet.share_cores([0, 1], (i, 3)) for i in range(3)] == [[0], [1], [0]]
+    assert fleet.share_cores([0, 1], None) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_devices_sharing_a_core_are_noted(tmp_path, small_holdout, reference_model):
+    """2 simulated devices on a head pinned to one core share it: a note says their times are
+    not comparable, and the fleet still runs."""
+    subs = make_submissions(tmp_path / "subs", reference_model, ["one"])
+    out = tmp_path / "fleet"
+    argv = ["lpirc", "fleet", "run", str(subs), "--holdout", str(small_holdout), "--out",
+            str(out), "--devices", "2", "--db", str(tmp_path / "standings.sqlite")]
+    code = ("import os, runpy, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            f"sys.argv = {argv!r}; runpy.run_module('lpirc', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note") and "shares core" in ln]
+    assert len(notes) == 1 and "times are not comparable" in notes[0], r.stderr
+    assert state(out)["one"]["status"] == "done"
 
 
 def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
@@ -171,6 +228,9 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
         assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
         assert message in lines[0], r.stderr
         assert not ray.is_initialized()
+    r = CliRunner().invoke(main, ["fleet", "devices", "--address", "127.0.0.1:1"])
+    assert r.exit_code == 1 and r.stderr.startswith("lpirc: error: 127.0.0.1:1: no Ray"), r.stderr
+    assert not ray.is_initialized()
 
 
 # --- a 3-node cluster on this machine --------------------------------------------------------
@@ -354,6 +414,18 @@ def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_hold
     assert second["outcome"] == "done" and second["device"] != stopped["device"]
     assert any(e.what == "note" and "no result from stuck within 5 s" in e.message for e in events)
     stopped["child"].wait(timeout=10)  # the stopped run died with its device
+
+
+def test_device_that_cannot_start_is_named_with_its_cause(cluster):
+    """A device actor whose start fails on its node (here DeviceWorker given no device; on a
+    real node, lpirc missing or another version) is reported with the error that stopped it,
+    not Ray's wrapper text."""
+    actor = ray.remote(fleet.DeviceWorker).options(num_cpus=0).remote(None)
+    with pytest.raises(ray.exceptions.RayError) as err:
+        ray.get(actor.check.remote("/nowhere", 0, "/nowhere"), timeout=60)
+    assert fleet._start_failure(err.value) == (
+        "AttributeError: 'NoneType' object has no attribute 'share'")
+    assert fleet._start_failure(RuntimeError("a node died")) is None
 
 
 def test_fleet_devices_lists_each_node_device(cluster):

@@ -352,9 +352,15 @@ def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout)
 
     p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--input-size", "20by",
               "--out", run_dir(tmp_path, "bad"), "--quiet")
-    # typed on the command line: click's usage error naming the option (exit 2), as --std 0 is
-    assert p.returncode == 2 and "Invalid value for '--input-size'" in p.stderr
-    assert "input_size must be HxW" in p.stderr
+    # typed on the command line: click's usage error naming the option (exit 2) ...
+    assert p.returncode == 2 and "'--input-size'" in p.stderr and "input_size must be HxW" in p.stderr
+    # ... and the same value in a config file: one line naming that file (exit 5)
+    cfg = tmp_path / "bad_size.json"
+    cfg.write_text(json.dumps({"settings": {"input_size": "20by"}}))
+    p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--config", cfg,
+              "--out", run_dir(tmp_path, "bad2"), "--quiet")
+    assert p.returncode == 5 and "input_size must be HxW" in error_lines(p)[0], p.stderr
+    assert "bad_size.json" in error_lines(p)[0]
 
 
 def test_dynamic_batch_keeps_working(models):

@@ -683,6 +683,30 @@ def test_ctrl_c_before_the_first_image_leaves_no_folder_and_no_worker(
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_run_killed_by_sigkill(tmp_path, reference_model, small_holdout):
+    """A run killed outright (out of memory, a fleet's device lost) takes its workers with it:
+    a forked worker holds both ends of the run's pipes, so it would otherwise wait forever."""
+    psutil = pytest.importorskip("psutil")
+    # no pipes: a worker left alive would hold them open (and a wait for them would hang)
+    p = subprocess.Popen([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
+                          "--holdout", str(small_holdout), "--out", str(tmp_path / "run"),
+                          "--workers", "2", "--quiet"], cwd=REPO, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list = []
+    deadline = time.monotonic() + 60
+    while len(workers) < 2 and time.monotonic() < deadline and p.poll() is None:
+        workers = psutil.Process(p.pid).children()
+        time.sleep(0.005)
+    assert len(workers) == 2, "the run's workers did not start"
+    p.kill()
+    p.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for w in alive:
+        w.kill()
+    assert not alive, [w.pid for w in alive]
+
+
 def test_sidecar_settings_yield_to_the_command_line_and_are_checked(tmp_path, reference_model,
                                                                     small_holdout):
     model = tmp_path / "sub.tflite"
@@ -757,10 +781,10 @@ def test_workers_never_hold_the_ground_truth(tmp_path, reference_model, small_ho
     seen.mkdir()
     real = pipeline._worker_main
 
-    def spying_worker(job, conn):
+    def spying_worker(job, conn, *rest):
         cached = scoring._io._read_ground_truth_cached.cache_info().currsize
         (seen / f"w{job.worker_id}").write_text(str(cached))
-        real(job, conn)
+        real(job, conn, *rest)
 
     scoring._io._read_ground_truth_cached.cache_clear()
     monkeypatch.setattr(pipeline, "_worker_main", spying_worker)

@@ -15,6 +15,11 @@ def convert_int8(tf, model, size: int, per_tensor: bool = False, shape=None) -> 
         for _ in range(8):
             yield [rng.uniform(-1, 1, dims).astype(np.float32)]
 
+    return _full_int8(tf, model, rep, per_tensor)
+
+
+def _full_int8(tf, model, rep, per_tensor: bool = False) -> bytes:
+    """TFLite's full-integer PTQ of a Keras ``model``, int8 in and out, calibrated on ``rep()``."""
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = rep
@@ -93,10 +98,4 @@ def convert_int8_imagenet(tf, model, size: int) -> bytes:
                 px = rng.integers(0, 256, (1, size, size, 3))
             yield [imagenet_normalised(px)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return conv.convert()
+    return _full_int8(tf, model, rep)
