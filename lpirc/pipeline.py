@@ -15,6 +15,7 @@ Workers never see the ground truth: they get file names and send back answers.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import multiprocessing as mp
@@ -138,8 +139,6 @@ def _die_with_parent(parent_pid: int) -> None:
     the thread that started it, and none does: start, respawns and stop run in the run's.)"""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
