@@ -1,8 +1,8 @@
 """The ``lpirc`` command line. Parsing and printing only: the work is done by the modules it calls.
 
-Modules that pull in Pillow, OpenCV, LiteRT or TensorFlow (runner, tune, settings, holdout,
-submission.*) are imported inside the commands that need them, so ``lpirc score`` and ``lpirc
-rules`` run where only numpy is installed; everything light is imported here, at the top.
+Modules that do the work (runner, tune, settings, holdout, submission.*, and through them
+LiteRT, OpenCV and TensorFlow) are imported inside the commands that need them, so that a
+command loads only what it uses; everything light is imported here, at the top.
 """
 
 from __future__ import annotations

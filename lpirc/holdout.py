@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import scoring
 from lpirc.errors import InputError
+from lpirc.preprocess import PreprocessSpec, decode
 from scoring.names import AMBIGUOUS, NameIndex
 
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md")  # data and notes beside the images
@@ -271,8 +272,6 @@ def _plan(n_src: int, count: int, seed: int) -> list[tuple[int, int]]:
 def make_variant(data_path: str, seed: str, quality: int = VARIANT_QUALITY) -> bytes:
     """A randomly cropped (50-100 % of the area, aspect x 3/4..4/3) and/or mirrored copy of an
     image, encoded as JPEG. Deterministic for ``seed``. Raises ImageError for unusable images."""
-    from lpirc.preprocess import PreprocessSpec, decode  # imports OpenCV (heavy): only here
-
     spec = PreprocessSpec(1, 1, "uint8", max_image_pixels=100_000_000)
     img = decode(data_path, spec)
     rng = random.Random(seed)

@@ -36,7 +36,7 @@ import numpy as np
 
 import scoring
 from lpirc.errors import InputError
-from scoring._io import read_manifest
+from scoring import read_manifest
 
 # --- the file ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ Workers never see the ground truth: they get file names and send back answers.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import multiprocessing as mp
@@ -46,8 +47,9 @@ from scoring.records import Answer, Record
 #: last chunks of a run spread over all workers.
 MIN_CHUNK = 4
 #: Images per chunk in between. A worker decodes a chunk, then invokes its images in a row:
-#: 16 in a row keep the model's weights in cache better than 4 (measured 2-4 % less CPU per
-#: answer with mobilenet_v2 on ImageNet-sized JPEGs; see bench/README.md).
+#: 16 in a row keep the model's weights in cache better than 4 (the worker's path cost 0.3-3.6 %
+#: less CPU per image in 8 of 9 alternated measurements, mobilenet_v2 on ImageNet-sized JPEGs;
+#: about 5 MB more memory per worker; see bench/README.md).
 MAX_CHUNK = 16
 #: Chunks a worker holds at once, so it never waits for the parent between chunks.
 IN_FLIGHT = 2
@@ -140,8 +142,6 @@ def _die_with_parent(parent_pid: int) -> None:
     the thread that started it, and none does: start, respawns and stop run in the run's.)"""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

@@ -198,7 +198,7 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
 
 
 def _read_manifest(path: Path) -> dict:
-    from scoring._io import read_manifest
+    from scoring import read_manifest
 
     return read_manifest(path)
 

@@ -100,7 +100,6 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-
 def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | None = None,
         on_answers: AnswersFn | None = None) -> RunOutcome:
     """Run ``settings.model`` over a source of images within the budget, write the run folder,

@@ -485,6 +485,7 @@ class _Search:
         self.space: list[Candidate] = []
         self.screened: list[Candidate] = []
         self.try_draft = False
+        self.draft_share = 0.0  # share of the sample a draft decode would read at reduced scale
         self.names: list[str] = []
         self.warm_rate = 1.0
         self.overhead = 0.0
