@@ -517,12 +517,15 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
         assert r.returncode == 1 and r.stderr.strip() == \
             f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]
-    big = tmp_path / "big"  # 2,000 images: more than the reference model answers in 1.5 s
+    # 2,000 images for one worker in 1 s: on a quiet 2-core machine two workers answered all
+    # 2,000 in 1.2 s, so one worker (about half that pace, model loading included) cannot
+    big = tmp_path / "big"
     make_distinct_holdout(small_holdout, big, 2000)
     add_team(tmp_path / "late.sqlite", "late")
-    with Referee(big, tmp_path / "late.sqlite", time_limit_s=1.5) as ref:
+    with Referee(big, tmp_path / "late.sqlite", time_limit_s=1.0) as ref:
         r = lpirc("run", "--model", str(reference_model), "--referee", ref.url, "--user", "late",
-                  "--password", "pw", "--out", str(tmp_path / "late"), "--quiet", "--no-report")
+                  "--password", "pw", "--out", str(tmp_path / "late"), "--quiet", "--no-report",
+                  "--workers", "1")
         assert r.returncode == 0 and "status          budget_exhausted" in r.stdout, r.stdout + r.stderr
         assert "referee energy  posted" in r.stdout, r.stdout  # taken just after the limit
         assert ("referee logout  none needed: the session had already ended (401 Time limit "
