@@ -24,6 +24,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 from tqdm import tqdm
@@ -148,17 +149,8 @@ def list_images(root: Path) -> list[str]:
 def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
     """The images of a holdout folder in run order. InputError if missing, not a folder, empty."""
     path = Path(root)
-    if not path.exists():
-        raise InputError(f"{path}: holdout folder not found")
-    if not path.is_dir():
-        raise InputError(f"{path}: holdout is not a folder")
-    try:
-        listing = scan_images(path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot list holdout folder ({e.strerror or e})") from None
+    listing = scan_folder(path, "holdout")
     files = listing.files
-    if not files:
-        raise listing.no_images(path, "holdout")
     random.Random(seed).shuffle(files)
     digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
     return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest,
@@ -172,6 +164,35 @@ def _known_synsets() -> frozenset[str]:
     return frozenset(scoring.synsets())  # the scorer owns the label list
 
 
+def scan_folder(folder: Path, what: str, on_note: Callable[[str], None] | None = None) -> Listing:
+    """The images below ``folder`` by the one listing rule (:func:`scan_images`), for a command
+    that cannot go on without some.
+
+    Args:
+      folder: the folder to list.
+      what: how the command names it in its errors ("source", "representative image").
+      on_note: called with one line saying what the listing skipped, when it skipped anything.
+    Returns:
+      the :class:`Listing` (at least one file).
+    Raises:
+      InputError: the folder is missing, not a folder, unreadable, or holds no images (the
+        line says what was skipped).
+    """
+    if not folder.exists():
+        raise InputError(f"{folder}: {what} folder not found")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (the {what} must be one)")
+    try:
+        listing = scan_images(folder)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot list the {what} folder ({e.strerror or e})") from None
+    if not listing.files:  # the error says what was skipped
+        raise listing.no_images(folder, what)
+    if on_note is not None and listing.skipped_line():
+        on_note(f"{folder}: {listing.skipped_line()}")
+    return listing
+
+
 def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | None = None,
                      on_note=None) -> list[tuple[Path, str]]:
     """(file, synset) for every image of a labelled folder, sorted by path.
@@ -183,18 +204,7 @@ def labelled_sources(src: str | os.PathLike, ground_truth: str | os.PathLike | N
     saying what it skipped. InputError naming the file/folder whose class cannot be told, is not
     an ILSVRC synset, or has no (or an ambiguous) ground-truth row."""
     root = Path(src)
-    if not root.exists():
-        raise InputError(f"{root}: source folder not found")
-    if not root.is_dir():
-        raise InputError(f"{root}: source is not a folder")
-    try:
-        listing = scan_images(root)
-    except OSError as e:
-        raise InputError(f"{root}: cannot list source folder ({e.strerror or e})") from None
-    if not listing.files:  # the error says what was skipped
-        raise listing.no_images(root, "source")
-    if on_note is not None and listing.skipped_line():
-        on_note(f"{root}: {listing.skipped_line()}")
+    listing = scan_folder(root, "source", on_note)
     if ground_truth is not None:
         return _labelled_by_truth(root, listing.files, Path(ground_truth), on_note)
     known = _known_synsets()

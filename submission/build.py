@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lpirc import __version__, preflight
 from lpirc.errors import EXIT_USAGE, InputError, LpircError, ModelError
-from lpirc.holdout import scan_images
+from lpirc.holdout import scan_folder
 from lpirc.preprocess import ImageError, PreprocessSpec, channel_values, load_image
 from lpirc.runtime import choose_output, model_info
 from lpirc.settings import sidecar_path
@@ -73,18 +73,7 @@ def list_images(folder: Path, on_note=None) -> list[Path]:
     folder or one without images."""
 
     folder = Path(folder)
-    if not folder.exists():
-        raise InputError(f"{folder}: representative image folder not found")
-    if not folder.is_dir():
-        raise InputError(f"{folder}: representative images must be a folder")
-    try:
-        listing = scan_images(folder)
-    except OSError as e:
-        raise InputError(f"{folder}: cannot list it ({e.strerror or e})") from None
-    if not listing.files:  # the error says what was skipped
-        raise listing.no_images(folder, "representative image")
-    if on_note is not None and listing.skipped_line():
-        on_note(f"{folder}: {listing.skipped_line()}")
+    listing = scan_folder(folder, "representative image", on_note)
     return [folder / f for f in listing.files]
 
 
