@@ -43,7 +43,7 @@ from lpirc import __version__, preflight
 from lpirc import runtime as rtm
 from lpirc.delegates import parse_delegate
 from lpirc.errors import DelegateError, InputError, LpircError, ModelError
-from lpirc.holdout import scan_images
+from lpirc.holdout import scan_folder
 from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
                               crop_and_resize, input_range, load_image, raw_codes_problem,
                               to_input)
@@ -450,18 +450,10 @@ def _sidecar_mismatch(side: Path, h: int, w: int, dtype: str, classes: int) -> s
 
 
 def _holdout_images(holdout) -> tuple[list[Path], str | None]:
-    """The holdout's images by the rule every command uses (lpirc.holdout.scan_images), and the
+    """The holdout's images by the rule every command uses (lpirc.holdout.scan_folder), and the
     line saying what that rule skipped."""
-
     root = Path(holdout)
-    if not root.is_dir():
-        raise InputError(f"{root}: holdout folder not found")
-    try:
-        listing = scan_images(root)
-    except OSError as e:
-        raise InputError(f"{root}: cannot list holdout folder ({e.strerror or e})") from None
-    if not listing.files:
-        raise listing.no_images(root, "holdout")
+    listing = scan_folder(root, "holdout")
     return [root / f for f in listing.files], listing.skipped_line()
 
 
