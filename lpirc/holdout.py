@@ -146,14 +146,19 @@ def list_images(root: Path) -> list[str]:
     return scan_images(root).files
 
 
+def files_sha256(files) -> str:
+    """sha256 (hex) of an ordered list of relative image names joined by newlines: the holdout
+    digest every manifest, referee session and fleet node check records and compares."""
+    return hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
+
+
 def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
     """The images of a holdout folder in run order. InputError if missing, not a folder, empty."""
     path = Path(root)
     listing = scan_folder(path, "holdout")
     files = listing.files
     random.Random(seed).shuffle(files)
-    digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
-    return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=digest,
+    return Holdout(root=path, files=tuple(files), seed=int(seed), files_sha256=files_sha256(files),
                    skipped=dict(listing.skipped))
 
 

@@ -33,7 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 
-from lpirc.holdout import Holdout, open_holdout
+from lpirc.holdout import Holdout, files_sha256, open_holdout
 
 
 @runtime_checkable
@@ -82,9 +82,8 @@ class FolderSource:
     def of_names(cls, root: str | Path, names: Iterable[str]) -> FolderSource:
         """A source over given names of ``root`` (in that order), nothing listed: for a sample."""
         files = tuple(names)
-        digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
         return cls(root, holdout=Holdout(root=Path(root), files=files, seed=0,
-                                         files_sha256=digest))
+                                         files_sha256=files_sha256(files)))
 
     @property
     def files(self) -> tuple[str, ...]:

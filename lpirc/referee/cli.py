@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import secrets
 import sys
 from pathlib import Path
@@ -178,7 +177,7 @@ def _rescore(store, db: Path, team_id: int) -> list[dict]:
     """Score again every ended session of a team, with the holdout and ground truth the server
     was last started with (recorded in the database)."""
     from lpirc.errors import InputError
-    from lpirc.holdout import list_images
+    from lpirc.holdout import files_sha256, list_images
     from lpirc.referee.core import score_session
 
     cfg = store.config()
@@ -190,7 +189,7 @@ def _rescore(store, db: Path, team_id: int) -> list[dict]:
             raise InputError(f"{db}: the server has never run on it: nothing to rescore")
         root = Path(cfg["holdout"])
         files = list_images(root)
-        if hashlib.sha256("\n".join(files).encode()).hexdigest() != row.holdout_sha256:
+        if files_sha256(files) != row.holdout_sha256:
             raise InputError(f"{root}: the holdout changed since attempt {row.attempt}; "
                              "cannot rescore it")
         standings = cfg.get("standings_db")

@@ -7,7 +7,6 @@ plain call (tests and the CLI use them directly), safe to call from several thre
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -83,17 +82,18 @@ class Referee:
     """
 
     def __init__(self, cfg: RefereeConfig, announce=None) -> None:
-        from lpirc.holdout import list_images, open_holdout
+        from lpirc.holdout import files_sha256, scan_folder
         from scoring.names import label_images
 
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
         if cfg.rules not in scoring.RULES:
             raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
-        open_holdout(cfg.holdout)  # its one-line errors: missing, not a folder, empty
         self.root = Path(cfg.holdout)
-        self.files = list_images(self.root)
-        self.sha256 = hashlib.sha256("\n".join(self.files).encode("utf-8")).hexdigest()
+        # listed once, sorted (each session shuffles its own copy); one-line errors: missing,
+        # not a folder, unreadable, no images
+        self.files = scan_folder(self.root, "holdout").files
+        self.sha256 = files_sha256(self.files)
         try:
             truth = scoring.read_ground_truth(cfg.ground_truth)
         except scoring.ScoringError as e:
