@@ -757,7 +757,7 @@ class Fleet:
         job.status, job.reason = "done", res.reason  # a run stopped part-way keeps its reason
         rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
-                                         self.cfg.rules, job.name)
+                                         self.cfg.rules, job.name, score)
         rec["score_s"] = round(time.perf_counter() - t0, 3)  # write, score, standings
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         self.emit("done", f"{job.name} on {slot.device.label}: score {_num(score.get('score'))} "
@@ -820,18 +820,19 @@ def _parse_json(data: bytes | None) -> dict | None:
 
 
 def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
-                     submission: str) -> str:
+                     submission: str, score: dict | None = None) -> str:
     """Add one scored run folder to the standings database of ``lpirc leaderboard`` (source
     ``fleet``, its uid the run's: the same run is never added twice). Returns what happened,
     for ``fleet.json``: ``added``, ``already in the standings``, or why it was not recorded
-    (the result stays scored in its run folder; ``lpirc leaderboard add`` can add it later)."""
+    (the result stays scored in its run folder; ``lpirc leaderboard add`` can add it later).
+    ``score``: the run's score object just computed by the head, so it is not scored twice."""
     try:
         conn = leaderboard.open_db(db)
     except LpircError as e:
         return f"not recorded: {e}"
     try:
         entry = leaderboard.entry_from_run(run_dir, ground_truth, rules, submission=submission,
-                                           source="fleet")
+                                           source="fleet", score=score)
         added = leaderboard.add_entry(conn, entry)
     except (LpircError, ValueError, OSError) as e:
         return f"not recorded: {_first_line(e)}"

@@ -304,7 +304,8 @@ def energy_label_of(score_source: str | None, energy_wh: float | None) -> str:
 
 def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
                    submission: str | None = None, team: str | None = None,
-                   source: str = "run", **rule_options) -> Entry:
+                   source: str = "run", score: Mapping[str, Any] | None = None,
+                   **rule_options) -> Entry:
     """Score a run folder (``results.jsonl`` + ``manifest.json``) and describe it as an Entry.
 
     Args:
@@ -314,6 +315,8 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
         rules: rule set; None = the one the run was scored under (its settings), else
             ``lpirc-onsite``.
         submission: name shown; default the run folder's name. team: optional.
+        score: the run's score object when the caller has just computed it with the same
+            ground truth and rules (the fleet's head): it is not scored again.
         rule_options: time_limit_s, ms_per_image, idle_watts, k, a0, energy_wh (see scoring).
     Returns:
         an Entry (not yet stored: :func:`add_entry`).
@@ -326,7 +329,8 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
         manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
         settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
         rules = rules or settings.get("rules") or "lpirc-onsite"
-        s = scoring.score_path(path, ground_truth, rules, **rule_options)
+        s = score if score is not None else scoring.score_path(path, ground_truth, rules,
+                                                               **rule_options)
     except scoring.ScoringError as e:
         raise InputError(str(e)) from None
     if manifest:
