@@ -54,6 +54,16 @@ def run_dir(tmp_path: Path, name: str) -> Path:
     return tmp_path / "runs" / name
 
 
+def refused_line(model: Path, holdout: Path, out: Path) -> str:
+    """``lpirc run`` of a model it must refuse: exit 3, no traceback; returns the one error line."""
+    p = lpirc("run", "--model", model, "--holdout", holdout, "--out", out, "--quiet",
+              "--workers", "1")
+    assert p.returncode == 3, p.stderr
+    (line,) = error_lines(p)
+    assert "Traceback" not in p.stderr
+    return line
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Small real models, built once: an ImageNet-normalised int8 classifier, a Keras model with
@@ -301,13 +311,10 @@ def test_mean_std_forms_and_units(tmp_path):
 
 def test_auxiliary_head_is_refused_until_output_is_chosen(models, tmp_path, answer_holdout):
     model = models["aux"]
-    p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--out",
-              run_dir(tmp_path, "none"), "--quiet", "--workers", "1")
-    assert p.returncode == 3, p.stderr
-    (line,) = error_lines(p)
+    line = refused_line(model, answer_holdout, run_dir(tmp_path, "none"))
     assert "2 outputs and 2 are [1, 1000|1001]" in line and "--output NAME|INDEX" in line
     assert "0 'aux_logits' (StatefulPartitionedCall_1:0) [1, 1000]" in line
-    assert "'predictions'" in line and "Traceback" not in p.stderr
+    assert "'predictions'" in line
 
     p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--output", "predictions",
               "--out", run_dir(tmp_path, "chosen"), "--quiet", "--workers", "1")
@@ -328,10 +335,7 @@ def test_auxiliary_head_is_refused_until_output_is_chosen(models, tmp_path, answ
         assert json.loads((run_dir(tmp_path, "index") / "score.json").read_text())["top1"] == 0.0
         # a name the model lacks, from the sidecar: one line that does not blame --output alone
         model.with_suffix(".json").write_text(json.dumps({"preprocess": {"output": "logits"}}))
-        p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--out",
-                  run_dir(tmp_path, "nosuch"), "--quiet", "--workers", "1")
-        assert p.returncode == 3, p.stderr
-        (line,) = error_lines(p)
+        line = refused_line(model, answer_holdout, run_dir(tmp_path, "nosuch"))
         assert "output 'logits'" in line and "sidecar" in line and "1 'predictions'" in line
     finally:
         model.with_suffix(".json").unlink()
@@ -381,10 +385,7 @@ def test_embedding_output_beside_the_answer(models, tmp_path, answer_holdout):
 
 def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout):
     model = models["dynamic"]
-    p = lpirc("run", "--model", model, "--holdout", answer_holdout, "--out",
-              run_dir(tmp_path, "dyn"), "--quiet", "--workers", "1")
-    assert p.returncode == 3, p.stderr
-    (line,) = error_lines(p)
+    line = refused_line(model, answer_holdout, run_dir(tmp_path, "dyn"))
     assert "dynamic.tflite" in line and "[-1, -1, -1, 3]" in line and "--input-size" in line
     rep = check_submission(model)
     assert rep.get("input").status == "fail" and "--input-size" in rep.get("input").message
