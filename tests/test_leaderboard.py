@@ -157,7 +157,7 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
                                                 start="2026-11-30T10:00:00Z")))
     rows = lb.standings(db)
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
-    from lpirc.cli_pages import format_table
+    from lpirc.cli.leaderboard import format_table
 
     assert "entries on different holdouts, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
 

@@ -19,7 +19,7 @@ import scoring
 from lpirc import __version__
 from lpirc.errors import EXIT_INTERRUPTED, InputError, LpircError
 from lpirc.preprocess import channel_values, parse_input_size, units_problem
-from lpirc.referee.cli import RefereeRun, referee_run_options
+from lpirc.cli.referee import RefereeRun, referee_run_options
 
 
 def friendly_errors(fn):
@@ -173,7 +173,7 @@ def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) ->
     summary = format_run_summary(outcome)
     click.echo(referee.summary(summary) if referee else summary)
     if not no_report:
-        from lpirc.cli_pages import run_report_line
+        from lpirc.cli.leaderboard import run_report_line
 
         click.echo(run_report_line(outcome.out_dir))
     sys.exit(outcome.exit_code)
@@ -465,14 +465,14 @@ def submission_check(model, delegate, holdout, ground_truth, reference, limit, r
     sys.exit(1 if rep.failed else 0)
 
 
-# --- lpirc report, lpirc leaderboard (lpirc/cli_pages.py) ----------------------------------
+# --- lpirc report, lpirc leaderboard (lpirc/cli/leaderboard.py) ----------------------------------
 
-from lpirc.cli_pages import leaderboard as _leaderboard, report_cmd as _report_cmd  # noqa: E402
+from lpirc.cli.leaderboard import leaderboard as _leaderboard, report_cmd as _report_cmd  # noqa: E402
 
 main.add_command(_report_cmd)
 main.add_command(_leaderboard)
 
-from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its package)
+from lpirc.cli.referee import referee  # noqa: E402  (the group lives with its package)
 
 main.add_command(referee)
 
