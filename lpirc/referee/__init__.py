@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import importlib
 
+from lpirc.errors import LpircError
+
 
 def require_extra(*modules: str) -> None:
     """Raise LpircError (exit 1, one line) when a module of the ``referee`` extra is missing."""
-    from lpirc.errors import LpircError
-
     for name in modules:
         try:
             importlib.import_module(name)

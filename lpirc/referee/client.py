@@ -34,6 +34,9 @@ from pathlib import Path
 import httpx
 
 from lpirc.errors import LpircError
+from lpirc.results import MANIFEST, new_run_dir, write_json
+from lpirc.runner import run
+from lpirc.sources import GrowingSource
 
 ZIP = 100
 BACKOFF_S = (0.1, 2.0)  # first retry delay, cap
@@ -316,10 +319,6 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
     """``lpirc run`` fed by a referee. Returns (RunOutcome, report dict).
 
     Raises RefereeError when the login or the count fails, LpircError as ``lpirc.runner.run``."""
-    from lpirc.results import MANIFEST, new_run_dir, write_json
-    from lpirc.runner import run
-    from lpirc.sources import GrowingSource
-
     deadline = time.monotonic() + settings.time_limit_s
     client = RefereeClient(url, user, password, deadline)
     scratch = Path(tempfile.mkdtemp(prefix="lpirc-referee-"))

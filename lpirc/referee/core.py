@@ -16,15 +16,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import scoring
-from lpirc import __version__
+from lpirc import __version__, leaderboard
+from lpirc.energy import power_log_wh
 from lpirc.errors import InputError
+from lpirc.holdout import files_sha256, scan_folder
 from lpirc.referee import protocol as P
 from lpirc.referee.protocol import ProtocolError
 from lpirc.referee.store import Answer, PowerReading, SessionRow, Store, Team
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
+from scoring.names import label_images
 
 METER_SESSION_S = 366 * 24 * 3600.0  # a meter's login lasts until it logs out
 #: After a session ends, how long scoring waits for a meter that is logging the team to post a
@@ -47,8 +51,8 @@ class RefereeConfig:
     holdout: Path
     ground_truth: Path
     db: Path
-    time_limit_s: float = 600.0
-    rules: str = "lpirc-onsite"
+    time_limit_s: float = scoring.DEFAULT_TIME_LIMIT_S
+    rules: str = scoring.DEFAULT_RULES
     attempts: int = 1
     class_base: int = 0
     runs_dir: Path | None = None
@@ -82,9 +86,6 @@ class Referee:
     """
 
     def __init__(self, cfg: RefereeConfig, announce=None) -> None:
-        from lpirc.holdout import files_sha256, scan_folder
-        from scoring.names import label_images
-
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
         if cfg.rules not in scoring.RULES:
@@ -324,10 +325,6 @@ def energy_of(store: Store, row: SessionRow) -> dict:
     """The session's energy: ``metered`` (the meter's readings integrated over the session
     window, trapezoid, lpirc.energy.power_log_wh), else ``self-reported`` (the device's own
     figure), else ``absent``. Returns {"wh", "source", "method"}."""
-    import numpy as np
-
-    from lpirc.energy import power_log_wh
-
     end = min(row.ended if row.ended is not None else row.deadline, row.deadline)
     readings = store.power(row.team_id)
     why = "no meter readings for this team"
@@ -423,8 +420,6 @@ def score_session(store: Store, row: SessionRow, root: Path, files: list[str], g
 def publish(standings_db: Path, row: SessionRow, score: dict) -> None:
     """Add a scored session to lpirc's standings database (``lpirc.leaderboard``); a session
     scored again (a meter log imported later) replaces its entry."""
-    from lpirc import leaderboard
-
     entry = leaderboard.Entry(**entry_fields(leaderboard.make_uid, row, score))
     conn = leaderboard.open_db(standings_db)
     try:

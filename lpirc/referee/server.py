@@ -36,9 +36,11 @@ from starlette.routing import Route
 
 import scoring
 from lpirc import __version__
+from lpirc.errors import InputError
 from lpirc.referee import protocol as P
 from lpirc.referee.core import Live, Referee, RefereeConfig
 from lpirc.referee.protocol import ProtocolError
+from lpirc.referee.results import standings_html
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a /result of 20,000 answers is about 1.2 MB
 TICK_S = 0.25  # how often sessions past their time limit are closed and scored
@@ -260,8 +262,6 @@ class RefereeApp:
                                    + "; a synset ID such as n01440764 is accepted too"))
 
     async def leaderboard(self, request: Request) -> Response:
-        from lpirc.referee.results import standings_html
-
         body = await run_in_threadpool(standings_html, self.ref.store, self.ref.live,
                                        time.time())
         return HTMLResponse(body)
@@ -283,8 +283,6 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     """Run the referee until Ctrl-C or SIGTERM (uvicorn shuts down cleanly, then re-raises the
     signal). ``announce`` gets one line with the URL once the socket is bound."""
     import uvicorn
-
-    from lpirc.errors import InputError
 
     lock_path = Path(str(cfg.db) + ".lock")
     made_lock = not lock_path.exists()
@@ -325,8 +323,6 @@ def _lock_db(db: Path):
     """An exclusive lock on ``DB.lock``: two referees serving one database would each hold the
     open sessions in memory. InputError when another referee holds it."""
     import fcntl
-
-    from lpirc.errors import InputError
 
     f = open(str(db) + ".lock", "a+")
     try:
