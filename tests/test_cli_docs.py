@@ -166,3 +166,24 @@ def test_every_page_of_docs_is_in_the_index():
     for page in sorted(DOCS.glob("*.md")):
         if page.name != "README.md":
             assert f"]({page.name})" in index, f"docs/{page.name} is not linked from docs/README.md"
+
+
+def transcript_labels(text: str) -> list[str]:
+    """The label column of `lpirc run`'s printout: each line's text before its first run of two
+    or more spaces or its first colon (`run folder`, `Run`, `top-1 accuracy`, ...)."""
+    return [re.split(r"\s{2,}|: ", line.strip())[0] for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_transcript_is_what_the_first_command_prints(tmp_path):
+    """The README shows what `lpirc run` printed; the same lines, in the same order, must come
+    out today (the figures and paths differ from machine to machine, the labels must not)."""
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    shown = next(b for b in blocks if b.startswith("run folder"))
+    r = subprocess.run([sys.executable, "-m", "lpirc", "run"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert transcript_labels(r.stdout) == transcript_labels(shown), r.stdout
