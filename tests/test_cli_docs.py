@@ -187,3 +187,25 @@ def test_readme_transcript_is_what_the_first_command_prints(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert transcript_labels(r.stdout) == transcript_labels(shown), r.stdout
+
+
+def _options():
+    import click
+
+    for path in _commands(main):
+        cmd = main
+        for name in path:
+            cmd = cmd.commands[name]
+        for p in cmd.params:
+            longs = [o for o in (*p.opts, *p.secondary_opts) if o.startswith("--")] if isinstance(p, click.Option) else []
+            if longs:
+                yield path, tuple(longs)
+
+
+@pytest.mark.parametrize("path,names", list(_options()), ids=lambda v: " ".join(v) if isinstance(v, tuple) else v)
+def test_every_option_is_named_in_the_docs(path, names):
+    """Each option of each command is named somewhere in README.md or docs/ (its page says what
+    it does beyond --help's line)."""
+    text = "\n".join(p.read_text() for p in doc_files())
+    assert any(re.search(rf"{re.escape(n)}(?![\w-])", text) for n in names), \
+        f"lpirc {' '.join(path)} {names[0]}: named on no page of README.md or docs/"
