@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-import PIL
 
 from lpirc import runtime
 from lpirc.clock import Budget, Stopwatch
 from lpirc.errors import DelegateError, LpircError, ModelError
 from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions, load_image,
-                              raw_codes_problem, resize_backend)
+                              preprocess_json, raw_codes_problem)
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
@@ -204,10 +203,7 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         batch=getattr(model, "batch", 1),
         note=_join_notes(getattr(model, "note", None), *answer_notes), pid=os.getpid(),
         answer_notes=answer_notes,
-        preprocess=dict(spec.to_json(),
-                        resize_backend=resize_backend() if spec.resize == "bilinear"
-                        else f"pillow {PIL.__version__} resize(BILINEAR)",
-                        decode=f"pillow {PIL.__version__} ({spec.decode})"),
+        preprocess=preprocess_json(spec),
     ))
 
     root = Path(job.holdout)
