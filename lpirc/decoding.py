@@ -27,6 +27,7 @@ progressive JPEG needs full-size coefficient buffers), anything else over it is 
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import math
@@ -61,6 +62,18 @@ _TRANSPOSE = {
 #: (Huffman), and the arithmetic-coded ones; SOF3/SOF11 (lossless) go to Pillow.
 _SOF_DECODED = {0xC0, 0xC1, 0xC2, 0xC9, 0xCA}
 _SOF_ANY = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+#: images decoded in this process by each decoder ("libjpeg-turbo", "pillow") since the last
+#: :func:`take_decoder_counts`; a worker reports them with each chunk's answers
+_COUNTS: collections.Counter = collections.Counter()
+
+
+def take_decoder_counts() -> tuple[tuple[str, int], ...]:
+    """The decoder counts since the last call (then reset), as ((decoder, images), ...)."""
+    out = tuple(sorted(_COUNTS.items()))
+    _COUNTS.clear()
+    return out
 
 
 class ImageError(Exception):
@@ -238,8 +251,11 @@ def decode_pixels(path_or_bytes: PathOrBytes, spec) -> Decoded:
             limit = int(spec.max_image_pixels)
             if px.shape[0] * px.shape[1] > limit:
                 raise ImageError(_too_large_msg(info.width, info.height, limit))
+            _COUNTS["libjpeg-turbo"] += 1
             return Decoded(orient(px, info.orientation), "libjpeg-turbo")
-    return Decoded(np.asarray(decode_pillow(data, spec)), "pillow")
+    pixels = np.asarray(decode_pillow(data, spec))
+    _COUNTS["pillow"] += 1
+    return Decoded(pixels, "pillow")
 
 
 def _jpeg_scale(w: int, h: int, progressive: bool, orientation: int, spec) -> int:
@@ -415,4 +431,4 @@ def _reason(e: BaseException) -> str:
 
 
 __all__ = ["Decoded", "IDCTS", "ImageError", "JpegInfo", "decode_pillow", "decode_pixels",
-           "decoder_json", "orient", "scan_jpeg"]
+           "decoder_json", "orient", "scan_jpeg", "take_decoder_counts"]

@@ -34,6 +34,7 @@ import numpy as np
 
 from lpirc import runtime
 from lpirc.clock import Budget, Stopwatch
+from lpirc.decoding import take_decoder_counts
 from lpirc.errors import DelegateError, LpircError, ModelError
 from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions, load_image,
                               preprocess_json, raw_codes_problem)
@@ -119,10 +120,12 @@ class Stop(NamedTuple):
 
 
 class Done(NamedTuple):
-    """worker -> parent: the answers of chunk ``chunk_id``, in the chunk's order."""
+    """worker -> parent: the answers of chunk ``chunk_id``, in the chunk's order, and how many
+    images each decoder read since the worker's last Done (``(("pillow", 1), ...)``)."""
 
     chunk_id: int
     answers: list[Answer]
+    decoded_by: tuple = ()
 
 
 class Fatal(NamedTuple):
@@ -234,7 +237,7 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         except Exception as e:
             conn.send(Fatal("model", f"{job.model}: fails on invoke ({type(e).__name__}: {e})"))
             return
-        conn.send(Done(chunk_id, answers))
+        conn.send(Done(chunk_id, answers, take_decoder_counts()))
 
 
 def _feed_note(info, spec) -> str | None:
@@ -320,6 +323,7 @@ class PipelineOutcome:
     notes: list[str] = field(default_factory=list)
     first_answer_s: float | None = None
     images_taken: int = 0  # images taken from the source (the count a growing feed reached)
+    decoded_by: dict = field(default_factory=dict)  # decoder -> images it read
     budget: Budget | None = None  # the budget at the end (a growing feed's counts its images)
 
 
@@ -444,6 +448,7 @@ class Dispatcher:
         self.fatal: Fatal | None = None  # the first fatal failure: every worker runs the model
         self.notes: list[str] = []
         self.first_answer_s: float | None = None
+        self.decoded_by: dict[str, int] = {}
         self.status = "complete"
 
     # --- images ------------------------------------------------------------------------------
@@ -500,8 +505,11 @@ class Dispatcher:
 
     # --- answers -----------------------------------------------------------------------------
 
-    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list, over: bool) -> None:
+    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list, over: bool,
+               decoded_by: tuple = ()) -> None:
         """Turn a chunk's answers into records (late past the budget) and pass them on."""
+        for name, n in decoded_by:
+            self.decoded_by[name] = self.decoded_by.get(name, 0) + n
         t = round(self.clock(), 4)
         if self.first_answer_s is None and answers:
             self.first_answer_s = t
@@ -566,7 +574,7 @@ class Dispatcher:
         if isinstance(msg, Done):
             items = w.chunks.pop(msg.chunk_id, None)
             if items is not None:
-                self.record(w, items, msg.answers, self.over_budget())
+                self.record(w, items, msg.answers, self.over_budget(), msg.decoded_by)
             self.feed(w)
         elif isinstance(msg, WorkerReady):
             w.ready = True
@@ -665,7 +673,8 @@ class Dispatcher:
         finally:
             late_now = self.status == "budget_exhausted"
             _stop(self.workers, self.settings.grace_s,
-                  lambda w, items, answers: self.record(w, items, answers, late_now),
+                  lambda w, items, msg: self.record(w, items, msg.answers, late_now,
+                                                    msg.decoded_by),
                   self.status)
         if self.progress is not None:
             self.progress(self.answered + self.failed, self.clock(), self.inference_s)
@@ -673,7 +682,7 @@ class Dispatcher:
             status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_s,
             answered=self.answered, failed=self.failed, late=self.late, ready=self.ready_info,
             error=self.fatal, notes=self.notes, first_answer_s=self.first_answer_s,
-            images_taken=self.taken, budget=self.budget)
+            images_taken=self.taken, budget=self.budget, decoded_by=dict(self.decoded_by))
 
 
 def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budget: Budget,
@@ -724,7 +733,7 @@ def _stop(workers: dict[int, _Worker], grace_s: float, on_answers, status: str) 
                 items = w.chunks.pop(msg.chunk_id, None) if isinstance(msg, Done) else None
                 if items is not None and status != "failed":
                     try:
-                        on_answers(w, items, msg.answers)
+                        on_answers(w, items, msg)
                     except Exception as e:  # the workers are stopped first
                         error = error or e
     finally:

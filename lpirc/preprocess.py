@@ -392,7 +392,7 @@ def crop_and_resize(img: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.n
         pil = Image.fromarray(np.ascontiguousarray(img), "RGB")
         return np.asarray(pil.resize((W, H), Image.Resampling.BILINEAR,
                                      box=(left, top, right, bottom)))
-    return resize_bilinear_tf(img[top:bottom, left:right], H, W)
+    return resize_bilinear_tf(img, H, W, (left, top, right, bottom))
 
 
 # --- model input ---------------------------------------------------------------------------

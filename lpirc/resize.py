@@ -74,16 +74,17 @@ def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 class _Plan(NamedTuple):
     rows: np.ndarray | None  # source rows some output row reads (None: all of them, in order)
-    y0: np.ndarray  # per output row: index of its top row among ``rows``
+    y0: np.ndarray  # per output row: index of its top row among the rows read
     y1: np.ndarray  # ... of its bottom row
     fy: np.ndarray  # (H, 1) float32 vertical lerp
-    x0: np.ndarray  # (W C,) byte offsets in a source row of the left tap of each output value
+    x0: np.ndarray  # (W C,) byte offset in a crop row of the left tap of each output value
     x1: np.ndarray  # ... of the right tap
     fx: np.ndarray  # (W C,) float32 horizontal lerp of each output value
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=512)
 def _plan(h: int, w: int, H: int, W: int, C: int) -> _Plan:
+    """The taps of an (h, w) crop to (H, W), C channels: a few KB, kept per size."""
     y0, y1, fy = taps(h, H)
     x0, x1, fx = taps(w, W)
     rows = np.unique(np.concatenate((y0, y1)))
@@ -101,38 +102,41 @@ def _plan(h: int, w: int, H: int, W: int, C: int) -> _Plan:
     return plan
 
 
-def _rows_view(pixels: np.ndarray) -> np.ndarray:
-    """(h, w, C) uint8 -> (h, w C) whose rows are the image rows: a view when each row's pixels
-    are contiguous (a crop of a decoded image), else a copy (e.g. an EXIF-rotated view)."""
+def resize_bilinear_tf(pixels: np.ndarray, H: int, W: int,
+                       box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The ``box`` (left, top, right, bottom; default: all) of ``pixels`` (h, w, C) uint8
+    resized to (H, W, C) uint8 exactly as TF's v1 resize_bilinear (align_corners=False) + uint8
+    cast.
+
+    Fastest on a C-contiguous image with the crop given as ``box`` (rows are then read in place);
+    any other layout (e.g. an EXIF-rotated view) is copied first. Memory: the crop rows the
+    output reads (at most 2 H of them) as float32, W C wide, plus the output; never a float copy
+    of the whole image."""
     h, w, c = pixels.shape
-    s = pixels.strides
-    if s[2] == 1 and s[1] == c:
-        return np.lib.stride_tricks.as_strided(pixels, (h, w * c), (s[0], 1), writeable=False)
-    return np.ascontiguousarray(pixels).reshape(h, w * c)
-
-
-def resize_bilinear_tf(pixels: np.ndarray, H: int, W: int) -> np.ndarray:
-    """``pixels`` (h, w, C) uint8 (any strides: a crop or a transposed view is fine) resized to
-    (H, W, C) uint8 exactly as TF's v1 resize_bilinear (align_corners=False) + uint8 cast.
-
-    Memory: the source rows the output reads (at most 2 H of them) as float32, W C wide, twice,
-    plus the output; never a float copy of the whole image."""
-    h, w, c = pixels.shape
-    p = _plan(int(h), int(w), int(H), int(W), int(c))
-    src = _rows_view(pixels)
-    # Only the rows the output reads, gathered with the columns in one indexing (take would
-    # first copy a non-contiguous crop whole); contiguous (rows, W C); indexing beats take here.
-    rows = slice(None) if p.rows is None else p.rows[:, None]
-    left = src[rows, p.x0].astype(np.float32)
-    right = src[rows, p.x1].astype(np.float32)
-    np.subtract(right, left, out=right)  # horizontal: row = left + (right - left) * fx
-    np.multiply(right, p.fx, out=right)
-    np.add(right, left, out=right)
-    top = right.take(p.y0, axis=0)
-    out = right.take(p.y1, axis=0)
-    np.subtract(out, top, out=out)  # vertical: out = top + (bottom - top) * fy
+    left, top, right, bottom = box if box is not None else (0, 0, w, h)
+    if not pixels.flags.c_contiguous:
+        pixels = np.ascontiguousarray(pixels[top:bottom, left:right])
+        h, w = pixels.shape[:2]
+        left, top, right, bottom = 0, 0, w, h
+    p = _plan(bottom - top, right - left, int(H), int(W), c)
+    flat = pixels.reshape(h, w * c)
+    off = left * c
+    x0, x1 = (p.x0, p.x1) if off == 0 else (p.x0 + off, p.x1 + off)
+    if p.rows is None:  # every crop row is read: take along the contiguous block of rows,
+        rows = flat[top:bottom]  # the cheapest gather numpy has here
+        left_v, right_v = rows.take(x0, axis=1), rows.take(x1, axis=1)
+    else:  # a large downscale: only the rows read, rows and columns in one indexing
+        r = (p.rows + top)[:, None]
+        left_v, right_v = flat[r, x0], flat[r, x1]
+    # the ufuncs cast uint8 -> float32 as they go (one pass each), all float32 as TF's kernel
+    d = np.subtract(right_v, left_v, dtype=np.float32)
+    np.multiply(d, p.fx, out=d)  # horizontal: row = left + (right - left) * fx
+    np.add(d, left_v, out=d, dtype=np.float32)
+    top_v = d.take(p.y0, axis=0)
+    out = d.take(p.y1, axis=0)
+    np.subtract(out, top_v, out=out)  # vertical: out = top + (bottom - top) * fy
     np.multiply(out, p.fy, out=out)
-    np.add(out, top, out=out)
+    np.add(out, top_v, out=out)
     return out.astype(np.uint8).reshape(H, W, c)
 
 

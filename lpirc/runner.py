@@ -347,7 +347,7 @@ def _finish_manifest(manifest: Manifest, plan: _Plan, source: ImageSource,
         "images_failed": outcome.failed,  # logged with an error: count as wrong
         "images_late": outcome.late,
         "batch_used": ready.batch if ready else None,
-        "preprocess": ready.preprocess if ready else None,
+        "preprocess": dict(ready.preprocess, decoded_by=outcome.decoded_by) if ready else None,
         "notes": notes,
     })
     if source.total is None:  # a feed of unknown length: what it came to

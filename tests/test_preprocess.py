@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import time
 import warnings
@@ -23,7 +24,8 @@ from lpirc.preprocess import (
     to_input,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("LPIRC_SHARED_DATA")
+            or Path(__file__).resolve().parents[2] / "shared" / "data")
 SPEC = PreprocessSpec(32, 32, "uint8")
 
 
