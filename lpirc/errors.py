@@ -45,3 +45,9 @@ class InputError(LpircError):
 
 class NoTimeError(LpircError):
     exit_code = EXIT_NO_TIME
+
+
+class FleetError(LpircError):
+    """A fleet that cannot start: Ray missing, no cluster at the address, no device (exit 1)."""
+
+    exit_code = EXIT_FAILED
