@@ -54,3 +54,9 @@ class MeterError(LpircError):
     """The power meter is absent, refused a command or stopped answering (lpirc.meters)."""
 
     exit_code = EXIT_METER
+
+
+class FleetError(LpircError):
+    """A fleet that cannot start: Ray missing, no cluster at the address, no device (exit 1)."""
+
+    exit_code = EXIT_FAILED
