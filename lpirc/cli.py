@@ -481,3 +481,7 @@ main.add_command(referee)
 from lpirc.fleet import fleet_group  # noqa: E402
 
 main.add_command(fleet_group)
+
+from lpirc.cli_online import online  # noqa: E402  (lpirc online: lpirc/online/)
+
+main.add_command(online)

@@ -61,3 +61,151 @@ def test_default_install_gets_the_fast_tf_exact_resize():
     assert "opencv-python-headless>=5.0" in core
     assert not any("opencv" in d for d in project["optional-dependencies"].get("fast", []))
     assert resize_backend().startswith("opencv 5")
+
+
+# The documentation: README.md and the manual in docs/, checked against the code.
+
+DOCS = REPO / "docs"
+
+
+def doc_files() -> list[Path]:
+    return [REPO / "README.md", REPO / "bench" / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def docs_text() -> str:
+    return "\n".join(p.read_text() for p in sorted(DOCS.rglob("*.md")))
+
+
+def test_readme_stays_short():
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= 300, f"README.md has {lines} lines; the manual goes in docs/ (at most 300)"
+
+
+@pytest.mark.parametrize("path", list(_commands(main)), ids=" ".join)
+def test_every_command_is_in_the_docs(path):
+    assert f"lpirc {' '.join(path)}" in docs_text(), f"lpirc {' '.join(path)} is on no page of docs/"
+
+
+def exit_codes() -> dict[str, int]:
+    """Every exit code the command line documents in lpirc/errors.py (the EXIT_* constants)."""
+    import lpirc.errors
+
+    return {k: v for k, v in vars(lpirc.errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+
+
+def readme_exit_code_table() -> set[int]:
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"^#+ Exit codes\n(.*?)(?=^#)", text, re.S | re.M)
+    assert section, "README has no 'Exit codes' section"
+    return {int(m) for m in re.findall(r"^\| (\d+) \|", section.group(1), re.M)}
+
+
+def test_readme_exit_code_table_is_every_exit_code():
+    codes = set(exit_codes().values())
+    table = readme_exit_code_table()
+    assert codes - table == set(), f"exit codes missing from the README's table: {sorted(codes - table)}"
+    assert table - codes == set(), f"README's table has codes lpirc/errors.py does not: {sorted(table - codes)}"
+
+
+@pytest.mark.parametrize("name,code", sorted(exit_codes().items(), key=lambda kv: kv[1]))
+def test_every_exit_code_is_documented_in_docs(name, code):
+    said = re.compile(rf"\bexit(?:s| code| codes| status)?:? {code}\b|^\| {code} \|", re.M)
+    assert said.search(docs_text()), f"{name} = {code}: no page of docs/ says when it happens ('exit {code}')"
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    s = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return s.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in strip_code(path.read_text()).splitlines():
+        m = re.match(r"#{1,6} (.*)", line)
+        if m:
+            s = slug(m.group(1))
+            n = seen.get(s, 0)
+            seen[s] = n + 1
+            out.add(s if n == 0 else f"{s}-{n}")
+    return out
+
+
+def strip_code(text: str) -> str:
+    """Markdown without its fenced code blocks (whose text is not markup)."""
+    return re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.S | re.M)
+
+
+def relative_links(path: Path) -> list[str]:
+    text = re.sub(r"`[^`\n]*`", "``", strip_code(path.read_text()))
+    targets = re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text)
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+LINKS = [(p, t) for p in doc_files() for t in relative_links(p)]
+
+
+def test_the_docs_link_to_each_other():
+    assert len(LINKS) > 20, "README and docs/ should link to their pages"
+
+
+@pytest.mark.parametrize("page,target", LINKS, ids=[f"{p.relative_to(REPO)}->{t}" for p, t in LINKS])
+def test_every_relative_link_resolves(page, target):
+    file, _, anchor = target.partition("#")
+    dest = (page.parent / file).resolve() if file else page
+    assert dest.exists(), f"{page.relative_to(REPO)}: link to {target}: no such file"
+    assert REPO in dest.parents or dest == REPO, f"{page.relative_to(REPO)}: {target} leaves the repository"
+    if anchor:
+        assert dest.suffix == ".md", f"{page.relative_to(REPO)}: {target}: an anchor into a non-Markdown file"
+        assert anchor in anchors(dest), f"{page.relative_to(REPO)}: {target}: no heading with that anchor"
+
+
+def test_every_page_of_docs_is_in_the_index():
+    index = (DOCS / "README.md").read_text()
+    for page in sorted(DOCS.glob("*.md")):
+        if page.name != "README.md":
+            assert f"]({page.name})" in index, f"docs/{page.name} is not linked from docs/README.md"
+
+
+def transcript_labels(text: str) -> list[str]:
+    """The label column of `lpirc run`'s printout: each line's text before its first run of two
+    or more spaces or its first colon (`run folder`, `Run`, `top-1 accuracy`, ...)."""
+    return [re.split(r"\s{2,}|: ", line.strip())[0] for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_readme_transcript_is_what_the_first_command_prints(tmp_path):
+    """The README shows what `lpirc run` printed; the same lines, in the same order, must come
+    out today (the figures and paths differ from machine to machine, the labels must not)."""
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    shown = next(b for b in blocks if b.startswith("run folder"))
+    r = subprocess.run([sys.executable, "-m", "lpirc", "run"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert transcript_labels(r.stdout) == transcript_labels(shown), r.stdout
+
+
+def _options():
+    import click
+
+    for path in _commands(main):
+        cmd = main
+        for name in path:
+            cmd = cmd.commands[name]
+        for p in cmd.params:
+            longs = [o for o in (*p.opts, *p.secondary_opts) if o.startswith("--")] if isinstance(p, click.Option) else []
+            if longs:
+                yield path, tuple(longs)
+
+
+@pytest.mark.parametrize("path,names", list(_options()), ids=lambda v: " ".join(v) if isinstance(v, tuple) else v)
+def test_every_option_is_named_in_the_docs(path, names):
+    """Each option of each command is named somewhere in README.md or docs/ (its page says what
+    it does beyond --help's line)."""
+    text = "\n".join(p.read_text() for p in doc_files())
+    assert any(re.search(rf"{re.escape(n)}(?![\w-])", text) for n in names), \
+        f"lpirc {' '.join(path)} {names[0]}: named on no page of README.md or docs/"
