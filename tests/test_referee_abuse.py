@@ -132,3 +132,74 @@ def test_login_time_does_not_tell_whether_a_user_exists(holdout, tmp_path):
                     assert (r.status_code, r.text) == (401, "Invalid username or password\n")
     known, unknown = statistics.median(times["alpha"]), statistics.median(times["nobody"])
     assert 0.6 < unknown / known < 1.6, (known, unknown)  # before: 113 ms unknown vs 59 ms known
+
+
+def test_database_mode_and_other_databases_refused(holdout, tmp_path):
+    """The database holding the token secret is 0600 (its -wal and -shm too); `referee
+    results|answers|power --db` on a SQLite file that is not a referee database (or an empty
+    one) is exit 5, one line, and the file is left byte for byte as it was."""
+    db = tmp_path / "r.sqlite"
+    old = os.umask(0o022)
+    try:
+        add_team(db, "alpha")
+        with Referee(holdout, db) as ref:
+            ref.login("alpha", "pw")
+            for f in (db, tmp_path / "r.sqlite-wal", tmp_path / "r.sqlite-shm",
+                      tmp_path / "r.sqlite.lock"):
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    finally:
+        os.umask(old)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    log = tmp_path / "meter.csv"
+    log.write_text("timestamp,watts\n1,2\n3,4\n")
+    for target in (other, empty):
+        before = target.read_bytes()
+        for args in (("results",), ("answers",), ("power", "alpha", str(log))):
+            r = lpirc("referee", *args, "--db", str(target))
+            assert r.returncode == 5 and r.stdout == "", (args, r.stdout, r.stderr)
+            assert r.stderr.count("\n") == 1 and "not a referee database" in r.stderr, r.stderr
+            assert target.read_bytes() == before, args
+            assert not (tmp_path / (target.name + "-wal")).exists()
+
+
+def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
+    """A session that posts the same answers over and over keeps MAX_DUPLICATES of them; the
+    rest are counted, not stored; another team's post meanwhile is answered at once."""
+    from lpirc.referee.store import MAX_DUPLICATES
+
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    add_team(db, "beta")
+    with Referee(holdout, db, "--max-body-mib", "8") as ref:
+        a, b = ref.login("alpha", "pw"), ref.login("beta", "pw")
+        n = 60_000  # ~1 MB of answers, every one for images 1..130
+        names = [str(1 + i % 130) for i in range(n)]
+        done = threading.Event()
+
+        def big():
+            r = ref.post("/result", token=a, image_name=names, CLASS_ID=["1"] * n,
+                         confidence=["1"] * n)
+            assert r.status_code == 200, r.text
+            done.set()
+
+        t = threading.Thread(target=big)
+        t.start()
+        slowest = 0.0
+        with httpx.Client(timeout=30) as other:
+            while not done.is_set():
+                t0 = time.monotonic()
+                r = other.post(ref.url + "/zipimages", data={"token": b, "image_name": "1"})
+                assert r.status_code == 200
+                slowest = max(slowest, time.monotonic() - t0)
+                time.sleep(0.02)
+        t.join()
+        r = ref.post("/status", token=a)
+        assert "answers 130\n" in r.text and f"duplicates {n - 130}\n" in r.text, r.text
+    with sqlite3.connect(db) as conn:
+        (stored,) = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()
+    assert stored == MAX_DUPLICATES
+    assert slowest < 1.0, slowest
