@@ -401,18 +401,19 @@ def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_hold
             stopped["device"] = ev.device
             threading.Thread(target=stop_when_running, args=(ev.pid,), daemon=True).start()
 
-    cfg = _cfg(tmp_path, small_holdout, time_limit_s=3.0, hang_margin_s=2.0)
+    # margin 15 s: the retry must end within budget + margin, also on a loaded machine
+    cfg = _cfg(tmp_path, small_holdout, time_limit_s=3.0, hang_margin_s=15.0)
     events: list[fleet.FleetEvent] = []
     outcome = fleet.run_fleet(fleet.find_submissions([subs]), cfg,
                               lambda ev: (events.append(ev), on_event(ev)))
     assert "child" in stopped
     job = outcome.jobs[0]
-    assert job.status == "done", [e.message for e in events]
+    assert job.status == "done", "\n".join(e.message for e in events)
     first, second = job.attempts
     assert first["device"] == stopped["device"] and first["outcome"] == "device_lost"
     assert first["reason"].startswith("stuck past its budget")
     assert second["outcome"] == "done" and second["device"] != stopped["device"]
-    assert any(e.what == "note" and "no result from stuck within 5 s" in e.message for e in events)
+    assert any(e.what == "note" and "no result from stuck within 18 s" in e.message for e in events)
     stopped["child"].wait(timeout=10)  # the stopped run died with its device
 
 
@@ -423,9 +424,9 @@ def test_device_that_cannot_start_is_named_with_its_cause(cluster):
     actor = ray.remote(fleet.DeviceWorker).options(num_cpus=0).remote(None)
     with pytest.raises(ray.exceptions.RayError) as err:
         ray.get(actor.check.remote("/nowhere", 0, "/nowhere"), timeout=60)
-    assert fleet._start_failure(err.value) == (
+    assert fleet.start_failure(err.value) == (
         "AttributeError: 'NoneType' object has no attribute 'share'")
-    assert fleet._start_failure(RuntimeError("a node died")) is None
+    assert fleet.start_failure(RuntimeError("a node died")) is None
 
 
 def test_fleet_devices_lists_each_node_device(cluster):
