@@ -1,0 +1,144 @@
+"""The ASGI application (Starlette on uvicorn) and ``serve``.
+
+Errors are answered in one place, by exception handlers, never by a try/except per route:
+
+- :class:`~lpirc.online.errors.ApiError` -> its status, JSON ``{"detail": one line, ...}``
+  (a page's 401 redirects to ``/login``; a page's other errors are a one-line HTML page);
+- Starlette's HTTPException (404 of an unknown path, 405) -> the same JSON shape;
+- ``sqlite3.Error`` -> 503 "database unavailable, nothing stored" (a full disk, say);
+- any other exception (a bug of ours) -> 500 with one line; the traceback goes to the
+  service's log only.
+"""
+
+from __future__ import annotations
+
+import html
+import sqlite3
+import sys
+import time
+import traceback
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from lpirc.errors import InputError
+from lpirc.online.config import OnlineConfig
+from lpirc.online.errors import ApiError
+from lpirc.online.service import Service
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _answer(request: Request, status: int, detail: str, headers=None, **extra) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+    if status == 401:
+        return RedirectResponse("/login", status_code=303)
+    body = (f"<!DOCTYPE html><html lang=en><meta charset=utf-8><title>{status}</title>"
+            f"<p>{status}: {html.escape(detail)}</p><p><a href=\"/\">standings</a> · "
+            "<a href=\"/team\">your submissions</a></p></html>")
+    return HTMLResponse(body, status_code=status, headers=headers)
+
+
+async def on_api_error(request: Request, exc: ApiError) -> Response:
+    return _answer(request, exc.status, exc.detail, exc.headers or None, **exc.extra)
+
+
+async def on_http_error(request: Request, exc: HTTPException) -> Response:
+    detail = {404: f"no such page or call: {request.url.path}",
+              405: f"{request.method} is not allowed on {request.url.path}"}.get(
+        exc.status_code, str(exc.detail))
+    return _answer(request, exc.status_code, detail, getattr(exc, "headers", None))
+
+
+async def on_db_error(request: Request, exc: sqlite3.Error) -> Response:
+    return _answer(request, 503, f"database unavailable, nothing stored: {exc}")
+
+
+async def on_bug(request: Request, exc: Exception) -> Response:
+    traceback.print_exception(exc, file=sys.stderr)
+    return _answer(request, 500, f"internal error in {request.url.path}: "
+                                 f"{type(exc).__name__}; see the service's log")
+
+
+def build_app(svc: Service) -> Starlette:
+    """The application around one started-or-not :class:`Service` (its lifespan starts the
+    devices and the scheduler, and stops them)."""
+    from lpirc.online.routes import ROUTES
+
+    @asynccontextmanager
+    async def lifespan(app):
+        svc.start()
+        try:
+            yield
+        finally:
+            svc.stop()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+        ApiError: on_api_error, HTTPException: on_http_error, sqlite3.Error: on_db_error,
+        Exception: on_bug})
+    app.state.service = svc
+    return app
+
+
+def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
+          announce: Callable[[str], None] = print) -> None:
+    """Run the service until Ctrl-C or SIGTERM. ``announce`` gets one line with the URL once
+    the socket is bound, then one per event. InputError (one line) for a bad holdout, ground
+    truth or database, a database another service holds, or an address in use."""
+    import signal
+
+    import uvicorn
+
+    from lpirc.referee.server import _exit_ok, bind
+
+    lock = _lock_db(Path(cfg.db))
+    try:
+        svc = Service(cfg, announce)
+        try:
+            sock = bind(host, port)
+        except OSError as e:
+            raise InputError(f"{host}:{port}: cannot listen ({e.strerror or e})") from None
+        shown = f"[{host}]" if ":" in host else host
+        phases = ", ".join(f"{n}: {p.count} images from {p.holdout}"
+                           for n, p in svc.phases.items())
+        quota = (f"{cfg.per_team_per_day if cfg.per_team_per_day is not None else 'no limit'} "
+                 f"a day, {cfg.per_team_at_once if cfg.per_team_at_once is not None else 'no limit'}"
+                 " at once")
+        announce(f"lpirc online: listening on http://{shown}:{sock.getsockname()[1]} "
+                 f"({phases}; phase open: {svc.store.phase()}; {cfg.devices} {cfg.executor} "
+                 f"device(s){' at ' + cfg.address if cfg.address else ''}; quota {quota}; "
+                 f"rules {cfg.rules}, time limit {cfg.time_limit_s:g} s; db {cfg.db})")
+        config = uvicorn.Config(build_app(svc), log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
+        signal.signal(signal.SIGTERM, _exit_ok)
+        t0 = time.time()
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            announce(f"lpirc online: stopped after {time.time() - t0:.0f} s; queued and running "
+                     f"submissions resume when it is started again on {cfg.db}")
+    finally:
+        lock.close()
+
+
+def _lock_db(db: Path):
+    """An exclusive lock on ``DB.lock`` held until the process ends (kill -9 included): two
+    services on one database would run its queue twice."""
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    f = open(str(db) + ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(f"{db}: another lpirc online service is serving this database") from None
+    return f
