@@ -70,6 +70,7 @@ class WorkerJob:
     delegate: str
     decode_threads: int
     preprocess: PreprocessOptions  # checked once, in RunSettings
+    gated: bool = False  # wait for Go (or Stop) before loading the model
 
 
 # --- messages over a worker's pipe (picklable; the parent and the worker share these types) ---
@@ -113,6 +114,10 @@ class Work(NamedTuple):
 
     chunk_id: int
     items: list[tuple[int, str]]
+
+
+class Go(NamedTuple):
+    """parent -> a gated worker: load the model now (the run's clock has started)."""
 
 
 class Stop(NamedTuple):
@@ -175,6 +180,8 @@ def _worker_main(job: WorkerJob, conn: Connection, parent_pid: int | None = None
 
 
 def _serve(job: WorkerJob, conn: Connection) -> None:
+    if job.gated and isinstance(conn.recv(), Stop):  # the run never started
+        return
     try:
         rt = runtime.load_runtime()
         model = runtime.open_model(job.model, threads=job.threads, delegate=job.delegate,
@@ -349,8 +356,8 @@ def plan_workers(settings: RunSettings, exclusive: bool) -> tuple[int, int]:
 
 @dataclass
 class WorkerPool:
-    """Worker processes, started before the holdout is listed so that model loading overlaps
-    the listing and the workers do not inherit (by fork) the parent's list of file names."""
+    """Worker processes, started before the holdout is listed so that the workers do not
+    inherit (by fork) the parent's list of file names (nor the ground truth it checks)."""
 
     ctx: Any
     settings: RunSettings
@@ -361,28 +368,39 @@ class WorkerPool:
 
 
 def start_workers(settings: RunSettings, root: Path, exclusive: bool = False,
-                  max_workers: int | None = None) -> WorkerPool:
-    """Start the inference processes; each loads the model and reports "ready"."""
+                  max_workers: int | None = None, gated: bool = False) -> WorkerPool:
+    """Start the inference processes; each loads the model and reports "ready" (``gated``:
+    once :func:`release_workers` says so; the run's clock starts then)."""
     nproc, decode_threads = plan_workers(settings, exclusive)
     if max_workers is not None:
         nproc = max(1, min(nproc, max_workers))
     pool = WorkerPool(_context(), settings, Path(root), decode_threads)
     for _ in range(nproc):
-        _spawn(pool)
+        _spawn(pool, gated)
     return pool
+
+
+def release_workers(pool: WorkerPool) -> None:
+    """Let a gated pool's workers load the model (a worker already gone is left to the
+    dispatcher, which sees it die)."""
+    for w in pool.workers.values():
+        try:
+            w.conn.send(Go())
+        except (BrokenPipeError, OSError):
+            pass
 
 
 def stop_workers(pool: WorkerPool) -> None:
     """Stop a pool that will not be used (the run could not start)."""
-    _stop(pool.workers, pool.settings.grace_s, lambda w, items, answers: None, "failed")
+    _stop(pool.workers, pool.settings.grace_s, lambda w, items, msg: None, "failed")
 
 
-def _spawn(pool: WorkerPool) -> None:
+def _spawn(pool: WorkerPool, gated: bool = False) -> None:
     st = pool.settings
     job = WorkerJob(
         worker_id=pool.next_wid, model=str(st.model), holdout=str(pool.root),
         threads=st.threads, batch=st.batch, delegate=st.delegate,
-        decode_threads=pool.decode_threads, preprocess=st.preprocess,
+        decode_threads=pool.decode_threads, preprocess=st.preprocess, gated=gated,
     )
     parent_end, child_end = pool.ctx.Pipe(duplex=True)
     proc = pool.ctx.Process(target=_worker_main, args=(job, child_end, os.getpid()),
