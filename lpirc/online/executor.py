@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lpirc.errors import EXIT_INTERRUPTED
+from lpirc.fleet import _child_command, share_cores
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,6 @@ class LocalPool:
     time on its share of the cores (``--workers`` = its core count)."""
 
     def __init__(self, devices: int = 2) -> None:
-        from lpirc.fleet import share_cores
-
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         self._devices = [_Device(f"cpu_{i}@local",
                                  share_cores(cores, (i, devices)) if cores else None)
@@ -129,8 +128,6 @@ class LocalPool:
         return sum(d.running is None for d in self._devices)
 
     def submit(self, job: Job) -> str:
-        from lpirc.fleet import _child_command
-
         dev = next((d for d in self._devices if d.running is None), None)
         if dev is None:
             raise RuntimeError("no free device")

@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import scoring
 from lpirc.errors import EXIT_DELEGATE, EXIT_INPUT, EXIT_MODEL, EXIT_OK
 from lpirc.online.config import OnlineConfig
 from lpirc.online.executor import Executor, Job, Outcome
 from lpirc.online.store import Store, Submission
+from lpirc.report import REPORT, write_report
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
 POLL_S = 0.5  # how long the loop waits for an outcome before looking at the queue again
@@ -188,8 +190,6 @@ class Scheduler:
         """Score the run folder with the phase's ground truth (the service's, never the
         device's), write score.json and the report, then record it: the only place a
         submission is scored."""
-        import scoring
-
         phase = self.phases[sub.phase]
         t0 = time.perf_counter()
         try:
@@ -224,8 +224,6 @@ class Scheduler:
 def _write_report(run_dir: Path, ground_truth: Path, rules: str) -> bool:
     """The run's ``lpirc report`` page, scored with the service's ground truth (what ``lpirc
     run`` wrote on the device had none, or the holdout's own)."""
-    from lpirc.report import REPORT, write_report
-
     try:
         write_report([run_dir], run_dir / REPORT, ground_truth, rules)
     except Exception as e:  # noqa: BLE001 - the run is scored; its page is extra
