@@ -476,9 +476,9 @@ from lpirc.referee.cli import referee  # noqa: E402  (the group lives with its p
 
 main.add_command(referee)
 
-# --- lpirc fleet (lpirc/fleet.py; Ray is imported only when a fleet command runs) ------------
+# --- lpirc fleet (lpirc/cli_fleet.py; Ray is imported only when a fleet command runs) ------------
 
-from lpirc.fleet import fleet_group  # noqa: E402
+from lpirc.cli_fleet import fleet_group  # noqa: E402
 
 main.add_command(fleet_group)
 

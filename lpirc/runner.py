@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,8 @@ from lpirc.energy import (EnergyConfig, energy_source_preview, finish_energy,
                           start_energy)
 from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
 from lpirc.holdout import open_holdout
+from lpirc.meters.runmeter import RunMeter
+from lpirc.meters.sampler import POWER_LOG
 from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_workers, stop_workers
 from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new_run_dir,
                            write_json)
@@ -193,6 +196,18 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
 def _run(plan: _Plan) -> RunOutcome:
     """Start the workers, open the source and the run folder, dispatch, finish, score."""
     settings, out = plan.settings, plan.out
+    # A meter (--meter) takes its first reading before the run's clock starts.
+    meter = RunMeter.begin(settings)
+    try:
+        return _run_metered(plan, meter)
+    finally:
+        if meter is not None:
+            meter.stop()
+
+
+def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
+    """_run's body, with the meter (if any) sampling around it."""
+    settings, out = plan.settings, plan.out
     # The run starts here: workers load the model while the parent lists the holdout.
     probe = start_energy(plan.energy_config)
     clock = Stopwatch()
@@ -207,7 +222,11 @@ def _run(plan: _Plan) -> RunOutcome:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-        manifest = _start_manifest(plan, source, budget, start_utc, pre_notes)
+        manifest = _start_manifest(plan, source, budget, start_utc,
+                                   pre_notes + (meter.notes if meter else []))
+        if meter is not None:
+            meter.attach(out)
+            manifest["energy"]["method"] = meter.preview() or manifest["energy"]["method"]
         write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
     except BaseException:  # bad holdout, or Ctrl-C before the first image was handed out
@@ -221,8 +240,14 @@ def _run(plan: _Plan) -> RunOutcome:
                          "error": {"kind": "on_answers", "message": f"{type(e).__name__}: {e}"}})
         write_json(out / MANIFEST, manifest)
         raise
-    energy = finish_energy(probe, plan.energy_config)
-    _finish_manifest(manifest, plan, source, outcome, energy.to_json())
+    wall_end = time.time()
+    energy = finish_energy(probe, plan.energy_config).to_json()
+    if meter is not None:  # the meter's figure, or the one above with the reason
+        try:
+            energy = meter.finish(probe.wall_start, wall_end, energy)
+        except Exception as e:  # never lose a run over its meter
+            energy["method"] += f"; meter failed ({type(e).__name__}: {e})"
+    _finish_manifest(manifest, plan, source, outcome, energy)
     write_json(out / MANIFEST, manifest)
     if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
         raise preflight.failure_error(*outcome.error)
@@ -257,7 +282,7 @@ def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
 def _remove_unstarted(out: Path, made_out: bool) -> None:
     """Leave no run folder behind for a run that never handed out an image."""
     if made_out and out.is_dir() and not (out / RESULTS).exists():
-        for name in (MANIFEST, MANIFEST + ".tmp"):
+        for name in (MANIFEST, MANIFEST + ".tmp", POWER_LOG):
             (out / name).unlink(missing_ok=True)
         try:
             out.rmdir()

@@ -209,3 +209,12 @@ def test_every_option_is_named_in_the_docs(path, names):
     text = "\n".join(p.read_text() for p in doc_files())
     assert any(re.search(rf"{re.escape(n)}(?![\w-])", text) for n in names), \
         f"lpirc {' '.join(path)} {names[0]}: named on no page of README.md or docs/"
+
+
+def test_docs_quote_the_setup_lines_as_the_readme_has_them():
+    """A page that shows a set-up line (`pip install ... && ...`) shows the README's own."""
+    cmds = setup_commands()
+    for page in sorted(DOCS.rglob("*.md")):
+        for line in page.read_text().splitlines():
+            if re.match(r"python3 -m pip install .*&& ", line.strip()):
+                assert line.strip() in cmds, f"docs/{page.name}: '{line.strip()}' is not the README's"

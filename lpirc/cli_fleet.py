@@ -1,0 +1,117 @@
+"""``lpirc fleet run`` and ``lpirc fleet devices``: the command line of :mod:`lpirc.fleet`
+(parsing and printing only; moves to ``lpirc/cli/fleet.py`` with the CLI package)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from lpirc import leaderboard, preflight
+from lpirc.fleet import (KINDS, STATE, FleetConfig, FleetEvent, check_inputs, cluster_devices,
+                         connect, find_submissions, format_standings, no_device_error,
+                         run_fleet)
+
+
+def _cli_errors(fn):
+    """lpirc.cli.friendly_errors, looked up when the command runs (lpirc.cli imports this)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lpirc.cli import friendly_errors
+
+        return friendly_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def print_event(ev: FleetEvent) -> None:
+    """One progress line on stderr: what happened, then the jobs queued/running/done/failed."""
+    q, r, d, f = ev.counts
+    click.echo(f"{ev.what:<9} {ev.message}   [{q} queued, {r} running, {d} done, {f} failed]",
+               err=True)
+
+
+@click.group("fleet")
+def fleet_group() -> None:
+    """Evaluate many submissions across many devices, on Ray (needs the fleet extra)."""
+
+
+_ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.0.0.1:6379). "
+                 "Default: a local Ray instance with --devices simulated devices.")
+
+
+@fleet_group.command("run")
+@click.argument("submissions", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--holdout", required=True, type=click.Path(path_type=Path), help="Holdout folder on the head; device nodes use the same path unless they set $LPIRC_FLEET_HOLDOUT.")
+@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label; stays on the head. Default: HOLDOUT/ground_truth.csv.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Fleet folder: fleet.json, runs/<job>/, attempts/ (re-using it skips the jobs already done).")
+@click.option("--address", help=_ADDRESS_HELP)
+@click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated cpu devices of the local instance (no --address); the cores are divided between them.")
+@click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True, help="Device kind every job asks for; auto: edgetpu for *_edgetpu.tflite, else cpu.")
+@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set the head scores with (see `lpirc rules`).")
+@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=600.0, show_default=True, help="Each run's wall-clock budget in seconds.")
+@click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="Budget clock of each run (see lpirc run).")
+@click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image in ms, for --clock inference.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (the holdout check lists the holdout in this order).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="Tries per job when its device is lost mid-run.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=leaderboard.DB_ENV, help=f"Standings database the results are added to (lpirc leaderboard's). Default: ${leaderboard.DB_ENV}, else {leaderboard.DEFAULT_DB}.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@_cli_errors
+def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, rules,
+              time_limit_s, clock, ms_per_image, seed, max_attempts, db, quiet) -> None:
+    """Run every SUBMISSION (a .tflite with its optional sidecar, or a folder of them) as one
+    job on one device of a Ray cluster, score the results on the head, add them to the
+    standings database (`lpirc leaderboard show`), print this fleet's standings.
+
+    Exit status: 0 when every job is done, 1 when one failed (its reason is in the table and
+    OUT/fleet.json), Ray is missing, or no cluster or device answers; 5 for a bad submission
+    path, holdout, ground truth, rule set, --db or --out (before Ray starts); 130 after Ctrl-C
+    (finished jobs stay scored).
+    """
+    if ground_truth is None:
+        ground_truth = Path(holdout) / "ground_truth.csv"
+    cfg = FleetConfig(Path(holdout), Path(ground_truth), Path(out), rules, time_limit_s, clock,
+                      ms_per_image, seed, max_attempts, db)
+    subs = find_submissions(list(submissions), kind)
+    check_inputs(cfg, subs)
+    t0 = time.time()
+    with connect(address, devices):
+        connected = time.time() - t0
+        if not quiet:
+            click.echo(f"ray       connected in {connected:.1f} s (measured): "
+                       f"{address or f'local instance, {devices} simulated devices'}", err=True)
+        # after ray.init, which sets its own SIGTERM handler (sys.exit): a scheduler's SIGTERM
+        # ends the fleet as Ctrl-C does, also when started as a background job (SIGINT ignored)
+        with preflight.stop_signals():
+            outcome = run_fleet(subs, cfg, None if quiet else print_event)
+    click.echo(format_standings(outcome))
+    ready = ("no device became ready" if outcome.startup_s is None else
+             f"first device ready after {outcome.startup_s:.1f} s")
+    click.echo(f"fleet           {cfg.out / STATE}; wall time {outcome.wall_s:.1f} s after Ray "
+               f"connected, {ready} (measured)")
+    if outcome.interrupted:
+        click.echo("lpirc: interrupted", err=True)
+    sys.exit(outcome.exit_code)
+
+
+@fleet_group.command("devices")
+@click.option("--address", help=_ADDRESS_HELP)
+@click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated devices of the local instance (no --address).")
+@_cli_errors
+def fleet_devices(address, devices) -> None:
+    """List the devices a Ray cluster offers (resources lpirc_device_<kind>_<id>), one a line.
+
+    Exit status: 0 when the cluster offers a device; 1 when it offers none, no cluster answers
+    at --address, or Ray is missing; 2 usage.
+    """
+    with connect(address, devices):
+        found = cluster_devices()
+    for d in found:
+        click.echo(f"{d.label:<32} {d.resource:<32} node {d.node_id[:12]}")
+    click.echo(f"{len(found)} device(s)")
+    if not found:
+        raise no_device_error()
