@@ -354,3 +354,26 @@ def test_pages_in_chromium(small_holdout, reference_model, tmp_path):
         assert visit.errors == [], visit.errors
         assert all(u.startswith(server.url) or u.startswith("data:") for u in visit.requests), visit.requests
     assert png_size(st.screenshot)[0] >= 800
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_fleet_devices(small_holdout, reference_model, tmp_path):
+    """--executor ray: a local Ray instance's simulated device (the fleet's RayPool) runs the
+    upload; the service scores it with lpirc run's top-1 on the same holdout."""
+    pytest.importorskip("ray")
+    want = local_top1(reference_model, SIDECAR, small_holdout, tmp_path, "ref")
+    db = tmp_path / "online.sqlite"
+    add_team(db, "alpha", "pw-alpha")
+    add_team(db, "org", "pw-org", "--organiser")
+    with Online(small_holdout, db, "--executor", "ray") as server:
+        alpha = Team(server.url, "alpha", "pw-alpha")
+        sid = alpha.upload(reference_model, SIDECAR).json()["id"]
+        v = alpha.wait([sid], timeout_s=180)[sid]
+        assert v["state"] == "scored" and v["score"]["top1"] == pytest.approx(want), v
+        devices = Team(server.url, "org", "pw-org").http.get("/api/admin/status").json()["devices"]
+        assert [d["device"].split("@")[0] for d in devices] == ["cpu_0"]
+        assert devices[0]["jobs_done"] == 1
+        events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
+        print(f"\nray: service start {server.startup_s:.1f} s to its URL line; "
+              + "; ".join(e["message"] for e in events if e["state"] == "scored"))

@@ -77,7 +77,8 @@ def build_app(svc: Service) -> Starlette:
     devices and the scheduler, and stops them)."""
     @asynccontextmanager
     async def lifespan(app):
-        svc.start()
+        labels = svc.start()
+        svc.announce(f"lpirc online: {len(labels)} device(s) ready: {', '.join(labels)}")
         try:
             yield
         finally:
