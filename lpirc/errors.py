@@ -10,6 +10,8 @@ The CLI prints ``lpirc: error: <message>`` (one line, no traceback) and exits wi
     4  delegate unavailable (library absent or refused the model)
     5  bad input data: holdout folder, ground truth, result log, power log, config file
     6  nothing could be measured in the time allowed (``lpirc tune``)
+    7  the power meter could not be opened or read (``lpirc meter ...``; ``lpirc run --meter``
+       never fails over its meter: it falls back and says so)
   130  interrupted (Ctrl-C); the partial log is kept and scored
 """
 
@@ -22,6 +24,7 @@ EXIT_MODEL = 3
 EXIT_DELEGATE = 4
 EXIT_INPUT = 5
 EXIT_NO_TIME = 6
+EXIT_METER = 7
 EXIT_INTERRUPTED = 130
 
 
@@ -45,3 +48,15 @@ class InputError(LpircError):
 
 class NoTimeError(LpircError):
     exit_code = EXIT_NO_TIME
+
+
+class MeterError(LpircError):
+    """The power meter is absent, refused a command or stopped answering (lpirc.meters)."""
+
+    exit_code = EXIT_METER
+
+
+class FleetError(LpircError):
+    """A fleet that cannot start: Ray missing, no cluster at the address, no device (exit 1)."""
+
+    exit_code = EXIT_FAILED

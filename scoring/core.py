@@ -184,6 +184,7 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     rule, opts, warnings = _rule_and_options(rules, rule_options)
     log_path, man_path = _locate(path)
     manifest = read_manifest(man_path) if man_path else {}
+    idle_from = _idle_baseline(manifest, rule, opts)
     if man_path is None and Path(path).is_dir():
         warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
     status = manifest.get("status")
@@ -232,6 +233,8 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
         "energy_wh": energy["source"],
         "energy_method": energy["method"],
     }
+    if idle_from:
+        out["source"]["idle_watts"] = idle_from
     if per_class:
         names, names_from = _label_names(labels, model, warnings)
         out["label_names"] = names_from
@@ -260,6 +263,21 @@ def _rule_and_options(rules: str, rule_options: dict):
         if k in ("time_limit_s", "ms_per_image", "energy_wh", "idle_watts") and v < 0:
             raise ScoringError(f"option {k}={v!r}: expected a number >= 0")
     return rule, opts, warnings
+
+
+def _idle_baseline(manifest: dict, rule, opts: dict) -> str | None:
+    """For a rule set that subtracts idle power, the idle baseline the run measured
+    (manifest ``energy.idle.watts``, from ``lpirc run --idle-baseline/--idle-seconds``) unless
+    an ``idle_watts`` option was given: put into ``opts``; returns where it came from."""
+    if "idle_watts" not in rule.options or "idle_watts" in opts:
+        return None
+    energy = manifest.get("energy") if isinstance(manifest.get("energy"), dict) else {}
+    idle = energy.get("idle") if isinstance(energy.get("idle"), dict) else {}
+    w = _fnum(idle.get("watts"))
+    if w is None or w < 0:
+        return None
+    opts["idle_watts"] = w
+    return f"{idle.get('method') or 'measured'} ({idle.get('from') or 'the run manifest'})"
 
 
 def _ground_truth_path(path, ground_truth, manifest: dict, run_dir: Path) -> Path:

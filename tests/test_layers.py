@@ -25,12 +25,12 @@ MAX_FUNCTION_LINES = 80
 #: (importing module, imported module) pairs allowed inside a function, and why
 LAZY = {
     ("lpirc.report", "lpirc.report_figures"): "matplotlib, only when a figure is drawn",
+    ("lpirc.online.scheduler", "lpirc.report_figures"): "matplotlib, loaded on the scoring thread",
     ("lpirc.cli.referee", "lpirc.referee.core"): "itsdangerous (referee extra)",
     ("lpirc.cli.referee", "lpirc.referee.server"): "Starlette and uvicorn (referee extra)",
     ("lpirc.cli.referee", "lpirc.referee.client"): "httpx (referee extra)",
     ("lpirc.cli.online", "lpirc.online.app"): "Starlette and uvicorn (online extra)",
     ("lpirc.cli.online", "lpirc.online.service"): "itsdangerous (online extra)",
-    ("lpirc.online.service", "lpirc.online.ray_pool"): "Ray (fleet extra), for --executor ray",
 }
 
 

@@ -11,8 +11,8 @@ import click
 
 from lpirc import preflight
 from lpirc.cli._options import clock_options, rules_option, setting, time_limit_option
-from lpirc.fleet import (KINDS, RESOURCE_PREFIX, STATE, FleetConfig, FleetError, FleetEvent, check_inputs,
-                         cluster_devices, connect, find_submissions, format_standings, run_fleet)
+from lpirc.fleet import (KINDS, STATE, FleetConfig, FleetEvent, check_inputs, cluster_devices, connect,
+                         find_submissions, format_standings, no_device_error, run_fleet)
 from lpirc.leaderboard import DB_ENV, DEFAULT_DB
 
 F = FleetConfig
@@ -101,5 +101,4 @@ def fleet_devices(address, devices) -> None:
         click.echo(f"{d.label:<32} {d.resource:<32} node {d.node_id[:12]}")
     click.echo(f"{len(found)} device(s)")
     if not found:
-        raise FleetError("no lpirc device in the Ray cluster: a device node offers resources "
-                         f"named {RESOURCE_PREFIX}<kind>_<id> (ray start --resources ...)")
+        raise no_device_error()

@@ -85,7 +85,7 @@ def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host
     standings. Exit status: 0 after Ctrl-C/SIGTERM; 1 the online extra is missing or no
     device starts; 5 a bad holdout, ground truth or database, or the port is taken."""
     require_extra()
-    from lpirc.online.app import serve  # the extra's modules, once it is known here
+    from lpirc.online.app import serve  # Starlette, uvicorn: the online extra
 
     if rules not in scoring.RULES:
         raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
@@ -115,9 +115,7 @@ def _announce(line: str) -> None:
 @DB_OPTION
 def phase_cmd(phase: str, db: Path) -> None:
     """Open PHASE for uploads (a running service takes it at its next upload)."""
-    from lpirc.online.service import set_phase  # itsdangerous (the online extra)
-
-    set_phase(_store(db), phase)
+    _store(db).set_phase(phase)
     click.echo(f"{db}: uploads now go to the {phase} phase")
 
 
@@ -126,9 +124,7 @@ def phase_cmd(phase: str, db: Path) -> None:
 @click.option("--hide", is_flag=True, help="Hide the final scores from teams again.")
 def publish_cmd(db: Path, hide: bool) -> None:
     """Show the final phase's scores and standings to the teams (or --hide them again)."""
-    from lpirc.online.service import publish  # itsdangerous (the online extra)
-
-    publish(_store(db), not hide)
+    _store(db).publish(not hide)
     click.echo(f"{db}: final-phase scores {'hidden from teams' if hide else 'published'}")
 
 

@@ -146,9 +146,9 @@ def _rescored_line(score: dict) -> str:
 
 
 def _open(db: Path):
-    if not db.is_file():
-        raise InputError(f"{db}: referee database not found")
-    return Store(db)
+    """An existing referee database; InputError (exit 5, nothing written) for a missing file or
+    one that is not a referee database."""
+    return Store(db, create=False)
 
 
 def _rescore(store, db: Path, team_id: int) -> list[dict]:

@@ -12,7 +12,9 @@ Errors are answered in one place, by exception handlers, never by a try/except p
 
 from __future__ import annotations
 
+import fcntl
 import html
+import signal
 import sqlite3
 import sys
 import time
@@ -75,7 +77,8 @@ def build_app(svc: Service) -> Starlette:
     devices and the scheduler, and stops them)."""
     @asynccontextmanager
     async def lifespan(app):
-        svc.start()
+        labels = svc.start()
+        svc.announce(f"lpirc online: {len(labels)} device(s) ready: {', '.join(labels)}")
         try:
             yield
         finally:
@@ -93,9 +96,7 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     """Run the service until Ctrl-C or SIGTERM. ``announce`` gets one line with the URL once
     the socket is bound, then one per event. InputError (one line) for a bad holdout, ground
     truth or database, a database another service holds, or an address in use."""
-    import signal
-
-    import uvicorn
+    import uvicorn  # only to serve
 
     lock = _lock_db(Path(cfg.db))
     try:
@@ -130,8 +131,6 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
 def _lock_db(db: Path):
     """An exclusive lock on ``DB.lock`` held until the process ends (kill -9 included): two
     services on one database would run its queue twice."""
-    import fcntl
-
     db.parent.mkdir(parents=True, exist_ok=True)
     f = open(str(db) + ".lock", "a+")
     try:

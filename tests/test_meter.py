@@ -1,0 +1,257 @@
+"""The WT310 driver, the sampler and metered runs, against the simulated WT310 of
+tests/wt310_sim.py (a SCPI server on 127.0.0.1; no meter hardware is used or claimed)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyvisa")
+pytest.importorskip("pyvisa_py")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wt310_sim import SimWT310  # noqa: E402
+
+from lpirc.energy import power_log_wh, read_power_log  # noqa: E402
+from lpirc.errors import InputError, MeterError  # noqa: E402
+from lpirc.meters import open_meter, parse_spec  # noqa: E402
+from lpirc.meters.wt310 import parse_value  # noqa: E402
+
+
+@pytest.fixture
+def sim():
+    made = []
+
+    def make(**kw) -> SimWT310:
+        s = SimWT310(**kw)
+        s.start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def long_holdout(tmp_path_factory, small_holdout) -> Path:
+    """The small holdout's images 15 times over (hard links, 600 images): a run long enough
+    (a few seconds) for a fault to land in its middle."""
+    import os
+
+    out = tmp_path_factory.mktemp("holdout") / "long"
+    out.mkdir()
+    rows = (small_holdout / "ground_truth.csv").read_text().splitlines()
+    lines = [rows[0]]
+    for k in range(15):
+        for row in rows[1:]:
+            name, label = row.split(",")
+            os.link(small_holdout / name, out / f"{k:02d}_{name}")
+            lines.append(f"{k:02d}_{name},{label}")
+    (out / "ground_truth.csv").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def test_driver_identifies_sets_up_and_reads(sim):
+    s = sim(watts=42.0, volts=230.0, serial="C2TEST123")
+    m = open_meter("wt310:" + s.resource, timeout_s=1.0)
+    try:
+        assert (m.info.model, m.info.serial, m.info.firmware) == ("WT310", "C2TEST123", "F1.03")
+        m.configure(0.1, "150,1")
+        assert m.rate_s == 0.1
+        r = m.read()
+        assert r.valid and r.watts == pytest.approx(42.0) and r.volts == pytest.approx(230.0)
+        assert r.ranges.watts == pytest.approx(150.0) and not r.ranges.auto
+        assert m.accuracy().describe().startswith("+-(0.1% of reading + 0.1% of range), 45 Hz")
+    finally:
+        m.close()
+    sent = "\n".join(s.received)
+    assert ":NUMeric:NORMal:ITEM3 P,1" in sent and ":RATE 100MS" in sent
+    assert ":INPut:VOLTage:RANGe 150V" in sent and ":COMMunicate:REMote OFF" in sent
+
+
+def test_short_and_long_mnemonics_and_the_error_queue(sim):
+    s = sim()
+    m = open_meter("wt310:" + s.resource, timeout_s=1.0)
+    try:
+        m.write(":NUM:NORM:ITEM3 P,1")
+        assert m.query(":NUMERIC:NORMAL:ITEM3?") == m.query(":num:item3?") == "P,1"
+        assert m.errors() == []
+        m.write(":NUMB:ITEM3 P,1")  # NUMB is neither NUMeric's short nor its long form
+        m.write(":FOO:BAR 1")
+        assert m.errors() == ["113 Undefined header (x2)"]
+        m.write(":INPut:VOLTage:RANGe 12V")
+        assert m.errors() and m.errors() == []  # drained by the first call
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("text, value, flagged", [
+    ("50.123E+00", 50.123, False), ("-1.5E-03", -0.0015, False), ("NAN", None, False),
+    ("INF", None, True), ("-INF", None, True), ("9.9E+37", None, True), ("9.91E+37", None, True),
+])
+def test_numeric_error_data(text, value, flagged):
+    assert parse_value(text) == (value, flagged)
+
+
+def test_absent_meter_and_bad_address_are_one_line():
+    with pytest.raises(MeterError, match=r"cannot open|no answer"):
+        open_meter(f"wt310:TCPIP::127.0.0.1::{_free_port()}::SOCKET", timeout_s=0.5)
+    with pytest.raises(MeterError, match="unknown meter kind 'foo'"):
+        parse_spec("foo:USB0::1::2::INSTR")
+    with pytest.raises(MeterError, match="expected KIND:RESOURCE"):
+        parse_spec("wt310")
+
+
+def test_meter_settings_are_checked_before_the_run(tmp_path, reference_model, small_holdout):
+    from lpirc.settings import resolve_settings
+
+    base = {"model": reference_model, "holdout": small_holdout, "meter": "wt310:TCPIP::x::INSTR"}
+    for extra, msg in (({"meter_rate_s": 0.3}, "update interval 0.3 s"),
+                       ({"meter_ranges": "100,1"}, "100 V is not a WT310 range"),
+                       ({"meter_ranges": "lots"}, "expected auto, keep or VOLTS,AMPS"),
+                       ({"meter": "nope"}, "expected KIND:RESOURCE")):
+        with pytest.raises(InputError, match=msg):
+            resolve_settings({**base, **extra}, set(extra))
+
+
+# --- metered runs (Python API) ----------------------------------------------------------------
+
+
+def _run(tmp_path, model, holdout, sim_meter, **extra):
+    from lpirc.runner import run
+    from lpirc.settings import resolve_settings
+
+    values = {"model": model, "holdout": holdout, "out": tmp_path / "run", "workers": 1,
+              "quiet": True, "meter": "wt310:" + sim_meter.resource, **extra}
+    return run(resolve_settings(values, set(values)), progress=False)
+
+
+def test_constant_power_gives_power_times_wall_time(tmp_path, reference_model, small_holdout, sim):
+    s = sim(watts=50.0, serial="C2CONST01")
+    out = _run(tmp_path, reference_model, small_holdout, s)
+    e = out.manifest["energy"]
+    assert e["source"] == "measured"
+    assert e["method"].startswith("WT310 C2CONST01, 0.1 s, ")
+    start, end = e["meter"]["window"]
+    # the window is the run's: from before the workers start to after the last answer
+    assert end - start == pytest.approx(out.manifest["wall_time_s"], abs=0.1)
+    assert end - start == pytest.approx(e["duration_s"], abs=0.002)
+    assert e["wh"] == pytest.approx(50.0 * (end - start) / 3600.0, rel=1e-5)
+    assert e["uncertainty_wh"] == pytest.approx((0.001 * 50 + 0.001 * 150) * (end - start) / 3600,
+                                                rel=1e-3)  # auto range stays at 150 V x 1 A
+    assert e["meter"]["integrator"]["difference_pct"] == pytest.approx(0.0, abs=1.0)
+    # the log is a --power-log file: the same figure read back by the same rule
+    log = read_power_log(out.out_dir / "power_log.csv")
+    assert power_log_wh(log, start, end)[0] == pytest.approx(e["wh"], rel=1e-5)
+    assert out.score["energy_wh"] == e["wh"] and out.score["source"]["energy_wh"] == "measured"
+
+
+def test_square_wave_within_the_sampling_error(tmp_path, reference_model, long_holdout, sim):
+    s = sim(watts=80.0, low_watts=20.0, pattern="square", period_s=1.0)
+    out = _run(tmp_path, reference_model, long_holdout, s)
+    e = out.manifest["energy"]
+    assert e["source"] == "measured", e["method"]
+    start, end = e["meter"]["window"]
+    truth = s.energy_j(start, end) / 3600.0
+    # readings are update-interval means placed at the middle of their interval (+-0.05 s):
+    # at most half an interval's swing (60 W x 0.05 s) at each of the window's edges and at
+    # each step of the square wave inside it
+    steps = 2 * (end - start) / 1.0
+    assert abs(e["wh"] - truth) <= 60.0 * 0.05 * (2 + steps + 1) / 3600.0
+
+
+@pytest.mark.parametrize("fault, holdout_kind, status, says", [
+    ("overrange", "small", "over-range", "over range in"),
+    ("errors", "small", "errors", "reported errors (390 Overrun error"),
+    ("silent", "long", "partial", "partial, not a measurement of the run"),
+])
+def test_meter_faults_fall_back_and_say_why(tmp_path, reference_model, small_holdout,
+                                            long_holdout, sim, fault, holdout_kind, status, says):
+    s = sim(fault=fault, fault_after_reads=0 if holdout_kind == "small" else 3)
+    holdout = small_holdout if holdout_kind == "small" else long_holdout
+    out = _run(tmp_path, reference_model, holdout, s)
+    e = out.manifest["energy"]
+    assert out.status == "complete" and out.manifest["images_answered"] == out.manifest["holdout"]["image_count"]
+    assert e["source"] == "estimated" and e["meter"]["status"] == status
+    assert e["method"].startswith("CPU time x ") and says in e["method"], e["method"]
+    assert e["uncertainty_wh"] is None and e["wh"] > 0
+
+
+def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_model, long_holdout, sim):
+    s = sim(watts=30.0, fault="disconnect", fault_after_reads=3, down_s=0.3)
+    out = _run(tmp_path, reference_model, long_holdout, s)
+    e = out.manifest["energy"]
+    assert out.status == "complete"
+    if e["meter"]["status"] == "partial":  # a slow machine: the run ended before the meter was back
+        pytest.skip("the run ended before the meter came back")
+    assert e["meter"]["status"] == "gap" and e["source"] == "estimated"
+    assert "gap(s) in the readings" in e["method"] and "not a full measurement" in e["method"]
+    assert any("reconnected" in ev for ev in e["meter"]["events"])
+    text = (out.out_dir / "power_log.csv").read_text()
+    assert "meter: lost" in text and "meter: reconnected" in text
+
+
+def test_absent_meter_costs_nothing_and_says_so(tmp_path, reference_model, small_holdout):
+    from lpirc.runner import run
+    from lpirc.settings import resolve_settings
+
+    values = {"model": reference_model, "holdout": small_holdout, "out": tmp_path / "run",
+              "workers": 1, "quiet": True,
+              "meter": f"wt310:TCPIP::127.0.0.1::{_free_port()}::SOCKET"}
+    out = run(resolve_settings(values, set(values)), progress=False)
+    e = out.manifest["energy"]
+    assert out.status == "complete" and out.score["top1"] > 0
+    assert e["source"] == "estimated" and e["meter"]["status"] == "absent"
+    assert "gave no measurement (meter " in e["method"]
+    assert "Connection refused" in e["method"] or "cannot open" in e["method"]
+    assert any(n.startswith("meter: meter ") for n in out.notes)
+
+
+def test_idle_baseline_is_subtracted_by_lpcvc_2020(tmp_path, reference_model, small_holdout, sim):
+    import json
+
+    from lpirc.meters.measure import measure_idle
+    from lpirc.meters.sampler import MeterConfig
+
+    s = sim(watts=12.0)
+    out = _run(tmp_path, reference_model, small_holdout, s, idle_seconds=0.5, rules="lpcvc-2020")
+    idle = out.manifest["energy"]["idle"]
+    assert idle["watts"] == pytest.approx(12.0) and idle["from"] == "measured before the run"
+    assert out.score["idle_watts"] == pytest.approx(12.0)
+    assert "idle for 0.5 s" in out.score["source"]["idle_watts"]
+
+    baseline = measure_idle(MeterConfig("wt310:" + s.resource), 0.5)
+    (tmp_path / "idle.json").write_text(json.dumps(baseline))
+    s.watts = 30.0  # the device now works: 18 W above idle
+    out = _run(tmp_path / "2", reference_model, small_holdout, s,
+               idle_baseline=tmp_path / "idle.json", rules="lpcvc-2020")
+    assert out.manifest["energy"]["idle"]["from"] == "file idle.json"
+    net = out.score["net_energy_wh"]
+    assert net == pytest.approx(18.0 * out.manifest["wall_time_s"] / 3600.0, rel=0.1)
+    assert out.score["score"] == pytest.approx(out.score["top1"] / net)
+
+
+def test_bad_idle_baseline_file_is_refused_before_the_run(tmp_path, reference_model,
+                                                          small_holdout):
+    from lpirc.runner import run
+    from lpirc.settings import resolve_settings
+
+    (tmp_path / "idle.json").write_text('{"watts": "lots"}')
+    values = {"model": reference_model, "holdout": small_holdout, "out": tmp_path / "run",
+              "idle_baseline": tmp_path / "idle.json"}
+    with pytest.raises(InputError, match="idle.json: idle baseline needs 'watts'"):
+        run(resolve_settings(values, set(values)), progress=False)
+    assert not (tmp_path / "run").exists()

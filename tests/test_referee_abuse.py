@@ -1,0 +1,205 @@
+"""The referee under abuse, against a real `lpirc referee serve` process on 127.0.0.1: a login
+flood from another loopback address, idle sockets (slowloris), huge and repeated posts, the
+standings page flooded, a database that is not the referee's, the secret's file mode."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import stat
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+
+from referee_helpers import Referee, lpirc, make_distinct_holdout, wait_for
+
+
+@pytest.fixture(scope="module")
+def holdout(small_holdout, tmp_path_factory):
+    out = tmp_path_factory.mktemp("abuse") / "holdout"
+    make_distinct_holdout(small_holdout, out, 130)
+    return out
+
+
+def add_team(db, name: str, password: str = "pw", *extra: str) -> None:
+    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", password, *extra)
+    assert r.returncode == 0, r.stderr
+
+
+def client_from(source: str, timeout: float = 30) -> httpx.Client:
+    """An HTTP client whose connections come from ``source`` (another loopback address)."""
+    return httpx.Client(timeout=timeout, trust_env=False,
+                        transport=httpx.HTTPTransport(local_address=source))
+
+
+class Flood:
+    """``n`` threads from ``source`` posting wrong passwords (half for ``team``, half for names
+    that do not exist), each at most ``rate`` per second, until stopped; counts replies."""
+
+    def __init__(self, url: str, team: str, n: int, rate: float, source: str) -> None:
+        self.url, self.team, self.n, self.rate, self.source = url, team, n, rate, source
+        self.stop = threading.Event()
+        self.codes: dict[int, int] = {}
+        self.retry_after: set[str] = set()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._one, args=(i,)) for i in range(n)]
+
+    def __enter__(self) -> "Flood":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    def _one(self, i: int) -> None:
+        user = self.team if i % 2 else f"nobody{i}"
+        with client_from(self.source) as http:
+            while not self.stop.is_set():
+                t = time.monotonic()
+                try:
+                    r = http.post(self.url + "/login", data={"username": user, "password": "x"})
+                    code = r.status_code
+                    if code == 429:
+                        with self.lock:
+                            self.retry_after.add(r.headers.get("retry-after", ""))
+                except httpx.HTTPError:
+                    code = 0
+                with self.lock:
+                    self.codes[code] = self.codes.get(code, 0) + 1
+                self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - t)))
+
+
+@pytest.mark.slow
+def test_login_flood_costs_only_the_hashing_budget(holdout, tmp_path):
+    """30 connections from 127.0.0.2 post wrong passwords (for a real team and for names that
+    do not exist) for ~4 s: they get 429 with Retry-After once over their rate, the server logs
+    it, and the team on 127.0.0.1 logs in, downloads and posts as fast as without the flood."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(holdout, db) as ref:
+        with Flood(ref.url, "alpha", 30, 20, "127.0.0.2") as flood:
+            time.sleep(1.0)
+            t = time.monotonic()
+            token = ref.login("alpha", "pw")  # a first login: hashed, ahead of the flood
+            login_s = time.monotonic() - t
+            zip_s = []
+            for first in (1, 101, 1, 101, 1, 101):
+                t = time.monotonic()
+                r = ref.post("/zipimages", token=token, image_name=str(first))
+                zip_s.append(time.monotonic() - t)
+                assert r.status_code == 200
+            t = time.monotonic()
+            r = ref.post("/result", token=token, image_name=["1", "2"], CLASS_ID=["1", "2"],
+                         confidence=["1", "1"])
+            post_s = time.monotonic() - t
+            assert r.status_code == 200
+            t = time.monotonic()
+            assert ref.login("alpha", "pw") == token  # a login again: not hashed again
+            again_s = time.monotonic() - t
+            time.sleep(2.0)
+        lines = list(ref.lines)
+    assert flood.codes.get(429, 0) > flood.codes.get(401, 0) > 0, flood.codes
+    assert set(flood.codes) <= {401, 429}, flood.codes  # never a 5xx, never a dropped connection
+    assert flood.retry_after and all(v.isdigit() and int(v) >= 1 for v in flood.retry_after)
+    assert any("login: client 127.0.0.2 over its failed-login rate" in ln for ln in lines), lines
+    # generous bounds for a shared 2-core machine; before the gate: 2.9 s, 2.7 s, 2.2 s
+    assert login_s < 1.0 and max(zip_s) < 1.0 and post_s < 1.0 and again_s < 0.5, \
+        (login_s, zip_s, post_s, again_s)
+
+
+@pytest.mark.slow
+def test_login_time_does_not_tell_whether_a_user_exists(holdout, tmp_path):
+    """Wrong passwords for a team and for a name that does not exist take the same time (the
+    unknown name is hashed against a dummy): medians of 8 each, alternated, from fresh client
+    addresses (under the failed-login rate)."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    times = {"alpha": [], "nobody": []}
+    with Referee(holdout, db) as ref:
+        for i in range(8):
+            for user in ("alpha", "nobody"):
+                with client_from(f"127.0.1.{10 + i}") as http:
+                    t = time.monotonic()
+                    r = http.post(ref.url + "/login", data={"username": user, "password": "x"})
+                    times[user].append(time.monotonic() - t)
+                    assert (r.status_code, r.text) == (401, "Invalid username or password\n")
+    known, unknown = statistics.median(times["alpha"]), statistics.median(times["nobody"])
+    assert 0.6 < unknown / known < 1.6, (known, unknown)  # before: 113 ms unknown vs 59 ms known
+
+
+def test_database_mode_and_other_databases_refused(holdout, tmp_path):
+    """The database holding the token secret is 0600 (its -wal and -shm too); `referee
+    results|answers|power --db` on a SQLite file that is not a referee database (or an empty
+    one) is exit 5, one line, and the file is left byte for byte as it was."""
+    db = tmp_path / "r.sqlite"
+    old = os.umask(0o022)
+    try:
+        add_team(db, "alpha")
+        with Referee(holdout, db) as ref:
+            ref.login("alpha", "pw")
+            for f in (db, tmp_path / "r.sqlite-wal", tmp_path / "r.sqlite-shm",
+                      tmp_path / "r.sqlite.lock"):
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    finally:
+        os.umask(old)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    log = tmp_path / "meter.csv"
+    log.write_text("timestamp,watts\n1,2\n3,4\n")
+    for target in (other, empty):
+        before = target.read_bytes()
+        for args in (("results",), ("answers",), ("power", "alpha", str(log))):
+            r = lpirc("referee", *args, "--db", str(target))
+            assert r.returncode == 5 and r.stdout == "", (args, r.stdout, r.stderr)
+            assert r.stderr.count("\n") == 1 and "not a referee database" in r.stderr, r.stderr
+            assert target.read_bytes() == before, args
+            assert not (tmp_path / (target.name + "-wal")).exists()
+
+
+def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
+    """A session that posts the same answers over and over keeps MAX_DUPLICATES of them; the
+    rest are counted, not stored; another team's post meanwhile is answered at once."""
+    from lpirc.referee.store import MAX_DUPLICATES
+
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    add_team(db, "beta")
+    with Referee(holdout, db, "--max-body-mib", "8") as ref:
+        a, b = ref.login("alpha", "pw"), ref.login("beta", "pw")
+        n = 60_000  # ~1 MB of answers, every one for images 1..130
+        names = [str(1 + i % 130) for i in range(n)]
+        done = threading.Event()
+
+        def big():
+            r = ref.post("/result", token=a, image_name=names, CLASS_ID=["1"] * n,
+                         confidence=["1"] * n)
+            assert r.status_code == 200, r.text
+            done.set()
+
+        t = threading.Thread(target=big)
+        t.start()
+        slowest = 0.0
+        with httpx.Client(timeout=30) as other:
+            while not done.is_set():
+                t0 = time.monotonic()
+                r = other.post(ref.url + "/zipimages", data={"token": b, "image_name": "1"})
+                assert r.status_code == 200
+                slowest = max(slowest, time.monotonic() - t0)
+                time.sleep(0.02)
+        t.join()
+        r = ref.post("/status", token=a)
+        assert "answers 130\n" in r.text and f"duplicates {n - 130}\n" in r.text, r.text
+    with sqlite3.connect(db) as conn:
+        (stored,) = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()
+    assert stored == MAX_DUPLICATES
+    assert slowest < 1.0, slowest

@@ -1,0 +1,393 @@
+"""A simulated Yokogawa WT310 for the tests: a SCPI server on 127.0.0.1 (one line per message,
+newline-terminated, as PyVISA's ``TCPIP::127.0.0.1::PORT::SOCKET`` speaks), answering the
+commands lpirc uses the way IM WT310-17EN describes them: short and long mnemonics, the
+optional ``[:NORMal]`` node, ``:STATus:ERRor?`` with ``113,"Undefined header"`` for unknown
+commands, numeric data in ASCII ``<NR3>`` with ``NAN`` / ``INF`` error data.
+
+The power follows a known pattern (``constant``, or ``square`` between ``watts`` and
+``low_watts`` with ``period_s``); each reading is the mean power over the last complete update
+interval, as the meter's display values are. The integrator (WH, TIME) integrates the same
+pattern exactly. Faults, after ``fault_after_reads`` value queries: ``silent`` (reads commands,
+never answers), ``disconnect`` (drops the connection and refuses new ones; back after
+``down_s`` when given), ``errors`` (answers, and puts an error in the queue at every value
+query), ``overrange`` (U, I and P answer ``INF``).
+
+This is not a model of the real meter's timing or of its analogue front end, only of its
+command language; nothing here has been compared with hardware.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import threading
+import time
+
+RATES = {100: 0.1, 250: 0.25, 500: 0.5, 1000: 1.0, 2000: 2.0, 5000: 5.0}
+
+
+def _mn(mnemonic: str):
+    """(short, long) forms of ``NUMeric`` -> ("NUM", "NUMERIC")."""
+    return "".join(c for c in mnemonic if c.isupper() or c.isdigit()), mnemonic.upper()
+
+
+def _nr3(x: float) -> str:
+    return f"{x:.4E}".replace("E+0", "E+0").replace("E-0", "E-0")
+
+
+class SimWT310:
+    def __init__(self, watts: float = 50.0, volts: float = 100.0, pattern: str = "constant",
+                 low_watts: float = 10.0, period_s: float = 1.0, serial: str = "C2SIM0001",
+                 model: str = "WT310", firmware: str = "F1.03", fault: str | None = None,
+                 fault_after_reads: int = 0, down_s: float | None = None,
+                 mode: str = "RMS") -> None:
+        self.watts, self.volts, self.pattern = watts, volts, pattern
+        self.low_watts, self.period_s = low_watts, period_s
+        self.idn = f"YOKOGAWA,{model},{serial},{firmware}"
+        self.fault_kind, self.fault_after, self.down_s = fault, fault_after_reads, down_s
+        self.fault: str | None = None
+        self.t0 = time.time()
+        self.rate = 0.5
+        self.mode = mode
+        self.volt_range, self.amp_range, self.volt_auto, self.amp_auto = 150.0, 1.0, False, False
+        self.items = ["U,1", "I,1", "P,1", "S,1", "Q,1", "LAMB,1", "PHI,1", "FU,1", "FI,1", "NONE"]
+        self.number = 10
+        self.errors: list[tuple[int, str]] = []
+        self.integ_state, self.integ_start, self.integ_stop = "RESET", None, None
+        self.reads = 0
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+        self._srv: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self.port = 0
+
+    # --- the power pattern -----------------------------------------------------------------
+
+    def power(self, t: float) -> float:
+        if self.pattern == "square":
+            return self.watts if ((t - self.t0) % self.period_s) < self.period_s / 2 else self.low_watts
+        return self.watts
+
+    def energy_j(self, a: float, b: float) -> float:
+        """Exact integral of the pattern over [a, b] (J)."""
+        if self.pattern != "square":
+            return self.watts * (b - a)
+        p, h = self.period_s, self.period_s / 2
+
+        def cum(t: float) -> float:  # energy from t0 to t
+            n, r = divmod(t - self.t0, p)
+            return n * (self.watts * h + self.low_watts * h) + (
+                self.watts * r if r < h else self.watts * h + self.low_watts * (r - h))
+
+        return cum(b) - cum(a)
+
+    def _reading(self) -> tuple[float, float]:
+        """(watts, seconds) of the last complete update interval before now."""
+        now = time.time()
+        k = math.floor((now - self.t0) / self.rate)
+        a, b = self.t0 + (k - 1) * self.rate, self.t0 + k * self.rate
+        return self.energy_j(a, b) / self.rate, b
+
+    # --- the server ------------------------------------------------------------------------
+
+    def start(self) -> int:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(4)
+        self.port = srv.getsockname()[1]
+        self._srv = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+        return self.port
+
+    @property
+    def resource(self) -> str:
+        return f"TCPIP::127.0.0.1::{self.port}::SOCKET"
+
+    def stop(self) -> None:
+        srv, self._srv = self._srv, None
+        if srv is not None:
+            try:
+                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
+            except OSError:
+                pass
+            srv.close()
+        for c in list(self._conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self._conns.clear()
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                reply = self.handle(line.decode("ascii", "replace").strip())
+                if self.fault == "disconnect":
+                    self._go_down()
+                    return
+                if reply is not None and self.fault != "silent":
+                    try:
+                        conn.sendall(reply.encode() + b"\n")
+                    except OSError:
+                        return
+
+    def _go_down(self) -> None:
+        self.stop()
+        if self.down_s is not None:
+            def back():
+                time.sleep(self.down_s)
+                self.fault = None
+                self.fault_kind = None
+                self.start()
+            threading.Thread(target=back, daemon=True).start()
+
+    # --- the command language --------------------------------------------------------------
+
+    def handle(self, message: str) -> str | None:
+        """Answer one program message (units separated by ';'); None when nothing is sent."""
+        replies = []
+        for unit in message.split(";"):
+            unit = unit.strip()
+            if not unit:
+                continue
+            with self.lock:
+                self.received.append(unit)
+                r = self._unit(unit)
+            if r is not None:
+                replies.append(r)
+        return ";".join(replies) if replies else None
+
+    def _err(self, code: int, msg: str) -> None:
+        if len(self.errors) < 32:
+            self.errors.append((code, msg))
+
+    def _unit(self, unit: str) -> str | None:
+        header, _, arg = unit.partition(" ")
+        arg = arg.strip()
+        query = header.endswith("?")
+        header = header.rstrip("?")
+        if header.startswith("*"):
+            return self._common(header.upper(), query)
+        tokens = [t for t in header.strip(":").split(":") if t]
+        for pattern, fn in self._table():
+            m = self._match(tokens, pattern)
+            if m is not None:
+                return fn(query, arg, m)
+        self._err(113, "Undefined header")
+        return None
+
+    def _common(self, h: str, query: bool) -> str | None:
+        if h == "*IDN" and query:
+            return self.idn
+        if h == "*CLS":
+            self.errors.clear()
+            return None
+        if h == "*OPT" and query:
+            return "C7"
+        self._err(113, "Undefined header")
+        return None
+
+    @staticmethod
+    def _match(tokens: list[str], pattern: list[str]):
+        """Match header tokens to a pattern like ["NUMeric", "[NORMal]", "ITEM#"]; returns the
+        numeric suffix (or 0), None when it does not match."""
+        suffix, i = 0, 0
+        for node in pattern:
+            optional = node.startswith("[")
+            name = node.strip("[]")
+            tok = tokens[i].upper() if i < len(tokens) else None
+            if name.endswith("#"):
+                short, long_ = _mn(name[:-1])
+                m = re.fullmatch(r"([A-Z]+)(\d*)", tok or "")
+                if m and m.group(1) in (short, long_):
+                    suffix, i = int(m.group(2) or 1), i + 1
+                    continue
+                return None
+            if tok is not None and tok in _mn(name):
+                i += 1
+            elif not optional:
+                return None
+        return suffix if i == len(tokens) else None
+
+    def _table(self):
+        return [
+            (["COMMunicate", "REMote"], self._noop),
+            (["COMMunicate", "HEADer"], self._noop),
+            (["COMMunicate", "VERBose"], self._noop),
+            (["NUMeric", "FORMat"], self._format),
+            (["NUMeric", "[NORMal]", "NUMber"], self._number),
+            (["NUMeric", "[NORMal]", "ITEM#"], self._item),
+            (["NUMeric", "[NORMal]", "VALue"], self._value),
+            (["RATE"], self._rate),
+            (["INPut", "VOLTage", "RANGe"], self._vrange),
+            (["INPut", "CURRent", "RANGe"], self._arange),
+            (["INPut", "VOLTage", "AUTO"], self._vauto),
+            (["INPut", "CURRent", "AUTO"], self._aauto),
+            (["INPut", "MODE"], lambda q, a, m: self.mode if q else None),
+            (["INPut", "CFACtor"], lambda q, a, m: "3" if q else None),
+            (["INTEGrate", "STARt"], self._integ),
+            (["INTEGrate", "STOP"], self._integ),
+            (["INTEGrate", "RESet"], self._integ),
+            (["INTEGrate", "STATe"], lambda q, a, m: self.integ_state if q else None),
+            (["STATus", "ERRor"], self._error),
+        ]
+
+    def _noop(self, query, arg, m):
+        return "0" if query else None
+
+    def _format(self, query, arg, m):
+        if query:
+            return "ASCII"
+        if arg.upper() not in ("ASC", "ASCII"):
+            self._err(224, "Illegal parameter value (the simulation speaks ASCII only)")
+        return None
+
+    def _number(self, query, arg, m):
+        if query:
+            return str(self.number)
+        n = int(arg)
+        if not 1 <= n <= 10:
+            self._err(224, "Illegal parameter value")
+        else:
+            self.number = n
+        return None
+
+    def _item(self, query, arg, x):
+        if not 1 <= x <= 10:
+            self._err(114, "Header suffix out of range")
+            return None
+        if query:
+            return self.items[x - 1]
+        self.items[x - 1] = arg.upper().replace(" ", "")
+        return None
+
+    def _value(self, query, arg, m):
+        self.reads += 1
+        if self.fault_kind and self.fault is None and self.reads > self.fault_after:
+            self.fault = self.fault_kind
+        if self.fault == "errors":
+            self._err(390, "Overrun error")
+        watts, _ = self._reading()
+        amps = watts / self.volts
+        out = []
+        for item in self.items[:self.number]:
+            fn = item.split(",")[0]
+            if self.fault == "overrange" and fn in ("U", "I", "P"):
+                out.append("INF")
+            elif fn == "U":
+                out.append(_nr3(self.volts))
+            elif fn == "I":
+                out.append(_nr3(amps))
+            elif fn == "P":
+                out.append(_nr3(watts))
+            elif fn == "WH":
+                out.append(_nr3(self._integ_j() / 3600.0))
+            elif fn == "TIME":
+                out.append(str(int(self._integ_s())))
+            else:
+                out.append("NAN")
+        return ",".join(out)
+
+    def _integ_s(self) -> float:
+        if self.integ_start is None:
+            return 0.0
+        return (self.integ_stop or time.time()) - self.integ_start
+
+    def _integ_j(self) -> float:
+        if self.integ_start is None:
+            return 0.0
+        return self.energy_j(self.integ_start, self.integ_stop or time.time())
+
+    def _integ(self, query, arg, m):
+        cmd = self.received[-1].upper()
+        if "STAR" in cmd:
+            if self.integ_state == "START":
+                self._err(842, "Integration is already started")
+            else:
+                self.integ_start, self.integ_stop, self.integ_state = time.time(), None, "START"
+        elif "STOP" in cmd:
+            if self.integ_state != "START":
+                self._err(844, "Integration is not started")
+            else:
+                self.integ_stop, self.integ_state = time.time(), "STOP"
+        else:
+            if self.integ_state == "START":
+                self._err(845, "Integration must be stopped before it is reset")
+            else:
+                self.integ_start = self.integ_stop = None
+                self.integ_state = "RESET"
+        return None
+
+    def _rate(self, query, arg, m):
+        if query:
+            return _nr3(self.rate)
+        ms = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(MS|S)?", arg.upper())
+        val = None if not ms else float(ms.group(1)) * (1 if ms.group(2) == "MS" else 1000)
+        if val is None or int(val) not in RATES:
+            self._err(224, "Illegal parameter value")
+        else:
+            self.rate = RATES[int(val)]
+        return None
+
+    def _range(self, arg: str, allowed) -> float | None:
+        v = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(MV|MA|V|A)?", arg.upper())
+        x = float(v.group(1)) * (1e-3 if v and v.group(2) in ("MV", "MA") else 1) if v else None
+        if x is None or x not in allowed:
+            self._err(224, "Illegal parameter value")
+            return None
+        return x
+
+    def _vrange(self, query, arg, m):
+        if query:
+            return _nr3(self.volt_range)
+        x = self._range(arg, (15.0, 30.0, 60.0, 150.0, 300.0, 600.0))
+        if x is not None:
+            self.volt_range, self.volt_auto = x, False
+        return None
+
+    def _arange(self, query, arg, m):
+        if query:
+            return _nr3(self.amp_range)
+        x = self._range(arg, (0.5, 1.0, 2.0, 5.0, 10.0, 20.0))
+        if x is not None:
+            self.amp_range, self.amp_auto = x, False
+        return None
+
+    def _vauto(self, query, arg, m):
+        if query:
+            return "1" if self.volt_auto else "0"
+        self.volt_auto = arg.upper() in ("ON", "1")
+        return None
+
+    def _aauto(self, query, arg, m):
+        if query:
+            return "1" if self.amp_auto else "0"
+        self.amp_auto = arg.upper() in ("ON", "1")
+        return None
+
+    def _error(self, query, arg, m):
+        if not self.errors:
+            return '0,"No error"'
+        code, msg = self.errors.pop(0)
+        return f'{code},"{msg}"'
