@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from conftest import run_lpirc as lpirc
+
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 _REPO = Path(__file__).resolve().parents[1]
 #: the shared data's models: $LPIRC_SHARED_DATA, else ../shared/data beside the checkout (or
@@ -23,11 +25,6 @@ _REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = [Path(p) / "models" for p in (
     os.environ.get("LPIRC_SHARED_DATA"), _REPO.parent / "shared" / "data",
     _REPO.parent.parent / "shared" / "data") if p]
-
-
-def lpirc(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
 
 
 class Online:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 PACKAGES = ("lpirc", "scoring", "submission")
 TOP = ("lpirc.cli", "lpirc.__main__")  # the command line, and `python -m lpirc` that starts it
 MAX_FUNCTION_LINES = 80

@@ -21,14 +21,10 @@ import scoring
 from lpirc import leaderboard as lb
 from lpirc.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc as lpirc
+
 SYN = scoring.synsets()
 N = 20  # images in the hand-made ground truth
-
-
-def lpirc(*args, cwd=REPO, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 # --- runs written the way lpirc run writes them ---------------------------------------------
