@@ -4,6 +4,7 @@ standings page flooded, a database that is not the referee's, the secret's file 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -11,6 +12,8 @@ import stat
 import statistics
 import threading
 import time
+from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -203,3 +206,41 @@ def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
         (stored,) = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()
     assert stored == MAX_DUPLICATES
     assert slowest < 1.0, slowest
+
+
+@pytest.mark.slow
+def test_session_clock_ignores_wall_clock_steps(holdout, tmp_path, monkeypatch):
+    """The server's wall clock is stepped (through lpirc.clock's test hook, a file holding an
+    offset) by -300 s and then +700 s during a 4 s session: the session still ends 4 s after
+    its login by the monotonic clock. The offset at the server's start reaches its records
+    (wall time, for people)."""
+    offset = tmp_path / "offset"
+    offset.write_text("1000")
+    monkeypatch.setenv("LPIRC_WALL_OFFSET_FILE", str(offset))
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(holdout, db, time_limit_s=4) as ref:
+        t0 = time.monotonic()
+        token = ref.login("alpha", "pw")
+        offset.write_text("700")  # -300 s
+        time.sleep(1.0)
+        left = float(ref.post("/status", token=token).text.split("time_left_s ")[1])
+        assert 2.0 < left < 3.5, left  # before: 303 s left
+        offset.write_text("1700")  # +700 s (+400 s from the start)
+        time.sleep(0.5)
+        r = ref.post("/result", token=token, image_name="1", CLASS_ID="1", confidence="1")
+        assert r.status_code == 200, r.text  # before: ended by the +700 s step
+        wait_for(lambda: ref.post("/verify", token=token).status_code == 401, timeout=10,
+                 step=0.05)
+        ended_after = time.monotonic() - t0
+
+        def scored():
+            r = lpirc("referee", "results", "--db", str(db), "--format", "json")
+            return json.loads(r.stdout) if r.returncode == 0 else None
+
+        rows = wait_for(scored)
+    assert 3.9 < ended_after < 5.5, ended_after
+    assert rows[0]["wall_time_s"] == pytest.approx(4.0)
+    manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
+    started = datetime.fromisoformat(manifest["start_utc"]).timestamp()
+    assert abs(started - (time.time() + 1000 - ended_after)) < 30, manifest["start_utc"]
