@@ -82,7 +82,8 @@ class RefereeApp:
             "/login": self.login, "/get_token": self.login, "/verify": self.verify,
             "/logout": self.logout, "/no_of_images": self.no_of_images, "/image": self.image,
             "/zipimages": self.zipimages, "/result": self.result, "/energy": self.energy,
-            "/status": self.status, "/powermeter": self.powermeter, "/help": self.help,
+            "/status": self.status, "/answered": self.answered, "/powermeter": self.powermeter,
+            "/help": self.help,
             "/": self.leaderboard, "/leaderboard": self.leaderboard,
         }
         routes = [Route(path, self._endpoint(fn), methods=["GET", "POST"])
@@ -272,6 +273,11 @@ class RefereeApp:
         return _text(f"team {r.team}\nattempt {r.attempt} of {self.ref.cfg.attempts}\n"
                      f"images {r.image_count}\nanswers {kept}\nduplicates {dups}\n"
                      f"time_left_s {max(0.0, r.deadline - now):.3f}\n")
+
+    async def answered(self, request: Request) -> Response:
+        _, live, _ = await self.session(request)
+        held = await run_in_threadpool(self.ref.store.answered, live.row.id)
+        return _text(f"{len(held)}\n{P.ranges(held)}\n")
 
     async def powermeter(self, request: Request) -> Response:
         f, _, now = await self.session(request, kind="meter")
