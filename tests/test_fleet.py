@@ -1,7 +1,8 @@
-"""`lpirc fleet` on real Ray clusters on this machine: a local instance split into 2 simulated
-devices through the CLI, and a 3-node cluster (ray.cluster_utils) in which one node's holdout
-differs and one device is killed mid-run. Real runs of the bundled reference submission on a
-40-image holdout; no mocks."""
+"""`lpirc fleet` end to end on real Ray clusters on this machine (marked ray and slow): a local
+instance split into 2 simulated devices through the CLI, and a 3-node cluster
+(ray.cluster_utils) in which one node's holdout differs and one device is killed mid-run. Real
+runs of the bundled reference submission on a 40-image holdout; no mocks. The policy's cases
+without Ray, in milliseconds: test_fleet_policy.py."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def state(out: Path) -> dict:
 # --- the command line, a local instance of 2 simulated devices ------------------------------
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, small_holdout,
                                                                    reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha", "beta", "gamma",
@@ -107,6 +110,8 @@ def test_fleet_run_cli_two_simulated_devices_one_broken_submission(tmp_path, sma
         assert jobs[name]["standings"].startswith("added to")
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, small_holdout,
                                                                     reference_model, stop):
@@ -146,6 +151,8 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
     assert "Traceback" not in rest
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_fleet_started_beside_a_folder_named_lpirc_runs_its_jobs(tmp_path, small_holdout,
                                                                  reference_model):
     """An organiser runs `lpirc fleet` from the folder that holds their clone (`lpirc/`, no
@@ -175,6 +182,8 @@ def test_cpu_devices_get_equal_core_shares():
     assert fleet.share_cores([0, 1], None) is None
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
 def test_devices_sharing_a_core_are_noted(tmp_path, small_holdout, reference_model):
     """2 simulated devices on a head pinned to one core share it: a note says their times are
@@ -280,6 +289,8 @@ def run_child(pid: int, timeout_s: float = 30) -> psutil.Process | None:
     return None
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
                                               reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["one", "two", "three"])
@@ -342,6 +353,8 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
     conn.close()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, small_holdout,
                                                              reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["first", "second"])
@@ -385,6 +398,8 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     assert stored[victim.name].extra["status"] == "complete"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_holdout,
                                                    reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["stuck"])
@@ -417,6 +432,8 @@ def test_stuck_device_is_ended_and_its_job_retried(cluster, tmp_path, small_hold
     stopped["child"].wait(timeout=10)  # the stopped run died with its device
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_device_that_cannot_start_is_named_with_its_cause(cluster):
     """A device actor whose start fails on its node (here DeviceWorker given no device; on a
     real node, lpirc missing or another version) is reported with the error that stopped it,
@@ -429,6 +446,8 @@ def test_device_that_cannot_start_is_named_with_its_cause(cluster):
     assert fleet.start_failure(RuntimeError("a node died")) is None
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_fleet_devices_lists_each_node_device(cluster):
     r = CliRunner().invoke(main, ["fleet", "devices"])  # Ray already connected: that cluster
     assert r.exit_code == 0, r.output
@@ -439,6 +458,8 @@ def test_fleet_devices_lists_each_node_device(cluster):
     assert r.stdout.splitlines()[-1] == "4 device(s)"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_node_lost_mid_run_job_retried_on_another_node(cluster, tmp_path, small_holdout,
                                                        reference_model):
     """A whole node dies (its raylet and every process of it killed) while a job runs there.
