@@ -86,7 +86,15 @@ def test_login_flood_costs_only_the_hashing_budget(holdout, tmp_path):
     it, and the team on 127.0.0.1 logs in, downloads and posts as fast as without the flood."""
     db = tmp_path / "r.sqlite"
     add_team(db, "alpha")
+    add_team(db, "beta")
     with Referee(holdout, db) as ref:
+        t = time.monotonic()  # the same calls without the flood, on this machine now
+        quiet = ref.login("beta", "pw")
+        base = [time.monotonic() - t]
+        for first in (1, 101):
+            t = time.monotonic()
+            assert ref.post("/zipimages", token=quiet, image_name=str(first)).status_code == 200
+            base.append(time.monotonic() - t)
         with Flood(ref.url, "alpha", 30, 20, "127.0.0.2") as flood:
             time.sleep(1.0)
             t = time.monotonic()
@@ -112,9 +120,11 @@ def test_login_flood_costs_only_the_hashing_budget(holdout, tmp_path):
     assert set(flood.codes) <= {401, 429}, flood.codes  # never a 5xx, never a dropped connection
     assert flood.retry_after and all(v.isdigit() and int(v) >= 1 for v in flood.retry_after)
     assert any("login: client 127.0.0.2 over its failed-login rate" in ln for ln in lines), lines
-    # generous bounds for a shared 2-core machine; before the gate: 2.9 s, 2.7 s, 2.2 s
-    assert login_s < 1.0 and max(zip_s) < 1.0 and post_s < 1.0 and again_s < 0.5, \
-        (login_s, zip_s, post_s, again_s)
+    # bounds for a shared, busy 2-core machine: 1 s more than 3 x the same calls without the
+    # flood (before the gate, with 60 connections: login 2.9 s, zip p99 2.7 s, post p99 2.2 s)
+    bound = 1.0 + 3 * max(base)
+    assert login_s < bound and max(zip_s) < bound and post_s < bound and again_s < bound, \
+        (base, login_s, zip_s, post_s, again_s)
 
 
 @pytest.mark.slow
