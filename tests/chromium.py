@@ -63,8 +63,11 @@ class Chromium:
             targets = json.load(r)
         return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
 
-    def visit(self, path: Path | str, probe_js: str, timeout_s: float = 30.0) -> PageVisit:
-        """Load a file (a Path) or an http:// URL (a str), run ``probe_js``, and report."""
+    def visit(self, path: Path | str, probe_js: str, timeout_s: float = 30.0,
+              cookies: list[dict] | None = None, await_promise: bool = False) -> PageVisit:
+        """Load a file (a Path) or an http:// URL (a str), run ``probe_js``, and report.
+        ``cookies``: set first (DevTools ``Network.setCookie`` parameters: name, value, url);
+        ``await_promise``: ``probe_js`` gives a Promise, whose value is the probe's."""
         from websockets.sync.client import connect
 
         out = PageVisit()
@@ -73,11 +76,15 @@ class Chromium:
             self.ws, self.out = ws, out
             for m in ("Page.enable", "Network.enable", "Runtime.enable", "Log.enable"):
                 self._call(m)
+            for c in cookies or ():
+                self._call("Network.setCookie", c)
             self._call("Page.navigate", {"url": url})
             self._wait_event("Page.loadEventFired", timeout_s)
             time.sleep(0.3)
             self._drain()
-            res = self._call("Runtime.evaluate", {"expression": probe_js, "returnByValue": True})
+            res = self._call("Runtime.evaluate", {"expression": probe_js, "returnByValue": True,
+                                                  "awaitPromise": await_promise},
+                             timeout_s=timeout_s)
             out.probe = res["result"].get("value") or {}
             shot = self._call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
             out.screenshot = base64.b64decode(shot["data"])

@@ -17,8 +17,12 @@ from pathlib import Path
 import httpx
 
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-SHARED_MODELS = Path(os.environ.get("LPIRC_SHARED_DATA")
-                     or Path(__file__).resolve().parents[1].parent / "shared" / "data") / "models"
+_REPO = Path(__file__).resolve().parents[1]
+#: the shared data's models: $LPIRC_SHARED_DATA, else ../shared/data beside the checkout (or
+#: beside the folder of worktrees holding it)
+SHARED_MODELS = [Path(p) / "models" for p in (
+    os.environ.get("LPIRC_SHARED_DATA"), _REPO.parent / "shared" / "data",
+    _REPO.parent.parent / "shared" / "data") if p]
 
 
 def lpirc(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -143,18 +147,12 @@ def add_team(db: Path, name: str, password: str, *extra: str) -> None:
 def broken_model(tmp: Path) -> Path:
     """A model that is a TFLite flatbuffer but cannot be loaded: the shared data's
     model_invoking_error.tflite (an unresolved custom op) when present, else the bundled model
-    with a custom op's name spliced in (the same failure)."""
-    shared = SHARED_MODELS / "model_invoking_error.tflite"
-    if shared.is_file():
-        return shared
+    cut short (a flatbuffer the runtime cannot read: class format)."""
+    for folder in SHARED_MODELS:
+        if (folder / "model_invoking_error.tflite").is_file():
+            return folder / "model_invoking_error.tflite"
     from lpirc.settings import bundled_model
 
-    data = bytearray(bundled_model().read_bytes())
-    i = data.find(b"CONV_2D")
     out = tmp / "broken.tflite"
-    if i < 0:  # no op name stored: keep the identifier, cut the rest
-        out.write_bytes(bytes(data[:64]))
-    else:
-        data[i:i + 7] = b"CUSTOMX"
-        out.write_bytes(bytes(data))
+    out.write_bytes(bundled_model().read_bytes()[:64])  # the TFL3 identifier, then nothing
     return out

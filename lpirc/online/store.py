@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lpirc.errors import InputError
+from lpirc.online.config import PHASES
 from lpirc.referee.store import check_password, hash_password
 
 SCHEMA_VERSION = 1
@@ -236,6 +237,17 @@ class Store:
     def published(self) -> bool:
         """Whether the final phase's scores are published (shown to teams)."""
         return self.meta("final_published", "0") == "1"
+
+    def set_phase(self, phase: str) -> None:
+        """Open ``phase`` for uploads (the organiser's; CLI and API). InputError for another
+        name."""
+        if phase not in PHASES:
+            raise InputError(f"phase {phase!r}: expected one of {', '.join(PHASES)}")
+        self.set_meta("phase", phase)
+
+    def publish(self, published: bool = True) -> None:
+        """Show (or hide again) the final phase's scores to teams."""
+        self.set_meta("final_published", "1" if published else "0")
 
     def config(self) -> dict:
         value = self.meta("config")

@@ -14,12 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lpirc.errors import InputError
 from lpirc.online import deps
 from lpirc.online import standings as st
 from lpirc.online.errors import ApiError
-from lpirc.online.service import publish as publish_final
-from lpirc.online.service import set_phase
 
 
 async def status(request: Request) -> JSONResponse:
@@ -33,10 +30,7 @@ async def phase(request: Request) -> JSONResponse:
     name = deps.text_field(await deps.form(request, 4096), "phase") or ""
     if name not in svc.phases:
         raise ApiError(400, f"phase {name!r}: this service has {', '.join(svc.phases)}")
-    try:
-        set_phase(svc.store, name)
-    except InputError as e:
-        raise ApiError(400, str(e)) from None
+    svc.store.set_phase(name)
     return JSONResponse({"phase": name})
 
 
@@ -46,7 +40,7 @@ async def publish(request: Request) -> JSONResponse:
     value = deps.text_field(await deps.form(request, 4096), "published") or "1"
     if value not in ("0", "1"):
         raise ApiError(400, f"published {value!r}: expected 1 or 0")
-    publish_final(svc.store, value == "1")
+    svc.store.publish(value == "1")
     return JSONResponse({"published": value == "1"})
 
 
