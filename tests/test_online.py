@@ -144,6 +144,9 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
     with Online(small_holdout, db, "--per-team-at-once", "1", "--max-model-mib", "1",
                 "--final-holdout", str(final), "--final-ground-truth", str(truth)) as server:
         http = httpx.Client(base_url=server.url, timeout=60)
+        second = lpirc("online", "serve", "--holdout", str(small_holdout), "--db", str(db),
+                       "--port", "0")
+        assert second.returncode == 5 and "another lpirc online service" in second.stderr
         assert http.post("/api/login", data={"username": "alpha", "password": "no"}).status_code == 401
         assert http.post("/api/login", data={"username": "alpha"}).status_code == 400
         assert http.post("/api/login", content=b"{}", headers={"content-type": "application/json"}).status_code == 415
@@ -393,5 +396,4 @@ def test_ray_fleet_devices(small_holdout, reference_model, tmp_path):
         assert [d["device"].split("@")[0] for d in devices] == ["cpu_0"]
         assert devices[0]["jobs_done"] == 1
         events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
-        print(f"\nray: service start {server.startup_s:.1f} s to its URL line; "
-              + "; ".join(e["message"] for e in events if e["state"] == "scored"))
+        print("\nray: " + "; ".join(e["message"] for e in events if e["state"] == "scored"))
