@@ -101,6 +101,13 @@ def ground_truth_notes(path, cache: bool = True) -> list[str]:
     return list(_read(path, cache)[1])
 
 
+def read_ground_truth_and_notes(path, cache: bool = True) -> tuple[dict[str, int], list[str]]:
+    """:func:`read_ground_truth` and :func:`ground_truth_notes` from one parse of the file
+    (``cache=False``: not kept for a later call)."""
+    pairs, notes = _read(path, cache)
+    return dict(pairs), list(notes)
+
+
 def _read(path, cache: bool) -> tuple[tuple, tuple]:
     p = Path(path)
     st = _stat(p, "ground truth")
