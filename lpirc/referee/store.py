@@ -8,8 +8,9 @@ seed, holdout identity, rules, score), ``answers`` (first answer per image of a 
 
 Durability: every write is one transaction committed with ``synchronous=FULL`` before the
 server answers 200, so a ``kill -9`` of the server (or a power cut) loses nothing it
-acknowledged. Times are unix seconds (``time.time()``), so a restarted server continues every
-open session on its original clock.
+acknowledged. Times are unix seconds on the referee's clock (``lpirc.clock.SteadyWall``: the
+wall clock read at start, advancing with the monotonic clock), so a restarted server continues
+every open session on its original clock.
 
 Passwords are stored as scrypt hashes (``hashlib.scrypt``, n=2**14, r=8, p=1, 16-byte salt);
 the clear password is never stored. The file holds the token-signing secret: a new database is
