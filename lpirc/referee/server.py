@@ -370,9 +370,10 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
         lock.close()
 
 
-def _lock_db(db: Path):
+def _lock_db(db: Path, who: str = "lpirc referee"):
     """An exclusive lock on ``DB.lock``: two referees serving one database would each hold the
-    open sessions in memory. InputError when another referee holds it."""
+    open sessions in memory (two ``lpirc online`` services, ``who``, would run its queue twice).
+    InputError when another holds it."""
     import fcntl
 
     from lpirc.errors import InputError
@@ -382,7 +383,7 @@ def _lock_db(db: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise InputError(f"{db}: another lpirc referee is serving this database") from None
+        raise InputError(f"{db}: another {who} is serving this database") from None
     return f
 
 
