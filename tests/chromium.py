@@ -157,6 +157,22 @@ class Chromium:
 
 # Run in the page: every figure, whether it holds a drawn SVG, its size and how much it draws.
 PROBE_JS = """(() => {
+  const box = e => e.getBoundingClientRect();
+  const meet = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1 &&
+                         Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 1;
+  // pairs of a figure's words drawn over each other (tick labels, names, notes)
+  const overlaps = ts => { const out = [];
+    for (let i = 0; i < ts.length; i++) for (let j = i + 1; j < ts.length; j++)
+      if (meet(box(ts[i]), box(ts[j]))) out.push([ts[i].textContent, ts[j].textContent]);
+    return out; };
+  // data markers (matplotlib's <use> in a line2d group) under a legend
+  const covered = svg => { const out = [];
+    for (const lg of svg.querySelectorAll('g[id^="legend"]')) {
+      const b = box(lg);
+      for (const u of svg.querySelectorAll('g[id^="line2d"] use'))
+        if (!lg.contains(u) && meet(b, box(u))) out.push(lg.id);
+    }
+    return out; };
   const figs = [...document.querySelectorAll('figure.plot')].map(f => {
     const svg = f.querySelector('svg');
     const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
@@ -167,7 +183,10 @@ PROBE_JS = """(() => {
             clipped: svg ? [...svg.querySelectorAll('text')].filter(t => {
               const b = t.getBoundingClientRect();
               return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1 || b.top < r.top - 1 || b.bottom > r.bottom + 1);
-            }).map(t => t.textContent) : []};
+            }).map(t => t.textContent) : [],
+            texts: svg ? [...svg.querySelectorAll('text')].map(t => t.textContent) : [],
+            overlaps: svg ? overlaps([...svg.querySelectorAll('text')].filter(t => t.textContent.trim())) : [],
+            covered: svg ? covered(svg) : []};
   });
   return {figures: figs, title: document.title,
           external: document.querySelectorAll('script, link, iframe, img, object, embed').length,

@@ -22,6 +22,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 import scoring
 from lpirc import __version__, leaderboard
 from lpirc.energy import power_log_wh
+from lpirc.clock import SteadyWall
 from lpirc.errors import InputError
 from lpirc.holdout import files_sha256, scan_folder
 from lpirc.referee import protocol as P
@@ -99,6 +100,8 @@ class Referee:
     def __init__(self, cfg: RefereeConfig, announce=None) -> None:
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
+        #: the referee's clock: unix seconds advancing with the monotonic clock (lpirc.clock)
+        self.clock = SteadyWall()
         if cfg.rules not in scoring.RULES:
             raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
         self.root = Path(cfg.holdout)
@@ -295,7 +298,7 @@ class Referee:
         or a restart that found some). A session whose team a meter is logging waits up to
         METER_GRACE_S after its end for the reading that covers the end (it stays pending and
         ``unscored`` stays set). Returns the scores made."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         out = []
         with self._score_lock:
             for row in self.store.sessions(kind="team"):
