@@ -375,15 +375,15 @@ class SimWT310:
         return None
 
     def _vauto(self, query, arg, m):
-        if query:
-            return "1" if self.volt_auto else "0"
-        self.volt_auto = arg.upper() in ("ON", "1")
-        return None
+        return self._auto("volt_auto", query, arg)
 
     def _aauto(self, query, arg, m):
+        return self._auto("amp_auto", query, arg)
+
+    def _auto(self, attr: str, query: bool, arg: str) -> str | None:
         if query:
-            return "1" if self.amp_auto else "0"
-        self.amp_auto = arg.upper() in ("ON", "1")
+            return "1" if getattr(self, attr) else "0"
+        setattr(self, attr, arg.upper() in ("ON", "1"))
         return None
 
     def _error(self, query, arg, m):

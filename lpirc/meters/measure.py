@@ -194,6 +194,26 @@ def measure_idle(cfg: MeterConfig, seconds: float) -> dict[str, Any]:
     }
 
 
+def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> Sampler:
+    """Log the meter into ``out`` (the ``--power-log`` format) for ``seconds``, or until
+    Ctrl-C (KeyboardInterrupt ends it cleanly: the file is complete). Returns the stopped
+    sampler (its state says what it logged). MeterError when the meter cannot be opened."""
+    s = Sampler(cfg).start()
+    if s.st.absent:
+        s.stop()
+        raise MeterError(s.st.absent)
+    try:
+        s.attach(Path(out))
+        end = None if seconds is None else time.monotonic() + seconds
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.stop()
+    return s
+
+
 def read_idle(path: Path) -> dict[str, Any]:
     """An idle baseline written by ``lpirc meter idle --out``; InputError naming the file."""
     try:
