@@ -220,6 +220,25 @@ def test_absent_meter_costs_nothing_and_says_so(tmp_path, reference_model, small
     assert any(n.startswith("meter: meter ") for n in out.notes)
 
 
+def test_meter_plugged_in_late_is_partial(tmp_path, reference_model, long_holdout):
+    import threading
+
+    s = SimWT310(watts=40.0)
+    s.port = _free_port()
+    threading.Timer(0.8, s.start).start()  # absent when the run starts, there a moment later
+    try:
+        out = _run(tmp_path, reference_model, long_holdout, s)
+    finally:
+        s.stop()
+    e = out.manifest["energy"]
+    assert out.status == "complete" and e["source"] == "estimated"
+    if e["meter"]["readings"] == 0:
+        pytest.skip("the run ended before the meter was tried again")
+    assert e["meter"]["status"] == "partial" and "covered " in e["method"]
+    assert any("reconnected" in ev for ev in e["meter"]["events"])
+    assert any(n.startswith("meter: ") for n in out.notes)
+
+
 def test_idle_baseline_is_subtracted_by_lpcvc_2020(tmp_path, reference_model, small_holdout, sim):
     import json
 

@@ -309,15 +309,21 @@ class SimWT310:
                 out.append("NAN")
         return ",".join(out)
 
+    def _integ_until(self) -> float:
+        """The integrator's values are updated with the display, at each update's end."""
+        if self.integ_stop is not None:
+            return self.integ_stop
+        return max(self.integ_start, self._reading()[1])
+
     def _integ_s(self) -> float:
         if self.integ_start is None:
             return 0.0
-        return (self.integ_stop or time.time()) - self.integ_start
+        return self._integ_until() - self.integ_start
 
     def _integ_j(self) -> float:
         if self.integ_start is None:
             return 0.0
-        return self.energy_j(self.integ_start, self.integ_stop or time.time())
+        return self.energy_j(self.integ_start, self._integ_until())
 
     def _integ(self, query, arg, m):
         cmd = self.received[-1].upper()

@@ -95,10 +95,15 @@ def _cross_check(s: Sampler, start: float, end: float, wh: float) -> dict[str, A
         return {"wh": None, "note": "meter reconnected during the run: integrator not comparable"}
     if not len(pts) or pts[0, 0] > start or pts[-1, 0] < end:
         return {"wh": None, "note": "integrator readings do not cover the run"}
-    mwh = float(np.interp(end, pts[:, 0], pts[:, 1]) - np.interp(start, pts[:, 0], pts[:, 1]))
+    # a reading's time is the middle of the interval its power is the mean of; its WH counts
+    # up to that interval's end, half an interval later
+    t = pts[:, 0] + s.rate_s / 2
+    if t[0] > start or t[-1] < end:
+        return {"wh": None, "note": "integrator readings do not cover the run"}
+    mwh = float(np.interp(end, t, pts[:, 1]) - np.interp(start, t, pts[:, 1]))
     diff = 100.0 * (mwh - wh) / wh if wh > 0 else None
     return {"wh": round(mwh, 9), "difference_pct": None if diff is None else round(diff, 3),
-            "method": "meter's WH item interpolated at the run's start and end"}
+            "method": "the meter's WH item interpolated at the run's start and end"}
 
 
 def run_energy(s: Sampler, start: float, end: float,

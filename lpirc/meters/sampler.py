@@ -185,8 +185,9 @@ class Sampler:
             with self._lock:
                 self.st.absent = str(e)
             self._first.set()
-            self._reconnect_loop(None)
-            return
+            meter = self._reconnect_loop(e)  # plugged in late: its readings still count
+            if meter is None:
+                return
         self._sample_loop(meter)
 
     def _sample_loop(self, meter) -> None:
