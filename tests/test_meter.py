@@ -347,6 +347,27 @@ def test_meter_read_log_and_idle(tmp_path, sim):
     assert base["watts"] == pytest.approx(7.5) and base["meter"]["info"]["serial"] == "C2BENCH01"
 
 
+def test_meter_log_until_ctrl_c(tmp_path, sim):
+    import signal
+    import subprocess
+    import time
+
+    s = sim(watts=3.0)
+    out = tmp_path / "m.csv"
+    p = subprocess.Popen([sys.executable, "-m", "lpirc", "meter", "log", "wt310:" + s.resource,
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 8):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 0, stderr
+    assert "(Ctrl-C stops)" in stderr and stdout.startswith(f"{out}: ")
+    log = read_power_log(out)  # complete: every row whole
+    assert len(log) >= 6 and set(log[:, 1]) == {3.0}
+
+
 def test_pyvisa_sim_definition_on_usb(tmp_path, reference_model, small_holdout):
     """`--visa-library file.yaml@sim`: pyvisa-sim's fixed answers, on a USB resource name that
     `lpirc meter list` recognises by its vendor and product IDs."""
