@@ -74,6 +74,7 @@ class Device:
     errors_5xx: int = 0
     errors_other: list[str] = field(default_factory=list)
     last_s: float = 0.0
+    login_ms: float = 0.0
 
     def call(self, conn: http.client.HTTPConnection, path: str, fields) -> tuple[int, bytes]:
         body = urlencode(fields, doseq=True)
@@ -89,7 +90,9 @@ class Device:
 
     def run(self, start: threading.Barrier) -> None:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        t = time.perf_counter()
         _, token = self.call(conn, "/login", {"username": self.name, "password": "pw"})
+        self.login_ms = (time.perf_counter() - t) * 1000
         token = token.decode()
         _, count = self.call(conn, "/no_of_images", {"token": token})
         n = int(count)
@@ -137,20 +140,78 @@ def pct(values: list[float], q: float) -> float | None:
     return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
 
 
-class Server:
-    """A real ``lpirc referee serve`` process on 127.0.0.1 (any free port)."""
+class Flood:
+    """``n`` connections from ``source`` (another loopback address) posting wrong passwords to
+    /login, each at most ``rate`` requests/s: half name an existing team (``dev1``), half an
+    account that does not exist. Counts replies by status and their latency."""
 
-    def __init__(self, holdout: Path, work: Path, devices: int) -> None:
+    def __init__(self, host: str, port: int, n: int, rate: float, source: str) -> None:
+        self.host, self.port, self.n, self.rate, self.source = host, port, n, rate, source
+        self.stop = threading.Event()
+        self.status: dict[int, int] = {}
+        self.ms: list[float] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._one, args=(i,), daemon=True)
+                        for i in range(n)]
+
+    def start(self) -> "Flood":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=70)
+
+    def _one(self, i: int) -> None:
+        user = "dev1" if i % 2 == 0 else f"nobody{i}"
+        body = urlencode({"username": user, "password": f"wrong{i}"})
+        conn = None
+        while not self.stop.is_set():
+            t = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=60,
+                                                      source_address=(self.source, 0))
+                conn.request("POST", "/login", body=body, headers={
+                    "Content-Type": "application/x-www-form-urlencoded"})
+                resp = conn.getresponse()
+                resp.read()
+                code = resp.status
+            except (OSError, http.client.HTTPException):
+                code, conn = 0, None
+            ms = (time.perf_counter() - t) * 1000
+            with self.lock:
+                self.status[code] = self.status.get(code, 0) + 1
+                self.ms.append(ms)
+            self.stop.wait(max(0.0, 1 / self.rate - ms / 1000))
+        if conn is not None:
+            conn.close()
+
+    def figures(self) -> dict:
+        sent = sum(self.status.values())
+        return {"flood_connections": self.n, "flood_rate_per_conn": self.rate,
+                "flood_requests": sent, "flood_status": {str(k): v for k, v in
+                                                         sorted(self.status.items())},
+                "flood_p50_ms": pct(self.ms, 50)}
+
+
+class Server:
+    """A real ``lpirc referee serve`` process on 127.0.0.1 (any free port), of the lpirc
+    checkout ``repo``."""
+
+    def __init__(self, holdout: Path, work: Path, devices: int, repo: Path = REPO) -> None:
         self.db = work / "referee.sqlite"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(repo)}
         for i in range(devices):
             subprocess.run([sys.executable, "-m", "lpirc", "referee", "add-team", f"dev{i + 1}",
                             "--db", str(self.db), "--password", "pw"], check=True,
-                           capture_output=True, env=env, cwd=REPO)
+                           capture_output=True, env=env, cwd=repo)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lpirc", "referee", "serve", "--holdout", str(holdout),
              "--db", str(self.db), "--port", "0", "--time-limit-s", "3600"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
         line = self.proc.stdout.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         if not m:
@@ -169,11 +230,17 @@ class Server:
         return n
 
 
-def run_level(holdout: Path, devices: int, pace: float, batch: int, duration_s: float) -> dict:
-    """One device count at one pace against a fresh server; returns its figures."""
+def run_level(holdout: Path, devices: int, pace: float, batch: int, duration_s: float,
+              flood: dict | None = None, repo: Path = REPO) -> dict:
+    """One device count at one pace against a fresh server; returns its figures. ``flood``
+    (n, rate, source): a login flood that starts 1 s before the devices log in."""
+    flooding = None
     with tempfile.TemporaryDirectory(prefix="referee-load-") as tmp:
-        server = Server(holdout, Path(tmp), devices)
+        server = Server(holdout, Path(tmp), devices, repo)
         try:
+            if flood:
+                flooding = Flood("127.0.0.1", server.port, **flood).start()
+                time.sleep(1.0)
             devs = [Device(f"dev{i + 1}", "127.0.0.1", server.port, pace, batch, duration_s)
                     for i in range(devices)]
             barrier = threading.Barrier(devices + 1)
@@ -186,6 +253,8 @@ def run_level(holdout: Path, devices: int, pace: float, batch: int, duration_s: 
                 t.join()
             wall = time.perf_counter() - t0
         finally:
+            if flooding is not None:
+                flooding.finish()
             stored = server.stop()
     zip_ms = [x for d in devs for x in d.zip_ms]
     res_ms = [x for d in devs for x in d.result_ms]
@@ -201,6 +270,8 @@ def run_level(holdout: Path, devices: int, pace: float, batch: int, duration_s: 
         "pace_held_min": min(d.pace_fraction() for d in devs),
         "errors_5xx": sum(d.errors_5xx for d in devs),
         "errors_other": [e for d in devs for e in d.errors_other][:5],
+        "login_ms_max": max(d.login_ms for d in devs),
+        **(flooding.figures() if flooding is not None else {}),
     }
 
 
@@ -210,7 +281,11 @@ def fmt_level(r: dict) -> str:
             f"{r['answers_per_s']:>9.0f}  {r['zip_p50_ms']:>7.1f}  {r['zip_p99_ms']:>7.1f}  "
             f"{r['result_p50_ms']:>7.1f}  {r['result_p99_ms']:>7.1f}  "
             f"{r['pace_held_min']:>6.2f}  {r['errors_5xx']:>4}  {r['lost_answers']:>5}  "
-            f"{'holds' if ok else 'MISS'}")
+            f"{'holds' if ok else 'MISS'}"
+            + (f"\n         login {r['login_ms_max']:.0f} ms; flood: {r['flood_requests']} bad "
+               f"logins from {r['flood_connections']} connections, replies "
+               f"{r['flood_status']}, p50 {r['flood_p50_ms'] or 0:.0f} ms"
+               if "flood_requests" in r else ""))
 
 
 HEADER = ("devices  pace/dev  served/s  stored/s  zip p50  zip p99  res p50  res p99  "
@@ -278,6 +353,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="Smoke test: tiny holdout, 2 s.")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--out", type=Path, help="Write every figure as JSON.")
+    ap.add_argument("--login-flood", type=int, default=0, metavar="N",
+                    help="Also N connections posting wrong passwords to /login from "
+                         "--flood-source, each at most --flood-rate requests/s.")
+    ap.add_argument("--flood-rate", type=float, default=10.0)
+    ap.add_argument("--flood-source", default="127.0.0.2",
+                    help="Source address of the flood (another loopback address: the referee "
+                         "tells clients apart by address).")
+    ap.add_argument("--repo", type=Path, default=REPO,
+                    help="The lpirc checkout whose referee is served (to compare versions).")
     a = ap.parse_args(argv)
     try:
         counts = [int(x) for x in a.devices.split(",")]
@@ -302,7 +386,9 @@ def main(argv=None) -> int:
     print(HEADER)
     levels = []
     for n in counts:
-        levels.append(run_level(holdout, n, a.pace, a.batch, a.duration_s))
+        flood = ({"n": a.login_flood, "rate": a.flood_rate, "source": a.flood_source}
+                 if a.login_flood else None)
+        levels.append(run_level(holdout, n, a.pace, a.batch, a.duration_s, flood, a.repo))
         print(fmt_level(levels[-1]), flush=True)
     best = None
     if a.find_max:

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import click
 
+import scoring
+from lpirc.errors import InputError
+from lpirc.online import require_extra
+from lpirc.online import standings as st
+from lpirc.online.config import OnlineConfig, PhaseData
+from lpirc.online.store import Store
+
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          default=Path("online.sqlite"), show_default=True,
                          help="The service's SQLite database (made if absent); its uploads and "
@@ -30,9 +37,6 @@ def _errors(fn):
 
 
 def _store(db: Path, must_exist: bool = True):
-    from lpirc.errors import InputError
-    from lpirc.online.store import Store
-
     if must_exist and not db.is_file():
         raise InputError(f"{db}: online database not found")
     return Store(db)
@@ -91,13 +95,8 @@ def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host
     """Serve the online track until Ctrl-C: uploads, the queue on the devices, scores,
     standings. Exit status: 0 after Ctrl-C/SIGTERM; 1 the online extra is missing or no
     device starts; 5 a bad holdout, ground truth or database, or the port is taken."""
-    from lpirc.online import require_extra
-
     require_extra()
-    import scoring
-    from lpirc.errors import InputError
-    from lpirc.online.app import serve
-    from lpirc.online.config import OnlineConfig, PhaseData
+    from lpirc.online.app import serve  # Starlette, uvicorn: the online extra
 
     if rules not in scoring.RULES:
         raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
@@ -128,9 +127,7 @@ def _announce(line: str) -> None:
 @_errors
 def phase_cmd(phase: str, db: Path) -> None:
     """Open PHASE for uploads (a running service takes it at its next upload)."""
-    from lpirc.online.service import set_phase
-
-    set_phase(_store(db), phase)
+    _store(db).set_phase(phase)
     click.echo(f"{db}: uploads now go to the {phase} phase")
 
 
@@ -140,9 +137,7 @@ def phase_cmd(phase: str, db: Path) -> None:
 @_errors
 def publish_cmd(db: Path, hide: bool) -> None:
     """Show the final phase's scores and standings to the teams (or --hide them again)."""
-    from lpirc.online.service import publish
-
-    publish(_store(db), not hide)
+    _store(db).publish(not hide)
     click.echo(f"{db}: final-phase scores {'hidden from teams' if hide else 'published'}")
 
 
@@ -154,20 +149,10 @@ def publish_cmd(db: Path, hide: bool) -> None:
 def export_cmd(db: Path, phase: str, fmt: str) -> None:
     """Print the standings (every score, published or not: the organiser's export) or every
     submission's manifest."""
-    from lpirc.online import standings as st
-
     store = _store(db)
-    counts = store.config().get("counts", {}).get(phase, "best" if phase == "dev" else "latest")
     if fmt == "manifests":
-        out = []
-        for s in store.submissions():
-            man = Path(s.run_dir or "/nonexistent") / "manifest.json"
-            out.append({"id": s.id, "team": s.team, "phase": s.phase, "state": s.state,
-                        "failure_class": s.failure_class, "score": s.score,
-                        "manifest": json.loads(man.read_text()) if man.is_file() else None})
-        click.echo(json.dumps({"submissions": out}, indent=1))
+        click.echo(json.dumps({"submissions": st.manifests(store)}, indent=1))
         return
-    rows = st.rows(store, phase, counts)
-    click.echo(st.to_csv(rows) if fmt == "csv" else
-               json.dumps({"phase": phase, "counts": counts, "interval": st.INTERVAL,
-                           "standings": rows}, indent=1), nl=fmt != "csv")
+    data = st.export(store, phase)
+    click.echo(st.to_csv(data["standings"]) if fmt == "csv" else json.dumps(data, indent=1),
+               nl=fmt != "csv")

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
-import PIL
 
 from lpirc import runtime
 from lpirc.clock import Budget, Stopwatch
+from lpirc.decoding import take_decoder_counts
 from lpirc.errors import DelegateError, LpircError, ModelError
-from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions, load_image,
-                              raw_codes_problem, resize_backend)
+from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions,
+                              float_feed_problem, load_image, preprocess_json, raw_codes_problem)
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
@@ -70,6 +70,7 @@ class WorkerJob:
     delegate: str
     decode_threads: int
     preprocess: PreprocessOptions  # checked once, in RunSettings
+    gated: bool = False  # wait for Go (or Stop) before loading the model
 
 
 # --- messages over a worker's pipe (picklable; the parent and the worker share these types) ---
@@ -115,15 +116,21 @@ class Work(NamedTuple):
     items: list[tuple[int, str]]
 
 
+class Go(NamedTuple):
+    """parent -> a gated worker: load the model now (the run's clock has started)."""
+
+
 class Stop(NamedTuple):
     """parent -> worker: finish the chunk in hand (if any time is left) and exit."""
 
 
 class Done(NamedTuple):
-    """worker -> parent: the answers of chunk ``chunk_id``, in the chunk's order."""
+    """worker -> parent: the answers of chunk ``chunk_id``, in the chunk's order, and how many
+    images each decoder read since the worker's last Done (``(("pillow", 1), ...)``)."""
 
     chunk_id: int
     answers: list[Answer]
+    decoded_by: tuple = ()
 
 
 class Fatal(NamedTuple):
@@ -173,6 +180,8 @@ def _worker_main(job: WorkerJob, conn: Connection, parent_pid: int | None = None
 
 
 def _serve(job: WorkerJob, conn: Connection) -> None:
+    if job.gated and isinstance(conn.recv(), Stop):  # the run never started
+        return
     try:
         rt = runtime.load_runtime()
         model = runtime.open_model(job.model, threads=job.threads, delegate=job.delegate,
@@ -197,17 +206,15 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
     except InputShapeError as e:  # an input lpirc cannot feed, or not 1000 classes
         conn.send(Fatal("model", f"{Path(job.model).name}: {e}"))
         return
-    answer_notes = tuple(n for n in (info.output_note, _feed_note(info, spec)) if n)
+    given = job.preprocess.mean is not None or job.preprocess.std is not None
+    answer_notes = tuple(n for n in (info.output_note, _feed_note(info, spec, given)) if n)
     conn.send(WorkerReady(
         model=info.to_json(), runtime=rt.to_json(),
         delegate_ran=getattr(model, "delegate_ran", job.delegate),
         batch=getattr(model, "batch", 1),
         note=_join_notes(getattr(model, "note", None), *answer_notes), pid=os.getpid(),
         answer_notes=answer_notes,
-        preprocess=dict(spec.to_json(),
-                        resize_backend=resize_backend() if spec.resize == "bilinear"
-                        else f"pillow {PIL.__version__} resize(BILINEAR)",
-                        decode=f"pillow {PIL.__version__} ({spec.decode})"),
+        preprocess=preprocess_json(spec),
     ))
 
     root = Path(job.holdout)
@@ -238,16 +245,24 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         except Exception as e:
             conn.send(Fatal("model", f"{job.model}: fails on invoke ({type(e).__name__}: {e})"))
             return
-        conn.send(Done(chunk_id, answers))
+        conn.send(Done(chunk_id, answers, take_decoder_counts()))
 
 
-def _feed_note(info, spec) -> str | None:
+def _feed_note(info, spec, given: bool = False) -> str | None:
     """The note for a quantized input fed raw pixel codes that do not fit its quantization
-    (preprocess.raw_codes_problem: the rule `submission check`'s normalise check applies)."""
-    if spec.quantize is not None:
-        return None
+    (preprocess.raw_codes_problem), or for a float input fed the default (pixel - 127.5) / 127.5
+    whose first op quantizes to a range that shows another normalisation
+    (preprocess.float_feed_problem): the rules `submission check`'s normalise check applies.
+    ``given``: mean/std were given (then the feed is what was asked for)."""
     t = info.input
-    problem = raw_codes_problem(t.dtype, t.scale, t.zero_point)
+    if t.dtype == "float32":
+        q = getattr(info, "input_quantize", None)
+        problem = None if given or q is None else float_feed_problem(q.dtype, q.scale,
+                                                                      q.zero_point)
+    elif spec.quantize is not None:
+        return None
+    else:
+        problem = raw_codes_problem(t.dtype, t.scale, t.zero_point)
     return f"answers are likely wrong: {problem[0]}" if problem else None
 
 
@@ -324,6 +339,7 @@ class PipelineOutcome:
     notes: list[str] = field(default_factory=list)
     first_answer_s: float | None = None
     images_taken: int = 0  # images taken from the source (the count a growing feed reached)
+    decoded_by: dict = field(default_factory=dict)  # decoder -> images it read
     budget: Budget | None = None  # the budget at the end (a growing feed's counts its images)
 
 
@@ -349,8 +365,8 @@ def plan_workers(settings: RunSettings, exclusive: bool) -> tuple[int, int]:
 
 @dataclass
 class WorkerPool:
-    """Worker processes, started before the holdout is listed so that model loading overlaps
-    the listing and the workers do not inherit (by fork) the parent's list of file names."""
+    """Worker processes, started before the holdout is listed so that the workers do not
+    inherit (by fork) the parent's list of file names (nor the ground truth it checks)."""
 
     ctx: Any
     settings: RunSettings
@@ -361,28 +377,39 @@ class WorkerPool:
 
 
 def start_workers(settings: RunSettings, root: Path, exclusive: bool = False,
-                  max_workers: int | None = None) -> WorkerPool:
-    """Start the inference processes; each loads the model and reports "ready"."""
+                  max_workers: int | None = None, gated: bool = False) -> WorkerPool:
+    """Start the inference processes; each loads the model and reports "ready" (``gated``:
+    once :func:`release_workers` says so; the run's clock starts then)."""
     nproc, decode_threads = plan_workers(settings, exclusive)
     if max_workers is not None:
         nproc = max(1, min(nproc, max_workers))
     pool = WorkerPool(_context(), settings, Path(root), decode_threads)
     for _ in range(nproc):
-        _spawn(pool)
+        _spawn(pool, gated)
     return pool
+
+
+def release_workers(pool: WorkerPool) -> None:
+    """Let a gated pool's workers load the model (a worker already gone is left to the
+    dispatcher, which sees it die)."""
+    for w in pool.workers.values():
+        try:
+            w.conn.send(Go())
+        except (BrokenPipeError, OSError):
+            pass
 
 
 def stop_workers(pool: WorkerPool) -> None:
     """Stop a pool that will not be used (the run could not start)."""
-    _stop(pool.workers, pool.settings.grace_s, lambda w, items, answers: None, "failed")
+    _stop(pool.workers, pool.settings.grace_s, lambda w, items, msg: None, "failed")
 
 
-def _spawn(pool: WorkerPool) -> None:
+def _spawn(pool: WorkerPool, gated: bool = False) -> None:
     st = pool.settings
     job = WorkerJob(
         worker_id=pool.next_wid, model=str(st.model), holdout=str(pool.root),
         threads=st.threads, batch=st.batch, delegate=st.delegate,
-        decode_threads=pool.decode_threads, preprocess=st.preprocess,
+        decode_threads=pool.decode_threads, preprocess=st.preprocess, gated=gated,
     )
     parent_end, child_end = pool.ctx.Pipe(duplex=True)
     proc = pool.ctx.Process(target=_worker_main, args=(job, child_end, os.getpid()),
@@ -448,6 +475,7 @@ class Dispatcher:
         self.fatal: Fatal | None = None  # the first fatal failure: every worker runs the model
         self.notes: list[str] = []
         self.first_answer_s: float | None = None
+        self.decoded_by: dict[str, int] = {}
         self.status = "complete"
 
     # --- images ------------------------------------------------------------------------------
@@ -504,8 +532,11 @@ class Dispatcher:
 
     # --- answers -----------------------------------------------------------------------------
 
-    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list, over: bool) -> None:
+    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list, over: bool,
+               decoded_by: tuple = ()) -> None:
         """Turn a chunk's answers into records (late past the budget) and pass them on."""
+        for name, n in decoded_by:
+            self.decoded_by[name] = self.decoded_by.get(name, 0) + n
         t = round(self.clock(), 4)
         if self.first_answer_s is None and answers:
             self.first_answer_s = t
@@ -570,7 +601,7 @@ class Dispatcher:
         if isinstance(msg, Done):
             items = w.chunks.pop(msg.chunk_id, None)
             if items is not None:
-                self.record(w, items, msg.answers, self.over_budget())
+                self.record(w, items, msg.answers, self.over_budget(), msg.decoded_by)
             self.feed(w)
         elif isinstance(msg, WorkerReady):
             w.ready = True
@@ -669,7 +700,8 @@ class Dispatcher:
         finally:
             late_now = self.status == "budget_exhausted"
             _stop(self.workers, self.settings.grace_s,
-                  lambda w, items, answers: self.record(w, items, answers, late_now),
+                  lambda w, items, msg: self.record(w, items, msg.answers, late_now,
+                                                    msg.decoded_by),
                   self.status)
         if self.progress is not None:
             self.progress(self.answered + self.failed, self.clock(), self.inference_s)
@@ -677,7 +709,7 @@ class Dispatcher:
             status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_s,
             answered=self.answered, failed=self.failed, late=self.late, ready=self.ready_info,
             error=self.fatal, notes=self.notes, first_answer_s=self.first_answer_s,
-            images_taken=self.taken, budget=self.budget)
+            images_taken=self.taken, budget=self.budget, decoded_by=dict(self.decoded_by))
 
 
 def run_pipeline(settings: RunSettings, root: Path, files: tuple[str, ...], budget: Budget,
@@ -728,7 +760,7 @@ def _stop(workers: dict[int, _Worker], grace_s: float, on_answers, status: str) 
                 items = w.chunks.pop(msg.chunk_id, None) if isinstance(msg, Done) else None
                 if items is not None and status != "failed":
                     try:
-                        on_answers(w, items, msg.answers)
+                        on_answers(w, items, msg)
                     except Exception as e:  # the workers are stopped first
                         error = error or e
     finally:

@@ -3,29 +3,26 @@ ImageNet evaluation tool's square crop on request.
 
 The default pipeline (``PreprocessSpec(h, w, dtype)``), written with TensorFlow ops, is::
 
-    img = tf.io.decode_jpeg(data, channels=3)
+    img = tf.io.decode_jpeg(data, channels=3)  # idct="accurate": dct_method="INTEGER_ACCURATE"
     img = tf.image.central_crop(img, 0.875)          # crop="square": the eval tool's square
     img = tf.compat.v1.image.resize_bilinear(img[None], (h, w), align_corners=False)[0]
     img = tf.cast(img, tf.uint8)
 
-plus EXIF orientation (which TensorFlow ignores; ImageNet photos carry none that matters).
-Then the pixels become the model's input (:func:`to_input`): ``(pixel - mean) / std`` for float
-models; for quantized ones the raw codes (uint8: the pixel, int8: pixel - 128) unless a mean/std
-is given, then that normalisation quantized with the input tensor's own scale and zero point.
-:class:`PreprocessOptions` holds what a run asks for, checked once; ``spec_for`` gives the
-:class:`PreprocessSpec` of one model input.
+and lpirc's input tensor is that tensor, byte for byte, for every JPEG libjpeg-turbo decodes
+(:mod:`lpirc.decoding`: libjpeg-turbo through simplejpeg with TF's settings; :mod:`lpirc.resize`:
+TF's float32 formula in numpy), plus EXIF orientation (which TensorFlow ignores; ImageNet photos
+carry none that matters). Files that are not JPEG, and JPEGs libjpeg-turbo refuses, are decoded
+by Pillow. Then the pixels become the model's input (:func:`to_input`): ``(pixel - mean) /
+std`` for float models; for quantized ones the raw codes (uint8: the pixel, int8: pixel - 128)
+unless a mean/std is given, then that normalisation quantized with the input tensor's own scale
+and zero point. :class:`PreprocessOptions` holds what a run asks for, checked once; ``spec_for``
+gives the :class:`PreprocessSpec` of one model input.
 
-Crop and resize gather the four source pixels of every output pixel (one numpy ``take`` on
-Pillow's 32-bit RGBX words) and blend them with TF's own float32 formula and truncating cast:
-bit-exact with TF on the same decoded pixels, small images (upscaling) included. Pillow's
-affine transform with BILINEAR samples the same points but rounds instead of truncating (top-1
-0.8 points lower on the ImageNet dev set) and was slower here. ``resize="antialias"`` uses
-Pillow's ordinary ``resize(BILINEAR)`` (antialiased; about 1.6 points lower top-1 for MobileNet
-v2, which was trained on the aliased TF pipeline). Pillow decodes JPEG with the accurate
-integer IDCT, TF's default is the fast one, so inputs differ by ~1 level on average.
-
+``resize="antialias"`` uses Pillow's ordinary ``resize(BILINEAR)`` (antialiased; about 1.6
+points lower top-1 for MobileNet v2, which was trained on the aliased TF pipeline).
 ``decode="draft"`` asks libjpeg to decode large JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling)
-when the cropped image stays at least as large as the model input: much faster on big photos.
+when the cropped image stays at least as large as the model input: much faster on big photos,
+and no longer TF's tensor.
 
 Nothing here changes Pillow's global settings (``Image.MAX_IMAGE_PIXELS``,
 ``ImageFile.LOAD_TRUNCATED_IMAGES``): the pixel limit is ``spec.max_image_pixels``, checked from
@@ -34,65 +31,25 @@ the header before any pixel is decoded, and truncated files are an error.
 
 from __future__ import annotations
 
-import functools
-import io
-import math
-import os
-import re
-import struct
-import warnings
 import dataclasses
+import functools
+import math
+import re
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
-from PIL import Image, JpegImagePlugin
+from PIL import Image
 
+from lpirc import decoding as _decoding
+from lpirc.decoding import ImageError, PathOrBytes, decode_pillow, decode_pixels
+from lpirc.resize import RESIZE_IMPLEMENTATION, crop_box, resize_bilinear_tf
 from lpirc.runtime import CLASS_COUNTS, dynamic_size_problem
-
-
-@functools.cache
-def _opencv():
-    """OpenCV when it is 5.0 or later, else None. A core dependency (its float warp reproduces
-    TF's resize ~3x faster than numpy), imported on first use because it is heavy: the parent
-    process of a run never resizes, and its workers import it after they fork. OpenCV 4.x
-    snaps sample coordinates to 1/32 pixel (errors up to 6 levels, 0.8 points of top-1 lost);
-    5.x computes them exactly."""
-    try:
-        import cv2
-    except ImportError:
-        return None
-    if int(cv2.__version__.split(".")[0]) < 5:
-        return None
-    # One thread: lpirc runs one worker process per core, and OpenCV's own pool only burns a
-    # second core on a 224 x 224 warp (measured here: 1.99 CPU ms per image with its default
-    # 2 threads, 1.34 with 1, the same 1.33 ms wall), CPU the other worker needed for inference.
-    cv2.setNumThreads(1)
-    return cv2
-
 
 DTYPES = ("uint8", "int8", "float32")
 RESIZES = ("bilinear", "antialias")
 DECODES = ("exact", "draft")
 
-_EXIF_ORIENTATION = 0x0112
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]
-
-
-class ImageError(Exception):
-    """One image could not be used. ``str(err)`` is the reason, e.g. ``decode: image file is
-    truncated``; it never contains the file's path (the caller records which image it was)."""
+IDCTS = _decoding.IDCTS
 
 
 @dataclass(frozen=True)
@@ -120,6 +77,7 @@ class PreprocessSpec:
     crop: str = "central"  # "central" | "square"
     channel_order: str = "rgb"  # "rgb" | "bgr"
     quantize: tuple | None = None  # (scale, zero_point) of a quantized input, or raw codes
+    idct: str = "fast"  # "fast" (TF's default JPEG IDCT) | "accurate" (Pillow's, torchvision's)
 
     def __post_init__(self) -> None:
         if int(self.height) < 1 or int(self.width) < 1:
@@ -129,6 +87,7 @@ class PreprocessSpec:
         _check_choice("crop", self.crop, CROPS)
         _check_choice("resize", self.resize, RESIZES)
         _check_choice("decode", self.decode, DECODES)
+        _check_choice("idct", self.idct, IDCTS)
         _check_choice("channel_order", self.channel_order, CHANNEL_ORDERS)
         _check_fraction(self.crop_fraction)
         object.__setattr__(self, "mean", channel_values("mean", self.mean))
@@ -147,6 +106,7 @@ class PreprocessSpec:
         used = self.dtype == "float32" or self.quantize is not None  # raw codes: no mean/std
         return {"height": self.height, "width": self.width, "dtype": self.dtype,
                 "crop": self.crop, "crop_fraction": self.crop_fraction, "resize": self.resize,
+                "idct": self.idct,
                 "mean": list(self.mean) if used else None,
                 "std": list(self.std) if used else None,
                 "channel_order": self.channel_order,
@@ -288,11 +248,12 @@ class PreprocessOptions:
     decode: str = "exact"
     max_image_pixels: int = 40_000_000
     output: str | None = None
+    idct: str = "fast"
 
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
         for name, choices in (("crop", CROPS), ("resize", RESIZES), ("decode", DECODES),
-                              ("channel_order", CHANNEL_ORDERS)):
+                              ("channel_order", CHANNEL_ORDERS), ("idct", IDCTS)):
             try:
                 _check_choice(name, getattr(self, name), choices)
             except ValueError as e:
@@ -378,7 +339,8 @@ class PreprocessOptions:
                               mean=self.mean if self.mean is not None else 127.5,
                               std=self.std if self.std is not None else 127.5,
                               decode=self.decode, max_image_pixels=self.max_image_pixels,
-                              crop=self.crop, channel_order=self.channel_order, quantize=quant)
+                              crop=self.crop, channel_order=self.channel_order, quantize=quant,
+                              idct=self.idct)
 
 
 def load_image(path: PathOrBytes, spec: PreprocessSpec) -> np.ndarray:
@@ -386,299 +348,51 @@ def load_image(path: PathOrBytes, spec: PreprocessSpec) -> np.ndarray:
 
     Raises ImageError (with a one-line reason) for anything that is not a usable image.
     """
-    return to_input(crop_and_resize(decode(path, spec), spec), spec)
-
-
-# --- decode --------------------------------------------------------------------------------
-
-
-def _open(fp: io.BufferedIOBase | io.BytesIO) -> Image.Image:
-    """Image.open without Pillow's own decompression-bomb warning/error (we apply our limit)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            return Image.open(fp)
-        except Image.DecompressionBombError:
-            # Over 2 x Image.MAX_IMAGE_PIXELS. A JPEG may still be read at reduced scale, so open
-            # it with the plugin directly (header only); anything else is simply too large.
-            fp.seek(0)
-            if fp.read(3) != _JPEG_MAGIC:
-                raise
-            fp.seek(0)
-            return JpegImagePlugin.JpegImageFile(fp)
-
-
-def _orientation(img: Image.Image) -> int:
-    if "exif" not in img.info and img.format not in ("TIFF", "MPO"):
-        return 1
-    try:
-        value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # a broken EXIF block does not make the image unusable
-        return 1
-    return value if value in _TRANSPOSE else 1
-
-
-def _draft_scale(img: Image.Image, spec: PreprocessSpec, swap: bool) -> int:
-    """Largest JPEG DCT scale (1, 2, 4, 8) needed by ``spec``: the pixel limit always, and the
-    speed option ``decode="draft"`` while the cropped image stays >= the model input."""
-    w, h = img.size
-    limit = int(spec.max_image_pixels)
-    scale = 1
-    while scale < 8 and math.ceil(w / scale) * math.ceil(h / scale) > limit:
-        scale *= 2
-    if spec.decode == "draft":
-        th, tw = (spec.width, spec.height) if swap else (spec.height, spec.width)
-        while scale < 8:
-            l, t, r, b = crop_box(math.ceil(w / (2 * scale)), math.ceil(h / (2 * scale)),
-                                  spec.crop_fraction, spec.crop)
-            cw, ch = r - l, b - t
-            if cw < tw or ch < th:
-                break
-            scale *= 2
-    return scale
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16") or mode == "I":
-        # in the samples' own width (not int64: 8 bytes a pixel, 786 MB peak for 40 M pixels)
-        a = np.asarray(img)
-        if mode.startswith("I;16") or a.max(initial=0) > 255:
-            a = a >> 8  # 16-bit samples: keep the high byte (Pillow would clip at 255)
-        a = np.clip(a, 0, 255).astype(np.uint8) if a.dtype != np.uint8 else a
-        return Image.fromarray(a, "L").convert("RGB")
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        if a.size and np.nanmax(a) <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(a[:, :, None], 3, axis=2), "RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning
-    return img.convert("RGB")  # L, LA, RGBA, RGBX, CMYK (Adobe inversion handled), YCbCr, 1, ...
+    return to_input(crop_and_resize(decode_pixels(path, spec).pixels, spec), spec)
 
 
 def decode(path_or_bytes: PathOrBytes, spec: PreprocessSpec) -> Image.Image:
-    """Decode an image file (path or bytes) to an RGB Pillow image with EXIF orientation applied.
-
-    Only the first frame of animated/multi-page files is used. The image size is checked from
-    the header before decoding: a JPEG over ``spec.max_image_pixels`` is decoded at 1/2, 1/4 or
-    1/8 scale (baseline JPEGs only: progressive ones need full-size coefficient buffers); any
-    other image over the limit is refused. Raises ImageError("decode: ...") / ("read: ...").
-    """
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = bytes(path_or_bytes)
-    else:
-        try:
-            with open(path_or_bytes, "rb") as f:
-                data = f.read()
-        except IsADirectoryError:
-            raise ImageError("read: is a directory") from None
-        except OSError as e:
-            raise ImageError(f"read: {(e.strerror or str(e)).lower()}") from None
-    if not data:
-        raise ImageError("decode: empty file")
-    fp = io.BytesIO(data)
-    try:
-        try:
-            img = _open(fp)
-        except Image.DecompressionBombError as e:
-            raise ImageError(_too_large_reason(fp, spec, e)) from None
-        except Image.UnidentifiedImageError:
-            raise ImageError("decode: cannot identify image file") from None
-        w, h = img.size
-        if w < 1 or h < 1:
-            raise ImageError(f"decode: image has no pixels ({w}x{h})")
-        orientation = _orientation(img)
-        swap = orientation in (5, 6, 7, 8)
-        limit = int(spec.max_image_pixels)
-        if img.format == "JPEG" and len(img.tile) == 1:
-            scale = _draft_scale(img, spec, swap)
-            if scale > 1 and w * h > limit and img.info.get("progressive"):
-                raise ImageError(_too_large_msg(w, h, limit, " progressive JPEG"))
-            if math.ceil(w / scale) * math.ceil(h / scale) > limit:
-                raise ImageError(_too_large_msg(w, h, limit))
-            if scale > 1:
-                img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-                if img.width * img.height > limit:
-                    raise ImageError(_too_large_msg(w, h, limit))
-        elif w * h > limit:
-            raise ImageError(_too_large_msg(w, h, limit))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data", bomb warnings on frames
-            img.load()
-            img = _to_rgb(img)
-        if orientation != 1:
-            img = img.transpose(_TRANSPOSE[orientation])
-        return img
-    except ImageError:
-        raise
-    except (MemoryError, Image.DecompressionBombError) as e:
-        raise ImageError(_too_large_reason(fp, spec, e)) from None
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageError(_reason(e)) from None
-
-
-def _too_large_msg(w: int, h: int, limit: int, what: str = "") -> str:
-    return f"decode: image too large{what} ({w}x{h} > {limit} pixels)"
-
-
-def _too_large_reason(fp: io.BytesIO, spec: PreprocessSpec, err: BaseException) -> str:
-    """Reason for an image Pillow refused as too large (or ran out of memory on)."""
-    limit = int(spec.max_image_pixels)
-    head = fp.getvalue()[:32]
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", head[16:24])
-        return _too_large_msg(w, h, limit)
-    m = re.search(r"\((\d+) pixels\)", str(err))
-    if m:
-        return f"decode: image too large ({m.group(1)} > {limit} pixels)"
-    return f"decode: image too large to decode ({type(err).__name__})"
-
-
-def _reason(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    low = msg.lower()
-    if "truncated" in low:
-        return "decode: image file is truncated"
-    if "cannot identify image file" in low:
-        return "decode: cannot identify image file"
-    return f"decode: {msg}"
-
-
-# --- crop and resize -----------------------------------------------------------------------
-
-
-def crop_box(width: int, height: int, crop_fraction: float,
-             crop: str = "central") -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the centred crop.
-
-    ``crop="central"``: tf.image.central_crop's box (offset ``int((d - d f) / 2)`` each side,
-    aspect ratio kept; TF-slim's ImageNet evaluation). ``crop="square"``: the TFLite ImageNet
-    evaluation tool's (tensorflow/lite/tools/evaluation/stages/image_preprocessing_stage.cc,
-    ``square_cropping``): side ``min(round(f h), round(f w))``, offset ``round((d - side) / 2)``,
-    C ``round`` (halves away from zero)."""
-    if crop == "square":
-        side = min(_c_round(crop_fraction * height), _c_round(crop_fraction * width))
-        side = max(1, side)
-        left = _c_round((width - side) / 2.0)
-        top = _c_round((height - side) / 2.0)
-        return left, top, left + side, top + side
-    top = int((height - height * crop_fraction) / 2)
-    left = int((width - width * crop_fraction) / 2)
-    return left, top, width - left, height - top
-
-
-def _c_round(x: float) -> int:
-    """C's ``round``: halves away from zero (Python's round is half to even)."""
-    return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
-
-
-def crop_and_resize(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Centred crop (``spec.crop``, ``spec.crop_fraction``) and resize to (spec.height,
-    spec.width): uint8 (H, W, 3).
-
-    ``resize="bilinear"`` reproduces tf.compat.v1.image.resize_bilinear(align_corners=False)
-    followed by a cast to uint8; ``resize="antialias"`` is Pillow's resize(BILINEAR).
-    """
-    if img.mode != "RGB":
-        img = _to_rgb(img)
-    W, H = int(spec.width), int(spec.height)
-    left, top, right, bottom = crop_box(img.width, img.height, float(spec.crop_fraction),
-                                        spec.crop)
-    cw, ch = right - left, bottom - top
-    if spec.resize == "antialias":
-        out = img.resize((W, H), Image.Resampling.BILINEAR, box=(left, top, right, bottom))
-        return np.asarray(out)
-    return _resize_bilinear_tf(img, left, top, cw, ch, H, W)
-
-
-def _taps(start: int, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TF v1 resize_bilinear (align_corners=False, half_pixel_centers=False) source taps."""
-    src = np.arange(n_out, dtype=np.float32) * np.float32(n_in / n_out)
-    i0 = np.floor(src).astype(np.intp)
-    frac = src - i0.astype(np.float32)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0 + start, i1 + start, frac
-
-
-#: Above this ratio of crop pixels to output pixels the numpy gather beats OpenCV's float warp
-#: (measured crossover about 20-30x; ImageNet photos to 224 x 224 are about 3x).
-_CV2_MAX_DOWNSCALE = 24
+    """Decode an image file (path or bytes) to an RGB Pillow image with EXIF orientation
+    applied, by the decoder :func:`load_image` uses (:func:`lpirc.decoding.decode_pixels`).
+    Raises ImageError("decode: ...") / ("read: ...")."""
+    return Image.fromarray(np.ascontiguousarray(decode_pixels(path_or_bytes, spec).pixels), "RGB")
 
 
 def resize_backend() -> str:
-    """What performs ``resize="bilinear"`` here, for the manifest."""
-    cv2 = _opencv()
-    if cv2 is not None:
-        return (f"opencv {cv2.__version__} warpAffine float32 (TF v1 resize_bilinear to within "
-                f"1 level); numpy gather (bit-exact) above {_CV2_MAX_DOWNSCALE}x downscale")
-    return "numpy gather (bit-exact TF v1 resize_bilinear)"
+    """What performs ``resize="bilinear"``, for the manifest."""
+    return RESIZE_IMPLEMENTATION
 
 
-def _resize_bilinear_tf(
-    img: Image.Image, left: int, top: int, cw: int, ch: int, H: int, W: int
-) -> np.ndarray:
-    """TF v1 resize_bilinear of the crop box: OpenCV >= 5 when installed, else numpy."""
-    cv2 = _opencv()
-    if cv2 is None or cw * ch > _CV2_MAX_DOWNSCALE * H * W:
-        # OpenCV needs the whole crop as float32 (12 bytes a pixel: 370 MB for a 40 M-pixel
-        # photo); the gather touches 4 pixels per output pixel, so on a large downscale it is
-        # both leaner (4 bytes a pixel) and faster (measured 2.6x on 6300 x 6300).
-        return _resize_bilinear_tf_numpy(img, left, top, cw, ch, H, W)
-    # The crop itself (not the whole image with an offset), so that edges clamp at the crop
-    # border as TF's do; float32 so the lerps are TF's, then a truncating cast as tf.cast.
-    src = np.asarray(img)[top:top + ch, left:left + cw].astype(np.float32)
-    m = np.array([[cw / W, 0.0, 0.0], [0.0, ch / H, 0.0]])  # dst -> src: src = dst * in/out
-    out = cv2.warpAffine(src, m, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
-    return out.astype(np.uint8)
+def preprocess_json(spec: PreprocessSpec) -> dict:
+    """The preprocessing as the manifest records it: :meth:`PreprocessSpec.to_json` plus the
+    decoder, its version and IDCT (:func:`lpirc.decoding.decoder_json`), the decode mode and
+    what performs the resize."""
+    import PIL
+
+    resize = (resize_backend() if spec.resize == "bilinear"
+              else f"pillow {PIL.__version__} resize(BILINEAR)")
+    return dict(spec.to_json(), **_decoding.decoder_json(spec.idct), decode=spec.decode,
+                resize_backend=resize)
 
 
-def _resize_bilinear_tf_numpy(
-    img: Image.Image, left: int, top: int, cw: int, ch: int, H: int, W: int
-) -> np.ndarray:
-    """Crop box (left, top, cw x ch) of an RGB image resized to H x W exactly as TensorFlow's
-    resize_bilinear kernel does (float32 lerps, edge clamping) followed by a truncating cast.
+def crop_and_resize(img: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Centred crop (``spec.crop``, ``spec.crop_fraction``) of RGB pixels (a Pillow image or an
+    (h, w, 3) uint8 array) resized to (spec.height, spec.width): uint8 (H, W, 3).
 
-    The image is read as 32-bit RGBX words (Pillow's own layout, so no repacking), the four
-    corner pixels of every output pixel are gathered with one ``take``, then blended. This is
-    bit-exact with TF on the same decoded pixels and faster than Pillow's generic affine
-    transform (which also rounds instead of truncating)."""
-    w = img.width
-    y0, y1, fy = _taps(top, ch, H)
-    x0, x1, fx = _taps(left, cw, W)
-    rows = np.unique(np.concatenate((y0, y1)))
-    if rows.size * 4 < img.height:
-        # A large downscale reads only the rows its taps touch (at most 2 H), one row at a
-        # time: the whole image as words would cost 4 bytes a pixel (twice that while Pillow
-        # joins them), 320 MB for a 40 M-pixel photo.
-        band = np.empty((rows.size, w), dtype=np.uint32)
-        for k, r in enumerate(rows.tolist()):
-            band[k] = np.frombuffer(img.crop((0, r, w, r + 1)).tobytes("raw", "RGBX"), np.uint32)
-        words = band.ravel()
-        y0 = np.searchsorted(rows, y0)
-        y1 = np.searchsorted(rows, y1)
-    else:
-        words = np.frombuffer(img.tobytes("raw", "RGBX"), dtype=np.uint32)
-    r0 = (y0 * w)[:, None]
-    r1 = (y1 * w)[:, None]
-    idx = np.stack((r0 + x0, r0 + x1, r1 + x0, r1 + x1))
-    g = words.take(idx).view(np.uint8).reshape(4, H, W, 4).astype(np.float32)
-    tl, tr, bl, br = g[0], g[1], g[2], g[3]
-    fx = fx[None, :, None]
-    tr -= tl  # top = tl + (tr - tl) * fx, as TF computes it
-    tr *= fx
-    tr += tl
-    br -= bl
-    br *= fx
-    br += bl
-    br -= tr  # out = top + (bottom - top) * fy
-    br *= fy[:, None, None]
-    br += tr
-    return br[:, :, :3].astype(np.uint8)
+    ``resize="bilinear"`` is tf.compat.v1.image.resize_bilinear(align_corners=False) followed
+    by a cast to uint8, bit for bit (:func:`lpirc.resize.resize_bilinear_tf`);
+    ``resize="antialias"`` is Pillow's resize(BILINEAR) of the crop box.
+    """
+    if isinstance(img, Image.Image):
+        img = np.asarray(img if img.mode == "RGB" else _decoding.to_rgb(img))
+    H, W = int(spec.height), int(spec.width)
+    h, w = img.shape[:2]
+    left, top, right, bottom = crop_box(w, h, float(spec.crop_fraction), spec.crop)
+    if spec.resize == "antialias":
+        pil = Image.fromarray(np.ascontiguousarray(img), "RGB")
+        return np.asarray(pil.resize((W, H), Image.Resampling.BILINEAR,
+                                     box=(left, top, right, bottom)))
+    return resize_bilinear_tf(img, H, W, (left, top, right, bottom))
 
 
 # --- model input ---------------------------------------------------------------------------
@@ -734,13 +448,41 @@ def raw_codes_problem(dtype: str, scale: float, zero_point: int) -> tuple[str, b
     if any(abs(lo - a) <= 0.05 * (b - a) and abs(hi - b) <= 0.05 * (b - a)
            for a, b in _RAW_RANGES):
         return None
-    imagenet = -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8
+    imagenet = _looks_imagenet(lo, hi)
     hint = (f"; it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std {IMAGENET_STD} "
             "(or mean/std in the config or sidecar's preprocess)" if imagenet else
             "; give the normalisation it was calibrated with: --mean/--std in pixel units "
             "0..255 (or in the config or sidecar's preprocess)")
     return (f"input range [{lo:.3g}, {hi:.3g}] (span {hi - lo:.3g}) is not one that raw pixel "
             f"codes feed correctly{hint}", imagenet)
+
+
+def _looks_imagenet(lo: float, hi: float) -> bool:
+    return -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8
+
+
+def float_feed_problem(dtype: str, scale: float, zero_point: int) -> tuple[str, bool] | None:
+    """Why lpirc's default float feed, ``(pixel - 127.5) / 127.5`` (real range [-1, 1]), does
+    not fit a float input whose first op quantizes it (an int8 body behind float I/O) to
+    ``dtype``/``scale``/``zero_point``, or None. Only ranges that say which normalisation was
+    calibrated are named: about [-2.1, 2.6] (ImageNet mean/std), [0, 1] (pixel / 255) and
+    [0, 255] (pixel). Returns (one-line message, imagenet), as :func:`raw_codes_problem`."""
+    rng = input_range(dtype, scale, zero_point)
+    if rng is None:
+        return None
+    lo, hi = rng
+    if _looks_imagenet(lo, hi):
+        hint, imagenet = (f"it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std "
+                          f"{IMAGENET_STD}"), True
+    elif abs(lo) <= 0.05 and 0.95 <= hi <= 1.05:
+        hint, imagenet = "it looks like pixel / 255: set --mean 0 --std 255", False
+    elif abs(lo) <= 0.05 * 255 and 0.95 * 255 <= hi <= 1.05 * 255:
+        hint, imagenet = "it looks like raw pixels: set --mean 0 --std 1", False
+    else:
+        return None
+    return (f"the float input's first op quantizes it to [{lo:.3g}, {hi:.3g}], the range it was "
+            f"calibrated on, but lpirc feeds (pixel - 127.5) / 127.5 = [-1, 1] when no mean/std "
+            f"is given; {hint} (or mean/std in the config or sidecar's preprocess)", imagenet)
 
 
 def input_lut(spec: PreprocessSpec) -> np.ndarray | None:
@@ -781,14 +523,15 @@ def to_input(pixels_uint8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return out
 
 
+#: per-channel offsets into a flattened (3, 256) table
+_CHANNEL_OFFSETS = np.array([0, 256, 512], np.uint16)
+
+
 def _apply_lut(p: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Channel c of pixel value v becomes ``lut[c, v]``: OpenCV's LUT on the table's bytes, else
-    one numpy take per channel (measured on a 224 x 224 image, 2-core machine under load:
-    0.45 ms and 1.1 ms; raw codes cost 0.03 ms)."""
-    cv2 = _opencv()
-    if cv2 is not None and p.ndim == 3 and p.shape[2] == 3:
-        table = np.ascontiguousarray(lut.T[None]).view(np.uint8)  # (1, 256, 3) bytes
-        return cv2.LUT(np.ascontiguousarray(p), table).view(lut.dtype)
+    """Channel c of pixel value v becomes ``lut[c, v]``: one numpy ``take`` on the flattened
+    table, the channel's offset added to each pixel value (numpy only: no library's LUT)."""
+    if p.ndim == 3 and p.shape[2] == 3:
+        return lut.ravel().take(p + _CHANNEL_OFFSETS)
     out = np.empty(p.shape, lut.dtype)
     for c in range(p.shape[-1]):
         np.take(lut[c], p[..., c], out=out[..., c])
@@ -804,10 +547,15 @@ __all__ = [
     "crop_and_resize",
     "crop_box",
     "decode",
+    "decode_pillow",
+    "decode_pixels",
+    "float_feed_problem",
     "input_lut",
     "input_range",
     "load_image",
+    "preprocess_json",
     "raw_codes_problem",
+    "resize_backend",
     "to_input",
     "units_problem",
 ]

@@ -290,20 +290,62 @@ def _figure(fid: str, title: str, made, why_not: str) -> dict:
     return {"id": fid, "title": title, "svg": svg, "caption": caption}
 
 
+#: what a run's status means, said at the top of its section (a complete run says nothing)
+STATUS_NOTES = {
+    "interrupted": "interrupted: Ctrl-C or SIGTERM stopped this run before its holdout was done; "
+                   "the answers logged before it stopped are the ones counted",
+    "budget_exhausted": "out of time: the budget ran out before every image was answered; answers "
+                        "after it do not count",
+    "failed": "failed: the run stopped on an error (see the manifest's error below)",
+    "running": "unfinished: the manifest still says running (the run was killed, or is still "
+               "going); the log holds what it wrote",
+}
+
+
+STATUS_WORDS = {"running": "unfinished"}
+
+
+def status_note(run: RunData) -> str | None:
+    """One line on a run that did not complete (None for a complete run or a bare log)."""
+    status = run.manifest.get("status")
+    if status in (None, "complete"):
+        return None
+    note = STATUS_NOTES.get(status, f"status {status}")
+    err = run.manifest.get("error") or {}
+    return note + (f" ({err.get('message')})" if status == "failed" and err.get("message") else "")
+
+
+def image_counts(run: RunData) -> dict[str, Any]:
+    """answered, failed, unanswered, late, total and where they come from: the score when the
+    run was scored, else counted in the result log against the holdout's image count from the
+    manifest (unanswered None when that is unknown)."""
+    s = run.score or {}
+    if "images_answered" in s:
+        return {k: s.get(f"images_{k}") for k in ("answered", "failed", "unanswered", "late",
+                                                  "total")} | {"source": "scored"}
+    total = run.images_total
+    seen = len(set(run.images))
+    failed = int(np.count_nonzero(run.error))
+    return {"answered": len(run.images) - failed, "failed": failed, "late": int(np.count_nonzero(run.late)),
+            "unanswered": max(0, total - seen) if isinstance(total, int) else None, "total": total,
+            "source": "counted in the result log (not scored)"}
+
+
 def key_figures(run: RunData) -> list[tuple[str, str, str]]:
     """(what, value, how it was obtained) for the top of a run's section."""
     s = run.score or {}
     src = s.get("source") or {}
     rule = scoring.RULES.get(s.get("rules"))
     e = run.manifest.get("energy") or {}
+    c = image_counts(run)
     rows = [
         ("rule set", s.get("rules") or "not scored", rule.describe(s) if rule else "; ".join(run.notes)),
         ("score", _num(s.get("score")), f"{rule.source}" if rule else ""),
         ("top-1", _pct(s.get("top1")), src.get("top1", "")),
         ("top-5", _pct(s.get("top5")), src.get("top5", "")),
-        ("images", f"{s.get('images_answered', '?')} answered of {s.get('images_total', run.images_total)}",
-         f"{s.get('images_failed', '?')} failed, {s.get('images_unanswered', '?')} unanswered, "
-         f"{s.get('images_late', '?')} late"),
+        ("images", f"{c['answered']} answered of {_known(c['total'])}",
+         f"{c['failed']} failed, {_known(c['unanswered'])} unanswered, {c['late']} late"
+         + ("" if c["source"] == "scored" else f"; {c['source']}")),
         ("wall time", _num(s.get("wall_time_s", run.manifest.get("wall_time_s")), "s"),
          src.get("wall_time_s", "measured by lpirc run")),
         ("inference time", _num(s.get("inference_time_s", run.manifest.get("inference_time_s")), "s"),
@@ -311,6 +353,10 @@ def key_figures(run: RunData) -> list[tuple[str, str, str]]:
         ("energy", _num(run.energy_wh(), "Wh"), f"{run.energy_label()}: {e.get('method') or 'no figure'}"),
     ]
     return rows
+
+
+def _known(v) -> str:
+    return "?" if v is None else str(v)
 
 
 def manifest_rows(m: dict) -> list[tuple[str, str]]:
@@ -387,7 +433,8 @@ def run_section(run: RunData) -> dict[str, Any]:
     return {
         "name": run.name, "path": str(run.path), "key": key_figures(run),
         "summary": summary_text(run), "manifest": manifest_rows(run.manifest),
-        "manifest_json": json.dumps(run.manifest, indent=2), "notes": run.notes,
+        "manifest_json": json.dumps(run.manifest, indent=2),
+        "notes": [n for n in (status_note(run), *run.notes) if n],
         "figures": [
             _figure("race", "Correct answers over time, against the budget", rf.race([run]), no_times),
             _figure("throughput", "Throughput per worker", rf.throughput([run]), no_times),
@@ -413,12 +460,17 @@ def compare_section(runs: list[RunData]) -> dict[str, Any]:
     places = scoring.ranks(scores) if not why_not else [None] * len(runs)
     rows = []
     for r, s, place in zip(runs, scores, places):
+        c = image_counts(r)
         hold = (r.manifest.get("holdout") or {}).get("files_sha256")
         model = (r.manifest.get("model") or {}).get("sha256")
-        rows.append([str(place) if place else "-", r.name, s.get("rules") or "not scored", _num(s.get("score")),
-                     _pct(s.get("top1")), _pct(s.get("top5")), str(s.get("images_answered", "?")),
-                     str(s.get("images_failed", "?")), str(s.get("images_unanswered", "?")),
-                     str(s.get("images_late", "?")), _num(s.get("wall_time_s"), "s"),
+        status = r.manifest.get("status")
+        rows.append([str(place) if place else "-",
+                     r.name + (f" ({STATUS_WORDS.get(status, status)})"  # out of time: the usual end
+                               if status not in (None, "complete", "budget_exhausted") else ""),
+                     s.get("rules") or "not scored", _num(s.get("score")),
+                     _pct(s.get("top1")), _pct(s.get("top5")), _known(c["answered"]),
+                     _known(c["failed"]), _known(c["unanswered"]),
+                     _known(c["late"]), _num(s.get("wall_time_s"), "s"),
                      _num(s.get("inference_time_s"), "s"), _num(r.mean_inference_ms(), "ms"),
                      _num(r.energy_wh(), "Wh") + f" ({r.energy_label()})",
                      (model or "?")[:12], (hold or "?")[:12]])

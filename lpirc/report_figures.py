@@ -17,13 +17,21 @@ import textwrap
 
 import matplotlib
 import numpy as np
+from matplotlib.collections import Collection
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.text import Text
+from matplotlib.ticker import (FuncFormatter, LogLocator, MaxNLocator, NullFormatter,
+                               ScalarFormatter)
 
 MAX_POINTS = 1500  # points per curve: a 20,000-answer run is drawn at this resolution
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 _RC = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
-       "axes.grid": True, "grid.alpha": 0.3, "font.family": "sans-serif"}
+       "axes.grid": True, "grid.alpha": 0.3, "font.family": "sans-serif",
+       "text.parse_math": False}  # a name is plain text: "cost$5$each" stays as written
+#: labels matplotlib gives artists that were not named (never shown in a legend)
+_AUTO_LABEL = re.compile(r"_child\d+|_nolegend_")
 _counter = iter(range(1, 1 << 30))
 
 
@@ -32,6 +40,8 @@ def to_svg(fig: Figure) -> str:
     unique within the page (a salt per figure). Drawn once: margins are set in :func:`_fig`, not
     by ``bbox_inches="tight"`` (which draws everything twice)."""
     buf = io.StringIO()
+    for t in fig.findobj(Text):  # every name plain text, never mathtext ("$...$" crashed it)
+        t.set_parse_math(False)
     with matplotlib.rc_context({**_RC, "svg.hashsalt": f"lpirc{next(_counter)}"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     s = buf.getvalue()
@@ -51,6 +61,17 @@ def _fig(w: float = 7.5, h: float = 3.2, ncols: int = 1, left: float = 0.7, bott
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
                         wspace=gap * ncols / max(w - left - right - gap * (ncols - 1), 1.0))
     return fig, axes
+
+
+def _legend(ax, **kw):
+    """``ax.legend`` over every artist given a label, those whose label starts with "_" too
+    (matplotlib leaves those out: a run named "_x" vanished from the legends)."""
+    handles = [a for a in ax.get_children() if isinstance(a, (Line2D, Patch, Collection))
+               and a.get_label() and not _AUTO_LABEL.fullmatch(a.get_label())
+               and a is not ax.patch and a not in ax.spines.values()]
+    if not handles:
+        return None
+    return ax.legend(handles, [h.get_label() for h in handles], **kw)
 
 
 def _text_in(labels, per_char: float = 0.06, pad: float = 0.25) -> float:
@@ -78,8 +99,10 @@ def _color(i: int) -> str:
 def race(runs: list) -> tuple[str, str] | None:
     """Correct answers (as the rule set counts them) over time, the deadline, the images never
     answered; several runs as fractions of their holdout."""
-    fig, (ax,) = _fig(7.5, 3.6)
     several = len(runs) > 1
+    rows = _legend_rows([r.name for r in runs] + ["late answers (do not count)"]) if several else 1
+    # the legend goes above the axes: inside, it covered a slow run's late answers
+    fig, (ax,) = _fig(7.5, 3.6 + 0.17 * rows, top=0.3 + 0.17 * rows)
     drawn = late_drawn = to_scale = False
     notes = []
     xmax = 0.0
@@ -115,8 +138,10 @@ def race(runs: list) -> tuple[str, str] | None:
     ax.set_xlim(0, xmax or 1.0)
     ax.set_xlabel(_race_xlabel(runs))
     ax.set_ylabel("% of holdout images" if several else "images")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right" if not several else "best", fontsize=7, ncols=2 if len(runs) > 4 else 1)
+    ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.06)  # room for "holdout: N images"
+    _legend(ax, loc="lower left", bbox_to_anchor=(0.0, 1.01), fontsize=7, frameon=False,
+            ncols=_legend_cols([r.name for r in runs] + ["late answers (do not count)"])
+            if several else 3, borderaxespad=0.0, columnspacing=1.2, handlelength=1.6)
     cap = "Correct top-1 answers over time (solid), all answers (dashed). " + _race_time_caption(runs)
     if several:
         cap += (" Each run's deadline is a vertical dash-dot line in its colour, its late answers "
@@ -127,6 +152,16 @@ def race(runs: list) -> tuple[str, str] | None:
                 if runs[0].deadline_s() is not None else " No deadline is recorded for this run.")
         cap += " The grey band is the images never answered: they count as wrong."
     return to_svg(fig), cap + (" " + "; ".join(notes) if notes else "")
+
+
+def _legend_cols(labels: list[str], width_in: float = 6.5) -> int:
+    """Columns of 7-pt legend entries that fit ``width_in`` inches side by side."""
+    widest = 0.45 + 0.06 * max((len(x) for x in labels), default=0)
+    return max(1, min(len(labels), int(width_in // widest)))
+
+
+def _legend_rows(labels: list[str]) -> int:
+    return -(-len(labels) // _legend_cols(labels))
 
 
 def _race_clocks(runs: list) -> dict[str, list[str]]:
@@ -174,8 +209,10 @@ def _mark_unanswered(ax, x: np.ndarray, answered: np.ndarray, total: int, color:
     if missing > 0:
         ax.axhspan(got, total, color="#999", alpha=0.25, lw=0)
         thin = missing < 0.08 * total  # a narrow band: the words go under it, not on it
-        ax.text(end, got if thin else (got + total) / 2, f" {missing} never answered ",
-                va="top" if thin else "center", ha="right", fontsize=8, color="#333",
+        # at the band's left end: every curve stays below the band, and the deadline's label
+        # (at the foot of its line) and the late answers (past it) are to the right
+        ax.text(0.01 * end, got if thin else (got + total) / 2, f" {missing} never answered ",
+                va="top" if thin else "center", ha="left", fontsize=8, color="#333",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5})
 
 
@@ -199,9 +236,11 @@ def _mark_deadline(ax, r, x: np.ndarray, i: int, several: bool) -> tuple[float, 
     if end >= 0.25 * deadline:  # the budget fits on the axis: draw it to scale
         color = _color(i) if several else "#d62728"
         ax.axvline(deadline, color=color, lw=1.2, ls="-." if several else "-")
-        ax.text(deadline, 0.55 - 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s ",
+        # at the foot of the line: the curves there are high (they rise to the deadline) and
+        # the images never answered are a band at the top
+        ax.text(deadline, 0.03 + 0.07 * i, f" {r.name + ': ' if several else ''}deadline {deadline:g} s ",
                 transform=ax.get_xaxis_transform(), color=color, fontsize=7,
-                ha="right" if end > deadline else "left", va="top",
+                ha="right" if end > deadline else "left", va="bottom",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
         return _deadline_reach(r, x), None
     if several:  # a sliver of the budget: the deadline is off the chart
@@ -290,7 +329,7 @@ def throughput(runs: list) -> tuple[str, str] | None:
     ax.set_xlabel("wall time since the run started (s)")
     ax.set_ylabel("answers / s")
     ax.set_ylim(0, 1.3 * top or 1.0)  # headroom: the legend sits above the lines, hiding none
-    ax.legend(loc="upper right", fontsize=7, ncols=2)
+    _legend(ax, loc="upper right", fontsize=7, ncols=2)
     cap = ("Throughput: answers per second of wall time, in bins, from the log's t_s (measured by "
            "lpirc run). Answers are logged in batches; each batch is spread over the time since its "
            "worker's previous one, so a bin between two batches is not a false stall. "
@@ -335,7 +374,7 @@ def latency(runs: list) -> tuple[str, str] | None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("ms")
         ax.set_ylabel("images")
-        ax.legend(fontsize=6.5, loc="best")
+        _legend(ax, fontsize=6.5, loc="best")
     if not drawn:
         return None
     cap = ("Per-image latency (decode + preprocess + inference, in the worker) and inference "
@@ -444,7 +483,7 @@ def power(runs: list) -> tuple[str, str] | None:
     ax.set_xlabel("wall time since the run started (s)")
     ax.set_ylabel("W")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     return to_svg(fig), ("Power over the run, from the meter's log (--power-log), as recorded: "
                          "the run's energy is its trapezoid integral over the run (measured).")
 
@@ -462,15 +501,16 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
     frontier = None
     ts = [t for _, a, t, _ in pts if t and a is not None]
     es = [e for _, a, _, e in pts if e and a is not None]
+    names_t, names_e = [], []  # (text, x, y): placed once the axes' scales are set
     for i, (r, a, t, e) in enumerate(pts):
         if a is None:
             continue
         if t:
             ax_t.plot([t], [100 * a], "o", color=_color(i))
-            _point_label(ax_t, r.name, t, 100 * a, ts)
+            names_t.append((r.name, t, 100 * a))
         if e:
             ax_e.plot([e], [100 * a], "o", color=_color(i))
-            _point_label(ax_e, f"{r.name} ({r.energy_label()})", e, 100 * a, es)
+            names_e.append((f"{r.name} ({r.energy_label()})", e, 100 * a))
         s = r.score or {}
         if s.get("rules") == "ovic-2019" and s.get("frontier_k") is not None:
             frontier = (s["frontier_k"], s["frontier_a0"])
@@ -479,13 +519,10 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
         grid = np.geomspace(min(ts) / 2, max(ts) * 2, 100)
         ax_t.plot(grid, k * np.log(grid) + a0, color="#555", lw=1, ls="--",
                   label=f"OVIC 2019 frontier {k:g} ln t + {a0:g}")
-        ax_t.legend(fontsize=7, loc="best")  # where it hides no point
-    for ax, xs in ((ax_t, ts), (ax_e, es)):
-        if xs and max(xs) > 10 * min(xs):  # log only where the runs span a decade
-            ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^n, written plainly (0.02, not 2x10^-2)
-            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+        _legend(ax_t, fontsize=7, loc="best")  # where it hides no point
+    for ax, xs, names in ((ax_t, ts, names_t), (ax_e, es, names_e)):
+        _cost_axis(ax, xs)
+        _point_labels(ax, names, xs)
         ax.set_ylabel("top-1 (%)")
     ax_t.set_xlabel("mean inference time per image (ms)")
     ax_e.set_xlabel("energy of the run (Wh)")
@@ -497,16 +534,61 @@ def accuracy_vs_cost(runs: list) -> tuple[str, str] | None:
     return to_svg(fig), cap
 
 
-def _point_label(ax, text: str, x: float, y: float, xs: list[float]) -> None:
-    """Name a point: to its right, or to its left when it lies in the right part of the axis's
-    range (a label running past the axis would be cut off at the figure's edge)."""
+def _cost_axis(ax, xs: list[float]) -> None:
+    """Log x where the runs span a decade, ticks written plainly (0.02, not 2x10^-2); at most
+    about 5 tick labels on the axis' 3 inches, so that labels such as "0.0005" never touch."""
+    if xs and max(xs) > 10 * min(xs):
+        decades = math.log10(max(xs) / min(xs))
+        ax.set_xscale("log")  # ticks at 1, 2, 5 x 10^n over a decade or two, else 10^n
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 1.5
+                                              else (1.0, 3.0) if decades < 2.5 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        fmt = ScalarFormatter(useOffset=False)
+        fmt.set_scientific(False)
+        ax.xaxis.set_major_formatter(fmt)
+
+
+def _point_labels(ax, names: list[tuple[str, float, float]], xs: list[float]) -> None:
+    """Name each point (see :func:`_point_label`), moving a name down a line, or up, while it
+    would overlap one already placed (runs close in cost, or at one point, wrote their names
+    over each other)."""
+    if not names:
+        return
+    ax.autoscale_view()
+    ppt = ax.figure.dpi / 72.0  # display pixels per point
+    placed: list[tuple[float, float, float, float]] = []
+    for text, x, y in sorted(names, key=lambda n: (-n[2], n[1])):
+        left = _label_left(x, xs)
+        ax_, ay = ax.transData.transform((x, y))
+        w, h = 0.06 * 72 * len(text) * ppt, 9 * ppt  # ~0.06 in a 7-pt character
+        for k in (0, *[j for i in range(1, 2 * len(names) + 1) for j in (-i, i)]):
+            dy = 3 + 9 * k
+            x0 = ax_ + (-4 * ppt - w if left else 4 * ppt)
+            box = (x0, ay + dy * ppt, x0 + w, ay + dy * ppt + h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in placed):
+                break
+        placed.append(box)
+        _point_label(ax, text, x, y, xs, dy=dy)
+
+
+def _label_left(x: float, xs: list[float]) -> bool:
     lo, hi = min(xs), max(xs)
     if hi > 10 * lo > 0:  # drawn on a log axis (see accuracy_vs_cost)
         x_, lo, hi = math.log(x), math.log(lo), math.log(hi)
     else:
         x_ = x
-    left = hi > lo and (x_ - lo) / (hi - lo) > 0.55
-    ax.annotate(text, (x, y), textcoords="offset points", xytext=(-4 if left else 4, 3),
+    return hi > lo and (x_ - lo) / (hi - lo) > 0.55
+
+
+def _point_label(ax, text: str, x: float, y: float, xs: list[float], dy: float = 3) -> None:
+    """Name a point: to its right, or to its left when it lies in the right part of the axis's
+    range (a label running past the axis would be cut off at the figure's edge)."""
+    left = _label_left(x, xs)
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(-4 if left else 4, dy),
                 ha="right" if left else "left", fontsize=7)
 
 

@@ -45,7 +45,8 @@ from lpirc.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
 from lpirc.holdout import open_holdout
 from lpirc.meters.runmeter import RunMeter
 from lpirc.meters.sampler import POWER_LOG
-from lpirc.pipeline import Dispatcher, PipelineOutcome, WorkerPool, start_workers, stop_workers
+from lpirc.pipeline import (Dispatcher, PipelineOutcome, WorkerPool, release_workers,
+                            start_workers, stop_workers)
 from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new_run_dir,
                            write_json)
 from lpirc.settings import RunSettings, check_settings
@@ -158,20 +159,11 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
 
 
-def _truth_note(ground_truth: Path | None) -> str | None:
-    """The ground truth's own warning (labels that look 1-based), for the manifest's notes."""
-    if ground_truth is None:
-        return None
+def _read_truth(ground_truth: Path) -> tuple[dict[str, int], list[str]]:
+    """The ground truth and its own warnings (labels that look 1-based), from one parse, not
+    cached: the parent drops it before the run (the scorer reads the file after the run)."""
     try:
-        notes = scoring.ground_truth_notes(ground_truth)
-    except scoring.ScoringError:
-        return None
-    return "; ".join(notes) or None
-
-
-def _read_truth(ground_truth: Path) -> dict[str, int]:
-    try:
-        return scoring.read_ground_truth(ground_truth, cache=False)
+        return scoring.read_ground_truth_and_notes(ground_truth, cache=False)
     except scoring.ScoringError as e:
         raise InputError(str(e)) from None
 
@@ -180,6 +172,10 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
     """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
     Names are matched by the scorer's own rule (scoring.names), so this note and the score
     agree."""
+    listed = set(files)
+    if all(n in listed for n in truth):  # every row names a file exactly: nothing to say
+        return None
+    del listed
     index = NameIndex(truth)
     pos, _ = index.match_all(files)
     hit = set(pos)
@@ -206,13 +202,14 @@ def _run(plan: _Plan) -> RunOutcome:
 
 
 def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
-    """_run's body, with the meter (if any) sampling around it."""
+    """_run's body, with the meter (if any) sampling around it.
+
+    The workers are forked first (so they do not inherit the holdout's list of names) but wait;
+    the parent reads and checks the ground truth (once) and lists the holdout; only then does
+    the run's clock start and do the workers load the model. Reading the organiser's ground
+    truth and listing the holdout are not the submission's work: they cost none of its budget."""
     settings, out = plan.settings, plan.out
-    # The run starts here: workers load the model while the parent lists the holdout.
-    probe = start_energy(plan.energy_config)
-    clock = Stopwatch()
-    start_utc = utc_now()
-    pool = start_workers(settings, plan.root, plan.exclusive)
+    pool = start_workers(settings, plan.root, plan.exclusive, gated=True)
     made_out = not out.exists()
     try:
         source, pre_notes = _open_source(plan)
@@ -222,13 +219,18 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-        manifest = _start_manifest(plan, source, budget, start_utc,
+        manifest = _start_manifest(plan, source, budget, None,
                                    pre_notes + (meter.notes if meter else []))
         if meter is not None:
             meter.attach(out)
             manifest["energy"]["method"] = meter.preview() or manifest["energy"]["method"]
-        write_json(out / MANIFEST, manifest)
         log = ResultLog(out / RESULTS)
+        # The run starts here: the workers load the model and the budget counts.
+        probe = start_energy(plan.energy_config)
+        clock = Stopwatch()
+        manifest["start_utc"] = utc_now()
+        release_workers(pool)
+        write_json(out / MANIFEST, manifest)
     except BaseException:  # bad holdout, or Ctrl-C before the first image was handed out
         stop_workers(pool)
         _remove_unstarted(out, made_out)
@@ -265,19 +267,22 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
 
 def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
     """The run's source (the holdout listed now, after the workers forked, unless one was
-    given) and the ground-truth coverage note. The ground truth is read only now too: the
-    processes that run the model never hold the labels; malformed, it is still refused before
-    any image is handed out."""
-    truth = _read_truth(plan.ground_truth) if plan.ground_truth is not None else None
+    given) and the notes on it: ground-truth rows naming no holdout image, files skipped, the
+    ground truth's own warnings. The ground truth is read once, here, checked and dropped: the
+    processes that run the model never hold the labels; malformed, it is refused before any
+    image is handed out."""
+    truth, truth_notes = _read_truth(plan.ground_truth) if plan.ground_truth is not None \
+        else (None, [])
     source = plan.source
     if source is None:
         source = FolderSource(plan.root, seed=plan.settings.seed)
     files = getattr(source, "files", None)  # a source listed up front
     cover = _coverage_note(truth, files) if truth is not None and files is not None else None
+    del truth
     holdout = getattr(source, "holdout", None)
     skipped = holdout.skipped_line() if holdout is not None else None
-    notes = [n for n in (cover, skipped, _truth_note(plan.ground_truth)) if n]
-    return source, notes  # truth checked and dropped; the scorer reads it again after the run
+    notes = [n for n in (cover, skipped, "; ".join(truth_notes)) if n]
+    return source, notes  # the scorer reads the ground truth again after the run
 
 
 def _remove_unstarted(out: Path, made_out: bool) -> None:
@@ -373,7 +378,7 @@ def _finish_manifest(manifest: Manifest, plan: _Plan, source: ImageSource,
         "images_failed": outcome.failed,  # logged with an error: count as wrong
         "images_late": outcome.late,
         "batch_used": ready.batch if ready else None,
-        "preprocess": ready.preprocess if ready else None,
+        "preprocess": dict(ready.preprocess, decoded_by=outcome.decoded_by) if ready else None,
         "notes": notes,
     })
     if source.total is None:  # a feed of unknown length: what it came to

@@ -47,6 +47,7 @@ class RunSettings:
     mean: Any = None  # pixel units 0..255, one or three (R,G,B); None: not given
     std: Any = None
     decode: str = "exact"  # exact | draft (JPEG DCT-scaled decode, faster on large images)
+    idct: str = "fast"  # fast (tf.io.decode_jpeg's default) | accurate (Pillow's, torchvision's)
     crop: str = "central"  # central (tf.image.central_crop) | square (TFLite eval tool)
     channel_order: str = "rgb"  # rgb | bgr
     input_size: Any = None  # "HxW" for a model with a dynamic height/width
@@ -74,7 +75,7 @@ class RunSettings:
             crop=self.crop, crop_fraction=self.crop_fraction, resize=self.resize,
             mean=self.mean, std=self.std, channel_order=self.channel_order,
             input_size=self.input_size, decode=self.decode,
-            max_image_pixels=self.max_image_pixels, output=self.output))
+            max_image_pixels=self.max_image_pixels, output=self.output, idct=self.idct))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -142,7 +143,7 @@ def read_sidecar(model: Path) -> dict[str, Any]:
 
 #: Preprocessing a sidecar's ``preprocess`` object may carry (anything else there is ignored).
 SIDECAR_KEYS = ("crop", "crop_fraction", "resize", "mean", "std", "channel_order", "input_size",
-                "output")
+                "output", "idct")
 
 
 def resolve_settings(values: dict[str, Any], explicit: set[str],

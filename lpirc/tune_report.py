@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lpirc import __version__, machine
 from lpirc.results import new_run_dir, write_json
-from lpirc.settings import resolve_preprocess
-
-if TYPE_CHECKING:  # the search imports this module; types only, to avoid the cycle
-    from lpirc.settings import RunSettings
-    from lpirc.tune import TuneResult
+from lpirc.settings import RunSettings, resolve_preprocess
+from lpirc.tune_data import Row, TuneResult
 
 
 def default_tune_dir(model: Path, base: Path = Path("runs")) -> Path:
@@ -63,6 +59,8 @@ def write_files(result: TuneResult, base: RunSettings, out: Path | None = None) 
         "load_corrected_ratio_pairs": [round(x, 4) for x in result.corrected_ratio_pairs],
         "table": [r.to_json() for r in result.rows],
         "notes": result.notes,
+        "busy": result.busy,
+        "foreign_load": result.foreign_load,
         "interrupted": result.interrupted,
     }
     if not result.interrupted:
@@ -103,7 +101,7 @@ def format_table(result: TuneResult) -> str:
             "-" if r.load is None else f"{r.load:.0%}",
             "-" if r.inference_ms is None else f"{r.inference_ms:.2f}",
             "-" if r.top1 is None else f"{r.top1 * 100:.1f}%",
-            f"{r.projected_s:.1f} s",
+            _projection(r),
             "yes" if r.fits else "NO",
         ])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
@@ -116,6 +114,15 @@ def format_table(result: TuneResult) -> str:
     out = [line(head)] + [line(b) for b in body]
     out.append("* best (chosen)   d defaults of lpirc run   (acc) top-1 dropped too much to choose")
     return "\n".join(out)
+
+
+def _projection(r: Row) -> str:
+    """The projected time of a full run: one figure, or the range it may fall in when the
+    trials disagree by more than 5 % (a busy machine)."""
+    lo, hi = r.projected_low_s, r.projected_high_s
+    if lo is None or hi is None or hi <= lo * 1.05:
+        return f"{r.projected_s:.1f} s"
+    return f"{lo:.1f}-{hi:.1f} s"
 
 
 def format_summary(result: TuneResult) -> str:
@@ -137,7 +144,10 @@ def format_summary(result: TuneResult) -> str:
     of = (f"median of {result.ratio_counted} of {k} interleaved pairs, the others taken while "
           f"other processes used more of the CPUs" if 0 < result.ratio_counted < k
           else f"median of {k}, interleaved")
-    if result.challenger is not None:
+    if result.challenger is not None and result.ratio is None:
+        lines.append(f"best/default images/s ratio: 1.00 (the defaults are kept: "
+                     f"{result.challenger.label} was not compared with them)")
+    elif result.challenger is not None:
         lines.append(f"best/default images/s ratio: 1.00 (the defaults are kept: "
                      f"{result.challenger.label} measured {result.ratio:.2f}x them, {of})")
     elif result.ratio is not None:

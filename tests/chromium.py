@@ -63,8 +63,11 @@ class Chromium:
             targets = json.load(r)
         return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
 
-    def visit(self, path: Path | str, probe_js: str, timeout_s: float = 30.0) -> PageVisit:
-        """Load a file (a Path) or an http:// URL (a str), run ``probe_js``, and report."""
+    def visit(self, path: Path | str, probe_js: str, timeout_s: float = 30.0,
+              cookies: list[dict] | None = None, await_promise: bool = False) -> PageVisit:
+        """Load a file (a Path) or an http:// URL (a str), run ``probe_js``, and report.
+        ``cookies``: set first (DevTools ``Network.setCookie`` parameters: name, value, url);
+        ``await_promise``: ``probe_js`` gives a Promise, whose value is the probe's."""
         from websockets.sync.client import connect
 
         out = PageVisit()
@@ -73,11 +76,15 @@ class Chromium:
             self.ws, self.out = ws, out
             for m in ("Page.enable", "Network.enable", "Runtime.enable", "Log.enable"):
                 self._call(m)
+            for c in cookies or ():
+                self._call("Network.setCookie", c)
             self._call("Page.navigate", {"url": url})
             self._wait_event("Page.loadEventFired", timeout_s)
             time.sleep(0.3)
             self._drain()
-            res = self._call("Runtime.evaluate", {"expression": probe_js, "returnByValue": True})
+            res = self._call("Runtime.evaluate", {"expression": probe_js, "returnByValue": True,
+                                                  "awaitPromise": await_promise},
+                             timeout_s=timeout_s)
             out.probe = res["result"].get("value") or {}
             shot = self._call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
             out.screenshot = base64.b64decode(shot["data"])
@@ -150,6 +157,22 @@ class Chromium:
 
 # Run in the page: every figure, whether it holds a drawn SVG, its size and how much it draws.
 PROBE_JS = """(() => {
+  const box = e => e.getBoundingClientRect();
+  const meet = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1 &&
+                         Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 1;
+  // pairs of a figure's words drawn over each other (tick labels, names, notes)
+  const overlaps = ts => { const out = [];
+    for (let i = 0; i < ts.length; i++) for (let j = i + 1; j < ts.length; j++)
+      if (meet(box(ts[i]), box(ts[j]))) out.push([ts[i].textContent, ts[j].textContent]);
+    return out; };
+  // data markers (matplotlib's <use> in a line2d group) under a legend
+  const covered = svg => { const out = [];
+    for (const lg of svg.querySelectorAll('g[id^="legend"]')) {
+      const b = box(lg);
+      for (const u of svg.querySelectorAll('g[id^="line2d"] use'))
+        if (!lg.contains(u) && meet(b, box(u))) out.push(lg.id);
+    }
+    return out; };
   const figs = [...document.querySelectorAll('figure.plot')].map(f => {
     const svg = f.querySelector('svg');
     const r = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
@@ -160,7 +183,10 @@ PROBE_JS = """(() => {
             clipped: svg ? [...svg.querySelectorAll('text')].filter(t => {
               const b = t.getBoundingClientRect();
               return b.width > 0 && (b.left < r.left - 1 || b.right > r.right + 1 || b.top < r.top - 1 || b.bottom > r.bottom + 1);
-            }).map(t => t.textContent) : []};
+            }).map(t => t.textContent) : [],
+            texts: svg ? [...svg.querySelectorAll('text')].map(t => t.textContent) : [],
+            overlaps: svg ? overlaps([...svg.querySelectorAll('text')].filter(t => t.textContent.trim())) : [],
+            covered: svg ? covered(svg) : []};
   });
   return {figures: figs, title: document.title,
           external: document.querySelectorAll('script, link, iframe, img, object, embed').length,

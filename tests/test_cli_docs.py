@@ -49,18 +49,21 @@ def test_every_command_is_in_the_readme():
         assert f"lpirc {' '.join(path)}" in text, path
 
 
-def test_default_install_gets_the_fast_tf_exact_resize():
-    """`pip install .` (the README's first command) must bring OpenCV >= 5, the fast TF-exact
-    resize, as a core dependency rather than an extra; and here it is the path that runs."""
+def test_default_install_gets_the_tf_exact_decoder_and_no_opencv():
+    """`pip install .` (the README's first command) must bring simplejpeg (TF's JPEG decode,
+    libjpeg-turbo with the fast IDCT) as a core dependency, and nothing whose release can change
+    lpirc's pixels: no OpenCV; the resize is lpirc's own numpy."""
     import tomllib
 
+    from lpirc.decoding import decoder_json
     from lpirc.preprocess import resize_backend
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = [d.replace(" ", "") for d in project["dependencies"]]
-    assert "opencv-python-headless>=5.0" in core
-    assert not any("opencv" in d for d in project["optional-dependencies"].get("fast", []))
-    assert resize_backend().startswith("opencv 5")
+    assert any(d.startswith("simplejpeg") for d in core)
+    assert not any("opencv" in d for d in core)
+    assert resize_backend().startswith("lpirc numpy")
+    assert decoder_json("fast")["jpeg_decoder"].startswith("simplejpeg ")
 
 
 # The documentation: README.md and the manual in docs/, checked against the code.
@@ -209,3 +212,12 @@ def test_every_option_is_named_in_the_docs(path, names):
     text = "\n".join(p.read_text() for p in doc_files())
     assert any(re.search(rf"{re.escape(n)}(?![\w-])", text) for n in names), \
         f"lpirc {' '.join(path)} {names[0]}: named on no page of README.md or docs/"
+
+
+def test_docs_quote_the_setup_lines_as_the_readme_has_them():
+    """A page that shows a set-up line (`pip install ... && ...`) shows the README's own."""
+    cmds = setup_commands()
+    for page in sorted(DOCS.rglob("*.md")):
+        for line in page.read_text().splitlines():
+            if re.match(r"python3 -m pip install .*&& ", line.strip()):
+                assert line.strip() in cmds, f"docs/{page.name}: '{line.strip()}' is not the README's"

@@ -144,6 +144,9 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
     with Online(small_holdout, db, "--per-team-at-once", "1", "--max-model-mib", "1",
                 "--final-holdout", str(final), "--final-ground-truth", str(truth)) as server:
         http = httpx.Client(base_url=server.url, timeout=60)
+        second = lpirc("online", "serve", "--holdout", str(small_holdout), "--db", str(db),
+                       "--port", "0")
+        assert second.returncode == 5 and "another lpirc online service" in second.stderr
         assert http.post("/api/login", data={"username": "alpha", "password": "no"}).status_code == 401
         assert http.post("/api/login", data={"username": "alpha"}).status_code == 400
         assert http.post("/api/login", content=b"{}", headers={"content-type": "application/json"}).status_code == 415
@@ -199,32 +202,50 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
     assert r.returncode == 0 and json.loads(r.stdout)["standings"][0]["team"] == "alpha"
 
 
+def signal_run(server: Online, sig: int, timeout_s: float = 60) -> int:
+    """Send ``sig`` to the service's ``lpirc run`` child as soon as one runs; its pid."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        kids = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                if "run" in p.cmdline() and p.status() != psutil.STATUS_STOPPED]
+        if kids:
+            kids[0].send_signal(sig)
+            return kids[0].pid
+        time.sleep(0.02)
+    raise AssertionError("no lpirc run was seen running")
+
+
 @pytest.mark.slow
-def test_lost_device_is_retried_and_not_charged(small_holdout, reference_model, tmp_path):
+def test_lost_device_retried_stuck_run_timeout(small_holdout, reference_model, tmp_path):
     """A run killed from outside mid-run (the device lost) is queued again and scored on the
-    next attempt; the team is charged once."""
+    next attempt, charged once; a run that stops answering (SIGSTOP) is ended past its time
+    limit + margin: failed, class timeout; its device starts afresh and takes the next job."""
     from lpirc.demo import make_demo_holdout
 
     holdout = make_demo_holdout(tmp_path / "h300", count=300, seed=3)
     db = tmp_path / "online.sqlite"
     add_team(db, "alpha", "pw-alpha")
-    with Online(holdout, db, "--per-team-per-day", "1") as server:
+    with Online(holdout, db, "--per-team-per-day", "3", "--hang-margin-s", "2",
+                time_limit_s=8) as server:
         alpha = Team(server.url, "alpha", "pw-alpha")
         sid = alpha.upload(reference_model, SIDECAR).json()["id"]
-        killed = None
-        deadline = time.monotonic() + 60
-        while killed is None and time.monotonic() < deadline:
-            kids = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-                    if "run" in p.cmdline()]
-            if kids:
-                kids[0].send_signal(signal.SIGKILL)
-                killed = kids[0].pid
-            time.sleep(0.02)
-        assert killed is not None, "the run was never seen running"
+        signal_run(server, signal.SIGKILL)
         v = alpha.wait([sid], timeout_s=120)[sid]
         assert v["state"] == "scored" and v["attempts"] == 2 and v["charged"], v
         events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
         assert any("infrastructure, not charged" in e["message"] for e in events), events
+
+        stuck = alpha.upload(reference_model, SIDECAR).json()["id"]
+        signal_run(server, signal.SIGSTOP)
+        v = alpha.wait([stuck], timeout_s=120)[stuck]
+        assert v["state"] == "failed" and v["failure"]["class"] == "timeout", v
+        assert "10 s" in v["failure"]["message"] and v["charged"], v
+        last = alpha.upload(reference_model, SIDECAR).json()["id"]
+        v = alpha.wait([last], timeout_s=120)[last]
+        assert v["state"] == "scored", v
+        assert alpha.upload(reference_model, SIDECAR).status_code == 429  # 3 charged
+        log = alpha.http.get(f"/submissions/{last}/log").text
+        assert "cpu_0@local#2" in log, log  # the device started afresh
         assert alpha.http.get("/api/me").json() == {"team": "alpha", "role": "team"}
 
 
@@ -278,3 +299,101 @@ def test_standings_places_ties_and_counted(tmp_path):
     lo, hi = st.wilson(0.8, 1000)
     assert lo < 0.8 < hi and hi - lo == pytest.approx(0.0495, abs=0.002)
     assert re.match(r"place,team,id", st.to_csv(best))
+
+
+# The standings page as Chromium draws it: rows at load, then, without a reload, until a row for
+# the team appears (the page redraws itself from /api/standings) or 40 s pass.
+STANDINGS_PROBE = """(async () => {
+  const rows = () => [...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.team);
+  const initial = rows();
+  const t0 = Date.now();
+  while (!rows().includes('alpha') && Date.now() - t0 < 40000) await new Promise(r => setTimeout(r, 250));
+  return {initial, rows: rows(), waited_ms: Date.now() - t0,
+          cells: [...document.querySelectorAll('#rows tr:first-child td')].map(td => td.textContent),
+          headers: [...document.querySelectorAll('#standings th')].map(th => th.textContent),
+          text: document.body.innerText};
+})()"""
+
+TEAM_PROBE = """(() => ({
+  rows: [...document.querySelectorAll('#submissions tr[data-id]')].map(tr => ({
+    id: tr.dataset.id, state: tr.dataset.state,
+    links: [...tr.querySelectorAll('a')].map(a => a.getAttribute('href'))})),
+  title: document.title, text: document.body.innerText}))()"""
+
+SUBMISSION_PROBE = """(() => ({state: document.getElementById('state').textContent,
+  failure: document.getElementById('failure') ? document.getElementById('failure').textContent : null,
+  score: document.getElementById('score') ? document.getElementById('score').innerText : null,
+  events: document.querySelectorAll('#events tr').length - 1,
+  report: document.getElementById('report-link') ? document.getElementById('report-link').getAttribute('href') : null}))()"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_pages_in_chromium(small_holdout, reference_model, tmp_path):
+    """The standings page redraws itself when a submission is scored; the team's page lists its
+    submissions with their log and report links; a submission's page shows its failure or
+    score; the report opens. No page error, no request to another host."""
+    from chromium import Chromium, find_chromium, png_size
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("Chromium not installed (apt-get install chromium): browser checks skipped")
+    db = tmp_path / "online.sqlite"
+    add_team(db, "alpha", "pw-alpha")
+    with Online(small_holdout, db) as server:
+        alpha = Team(server.url, "alpha", "pw-alpha")
+        browser = Chromium(binary)
+        try:
+            bad = alpha.upload(broken_model(tmp_path)).json()["id"]
+            sid = alpha.upload(reference_model, SIDECAR, label="reference").json()["id"]
+            st = browser.visit(server.url + "/", STANDINGS_PROBE, timeout_s=60, await_promise=True)
+            cookie = [{"name": "lpirc_online", "value": alpha.token, "url": server.url}]
+            alpha.wait([sid])
+            team = browser.visit(server.url + "/team", TEAM_PROBE, cookies=cookie)
+            good = browser.visit(f"{server.url}/submissions/{sid}", SUBMISSION_PROBE, cookies=cookie)
+            failed = browser.visit(f"{server.url}/submissions/{bad}", SUBMISSION_PROBE, cookies=cookie)
+            report = browser.visit(f"{server.url}/submissions/{sid}/report",
+                                   "(() => ({title: document.title, figures: document.querySelectorAll('figure').length}))()",
+                                   cookies=cookie)
+        finally:
+            browser.close()
+    p = st.probe
+    assert p["initial"] == [] and p["rows"] == ["alpha"], p  # drawn again, not reloaded
+    assert p["cells"][0] == "1" and p["cells"][1].startswith("alpha")
+    assert p["headers"][:4] == ["place", "team", "score", "top-1"]
+    assert "Ties:" in p["text"] and "95 %" in p["text"]
+    rows = team.probe["rows"]
+    assert [r["id"] for r in rows] == [str(sid), str(bad)]
+    assert rows[0]["state"] == "scored" and rows[1]["state"] == "failed"
+    assert f"/submissions/{sid}/log" in rows[0]["links"] and f"/submissions/{sid}/report" in rows[0]["links"]
+    assert good.probe["state"] == "scored" and "top-1" in good.probe["score"]
+    assert good.probe["report"] == f"/submissions/{sid}/report" and good.probe["events"] >= 3
+    assert failed.probe["state"] == "failed"
+    assert "model" in failed.probe["failure"] or "format" in failed.probe["failure"]
+    assert report.probe["figures"] > 0 and "lpirc report" in report.probe["title"]
+    for visit in (st, team, good, failed, report):
+        assert visit.errors == [], visit.errors
+        assert all(u.startswith(server.url) or u.startswith("data:") for u in visit.requests), visit.requests
+    assert png_size(st.screenshot)[0] >= 800
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_fleet_devices(small_holdout, reference_model, tmp_path):
+    """--executor ray: a local Ray instance's simulated device (the fleet's RayPool) runs the
+    upload; the service scores it with lpirc run's top-1 on the same holdout."""
+    pytest.importorskip("ray")
+    want = local_top1(reference_model, SIDECAR, small_holdout, tmp_path, "ref")
+    db = tmp_path / "online.sqlite"
+    add_team(db, "alpha", "pw-alpha")
+    add_team(db, "org", "pw-org", "--organiser")
+    with Online(small_holdout, db, "--executor", "ray") as server:
+        alpha = Team(server.url, "alpha", "pw-alpha")
+        sid = alpha.upload(reference_model, SIDECAR).json()["id"]
+        v = alpha.wait([sid], timeout_s=180)[sid]
+        assert v["state"] == "scored" and v["score"]["top1"] == pytest.approx(want), v
+        devices = Team(server.url, "org", "pw-org").http.get("/api/admin/status").json()["devices"]
+        assert [d["device"].split("@")[0] for d in devices] == ["cpu_0"]
+        assert devices[0]["jobs_done"] == 1
+        events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
+        print("\nray: " + "; ".join(e["message"] for e in events if e["state"] == "scored"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import time
 import warnings
@@ -16,7 +17,6 @@ from PIL import Image
 from lpirc.preprocess import (
     ImageError,
     PreprocessSpec,
-    _resize_bilinear_tf_numpy,
     crop_and_resize,
     crop_box,
     decode,
@@ -24,7 +24,8 @@ from lpirc.preprocess import (
     to_input,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("LPIRC_SHARED_DATA")
+            or Path(__file__).resolve().parents[2] / "shared" / "data")
 SPEC = PreprocessSpec(32, 32, "uint8")
 
 
@@ -310,28 +311,9 @@ def test_resize_matches_tf_v1_formula_without_tf():
         assert np.abs(out.astype(int) - ref).max() <= 1
 
 
-def test_resize_bit_exact_with_tensorflow():
-    tf = pytest.importorskip("tensorflow")
-    rng = np.random.RandomState(2)
-    for (h, w, H, W) in [(375, 500, 224, 224), (97, 100, 224, 224), (2, 3, 8, 8), (64, 40, 20, 30)]:
-        a = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
-        c = tf.image.central_crop(a, 0.875)
-        ref = tf.cast(
-            tf.compat.v1.image.resize_bilinear(c[None], (H, W), align_corners=False)[0], tf.uint8
-        ).numpy()
-        img = Image.fromarray(a)
-        left, top, right, bottom = crop_box(w, h, 0.875)
-        exact = _resize_bilinear_tf_numpy(img, left, top, right - left, bottom - top, H, W)
-        assert np.array_equal(exact, ref), (h, w, H, W)
-        # the default path (OpenCV >= 5 when installed): within one level, almost everywhere
-        out = crop_and_resize(img, PreprocessSpec(H, W, "uint8"))
-        diff = np.abs(out.astype(int) - ref.astype(int))
-        assert diff.max() <= 1 and (diff > 0).mean() < 2e-3, (h, w, H, W, diff.max(), (diff > 0).mean())
-
-
 def test_large_downscale_is_exact_and_lean():
-    """A 12 M-pixel photo to 224 x 224: the same pixels as the TF formula, without a full copy of
-    the image (the copy alone was 4 bytes a pixel as words, 12 as OpenCV's float32 crop)."""
+    """A 12 M-pixel photo to 224 x 224: the same pixels as the TF formula, without a copy of the
+    image (only the rows the output reads are lerped, at most 2 x 224 of them)."""
     import tracemalloc
 
     rng = np.random.RandomState(5)
@@ -349,15 +331,16 @@ def test_large_downscale_is_exact_and_lean():
     bl, br = c[y1][:, x0].astype(np.float32), c[y1][:, x1].astype(np.float32)
     top, bot = tl + (tr - tl) * dx, bl + (br - bl) * dx
     ref = (top + (bot - top) * dy).astype(np.uint8)
-    del a, c
+    del c
     tracemalloc.start()
     try:
-        out = crop_and_resize(img, PreprocessSpec(H, W, "uint8"))
+        out = crop_and_resize(a, PreprocessSpec(H, W, "uint8"))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert np.array_equal(out, ref)
-    assert peak < 2 * w * h, f"{peak / 1e6:.0f} MB for a {w * h / 1e6:.0f} M-pixel image"
+    assert peak < w * h // 2, f"{peak / 1e6:.0f} MB for a {w * h / 1e6:.0f} M-pixel image"
+    assert np.array_equal(crop_and_resize(img, PreprocessSpec(H, W, "uint8")), ref)
 
 
 def test_to_input_conversions():

@@ -157,6 +157,10 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
                 assert ref.post("/energy", token=token, energy_wh="9", method="RAPL").status_code == 200
             assert ref.post("/logout", token=token).status_code == 200
         t1 = time.time()
+        steps = [t0 - 1 + 0.5 * i for i in range(1, int((t1 + 1 - t0) / 0.5) + 2)]
+        r = ref.post("/powermeter", token=meter, player="alpha", power=["12.0"] * len(steps),
+                     timestamp=[str(t) for t in steps])  # a reading every 0.5 s
+        assert r.status_code == 200, r.text
         for again in ("", ", 1 already stored (same time and watts)"):  # a retried post
             r = ref.post("/powermeter", token=meter, player="alpha", power="12.0",
                          timestamp=str(t1 + 1))
@@ -172,26 +176,31 @@ def test_full_session_scored_with_meter(holdout, tmp_path):
     alpha, beta = by_team["alpha"], by_team["beta"]
     assert alpha["answered"] == 65 and alpha["top1"] == pytest.approx(0.5)
     assert alpha["energy_source"] == "metered"
-    assert alpha["energy_wh"] == pytest.approx(12 * alpha["wall_time_s"] / 3600, rel=1e-3)
+    assert alpha["energy_wh"] == pytest.approx(12 * alpha["wall_time_s"] / 3600, rel=1e-3,
+                                               abs=12 * 1e-4 / 3600)
     assert alpha["score"] == pytest.approx(0.5 / alpha["energy_wh"])
     assert (beta["energy_source"], beta["energy_wh"]) == ("self-reported", 9)
     score = json.loads((Path(alpha["run_dir"]) / "score.json").read_text())
     assert score["images_unanswered"] == 65 and score["top5"] is None
 
     log = tmp_path / "meter.csv"
-    log.write_text(f"timestamp,watts\n{t0 - 2},20\n{t1 + 2},20\n")
+    ts = [t0 - 2 + 0.5 * i for i in range(int((t1 + 2 - (t0 - 2)) / 0.5) + 2)]
+    log.write_text("timestamp,watts\n" + "".join(f"{t},20\n" for t in ts))
     r = lpirc("referee", "power", "beta", str(log), "--db", str(db))
     assert r.returncode == 0 and "(metered: power meter (import:meter.csv): " in r.stdout, r.stdout
-    assert r.stdout.splitlines()[0] == f"imported 2 readings from {log} for beta"
+    assert r.stdout.splitlines()[0] == f"imported {len(ts)} readings from {log} for beta"
     assert re.match(r"  attempt 1: score [0-9.e+]+ 1/Wh \(top-1 [0-9.]+ %, measured by the "
                     r"referee\), energy [0-9.e-]+ Wh \(metered: ", r.stdout.splitlines()[1]), r.stdout
     beta = {x["team"]: x for x in results_json(db)}["beta"]
     assert beta["energy_source"] == "metered"
     r = lpirc("referee", "power", "beta", str(log), "--db", str(db))  # the same log again
     assert r.returncode == 0 and r.stdout.splitlines()[0] == (
-        f"imported 0 readings from {log} for beta (2 already stored: same time and watts, skipped)")
+        f"imported 0 readings from {log} for beta ({len(ts)} already stored: same time and watts, "
+        "skipped)")
     assert {x["team"]: x for x in results_json(db)}["beta"]["energy_wh"] == beta["energy_wh"]
-    assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3)
+    # wall_time_s is rounded to 0.1 ms: a session of a few ms is within that of 20 W x wall
+    assert beta["energy_wh"] == pytest.approx(20 * beta["wall_time_s"] / 3600, rel=1e-3,
+                                              abs=20 * 1e-4 / 3600)
     # lpirc's standings database has both sessions, beta's entry replaced by its rescoring
     from lpirc import leaderboard
 
@@ -523,7 +532,7 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
                             "--quiet"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "LPIRC_REFEREE_PASSWORD": "wrong"})
         assert r.returncode == 1 and r.stderr.strip() == \
-            f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
+            f"lpirc: error: {ref.url}/login: HTTP 401: Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]
     # 2,000 images for one worker in 1 s: on a quiet 2-core machine two workers answered all
     # 2,000 in 1.2 s, so one worker (about half that pace, model loading included) cannot
@@ -536,8 +545,8 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
                   "--workers", "1")
         assert r.returncode == 0 and "status          budget_exhausted" in r.stdout, r.stdout + r.stderr
         assert "referee energy  posted" in r.stdout, r.stdout  # taken just after the limit
-        assert ("referee logout  none needed: the session had already ended (401 Time limit "
-                "reached)") in r.stdout
+        assert ("referee logout  none needed: the session had already ended (HTTP 401: Time "
+                "limit reached)") in r.stdout
         late = wait_for(lambda: (lambda x: x if x and x[0]["energy_source"] != "absent" else None)(
             results_json(tmp_path / "late.sqlite")))[0]
         assert late["energy_source"] == "self-reported" and late["score"] is not None

@@ -81,6 +81,7 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
         assert f["width"] > 300 and f["height"] > 100, f  # laid out at a readable size
         assert f["shapes"] >= 10, f  # axes, ticks and data, not an empty frame
         assert f["clipped"] == [], f  # no label runs past the picture's edge
+        assert f["overlaps"] == [] and f["covered"] == [], f  # no words over words or data
     w, h = png_size(visit.screenshot)
     assert w == 1200 and h > 1500, (w, h)
     assert len(visit.screenshot) > 50_000
@@ -369,3 +370,104 @@ def test_long_class_names_stay_inside_their_pictures(browser, tmp_path):
     figs = {f["id"]: f for f in visit.probe["figures"]}
     assert figs["classes"]["svg"] and figs["confusion"]["svg"]
     assert figs["classes"]["clipped"] == [] and figs["confusion"]["clipped"] == [], figs
+
+
+# --- names as plain text, crowded pictures, unfinished runs (issue 19 item 15) --------------
+
+
+def out_of_time_run(folder: Path, energy_wh: float = 0.01, total: int = 200) -> Path:
+    """A slow run that ran out of its 2 s budget: 33 of 200 images answered in time at 0.06 s
+    each, 3 more logged late (2.05-2.15 s), 164 never answered; every third answer wrong."""
+    awkward_run(folder)
+    gt = folder / "gt.csv"
+    gt.write_text("filename,label\n" + "".join(f"img{i:03d}.jpg,{SYN[i]}\n" for i in range(total)))
+    lines = []
+    for i in range(36):
+        t = 0.06 * (i + 1) if i < 33 else 2.0 + 0.05 * (i - 32)
+        lines.append({"image": f"img{i:03d}.jpg", "index": i, "top5": [i if i % 3 else 999, 1, 2, 3, 4],
+                      "scores": [0.9, 0.1, 0, 0, 0], "error": None, "t_s": round(t, 3), "latency_ms": 50.0,
+                      "inference_ms": 45.0, "worker": i % 2, "late": t > 2.0})
+    (folder / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    m = json.loads((folder / "manifest.json").read_text())
+    m.update({"wall_time_s": 2.15, "images_answered": 36, "images_failed": 0, "images_late": 3,
+              "energy": {"wh": energy_wh, "source": "estimated", "method": "CPU time x 4.0 W/core + 10 W idle"}})
+    m["holdout"]["image_count"] = total
+    (folder / "manifest.json").write_text(json.dumps(m))
+    return folder
+
+
+def figures_of(visit) -> dict[tuple[str, str], dict]:
+    return {(f["section"], f["id"]): f for f in visit.probe["figures"]}
+
+
+@pytest.mark.browser
+def test_names_are_plain_text_in_every_picture(browser, tmp_path):
+    """Run folders and class labels with dollar signs or a leading underscore: mathtext crashed
+    the report on "$\\alpha_{$", drew "cost$5$each" as cost, an italic 5 and each, and
+    matplotlib left "_x" out of every legend. Each is drawn exactly as written."""
+    names = ["$\\alpha_{$", "cost$5$each", "_x"]
+    runs = [awkward_run(tmp_path / n) for n in names]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{names[i - 18] if 18 <= i < 21 else f'class {i}'}\n" for i in range(1000)))
+    out = tmp_path / "names.html"
+    r = lpirc("report", *runs, "-o", out, "--labels", labels)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    figs = figures_of(browser.visit(out, PROBE_JS))
+    for fid in ("race", "throughput", "latency"):
+        drawn = " | ".join(figs[("compare", fid)]["texts"])
+        for n in names:
+            assert n in drawn, (fid, n, drawn)  # in the legend, whole
+    for n in names:
+        texts = figs[(n, "classes")]["texts"] + figs[(n, "confusion")]["texts"]
+        assert any("cost$5$each" in t for t in texts) and any("$\\alpha_{$" in t for t in texts), texts
+
+
+@pytest.mark.browser
+def test_a_run_out_of_time_keeps_its_late_answers_and_labels_apart(browser, tmp_path):
+    """A slow run that ran out of time: its late answers sit low on the right, where the legend
+    used to be, and the deadline's label was printed over "164 never answered"."""
+    run = out_of_time_run(tmp_path / "slow")
+    assert lpirc("report", run).returncode == 0
+    visit = browser.visit(run / "report.html", PROBE_JS)
+    race = figures_of(visit)[("slow", "race")]
+    assert " 164 never answered " in race["texts"] and " deadline 2 s " in race["texts"]
+    assert race["covered"] == [] and race["overlaps"] == [], race
+    assert race["clipped"] == []
+    assert "out of time" in visit.probe["text"]
+
+
+@pytest.mark.browser
+def test_comparison_labels_do_not_overlap(browser, tmp_path):
+    """Three runs close in energy and equal in accuracy and invoke time: their names, and the
+    energy axis' tick labels, are drawn apart (they were written over each other)."""
+    runs = [out_of_time_run(tmp_path / n, e) for n, e in (("slow", 0.0123), ("slower", 0.0456),
+                                                         ("slowest", 0.00987))]
+    wide = [out_of_time_run(tmp_path / n, e) for n, e in (("tiny", 0.0001), ("huge", 0.2))]
+    for i, group in enumerate((runs, runs + wide)):
+        out = tmp_path / f"cmp{i}.html"
+        assert lpirc("report", *group, "-o", out).returncode == 0
+        visit = browser.visit(out, PROBE_JS)
+        figs = figures_of(visit)
+        for fid in ("accuracy", "race", "throughput"):
+            f = figs[("compare", fid)]
+            assert f["overlaps"] == [] and f["clipped"] == [] and f["covered"] == [], (fid, f)
+
+
+def test_interrupted_and_unscored_runs_say_what_is_known(tmp_path):
+    """An interrupted run's page says so at the top of its section and in the comparison; a run
+    without ground truth shows the counts its log holds, not "? answered"."""
+    run = awkward_run(tmp_path / "stopped")
+    m = json.loads((run / "manifest.json").read_text())
+    m["status"] = "interrupted"
+    (run / "manifest.json").write_text(json.dumps(m))
+    nogt = awkward_run(tmp_path / "nogt")
+    (nogt / "gt.csv").unlink()
+    out = tmp_path / "both.html"
+    assert lpirc("report", run, nogt, "-o", out).returncode == 0
+    html = out.read_text()
+    section = html.split('data-run="stopped"')[-1]
+    assert '<div class="note">interrupted: Ctrl-C or SIGTERM stopped this run' in section
+    assert "stopped (interrupted)" in html  # the comparison's row
+    mine = html.split('data-run="nogt"')[-1]
+    assert "? answered" not in html and "23 answered of 30" in mine
+    assert "2 failed, 5 unanswered, 3 late; counted in the result log (not scored)" in mine

@@ -13,6 +13,7 @@ Errors are answered in one place, by exception handlers, never by a try/except p
 from __future__ import annotations
 
 import html
+import signal
 import sqlite3
 import sys
 import time
@@ -29,7 +30,9 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from lpirc.errors import InputError
 from lpirc.online.config import OnlineConfig
 from lpirc.online.errors import ApiError
+from lpirc.online.routes import ROUTES
 from lpirc.online.service import Service
+from lpirc.referee.server import _exit_ok, _lock_db, bind
 
 
 def _is_api(request: Request) -> bool:
@@ -71,11 +74,10 @@ async def on_bug(request: Request, exc: Exception) -> Response:
 def build_app(svc: Service) -> Starlette:
     """The application around one started-or-not :class:`Service` (its lifespan starts the
     devices and the scheduler, and stops them)."""
-    from lpirc.online.routes import ROUTES
-
     @asynccontextmanager
     async def lifespan(app):
-        svc.start()
+        labels = svc.start()
+        svc.announce(f"lpirc online: {len(labels)} device(s) ready: {', '.join(labels)}")
         try:
             yield
         finally:
@@ -93,13 +95,10 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     """Run the service until Ctrl-C or SIGTERM. ``announce`` gets one line with the URL once
     the socket is bound, then one per event. InputError (one line) for a bad holdout, ground
     truth or database, a database another service holds, or an address in use."""
-    import signal
+    import uvicorn  # only to serve
 
-    import uvicorn
-
-    from lpirc.referee.server import _exit_ok, bind
-
-    lock = _lock_db(Path(cfg.db))
+    Path(cfg.db).parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_db(Path(cfg.db), "lpirc online service")
     try:
         svc = Service(cfg, announce)
         try:
@@ -128,17 +127,3 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     finally:
         lock.close()
 
-
-def _lock_db(db: Path):
-    """An exclusive lock on ``DB.lock`` held until the process ends (kill -9 included): two
-    services on one database would run its queue twice."""
-    import fcntl
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    f = open(str(db) + ".lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise InputError(f"{db}: another lpirc online service is serving this database") from None
-    return f

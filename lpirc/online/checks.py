@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from submission.check import FAIL, check_submission
+
 FLATBUFFER_ID = b"TFL3"  # lpirc.runtime's test: the identifier at bytes 4..8
 #: the checks whose failure means the file is not a model lpirc run can feed; any other
 #: failed check (load, ops, invoke) is the model's own failure
@@ -62,8 +64,6 @@ def check_refusal(model: Path, timeout_s: float = 60.0) -> Refusal | None:
     """``lpirc submission check``'s checks (no holdout) on a model saved with its sidecar
     beside it (``X.json``): None when no check failed, else the first failed check's class and
     line, with the service's folder taken out of it (the team sees ``model.tflite: ...``)."""
-    from submission.check import FAIL, check_submission
-
     report = check_submission(model, delegate="cpu", timeout_s=timeout_s)
     failed = [r for r in report.results if r.status == FAIL]
     if not failed:

@@ -26,14 +26,17 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import scoring
 from lpirc.errors import EXIT_DELEGATE, EXIT_INPUT, EXIT_MODEL, EXIT_OK
 from lpirc.online.config import OnlineConfig
 from lpirc.online.executor import Executor, Job, Outcome
 from lpirc.online.store import Store, Submission
+from lpirc.report import REPORT, write_report
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
 POLL_S = 0.5  # how long the loop waits for an outcome before looking at the queue again
@@ -64,8 +67,12 @@ class Scheduler:
                                         daemon=True)
         self.running: dict[str, tuple[int, int]] = {}  # job key -> (submission, attempt)
         self.wake = threading.Event()  # set by an upload: look at the queue now
+        # scoring and the report (0.6-2 s) on their own thread: a device is given its next job
+        # while the last one is scored
+        self.scorer = ThreadPoolExecutor(1, thread_name_prefix="lpirc-online-score")
 
     def start(self) -> None:
+        self.scorer.submit(_load_figures)
         for sid in self.store.recover(time.time()):
             self.announce(f"submission {sid}: interrupted by the restart, queued again")
         self._thread.start()
@@ -73,6 +80,7 @@ class Scheduler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.scorer.shutdown(wait=True)
         self.pool.close()
 
     def _run(self) -> None:
@@ -106,9 +114,10 @@ class Scheduler:
                                        time.time(), None)
                 self.announce(f"submission {sub.id}: failed (infrastructure): {why}")
                 continue
-            out = self._attempt_dir(sub, attempt) / "run"
-            job = Job(f"{sub.id}-{attempt}", sub.model, phase.holdout, out,
-                      self.cfg.run_args(), self.cfg.budget_s())
+            job = Job(f"{sub.id}-{attempt}", str(sub.id), attempt, sub.model,
+                      sub.model.with_suffix(".json") if sub.has_sidecar else None,
+                      phase.holdout, self.cfg.files / "runs", self.cfg.run_args(),
+                      self.cfg.budget_s())
             device = self.pool.submit(job)
             if not self.store.mark_running(sub.id, attempt, device, time.time()):
                 self.pool.kill(job.key)
@@ -116,15 +125,6 @@ class Scheduler:
             self.running[job.key] = (sub.id, attempt)
             self.announce(f"submission {sub.id} ({sub.team}): attempt {attempt} running on "
                           f"{device}")
-
-    def _attempt_dir(self, sub: Submission, attempt: int) -> Path:
-        """``<db>.d/runs/<id>/attempt-<n>/``, fresh; one left by a run the service never
-        recorded as started (killed in between) is moved aside, never reused."""
-        base = self.cfg.files / "runs" / str(sub.id) / f"attempt-{attempt}"
-        if base.exists():
-            base.rename(base.with_name(f"{base.name}.old-{time.time():.0f}"))
-        base.mkdir(parents=True)
-        return base
 
     # --- outcomes ----------------------------------------------------------------------------
 
@@ -155,7 +155,14 @@ class Scheduler:
             self.store.mark_failed(sid, attempt, cls, why, True, now, o.device, str(run_dir))
             self.announce(f"submission {sid}: failed ({cls}): {why}")
             return
-        self._score(sub, attempt, o, run_dir)
+        self.scorer.submit(self._score_logged, sub, attempt, o, run_dir)
+
+    def _score_logged(self, sub: Submission, attempt: int, o: Outcome, run_dir: Path) -> None:
+        try:
+            self._score(sub, attempt, o, run_dir)
+        except Exception as e:  # a bug of ours: the submission stays running, rerun at restart
+            traceback.print_exc(file=sys.stderr)
+            self.announce(f"submission {sub.id}: scoring error ({type(e).__name__}: {e})")
 
     def _attempt_dir_of(self, sid: int, attempt: int) -> Path:
         return self.cfg.files / "runs" / str(sid) / f"attempt-{attempt}"
@@ -188,8 +195,6 @@ class Scheduler:
         """Score the run folder with the phase's ground truth (the service's, never the
         device's), write score.json and the report, then record it: the only place a
         submission is scored."""
-        import scoring
-
         phase = self.phases[sub.phase]
         t0 = time.perf_counter()
         try:
@@ -206,6 +211,7 @@ class Scheduler:
             "images_unanswered", "images_late", "wall_time_s", "inference_time_s",
             "images_per_s", "energy_wh", "energy_source", "energy_method", "rules")}
         keep |= {k: score[k] for k in scoring.RULE_PARAMS if k in score}
+        keep["holdout_sha256"] = phase.files_sha256  # standings rank only the same holdout
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         msg = (f"scored: {self.cfg.rules} score {_num(score.get('score'))}, top-1 {top1} "
                f"(measured on {phase.count} images); lpirc run {o.run_s:.2f} s on {o.device}, "
@@ -221,11 +227,15 @@ class Scheduler:
         return self.pool.devices()
 
 
+def _load_figures() -> None:
+    """Import the report's figures (matplotlib, about 1-2 s) on the scoring thread at start,
+    not in the first submission's time to ``scored``."""
+    import lpirc.report_figures  # noqa: F401
+
+
 def _write_report(run_dir: Path, ground_truth: Path, rules: str) -> bool:
     """The run's ``lpirc report`` page, scored with the service's ground truth (what ``lpirc
     run`` wrote on the device had none, or the holdout's own)."""
-    from lpirc.report import REPORT, write_report
-
     try:
         write_report([run_dir], run_dir / REPORT, ground_truth, rules)
     except Exception as e:  # noqa: BLE001 - the run is scored; its page is extra

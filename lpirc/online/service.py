@@ -17,13 +17,17 @@ from typing import Any, Callable
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+import scoring
 from lpirc.errors import InputError
+from lpirc.holdout import open_holdout
 from lpirc.online import standings as st
 from lpirc.online.checks import check_refusal, quick_refusal
-from lpirc.online.config import COUNTS, PHASES, OnlineConfig, PhaseData
+from lpirc.online.config import PHASES, OnlineConfig, PhaseData
 from lpirc.online.errors import ApiError
+from lpirc.online.executor import Executor, local_executor, ray_executor
 from lpirc.online.scheduler import PhaseHoldout, Scheduler
 from lpirc.online.store import QuotaExceeded, Store, Submission, Team, utc_iso
+from scoring.names import label_images
 
 TOKEN_MAX_AGE_S = 7 * 24 * 3600  # a token from /api/login lasts a week
 _CHECKS = threading.BoundedSemaphore(2)  # upload checks (a child process each) at once
@@ -32,11 +36,6 @@ _CHECKS = threading.BoundedSemaphore(2)  # upload checks (a child process each) 
 def check_phase(p: PhaseData) -> PhaseHoldout:
     """List a phase's holdout (seed 0, as every ``lpirc run`` of the service lists it) and check
     its ground truth labels every image. InputError (one line naming the file) otherwise."""
-    import scoring
-    from scoring.names import label_images
-
-    from lpirc.holdout import open_holdout
-
     h = open_holdout(p.holdout, seed=0)
     try:
         truth = scoring.read_ground_truth(p.ground_truth, cache=False)
@@ -51,16 +50,14 @@ def check_phase(p: PhaseData) -> PhaseHoldout:
                         h.files_sha256, len(h.files))
 
 
-def make_executor(cfg: OnlineConfig):
-    """The device pool ``cfg`` asks for: the local pool, or Ray devices (local instance or the
-    cluster at ``cfg.address``)."""
+def make_executor(cfg: OnlineConfig, dev: PhaseHoldout) -> Executor:
+    """The devices ``cfg`` asks for: the fleet's local pool, or its Ray devices (a local
+    instance, or the cluster at ``cfg.address``). Each device checks it lists the development
+    holdout as the service does."""
+    work = cfg.files / "runs"
     if cfg.executor == "ray" or cfg.address:
-        from lpirc.online.ray_pool import RayPool
-
-        return RayPool(cfg.devices, cfg.address)
-    from lpirc.online.executor import LocalPool
-
-    return LocalPool(cfg.devices)
+        return ray_executor(cfg.devices, cfg.address, dev.holdout, dev.files_sha256, work)
+    return local_executor(cfg.devices, dev.holdout, dev.files_sha256, work)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,7 +91,7 @@ class Service:
                        for n, p in self.phases.items()},
             "rules": cfg.rules, "time_limit_s": cfg.time_limit_s, "counts": cfg.counts}))
         self.tokens = URLSafeTimedSerializer(self.store.secret(), salt="lpirc-online-token")
-        self.pool = executor if executor is not None else make_executor(cfg)
+        self.pool = executor if executor is not None else make_executor(cfg, self.phases["dev"])
         self.scheduler = Scheduler(self.store, self.pool, cfg, self.phases, self.announce)
         self.started = time.time()
 
@@ -265,15 +262,13 @@ class Service:
         rule = self.cfg.counts.get(phase, "best")
         hidden = (phase == "final" and not self.store.published()
                   and (team is None or team.role != "organiser"))
-        table = [] if hidden else st.rows(self.store, phase, rule)
+        sha = self.phases[phase].files_sha256 if phase in self.phases else None
+        table = [] if hidden else st.rows(self.store, phase, rule, sha, self.cfg.rules)
         return {"phase": phase, "current_phase": self.store.phase(), "counts": rule,
                 "rules": self.cfg.rules, "hidden": hidden,
                 "images": self.phases[phase].count if phase in self.phases else None,
                 "interval": st.INTERVAL, "updated_utc": utc_iso(time.time()),
                 "standings": table}
-
-    def set_phase(self, phase: str) -> None:
-        set_phase(self.store, phase)
 
     def organiser(self) -> dict[str, Any]:
         """Queue, devices, failures by class, per-team counts."""
@@ -288,17 +283,3 @@ class Service:
                 "queue": queue, "running": running, "devices": devices,
                 **self.store.counts()}
 
-
-def set_phase(store: Store, phase: str) -> None:
-    """Open ``phase`` for uploads (the organiser's; CLI and API)."""
-    if phase not in PHASES:
-        raise InputError(f"phase {phase!r}: expected one of {', '.join(PHASES)}")
-    store.set_meta("phase", phase)
-
-
-def publish(store: Store, published: bool = True) -> None:
-    """Show (or hide again) the final phase's scores to teams."""
-    store.set_meta("final_published", "1" if published else "0")
-
-
-__all__ = ["Service", "check_phase", "set_phase", "publish", "COUNTS"]

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from lpirc.errors import InputError
-from lpirc.referee.store import check_password, hash_password
+from lpirc.online.config import PHASES
+from lpirc.referee.store import check_account, check_password, hash_password, insert_account
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C504F4E  # "LPON"
@@ -237,6 +238,17 @@ class Store:
         """Whether the final phase's scores are published (shown to teams)."""
         return self.meta("final_published", "0") == "1"
 
+    def set_phase(self, phase: str) -> None:
+        """Open ``phase`` for uploads (the organiser's; CLI and API). InputError for another
+        name."""
+        if phase not in PHASES:
+            raise InputError(f"phase {phase!r}: expected one of {', '.join(PHASES)}")
+        self.set_meta("phase", phase)
+
+    def publish(self, published: bool = True) -> None:
+        """Show (or hide again) the final phase's scores to teams."""
+        self.set_meta("final_published", "1" if published else "0")
+
     def config(self) -> dict:
         value = self.meta("config")
         return json.loads(value) if value else {}
@@ -246,22 +258,12 @@ class Store:
     def add_team(self, name: str, password: str, role: str = "team") -> Team:
         """Add an account. InputError if the name is taken or not 1-64 printable characters, the
         password empty, or the role unknown."""
-        if role not in ROLES:
-            raise InputError(f"role {role!r}: expected one of {', '.join(ROLES)}")
-        if not name or name != name.strip() or len(name) > 64 or not name.isprintable():
-            raise InputError(f"team name {name!r}: expected 1-64 printable characters, no "
-                             "leading or trailing spaces")
+        check_account(name, role, ROLES)
         if not password:
             raise InputError(f"team {name!r}: the password must not be empty")
         pw = hash_password(password)
         with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT INTO teams (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
-                    (name, role, pw, time.time()))
-            except sqlite3.IntegrityError:
-                raise InputError(f"{self.path}: team {name!r} already exists") from None
-        return Team(cur.lastrowid, name, role)
+            return Team(insert_account(self._db, self.path, name, pw, role), name, role)
 
     def team(self, team_id: int) -> Team | None:
         with self._lock:

@@ -165,12 +165,11 @@ def _rescored_line(score: dict) -> str:
 
 
 def _open(db: Path):
-    from lpirc.errors import InputError
+    """An existing referee database; InputError (exit 5, nothing written) for a missing file or
+    one that is not a referee database."""
     from lpirc.referee.store import Store
 
-    if not db.is_file():
-        raise InputError(f"{db}: referee database not found")
-    return Store(db)
+    return Store(db, create=False)
 
 
 def _rescore(store, db: Path, team_id: int) -> list[dict]:

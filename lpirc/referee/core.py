@@ -20,6 +20,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 import scoring
 from lpirc import __version__
+from lpirc.clock import SteadyWall
 from lpirc.errors import InputError
 from lpirc.referee import protocol as P
 from lpirc.referee.protocol import ProtocolError
@@ -30,6 +31,17 @@ METER_SESSION_S = 366 * 24 * 3600.0  # a meter's login lasts until it logs out
 #: After a session ends, how long scoring waits for a meter that is logging the team to post a
 #: reading at or after the end (readings arrive after the moment they measure).
 METER_GRACE_S = 5.0
+#: The longest stretch of a session without a meter reading for its energy to count as metered.
+#: A Yokogawa WT310 updates every 0.1-1 s at the settings LPIRC used and lpirc's meter posts
+#: every reading, so 2 s is at least one lost reading; across a longer gap the trapezoid draws a
+#: straight line through power it never saw (a board can go from idle to full load and back in
+#: it), which is an estimate, not a measurement.
+METER_MAX_GAP_S = 2.0
+#: The least average power a self-reported figure may claim (W): under it the figure is refused
+#: (the session has no energy, hence no score) rather than ranked. 0.1 W is well under the idle
+#: power of any board that has run an LPIRC entry (single-board computers, phones, Jetsons draw
+#: watts); 1e-9 Wh would otherwise rank first.
+SELF_MIN_W = 0.1
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,8 @@ class Referee:
 
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
+        #: the referee's clock: unix seconds advancing with the monotonic clock (lpirc.clock)
+        self.clock = SteadyWall()
         if cfg.rules not in scoring.RULES:
             raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
         self.root = Path(cfg.holdout)
@@ -146,12 +160,10 @@ class Referee:
 
     # --- login, tokens -----------------------------------------------------------------------
 
-    def login(self, username: str, password: str, now: float) -> str:
-        """The session token of ``username``: the open session's (same clock) or a new
-        attempt's. ProtocolError 401 for a bad login, 403 when no attempt is left."""
-        team = self.store.check_login(username, password)
-        if team is None:
-            raise ProtocolError(401, P.BAD_LOGIN)
+    def login(self, team: Team, now: float) -> str:
+        """The session token of ``team`` (its password checked by the caller: the server's
+        login gate): the open session's (same clock) or a new attempt's. ProtocolError 403 when
+        no attempt is left."""
         with self._lock:
             for live in list(self.live.values()):
                 if live.row.team_id == team.id:
@@ -285,7 +297,7 @@ class Referee:
         or a restart that found some). A session whose team a meter is logging waits up to
         METER_GRACE_S after its end for the reading that covers the end (it stays pending and
         ``unscored`` stays set). Returns the scores made."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         out = []
         with self._score_lock:
             for row in self.store.sessions(kind="team"):
@@ -320,10 +332,25 @@ class Referee:
 # --- scoring a session ---------------------------------------------------------------------
 
 
+def meter_gap_s(times: list[float], start: float, end: float) -> float | None:
+    """The longest time (s) between consecutive meter readings over the session [start, end]:
+    from the last reading at or before ``start``, through those inside, to the first at or after
+    ``end`` (the trapezoid interpolates across each). None when the readings do not reach
+    both ends of the session (the energy of its first or last part was never measured)."""
+    before = [t for t in times if t <= start]
+    after = [t for t in times if t >= end]
+    if not before or not after:
+        return None
+    pts = [before[-1], *(t for t in times if start < t < end), after[0]]
+    return max(b - a for a, b in zip(pts, pts[1:]))
+
+
 def energy_of(store: Store, row: SessionRow) -> dict:
     """The session's energy: ``metered`` (the meter's readings integrated over the session
-    window, trapezoid, lpirc.energy.power_log_wh), else ``self-reported`` (the device's own
-    figure), else ``absent``. Returns {"wh", "source", "method"}."""
+    window, trapezoid, lpirc.energy.power_log_wh) only where readings cover the whole session
+    with no gap over METER_MAX_GAP_S; else ``self-reported`` (the device's own figure, when at
+    or above the floor SELF_MIN_W x the session's seconds); else ``absent``, with why. Returns
+    {"wh", "source", "method"}; wh None for absent."""
     import numpy as np
 
     from lpirc.energy import power_log_wh
@@ -332,17 +359,27 @@ def energy_of(store: Store, row: SessionRow) -> dict:
     readings = store.power(row.team_id)
     why = "no meter readings for this team"
     if readings:
-        samples = np.array([(t, w) for t, w, _ in readings], dtype=np.float64)
-        try:
+        gap = meter_gap_s([t for t, _, _ in readings], row.started, end)
+        if gap is None:
+            why = "the meter readings do not reach both ends of the session"
+        elif gap > METER_MAX_GAP_S:
+            why = (f"the meter readings leave a {gap:.1f} s gap in the session (at most "
+                   f"{METER_MAX_GAP_S:g} s is metered)")
+        else:
+            samples = np.array([(t, w) for t, w, _ in readings], dtype=np.float64)
             wh, n = power_log_wh(samples, row.started, end, "meter readings")
             sources = sorted({s for _, _, s in readings})
             return {"wh": wh, "source": "metered",
                     "method": f"power meter ({', '.join(sources)}): trapezoid over the "
                               f"{end - row.started:.1f} s session, {n} reading(s) inside it, "
-                              "interpolated at its ends"}
-        except InputError as e:
-            why = str(e)
+                              f"largest gap {gap:.2f} s (at most {METER_MAX_GAP_S:g} s)"}
     if row.self_energy_wh is not None:
+        floor = SELF_MIN_W * (end - row.started) / 3600.0
+        if row.self_energy_wh < floor:
+            return {"wh": None, "source": "absent",
+                    "method": f"self-reported {row.self_energy_wh:.3g} Wh refused: under the "
+                              f"floor of {SELF_MIN_W:g} W over the {end - row.started:.1f} s "
+                              f"session ({floor:.3g} Wh); not metered: {why}"}
         return {"wh": row.self_energy_wh, "source": "self-reported",
                 "method": f"posted by the device ({row.self_energy_method}); not metered: {why}"}
     return {"wh": None, "source": "absent", "method": f"no energy figure: {why}"}

@@ -11,7 +11,7 @@ import json
 import scoring
 from lpirc.referee.store import Store
 
-STANDINGS_COLUMNS = ("rank", "team", "attempt", "score", "top1", "images_total", "answered",
+STANDINGS_COLUMNS = ("rank", "ranked_among", "team", "attempt", "score", "top1", "images_total", "answered",
                      "duplicates", "wall_time_s", "energy_wh", "energy_source", "rules",
                      "end_reason", "status")
 # The original referee's CSV of a team's submissions: image, class_id, confidence, xmin, ymin,
@@ -42,22 +42,43 @@ def attempts(store: Store) -> list[dict]:
     return rows
 
 
+#: Energy sources ranked, each among its own: a self-reported figure is never ranked against
+#: a metered one (a device's own estimate is not a measurement).
+RANKED = ("metered", "self-reported")
+
+
 def standings(store: Store) -> list[dict]:
-    """Each team's best scored attempt, ranked by score (equal scores share a rank, as in
-    ``scoring.ranks``); teams with no score last."""
+    """Each team's best scored attempt (a metered one before any self-reported one), ranked by
+    score among the attempts whose energy has the same source (RANKED: metered first, then
+    self-reported, each ranked from 1; equal scores share a rank, as in ``scoring.ranks``);
+    ``ranked_among`` says which. Teams with no score last, unranked."""
+    def key(row):
+        return (row["energy_source"] == "metered", row["score"] is not None,
+                row["score"] if row["score"] is not None else 0.0)
+
     best: dict[str, dict] = {}
     for row in attempts(store):
-        if row["status"] != "scored":
-            continue
-        cur = best.get(row["team"])
-        key = row["score"] if row["score"] is not None else float("-inf")
-        if cur is None or key > (cur["score"] if cur["score"] is not None else float("-inf")):
+        if row["status"] == "scored" and (row["team"] not in best
+                                          or key(row) > key(best[row["team"]])):
             best[row["team"]] = row
-    rows = list(best.values())
-    for row, rank in zip(rows, scoring.ranks(rows)):
-        row["rank"] = rank
-    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["team"]))
-    return rows
+    out = []
+    for source in (*RANKED, None):
+        group = [r for r in best.values() if (r["energy_source"] if r["score"] is not None
+                                              else None) == source]
+        ranks = scoring.ranks(group) if source else [None] * len(group)
+        for row, rank in zip(group, ranks):
+            row["rank"], row["ranked_among"] = rank, source
+        out += sorted(group, key=lambda r: (r["rank"] is None, r["rank"] or 0, r["team"]))
+    return out
+
+
+def rank_label(row: dict, rows: list[dict]) -> str:
+    """The rank as shown to people: ``3``, or ``s3`` for a self-reported rank when metered
+    ranks are shown too (the two are ranked apart)."""
+    if row.get("rank") is None:
+        return "n/a"
+    mixed = {r.get("ranked_among") for r in rows if r.get("rank") is not None} >= set(RANKED)
+    return ("s" if mixed and row.get("ranked_among") == "self-reported" else "") + str(row["rank"])
 
 
 _UNSCORED = {"open": "session open: answers so far", "ended": "ended, not scored yet",
@@ -93,7 +114,7 @@ def format_standings(rows: list[dict], fmt: str = "table", every: bool = False) 
         top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
         energy = ("n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh") \
             + f" ({r['energy_source'] or _UNSCORED[r['status']]})"
-        lines.append(f"{_fmt(r['rank']):>4}  {r['team'][:20]:<20} {r['attempt']:>3}  "
+        lines.append(f"{rank_label(r, rows):>4}  {r['team'][:20]:<20} {r['attempt']:>3}  "
                      f"{_fmt(r['score']):>10}  {top1:>8}  "
                      f"{_fmt(r['answered']) + '/' + _fmt(r['images_total']):>9}  "
                      f"{_fmt(r['duplicates']):>5}  {_fmt(r['wall_time_s']):>8}  {energy}")
@@ -102,6 +123,9 @@ def format_standings(rows: list[dict], fmt: str = "table", every: bool = False) 
                  if rows[0]["rules"] == "lpirc-onsite" else f"rules {rows[0]['rules']}")
     lines.append("wall s: the referee's clock, login to logout or time limit; energy: metered "
                  "(the referee's meter), self-reported (the device's own figure) or absent")
+    if any(r.get("ranked_among") == "self-reported" for r in rows) and not every:
+        lines.append("ranked apart: metered sessions first, then self-reported ones (rank sN), "
+                     "never compared with each other")
     if every:
         lines.append("every attempt, oldest first, unranked (without --all: each team's best, "
                      "ranked)")
@@ -136,7 +160,7 @@ def standings_html(store: Store, live: dict, now: float) -> str:
     for r in rows:
         top1 = "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f} %"
         energy = "n/a" if r["energy_wh"] is None else f"{r['energy_wh']:.4g} Wh"
-        body.append(f"<tr><td>{esc(_fmt(r['rank']))}</td><td>{esc(r['team'])}</td>"
+        body.append(f"<tr><td>{esc(rank_label(r, rows))}</td><td>{esc(r['team'])}</td>"
                     f"<td>{r['attempt']}</td><td>{esc(_fmt(r['score']))}</td><td>{top1}</td>"
                     f"<td>{esc(_fmt(r['answered']))}/{esc(_fmt(r['images_total']))}</td>"
                     f"<td>{esc(_fmt(r['duplicates']))}</td>"
@@ -157,5 +181,6 @@ def standings_html(store: Store, live: dict, now: float) -> str:
                "lpirc-onsite)" if onsite else f"<p>score under rules {esc(rules)} (lpirc rules)")
             + "; top-1 measured by the referee, unanswered images count wrong; energy metered "
               "(the referee's meter), "
-              "self-reported (the device's own figure) or absent (no score). Refreshes every "
-              "5 s.</p></body></html>")
+              "self-reported (the device's own figure) or absent (no score); metered and "
+              "self-reported sessions are ranked apart (self-reported ranks shown sN when both "
+              "are). Refreshes every 5 s.</p></body></html>")

@@ -15,7 +15,9 @@ the event loop keeps serving images.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
+import os
 import signal
 import socket
 import sqlite3
@@ -38,10 +40,14 @@ import scoring
 from lpirc import __version__
 from lpirc.referee import protocol as P
 from lpirc.referee.core import Live, Referee, RefereeConfig
+from lpirc.referee.guard import ConnLimits, GateLimits, LoginGate, Refused, guarded_protocol
 from lpirc.referee.protocol import ProtocolError
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a /result of 20,000 answers is about 1.2 MB
 TICK_S = 0.25  # how often sessions past their time limit are closed and scored
+#: The standings page is made at most once per this many seconds, whatever the requests (it
+#: refreshes itself every 5 s): a flood of it costs the server a cached reply each.
+PAGE_TTL_S = 2.0
 
 
 def build_zip(members: list[tuple[int, Path]]) -> bytes:
@@ -62,15 +68,22 @@ def _text(message: str, status: int = 200) -> PlainTextResponse:
 class RefereeApp:
     """The ASGI application (``.app``) around one :class:`Referee`."""
 
-    def __init__(self, referee: Referee, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, referee: Referee, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 gate: GateLimits = GateLimits(), conns: ConnLimits = ConnLimits()) -> None:
         self.ref = referee
         self.max_body = max_body_bytes
+        self.conns = conns
+        self.gate = LoginGate(referee.store, gate, referee.announce)
+        self.protocol, self._sweep = guarded_protocol(conns, referee.announce)
+        self._page: tuple[float, str] = (-1e9, "")
+        self._page_task: asyncio.Future | None = None
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="lpirc-score")
         calls = {
             "/login": self.login, "/get_token": self.login, "/verify": self.verify,
             "/logout": self.logout, "/no_of_images": self.no_of_images, "/image": self.image,
             "/zipimages": self.zipimages, "/result": self.result, "/energy": self.energy,
-            "/status": self.status, "/powermeter": self.powermeter, "/help": self.help,
+            "/status": self.status, "/answered": self.answered, "/powermeter": self.powermeter,
+            "/help": self.help,
             "/": self.leaderboard, "/leaderboard": self.leaderboard,
         }
         routes = [Route(path, self._endpoint(fn), methods=["GET", "POST"])
@@ -85,6 +98,9 @@ class RefereeApp:
                 return await fn(request)
             except ProtocolError as e:
                 return _text(e.message, e.status)
+            except Refused as e:  # the login gate: no hashing was done
+                return PlainTextResponse(e.message + "\n", 429,
+                                         headers={"Retry-After": str(e.retry_after_s)})
             except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
                 return _text(f"Database unavailable, nothing stored: {e}", 503)
             except Exception as e:  # a bug of ours: one line to the client, the trace to the log
@@ -95,7 +111,16 @@ class RefereeApp:
         return handle
 
     async def fields(self, request: Request) -> P.Fields:
-        """The request's form fields, the body read up to the size limit (413 beyond it)."""
+        """The request's form fields, the body read up to the size limit (413 beyond it) and
+        within the body timeout (408 beyond it: a client that trickles its body)."""
+        try:
+            async with asyncio.timeout(self.conns.body_timeout_s):
+                return await self._fields(request)
+        except TimeoutError:
+            raise ProtocolError(408, f"Request body not received within "
+                                     f"{self.conns.body_timeout_s:g} s") from None
+
+    async def _fields(self, request: Request) -> P.Fields:
         too_big = ProtocolError(413, f"Request body too large: the limit is {self.max_body} bytes")
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
@@ -120,25 +145,27 @@ class RefereeApp:
 
     async def session(self, request: Request, kind: str = "team") -> tuple[P.Fields, Live, float]:
         f = await self.fields(request)
-        now = time.time()
+        now = self.ref.clock()
         token = (f.get("token") or [None])[0]
         return f, self.ref.session_for(token, now, kind), now
 
     @asynccontextmanager
     async def _lifespan(self, app):
         self.scorer.submit(self._score)  # sessions that ended while the server was down
-        task = asyncio.create_task(self._tick())
+        tasks = [asyncio.create_task(self._tick()), asyncio.create_task(self._sweep())]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
+            self.gate.close()
             await run_in_threadpool(self.scorer.shutdown, True)
 
     async def _tick(self) -> None:
         """Close sessions past their time limit and score ended ones, forever."""
         while True:
             await asyncio.sleep(TICK_S)
-            now = time.time()
+            now = self.ref.clock()
             if any(now >= lv.row.deadline for lv in list(self.ref.live.values())):
                 await run_in_threadpool(self.ref.expire, now)
             if self.ref.unscored:
@@ -158,15 +185,18 @@ class RefereeApp:
         f = await self.fields(request)
         if not f.get("username") or not f.get("password"):
             raise ProtocolError(401, P.MISSING_LOGIN)
-        token = await run_in_threadpool(self.ref.login, f["username"][0], f["password"][0],
-                                        time.time())
+        client = request.client.host if request.client else "?"
+        team = await self.gate.check(client, f["username"][0], f["password"][0])
+        if team is None:
+            raise ProtocolError(401, P.BAD_LOGIN)
+        token = await run_in_threadpool(self.ref.login, team, self.ref.clock())
         return PlainTextResponse(token)
 
     async def verify(self, request: Request) -> Response:
         f = await self.fields(request)
         token = (f.get("token") or [None])[0]
         try:
-            self.ref.session_for(token, time.time(), "team")
+            self.ref.session_for(token, self.ref.clock(), "team")
         except ProtocolError as e:
             if e.status != 403:  # the meter's token is valid too
                 raise ProtocolError(401, P.INVALID_TOKEN) from None
@@ -175,7 +205,7 @@ class RefereeApp:
     async def logout(self, request: Request) -> Response:
         f = await self.fields(request)
         token = (f.get("token") or [None])[0]
-        now = time.time()
+        now = self.ref.clock()
         try:
             live = self.ref.session_for(token, now, "team")
         except ProtocolError as e:
@@ -211,14 +241,15 @@ class RefereeApp:
 
     async def result(self, request: Request) -> Response:
         f, live, now = await self.session(request)
-        answers = P.parse_answers(f, self.ref.count, live.row.class_base, scoring.synset_index)
+        answers = await run_in_threadpool(P.parse_answers, f, self.ref.count,
+                                          live.row.class_base, scoring.synset_index)
         new, dup = await run_in_threadpool(self.ref.add_answers, live, answers, now)
         return _text(f"{P.RESULT_STORED}: {new} new, {dup} duplicate(s) (an image's first "
                      "answer counts)")
 
     async def energy(self, request: Request) -> Response:
         f = await self.fields(request)
-        now, token = time.time(), (f.get("token") or [None])[0]
+        now, token = self.ref.clock(), (f.get("token") or [None])[0]
         try:
             live, refused = self.ref.session_for(token, now), None
         except ProtocolError as e:
@@ -243,6 +274,11 @@ class RefereeApp:
                      f"images {r.image_count}\nanswers {kept}\nduplicates {dups}\n"
                      f"time_left_s {max(0.0, r.deadline - now):.3f}\n")
 
+    async def answered(self, request: Request) -> Response:
+        _, live, _ = await self.session(request)
+        held = await run_in_threadpool(self.ref.store.answered, live.row.id)
+        return _text(f"{len(held)}\n{P.ranges(held)}\n")
+
     async def powermeter(self, request: Request) -> Response:
         f, _, now = await self.session(request, kind="meter")
         player, readings = P.parse_power(f, now)
@@ -262,9 +298,12 @@ class RefereeApp:
     async def leaderboard(self, request: Request) -> Response:
         from lpirc.referee.results import standings_html
 
-        body = await run_in_threadpool(standings_html, self.ref.store, self.ref.live,
-                                       time.time())
-        return HTMLResponse(body)
+        if time.monotonic() - self._page[0] >= PAGE_TTL_S:
+            if self._page_task is None or self._page_task.done():  # one build for all waiters
+                self._page_task = asyncio.ensure_future(run_in_threadpool(
+                    standings_html, self.ref.store, self.ref.live, self.ref.clock()))
+            self._page = (time.monotonic(), await asyncio.shield(self._page_task))
+        return HTMLResponse(self._page[1])
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -279,12 +318,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, announce=print) -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, announce=print,
+          gate: GateLimits = GateLimits(), conns: ConnLimits = ConnLimits()) -> None:
     """Run the referee until Ctrl-C or SIGTERM (uvicorn shuts down cleanly, then re-raises the
     signal). ``announce`` gets one line with the URL once the socket is bound."""
     import uvicorn
 
     from lpirc.errors import InputError
+    from lpirc.referee.guard import raise_fd_limit
 
     lock_path = Path(str(cfg.db) + ".lock")
     made_lock = not lock_path.exists()
@@ -305,10 +346,18 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     announce(f"lpirc referee: listening on http://{shown}:{bound} ({referee.count} images from "
              f"{cfg.holdout}, time limit {cfg.time_limit_s:g} s, rules {cfg.rules}, "
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
-    for line in referee.resumed(time.time()):
+    for line in referee.resumed(referee.clock()):
         announce(line)
-    config = uvicorn.Config(RefereeApp(referee, max_body_bytes).app, log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5)
+    fds = raise_fd_limit()
+    if fds < conns.max_connections + 64:
+        conns = dataclasses.replace(conns, max_connections=max(16, fds - 64))
+    app = RefereeApp(referee, max_body_bytes, gate, conns)
+    # h11 always (httptools, where installed, would be picked by "auto"): the guard is its
+    # subclass. limit_concurrency: requests under way at once, beyond which uvicorn answers 503
+    config = uvicorn.Config(app.app, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5, http=app.protocol,
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024,
+                            limit_concurrency=conns.max_connections + 64)
     # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
     # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
     signal.signal(signal.SIGTERM, _exit_ok)
@@ -321,19 +370,20 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
         lock.close()
 
 
-def _lock_db(db: Path):
+def _lock_db(db: Path, who: str = "lpirc referee"):
     """An exclusive lock on ``DB.lock``: two referees serving one database would each hold the
-    open sessions in memory. InputError when another referee holds it."""
+    open sessions in memory (two ``lpirc online`` services, ``who``, would run its queue twice).
+    InputError when another holds it."""
     import fcntl
 
     from lpirc.errors import InputError
 
-    f = open(str(db) + ".lock", "a+")
+    f = os.fdopen(os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise InputError(f"{db}: another lpirc referee is serving this database") from None
+        raise InputError(f"{db}: another {who} is serving this database") from None
     return f
 
 

@@ -8,11 +8,18 @@ seed, holdout identity, rules, score), ``answers`` (first answer per image of a 
 
 Durability: every write is one transaction committed with ``synchronous=FULL`` before the
 server answers 200, so a ``kill -9`` of the server (or a power cut) loses nothing it
-acknowledged. Times are unix seconds (``time.time()``), so a restarted server continues every
-open session on its original clock.
+acknowledged. Times are unix seconds on the referee's clock (``lpirc.clock.SteadyWall``: the
+wall clock read at start, advancing with the monotonic clock), so a restarted server continues
+every open session on its original clock.
 
 Passwords are stored as scrypt hashes (``hashlib.scrypt``, n=2**14, r=8, p=1, 16-byte salt);
-the clear password is never stored.
+the clear password is never stored. The file holds the token-signing secret: a new database is
+created with mode 0600 (SQLite gives its -wal and -shm files the same mode). An existing file
+that is not a referee database is never written to (InputError, exit 5).
+
+Bounds (one team's data never grows another team's costs): a session keeps at most
+``MAX_DUPLICATES`` repeated answers (later ones are only counted, in
+``sessions.duplicates_dropped``); every per-session query is by an index on the session.
 """
 
 from __future__ import annotations
@@ -31,11 +38,16 @@ from typing import Iterable, Sequence
 
 from lpirc.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROLES = ("team", "meter")
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
-#: scrypt takes 16 MB and ~50 ms per check: at most two at once, whatever a client floods
-_HASHING = threading.BoundedSemaphore(2)
+#: Repeated answers stored per session (for the answers export); beyond, only counted. A device
+#: that retries a lost reply repeats at most a batch; 10,000 is several full retries of a
+#: 2,000-answer batch, and caps a session's duplicate rows at about 1 MB.
+MAX_DUPLICATES = 10_000
+#: Answers written per transaction: a 66,000-answer post is stored in chunks, so another team's
+#: post waits for one chunk (a few ms), not for the whole post.
+WRITE_CHUNK = 2_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +60,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     started REAL NOT NULL, deadline REAL NOT NULL, ended REAL, end_reason TEXT,
     seed INTEGER NOT NULL, image_count INTEGER NOT NULL, holdout_sha256 TEXT NOT NULL,
     class_base INTEGER NOT NULL, rules TEXT NOT NULL, time_limit_s REAL NOT NULL,
-    self_energy_wh REAL, self_energy_method TEXT, score_json TEXT, run_dir TEXT);
+    self_energy_wh REAL, self_energy_method TEXT, score_json TEXT, run_dir TEXT,
+    duplicates_dropped INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS answers (
     session_id INTEGER NOT NULL, image_no INTEGER NOT NULL, class_id INTEGER NOT NULL,
     class_given TEXT NOT NULL, confidence REAL NOT NULL,
@@ -64,6 +77,12 @@ CREATE TABLE IF NOT EXISTS power (
     source TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS power_team_t ON power (team_id, t);
 CREATE INDEX IF NOT EXISTS sessions_team ON sessions (team_id, attempt);
+CREATE INDEX IF NOT EXISTS duplicates_session ON duplicates (session_id, t);
+"""
+#: From schema 1 (lpirc before the duplicates bound): the column and the index.
+_MIGRATE_1_2 = """
+ALTER TABLE sessions ADD COLUMN duplicates_dropped INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS duplicates_session ON duplicates (session_id, t);
 """
 
 
@@ -97,6 +116,7 @@ class SessionRow:
     self_energy_method: str | None
     score: dict | None
     run_dir: str | None
+    duplicates_dropped: int = 0  # repeated answers counted but not stored (MAX_DUPLICATES)
 
 
 @dataclass(frozen=True)
@@ -132,20 +152,79 @@ def hash_password(password: str) -> str:
 
 
 def check_password(password: str, stored: str) -> bool:
-    """True when ``password`` matches the stored hash (constant-time compare)."""
+    """True when ``password`` matches the stored hash (constant-time compare). ~50 ms of CPU
+    and 16 MB: the server calls it only through its login gate (lpirc.referee.guard)."""
     try:
         kind, n, r, p, salt, digest = stored.split("$")
-        with _HASHING:
-            got = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32,
-                                 n=int(n), r=int(r), p=int(p))
+        got = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32,
+                             n=int(n), r=int(r), p=int(p))
     except (ValueError, TypeError):
         return False
     return kind == "scrypt" and hmac.compare_digest(got.hex(), digest)
 
 
+def _has_meta(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                      ).fetchone() is not None
+
+
+def _check_or_create(path: Path, create: bool) -> None:
+    """Make a new database file 0600 (``create``), or check, read-only, that an existing one is
+    a referee database. InputError (nothing written) for a missing file when not ``create``,
+    and for an existing SQLite file (or any other file) that holds no referee tables."""
+    if not path.exists() or (create and path.is_file() and path.stat().st_size == 0):
+        if not create:
+            raise InputError(f"{path}: referee database not found")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)  # an empty file made by someone else: ours now
+        except OSError as e:
+            raise InputError(f"{path}: cannot create the referee database "
+                             f"({e.strerror or e})") from None
+        return
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not a referee database; nothing written")
+    try:
+        ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        try:
+            ok = _has_meta(ro) and ro.execute(
+                "SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
+        finally:
+            ro.close()
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{path}: not a referee database ({e}); nothing written") from None
+    if not ok:
+        raise InputError(f"{path}: not a referee database (no lpirc referee tables); "
+                         "nothing written")
+
+
+def check_account(name: str, role: str, roles: tuple[str, ...]) -> None:
+    """An account's name and role, as every lpirc store with a ``teams`` table takes them (the
+    referee's, the online service's): InputError unless the name is 1-64 printable characters
+    without leading or trailing spaces and the role one of ``roles``."""
+    if role not in roles:
+        raise InputError(f"role {role!r}: expected one of {', '.join(roles)}")
+    if not name or name != name.strip() or len(name) > 64 or not name.isprintable():
+        raise InputError(f"team name {name!r}: expected 1-64 printable characters, no "
+                         "leading or trailing spaces")
+
+
+def insert_account(db: sqlite3.Connection, path: Path, name: str, pw_hash: str,
+                   role: str) -> int:
+    """Insert a checked account into ``db``'s ``teams`` table (name, role, pw_hash, created);
+    its row id. InputError naming the file when the name is taken."""
+    try:
+        cur = db.execute("INSERT INTO teams (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
+                         (name, role, pw_hash, time.time()))
+    except sqlite3.IntegrityError:
+        raise InputError(f"{path}: team {name!r} already exists") from None
+    return cur.lastrowid
+
+
 _SESSION_COLS = ("s.id, s.team_id, t.name, s.attempt, s.kind, s.started, s.deadline, s.ended, "
                  "s.end_reason, s.seed, s.image_count, s.holdout_sha256, s.class_base, s.rules, "
-                 "s.time_limit_s, s.self_energy_wh, s.self_energy_method, s.score_json, s.run_dir")
+                 "s.time_limit_s, s.self_energy_wh, s.self_energy_method, s.score_json, s.run_dir, "
+                 "s.duplicates_dropped")
 
 
 def _session(row) -> SessionRow:
@@ -161,21 +240,26 @@ class Store:
     referee database.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, create: bool = True) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        _check_or_create(self.path, create)
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                        timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            version = self._meta("schema_version")
-            if version is None:
-                self._set_meta("schema_version", str(SCHEMA_VERSION))
-            elif version != str(SCHEMA_VERSION):
+            version = self._meta("schema_version") if _has_meta(self._db) else None
+            if version == "1":
+                self._db.executescript(_MIGRATE_1_2)
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                 (str(SCHEMA_VERSION),))
+            elif version not in (None, str(SCHEMA_VERSION)):
                 raise InputError(f"{self.path}: referee database schema {version}, this lpirc "
                                  f"reads {SCHEMA_VERSION}")
+            self._db.executescript(_SCHEMA)
+            if version is None:
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
         except sqlite3.DatabaseError as e:
             raise InputError(f"{self.path}: not a referee database ({e})") from None
 
@@ -215,20 +299,10 @@ class Store:
 
     def add_team(self, name: str, password: str, role: str = "team") -> Team:
         """Add an account. Raises InputError if the name is taken or empty, or the role unknown."""
-        if role not in ROLES:
-            raise InputError(f"role {role!r}: expected one of {', '.join(ROLES)}")
-        if not name or name != name.strip() or len(name) > 64 or not name.isprintable():
-            raise InputError(f"team name {name!r}: expected 1-64 printable characters, no "
-                             "leading or trailing spaces")
+        check_account(name, role, ROLES)
         pw = hash_password(password)
         with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT INTO teams (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
-                    (name, role, pw, time.time()))
-            except sqlite3.IntegrityError:
-                raise InputError(f"{self.path}: team {name!r} already exists") from None
-        return Team(cur.lastrowid, name, role)
+            return Team(insert_account(self._db, self.path, name, pw, role), name, role)
 
     def team(self, name: str) -> Team | None:
         with self._lock:
@@ -241,15 +315,13 @@ class Store:
             rows = self._db.execute("SELECT id, name, role FROM teams ORDER BY name").fetchall()
         return [Team(*r) for r in rows]
 
-    def check_login(self, name: str, password: str) -> Team | None:
-        """The team if ``password`` is right, else None (unknown name and wrong password alike)."""
+    def login_record(self, name: str) -> tuple[Team, str] | None:
+        """(team, stored password hash) of an account, or None (check it with
+        :func:`check_password`; hash a dummy when None, so that both take the same time)."""
         with self._lock:
             row = self._db.execute("SELECT id, name, role, pw_hash FROM teams WHERE name = ?",
                                    (name,)).fetchone()
-        if row is None:
-            check_password(password, hash_password("x"))  # same time as a wrong password
-            return None
-        return Team(*row[:3]) if check_password(password, row[3]) else None
+        return (Team(*row[:3]), row[3]) if row else None
 
     # --- sessions ----------------------------------------------------------------------------
 
@@ -318,12 +390,23 @@ class Store:
     # --- answers -----------------------------------------------------------------------------
 
     def add_answers(self, sid: int, answers: Sequence[Answer], t: float) -> tuple[int, int]:
-        """Store a batch in one transaction: the first answer per image is kept, later ones go
-        to ``duplicates``. Returns (new answers, duplicates)."""
+        """Store a batch: the first answer per image is kept, later ones go to ``duplicates``
+        (up to MAX_DUPLICATES per session, then only counted). Written WRITE_CHUNK answers per
+        transaction, so other sessions' writes interleave; every answer is stored before this
+        returns. Returns (new answers, duplicates)."""
         new = 0
+        for i in range(0, len(answers), WRITE_CHUNK):
+            new += self._add_chunk(sid, answers[i:i + WRITE_CHUNK], t)
+        return new, len(answers) - new
+
+    def _add_chunk(self, sid: int, answers: Sequence[Answer], t: float) -> int:
+        new, dropped = 0, 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                (room,) = self._db.execute("SELECT COUNT(*) FROM duplicates WHERE session_id = ?",
+                                           (sid,)).fetchone()
+                room = MAX_DUPLICATES - room
                 for a in answers:
                     row = (sid, a.image_no, a.class_id, a.class_given, a.confidence,
                            *(a.box or (None,) * 4), t)
@@ -331,15 +414,27 @@ class Store:
                                            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                     if cur.rowcount == 1:
                         new += 1
-                    else:
+                    elif room > 0:
+                        room -= 1
                         self._db.execute("INSERT INTO duplicates (session_id, image_no, "
                                          "class_id, class_given, confidence, xmin, ymin, xmax, "
                                          "ymax, t) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                    else:
+                        dropped += 1
+                if dropped:
+                    self._db.execute("UPDATE sessions SET duplicates_dropped = "
+                                     "duplicates_dropped + ? WHERE id = ?", (dropped, sid))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return new, len(answers) - new
+        return new
+
+    def answered(self, sid: int) -> list[int]:
+        """The image numbers a session has an answer for, ascending."""
+        with self._lock:
+            return [k for (k,) in self._db.execute(
+                "SELECT image_no FROM answers WHERE session_id = ? ORDER BY image_no", (sid,))]
 
     def answers(self, sid: int, duplicates: bool = False) -> list[tuple]:
         """(image_no, class_id, class_given, confidence, xmin, ymin, xmax, ymax, t) rows of a
@@ -351,13 +446,15 @@ class Store:
                 f"FROM {table} WHERE session_id = ? ORDER BY t, image_no", (sid,)).fetchall()
 
     def counts(self, sid: int) -> tuple[int, int]:
-        """(answers kept, duplicates) of a session."""
+        """(answers kept, duplicates: stored and only counted) of a session."""
         with self._lock:
             (a,) = self._db.execute("SELECT COUNT(*) FROM answers WHERE session_id = ?",
                                     (sid,)).fetchone()
             (d,) = self._db.execute("SELECT COUNT(*) FROM duplicates WHERE session_id = ?",
                                     (sid,)).fetchone()
-        return a, d
+            row = self._db.execute("SELECT duplicates_dropped FROM sessions WHERE id = ?",
+                                   (sid,)).fetchone()
+        return a, d + (row[0] if row else 0)
 
     # --- power -------------------------------------------------------------------------------
 

@@ -6,20 +6,14 @@ devices, failures by class, per-team counts), ``POST /api/admin/phase`` (form ``
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from lpirc.errors import InputError
 from lpirc.online import deps
 from lpirc.online import standings as st
 from lpirc.online.errors import ApiError
-from lpirc.online.service import publish as publish_final
-from lpirc.online.service import set_phase
 
 
 async def status(request: Request) -> JSONResponse:
@@ -33,10 +27,7 @@ async def phase(request: Request) -> JSONResponse:
     name = deps.text_field(await deps.form(request, 4096), "phase") or ""
     if name not in svc.phases:
         raise ApiError(400, f"phase {name!r}: this service has {', '.join(svc.phases)}")
-    try:
-        set_phase(svc.store, name)
-    except InputError as e:
-        raise ApiError(400, str(e)) from None
+    svc.store.set_phase(name)
     return JSONResponse({"phase": name})
 
 
@@ -46,7 +37,7 @@ async def publish(request: Request) -> JSONResponse:
     value = deps.text_field(await deps.form(request, 4096), "published") or "1"
     if value not in ("0", "1"):
         raise ApiError(400, f"published {value!r}: expected 1 or 0")
-    publish_final(svc.store, value == "1")
+    svc.store.publish(value == "1")
     return JSONResponse({"published": value == "1"})
 
 
@@ -65,19 +56,9 @@ async def export_standings(request: Request) -> Response:
 
 
 async def export_manifests(request: Request) -> JSONResponse:
-    who = deps.organiser(request)
-    svc = deps.service(request)
-
-    def collect() -> list[dict]:
-        out = []
-        for s in svc.store.submissions():
-            manifest = None
-            if s.run_dir and (Path(s.run_dir) / "manifest.json").is_file():
-                manifest = json.loads((Path(s.run_dir) / "manifest.json").read_text())
-            out.append(dict(svc.view(who, s), manifest=manifest))
-        return out
-
-    return JSONResponse({"submissions": await run_in_threadpool(collect)})
+    deps.organiser(request)
+    rows = await run_in_threadpool(st.manifests, deps.service(request).store)
+    return JSONResponse({"submissions": rows})
 
 
 ROUTES = [
