@@ -18,6 +18,7 @@ from typing import Callable
 from lpirc.errors import MeterError
 from lpirc.meters import Reading
 from lpirc.meters.sampler import MeterConfig, Sampler
+from lpirc.referee.client import RefereeClient, RefereeError  # httpx: the referee extra
 
 BATCH_S = 1.0  # how often readings are posted
 
@@ -42,8 +43,6 @@ def post_readings(cfg: MeterConfig, url: str, user: str, password: str, team: st
     """Post the meter's readings for ``team`` until ``seconds`` passed (None: until Ctrl-C).
     Returns the readings the referee stored. MeterError when the meter cannot be opened;
     RefereeError when the referee refuses the meter account or the team."""
-    from lpirc.referee.client import RefereeClient
-
     client = RefereeClient(url, user, password)
     client.login()
     got: queue.Queue[Reading] = queue.Queue()
@@ -80,8 +79,6 @@ def _drain(q: "queue.Queue[Reading]") -> list[Reading]:
 def _post(client, team: str, batch: list[Reading]) -> int:
     """Post one batch; the number stored. RefereeError for a refusal (unknown team, not the
     meter account)."""
-    from lpirc.referee.client import RefereeError
-
     if not batch:
         return 0
     r = client.authed("/powermeter", _fields(team, batch))

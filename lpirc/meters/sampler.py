@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lpirc.errors import MeterError
-from lpirc.meters import AccuracySpec, MeterInfo, Reading, open_meter
+from lpirc.meters import DEFAULT_VISA_LIBRARY, AccuracySpec, MeterInfo, Reading, open_meter
 
 POWER_LOG = "power_log.csv"
 COLUMNS = "timestamp,watts,volts,amps,volt_range,amp_range,meter_wh,meter_time_s"
@@ -48,7 +48,7 @@ class MeterConfig:
     """How ``lpirc run --meter`` / ``lpirc meter ...`` use a meter."""
 
     spec: str  # KIND:RESOURCE
-    visa_library: str = "@py"
+    visa_library: str = DEFAULT_VISA_LIBRARY
     rate_s: float = 0.1
     ranges: str = "auto"  # auto | keep | V,A
     timeout_s: float = 1.0  # per query: a meter answers its latest data at once

@@ -1,42 +1,36 @@
 """``lpirc meter`` (list, read, log, idle, post) and the meter options of ``lpirc run``: the
-command line of :mod:`lpirc.meters` (parsing and printing only)."""
+command line of :mod:`lpirc.meters` (parsing and printing only). PyVISA (the ``meter`` extra)
+is imported by the library only when a meter is opened; httpx (the ``referee`` extra) only by
+``lpirc meter post``."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
 
 import click
 
-from lpirc.meters import DEFAULT_VISA_LIBRARY
+from lpirc.cli._options import setting
+from lpirc.errors import MeterError
+from lpirc.meters import DEFAULT_VISA_LIBRARY, check_config, list_meters, open_meter
+from lpirc.meters.measure import log_meter, measure_idle
+from lpirc.meters.sampler import MeterConfig
 from lpirc.meters.wt310 import RATES_S
+from lpirc.settings import RunSettings
 
+S = RunSettings
 _RATES = [f"{r:g}" for r in RATES_S]
-
-
-def _cli_errors(fn):
-    """lpirc.cli's friendly_errors (one line, the documented exit code), looked up when the
-    command runs."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lpirc.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def meter_run_options(fn):
     """The options ``lpirc run`` takes for a meter (RunSettings fields of the same names)."""
     opts = [
-        click.option("--meter", metavar="KIND:RESOURCE", help="Measure the run with a power meter lpirc reads itself, e.g. wt310:USB0::0x0B21::0x0025::C2XXXXXXX::INSTR, wt310:TCPIP::10.0.0.5::INSTR, wt310:TCPIP::127.0.0.1::5025::SOCKET (the meter extra; see docs/meter.md)."),
-        click.option("--visa-library", default=DEFAULT_VISA_LIBRARY, show_default=True, help="VISA library for --meter, as pyvisa.ResourceManager takes it: @py (pyvisa-py), a vendor library's path, or file.yaml@sim."),
-        click.option("--meter-rate-s", type=click.Choice(_RATES), default="0.1", show_default=True, callback=lambda c, p, v: float(v), help="The meter's update interval in seconds, sampled at the same rate."),
-        click.option("--meter-ranges", default="auto", show_default=True, help="auto (auto ranging: a ranging run), keep (as the meter is set) or VOLTS,AMPS fixed, e.g. 15,0.5."),
-        click.option("--idle-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Measure the idle baseline (lpcvc-2020's idle power) with --meter for this long before the run."),
+        setting(S, "meter", metavar="KIND:RESOURCE", help="Measure the run with a power meter lpirc reads itself, e.g. wt310:USB0::0x0B21::0x0025::C2XXXXXXX::INSTR, wt310:TCPIP::10.0.0.5::INSTR, wt310:TCPIP::127.0.0.1::5025::SOCKET (the meter extra; see docs/meter.md)."),
+        setting(S, "visa_library", help="VISA library for --meter, as pyvisa.ResourceManager takes it: @py (pyvisa-py), a vendor library's path, or file.yaml@sim."),
+        setting(S, "meter_rate_s", type=click.Choice(_RATES), convert=lambda v: f"{v:g}", callback=lambda c, p, v: float(v), help="The meter's update interval in seconds, sampled at the same rate."),
+        setting(S, "meter_ranges", help="auto (auto ranging: a ranging run), keep (as the meter is set) or VOLTS,AMPS fixed, e.g. 15,0.5."),
+        setting(S, "idle_seconds", type=click.FloatRange(min=0), help="Measure the idle baseline (lpcvc-2020's idle power) with --meter for this long before the run."),
         click.option("--idle-baseline", type=click.Path(path_type=Path), help="Idle baseline written by `lpirc meter idle --out`, for lpcvc-2020's idle power."),
     ]
     for o in reversed(opts):
@@ -47,20 +41,16 @@ def meter_run_options(fn):
 def _meter_options(fn):
     opts = [
         click.argument("meter", metavar="KIND:RESOURCE"),
-        click.option("--visa-library", default=DEFAULT_VISA_LIBRARY, show_default=True, help="VISA library: @py (pyvisa-py), a vendor library's path, or file.yaml@sim."),
-        click.option("--rate-s", type=click.Choice(_RATES), default="0.1", show_default=True, callback=lambda c, p, v: float(v), help="The meter's update interval in seconds, sampled at the same rate."),
-        click.option("--ranges", default="auto", show_default=True, help="auto, keep (as the meter is set) or VOLTS,AMPS fixed, e.g. 15,0.5."),
+        setting(MeterConfig, "visa_library", help="VISA library: @py (pyvisa-py), a vendor library's path, or file.yaml@sim."),
+        setting(MeterConfig, "rate_s", type=click.Choice(_RATES), convert=lambda v: f"{v:g}", callback=lambda c, p, v: float(v), help="The meter's update interval in seconds, sampled at the same rate."),
+        setting(MeterConfig, "ranges", help="auto, keep (as the meter is set) or VOLTS,AMPS fixed, e.g. 15,0.5."),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
 
 
-def _config(meter: str, visa_library: str, rate_s: float, ranges: str):
-    from lpirc.errors import MeterError
-    from lpirc.meters import check_config
-    from lpirc.meters.sampler import MeterConfig
-
+def _config(meter: str, visa_library: str, rate_s: float, ranges: str) -> MeterConfig:
     try:
         check_config(meter, rate_s, ranges)
     except MeterError as e:  # a bad address or setting is a usage error (exit 2)
@@ -75,11 +65,8 @@ def meter_group() -> None:
 
 @meter_group.command("list")
 @click.option("--visa-library", default=DEFAULT_VISA_LIBRARY, show_default=True, help="VISA library whose resources are listed.")
-@_cli_errors
 def list_cmd(visa_library: str) -> None:
     """VISA resources, the ones that look like meters lpirc drives marked."""
-    from lpirc.meters import list_meters
-
     found = list_meters(visa_library)
     if not found:
         click.echo(f"no VISA resources found with {visa_library} (a USB meter needs pyusb, "
@@ -90,11 +77,8 @@ def list_cmd(visa_library: str) -> None:
 
 @meter_group.command("read")
 @_meter_options
-@_cli_errors
 def read_cmd(meter: str, visa_library: str, rate_s: float, ranges: str) -> None:
     """One reading of the meter, for the bench."""
-    from lpirc.meters import open_meter
-
     cfg = _config(meter, visa_library, rate_s, ranges)
     m = open_meter(cfg.spec, cfg.visa_library, cfg.timeout_s)
     try:
@@ -124,13 +108,10 @@ def read_cmd(meter: str, visa_library: str, rate_s: float, ranges: str) -> None:
 @_meter_options
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV file (the --power-log format: timestamp,watts,...).")
 @click.option("--seconds", type=click.FloatRange(min=0), help="Stop after this long. Default: until Ctrl-C.")
-@_cli_errors
 def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, out: Path,
             seconds: float | None) -> None:
     """Log the meter into a CSV until Ctrl-C, for a run on another device (`lpirc run
     --power-log FILE`)."""
-    from lpirc.meters.measure import log_meter
-
     cfg = _config(meter, visa_library, rate_s, ranges)
     if seconds is None:
         click.echo(f"lpirc meter: logging {meter} to {out} (Ctrl-C stops)", err=True)
@@ -146,12 +127,9 @@ def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, out: Path
 @_meter_options
 @click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True, help="How long the device idles while the meter measures.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the baseline here (JSON) for `lpirc run --idle-baseline`.")
-@_cli_errors
 def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, seconds: float,
              out: Path | None) -> None:
     """Measure the idle power: the baseline lpcvc-2020 subtracts."""
-    from lpirc.meters.measure import measure_idle
-
     cfg = _config(meter, visa_library, rate_s, ranges)
     base = measure_idle(cfg, seconds)
     unc = "" if base["uncertainty_w"] is None else f" +- {base['uncertainty_w']:.3g} W (meter spec)"
@@ -168,11 +146,10 @@ def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, seconds:
 @click.option("--password", required=True, envvar="LPIRC_METER_PASSWORD", help="Its password (or $LPIRC_METER_PASSWORD).")
 @click.option("--team", required=True, help="The team whose device the meter measures now.")
 @click.option("--seconds", type=click.FloatRange(min=0), help="Stop after this long. Default: until Ctrl-C.")
-@_cli_errors
 def post_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, url: str, user: str,
              password: str, team: str, seconds: float | None) -> None:
     """Post the meter's readings to the referee's /powermeter for a team (LPIRC's meter)."""
-    from lpirc.meters.post import post_readings
+    from lpirc.meters.post import post_readings  # httpx: the referee extra
 
     cfg = _config(meter, visa_library, rate_s, ranges)
     try:
