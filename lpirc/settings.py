@@ -14,6 +14,7 @@ import scoring
 import submission
 from lpirc.errors import InputError, MeterError
 from lpirc.meters import check_config
+from lpirc.meters import check_config
 from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")
