@@ -196,13 +196,17 @@ def groups(rows: list[lb.Standing]) -> list[list[lb.Standing]]:
     return [out[k] for k in sorted(out)]
 
 
-APART = "entries on different holdouts, rule sets or budgets are never ranked together"
+APART = ("entries on different holdouts, ground truths, rule sets or budgets are never ranked "
+         "together")
 
 
 def group_title(g: list[lb.Standing]) -> str:
     rule = scoring.RULES[g[0].rules]
-    hold = g[0].entry.holdout_sha256
-    return (f"holdout {hold[:12] if hold else '(not recorded)'} ({g[0].entry.images} images), "
+    key = g[0].group_key or (None, None, None, g[0].entry.holdout_sha256)
+    hold, gt = key[3], key[2]
+    known = [x for x in (hold, gt) if x and x != "?"]
+    return (f"holdout {hold[:12] if hold in known else '(not recorded)'} ({g[0].entry.images} images), "
+            f"ground truth {gt[:12] if gt in known else '(not readable)'}, "
             f"rules {rule.name}: {rule.describe(dict(g[0].params))}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
 
 

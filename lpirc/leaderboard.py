@@ -28,7 +28,7 @@ import json
 import math
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -36,7 +36,7 @@ import numpy as np
 
 import scoring
 from lpirc.errors import InputError
-from scoring import read_manifest
+from scoring import groups, read_manifest
 
 # --- the file ---------------------------------------------------------------------------------
 
@@ -386,6 +386,9 @@ def entry_from_score(score: Mapping[str, Any], *, uid: str, submission: str, sou
         extra={"status": m.get("status"), "model": score.get("model"), "delegate": deleg or None,
                "energy_method": score.get("energy_method"), "notes": m.get("notes") or [],
                "warnings": score.get("warnings") or [],
+               # what the entry may be ranked with (scoring.groups), by content
+               "ground_truth_sha256": score.get("ground_truth_sha256"),
+               "holdout_id": score.get("holdout_id") or groups.holdout_id(hold),
                "rule_fields": {k: v for k, v in score.items() if k not in _SCORE_COMMON}},
     )
     fields_.update(overrides)
@@ -394,7 +397,7 @@ def entry_from_score(score: Mapping[str, Any], *, uid: str, submission: str, sou
 
 _SCORE_COMMON = set(scoring.report.COMMON) | {
     "options", "source", "warnings", "per_class", "confused", "log", "log_format", "ground_truth",
-    "label_names"}
+    "label_names", "ground_truth_sha256", "holdout_id"}
 
 
 def add_entry(conn: sqlite3.Connection, entry: Entry) -> bool:
@@ -499,6 +502,8 @@ class Standing:
     prizes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     params: tuple[tuple[str, float], ...] = ()
+    #: scoring.groups.comparable_key of the group: (rules, params, ground truth sha256, holdout)
+    group_key: tuple = ()
 
     @property
     def energy_wh(self) -> float | None:
@@ -523,8 +528,10 @@ rule_params = scoring.rule_params
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:
     """Rank every stored entry, LPIRC style.
 
-    Entries are grouped by (holdout_sha256, rule set, its parameters: :data:`RULE_PARAMS`);
-    groups never mix (entries on different holdouts or budgets are not comparable) and are
+    Entries are grouped by the one rule ``lpirc score`` uses too,
+    :func:`scoring.groups.comparable_key`: rule set and its parameters (:data:`RULE_PARAMS`),
+    the ground truth by content (sha256 of the CSV) and the holdout by content (sha256 of its
+    sorted image names: another ``--seed`` is the same holdout); groups never mix and are
     listed largest first. Within a group, places go by
     score, higher first, equal scores sharing a place (``scoring.ranks``); entries without a
     score come last with place None. Side prizes (:func:`side_prizes`) are awarded per group.
@@ -542,18 +549,33 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
     if rules is not None and rules not in scoring.RULES:
         raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
     scored = [_under(e, rules, rule_options) for e in entries(conn)]
-    groups: dict[tuple, list[Standing]] = {}
+    digests: dict[str, str | None] = {}  # ground-truth file -> sha256, read once per file
+    keyed: dict[tuple, list[Standing]] = {}
     for s in sorted(scored, key=lambda s: not s.params):  # those whose parameters are known first
-        key = (s.entry.holdout_sha256 or "", s.rules, s.params)
+        key = _group_key(s, digests)
         if not s.params:  # not re-scored (its log is gone): unranked, beside its holdout's entries
-            key = next((k for k in groups if k[:2] == key[:2]), key)
-        groups.setdefault(key, []).append(s)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules,
-                                                     g[0].params))
+            key = next((k for k in keyed if (k[0], *k[2:]) == (key[0], *key[2:])), key)
+        keyed.setdefault(key, []).append(s)
+    ordered = sorted(keyed.items(), key=lambda kg: (-len(kg[1]), kg[0][3], kg[0][2], kg[0][0],
+                                                     kg[0][1]))
     out: list[Standing] = []
-    for gi, group in enumerate(ordered, start=1):
-        out.extend(_rank_group(group, gi))
+    for gi, (key, group) in enumerate(ordered, start=1):
+        out.extend(replace(r, group_key=key) for r in _rank_group(group, gi))
     return out
+
+
+def _group_key(s: Standing, digests: dict[str, str | None]) -> tuple:
+    """The entry's :func:`scoring.groups.comparable_key`, from what was stored with it (an
+    entry stored before the digests were: its ground-truth file's sha256 read now, its ordered
+    holdout digest)."""
+    e = s.entry
+    x = e.extra if isinstance(e.extra, Mapping) else {}
+    gt = x.get("ground_truth_sha256")
+    if not gt and e.ground_truth:
+        if e.ground_truth not in digests:
+            digests[e.ground_truth] = groups.file_sha256(e.ground_truth)
+        gt = digests[e.ground_truth]
+    return groups.comparable_key(s.rules, s.params, gt, x.get("holdout_id") or e.holdout_sha256)
 
 
 RUN_OK = ("complete", "budget_exhausted")  # run statuses of a valid entry (None: not a run)

@@ -159,7 +159,7 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
     from lpirc.cli_pages import format_table
 
-    assert "entries on different holdouts, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
+    assert "entries on different holdouts, ground truths, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
 
 
 def test_different_budgets_are_ranked_apart_and_titled_with_their_own(tmp_path):
@@ -303,7 +303,7 @@ def test_bad_run_folder_is_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory, reference_model, small_holdout) -> list[Path]:
     """Two real `lpirc run`s of the bundled reference model on a 40-image holdout, image orders
-    seeded 0 and 1 (so, by LPIRC's rule of one ordered holdout, two different holdouts)."""
+    seeded 0 and 1: one holdout by content (its sorted names), two orders."""
     base = tmp_path_factory.mktemp("real")
     out = []
     for seed in (0, 1):
@@ -328,7 +328,9 @@ def test_real_runs_as_entries(tmp_path, real_runs):
         assert e.runtime.startswith("ai_edge_litert ") and e.lpirc_version == manifest["lpirc_version"]
         assert lb.add_entry(conn, e) and not lb.add_entry(conn, lb.entry_from_run(run))
     rows = lb.standings(conn, rules="ovic-2019")
-    assert [r.group for r in rows] == [1, 2] and all(r.place == 1 for r in rows)
+    # another --seed is the same holdout (scoring.groups, as lpirc score groups them)
+    assert [r.group for r in rows] == [1, 1] and rows[0].place == 1
+    assert len({r.group_key for r in rows}) == 1
     for r in rows:
         direct = scoring.score_path(r.entry.run_dir, rules="ovic-2019")
         assert r.rescored and r.score == pytest.approx(direct["score"])
@@ -501,3 +503,47 @@ def test_entry_from_score_for_a_referee_session(db, tmp_path, field_runs):
     rows = lb.standings(db, rules="lpcvc-2020")  # needs the wall time a referee file lacks
     assert {r.entry.submission: r.place for r in rows} == {"B": 1, "team-7": None}
     assert rows[1].rescored and rows[1].score is None
+
+
+def test_one_grouping_rule_for_score_and_standings(tmp_path):
+    """`lpirc score` and the standings group by one rule (scoring.groups): the same holdout in
+    another order (--seed: another files_sha256, the same names_sha256) with the ground truth
+    copied elsewhere ranks with the original; a ground truth that differs in one label, or a
+    shorter budget, ranks apart. Before, the standings split the seed and mixed the ground
+    truths, and `lpirc score` did the opposite."""
+    gt = write_gt(tmp_path / "gt.csv")
+    copy = tmp_path / "elsewhere" / "gt.csv"
+    copy.parent.mkdir()
+    shutil.copy(gt, copy)
+    other = tmp_path / "other.csv"
+    rows = gt.read_text().splitlines()
+    rows[1] = rows[1].split(",")[0] + "," + SYN[999]
+    other.write_text("\n".join(rows) + "\n")
+    runs = {"a": fake_run(tmp_path / "a", gt, 20, 1.0, files_sha="1" * 64),
+            "b": fake_run(tmp_path / "b", copy, 10, 1.0, files_sha="2" * 64, start="2026-11-30T09:00:00Z"),
+            "c": fake_run(tmp_path / "c", other, 15, 1.0, files_sha="1" * 64, start="2026-11-30T10:00:00Z"),
+            "d": fake_run(tmp_path / "d", gt, 5, 1.0, files_sha="1" * 64, start="2026-11-30T11:00:00Z",
+                          time_limit_s=1.0)}
+    for name, run in runs.items():
+        m = json.loads((run / "manifest.json").read_text())
+        m["holdout"]["names_sha256"] = "n" * 64  # one set of images, whatever the order
+        m["holdout"]["order_seed"] = {"b": 1}.get(name, 0)
+        (run / "manifest.json").write_text(json.dumps(m))
+
+    def partition(pairs) -> set[frozenset[str]]:
+        by: dict[str, set[str]] = {}
+        for name, g in pairs:
+            by.setdefault(str(g), set()).add(name)
+        return {frozenset(v) for v in by.values()}
+
+    want = {frozenset("ab"), frozenset("c"), frozenset("d")}
+    r = lpirc("score", *runs.values(), "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    scored = [(Path(x["run"]).name, x["group"]) for x in csv.DictReader(io.StringIO(r.stdout))]
+    assert partition(scored) == want, scored
+    db = tmp_path / "s.sqlite"
+    assert lpirc("leaderboard", "add", *runs.values(), "--db", db).returncode == 0
+    r = lpirc("leaderboard", "show", "--db", db, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    shown = [(x["submission"], x["group"]) for x in json.loads(r.stdout)["standings"]]
+    assert partition(shown) == want, shown
