@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from lpirc import leaderboard, preflight
-from lpirc.fleet import (KINDS, STATE, FleetConfig, FleetEvent, check_inputs, cluster_devices,
-                         connect, find_submissions, format_standings, no_device_error,
-                         run_fleet)
+from lpirc.fleet import (KINDS, RAY_LOG, STATE, FleetConfig, FleetEvent, check_inputs,
+                         cluster_devices, connect, find_submissions, format_standings,
+                         no_device_error, probe_address, ray_output_to, run_fleet)
 
 
 def _cli_errors(fn):
@@ -28,11 +28,10 @@ def _cli_errors(fn):
     return wrapper
 
 
-def print_event(ev: FleetEvent) -> None:
-    """One progress line on stderr: what happened, then the jobs queued/running/done/failed."""
+def event_line(ev: FleetEvent) -> str:
+    """One progress line: what happened, then the jobs queued/running/done/failed."""
     q, r, d, f = ev.counts
-    click.echo(f"{ev.what:<9} {ev.message}   [{q} queued, {r} running, {d} done, {f} failed]",
-               err=True)
+    return f"{ev.what:<9} {ev.message}   [{q} queued, {r} running, {d} done, {f} failed]"
 
 
 @click.group("fleet")
@@ -52,42 +51,52 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.option("--address", help=_ADDRESS_HELP)
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated cpu devices of the local instance (no --address); the cores are divided between them.")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True, help="Device kind every job asks for; auto: edgetpu for *_edgetpu.tflite, else cpu.")
-@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set the head scores with (see `lpirc rules`).")
-@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=600.0, show_default=True, help="Each run's wall-clock budget in seconds.")
-@click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="Budget clock of each run (see lpirc run).")
-@click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image in ms, for --clock inference.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image order (the holdout check lists the holdout in this order).")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="Tries per job when its device is lost mid-run.")
+@click.option("--rules", default=FleetConfig.rules, show_default=True, help="Rule set the head scores with (see `lpirc rules`).")
+@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=FleetConfig.time_limit_s, show_default=True, help="Each run's wall-clock budget in seconds.")
+@click.option("--clock", type=click.Choice(["wall", "inference"]), default=FleetConfig.clock, show_default=True, help="Budget clock of each run (see lpirc run).")
+@click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=FleetConfig.ms_per_image, show_default=True, help="Inference budget per image in ms, for --clock inference.")
+@click.option("--seed", type=int, default=FleetConfig.seed, show_default=True, help="Seed of the image order (the holdout check lists the holdout in this order).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=FleetConfig.max_attempts, show_default=True, help="Tries per job when its device is lost, its run stopped from outside or stuck.")
+@click.option("--hang-margin-s", type=click.FloatRange(min=0.0), default=FleetConfig.hang_margin_s, show_default=True, help="A run with no result this long past --time-limit-s is stuck: killed, its job retried on another device.")
+@click.option("--device-reports", is_flag=True, help="Let each device write report.html into its run folder (device time; `lpirc report OUT/runs/<job>` makes it on the head).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=leaderboard.DB_ENV, help=f"Standings database the results are added to (lpirc leaderboard's). Default: ${leaderboard.DB_ENV}, else {leaderboard.DEFAULT_DB}.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @_cli_errors
 def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, rules,
-              time_limit_s, clock, ms_per_image, seed, max_attempts, db, quiet) -> None:
+              time_limit_s, clock, ms_per_image, seed, max_attempts, hang_margin_s,
+              device_reports, db, quiet) -> None:
     """Run every SUBMISSION (a .tflite with its optional sidecar, or a folder of them) as one
     job on one device of a Ray cluster, score the results on the head, add them to the
-    standings database (`lpirc leaderboard show`), print this fleet's standings.
+    standings database (`lpirc leaderboard show`), print this fleet's standings. Ray's own
+    log lines go to OUT/ray.log.
 
     Exit status: 0 when every job is done, 1 when one failed (its reason is in the table and
     OUT/fleet.json), Ray is missing, or no cluster or device answers; 5 for a bad submission
-    path, holdout, ground truth, rule set, --db or --out (before Ray starts); 130 after Ctrl-C
-    (finished jobs stay scored).
+    path, holdout, ground truth, rule set, a damaged --db, or an --out holding a fleet run with
+    other settings (before Ray starts); 130 after Ctrl-C or SIGTERM, also during Ray's
+    start-up (finished jobs stay scored).
     """
     if ground_truth is None:
         ground_truth = Path(holdout) / "ground_truth.csv"
     cfg = FleetConfig(Path(holdout), Path(ground_truth), Path(out), rules, time_limit_s, clock,
-                      ms_per_image, seed, max_attempts, db)
+                      ms_per_image, seed, max_attempts, db, hang_margin_s, device_reports)
     subs = find_submissions(list(submissions), kind)
-    check_inputs(cfg, subs)
-    t0 = time.time()
-    with connect(address, devices):
-        connected = time.time() - t0
-        if not quiet:
-            click.echo(f"ray       connected in {connected:.1f} s (measured): "
-                       f"{address or f'local instance, {devices} simulated devices'}", err=True)
-        # after ray.init, which sets its own SIGTERM handler (sys.exit): a scheduler's SIGTERM
-        # ends the fleet as Ctrl-C does, also when started as a background job (SIGINT ignored)
-        with preflight.stop_signals():
-            outcome = run_fleet(subs, cfg, None if quiet else print_event)
+    inputs = check_inputs(cfg, subs)
+    if address is not None:
+        probe_address(address)  # nothing listening there: one line, before anything is printed
+    # from here on SIGTERM ends the fleet as Ctrl-C does, and Ctrl-C works also when started
+    # as a background job (SIGINT ignored), Ray's start-up included
+    with preflight.stop_signals(), ray_output_to(cfg.out / RAY_LOG) as (_, err):
+        def say(line: str) -> None:
+            if not quiet:
+                click.echo(line, file=err)
+
+        where = address or f"local instance, {devices} simulated devices"
+        say(f"ray       starting: {where} (its own log: {cfg.out / RAY_LOG})")
+        t0 = time.monotonic()
+        with connect(address, devices):
+            say(f"ray       connected in {time.monotonic() - t0:.1f} s (measured): {where}")
+            outcome = run_fleet(subs, cfg, lambda ev: say(event_line(ev)), inputs=inputs)
     click.echo(format_standings(outcome))
     ready = ("no device became ready" if outcome.startup_s is None else
              f"first device ready after {outcome.startup_s:.1f} s")

@@ -54,3 +54,43 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.monotonic() - self.t0
+
+
+#: A file holding seconds to add to the wall clock (a test hook: a test writes it to step the
+#: clock of a server process it started, as an NTP correction or an operator would).
+WALL_OFFSET_ENV = "LPIRC_WALL_OFFSET_FILE"
+
+
+def wall_time() -> float:
+    """Unix seconds from the system clock (which NTP or a person may step), plus the offset in
+    the file named by ``$LPIRC_WALL_OFFSET_FILE`` when set (tests). For people and records,
+    never for budgets: a step would lengthen or cut them."""
+    import os
+
+    path = os.environ.get(WALL_OFFSET_ENV)
+    offset = 0.0
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                offset = float(f.read().strip() or 0)
+        except (OSError, ValueError):
+            offset = 0.0
+    return time.time() + offset
+
+
+class SteadyWall:
+    """Unix seconds that advance with ``time.monotonic()``: the wall clock read once, at
+    construction, plus the monotonic time since. Deadlines set and checked on it are immune to
+    a wall-clock step while the process runs (a -300 s step no longer gives 5 more minutes, a
+    +700 s one no longer ends a session early); its readings stay close to wall time for the
+    people who read them (they drift from it by whatever steps happened since the start).
+
+    A new process reads the wall clock again: a step made while the referee was stopped moves
+    the deadlines of the sessions it resumes (they are stored as unix seconds)."""
+
+    def __init__(self) -> None:
+        self.wall0 = wall_time()
+        self.mono0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.wall0 + (time.monotonic() - self.mono0)

@@ -152,6 +152,24 @@ def files_sha256(files) -> str:
     return hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
 
 
+def content_sha256(holdout: Holdout) -> str:
+    """sha256 (hex) of the holdout's images in run order, names and bytes: for each file one
+    line ``<name>\\0<sha256 of its bytes>``. Where :func:`files_sha256` tells two lists of names
+    apart, this also tells apart the same names holding other pictures (a fleet's node check).
+    Reads every image once (1 MiB at a time). Raises InputError naming an unreadable image."""
+    outer = hashlib.sha256()
+    for name in holdout.files:
+        inner = hashlib.sha256()
+        try:
+            with open(holdout.root / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    inner.update(block)
+        except OSError as e:
+            raise InputError(f"{holdout.root / name}: cannot read ({e.strerror or e})") from None
+        outer.update(f"{name}\0{inner.hexdigest()}\n".encode("utf-8"))
+    return outer.hexdigest()
+
+
 def open_holdout(root: str | os.PathLike, seed: int = 0) -> Holdout:
     """The images of a holdout folder in run order. InputError if missing, not a folder, empty."""
     path = Path(root)

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import selectors
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
-URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+from referee_helpers import Referee, lpirc  # noqa: F401  (lpirc: the tests import it from here)
+
 _REPO = Path(__file__).resolve().parents[1]
 #: the shared data's models: $LPIRC_SHARED_DATA, else ../shared/data beside the checkout (or
 #: beside the folder of worktrees holding it)
@@ -25,79 +20,18 @@ SHARED_MODELS = [Path(p) / "models" for p in (
     _REPO.parent.parent / "shared" / "data") if p]
 
 
-def lpirc(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+class Online(Referee):
+    """``lpirc online serve`` in a child process (the referee tests' server process, another
+    command); ``.url`` once it listens; ``lines``: its event lines; ``kill9()``; stopped on
+    exit."""
 
-
-class Online:
-    """``lpirc online serve`` in a child process; ``.url`` once it listens; stopped on exit.
-    ``lines``: its stdout (one line per event) after the URL line."""
+    COMMAND = ("online", "serve")
 
     def __init__(self, holdout: Path, db: Path, *extra: str, devices: int = 1,
                  time_limit_s: float = 60) -> None:
+        super().__init__(holdout, db)
         self.args = ["--holdout", str(holdout), "--db", str(db), "--port", "0", "--devices",
                      str(devices), "--time-limit-s", str(time_limit_s), *extra]
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self.lines: list[str] = []
-        self.startup_s = 0.0
-
-    def start(self) -> "Online":
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "lpirc", "online", "serve",
-                                      *self.args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if sel.select(timeout=1):
-                line = self.proc.stdout.readline()
-                m = URL_LINE.search(line)
-                if m:
-                    self.url = m.group(1)
-                    self.startup_s = time.monotonic() - t0
-                    threading.Thread(target=self._drain, daemon=True).start()
-                    return self
-                if not line:
-                    break
-        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
-        self.stop()
-        raise RuntimeError(f"lpirc online did not start: {err.strip()}")
-
-    def _drain(self) -> None:
-        try:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-        except ValueError:
-            pass
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> str:
-        """SIGTERM (then SIGKILL); the service's stderr."""
-        if self.proc is None:
-            return ""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        err = self.proc.stderr.read() if not self.proc.stderr.closed else ""
-        for f in (self.proc.stdout, self.proc.stderr):
-            f.close()
-        return err
-
-    def __enter__(self) -> "Online":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class Team:

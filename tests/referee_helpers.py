@@ -26,7 +26,10 @@ def lpirc(*args: str, cwd: Path | None = None, timeout: float = 120) -> subproce
 
 
 class Referee:
-    """``lpirc referee serve`` in a child process; ``.url`` once it listens; stopped on exit."""
+    """``lpirc referee serve`` in a child process; ``.url`` once it listens; stopped on exit.
+    (``COMMAND``: the lpirc command it runs; tests/online_helpers.py serves ``lpirc online``.)"""
+
+    COMMAND = ("referee", "serve")
 
     def __init__(self, holdout: Path, db: Path, *extra: str, time_limit_s: float = 60) -> None:
         self.args = ["--holdout", str(holdout), "--db", str(db), "--port", "0",
@@ -37,7 +40,7 @@ class Referee:
         self.http = httpx.Client(timeout=30)
 
     def start(self) -> "Referee":
-        self.proc = subprocess.Popen([sys.executable, "-m", "lpirc", "referee", "serve", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "lpirc", *self.COMMAND, *self.args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -56,7 +59,7 @@ class Referee:
                     break
         err = self.proc.stderr.read() if self.proc.poll() is not None else ""
         self.stop()
-        raise RuntimeError(f"referee did not start: {err.strip()}")
+        raise RuntimeError(f"lpirc {' '.join(self.COMMAND)} did not start: {err.strip()}")
 
     def _drain(self, stream) -> None:
         """Keep the server's event lines (and never let its stdout pipe fill up)."""

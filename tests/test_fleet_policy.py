@@ -43,7 +43,7 @@ def recorded(tmp_path_factory, small_holdout, reference_model) -> dict:
 
 class SimDevice(DeviceWorker):
     """A device whose runs follow ``script[label]`` (one behaviour per attempt, the last one
-    repeated): ok, lose, hang, stop."""
+    repeated: ok, lose, hang, stop), or ``script["*"]`` (per run of the fleet, on any device)."""
 
     def __init__(self, device, script: dict, recorded: dict, calls: list) -> None:
         super().__init__(device)
@@ -51,9 +51,12 @@ class SimDevice(DeviceWorker):
         self.killed = threading.Event()
 
     def run_job(self, req, model) -> AttemptResult:
-        plan = self.script.get(self.device.label, ["ok"])
-        mine = [c for c in self.calls if c[0] == self.device.label]
-        what = plan[min(len(mine), len(plan) - 1)]
+        if self.device.label in self.script:
+            plan, before = self.script[self.device.label], [
+                c for c in self.calls if c[0] == self.device.label]
+        else:  # "*": the fleet's n-th run, whichever device it drew
+            plan, before = self.script.get("*", ["ok"]), self.calls
+        what = plan[min(len(before), len(plan) - 1)]
         self.calls.append((self.device.label, req.job, what))
         if what == "lose":
             raise ConnectionError(f"node of {self.device.label} lost")
@@ -149,21 +152,21 @@ def test_retries_end_after_max_attempts(tmp_path, small_holdout, reference_model
 def test_hung_job_device_ended_and_job_retried(tmp_path, small_holdout, reference_model,
                                                recorded):
     subs = make_subs(tmp_path / "subs", reference_model, ["a"])
-    pool, calls = sim_pool(recorded, {"cpu_0@local": ["hang"]})
+    pool, calls = sim_pool(recorded, {"*": ["hang", "ok"]})
     events: list = []
     config = cfg(tmp_path, small_holdout, time_limit_s=0.05, hang_margin_s=0.05)
     t0 = time.monotonic()
-    out = run(subs, config, pool, fleet.local_devices(1) + [
-        fleet.Device("local", "127.0.0.1", "lpirc_device_cpu_9", "cpu", "9", "cpu_9@local")],
-        events)
+    out = run(subs, config, pool, fleet.local_devices(2), events)
     took = time.monotonic() - t0
     job = out.jobs[0]
     assert job.status == "done" and took < 3, took
     first, second = job.attempts
-    assert first["device"] == "cpu_0@local" and first["outcome"] == "device_lost"
+    assert first["outcome"] == "device_lost"
     assert first["reason"].startswith("stuck past its budget")
-    assert second["device"] == "cpu_9@local" and second["outcome"] == "done"
-    assert any(e.what == "note" and "no result from a within" in e.message for e in events)
+    assert second["device"] != first["device"] and second["outcome"] == "done"
+    assert any(e.what == "note" and "no answer from its worker for a within 0.15 s" in e.message
+               for e in events)
+    assert {d["device"]: d["state"] for d in out.devices}[first["device"]] == "lost"
 
 
 def test_node_with_another_holdout_refused_with_all_its_devices(tmp_path, small_holdout,
@@ -263,3 +266,238 @@ def test_ctrl_c_cancels_running_and_queued_jobs_keeps_done_ones(tmp_path, small_
     assert out.jobs[1].attempts[-1]["outcome"] == "cancelled"
     saved = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
     assert [j["status"] for j in saved["jobs"]] == ["done", "cancelled", "cancelled"]
+
+
+# --- issue 19: the fleet's fault paths ------------------------------------------------------
+
+
+def one_line_error(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
+    return lines[0]
+
+
+def test_resume_with_other_settings_is_refused_before_ray(tmp_path, small_holdout,
+                                                          reference_model, recorded):
+    """A fleet folder holds one fleet: resuming it with another budget, clock, rule set, seed,
+    ground truth or holdout (even the same names with other bytes) is one line, exit 5, before
+    Ray starts; the same settings resume it."""
+    from click.testing import CliRunner
+
+    from lpirc.cli import main
+
+    ray = pytest.importorskip("ray")
+    subs = make_subs(tmp_path / "subs", reference_model, ["a"])
+    pool, _ = sim_pool(recorded)
+    run(subs, cfg(tmp_path, small_holdout), pool, fleet.local_devices(1))
+    saved = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
+    assert saved["settings"]["time_limit_s"] == 600.0
+    swapped = tmp_path / "swapped"  # the same names, two pictures exchanged
+    shutil.copytree(small_holdout, swapped)
+    a, b = sorted(swapped.glob("*.jpg"))[:2]
+    da, db_ = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db_), b.write_bytes(da)
+    other_gt = tmp_path / "gt.csv"
+    rows = (small_holdout / "ground_truth.csv").read_text().splitlines()
+    k = next(i for i in range(2, len(rows)) if rows[i].split(",")[1] != rows[1].split(",")[1])
+    (n1, l1), (nk, lk) = rows[1].split(","), rows[k].split(",")
+    rows[1], rows[k] = f"{n1},{lk}", f"{nk},{l1}"  # two labels exchanged
+    other_gt.write_text("\n".join(rows) + "\n")
+    base = ["fleet", "run", str(tmp_path / "subs"), "--holdout", str(small_holdout), "--out",
+            str(tmp_path / "fleet"), "--db", str(tmp_path / "standings.sqlite")]
+    for extra, says in [(["--time-limit-s", "1.5"], "--time-limit-s 600.0, this one 1.5"),
+                        (["--clock", "inference"], "--clock wall, this one inference"),
+                        (["--rules", "ovic-2018"], "--rules lpirc-onsite, this one ovic-2018"),
+                        (["--seed", "3"], "--seed 0, this one 3"),
+                        (["--ground-truth", str(other_gt)], "--ground-truth (its bytes)"),
+                        (["--holdout", str(swapped), "--ground-truth",
+                          str(small_holdout / "ground_truth.csv")],
+                         "--holdout (its images' bytes)")]:
+        r = CliRunner().invoke(main, base + extra)
+        assert r.exit_code == 5, (extra, r.output)
+        line = one_line_error(r)
+        assert "fleet.json: the fleet in this folder ran with" in line and says in line, line
+        assert "give the same settings to resume it, or choose another --out" in line
+        assert not ray.is_initialized()
+    # --ms-per-image does not count under the wall clock: the same fleet, resumed
+    pool, calls = sim_pool(recorded)
+    again = run(subs, cfg(tmp_path, small_holdout, ms_per_image=5.0), pool,
+                fleet.local_devices(1))
+    assert again.jobs[0].status == "done" and calls == []
+
+
+def test_job_names_cannot_collide_or_escape(tmp_path, small_holdout, reference_model,
+                                            recorded):
+    """dA/m, dB/m, dC/m-2 are three jobs with three folders; a file named ..tflite is job '_'
+    (its stem '.' would be OUT/runs itself)."""
+    files = []
+    for folder, name in (("dA", "m"), ("dB", "m"), ("dC", "m-2"), ("dD", "."), ("dE", "a b")):
+        (tmp_path / folder).mkdir()
+        files.append(Path(shutil.copy(reference_model, tmp_path / folder / f"{name}.tflite")))
+    subs = fleet.find_submissions(files)
+    assert [s.name for s in subs] == ["m", "m-3", "m-2", "_", "a_b"]
+    assert fleet.job_names([Path("x/M.tflite"), Path("y/m.tflite")]) == ["M", "m-2"]
+    pool, calls = sim_pool(recorded)
+    out = run(subs, cfg(tmp_path, small_holdout), pool, fleet.local_devices(2))
+    assert out.exit_code == 0 and len(calls) == 5
+    runs = tmp_path / "fleet" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["_", "a_b", "m", "m-2", "m-3"]
+    assert all((runs / n / "score.json").is_file() for n in ("_", "a_b", "m", "m-2", "m-3"))
+    assert stored(tmp_path / "standings.sqlite") == ["_", "a_b", "m", "m-2", "m-3"]
+
+
+def damage(db: Path) -> None:
+    """Overwrite the start of every page of a SQLite file but the first (its schema, which
+    open_db reads, stays readable)."""
+    leaderboard.open_db(db).close()
+    data = bytearray(db.read_bytes())
+    for page in range(4096, len(data), 4096):
+        data[page:page + 200] = b"\x7f" * 200
+    db.write_bytes(bytes(data))
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+
+
+def test_damaged_standings_refused_at_start_and_mid_fleet_costs_no_result(
+        tmp_path, small_holdout, reference_model, recorded):
+    from click.testing import CliRunner
+
+    from lpirc.cli import main
+
+    ray = pytest.importorskip("ray")
+    bad = tmp_path / "bad.sqlite"
+    damage(bad)
+    r = CliRunner().invoke(main, ["fleet", "run", str(reference_model), "--holdout",
+                                  str(small_holdout), "--out", str(tmp_path / "o"), "--db",
+                                  str(bad)])
+    assert r.exit_code == 5 and not ray.is_initialized()
+    line = one_line_error(r)
+    assert f"{bad}: damaged standings database" in line and "quick_check" in line, line
+    # damaged while the fleet runs: every job still done and scored, the database's error kept
+    subs = make_subs(tmp_path / "subs", reference_model, ["a", "b"])
+    db = tmp_path / "standings.sqlite"
+
+    def on_event(ev):
+        if ev.what == "done" and ev.job == "a":
+            damage(db)
+
+    pool, _ = sim_pool(recorded)
+    out = fleet.run_fleet(subs, cfg(tmp_path, small_holdout), on_event, pool=pool,
+                          devices=fleet.local_devices(1))
+    assert out.exit_code == 0 and [j.status for j in out.jobs] == ["done", "done"]
+    b = out.jobs[1]
+    assert b.standings.startswith(f"not recorded: {db}: ") and "malformed" in b.standings
+    assert (tmp_path / "fleet" / "runs" / "b" / "score.json").is_file()
+    # the recovery step: `lpirc leaderboard add OUT/runs/<job>`, no --ground-truth needed
+    good = tmp_path / "good.sqlite"
+    r = subprocess.run([sys.executable, "-m", "lpirc", "leaderboard", "add",
+                        str(tmp_path / "fleet" / "runs" / "b"), "--db", str(good)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("added") and " b " in r.stdout
+    entry = json.loads((tmp_path / "fleet" / "runs" / "b" / "score.json").read_text())
+    assert f"top-1 {100 * entry['top1']:.2f}" in r.stdout.replace("%", "")
+
+
+def test_holdout_with_the_same_names_but_other_bytes_is_refused(tmp_path, small_holdout,
+                                                                reference_model, recorded):
+    swapped = tmp_path / "swapped"
+    shutil.copytree(small_holdout, swapped)
+    a, b = sorted(swapped.glob("*.jpg"))[:2]
+    da, db_ = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db_), b.write_bytes(da)
+
+    class Swapped(SimDevice):
+        def check(self, holdout, seed, work_dir):
+            return super().check(str(swapped) if self.device.node_id == "B" else holdout, seed,
+                                 work_dir)
+
+    calls: list = []
+    pool = LocalPool(lambda d: Swapped(d, {}, recorded, calls))
+    devs = [fleet.Device(n, "10.0.0.1", "lpirc_device_cpu_0", "cpu", "0", f"cpu_0@{n}")
+            for n in ("A", "B")]
+    events: list = []
+    out = run(make_subs(tmp_path / "subs", reference_model, ["a", "b"]),
+              cfg(tmp_path, small_holdout), pool, devs, events)
+    refused = [e.message for e in events if e.what == "refused"]
+    assert len(refused) == 1 and "node B (cpu_0) refused" in refused[0], refused
+    assert "(the same names, other bytes: content sha256" in refused[0]
+    assert out.exit_code == 0 and {c[0] for c in calls} == {"cpu_0@A"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGSTOP, /proc")
+def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
+        tmp_path, small_holdout, reference_model, recorded):
+    """A real `lpirc run` child, stopped with SIGSTOP right after it starts (a device that
+    hangs): its worker kills it time_limit_s + hang_margin_s after its start, the job goes to
+    the other device, and the first device stays in service (one stuck run)."""
+    import psutil
+
+    stopped: dict = {}
+
+    def make(d):
+        return DeviceWorker(d) if d.device_id == "0" else SimDevice(d, {}, recorded, [])
+
+    def stop_child():
+        me = psutil.Process()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "child" not in stopped:
+            for kid in me.children():
+                if "run" in kid.cmdline() and "--no-report" in kid.cmdline():
+                    kid.suspend()
+                    stopped["child"], stopped["t"] = kid, time.monotonic()
+                    return
+            time.sleep(0.002)
+
+    events: list = []
+
+    def on_event(ev):
+        events.append((time.monotonic(), ev))
+        if ev.what == "running" and ev.device == "cpu_0@local" and not stopped:
+            threading.Thread(target=stop_child, daemon=True).start()
+
+    # one job per device: the first goes to cpu_0 (ready first or not, the job order decides)
+    subs = make_subs(tmp_path / "subs", reference_model, ["a", "b"])
+    config = cfg(tmp_path, small_holdout, time_limit_s=1.0, hang_margin_s=1.0)
+    out = fleet.run_fleet(subs, config, on_event, pool=LocalPool(make),
+                          devices=fleet.local_devices(2))
+    assert "child" in stopped, [e.message for _, e in events]
+    assert out.exit_code == 0 and all(j.status == "done" for j in out.jobs)
+    victim = next(j for j in out.jobs if j.attempts[0]["device"] == "cpu_0@local")
+    first, second = victim.attempts
+    assert first["outcome"] == "stuck" and second["device"] == "cpu_1@local"
+    assert first["reason"].startswith("stuck: no result 2 s after its start"), first
+    found = next(t for t, e in events if e.what == "retry" and e.job == victim.name)
+    detected_s = found - stopped["t"]
+    assert 1.5 < detected_s < 4.0, detected_s  # 2 s after the run's start, measured here
+    stopped["child"].wait(timeout=10)  # killed, not left stopped
+    assert {d["device"]: d["state"] for d in out.devices}["cpu_0@local"] != "lost"
+
+
+@pytest.mark.slow
+def test_real_runs_in_process_leave_no_device_report_and_the_head_can_report(
+        tmp_path, small_holdout, reference_model):
+    """Real `lpirc run` children on the in-process pool (no Ray): no report.html on the device
+    unless --device-reports; `lpirc report OUT/runs/<job>` scores the job on the head."""
+    subs = make_subs(tmp_path / "subs", reference_model, ["a"])
+    out = fleet.run_fleet(subs, cfg(tmp_path, small_holdout), pool=LocalPool(),
+                          devices=fleet.local_devices(1))
+    assert out.exit_code == 0, out.jobs[0].reason
+    attempt = tmp_path / "fleet" / "attempts" / "a" / "attempt-1" / "run"
+    assert (attempt / "results.jsonl").is_file() and not (attempt / "report.html").exists()
+    job = tmp_path / "fleet" / "runs" / "a"
+    r = subprocess.run([sys.executable, "-m", "lpirc", "report", str(job), "-o",
+                        str(tmp_path / "a.html")], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "not scored" not in r.stdout + r.stderr
+    page = (tmp_path / "a.html").read_text()
+    assert "not scored" not in page and "lpirc-onsite" in page
+    score = json.loads((job / "score.json").read_text())
+    assert f"{100 * score['top1']:.1f}" in page
+    # asked for: the device writes its report
+    again = fleet.run_fleet(make_subs(tmp_path / "subs2", reference_model, ["b"]),
+                            cfg(tmp_path, small_holdout, device_reports=True),
+                            pool=LocalPool(), devices=fleet.local_devices(1))
+    assert again.exit_code == 0
+    assert (tmp_path / "fleet" / "attempts" / "b" / "attempt-1" / "run" / "report.html").is_file()

@@ -144,6 +144,9 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
     with Online(small_holdout, db, "--per-team-at-once", "1", "--max-model-mib", "1",
                 "--final-holdout", str(final), "--final-ground-truth", str(truth)) as server:
         http = httpx.Client(base_url=server.url, timeout=60)
+        second = lpirc("online", "serve", "--holdout", str(small_holdout), "--db", str(db),
+                       "--port", "0")
+        assert second.returncode == 5 and "another lpirc online service" in second.stderr
         assert http.post("/api/login", data={"username": "alpha", "password": "no"}).status_code == 401
         assert http.post("/api/login", data={"username": "alpha"}).status_code == 400
         assert http.post("/api/login", content=b"{}", headers={"content-type": "application/json"}).status_code == 415
@@ -199,32 +202,50 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
     assert r.returncode == 0 and json.loads(r.stdout)["standings"][0]["team"] == "alpha"
 
 
+def signal_run(server: Online, sig: int, timeout_s: float = 60) -> int:
+    """Send ``sig`` to the service's ``lpirc run`` child as soon as one runs; its pid."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        kids = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                if "run" in p.cmdline() and p.status() != psutil.STATUS_STOPPED]
+        if kids:
+            kids[0].send_signal(sig)
+            return kids[0].pid
+        time.sleep(0.02)
+    raise AssertionError("no lpirc run was seen running")
+
+
 @pytest.mark.slow
-def test_lost_device_is_retried_and_not_charged(small_holdout, reference_model, tmp_path):
+def test_lost_device_retried_stuck_run_timeout(small_holdout, reference_model, tmp_path):
     """A run killed from outside mid-run (the device lost) is queued again and scored on the
-    next attempt; the team is charged once."""
+    next attempt, charged once; a run that stops answering (SIGSTOP) is ended past its time
+    limit + margin: failed, class timeout; its device starts afresh and takes the next job."""
     from lpirc.demo import make_demo_holdout
 
     holdout = make_demo_holdout(tmp_path / "h300", count=300, seed=3)
     db = tmp_path / "online.sqlite"
     add_team(db, "alpha", "pw-alpha")
-    with Online(holdout, db, "--per-team-per-day", "1") as server:
+    with Online(holdout, db, "--per-team-per-day", "3", "--hang-margin-s", "2",
+                time_limit_s=8) as server:
         alpha = Team(server.url, "alpha", "pw-alpha")
         sid = alpha.upload(reference_model, SIDECAR).json()["id"]
-        killed = None
-        deadline = time.monotonic() + 60
-        while killed is None and time.monotonic() < deadline:
-            kids = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
-                    if "run" in p.cmdline()]
-            if kids:
-                kids[0].send_signal(signal.SIGKILL)
-                killed = kids[0].pid
-            time.sleep(0.02)
-        assert killed is not None, "the run was never seen running"
+        signal_run(server, signal.SIGKILL)
         v = alpha.wait([sid], timeout_s=120)[sid]
         assert v["state"] == "scored" and v["attempts"] == 2 and v["charged"], v
         events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
         assert any("infrastructure, not charged" in e["message"] for e in events), events
+
+        stuck = alpha.upload(reference_model, SIDECAR).json()["id"]
+        signal_run(server, signal.SIGSTOP)
+        v = alpha.wait([stuck], timeout_s=120)[stuck]
+        assert v["state"] == "failed" and v["failure"]["class"] == "timeout", v
+        assert "10 s" in v["failure"]["message"] and v["charged"], v
+        last = alpha.upload(reference_model, SIDECAR).json()["id"]
+        v = alpha.wait([last], timeout_s=120)[last]
+        assert v["state"] == "scored", v
+        assert alpha.upload(reference_model, SIDECAR).status_code == 429  # 3 charged
+        log = alpha.http.get(f"/submissions/{last}/log").text
+        assert "cpu_0@local#2" in log, log  # the device started afresh
         assert alpha.http.get("/api/me").json() == {"team": "alpha", "role": "team"}
 
 
@@ -375,5 +396,4 @@ def test_ray_fleet_devices(small_holdout, reference_model, tmp_path):
         assert [d["device"].split("@")[0] for d in devices] == ["cpu_0"]
         assert devices[0]["jobs_done"] == 1
         events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
-        print(f"\nray: service start {server.startup_s:.1f} s to its URL line; "
-              + "; ".join(e["message"] for e in events if e["state"] == "scored"))
+        print("\nray: " + "; ".join(e["message"] for e in events if e["state"] == "scored"))

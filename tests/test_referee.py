@@ -532,7 +532,7 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
                             "--quiet"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "LPIRC_REFEREE_PASSWORD": "wrong"})
         assert r.returncode == 1 and r.stderr.strip() == \
-            f"lpirc: error: {ref.url}/login: 401 Invalid username or password"
+            f"lpirc: error: {ref.url}/login: HTTP 401: Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]
     # 2,000 images for one worker in 1 s: on a quiet 2-core machine two workers answered all
     # 2,000 in 1.2 s, so one worker (about half that pace, model loading included) cannot
@@ -545,8 +545,8 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
                   "--workers", "1")
         assert r.returncode == 0 and "status          budget_exhausted" in r.stdout, r.stdout + r.stderr
         assert "referee energy  posted" in r.stdout, r.stdout  # taken just after the limit
-        assert ("referee logout  none needed: the session had already ended (401 Time limit "
-                "reached)") in r.stdout
+        assert ("referee logout  none needed: the session had already ended (HTTP 401: Time "
+                "limit reached)") in r.stdout
         late = wait_for(lambda: (lambda x: x if x and x[0]["energy_source"] != "absent" else None)(
             results_json(tmp_path / "late.sqlite")))[0]
         assert late["energy_source"] == "self-reported" and late["score"] is not None

@@ -4,6 +4,7 @@ standings page flooded, a database that is not the referee's, the secret's file 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -11,6 +12,8 @@ import stat
 import statistics
 import threading
 import time
+from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,7 +86,15 @@ def test_login_flood_costs_only_the_hashing_budget(holdout, tmp_path):
     it, and the team on 127.0.0.1 logs in, downloads and posts as fast as without the flood."""
     db = tmp_path / "r.sqlite"
     add_team(db, "alpha")
+    add_team(db, "beta")
     with Referee(holdout, db) as ref:
+        t = time.monotonic()  # the same calls without the flood, on this machine now
+        quiet = ref.login("beta", "pw")
+        base = [time.monotonic() - t]
+        for first in (1, 101):
+            t = time.monotonic()
+            assert ref.post("/zipimages", token=quiet, image_name=str(first)).status_code == 200
+            base.append(time.monotonic() - t)
         with Flood(ref.url, "alpha", 30, 20, "127.0.0.2") as flood:
             time.sleep(1.0)
             t = time.monotonic()
@@ -109,9 +120,11 @@ def test_login_flood_costs_only_the_hashing_budget(holdout, tmp_path):
     assert set(flood.codes) <= {401, 429}, flood.codes  # never a 5xx, never a dropped connection
     assert flood.retry_after and all(v.isdigit() and int(v) >= 1 for v in flood.retry_after)
     assert any("login: client 127.0.0.2 over its failed-login rate" in ln for ln in lines), lines
-    # generous bounds for a shared 2-core machine; before the gate: 2.9 s, 2.7 s, 2.2 s
-    assert login_s < 1.0 and max(zip_s) < 1.0 and post_s < 1.0 and again_s < 0.5, \
-        (login_s, zip_s, post_s, again_s)
+    # bounds for a shared, busy 2-core machine: 1 s more than 3 x the same calls without the
+    # flood (before the gate, with 60 connections: login 2.9 s, zip p99 2.7 s, post p99 2.2 s)
+    bound = 1.0 + 3 * max(base)
+    assert login_s < bound and max(zip_s) < bound and post_s < bound and again_s < bound, \
+        (base, login_s, zip_s, post_s, again_s)
 
 
 @pytest.mark.slow
@@ -203,3 +216,41 @@ def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
         (stored,) = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()
     assert stored == MAX_DUPLICATES
     assert slowest < 1.0, slowest
+
+
+@pytest.mark.slow
+def test_session_clock_ignores_wall_clock_steps(holdout, tmp_path, monkeypatch):
+    """The server's wall clock is stepped (through lpirc.clock's test hook, a file holding an
+    offset) by -300 s and then +700 s during a 4 s session: the session still ends 4 s after
+    its login by the monotonic clock. The offset at the server's start reaches its records
+    (wall time, for people)."""
+    offset = tmp_path / "offset"
+    offset.write_text("1000")
+    monkeypatch.setenv("LPIRC_WALL_OFFSET_FILE", str(offset))
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    with Referee(holdout, db, time_limit_s=4) as ref:
+        t0 = time.monotonic()
+        token = ref.login("alpha", "pw")
+        offset.write_text("700")  # -300 s
+        time.sleep(1.0)
+        left = float(ref.post("/status", token=token).text.split("time_left_s ")[1])
+        assert 2.0 < left < 3.5, left  # before: 303 s left
+        offset.write_text("1700")  # +700 s (+400 s from the start)
+        time.sleep(0.5)
+        r = ref.post("/result", token=token, image_name="1", CLASS_ID="1", confidence="1")
+        assert r.status_code == 200, r.text  # before: ended by the +700 s step
+        wait_for(lambda: ref.post("/verify", token=token).status_code == 401, timeout=10,
+                 step=0.05)
+        ended_after = time.monotonic() - t0
+
+        def scored():
+            r = lpirc("referee", "results", "--db", str(db), "--format", "json")
+            return json.loads(r.stdout) if r.returncode == 0 else None
+
+        rows = wait_for(scored)
+    assert 3.9 < ended_after < 5.5, ended_after
+    assert rows[0]["wall_time_s"] == pytest.approx(4.0)
+    manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
+    started = datetime.fromisoformat(manifest["start_utc"]).timestamp()
+    assert abs(started - (time.time() + 1000 - ended_after)) < 30, manifest["start_utc"]

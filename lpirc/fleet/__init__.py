@@ -52,26 +52,29 @@ Ray is imported only inside the functions that need it (the ``fleet`` extra).
 """
 
 from lpirc.errors import FleetError
-from lpirc.fleet.cluster import (RAY_START_DIR, cluster_devices, connect, import_ray,
-                                 local_cluster, no_device_error, probe_address)
+from lpirc.fleet.cluster import (RAY_LOG, RAY_START_DIR, cluster_devices, connect, import_ray,
+                                 local_cluster, no_device_error, probe_address, ray_output_to)
 from lpirc.fleet.device import (HOLDOUT_ENV, KINDS, RESOURCE_PREFIX, WORK_ENV, AttemptResult,
                                 CheckRequest, Device, DeviceWorker, JobRequest, NodeReport,
                                 devices_from_nodes, parse_resource, share_cores)
 from lpirc.fleet.head import check_inputs, local_devices, run_fleet
-from lpirc.fleet.jobs import (STATE, FleetConfig, FleetEvent, FleetOutcome, JobState,
-                              Submission, find_submissions, load_jobs, parse_kind)
+from lpirc.fleet.jobs import (STATE, FleetConfig, FleetEvent, FleetOutcome, HeadInputs,
+                              JobState, Submission, find_submissions, job_names, load_jobs,
+                              parse_kind, safe_name)
 from lpirc.fleet.policy import Fleet
 from lpirc.fleet.pool import DevicePool, Finished, LocalPool
 from lpirc.fleet.ray_pool import RayPool, start_failure
-from lpirc.fleet.standings import add_to_standings, format_standings
+from lpirc.fleet.standings import add_to_standings, check_standings, format_standings
 
 __all__ = [
-    "HOLDOUT_ENV", "KINDS", "RAY_START_DIR", "RESOURCE_PREFIX", "STATE", "WORK_ENV",
+    "HOLDOUT_ENV", "KINDS", "RAY_LOG", "RAY_START_DIR", "RESOURCE_PREFIX", "STATE", "WORK_ENV",
     "AttemptResult", "CheckRequest", "Device", "DevicePool", "DeviceWorker", "Finished", "Fleet",
-    "FleetConfig", "FleetError", "FleetEvent", "FleetOutcome", "JobRequest", "JobState",
+    "FleetConfig", "FleetError", "FleetEvent", "FleetOutcome", "HeadInputs", "JobRequest",
+    "JobState",
     "LocalPool", "NodeReport", "RayPool", "Submission", "add_to_standings", "check_inputs",
-    "cluster_devices", "connect", "devices_from_nodes", "find_submissions", "format_standings",
-    "import_ray", "load_jobs", "local_cluster", "local_devices", "no_device_error",
-    "parse_kind", "parse_resource", "probe_address", "run_fleet", "share_cores",
+    "check_standings", "cluster_devices", "connect", "devices_from_nodes", "find_submissions", "format_standings",
+    "import_ray", "job_names", "load_jobs", "local_cluster", "local_devices", "no_device_error",
+    "parse_kind", "parse_resource", "probe_address", "ray_output_to", "run_fleet",
+    "safe_name", "share_cores",
     "start_failure",
 ]

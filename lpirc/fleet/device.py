@@ -103,11 +103,13 @@ class CheckRequest:
 class NodeReport:
     """A device's answer to the holdout check, sent before it takes any job.
     ``files_sha256``: the sha256 of the node's ordered holdout file list (the manifest's);
-    None with ``error`` when it could not be listed."""
+    ``content_sha256``: :func:`lpirc.holdout.content_sha256`, names and bytes (what the head
+    compares); both None with ``error`` when the holdout could not be read."""
 
     pid: int
     holdout: str
     files_sha256: str | None
+    content_sha256: str | None
     image_count: int
     error: str | None  # why the holdout could not be listed
     holds_ground_truth: bool
@@ -128,13 +130,16 @@ class JobRequest:
     holdout: str  # the head's path: used where the node sets no $LPIRC_FLEET_HOLDOUT
     work_dir: str  # the head's suggestion: used where the node sets no $LPIRC_FLEET_WORK_DIR
     run_args: tuple[str, ...]  # lpirc run options besides --model, --holdout, --out
+    stuck_after_s: float | None = None  # the run is killed this long after its start
 
 
 @dataclass(frozen=True)
 class AttemptResult:
     """What a device sends back: the run's exit code and one-line reason, the result log and
     manifest (bytes, as written), where the run folder stays on the node, and times (seconds
-    since the epoch on the node's clock; ``run_s`` is the wall time of ``lpirc run``)."""
+    since the epoch on the node's clock; ``run_s`` is the wall time of ``lpirc run``).
+    ``stuck``: the run gave no result ``JobRequest.stuck_after_s`` after its start and was
+    killed by the device's worker."""
 
     exit_code: int
     reason: str | None
@@ -144,6 +149,7 @@ class AttemptResult:
     run_s: float
     started: float
     ended: float
+    stuck: bool = False
 
 
 def node_work_dir(suggested: str) -> Path:
@@ -194,23 +200,24 @@ class DeviceWorker:
 
     def check(self, holdout: str, seed: int, work_dir: str) -> NodeReport:
         """List this node's holdout with the function that computes the manifest's sha256."""
-        from lpirc.holdout import open_holdout
+        from lpirc.holdout import content_sha256, open_holdout
 
         path = os.environ.get(HOLDOUT_ENV) or holdout
-        sha, count, error = None, 0, None
+        sha, content, count, error = None, None, 0, None
         try:
             h = open_holdout(path, seed=seed)
-            sha, count = h.files_sha256, len(h.files)
+            sha, content, count = h.files_sha256, content_sha256(h), len(h.files)
         except LpircError as e:
             error = str(e)
-        return NodeReport(os.getpid(), str(path), sha, count, error,
+        return NodeReport(os.getpid(), str(path), sha, content, count, error,
                           Path(path, "ground_truth.csv").is_file(),
                           tuple(self.cores) if self.cores is not None else None, __version__,
                           str(node_work_dir(work_dir)))
 
     def run_job(self, req: JobRequest, model: bytes) -> AttemptResult:
         """Write the model (and sidecar) into a fresh attempt folder and run ``lpirc run`` on
-        it as a child process; return what it left."""
+        it as a child process; return what it left.
+        A run still going ``req.stuck_after_s`` after its start is killed (``stuck``)."""
         base = fresh_folder(node_work_dir(req.work_dir) / req.job / f"attempt-{req.attempt}")
         model_path = base / req.model_name
         model_path.write_bytes(model)
@@ -232,12 +239,20 @@ class DeviceWorker:
             self._proc = proc
             if self._killed.is_set():
                 proc.kill()
-            _, stderr = proc.communicate()
+            stuck = False
+            try:
+                _, stderr = proc.communicate(timeout=req.stuck_after_s)
+            except subprocess.TimeoutExpired:
+                stuck = True
+                proc.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
+                _, stderr = proc.communicate()
         t1 = time.time()
         (base / "stderr.txt").write_bytes(stderr)
-        return AttemptResult(proc.returncode, run_reason(stderr, proc.returncode),
-                             read_bytes(run_dir / RESULTS), read_bytes(run_dir / MANIFEST),
-                             str(run_dir), t1 - t0, t0, t1)
+        reason = (f"stuck: no result {req.stuck_after_s:g} s after its start; the device's "
+                  "worker killed the run" if stuck else run_reason(stderr, proc.returncode))
+        return AttemptResult(proc.returncode, reason, read_bytes(run_dir / RESULTS),
+                             read_bytes(run_dir / MANIFEST), str(run_dir), t1 - t0, t0, t1,
+                             stuck)
 
     def kill(self) -> None:
         """End the running ``lpirc run`` child, if any (a Ray actor's child dies with the actor

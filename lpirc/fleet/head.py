@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from lpirc import leaderboard
 from lpirc.errors import InputError
 from lpirc.fleet.cluster import cluster_devices, no_device_error
 from lpirc.fleet.device import RESOURCE_PREFIX, Device
-from lpirc.fleet.jobs import FleetConfig, FleetEvent, FleetOutcome, Submission, load_jobs
+from lpirc.fleet.jobs import (FleetConfig, FleetEvent, FleetOutcome, HeadInputs, Submission,
+                              load_jobs)
 from lpirc.fleet.policy import Fleet
 from lpirc.fleet.pool import DevicePool, LocalPool
-from lpirc.fleet.standings import add_to_standings
+from lpirc.fleet.standings import add_to_standings, check_standings
+from lpirc.results import file_sha256
 
 
 def local_devices(count: int, kind: str = "cpu") -> list[Device]:
@@ -24,13 +25,14 @@ def local_devices(count: int, kind: str = "cpu") -> list[Device]:
             for i in range(count)]
 
 
-def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> None:
+def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> HeadInputs:
     """What the head must have before any device is asked: its holdout, a ground truth that
-    parses, a known rule set, a fleet folder it can write (whose ``fleet.json``, if any, is this
-    fleet's), a standings database. InputError (one line naming the file) otherwise."""
+    parses, a known rule set, a fleet folder it can write (whose ``fleet.json``, if any, is of
+    this fleet: same identity), a standings database that reads. InputError (one line naming
+    the file) otherwise. Reads every holdout image once (its content digest)."""
     import scoring
 
-    from lpirc.holdout import open_holdout
+    from lpirc.holdout import content_sha256, open_holdout
 
     head = open_holdout(cfg.holdout, seed=cfg.seed)  # its one-line error
     if cfg.rules not in scoring.RULES:
@@ -45,26 +47,28 @@ def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> None:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{cfg.out}: cannot create the fleet folder ({e.strerror or e})") from None
-    leaderboard.open_db(cfg.db_path).close()  # a file that is not a standings database: one line
-    load_jobs(cfg, subs, head.files_sha256)
+    check_standings(cfg.db_path)
+    content = content_sha256(head)
+    inputs = HeadInputs(head.files_sha256, content, len(head.files), cfg.identity() | {
+        "holdout_files_sha256": head.files_sha256, "holdout_content_sha256": content,
+        "ground_truth_sha256": file_sha256(cfg.ground_truth)})
+    load_jobs(cfg, subs, inputs.identity)
+    return inputs
 
 
 def run_fleet(subs: list[Submission], cfg: FleetConfig,
               on_event: Callable[[FleetEvent], None] | None = None, *,
-              pool: DevicePool | None = None,
-              devices: list[Device] | None = None) -> FleetOutcome:
+              pool: DevicePool | None = None, devices: list[Device] | None = None,
+              inputs: HeadInputs | None = None) -> FleetOutcome:
     """Run every submission as a job on ``devices`` held by ``pool``; by default the connected
     Ray cluster's devices (see :func:`lpirc.fleet.cluster.connect`) in a
     :class:`lpirc.fleet.ray_pool.RayPool`. Returns when every job is done, failed or, after
     Ctrl-C, cancelled. Writes ``OUT/fleet.json`` as it goes and ``OUT/runs/<job>/`` for each
-    scored job.
+    scored job. ``inputs``: what :func:`check_inputs` returned (checked again when None).
 
     Raises InputError for the head's own inputs (holdout, ground truth, fleet folder) and
     FleetError when the cluster offers no lpirc device."""
-    from lpirc.holdout import open_holdout
-
-    check_inputs(cfg, subs)
-    head = open_holdout(cfg.holdout, seed=cfg.seed)
+    inputs = inputs or check_inputs(cfg, subs)
     if pool is None:
         from lpirc.fleet.ray_pool import RayPool
 
@@ -72,8 +76,7 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
         devices = cluster_devices() if devices is None else devices
     if not devices:
         raise no_device_error()
-    fleet = Fleet(cfg, load_jobs(cfg, subs, head.files_sha256), pool, head.files_sha256,
-                  len(head.files), on_event)
+    fleet = Fleet(cfg, load_jobs(cfg, subs, inputs.identity), pool, inputs, on_event)
     _resume(fleet, cfg, {s.name for s in subs})
     interrupted = False
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ def parse_kind(model: Path, kind: str) -> str:
 
 def find_submissions(paths: list[Path], kind: str = "auto") -> list[Submission]:
     """One :class:`Submission` per ``.tflite`` file given, or per ``.tflite`` directly inside a
-    folder given (sorted). Names are the file stems, made unique with ``-2``, ``-3`` ...
+    folder given (sorted), named by :func:`job_names`.
 
     Raises InputError naming a path that is missing, a sidecar given as a model, or a folder
     holding no ``.tflite``."""
@@ -66,12 +67,37 @@ def find_submissions(paths: list[Path], kind: str = "auto") -> list[Submission]:
             raise InputError(f"{p}: submission not found")
         else:
             files.append(p)
-    out: list[Submission] = []
-    seen: dict[str, int] = {}
-    for f in files:
-        n = seen[f.stem] = seen.get(f.stem, 0) + 1
-        name = f.stem if n == 1 else f"{f.stem}-{n}"
-        out.append(Submission(name, f.resolve(), parse_kind(f, kind), file_sha256(f)))
+    return [Submission(name, f.resolve(), parse_kind(f, kind), file_sha256(f))
+            for name, f in zip(job_names(files), files)]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(stem: str) -> str:
+    """A file stem as a folder name that stays where it is put: every character but ASCII
+    letters, digits, ``.``, ``_`` and ``-`` becomes ``_``, and a leading ``.`` becomes ``_``
+    (``..tflite``'s stem ``.`` would be the folder itself, ``..`` its parent)."""
+    name = _UNSAFE.sub("_", stem) or "_"
+    return "_" + name[1:] if name.startswith(".") else name
+
+
+def job_names(files: list[Path]) -> list[str]:
+    """One job name per file, in order: its :func:`safe_name`, made unique with ``-2``, ``-3``
+    ... A suffix never takes a name another file has by itself (``dA/m``, ``dB/m``, ``dC/m-2``
+    are ``m``, ``m-3``, ``m-2``), and names that differ only in case count as equal (a fleet
+    folder on a case-insensitive file system)."""
+    stems = [safe_name(f.stem) for f in files]
+    taken = {s.casefold() for s in stems}
+    seen: set[str] = set()
+    out = []
+    for stem in stems:
+        name, n = stem, 1
+        while name.casefold() in seen or (n > 1 and name.casefold() in taken):
+            n += 1
+            name = f"{stem}-{n}"
+        seen.add(name.casefold())
+        out.append(name)
     return out
 
 
@@ -82,9 +108,19 @@ def find_submissions(paths: list[Path], kind: str = "auto") -> list[Submission]:
 class FleetConfig:
     """Everything the head decides: the holdout and ground truth (head paths), the fleet folder,
     the run's budget and rules (passed to every ``lpirc run``; defaults: :class:`RunSettings`'),
-    attempts allowed per job, the seconds past a run's budget after which its device counts as
-    stuck, and the standings database (None: ``lpirc leaderboard``'s default, ``$LPIRC_DB`` or
-    ``runs/standings.sqlite``)."""
+    attempts allowed per job, the standings database (None: ``lpirc leaderboard``'s default,
+    ``$LPIRC_DB`` or ``runs/standings.sqlite``), and:
+
+    ``hang_margin_s``: a run with no result ``time_limit_s + hang_margin_s`` seconds after its
+    start is stuck; its device's worker kills it and the job goes to another device (the
+    head ends a worker that has not answered ``hang_margin_s`` after that). ``lpirc run`` ends
+    within about a second of its wall budget (the clock counts from its start, model loading
+    included), plus its interpreter's start-up and writing its files: 0.7 s on an idle 2-core
+    machine, a few seconds under load. 30 s leaves ten times that.
+
+    ``device_reports``: let each device write ``report.html`` into its run folder (off: it costs
+    0.3-1.2 s of device time per job, and the head can make it: ``lpirc report
+    OUT/runs/<job>``)."""
 
     holdout: Path
     ground_truth: Path
@@ -96,16 +132,46 @@ class FleetConfig:
     seed: int = RunSettings.seed
     max_attempts: int = 3
     db: Path | None = None
-    hang_margin_s: float = 120.0  # a run silent this long past its wall budget: stuck device
+    hang_margin_s: float = 30.0
+    device_reports: bool = False
 
     def run_args(self, kind: str) -> tuple[str, ...]:
+        """The ``lpirc run`` options of every job asking for a ``kind`` device."""
         return ("--delegate", kind, "--time-limit-s", repr(self.time_limit_s), "--clock",
                 self.clock, "--ms-per-image", repr(self.ms_per_image), "--seed", str(self.seed),
-                "--rules", self.rules)
+                "--rules", self.rules, *(() if self.device_reports else ("--no-report",)))
+
+    @property
+    def stuck_after_s(self) -> float:
+        """Seconds after a run's start past which it is stuck (its worker kills it)."""
+        return self.time_limit_s + self.hang_margin_s
+
+    def identity(self) -> dict[str, Any]:
+        """The settings every run of one fleet folder shares (its results are ranked together):
+        rules, budget, clock, seed; ``ms_per_image`` only under the inference clock. The head
+        adds its holdout's and ground truth's digests (:func:`lpirc.fleet.head.check_inputs`)."""
+        out: dict[str, Any] = {"rules": self.rules, "time_limit_s": float(self.time_limit_s),
+                               "clock": self.clock, "seed": self.seed}
+        if self.clock == "inference":
+            out["ms_per_image"] = float(self.ms_per_image)
+        return out
 
     @property
     def db_path(self) -> Path:
         return Path(self.db) if self.db is not None else leaderboard.default_db_path()
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """What the head checked before any device is asked (:func:`lpirc.fleet.head.check_inputs`):
+    its holdout's digests (the ordered names, as manifests record them; names and bytes, as
+    node checks compare them), its image count, and the fleet's identity
+    (:meth:`FleetConfig.identity` plus those digests and the ground truth's sha256)."""
+
+    files_sha256: str
+    content_sha256: str
+    image_count: int
+    identity: dict[str, Any]
 
 
 # --- jobs, events, outcome -------------------------------------------------------------------
@@ -178,11 +244,41 @@ def parse_json(data: bytes | None) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def load_jobs(cfg: FleetConfig, subs: list[Submission], head_sha: str) -> list[JobState]:
+#: the option that sets each key of a fleet's identity (in messages)
+_OPTION = {"rules": "--rules", "time_limit_s": "--time-limit-s", "clock": "--clock",
+           "ms_per_image": "--ms-per-image", "seed": "--seed",
+           "holdout_files_sha256": "--holdout (its file list)",
+           "holdout_content_sha256": "--holdout (its images' bytes)",
+           "ground_truth_sha256": "--ground-truth (its bytes)"}
+
+
+def _show(key: str, value: Any) -> str:
+    return str(value)[:12] if key.endswith("sha256") and value else str(value)
+
+
+def check_same_fleet(path: Path, old: dict, identity: dict[str, Any]) -> None:
+    """InputError (one line) when the fleet recorded in ``path`` (its ``settings``; a file
+    written before lpirc recorded them has only its holdout list and rules) ran with another
+    identity than ``identity``: its results would be ranked with runs of another budget, clock,
+    holdout or ground truth."""
+    full = isinstance(old.get("settings"), dict)
+    recorded = old["settings"] if full else {
+        "rules": old.get("rules"), "holdout_files_sha256": old.get("holdout_files_sha256")}
+    keys = [k for k in _OPTION if k in recorded or (full and k in identity)]
+    for k in keys:
+        before, now = recorded.get(k), identity.get(k)
+        if before != now:
+            raise InputError(f"{path}: the fleet in this folder ran with {_OPTION[k]} "
+                             f"{_show(k, before)}, this one {_show(k, now)}; give the same "
+                             "settings to resume it, or choose another --out")
+
+
+def load_jobs(cfg: FleetConfig, subs: list[Submission], identity: dict[str, Any]) -> list[JobState]:
     """The jobs of this fleet: one per submission, and what ``OUT/fleet.json`` of an earlier
     run into the same ``--out`` recorded. A job done there stays done (it is not run or scored
     again); one not given now is kept as recorded. Raises InputError when that earlier fleet
-    used another holdout or rule set, or the same job name for another model."""
+    ran with another identity (:func:`check_same_fleet`) or used the same job name for
+    another model."""
     jobs = [JobState.of(s) for s in subs]
     path = cfg.out / STATE
     if not path.is_file():
@@ -190,9 +286,7 @@ def load_jobs(cfg: FleetConfig, subs: list[Submission], head_sha: str) -> list[J
     old = parse_json(read_bytes(path))
     if old is None or not isinstance(old.get("jobs"), list):
         raise InputError(f"{path}: not a fleet state file; choose another --out")
-    if old.get("holdout_files_sha256") != head_sha or old.get("rules") != cfg.rules:
-        raise InputError(f"{path}: an earlier fleet over another holdout or rule set "
-                         f"({old.get('rules')}); choose another --out")
+    check_same_fleet(path, old, identity)
     fields = {f.name for f in dataclasses.fields(JobState)}
     prev = {j["name"]: JobState(**{k: v for k, v in j.items() if k in fields})
             for j in old["jobs"] if isinstance(j, dict) and "name" in j}

@@ -5,9 +5,12 @@ failure, a result), results are scored on the head and added to the standings.
 
 Faults. A device lost mid-run (its worker died, its node was lost) gets no further job; its
 job is queued again for another device, the attempt is recorded (device, reason, where its
-partial run folder stays) and nothing of it is scored; a device silent for
-``FleetConfig.hang_margin_s`` past its run's budget is ended and counts the same. A node whose
-holdout differs from the head's is refused, all its devices with it. A job whose kind no device
+partial run folder stays) and nothing of it is scored. A run with no result
+``FleetConfig.hang_margin_s`` past its budget is stuck: the device's worker kills it and
+answers, the job goes to another device, and the device stays in service unless its runs got
+stuck twice; a worker that has not answered ``hang_margin_s`` after that is ended, its device
+lost. A node whose holdout differs from the head's (names or bytes) is refused, all its devices
+with it. A job whose kind no device
 offers any more fails (stranded). Each job has ``FleetConfig.max_attempts`` tries per session.
 Ctrl-C cancels every running and queued job; what finished stays scored.
 """
@@ -26,23 +29,26 @@ from lpirc.errors import EXIT_INTERRUPTED, EXIT_OK
 from lpirc.fleet.cluster import RAY_START_DIR
 from lpirc.fleet.device import (RESOURCE_PREFIX, AttemptResult, CheckRequest, Device,
                                 JobRequest, NodeReport)
-from lpirc.fleet.jobs import STATE, FleetConfig, FleetEvent, JobState, now_utc, parse_json
+from lpirc.fleet.jobs import (STATE, FleetConfig, FleetEvent, HeadInputs, JobState, now_utc,
+                              parse_json)
 from lpirc.fleet.pool import DevicePool, Finished
 from lpirc.fleet.standings import add_to_standings, num
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
 
 _DEVICE_FAULT_EXITS = (EXIT_INTERRUPTED,)  # the run was stopped from outside, not by its model
 _LIVE = ("checking", "idle", "busy")
+_STUCK_RUNS_TO_RETIRE = 2  # a device whose runs got stuck this many times takes no more jobs
 
 
 @dataclass
 class _Slot:
-    """One device as the head sees it: its state (checking, idle, busy, hung, refused, lost,
-    released) and its answer to the holdout check."""
+    """One device as the head sees it: its state (checking, idle, busy, hung, stuck, refused,
+    lost, released), its answer to the holdout check, and how many of its runs got stuck."""
 
     device: Device
     state: str = "checking"
     report: NodeReport | None = None
+    stuck_runs: int = 0
 
 
 class Fleet:
@@ -50,10 +56,8 @@ class Fleet:
     pool does the placement and the running."""
 
     def __init__(self, cfg: FleetConfig, jobs: list[JobState], pool: DevicePool,
-                 head_sha: str, head_count: int,
-                 on_event: Callable[[FleetEvent], None] | None = None) -> None:
-        self.cfg, self.jobs, self.pool = cfg, jobs, pool
-        self.head_sha, self.head_count = head_sha, head_count
+                 head: HeadInputs, on_event: Callable[[FleetEvent], None] | None = None) -> None:
+        self.cfg, self.jobs, self.pool, self.head = cfg, jobs, pool, head
         self.on_event = on_event or (lambda ev: None)
         self.slots: dict[str, _Slot] = {}
         self.running: dict[str, tuple[JobState, float]] = {}  # device label -> job, monotonic
@@ -75,9 +79,9 @@ class Fleet:
     def save(self) -> None:
         write_json(self.cfg.out / STATE, {
             "lpirc_version": __version__, "holdout": str(self.cfg.holdout.resolve()),
-            "holdout_files_sha256": self.head_sha,
+            "holdout_files_sha256": self.head.files_sha256,
             "ground_truth": str(Path(self.cfg.ground_truth).resolve()),
-            "rules": self.cfg.rules, "updated_utc": now_utc(),
+            "rules": self.cfg.rules, "settings": self.head.identity, "updated_utc": now_utc(),
             "devices_ready_s": self.ready_s, "wall_s": self.wall_s,
             "devices": self.device_table(),
             "jobs": [dataclasses.asdict(j) for j in self.jobs]})
@@ -131,11 +135,14 @@ class Fleet:
         slot.report = rep
         if rep.error:
             self.refuse_node(slot, f"holdout {rep.holdout}: {rep.error}")
-        elif rep.files_sha256 != self.head_sha:
-            self.refuse_node(slot, f"holdout {rep.holdout} differs from the head's "
-                                   f"(sha256 of the ordered file list {rep.files_sha256[:12]}, "
-                                   f"{rep.image_count} images; head {self.head_sha[:12]}, "
-                                   f"{self.head_count} images)")
+        elif rep.content_sha256 != self.head.content_sha256:
+            what = ("the same names, other bytes" if rep.files_sha256 == self.head.files_sha256
+                    else "another list of names")
+            self.refuse_node(slot, f"holdout {rep.holdout} differs from the head's ({what}: "
+                                   f"content sha256 {rep.content_sha256[:12]}, "
+                                   f"{rep.image_count} images; head "
+                                   f"{self.head.content_sha256[:12]}, "
+                                   f"{self.head.image_count} images)")
         else:
             slot.state = "idle"
             self.first_ready = self.first_ready or time.monotonic()
@@ -188,7 +195,9 @@ class Fleet:
             self._stop_hung()
 
     def _hang_limit_s(self) -> float:
-        return self.cfg.time_limit_s + self.cfg.hang_margin_s
+        """Seconds after the head submitted a run past which its worker, which kills a run
+        ``stuck_after_s`` after its start, has not answered either: the device is ended."""
+        return self.cfg.stuck_after_s + self.cfg.hang_margin_s
 
     def _wait_s(self) -> float:
         """How long to wait for the pool: at most 1 s, and not past the next run's hang limit."""
@@ -196,24 +205,23 @@ class Fleet:
         return max(0.0, min([1.0, *(d - time.monotonic() for d in deadlines)]))
 
     def _stop_hung(self) -> None:
-        """A run ends within about a second of its wall budget (``lpirc run``'s own rule); one
-        silent for ``hang_margin_s`` beyond it has a stuck device: its worker is ended, and the
-        job is retried like any lost device's."""
+        """The head's backstop: a worker that has not answered ``_hang_limit_s`` after its run
+        was submitted (it would have killed a stuck run and answered) is ended, and its job
+        retried like any lost device's."""
         limit = self._hang_limit_s()
         for label, (job, t0) in list(self.running.items()):
             slot = self.slots[label]
             if slot.state == "busy" and time.monotonic() - t0 >= limit:
                 slot.state = "hung"
-                self.emit("note", f"{slot.device.label}: no result from {job.name} within "
-                                  f"{limit:.0f} s (budget + {self.cfg.hang_margin_s:.0f} s); "
-                                  "device ended", job, slot)
+                self.emit("note", f"{slot.device.label}: no answer from its worker for "
+                                  f"{job.name} within {limit:g} s (budget + 2 x "
+                                  f"{self.cfg.hang_margin_s:g} s); device ended", job, slot)
                 self.pool.kill(label)
 
     def _dispatch(self) -> None:
         for slot in self.slots.values():
             if slot.state == "idle":
-                job = next((j for j in self.jobs
-                            if j.status == "queued" and j.kind == slot.device.kind), None)
+                job = self._next_job(slot)
                 if job is not None:
                     self._start(job, slot)
         for job in self.jobs:
@@ -226,6 +234,21 @@ class Fleet:
                        f"{gone.count('lost')} lost)")
                 self._fail(job, why)
 
+    def _next_job(self, slot: _Slot) -> JobState | None:
+        """The first queued job of ``slot``'s kind that has not run on it; a job that has
+        (lost, stopped or stuck there) only when no other live device of its kind is left
+        that it has not tried."""
+        def tried(job: JobState, s: _Slot) -> bool:
+            return any(a.get("device") == s.device.label for a in job.attempts)
+
+        queued = [j for j in self.jobs if j.status == "queued" and j.kind == slot.device.kind]
+        for job in queued:
+            if not tried(job, slot) or not any(
+                    s is not slot and s.device.kind == job.kind and s.state in _LIVE
+                    and not tried(job, s) for s in self.slots.values()):
+                return job
+        return None
+
     def _start(self, job: JobState, slot: _Slot) -> None:
         model = Path(job.model)
         side = model.with_suffix(".json")
@@ -233,7 +256,7 @@ class Fleet:
         req = JobRequest(job.name, attempt, model.name,
                          side.read_bytes() if side.is_file() else None,
                          str(self.cfg.holdout.resolve()), self._work_dir(slot.device),
-                         self.cfg.run_args(job.kind))
+                         self.cfg.run_args(job.kind), self.cfg.stuck_after_s)
         self.pool.submit(slot.device.label, req, model.read_bytes())
         job.attempts.append({"attempt": attempt, "device": slot.device.label,
                              "node": slot.device.node_ip, "started_utc": now_utc(),
@@ -271,6 +294,16 @@ class Fleet:
     def _accept(self, job: JobState, slot: _Slot, res: AttemptResult, rec: dict) -> None:
         """Sort a finished attempt: stopped from outside (retry), not this holdout or not this
         model (retry elsewhere), the submission's own failure (recorded), or a result to score."""
+        if res.stuck:
+            rec.update(outcome="stuck", reason=res.reason)
+            slot.stuck_runs += 1
+            if slot.stuck_runs >= _STUCK_RUNS_TO_RETIRE and slot.state == "idle":
+                slot.state = "stuck"
+                self.pool.kill(slot.device.label)
+                self.emit("note", f"{slot.device.label}: {slot.stuck_runs} runs stuck there; "
+                                  "it takes no more jobs", job, slot)
+            self._retry_or_fail(job, f"lpirc run on {slot.device.label} {res.reason}")
+            return
         if res.exit_code < 0 or res.exit_code in _DEVICE_FAULT_EXITS:
             rec.update(outcome="stopped", reason=res.reason)
             self._retry_or_fail(job, f"lpirc run on {slot.device.label} was stopped: {res.reason}")
@@ -278,10 +311,10 @@ class Fleet:
         manifest = parse_json(res.manifest)
         if manifest is not None:
             sha = (manifest.get("holdout") or {}).get("files_sha256")
-            if sha != self.head_sha:
+            if sha != self.head.files_sha256:
                 rec.update(outcome="holdout_mismatch", reason=f"holdout sha256 {sha}")
                 self.refuse_node(slot, f"its run listed a holdout with sha256 {str(sha)[:12]}, "
-                                       f"not the head's {self.head_sha[:12]}")
+                                       f"not the head's {self.head.files_sha256[:12]}")
                 self._retry_or_fail(job, f"{slot.device.label} ran another holdout")
                 return
             if (manifest.get("model") or {}).get("sha256") != job.sha256:
@@ -305,7 +338,7 @@ class Fleet:
         run_dir = self.cfg.out / "runs" / job.name
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESULTS).write_bytes(res.results or b"")
-        (run_dir / MANIFEST).write_bytes(res.manifest or b"")
+        write_json(run_dir / MANIFEST, self._head_manifest(parse_json(res.manifest) or {}))
         try:
             score = scoring.score_path(run_dir, ground_truth=self.cfg.ground_truth,
                                        rules=self.cfg.rules)
@@ -331,6 +364,16 @@ class Fleet:
         if job.standings.startswith("not recorded"):
             self.emit("note", f"{job.name}: standings {job.standings}", job, slot)
         self.save()
+
+    def _head_manifest(self, manifest: dict) -> dict:
+        """The device's manifest, its holdout's ``ground_truth`` the head's (the device's own,
+        if any, kept as ``ground_truth_on_device``), so that ``lpirc score``, ``lpirc report``
+        and ``lpirc leaderboard add`` score ``OUT/runs/<job>`` as the head did. The run's uid
+        (``leaderboard.run_uid``) does not read that field."""
+        hold = dict(manifest.get("holdout") or {})
+        hold["ground_truth_on_device"] = hold.get("ground_truth")
+        hold["ground_truth"] = str(Path(self.cfg.ground_truth).resolve())
+        return manifest | {"holdout": hold}
 
     def _retry_or_fail(self, job: JobState, why: str) -> None:
         self.tries[job.name] = self.tries.get(job.name, 0) + 1

@@ -3,13 +3,31 @@ leaderboard`` (source ``fleet``), and the fleet's own final table."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from lpirc import leaderboard
-from lpirc.errors import LpircError
+from lpirc.errors import InputError, LpircError
 from lpirc.fleet.jobs import FleetOutcome
 from lpirc.fleet.pool import first_line
+
+
+def check_standings(db: Path) -> None:
+    """Open the standings database (made if missing) and read every page of it (SQLite's
+    ``quick_check``), before any device is asked: a damaged file is refused here, in one line
+    (InputError), not at the first result. open_db alone reads only the schema page."""
+    conn = leaderboard.open_db(db)  # not a SQLite file, not a standings database: one line
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as e:
+        rows = [(str(e),)]
+    finally:
+        conn.close()
+    if rows != [("ok",)]:
+        why = " ".join(str(rows[0][0]).split()) if rows else "no answer"
+        raise InputError(f"{db}: damaged standings database (SQLite quick_check: {why[:120]}); "
+                         "restore it from a copy, or give another --db")
 
 
 def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
@@ -18,7 +36,8 @@ def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
     ``fleet``, its uid the run's: the same run is never added twice). Returns what happened,
     for ``fleet.json``: ``added``, ``already in the standings``, or why it was not recorded
     (the result stays scored in its run folder; ``lpirc leaderboard add`` can add it later).
-    ``score``: the run's score object just computed by the head, so it is not scored twice."""
+    ``score``: the run's score object just computed by the head, so it is not scored twice.
+    Never raises for the database: a file damaged mid-fleet costs no result."""
     try:
         conn = leaderboard.open_db(db)
     except LpircError as e:
@@ -29,6 +48,8 @@ def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
         added = leaderboard.add_entry(conn, entry)
     except (LpircError, ValueError, OSError) as e:
         return f"not recorded: {first_line(e)}"
+    except sqlite3.Error as e:  # a file damaged (or locked past the timeout) mid-fleet
+        return f"not recorded: {db}: {first_line(e)}"
     finally:
         conn.close()
     return f"added to {db} ({entry.uid[:8]})" if added else (

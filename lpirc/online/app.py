@@ -12,7 +12,6 @@ Errors are answered in one place, by exception handlers, never by a try/except p
 
 from __future__ import annotations
 
-import fcntl
 import html
 import signal
 import sqlite3
@@ -33,7 +32,7 @@ from lpirc.online.config import OnlineConfig
 from lpirc.online.errors import ApiError
 from lpirc.online.routes import ROUTES
 from lpirc.online.service import Service
-from lpirc.referee.server import _exit_ok, bind
+from lpirc.referee.server import _exit_ok, _lock_db, bind
 
 
 def _is_api(request: Request) -> bool:
@@ -98,7 +97,8 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     truth or database, a database another service holds, or an address in use."""
     import uvicorn  # only to serve
 
-    lock = _lock_db(Path(cfg.db))
+    Path(cfg.db).parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_db(Path(cfg.db), "lpirc online service")
     try:
         svc = Service(cfg, announce)
         try:
@@ -127,15 +127,3 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     finally:
         lock.close()
 
-
-def _lock_db(db: Path):
-    """An exclusive lock on ``DB.lock`` held until the process ends (kill -9 included): two
-    services on one database would run its queue twice."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    f = open(str(db) + ".lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise InputError(f"{db}: another lpirc online service is serving this database") from None
-    return f

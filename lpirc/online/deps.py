@@ -58,15 +58,15 @@ def path_id(request: Request, name: str = "id") -> int:
 
 async def form(request: Request, max_bytes: int, max_files: int = 0) -> dict[str, list]:
     """The request's form fields (multipart or URL-encoded), strings or UploadFiles; 413 when
-    the body is over ``max_bytes`` (by its Content-Length, before it is read), 411 for a
-    multipart body without one, 400 for a malformed one."""
+    the body is over ``max_bytes`` (by its Content-Length, before it is read), 411 for a body
+    without one, 415 for another content type, 400 for a malformed form."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise ApiError(413, f"request body of {int(length)} bytes is over the limit of "
                             f"{max_bytes} bytes", limit_bytes=max_bytes)
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data") and not length.isdigit():
-        raise ApiError(411, "a multipart upload needs a Content-Length header")
+    if not length.isdigit():  # a chunked body: its size is known only once it is all read
+        raise ApiError(411, "a form needs a Content-Length header")
     if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         raise ApiError(415, f"expected a form (multipart/form-data or "
                             f"application/x-www-form-urlencoded), got {ctype or 'no Content-Type'}")

@@ -31,7 +31,7 @@ from typing import Any
 
 from lpirc.errors import InputError
 from lpirc.online.config import PHASES
-from lpirc.referee.store import check_password, hash_password
+from lpirc.referee.store import check_account, check_password, hash_password, insert_account
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C504F4E  # "LPON"
@@ -258,22 +258,12 @@ class Store:
     def add_team(self, name: str, password: str, role: str = "team") -> Team:
         """Add an account. InputError if the name is taken or not 1-64 printable characters, the
         password empty, or the role unknown."""
-        if role not in ROLES:
-            raise InputError(f"role {role!r}: expected one of {', '.join(ROLES)}")
-        if not name or name != name.strip() or len(name) > 64 or not name.isprintable():
-            raise InputError(f"team name {name!r}: expected 1-64 printable characters, no "
-                             "leading or trailing spaces")
+        check_account(name, role, ROLES)
         if not password:
             raise InputError(f"team {name!r}: the password must not be empty")
         pw = hash_password(password)
         with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT INTO teams (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
-                    (name, role, pw, time.time()))
-            except sqlite3.IntegrityError:
-                raise InputError(f"{self.path}: team {name!r} already exists") from None
-        return Team(cur.lastrowid, name, role)
+            return Team(insert_account(self._db, self.path, name, pw, role), name, role)
 
     def team(self, team_id: int) -> Team | None:
         with self._lock:

@@ -20,6 +20,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 
 import scoring
 from lpirc import __version__
+from lpirc.clock import SteadyWall
 from lpirc.errors import InputError
 from lpirc.referee import protocol as P
 from lpirc.referee.protocol import ProtocolError
@@ -98,6 +99,8 @@ class Referee:
 
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
+        #: the referee's clock: unix seconds advancing with the monotonic clock (lpirc.clock)
+        self.clock = SteadyWall()
         if cfg.rules not in scoring.RULES:
             raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
         self.root = Path(cfg.holdout)
@@ -294,7 +297,7 @@ class Referee:
         or a restart that found some). A session whose team a meter is logging waits up to
         METER_GRACE_S after its end for the reading that covers the end (it stays pending and
         ``unscored`` stays set). Returns the scores made."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         out = []
         with self._score_lock:
             for row in self.store.sessions(kind="team"):

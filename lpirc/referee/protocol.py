@@ -167,6 +167,22 @@ def parse_answers(fields: Fields, count: int, base: int, synset_index) -> list[A
     return out
 
 
+def ranges(numbers: list[int]) -> str:
+    """Ascending numbers as ``1-100,105,110-112`` (the ``/answered`` reply's second line)."""
+    out, start, prev = [], None, None
+    for k in numbers:
+        if start is None:
+            start = prev = k
+        elif k == prev + 1:
+            prev = k
+        else:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+            start = prev = k
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(out)
+
+
 _POWER_FIELDS = ("voltage", "current", "energy", "elapsed", "timestamp")
 
 
@@ -223,6 +239,8 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
   /energy             token, energy_wh, method -> 200 (your own energy figure: self-reported;
                       taken up to {energy_grace_s:g} s after your time limit, answers are not)
   /status             token                    -> 200 your session: answers, time left
+  /answered           token                    -> 200 how many images you have answered, then
+                                                  their numbers as ranges (1-100,105)
   /logout             token                    -> 200 "Logout success" (ends the session)
   /powermeter         meter token, player, power (W) [voltage, current, energy, elapsed,
                       timestamp] (repeated)    -> 200 (the meter account only)
@@ -231,6 +249,7 @@ Images are numbered 1..N in an order of your own; CLASS_ID numbering: {numbering
 
 Status codes: 200 ok; 401 missing/invalid/expired token, bad login, time limit reached;
 403 no attempts left, or a call for the other kind of account; 404 unknown call; 405 a
-method other than GET/POST; 406 a malformed field; 411 multipart without Content-Length;
-413 request body over the limit; 503 the database failed (nothing stored: retry).
+method other than GET/POST; 406 a malformed field; 408 a request not sent in time;
+411 multipart without Content-Length; 413 request body over the limit; 429 too many failed
+logins (wait the Retry-After seconds); 503 the database failed (nothing stored: retry).
 """

@@ -82,7 +82,8 @@ class RefereeApp:
             "/login": self.login, "/get_token": self.login, "/verify": self.verify,
             "/logout": self.logout, "/no_of_images": self.no_of_images, "/image": self.image,
             "/zipimages": self.zipimages, "/result": self.result, "/energy": self.energy,
-            "/status": self.status, "/powermeter": self.powermeter, "/help": self.help,
+            "/status": self.status, "/answered": self.answered, "/powermeter": self.powermeter,
+            "/help": self.help,
             "/": self.leaderboard, "/leaderboard": self.leaderboard,
         }
         routes = [Route(path, self._endpoint(fn), methods=["GET", "POST"])
@@ -144,7 +145,7 @@ class RefereeApp:
 
     async def session(self, request: Request, kind: str = "team") -> tuple[P.Fields, Live, float]:
         f = await self.fields(request)
-        now = time.time()
+        now = self.ref.clock()
         token = (f.get("token") or [None])[0]
         return f, self.ref.session_for(token, now, kind), now
 
@@ -164,7 +165,7 @@ class RefereeApp:
         """Close sessions past their time limit and score ended ones, forever."""
         while True:
             await asyncio.sleep(TICK_S)
-            now = time.time()
+            now = self.ref.clock()
             if any(now >= lv.row.deadline for lv in list(self.ref.live.values())):
                 await run_in_threadpool(self.ref.expire, now)
             if self.ref.unscored:
@@ -188,14 +189,14 @@ class RefereeApp:
         team = await self.gate.check(client, f["username"][0], f["password"][0])
         if team is None:
             raise ProtocolError(401, P.BAD_LOGIN)
-        token = await run_in_threadpool(self.ref.login, team, time.time())
+        token = await run_in_threadpool(self.ref.login, team, self.ref.clock())
         return PlainTextResponse(token)
 
     async def verify(self, request: Request) -> Response:
         f = await self.fields(request)
         token = (f.get("token") or [None])[0]
         try:
-            self.ref.session_for(token, time.time(), "team")
+            self.ref.session_for(token, self.ref.clock(), "team")
         except ProtocolError as e:
             if e.status != 403:  # the meter's token is valid too
                 raise ProtocolError(401, P.INVALID_TOKEN) from None
@@ -204,7 +205,7 @@ class RefereeApp:
     async def logout(self, request: Request) -> Response:
         f = await self.fields(request)
         token = (f.get("token") or [None])[0]
-        now = time.time()
+        now = self.ref.clock()
         try:
             live = self.ref.session_for(token, now, "team")
         except ProtocolError as e:
@@ -248,7 +249,7 @@ class RefereeApp:
 
     async def energy(self, request: Request) -> Response:
         f = await self.fields(request)
-        now, token = time.time(), (f.get("token") or [None])[0]
+        now, token = self.ref.clock(), (f.get("token") or [None])[0]
         try:
             live, refused = self.ref.session_for(token, now), None
         except ProtocolError as e:
@@ -273,6 +274,11 @@ class RefereeApp:
                      f"images {r.image_count}\nanswers {kept}\nduplicates {dups}\n"
                      f"time_left_s {max(0.0, r.deadline - now):.3f}\n")
 
+    async def answered(self, request: Request) -> Response:
+        _, live, _ = await self.session(request)
+        held = await run_in_threadpool(self.ref.store.answered, live.row.id)
+        return _text(f"{len(held)}\n{P.ranges(held)}\n")
+
     async def powermeter(self, request: Request) -> Response:
         f, _, now = await self.session(request, kind="meter")
         player, readings = P.parse_power(f, now)
@@ -295,7 +301,7 @@ class RefereeApp:
         if time.monotonic() - self._page[0] >= PAGE_TTL_S:
             if self._page_task is None or self._page_task.done():  # one build for all waiters
                 self._page_task = asyncio.ensure_future(run_in_threadpool(
-                    standings_html, self.ref.store, self.ref.live, time.time()))
+                    standings_html, self.ref.store, self.ref.live, self.ref.clock()))
             self._page = (time.monotonic(), await asyncio.shield(self._page_task))
         return HTMLResponse(self._page[1])
 
@@ -340,7 +346,7 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     announce(f"lpirc referee: listening on http://{shown}:{bound} ({referee.count} images from "
              f"{cfg.holdout}, time limit {cfg.time_limit_s:g} s, rules {cfg.rules}, "
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
-    for line in referee.resumed(time.time()):
+    for line in referee.resumed(referee.clock()):
         announce(line)
     fds = raise_fd_limit()
     if fds < conns.max_connections + 64:
@@ -364,9 +370,10 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
         lock.close()
 
 
-def _lock_db(db: Path):
+def _lock_db(db: Path, who: str = "lpirc referee"):
     """An exclusive lock on ``DB.lock``: two referees serving one database would each hold the
-    open sessions in memory. InputError when another referee holds it."""
+    open sessions in memory (two ``lpirc online`` services, ``who``, would run its queue twice).
+    InputError when another holds it."""
     import fcntl
 
     from lpirc.errors import InputError
@@ -376,7 +383,7 @@ def _lock_db(db: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise InputError(f"{db}: another lpirc referee is serving this database") from None
+        raise InputError(f"{db}: another {who} is serving this database") from None
     return f
 
 

@@ -8,8 +8,9 @@ seed, holdout identity, rules, score), ``answers`` (first answer per image of a 
 
 Durability: every write is one transaction committed with ``synchronous=FULL`` before the
 server answers 200, so a ``kill -9`` of the server (or a power cut) loses nothing it
-acknowledged. Times are unix seconds (``time.time()``), so a restarted server continues every
-open session on its original clock.
+acknowledged. Times are unix seconds on the referee's clock (``lpirc.clock.SteadyWall``: the
+wall clock read at start, advancing with the monotonic clock), so a restarted server continues
+every open session on its original clock.
 
 Passwords are stored as scrypt hashes (``hashlib.scrypt``, n=2**14, r=8, p=1, 16-byte salt);
 the clear password is never stored. The file holds the token-signing secret: a new database is
@@ -197,6 +198,29 @@ def _check_or_create(path: Path, create: bool) -> None:
                          "nothing written")
 
 
+def check_account(name: str, role: str, roles: tuple[str, ...]) -> None:
+    """An account's name and role, as every lpirc store with a ``teams`` table takes them (the
+    referee's, the online service's): InputError unless the name is 1-64 printable characters
+    without leading or trailing spaces and the role one of ``roles``."""
+    if role not in roles:
+        raise InputError(f"role {role!r}: expected one of {', '.join(roles)}")
+    if not name or name != name.strip() or len(name) > 64 or not name.isprintable():
+        raise InputError(f"team name {name!r}: expected 1-64 printable characters, no "
+                         "leading or trailing spaces")
+
+
+def insert_account(db: sqlite3.Connection, path: Path, name: str, pw_hash: str,
+                   role: str) -> int:
+    """Insert a checked account into ``db``'s ``teams`` table (name, role, pw_hash, created);
+    its row id. InputError naming the file when the name is taken."""
+    try:
+        cur = db.execute("INSERT INTO teams (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
+                         (name, role, pw_hash, time.time()))
+    except sqlite3.IntegrityError:
+        raise InputError(f"{path}: team {name!r} already exists") from None
+    return cur.lastrowid
+
+
 _SESSION_COLS = ("s.id, s.team_id, t.name, s.attempt, s.kind, s.started, s.deadline, s.ended, "
                  "s.end_reason, s.seed, s.image_count, s.holdout_sha256, s.class_base, s.rules, "
                  "s.time_limit_s, s.self_energy_wh, s.self_energy_method, s.score_json, s.run_dir, "
@@ -275,20 +299,10 @@ class Store:
 
     def add_team(self, name: str, password: str, role: str = "team") -> Team:
         """Add an account. Raises InputError if the name is taken or empty, or the role unknown."""
-        if role not in ROLES:
-            raise InputError(f"role {role!r}: expected one of {', '.join(ROLES)}")
-        if not name or name != name.strip() or len(name) > 64 or not name.isprintable():
-            raise InputError(f"team name {name!r}: expected 1-64 printable characters, no "
-                             "leading or trailing spaces")
+        check_account(name, role, ROLES)
         pw = hash_password(password)
         with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT INTO teams (name, role, pw_hash, created) VALUES (?, ?, ?, ?)",
-                    (name, role, pw, time.time()))
-            except sqlite3.IntegrityError:
-                raise InputError(f"{self.path}: team {name!r} already exists") from None
-        return Team(cur.lastrowid, name, role)
+            return Team(insert_account(self._db, self.path, name, pw, role), name, role)
 
     def team(self, name: str) -> Team | None:
         with self._lock:
