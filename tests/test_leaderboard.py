@@ -547,3 +547,84 @@ def test_one_grouping_rule_for_score_and_standings(tmp_path):
     assert r.returncode == 0, r.stderr
     shown = [(x["submission"], x["group"]) for x in json.loads(r.stdout)["standings"]]
     assert partition(shown) == want, shown
+
+
+# --- fault paths (issue 19 item 16) ----------------------------------------------------------
+
+
+def damage(src: Path, dst: Path, how: str) -> Path:
+    """A copy of a standings file with one kind of damage: the entries table's page (page 3)
+    overwritten from its cells on, an index page (4) overwritten, or the file cut short."""
+    shutil.copy(src, dst)
+    with open(dst, "r+b") as f:
+        if how == "entries":
+            f.seek(2 * 4096 + 200)
+            f.write(bytes((i * 37 + 11) % 256 for i in range(3800)))
+        elif how == "index":
+            f.seek(3 * 4096)
+            f.write(bytes((i * 37 + 11) % 256 for i in range(4096)))
+    if how == "cut":
+        os.truncate(dst, 6000)
+    return dst
+
+
+@pytest.mark.parametrize("how", ["entries", "index", "cut"])
+def test_damaged_database_is_one_line_exit_5_and_never_written(tmp_path, field_runs, how):
+    """Damaged pages gave a traceback on show and remove, and `add` wrote into the file and
+    exited 0: now each command is one line naming the file, exit 5, the file unchanged."""
+    good = tmp_path / "good.sqlite"
+    assert lpirc("leaderboard", "add", *(field_runs[k] for k in "ABCD"), "--db", good).returncode == 0
+    bad = damage(good, tmp_path / f"{how}.sqlite", how)
+    before = bad.read_bytes()
+    for cmd in (["show"], ["add", field_runs["E"]], ["remove", "abc"]):
+        r = lpirc("leaderboard", *cmd, "--db", bad)
+        assert r.returncode == 5, (cmd, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"lpirc: error: {bad}: damaged standings database"), r.stderr
+        assert "Traceback" not in r.stderr and r.stdout == ""
+        assert bad.read_bytes() == before and not Path(f"{bad}-wal").exists()
+
+
+def test_remove_tries_every_uid_and_names_the_bad_ones(tmp_path, field_runs):
+    db = tmp_path / "r.sqlite"
+    assert lpirc("leaderboard", "add", *(field_runs[k] for k in "ABC"), "--db", db).returncode == 0
+    rows = json.loads(lpirc("leaderboard", "show", "--db", db, "--format", "json").stdout)["standings"]
+    uid = {x["submission"]: x["uid"] for x in rows}
+    r = lpirc("leaderboard", "remove", uid["A"][:10], "nosuchuid", uid["C"][:10], "--db", db)
+    assert r.returncode == 5
+    assert r.stdout.splitlines() == [f"removed  {uid['A'][:12]}  A", f"removed  {uid['C'][:12]}  C"]
+    assert r.stderr.splitlines() == ["lpirc: error: remove: no entry's uid starts with 'nosuchuid'",
+                                     "lpirc: 1 of 3 not removed: nosuchuid"]
+    left = json.loads(lpirc("leaderboard", "show", "--db", db, "--format", "json").stdout)["standings"]
+    assert [x["submission"] for x in left] == ["B"]
+
+
+def test_a_name_with_a_newline_is_refused(tmp_path, field_runs):
+    db = tmp_path / "n.sqlite"
+    for option in ("--name", "--team"):
+        r = lpirc("leaderboard", "add", field_runs["A"], option, "A\nplace 1  Z  99", "--db", db)
+        assert r.returncode == 5 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"lpirc: error: {option[2:].replace('name', 'submission')} name 'A\\nplace 1  Z  99' has \\n: a "
+            "name is one line of text (no newline or other control character)"]
+    assert not db.exists() or lb.entries(lb.open_db(db)) == []
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"lpirc_version": "99.0.0"}, "written by lpirc 99.0.0, newer than this lpirc"),
+    ({"lpirc_version": "banana"}, "lpirc_version 'banana' is not a version"),
+    ({"holdout": "h"}, "manifest field 'holdout' is str \"h\", expected dict"),
+    ({"wall_time_s": "2 s"}, "manifest field 'wall_time_s' is str \"2 s\", expected float | None"),
+    ({"images_answered": True}, "manifest field 'images_answered' is bool true, expected int"),
+])
+def test_manifest_from_the_future_or_with_wrong_types_is_refused(tmp_path, field_runs, change, says):
+    run = shutil.copytree(field_runs["A"], tmp_path / "odd")
+    m = json.loads((run / "manifest.json").read_text())
+    m.update(change)
+    (run / "manifest.json").write_text(json.dumps(m))
+    db = tmp_path / "m.sqlite"
+    r = lpirc("leaderboard", "add", run, "--db", db)
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lpirc: error: {run / 'manifest.json'}: ") and says in lines[0], lines
+    assert lb.entries(lb.open_db(db)) == []
