@@ -150,17 +150,9 @@ def export_cmd(db: Path, phase: str, fmt: str) -> None:
     """Print the standings (every score, published or not: the organiser's export) or every
     submission's manifest."""
     store = _store(db)
-    counts = store.config().get("counts", {}).get(phase, "best" if phase == "dev" else "latest")
     if fmt == "manifests":
-        out = []
-        for s in store.submissions():
-            man = Path(s.run_dir or "/nonexistent") / "manifest.json"
-            out.append({"id": s.id, "team": s.team, "phase": s.phase, "state": s.state,
-                        "failure_class": s.failure_class, "score": s.score,
-                        "manifest": json.loads(man.read_text()) if man.is_file() else None})
-        click.echo(json.dumps({"submissions": out}, indent=1))
+        click.echo(json.dumps({"submissions": st.manifests(store)}, indent=1))
         return
-    rows = st.rows(store, phase, counts)
-    click.echo(st.to_csv(rows) if fmt == "csv" else
-               json.dumps({"phase": phase, "counts": counts, "interval": st.INTERVAL,
-                           "standings": rows}, indent=1), nl=fmt != "csv")
+    data = st.export(store, phase)
+    click.echo(st.to_csv(data["standings"]) if fmt == "csv" else json.dumps(data, indent=1),
+               nl=fmt != "csv")

@@ -15,6 +15,7 @@ PHASES = ("dev", "final")
 COUNTS = ("best", "latest")  # which scored submission of a team counts in a phase's standings
 FAILURE_CLASSES = ("format", "model", "runtime", "timeout", "infrastructure")
 STATES = ("queued", "running", "scored", "failed")
+DEFAULT_COUNTS = {"dev": "best", "final": "latest"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class OnlineConfig:
     ms_per_image: float = 30.0
     hang_margin_s: float = 120.0
     max_attempts: int = 3
-    counts: dict[str, str] = field(default_factory=lambda: {"dev": "best", "final": "latest"})
+    counts: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
     check_timeout_s: float = 60.0
 
     @property

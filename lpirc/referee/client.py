@@ -562,7 +562,7 @@ def _finish(client: RefereeClient, outcome, log: PostLog, down: Downloader,
     """Post the run's energy (self-reported), log out (unless the session was lost: the new
     one stays open for a rerun), and say what happened; ``failed`` says why the run is exit 1."""
     e = outcome.manifest.get("energy") or {}
-    energy = "not posted (no figure)"
+    energy = "not posted: " + ("the session was lost" if client.lost else "no figure")
     held = len(ses.held)
     if e.get("wh") is not None and not client.lost:
         method = f"{e.get('source')}: {e.get('method')}"
