@@ -424,7 +424,7 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
         manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
         check_lpirc_version(manifest, man_path)
         settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
-        rules = rules or settings.get("rules") or "lpirc-onsite"
+        rules = rules or settings.get("rules") or scoring.DEFAULT_RULES
         s = score if score is not None else scoring.score_path(path, ground_truth, rules,
                                                                **rule_options)
     except scoring.ScoringError as e:

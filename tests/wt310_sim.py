@@ -309,15 +309,21 @@ class SimWT310:
                 out.append("NAN")
         return ",".join(out)
 
+    def _integ_until(self) -> float:
+        """The integrator's values are updated with the display, at each update's end."""
+        if self.integ_stop is not None:
+            return self.integ_stop
+        return max(self.integ_start, self._reading()[1])
+
     def _integ_s(self) -> float:
         if self.integ_start is None:
             return 0.0
-        return (self.integ_stop or time.time()) - self.integ_start
+        return self._integ_until() - self.integ_start
 
     def _integ_j(self) -> float:
         if self.integ_start is None:
             return 0.0
-        return self.energy_j(self.integ_start, self.integ_stop or time.time())
+        return self.energy_j(self.integ_start, self._integ_until())
 
     def _integ(self, query, arg, m):
         cmd = self.received[-1].upper()
@@ -375,15 +381,15 @@ class SimWT310:
         return None
 
     def _vauto(self, query, arg, m):
-        if query:
-            return "1" if self.volt_auto else "0"
-        self.volt_auto = arg.upper() in ("ON", "1")
-        return None
+        return self._auto("volt_auto", query, arg)
 
     def _aauto(self, query, arg, m):
+        return self._auto("amp_auto", query, arg)
+
+    def _auto(self, attr: str, query: bool, arg: str) -> str | None:
         if query:
-            return "1" if self.amp_auto else "0"
-        self.amp_auto = arg.upper() in ("ON", "1")
+            return "1" if getattr(self, attr) else "0"
+        setattr(self, attr, arg.upper() in ("ON", "1"))
         return None
 
     def _error(self, query, arg, m):

@@ -95,10 +95,15 @@ def _cross_check(s: Sampler, start: float, end: float, wh: float) -> dict[str, A
         return {"wh": None, "note": "meter reconnected during the run: integrator not comparable"}
     if not len(pts) or pts[0, 0] > start or pts[-1, 0] < end:
         return {"wh": None, "note": "integrator readings do not cover the run"}
-    mwh = float(np.interp(end, pts[:, 0], pts[:, 1]) - np.interp(start, pts[:, 0], pts[:, 1]))
+    # a reading's time is the middle of the interval its power is the mean of; its WH counts
+    # up to that interval's end, half an interval later
+    t = pts[:, 0] + s.rate_s / 2
+    if t[0] > start or t[-1] < end:
+        return {"wh": None, "note": "integrator readings do not cover the run"}
+    mwh = float(np.interp(end, t, pts[:, 1]) - np.interp(start, t, pts[:, 1]))
     diff = 100.0 * (mwh - wh) / wh if wh > 0 else None
     return {"wh": round(mwh, 9), "difference_pct": None if diff is None else round(diff, 3),
-            "method": "meter's WH item interpolated at the run's start and end"}
+            "method": "the meter's WH item interpolated at the run's start and end"}
 
 
 def run_energy(s: Sampler, start: float, end: float,
@@ -192,6 +197,26 @@ def measure_idle(cfg: MeterConfig, seconds: float) -> dict[str, Any]:
                   f"{s.rate_s:g} s, trapezoid mean",
         "meter": {k: m[k] for k in ("info", "rate_s", "ranges", "accuracy")},
     }
+
+
+def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> Sampler:
+    """Log the meter into ``out`` (the ``--power-log`` format) for ``seconds``, or until
+    Ctrl-C (KeyboardInterrupt ends it cleanly: the file is complete). Returns the stopped
+    sampler (its state says what it logged). MeterError when the meter cannot be opened."""
+    s = Sampler(cfg).start()
+    if s.st.absent:
+        s.stop()
+        raise MeterError(s.st.absent)
+    try:
+        s.attach(Path(out))
+        end = None if seconds is None else time.monotonic() + seconds
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.stop()
+    return s
 
 
 def read_idle(path: Path) -> dict[str, Any]:
