@@ -7,7 +7,8 @@ then the restart case: referee A serves the team until at least ``--kill-after``
 stored, is killed, and referee B (new database, same account) takes the port. Printed, all
 measured by the referees on this machine: the clean session's top-1; what B holds of the team
 (answers, top-1 over the whole holdout, top-1 over the images answered, i.e. how many answers
-went to the right image); the client's exit code and its referee lines.
+went to the right image); the client's exit code and its referee lines; where the client
+stopped without posting to B, a second run of it against B and B's top-1 after it.
 
 Usage (from the repository root)::
 
@@ -125,10 +126,16 @@ def main(argv=None) -> int:
         fig["client_exit"] = p.returncode
         fig["client_referee_lines"] = [ln for ln in out.splitlines() if ln.startswith(
             ("referee", "never posted"))] + [ln for ln in err.splitlines() if ln.strip()][-3:]
-        # the client logs out of B's session at its end: B scores it
+        # the client logs out of B's session at its end: B scores it; a client that stopped
+        # instead (the session lost) is run again, and answers B's session from its image 1
+        fig["b_answers"] = rb.answers()
+        if fig["b_answers"] == 0:
+            p = client(a.repo, a.model, port, tmp / "rerun", a.workers)
+            out, _ = p.communicate(timeout=300)
+            fig["rerun_exit"] = p.returncode
+            fig["b_answers_after_rerun"] = rb.answers()
         rows = rb.results(a.repo) if rb.answers() else []
         rb.stop()
-        fig["b_answers"] = rows[0]["answered"] if rows else 0
         if rows:
             fig["b_top1"] = rows[0]["top1"]
             fig["b_right_of_answered"] = rows[0]["top1"] * rows[0]["images_total"] / rows[0]["answered"]

@@ -36,8 +36,8 @@ from lpirc import runtime
 from lpirc.clock import Budget, Stopwatch
 from lpirc.decoding import take_decoder_counts
 from lpirc.errors import DelegateError, LpircError, ModelError
-from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions, load_image,
-                              preprocess_json, raw_codes_problem)
+from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions,
+                              float_feed_problem, load_image, preprocess_json, raw_codes_problem)
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
@@ -206,7 +206,8 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
     except InputShapeError as e:  # an input lpirc cannot feed, or not 1000 classes
         conn.send(Fatal("model", f"{Path(job.model).name}: {e}"))
         return
-    answer_notes = tuple(n for n in (info.output_note, _feed_note(info, spec)) if n)
+    given = job.preprocess.mean is not None or job.preprocess.std is not None
+    answer_notes = tuple(n for n in (info.output_note, _feed_note(info, spec, given)) if n)
     conn.send(WorkerReady(
         model=info.to_json(), runtime=rt.to_json(),
         delegate_ran=getattr(model, "delegate_ran", job.delegate),
@@ -247,13 +248,21 @@ def _serve(job: WorkerJob, conn: Connection) -> None:
         conn.send(Done(chunk_id, answers, take_decoder_counts()))
 
 
-def _feed_note(info, spec) -> str | None:
+def _feed_note(info, spec, given: bool = False) -> str | None:
     """The note for a quantized input fed raw pixel codes that do not fit its quantization
-    (preprocess.raw_codes_problem: the rule `submission check`'s normalise check applies)."""
-    if spec.quantize is not None:
-        return None
+    (preprocess.raw_codes_problem), or for a float input fed the default (pixel - 127.5) / 127.5
+    whose first op quantizes to a range that shows another normalisation
+    (preprocess.float_feed_problem): the rules `submission check`'s normalise check applies.
+    ``given``: mean/std were given (then the feed is what was asked for)."""
     t = info.input
-    problem = raw_codes_problem(t.dtype, t.scale, t.zero_point)
+    if t.dtype == "float32":
+        q = getattr(info, "input_quantize", None)
+        problem = None if given or q is None else float_feed_problem(q.dtype, q.scale,
+                                                                      q.zero_point)
+    elif spec.quantize is not None:
+        return None
+    else:
+        problem = raw_codes_problem(t.dtype, t.scale, t.zero_point)
     return f"answers are likely wrong: {problem[0]}" if problem else None
 
 

@@ -448,13 +448,41 @@ def raw_codes_problem(dtype: str, scale: float, zero_point: int) -> tuple[str, b
     if any(abs(lo - a) <= 0.05 * (b - a) and abs(hi - b) <= 0.05 * (b - a)
            for a, b in _RAW_RANGES):
         return None
-    imagenet = -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8
+    imagenet = _looks_imagenet(lo, hi)
     hint = (f"; it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std {IMAGENET_STD} "
             "(or mean/std in the config or sidecar's preprocess)" if imagenet else
             "; give the normalisation it was calibrated with: --mean/--std in pixel units "
             "0..255 (or in the config or sidecar's preprocess)")
     return (f"input range [{lo:.3g}, {hi:.3g}] (span {hi - lo:.3g}) is not one that raw pixel "
             f"codes feed correctly{hint}", imagenet)
+
+
+def _looks_imagenet(lo: float, hi: float) -> bool:
+    return -2.3 <= lo <= -1.9 and 2.3 <= hi <= 2.8
+
+
+def float_feed_problem(dtype: str, scale: float, zero_point: int) -> tuple[str, bool] | None:
+    """Why lpirc's default float feed, ``(pixel - 127.5) / 127.5`` (real range [-1, 1]), does
+    not fit a float input whose first op quantizes it (an int8 body behind float I/O) to
+    ``dtype``/``scale``/``zero_point``, or None. Only ranges that say which normalisation was
+    calibrated are named: about [-2.1, 2.6] (ImageNet mean/std), [0, 1] (pixel / 255) and
+    [0, 255] (pixel). Returns (one-line message, imagenet), as :func:`raw_codes_problem`."""
+    rng = input_range(dtype, scale, zero_point)
+    if rng is None:
+        return None
+    lo, hi = rng
+    if _looks_imagenet(lo, hi):
+        hint, imagenet = (f"it looks like ImageNet mean/std: set --mean {IMAGENET_MEAN} --std "
+                          f"{IMAGENET_STD}"), True
+    elif abs(lo) <= 0.05 and 0.95 <= hi <= 1.05:
+        hint, imagenet = "it looks like pixel / 255: set --mean 0 --std 255", False
+    elif abs(lo) <= 0.05 * 255 and 0.95 * 255 <= hi <= 1.05 * 255:
+        hint, imagenet = "it looks like raw pixels: set --mean 0 --std 1", False
+    else:
+        return None
+    return (f"the float input's first op quantizes it to [{lo:.3g}, {hi:.3g}], the range it was "
+            f"calibrated on, but lpirc feeds (pixel - 127.5) / 127.5 = [-1, 1] when no mean/std "
+            f"is given; {hint} (or mean/std in the config or sidecar's preprocess)", imagenet)
 
 
 def input_lut(spec: PreprocessSpec) -> np.ndarray | None:
@@ -521,6 +549,7 @@ __all__ = [
     "decode",
     "decode_pillow",
     "decode_pixels",
+    "float_feed_problem",
     "input_lut",
     "input_range",
     "load_image",

@@ -172,6 +172,10 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
     """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
     Names are matched by the scorer's own rule (scoring.names), so this note and the score
     agree."""
+    listed = set(files)
+    if all(n in listed for n in truth):  # every row names a file exactly: nothing to say
+        return None
+    del listed
     index = NameIndex(truth)
     pos, _ = index.match_all(files)
     hit = set(pos)

@@ -143,13 +143,20 @@ class ModelInfo:
     outputs: tuple = ()  # every output, in the interpreter's order
     output_index: int = 0  # position of ``output`` in ``outputs``
     output_note: str | None = None  # why this output (others exist), or why none could be chosen
+    #: a float input whose first op is QUANTIZE: that op's output (the int8 body's input scale)
+    input_quantize: TensorInfo | None = None
+    #: quantized int16 activations (a 16x8 model: int16 activations, int8 weights)
+    int16_activations: int = 0
 
     def to_json(self) -> dict:
         return {"path": self.path, "size_bytes": self.size_bytes, "sha256": self.sha256,
                 "num_classes": self.num_classes, "input": self.input.to_json(),
                 "output": self.output.to_json(), "ops": list(self.ops),
                 "outputs": [t.to_json() for t in self.outputs],
-                "output_index": self.output_index, "output_note": self.output_note}
+                "output_index": self.output_index, "output_note": self.output_note,
+                "input_quantize": (self.input_quantize.to_json()
+                                   if self.input_quantize is not None else None),
+                "int16_activations": self.int16_activations}
 
     @classmethod
     def from_json(cls, d: dict) -> ModelInfo:
@@ -157,7 +164,9 @@ class ModelInfo:
         return cls(d["path"], int(d["size_bytes"]), d["sha256"], t(d["input"]), t(d["output"]),
                    int(d["num_classes"]), tuple(d["ops"]),
                    tuple(t(x) for x in d.get("outputs", ())), int(d.get("output_index", 0)),
-                   d.get("output_note"))
+                   d.get("output_note"),
+                   t(d["input_quantize"]) if d.get("input_quantize") else None,
+                   int(d.get("int16_activations", 0)))
 
 
 @dataclass
@@ -351,9 +360,11 @@ def _info_from_interpreter(path, data: bytes, it, output=None, strict: bool = Fa
     if not ins or not outs:
         raise ModelError(f"{_name(path)}: model has no inputs or no outputs")
     try:
-        ops = tuple(str(o.get("op_name", "?")) for o in it._get_ops_details())
+        details = it._get_ops_details()
+        ops = tuple(str(o.get("op_name", "?")) for o in details)
     except Exception:  # noqa: BLE001  (older runtimes)
-        ops = ()
+        details, ops = [], ()
+    input_quantize, int16 = _quantized_body(it, ins[0], details)
     in_names, out_names = _signature_names(it, "inputs"), _signature_names(it, "outputs")
     outputs = tuple(_tensor_info(d, out_names) for d in outs)
     try:
@@ -366,7 +377,34 @@ def _info_from_interpreter(path, data: bytes, it, output=None, strict: bool = Fa
     return ModelInfo(path=str(path), size_bytes=len(data), sha256=_sha256(data),
                      input=_tensor_info(ins[0], in_names), output=out,
                      num_classes=int(out.shape[-1]) if out.shape else 0, ops=ops,
-                     outputs=outputs, output_index=k, output_note=note)
+                     outputs=outputs, output_index=k, output_note=note,
+                     input_quantize=input_quantize, int16_activations=int16)
+
+
+def _quantized_body(it, inp: dict, ops: list) -> tuple[TensorInfo | None, int]:
+    """(the QUANTIZE output a float input goes into first, or None; how many int16 quantized
+    tensors the ops produce). From the interpreter's op and tensor details."""
+    try:
+        tensors = {d["index"]: d for d in it.get_tensor_details()}
+    except Exception:  # noqa: BLE001  (older runtimes)
+        return None, 0
+    first = None
+    if np.dtype(inp["dtype"]).name == "float32":
+        for op in ops:
+            if int(inp["index"]) in [int(i) for i in op.get("inputs", ())]:
+                if op.get("op_name") == "QUANTIZE" and len(op.get("outputs", ())) == 1:
+                    d = tensors.get(int(op["outputs"][0]))
+                    if d is not None and d.get("quantization", (0.0, 0))[0]:
+                        first = _tensor_info(d, {})
+                break
+    int16 = 0
+    for op in ops:
+        for i in op.get("outputs", ()):
+            d = tensors.get(int(i))
+            if d is not None and np.dtype(d["dtype"]).name == "int16" and \
+                    d.get("quantization", (0.0, 0))[0]:
+                int16 += 1
+    return first, int16
 
 
 def model_info(path, runtime: Runtime | None = None, output=None) -> ModelInfo:

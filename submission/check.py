@@ -11,16 +11,19 @@ Checks, in order (each is pass / warn / fail / skip):
   input         one input [1, H, W, 3], 1 <= H, W <= 1000, uint8 or int8 (float32: warn)
   output        one output with 1000 or 1001 classes (1001: index 0 is background)
   ops           op histogram; ops the chosen delegate would not take (custom ops the runtime
-                cannot resolve fail; ops that fall back to the CPU warn)
+                cannot resolve fail; ops that fall back to the CPU warn; a 16x8 model, int16
+                activations, warns: XNNPACK takes none of its ops)
   invoke        one real image (first holdout image, else a generated natural-ish picture):
                 latency of one image and whether the output looks like probabilities
-  activations   quantized activations whose real range (scale x 255) exceeds --range-threshold
+  activations   quantized activations (8 or 16 bits) whose level, as a real range over 8 bits
+                (scale x 255), exceeds --range-threshold
                 (default 128, 1 level = 0.5; EfficientNet-Lite's -168..204 = range 372 is the documented case:
                 1 level = 1.46, which starves 8 bits)
   depthwise     depthwise-conv weights with per-tensor scales whose channels are all zero or
                 use at most --near-zero levels (the channel's filter is lost to quantization)
   accuracy      with --holdout (+ ground truth): top-1 / top-5; with --reference FLOAT.tflite
-                also the drop versus the float model (warn above --max-drop)
+                also the drop versus the float model (warn above --max-drop; fail when the
+                quantized top-1 is under half the reference's: collapsed in calibration)
 
 A failed check means ``lpirc run`` would refuse the model (or cannot score it). Exit status of
 the command: 0 no check failed, 1 a check failed, 2 usage error.
@@ -45,8 +48,8 @@ from lpirc.delegates import parse_delegate
 from lpirc.errors import DelegateError, InputError, LpircError, ModelError
 from lpirc.holdout import scan_folder
 from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
-                              crop_and_resize, input_range, load_image, raw_codes_problem,
-                              to_input)
+                              crop_and_resize, float_feed_problem, input_range, load_image,
+                              raw_codes_problem, to_input)
 from lpirc.runtime import choose_output
 from lpirc.settings import resolve_preprocess, sidecar_path
 from scoring import (ScoringError, ground_truth_notes, read_ground_truth, revise_label_notes,
@@ -172,7 +175,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
             emit(n, SKIP, "lpirc run cannot feed this input images")
         return rep
     spec = _check_sidecar(model, info, opts, side_error, emit)
-    _check_normalise(info, spec, emit)
+    _check_normalise(info, spec, emit, opts)
 
     if not loaded:
         emit("invoke", SKIP, "model does not load with this delegate")
@@ -362,6 +365,14 @@ def _check_ops(info, delegate, rt, emit) -> None:
         return
     slow = sorted({n for n in ops if n not in XNNPACK_OPS})
     summary = ", ".join(f"{k} x{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1]))
+    int16 = getattr(info, "int16_activations", 0)
+    if int16:  # XNNPACK has no int16-activation kernels: every quantized op runs on reference
+        emit("ops", WARN, f"{len(ops)} ops; a 16x8 model ({int16} int16 activations, int8 "
+                          "weights): XNNPACK takes none of its int16 ops, they run on the "
+                          "reference CPU kernels (much slower: about 240 ms per image measured "
+                          "for a MobileNet-sized 16x8 model)",
+             reference_ops=sorted(set(ops)), int16_activations=int16, **d)
+        return
     if slow:
         emit("ops", WARN, f"{len(ops)} ops; not taken by XNNPACK (reference CPU kernels): "
                           f"{', '.join(slow)}", reference_ops=slow, **d)
@@ -396,15 +407,26 @@ def _check_sidecar(model, info, opts, side_error, emit):
     return spec
 
 
-def _check_normalise(info, spec, emit) -> None:
+def _check_normalise(info, spec, emit, opts=None) -> None:
     """Does the input's quantization range fit the values lpirc feeds? Raw pixel codes suit
     an input whose real range is one of _RAW_RANGES (within 5 %); an input calibrated on
     ImageNet mean/std (about -2.1..2.6) fails with the options to set; with mean/std given, a
-    feed clipped by more than 2 levels, or using under half of the levels, warns."""
+    feed clipped by more than 2 levels, or using under half of the levels, warns. A float input
+    whose first op quantizes (an int8 body behind float I/O) is judged by that op's range
+    (preprocess.float_feed_problem) when no mean/std is given."""
     t = info.input
     rng = input_range(t.dtype, t.scale, t.zero_point)
     d = {"feed": spec.describe_input(), "input_range": list(rng) if rng else None}
     if rng is None:
+        q = getattr(info, "input_quantize", None)
+        given = opts is not None and (opts.mean is not None or opts.std is not None)
+        if t.dtype == "float32" and q is not None:
+            q_rng = input_range(q.dtype, q.scale, q.zero_point)
+            d["first_op_quantizes_to"] = list(q_rng) if q_rng else None
+            problem = None if given else float_feed_problem(q.dtype, q.scale, q.zero_point)
+            if problem is not None:
+                emit("normalise", FAIL if problem[1] else WARN, problem[0], **d)
+                return
         emit("normalise", PASS if t.dtype == "float32" else SKIP,
              f"lpirc feeds {spec.describe_input()}", **d)
         return
@@ -558,18 +580,21 @@ def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
 def _check_activations(it, by_index: dict, produced: set, threshold: float, emit) -> int:
     """Quantized activations whose real range (scale x 255) exceeds ``threshold``, with the
     range seen on the test image; returns how many quantized activations there are."""
-    wide, n_quantized = [], 0
+    wide, n_quantized, n16 = [], 0, 0
     for i in sorted(produced):
         d = by_index.get(i)
-        if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8"):
+        if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8", "int16"):
             continue
         scale, zp = d.get("quantization", (0.0, 0))
         if not scale:
             continue
         n_quantized += 1
-        rng = float(scale) * 255.0
+        n16 += np.dtype(d["dtype"]).name == "int16"
         lo = (np.iinfo(d["dtype"]).min - zp) * scale
         hi = (np.iinfo(d["dtype"]).max - zp) * scale
+        # judged by its level (scale): 8 bits over ``threshold`` means a level of threshold/255;
+        # an int16 activation has 257x finer levels over the same range
+        rng = float(scale) * 255.0
         if rng > threshold:
             item = {"tensor": _short(d["name"]), "range": round(rng, 3), "min": round(float(lo), 3),
                     "max": round(float(hi), 3), "scale": float(scale), "zero_point": int(zp)}
@@ -589,8 +614,11 @@ def _check_activations(it, by_index: dict, produced: set, threshold: float, emit
         emit("activations", SKIP, "no quantized activations (a float model)",
              threshold=threshold, tensors=[])
     else:
-        emit("activations", PASS, f"none of {n_quantized} quantized activations has a range wider "
-                                  f"than {threshold:g}", threshold=threshold, tensors=[])
+        of16 = f" ({n16} of them int16: a 16x8 model)" if n16 else ""
+        emit("activations", PASS, f"none of {n_quantized} quantized activations{of16} has a "
+                                  f"range wider than {threshold:g} (as 8 bits: a level of "
+                                  f"{threshold / 255:.3g})", threshold=threshold, tensors=[],
+             int16=n16)
     return n_quantized
 
 
@@ -716,6 +744,17 @@ def _reference_spec(reference, opts, timeout_s):
         raise InputError(f"{Path(reference).name}: {e}") from None
 
 
+#: A quantized model has collapsed when its top-1 is under this fraction of its float
+#: reference's (the measured case: 7.6 % against 73.4 %), the reference being at least
+#: _COLLAPSE_MIN_REFERENCE (else the holdout tells too little).
+_COLLAPSE_FRACTION = 0.5
+_COLLAPSE_MIN_REFERENCE = 0.2
+
+
+def _collapsed(top1: float, ref_top1: float) -> bool:
+    return ref_top1 >= _COLLAPSE_MIN_REFERENCE and top1 < _COLLAPSE_FRACTION * ref_top1
+
+
 def _check_accuracy(model, delegate, threads, rt, spec, opts, holdout, images, ground_truth,
                     reference, max_drop, limit, timeout_s, emit, skipped=None) -> None:
     if not holdout:
@@ -759,6 +798,16 @@ def _check_accuracy(model, delegate, threads, rt, spec, opts, holdout, images, g
                  reference_top5=ref["top5"], drop_top1=drop1, drop_top5=drop5, max_drop=max_drop)
         msg += (f"; reference {ref['top1']:.1%} / {ref['top5']:.1%}: drop {drop1 * 100:+.1f} / "
                 f"{drop5 * 100:+.1f} points")
+        if _collapsed(acc["top1"], ref["top1"]):
+            d["collapsed"] = True
+            emit("accuracy", FAIL, f"{msg}: the quantized model collapsed in calibration: its "
+                                   "float reference scores far better on the same images with "
+                                   "the same preprocessing, so the quantization lost it, not "
+                                   "the input normalisation; recalibrate with real images "
+                                   "preprocessed as lpirc feeds them (the representative "
+                                   "dataset must span the activations real images produce)",
+                 **d)
+            return
         if drop1 > max_drop:
             status = WARN
             msg += f" (more than {max_drop * 100:g})"

@@ -1,7 +1,8 @@
 """The small image files of tests/data/jpeg/, and how they were made (run this file to remake
 them and their digests: ``python tests/jpeg_fixtures.py``; only the digests, after a change
-that is meant to change lpirc's pixels: ``python tests/jpeg_fixtures.py --digests``). They are committed, not built at test time, so that
-the digest test (tests/test_tf_exact.py) sees the same bytes whatever Pillow's encoder does.
+that is meant to change lpirc's pixels: ``python tests/jpeg_fixtures.py --digests``). They are
+committed, not built at test time, so that the digest test (tests/test_tf_exact.py) sees the
+same bytes whatever Pillow's encoder does.
 
 Each is one case TensorFlow's JPEG decode handles its own way: chroma subsampling 4:2:0, 4:2:2,
 4:4:4, progressive, grayscale, CMYK with and without the Adobe marker (TF's formula differs),

@@ -254,3 +254,109 @@ def test_session_clock_ignores_wall_clock_steps(holdout, tmp_path, monkeypatch):
     manifest = json.loads((Path(rows[0]["run_dir"]) / "manifest.json").read_text())
     started = datetime.fromisoformat(manifest["start_utc"]).timestamp()
     assert abs(started - (time.time() + 1000 - ended_after)) < 30, manifest["start_utc"]
+
+
+@pytest.mark.slow
+def test_idle_sockets_are_capped_and_timed_out(holdout, tmp_path):
+    """Slowloris, bounded: 80 sockets from 127.0.0.3 that never finish a request (half send
+    nothing, half a header line and then nothing). The per-client cap (64) closes the excess at
+    once, the request timeout (10 s) the rest; meanwhile a team on 127.0.0.1 is served as
+    usual, and nothing is left open."""
+    from lpirc.referee.guard import ConnLimits
+
+    limits = ConnLimits()
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    socks = []
+    with Referee(holdout, db) as ref:
+        port = int(ref.url.rsplit(":", 1)[1])
+        try:
+            for i in range(80):
+                s = socket.socket()
+                s.bind(("127.0.0.3", 0))
+                s.settimeout(30)
+                s.connect(("127.0.0.1", port))
+                if i % 2:
+                    s.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\n")
+                socks.append(s)
+            t0 = time.monotonic()
+            token = ref.login("alpha", "pw")
+            for first in (1, 101):
+                assert ref.post("/zipimages", token=token, image_name=str(first)).status_code == 200
+            served_s = time.monotonic() - t0
+
+            def closed(s: socket.socket) -> bool:
+                s.settimeout(0.01)
+                try:
+                    return s.recv(1) == b""
+                except (TimeoutError, BlockingIOError):
+                    return False
+                except OSError:
+                    return True
+
+            time.sleep(1.0)
+            early = sum(closed(s) for s in socks)
+            wait_for(lambda: all(closed(s) for s in socks),
+                     timeout=limits.request_timeout_s + 10, step=0.5)
+            took = time.monotonic() - t0
+        finally:
+            for s in socks:
+                s.close()
+        lines = list(ref.lines)
+    assert early == 80 - limits.per_client, early
+    assert limits.request_timeout_s - 1 < took < limits.request_timeout_s + 10, took
+    assert served_s < 5, served_s
+    assert any("127.0.0.3 has 64 open (the per-client limit)" in ln for ln in lines), lines
+    assert any("sent no complete request in 10 s" in ln for ln in lines), lines
+
+
+@pytest.mark.slow
+def test_standings_page_flood_does_not_starve_teams(holdout, tmp_path):
+    """20 connections from 127.0.0.4 ask for the public standings page as fast as they can for
+    ~3 s: each gets the page (made at most once per 2 s, then served from memory), and a team's
+    downloads and posts stay within 1 s + 3 x their time without the flood (before the cache:
+    a team's 3,638 images/s fell to 47)."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    stop = threading.Event()
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def pound(url: str) -> None:
+        with client_from("127.0.0.4") as http:
+            while not stop.is_set():
+                try:
+                    code = http.get(url + "/").status_code
+                except httpx.HTTPError:
+                    code = 0
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+
+    with Referee(holdout, db) as ref:
+        token = ref.login("alpha", "pw")
+
+        def team_calls() -> list[float]:
+            out = []
+            for first in (1, 101, 1, 101):
+                t = time.monotonic()
+                assert ref.post("/zipimages", token=token, image_name=str(first)).status_code == 200
+                out.append(time.monotonic() - t)
+            t = time.monotonic()
+            assert ref.post("/result", token=token, image_name="1", CLASS_ID="1",
+                            confidence="1").status_code == 200
+            return out + [time.monotonic() - t]
+
+        base = team_calls()
+        threads = [threading.Thread(target=pound, args=(ref.url,)) for _ in range(20)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)
+            flooded = team_calls()
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+    assert set(codes) == {200} and codes[200] > 20, codes
+    assert max(flooded) < 1.0 + 3 * max(base), (base, flooded)

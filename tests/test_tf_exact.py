@@ -24,7 +24,8 @@ from lpirc.decoding import decode_pixels, orient, scan_jpeg
 from lpirc.preprocess import PreprocessSpec, crop_and_resize, load_image
 from lpirc.resize import crop_box
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 SHARED = Path(os.environ.get("LPIRC_SHARED_DATA") or REPO.parent / "shared" / "data")
 FIXTURES = sorted(p for p in FOLDER.iterdir() if p.name != DIGESTS.name)
 SIZES = ((224, 224), (128, 128), (20, 30))
@@ -179,3 +180,33 @@ def test_imagenet_dev_accurate_idct_equals_tf_integer_accurate():
         data = p.read_bytes()
         ours = load_image(data, PreprocessSpec(224, 224, "uint8", idct="accurate"))
         assert np.array_equal(ours, tf_tensor(tf, data, 224, 224, "accurate")), p.name
+
+
+def test_run_manifest_names_decoder_idct_resize_and_counts(tmp_path, reference_model):
+    """`lpirc run` records what decoded and resized: decoder and version, IDCT, resize, and how
+    many images each decoder read (the PNG by Pillow, every JPEG by libjpeg-turbo)."""
+    holdout = tmp_path / "fixtures"
+    holdout.mkdir()
+    for p in FIXTURES:
+        (holdout / p.name).write_bytes(p.read_bytes())
+    for idct in ("fast", "accurate"):
+        out = tmp_path / f"run-{idct}"
+        r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
+                            "--holdout", str(holdout), "--out", str(out), "--quiet",
+                            "--workers", "1", "--no-report", "--config",
+                            str(_config(tmp_path, idct))],
+                           capture_output=True, text=True, cwd=REPO, timeout=180)
+        assert r.returncode == 0, r.stderr
+        pre = json.loads((out / "manifest.json").read_text())["preprocess"]
+        assert pre["jpeg_decoder"].startswith("simplejpeg ")
+        assert "libjpeg-turbo" in pre["jpeg_decoder"]
+        assert pre["idct"] == idct and pre["idct_method"].startswith(
+            "JDCT_IFAST" if idct == "fast" else "JDCT_ISLOW")
+        assert pre["resize_backend"].startswith("lpirc numpy")
+        assert pre["decoded_by"] == {"libjpeg-turbo": len(FIXTURES) - 1, "pillow": 1}
+
+
+def _config(tmp_path: Path, idct: str) -> Path:
+    path = tmp_path / f"idct-{idct}.json"
+    path.write_text(json.dumps({"idct": idct}))
+    return path

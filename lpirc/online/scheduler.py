@@ -211,6 +211,7 @@ class Scheduler:
             "images_unanswered", "images_late", "wall_time_s", "inference_time_s",
             "images_per_s", "energy_wh", "energy_source", "energy_method", "rules")}
         keep |= {k: score[k] for k in scoring.RULE_PARAMS if k in score}
+        keep["holdout_sha256"] = phase.files_sha256  # standings rank only the same holdout
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         msg = (f"scored: {self.cfg.rules} score {_num(score.get('score'))}, top-1 {top1} "
                f"(measured on {phase.count} images); lpirc run {o.run_s:.2f} s on {o.device}, "

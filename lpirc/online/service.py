@@ -262,7 +262,8 @@ class Service:
         rule = self.cfg.counts.get(phase, "best")
         hidden = (phase == "final" and not self.store.published()
                   and (team is None or team.role != "organiser"))
-        table = [] if hidden else st.rows(self.store, phase, rule)
+        sha = self.phases[phase].files_sha256 if phase in self.phases else None
+        table = [] if hidden else st.rows(self.store, phase, rule, sha, self.cfg.rules)
         return {"phase": phase, "current_phase": self.store.phase(), "counts": rule,
                 "rules": self.cfg.rules, "hidden": hidden,
                 "images": self.phases[phase].count if phase in self.phases else None,

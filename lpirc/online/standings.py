@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import scoring
 from lpirc.leaderboard import side_prizes
+from lpirc.online.config import DEFAULT_COUNTS
 from lpirc.online.store import Store, Submission, utc_iso
 
 Z95 = 1.959964
@@ -74,9 +77,20 @@ def _key(s: Submission) -> tuple:
     return (v is not None and math.isfinite(v), v if v is not None else 0.0, -s.id)
 
 
-def rows(store: Store, phase: str, rule: str) -> list[dict[str, Any]]:
-    """The ranked rows of a phase (every field; visibility is the caller's)."""
-    subs = store.submissions(phase=phase)
+def comparable(sub: Submission, holdout_sha256: str | None, rules: str | None) -> bool:
+    """Whether a scored submission was scored on this holdout (sha256 of its ordered file list)
+    under these rules: a service restarted on another holdout or rule set does not rank its
+    earlier scores with the new ones (None: anything)."""
+    sc = sub.score or {}
+    return ((holdout_sha256 is None or sc.get("holdout_sha256") == holdout_sha256)
+            and (rules is None or sc.get("rules") == rules))
+
+
+def rows(store: Store, phase: str, rule: str, holdout_sha256: str | None = None,
+         rules: str | None = None) -> list[dict[str, Any]]:
+    """The ranked rows of a phase (every field; visibility is the caller's), of the
+    submissions scored on ``holdout_sha256`` under ``rules`` (:func:`comparable`)."""
+    subs = [s for s in store.submissions(phase=phase) if comparable(s, holdout_sha256, rules)]
     chosen = counted(subs, rule)
     places = scoring.ranks([{"score": s.score.get("score")} for s in chosen])
     prizes = side_prizes([(s.score.get("top1"), s.score.get("energy_wh")) for s in chosen])
@@ -101,6 +115,29 @@ def rows(store: Store, phase: str, rule: str) -> list[dict[str, Any]]:
                 and within_error(above["top1"], row["top1"], row["images"])):
             row["within_error_of"] = above["team"]
     return out
+
+
+def manifests(store: Store) -> list[dict[str, Any]]:
+    """Every submission (id, team, phase, state, failure class, score) with the manifest of
+    its run (None when it has none: refused, queued, failed before a run)."""
+    out = []
+    for s in store.submissions():
+        man = Path(s.run_dir) / "manifest.json" if s.run_dir else None
+        out.append({"id": s.id, "team": s.team, "phase": s.phase, "state": s.state,
+                    "failure_class": s.failure_class, "uploaded_utc": utc_iso(s.created),
+                    "model_sha256": s.model_sha256, "score": s.score,
+                    "manifest": json.loads(man.read_text()) if man and man.is_file() else None})
+    return out
+
+
+def export(store: Store, phase: str) -> dict[str, Any]:
+    """The organiser's export of a phase's standings, every score published or not, as the
+    service was last started (its counting rule, holdout and rule set, kept in the database)."""
+    cfg = store.config()
+    rule = cfg.get("counts", {}).get(phase, DEFAULT_COUNTS[phase])
+    sha = cfg.get("phases", {}).get(phase, {}).get("files_sha256")
+    return {"phase": phase, "counts": rule, "rules": cfg.get("rules"), "interval": INTERVAL,
+            "standings": rows(store, phase, rule, sha, cfg.get("rules"))}
 
 
 def to_csv(table: list[dict[str, Any]]) -> str:

@@ -6,9 +6,6 @@ devices, failures by class, per-team counts), ``POST /api/admin/phase`` (form ``
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,19 +56,9 @@ async def export_standings(request: Request) -> Response:
 
 
 async def export_manifests(request: Request) -> JSONResponse:
-    who = deps.organiser(request)
-    svc = deps.service(request)
-
-    def collect() -> list[dict]:
-        out = []
-        for s in svc.store.submissions():
-            manifest = None
-            if s.run_dir and (Path(s.run_dir) / "manifest.json").is_file():
-                manifest = json.loads((Path(s.run_dir) / "manifest.json").read_text())
-            out.append(dict(svc.view(who, s), manifest=manifest))
-        return out
-
-    return JSONResponse({"submissions": await run_in_threadpool(collect)})
+    deps.organiser(request)
+    rows = await run_in_threadpool(st.manifests, deps.service(request).store)
+    return JSONResponse({"submissions": rows})
 
 
 ROUTES = [
