@@ -249,6 +249,7 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
             energy = meter.finish(probe.wall_start, wall_end, energy)
         except Exception as e:  # never lose a run over its meter
             energy["method"] += f"; meter failed ({type(e).__name__}: {e})"
+        manifest["notes"] += [n for n in meter.notes if n not in manifest["notes"]]
     _finish_manifest(manifest, plan, source, outcome, energy)
     write_json(out / MANIFEST, manifest)
     if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept

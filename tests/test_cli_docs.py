@@ -245,3 +245,16 @@ def test_docs_quote_the_setup_lines_as_the_readme_has_them():
         for line in page.read_text().splitlines():
             if re.match(r"python3 -m pip install .*&& ", line.strip()):
                 assert line.strip() in cmds, f"docs/{page.name}: '{line.strip()}' is not the README's"
+
+
+def test_every_command_in_the_readme_table_exists():
+    """The other way round: a command the README's table names is one `lpirc` has (a new user
+    types what the table says)."""
+    text = (REPO / "README.md").read_text()
+    table = re.search(r"^\| command \|.*?\n(.*?)\n\n", text, re.S | re.M)
+    assert table, "README has no command table"
+    known = {" ".join(p) for p in _commands(main)}
+    named = {m for row in table.group(1).splitlines()
+             for m in re.findall(r"`lpirc ([a-z][a-z -]*?)`", row.split("|")[1])}
+    assert named, "no command found in the README's table"
+    assert not named - known, f"the README's table names commands lpirc does not have: {sorted(named - known)}"

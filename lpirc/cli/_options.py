@@ -114,6 +114,10 @@ def preprocess_options(fn):
                      "dynamic (shape signature -1), e.g. 224x224."),
         click.option("--output", help="Output that answers, by signature name, tensor name or "
                      "index. Default: the one [1, 1000|1001] output."),
+        click.option("--idct", type=click.Choice(["fast", "accurate"]), help="JPEG inverse "
+                     "DCT: fast = tf.io.decode_jpeg's default (lpirc's default: TF's input "
+                     "tensor exactly); accurate = TF's INTEGER_ACCURATE, the pixels Pillow and "
+                     "torchvision's PIL loader decode."),
     ]
     for o in reversed(opts):
         fn = o(fn)
