@@ -365,19 +365,18 @@ class SimWT310:
         return x
 
     def _vrange(self, query, arg, m):
-        if query:
-            return _nr3(self.volt_range)
-        x = self._range(arg, (15.0, 30.0, 60.0, 150.0, 300.0, 600.0))
-        if x is not None:
-            self.volt_range, self.volt_auto = x, False
-        return None
+        return self._set_range("volt", (15.0, 30.0, 60.0, 150.0, 300.0, 600.0), query, arg)
 
     def _arange(self, query, arg, m):
+        return self._set_range("amp", (0.5, 1.0, 2.0, 5.0, 10.0, 20.0), query, arg)
+
+    def _set_range(self, which: str, allowed, query: bool, arg: str) -> str | None:
         if query:
-            return _nr3(self.amp_range)
-        x = self._range(arg, (0.5, 1.0, 2.0, 5.0, 10.0, 20.0))
-        if x is not None:
-            self.amp_range, self.amp_auto = x, False
+            return _nr3(getattr(self, f"{which}_range"))
+        x = self._range(arg, allowed)
+        if x is not None:  # a fixed range ends auto ranging
+            setattr(self, f"{which}_range", x)
+            setattr(self, f"{which}_auto", False)
         return None
 
     def _vauto(self, query, arg, m):

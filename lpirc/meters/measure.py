@@ -16,7 +16,6 @@ Labels (``method``), by what the meter did over the run's window:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from lpirc.energy import format_wh, power_log_wh, read_power_log
 from lpirc.errors import InputError, MeterError
 from lpirc.meters.sampler import GAP_INTERVALS, GAP_MIN_S, MeterConfig, Sampler
+from lpirc.results import read_json
 
 
 def _meter_json(s: Sampler) -> dict[str, Any]:
@@ -221,12 +221,7 @@ def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> Samp
 
 def read_idle(path: Path) -> dict[str, Any]:
     """An idle baseline written by ``lpirc meter idle --out``; InputError naming the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: idle baseline not found") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable idle baseline ({e})") from None
+    data = read_json(path, "idle baseline")
     w = data.get("watts") if isinstance(data, dict) else None
     if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
         raise InputError(f"{path}: idle baseline needs 'watts', a finite number >= 0 "
