@@ -11,6 +11,7 @@ import numpy as np
 from scoring._io import (ONE_BASED, Log, ScoringError, ground_truth_notes, read_ground_truth,
                          read_label_names, read_log, read_manifest, synsets, top_scores)
 from scoring.names import AMBIGUOUS, NameIndex, describe_loose, shown
+from scoring.groups import file_sha256, holdout_id
 from scoring.rules import ALL_OPTIONS, DEFAULT_RULES, RULES, Evaluation
 
 _MAX_NAMED = 5  # names listed in one warning
@@ -239,6 +240,9 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
         names, names_from = _label_names(labels, model, warnings)
         out["label_names"] = names_from
         out.update(_per_class(ev, gt_labels, names))
+    # what the score may be ranked with (scoring.groups): the ground truth and holdout by content
+    out["ground_truth_sha256"] = file_sha256(gt_path)
+    out["holdout_id"] = holdout_id(manifest.get("holdout"))
     out["warnings"] = warnings
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
