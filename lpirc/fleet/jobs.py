@@ -177,6 +177,13 @@ class HeadInputs:
 # --- jobs, events, outcome -------------------------------------------------------------------
 
 
+def _known_fields(cls: type, obj: dict[str, Any]) -> dict[str, Any]:
+    """The items of ``obj`` that are fields of dataclass ``cls`` (a file of another version may
+    hold others)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in obj.items() if k in names}
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One try of a job, as ``fleet.json`` records it. ``outcome``: running, done, failed,
@@ -204,8 +211,7 @@ class Attempt:
     def from_json(cls, obj: dict[str, Any]) -> "Attempt":
         """An attempt read back from ``fleet.json`` (unknown keys dropped); one still
         ``running`` there was cut short by the head's end: cancelled."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        a = cls(**{k: v for k, v in obj.items() if k in names})
+        a = cls(**_known_fields(cls, obj))
         return a if a.outcome != "running" else dataclasses.replace(
             a, outcome="cancelled", reason="the head stopped before its result")
 
@@ -232,8 +238,7 @@ class JobState:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "JobState":
-        names = {f.name for f in dataclasses.fields(cls)}
-        job = cls(**{k: v for k, v in obj.items() if k in names})
+        job = cls(**_known_fields(cls, obj))
         job.attempts = [Attempt.from_json(a) for a in job.attempts or [] if isinstance(a, dict)]
         return job
 
