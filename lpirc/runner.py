@@ -51,6 +51,7 @@ from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new
                            write_json)
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
+from scoring.groups import names_sha256
 from scoring.names import NameIndex, shown
 from scoring.records import Manifest, Record
 
@@ -303,6 +304,9 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "image_count": source.total,
             "order_seed": holdout.seed if holdout is not None else None,
             "files_sha256": sha() if callable(sha) else None,
+            # the holdout's identity whatever its order (scoring.groups: runs with another
+            # --seed are ranked together)
+            "names_sha256": names_sha256(holdout.files) if holdout is not None else None,
             "skipped": holdout.skipped if holdout is not None else {},
             "ground_truth": str(plan.ground_truth) if plan.ground_truth else None}
 
