@@ -1,7 +1,7 @@
 """Errors a user can act on. Each carries the exit code the CLI returns for it.
 
 The CLI prints ``lpirc: error: <message>`` (one line, no traceback) and exits with
-``exit_code``. Exit codes are documented in the README:
+``exit_code``. Exit codes are documented in the README (its table) and per command in docs/:
 
     0  success
     1  a check failed (``lpirc submission check``) or the run produced no answers

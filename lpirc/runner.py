@@ -51,6 +51,7 @@ from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new
                            write_json)
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
+from scoring.groups import names_sha256
 from scoring.names import NameIndex, shown
 from scoring.records import Manifest, Record
 
@@ -248,6 +249,7 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
             energy = meter.finish(probe.wall_start, wall_end, energy)
         except Exception as e:  # never lose a run over its meter
             energy["method"] += f"; meter failed ({type(e).__name__}: {e})"
+        manifest["notes"] += [n for n in meter.notes if n not in manifest["notes"]]
     _finish_manifest(manifest, plan, source, outcome, energy)
     write_json(out / MANIFEST, manifest)
     if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
@@ -298,6 +300,9 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "image_count": source.total,
             "order_seed": holdout.seed if holdout is not None else None,
             "files_sha256": sha() if callable(sha) else None,
+            # the holdout's identity whatever its order (scoring.groups: runs with another
+            # --seed are ranked together)
+            "names_sha256": names_sha256(holdout.files) if holdout is not None else None,
             "skipped": holdout.skipped if holdout is not None else {},
             "ground_truth": str(plan.ground_truth) if plan.ground_truth else None}
 

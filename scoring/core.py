@@ -11,6 +11,7 @@ import numpy as np
 from scoring._io import (ONE_BASED, Log, ScoringError, ground_truth_notes, read_ground_truth,
                          read_label_names, read_log, read_manifest, synsets, top_scores)
 from scoring.names import AMBIGUOUS, NameIndex, describe_loose, shown
+from scoring.groups import file_sha256, holdout_id
 from scoring.rules import ALL_OPTIONS, DEFAULT_RULES, RULES, Evaluation
 
 _MAX_NAMED = 5  # names listed in one warning
@@ -224,9 +225,23 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     out = _score_object(rule, path, log, gt_path, model, ev, fields, times, energy, n_unknown,
                         n_dup)
     out["options"] = {k: v for k, v in opts.items() if k in rule.options}
-    out["source"] = {
+    out["source"] = _sources(out["top5"] is not None, times, energy, idle_from)
+    if per_class:
+        names, names_from = _label_names(labels, model, warnings)
+        out["label_names"] = names_from
+        out.update(_per_class(ev, gt_labels, names))
+    # what the score may be ranked with (scoring.groups): the ground truth and holdout by content
+    out["ground_truth_sha256"] = file_sha256(gt_path)
+    out["holdout_id"] = holdout_id(manifest.get("holdout"))
+    out["warnings"] = warnings
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _sources(has_top5: bool, times: dict, energy: dict, idle_from: str | None) -> dict:
+    """The score object's ``source``: how each of its figures was obtained."""
+    out = {
         "top1": "measured",
-        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
+        "top5": "measured" if has_top5 else "unknown: one class per image in this log",
         "wall_time_s": times["wall_source"] if times["wall"] is not None else "unknown",
         "inference_time_s": (times["inference_source"] if times["inference"] is not None
                              else "unknown"),
@@ -234,13 +249,8 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
         "energy_method": energy["method"],
     }
     if idle_from:
-        out["source"]["idle_watts"] = idle_from
-    if per_class:
-        names, names_from = _label_names(labels, model, warnings)
-        out["label_names"] = names_from
-        out.update(_per_class(ev, gt_labels, names))
-    out["warnings"] = warnings
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+        out["idle_watts"] = idle_from
+    return out
 
 
 def _rule_and_options(rules: str, rule_options: dict):

@@ -50,6 +50,18 @@ def state(out: Path) -> dict:
     return {j["name"]: j for j in data["jobs"]} | {"_devices": data["devices"]}
 
 
+def start_fleet(subs: Path, holdout: Path, tmp_path: Path, devices: int = 2,
+                **popen) -> subprocess.Popen:
+    """`lpirc fleet run SUBS` into tmp_path/fleet as a process in its own session (a terminal's
+    Ctrl-C reaches the whole process group: the head and its local Ray), pipes as text."""
+    return subprocess.Popen([sys.executable, "-m", "lpirc", "fleet", "run", str(subs),
+                             "--holdout", str(holdout), "--out", str(tmp_path / "fleet"),
+                             "--devices", str(devices), "--db",
+                             str(tmp_path / "standings.sqlite")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **popen)
+
+
 # --- the command line, a local instance of 2 simulated devices ------------------------------
 
 
@@ -115,12 +127,7 @@ def test_fleet_ctrl_c_cancels_running_jobs_and_keeps_finished_ones(tmp_path, sma
     the finished ones stay scored; exit 130 (SIGTERM was Ray's sys.exit(15) before)."""
     subs = make_submissions(tmp_path / "subs", reference_model, [f"s{i}" for i in range(5)])
     out = tmp_path / "fleet"
-    # a terminal's Ctrl-C reaches the whole process group: the head and its local Ray
-    p = subprocess.Popen([sys.executable, "-m", "lpirc", "fleet", "run", str(subs), "--holdout",
-                          str(small_holdout), "--out", str(out), "--devices", "2", "--db",
-                          str(tmp_path / "standings.sqlite")], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = start_fleet(subs, small_holdout, tmp_path)
     seen = []
     try:
         for line in p.stderr:
@@ -158,13 +165,9 @@ def test_stop_during_ray_start_up_is_exit_130(tmp_path, small_holdout, reference
     subs = make_submissions(tmp_path / "subs", reference_model, ["one"])
     out = tmp_path / "fleet"
     background = stop == "ctrl-c-background"
-    p = subprocess.Popen([sys.executable, "-m", "lpirc", "fleet", "run", str(subs), "--holdout",
-                          str(small_holdout), "--out", str(out), "--devices", "1", "--db",
-                          str(tmp_path / "standings.sqlite")], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True,
-                         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-                         if background else None)
+    p = start_fleet(subs, small_holdout, tmp_path, devices=1,
+                    preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                    if background else None)
     try:
         first = p.stderr.readline()
         assert first.startswith("ray       starting: local instance"), first
@@ -192,11 +195,7 @@ def test_ray_lines_go_to_its_log_not_the_fleet_output(tmp_path, small_holdout, r
     died ...` line on stdout, between the standings' lines before: it goes to OUT/ray.log."""
     subs = make_submissions(tmp_path / "subs", reference_model, ["a", "b", "c"])
     out = tmp_path / "fleet"
-    p = subprocess.Popen([sys.executable, "-m", "lpirc", "fleet", "run", str(subs), "--holdout",
-                          str(small_holdout), "--out", str(out), "--devices", "2", "--db",
-                          str(tmp_path / "standings.sqlite")], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = start_fleet(subs, small_holdout, tmp_path)
     seen, killed = [], None
     try:
         for line in p.stderr:

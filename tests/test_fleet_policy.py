@@ -106,6 +106,31 @@ def stored(db: Path) -> list[str]:
         conn.close()
 
 
+def two_nodes(recorded: dict, b_holdout: Path, per_node: int = 1):
+    """A pool of simulated devices on nodes A and B (``per_node`` cpu devices each), node B's
+    holdout at ``b_holdout`` (as a node's $LPIRC_FLEET_HOLDOUT would put it); (pool, calls,
+    devices)."""
+
+    class NodeB(SimDevice):
+        def check(self, holdout, seed, work_dir):
+            return super().check(str(b_holdout) if self.device.node_id == "B" else holdout,
+                                 seed, work_dir)
+
+    calls: list = []
+    devs = [fleet.Device(n, "10.0.0.1", f"lpirc_device_cpu_{i}", "cpu", str(i), f"cpu_{i}@{n}")
+            for n in ("A", "B") for i in range(per_node)]
+    return LocalPool(lambda d: NodeB(d, {}, recorded, calls)), calls, devs
+
+
+def swapped_copy(holdout: Path, to: Path) -> Path:
+    """A copy of ``holdout`` with its first two images' bytes exchanged: the same names."""
+    shutil.copytree(holdout, to)
+    a, b = sorted(to.glob("*.jpg"))[:2]
+    da, db_ = a.read_bytes(), b.read_bytes()
+    a.write_bytes(db_), b.write_bytes(da)
+    return to
+
+
 def test_every_job_done_scored_once_and_in_the_standings(tmp_path, small_holdout,
                                                          reference_model, recorded):
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b", "c", "d"])
@@ -175,16 +200,7 @@ def test_node_with_another_holdout_refused_with_all_its_devices(tmp_path, small_
     other = tmp_path / "other"
     shutil.copytree(small_holdout, other)
     sorted(other.glob("*.jpg"))[0].unlink()
-
-    class OtherHoldout(SimDevice):
-        def check(self, holdout, seed, work_dir):
-            return super().check(str(other) if self.device.node_id == "B" else holdout, seed,
-                                 work_dir)
-
-    calls: list = []
-    pool = LocalPool(lambda d: OtherHoldout(d, {}, recorded, calls))
-    devs = [fleet.Device(n, "10.0.0.1", f"lpirc_device_cpu_{i}", "cpu", str(i), f"cpu_{i}@{n}")
-            for n in ("A", "B") for i in (0, 1)]
+    pool, calls, devs = two_nodes(recorded, other, per_node=2)
     events: list = []
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b", "c"])
     out = run(subs, cfg(tmp_path, small_holdout), pool, devs, events)
@@ -293,11 +309,7 @@ def test_resume_with_other_settings_is_refused_before_ray(tmp_path, small_holdou
     run(subs, cfg(tmp_path, small_holdout), pool, fleet.local_devices(1))
     saved = json.loads((tmp_path / "fleet" / "fleet.json").read_text())
     assert saved["settings"]["time_limit_s"] == 600.0
-    swapped = tmp_path / "swapped"  # the same names, two pictures exchanged
-    shutil.copytree(small_holdout, swapped)
-    a, b = sorted(swapped.glob("*.jpg"))[:2]
-    da, db_ = a.read_bytes(), b.read_bytes()
-    a.write_bytes(db_), b.write_bytes(da)
+    swapped = swapped_copy(small_holdout, tmp_path / "swapped")
     other_gt = tmp_path / "gt.csv"
     rows = (small_holdout / "ground_truth.csv").read_text().splitlines()
     k = next(i for i in range(2, len(rows)) if rows[i].split(",")[1] != rows[1].split(",")[1])
@@ -402,21 +414,7 @@ def test_damaged_standings_refused_at_start_and_mid_fleet_costs_no_result(
 
 def test_holdout_with_the_same_names_but_other_bytes_is_refused(tmp_path, small_holdout,
                                                                 reference_model, recorded):
-    swapped = tmp_path / "swapped"
-    shutil.copytree(small_holdout, swapped)
-    a, b = sorted(swapped.glob("*.jpg"))[:2]
-    da, db_ = a.read_bytes(), b.read_bytes()
-    a.write_bytes(db_), b.write_bytes(da)
-
-    class Swapped(SimDevice):
-        def check(self, holdout, seed, work_dir):
-            return super().check(str(swapped) if self.device.node_id == "B" else holdout, seed,
-                                 work_dir)
-
-    calls: list = []
-    pool = LocalPool(lambda d: Swapped(d, {}, recorded, calls))
-    devs = [fleet.Device(n, "10.0.0.1", "lpirc_device_cpu_0", "cpu", "0", f"cpu_0@{n}")
-            for n in ("A", "B")]
+    pool, calls, devs = two_nodes(recorded, swapped_copy(small_holdout, tmp_path / "swapped"))
     events: list = []
     out = run(make_subs(tmp_path / "subs", reference_model, ["a", "b"]),
               cfg(tmp_path, small_holdout), pool, devs, events)
@@ -470,6 +468,7 @@ def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
     assert first["reason"].startswith("stuck: no result 2 s after its start"), first
     found = next(t for t, e in events if e.what == "retry" and e.job == victim.name)
     detected_s = found - stopped["t"]
+    print(f"stopped run: job queued again {detected_s:.2f} s after the stop")
     assert 1.5 < detected_s < 4.0, detected_s  # 2 s after the run's start, measured here
     stopped["child"].wait(timeout=10)  # killed, not left stopped
     assert {d["device"]: d["state"] for d in out.devices}["cpu_0@local"] != "lost"

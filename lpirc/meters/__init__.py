@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -201,7 +202,9 @@ def list_meters(visa_library: str = DEFAULT_VISA_LIBRARY) -> list[tuple[str, str
     ``kind`` "" for a resource that is not recognised. MeterError when VISA is unusable."""
     rm = resource_manager(visa_library)
     try:
-        found = rm.list_resources("?*")
+        with warnings.catch_warnings():  # pyvisa-py: "HiSLIP discovery needs zeroconf"
+            warnings.simplefilter("ignore")
+            found = rm.list_resources("?*")
     except Exception as e:
         raise MeterError(f"listing VISA resources failed: {' '.join(str(e).split())[:200]}") from None
     out = []

@@ -192,7 +192,7 @@ class WT310:
         errs = self.errors()
         if errs:
             raise MeterError(f"meter {self.info.label()} refused its set-up: {'; '.join(errs)}")
-        self._rate_s = float(self.query(":RATE?"))
+        self._rate_s = parse_value(self.query(":RATE?"))[0] or rate_s  # <NR3> seconds
         self._ranges = self.ranges()
 
     @property
@@ -213,7 +213,8 @@ class WT310:
         6. IM WT310-02EN §7.3.2 (WT310: DC 0.1% rdg + 0.2% rng, 45-66 Hz 0.1% + 0.1%);
         IM WT310E-02EN §7.3.2 (WT310E: 45-66 Hz 0.1% + 0.05%)."""
         mode = self.query(":INPut:MODE?").strip().upper()
-        cf = parse_value(self.query(":INPut:CFACtor?"))[0] or 3.0
+        m = re.match(r"\s*(\d+)", self.query(":INPut:CFACtor?"))  # 3, 6, or 6A (E models)
+        cf = float(m.group(1)) if m else 3.0
         e_model = self.info.model.upper().startswith(("WT310E", "WT332E", "WT333E"))
         doc = "IM WT310E-02EN 7.3.2" if e_model else "IM WT310-02EN 7.3.2"
         if mode == "DC":

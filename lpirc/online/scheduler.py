@@ -67,14 +67,14 @@ class Scheduler:
                                         daemon=True)
         self.running: dict[str, tuple[int, int]] = {}  # job key -> (submission, attempt)
         self.wake = threading.Event()  # set by an upload: look at the queue now
+        self.recovered: list[int] = []  # submissions a stop left running, queued again at start
         # scoring and the report (0.6-2 s) on their own thread: a device is given its next job
         # while the last one is scored
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="lpirc-online-score")
 
     def start(self) -> None:
         self.scorer.submit(_load_figures)
-        for sid in self.store.recover(time.time()):
-            self.announce(f"submission {sid}: interrupted by the restart, queued again")
+        self.recovered = self.store.recover(time.time())  # the caller says so, after its URL
         self._thread.start()
 
     def stop(self) -> None:
