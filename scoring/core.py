@@ -185,7 +185,6 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     rule, opts, warnings = _rule_and_options(rules, rule_options)
     log_path, man_path = _locate(path)
     manifest = read_manifest(man_path) if man_path else {}
-    idle_from = _idle_baseline(manifest, rule, opts)
     if man_path is None and Path(path).is_dir():
         warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
     status = manifest.get("status")
@@ -225,7 +224,16 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     out = _score_object(rule, path, log, gt_path, model, ev, fields, times, energy, n_unknown,
                         n_dup)
     out["options"] = {k: v for k, v in opts.items() if k in rule.options}
-    out["source"] = _sources(out["top5"] is not None, times, energy, idle_from)
+    out["source"] = {
+        "top1": "measured",
+        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
+        "wall_time_s": times["wall_source"] if times["wall"] is not None else "unknown",
+        "inference_time_s": (times["inference_source"] if times["inference"] is not None
+                             else "unknown"),
+        "energy_wh": energy["source"],
+        "energy_method": energy["method"],
+        **({"idle_watts": energy["idle_from"]} if energy["idle_from"] else {}),
+    }
     if per_class:
         names, names_from = _label_names(labels, model, warnings)
         out["label_names"] = names_from
@@ -235,22 +243,6 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     out["holdout_id"] = holdout_id(manifest.get("holdout"))
     out["warnings"] = warnings
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
-
-
-def _sources(has_top5: bool, times: dict, energy: dict, idle_from: str | None) -> dict:
-    """The score object's ``source``: how each of its figures was obtained."""
-    out = {
-        "top1": "measured",
-        "top5": "measured" if has_top5 else "unknown: one class per image in this log",
-        "wall_time_s": times["wall_source"] if times["wall"] is not None else "unknown",
-        "inference_time_s": (times["inference_source"] if times["inference"] is not None
-                             else "unknown"),
-        "energy_wh": energy["source"],
-        "energy_method": energy["method"],
-    }
-    if idle_from:
-        out["idle_watts"] = idle_from
-    return out
 
 
 def _rule_and_options(rules: str, rule_options: dict):
@@ -346,7 +338,8 @@ def _run_times(manifest: dict, log) -> dict:
 
 def _energy(manifest: dict, opts: dict, rule, log_path: Path, warnings: list[str]) -> dict:
     """The run's energy in Wh with its source (measured, estimated, given, unknown) and
-    method: ``--energy-wh`` wins over the manifest's figure."""
+    method: ``--energy-wh`` wins over the manifest's figure; and ``idle_from``, where an idle
+    baseline the run measured came from (put into ``opts``, see :func:`_idle_baseline`)."""
     energy = manifest.get("energy") if isinstance(manifest.get("energy"), dict) else {}
     wh = _fnum(energy.get("wh"))
     source = energy.get("source") if wh is not None else None
@@ -359,7 +352,8 @@ def _energy(manifest: dict, opts: dict, rule, log_path: Path, warnings: list[str
         source = "unknown"
         if "energy_wh" in rule.options:
             warnings.append(f"{log_path}: no energy figure (no manifest energy, no --energy-wh): no score")
-    return {"wh": wh, "source": source, "method": method}
+    return {"wh": wh, "source": source, "method": method,
+            "idle_from": _idle_baseline(manifest, rule, opts)}
 
 
 def _score_object(rule, path, log, gt_path: Path, model: dict, ev: Evaluation, fields: dict,

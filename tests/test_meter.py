@@ -303,6 +303,8 @@ def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, si
     start, end = e["meter"]["window"]
     assert e["wh"] == pytest.approx(25.0 * (end - start) / 3600.0, rel=1e-5)
     assert e["meter"]["ranges"][0] == {"volts": 30.0, "amps": 1.0, "watts": 30.0, "auto": False}
+    assert e["meter"]["info"]["firmware"] == "F1.03"
+    assert "IM WT310-17EN" in e["meter"]["info"]["driver"] and "simulation" in e["meter"]["info"]["driver"]
     assert e["uncertainty_wh"] == pytest.approx((0.001 * 25 + 0.001 * 30) * (end - start) / 3600,
                                                 rel=1e-3)
     assert ":INPut:CURRent:RANGe 1A" in s.received
