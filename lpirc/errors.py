@@ -17,6 +17,8 @@ The CLI prints ``lpirc: error: <message>`` (one line, no traceback) and exits wi
 
 from __future__ import annotations
 
+from scoring import ScoringError
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -60,3 +62,9 @@ class FleetError(LpircError):
     """A fleet that cannot start: Ray missing, no cluster at the address, no device (exit 1)."""
 
     exit_code = EXIT_FAILED
+
+
+#: Every error a user can act on: lpirc's own, and the scorer's (``scoring`` imports nothing of
+#: lpirc; a ScoringError is bad input data, exit 5). Catch this tuple where such an error is
+#: recorded instead of ending the command; lpirc/cli/_errors.py maps each to its exit code.
+USER_ERRORS: tuple[type[Exception], ...] = (LpircError, ScoringError)

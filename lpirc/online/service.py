@@ -38,10 +38,7 @@ def check_phase(p: PhaseData) -> PhaseHoldout:
     """List a phase's holdout (seed 0, as every ``lpirc run`` of the service lists it) and check
     its ground truth labels every image. InputError (one line naming the file) otherwise."""
     h = open_holdout(p.holdout, seed=0)
-    try:
-        truth = scoring.read_ground_truth(p.ground_truth, cache=False)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    truth = scoring.read_ground_truth(p.ground_truth, cache=False)
     labelled = label_images(truth, h.files)
     missing = [f for f in h.files if f not in labelled]
     if missing:
