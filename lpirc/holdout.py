@@ -445,8 +445,10 @@ def _sigint_held() -> Iterator[None]:
 
 def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the parent alone stops and cleans up, and the
-    # workers must not each print a KeyboardInterrupt traceback
+    # workers must not each print a KeyboardInterrupt traceback; a forked worker also drops the
+    # parent's SIGTERM handler (lpirc.preflight.stop_signals), so the pool can still end it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _remove_partial(out_dir: Path, written: list[str], created: bool) -> None:

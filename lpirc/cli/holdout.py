@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from lpirc.holdout import make_holdout
+from lpirc.preflight import stop_signals
 
 
 @click.group()
@@ -33,7 +34,8 @@ def holdout_make(src: Path, out: Path, count: int, seed: int, force: bool, quiet
     """Make an anonymised holdout OUT (img_000001.jpg ..., ground_truth.csv) from a labelled
     folder SRC of <synset>_*.JPEG files or <synset>/ subfolders (or any, with --ground-truth)."""
     t0 = time.perf_counter()
-    gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force,
-                      ground_truth=ground_truth,
-                      on_note=lambda n: click.echo(f"lpirc: note: {n}", err=True))
+    with stop_signals():  # Ctrl-C also as a background job, and SIGTERM: no half-made holdout
+        gt = make_holdout(src, out, count, seed=seed, progress=not quiet, force=force,
+                          ground_truth=ground_truth,
+                          on_note=lambda n: click.echo(f"lpirc: note: {n}", err=True))
     click.echo(f"wrote {count} images and {gt} in {time.perf_counter() - t0:.1f} s")
