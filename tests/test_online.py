@@ -253,6 +253,7 @@ def test_lost_device_retried_stuck_run_timeout(small_holdout, reference_model, t
         assert alpha.http.get("/api/me").json() == {"team": "alpha", "role": "team"}
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(small_holdout, tmp_path):
     db = tmp_path / "o.sqlite"
     add_team(db, "alpha", "pw")
@@ -272,6 +273,7 @@ def test_cli_errors_are_one_line(small_holdout, tmp_path):
     assert r.returncode == 5 and "not found" in r.stderr
 
 
+@pytest.mark.slow
 def test_standings_places_ties_and_counted(tmp_path):
     """Equal scores share a place; a top-1 difference within the sampling error is flagged;
     best and latest choose different submissions."""
