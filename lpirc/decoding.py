@@ -40,6 +40,8 @@ from typing import NamedTuple, Union
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from lpirc.resize import crop_box
+
 PathOrBytes = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
 IDCTS = ("fast", "accurate")
@@ -293,8 +295,6 @@ def draft_scale(w: int, h: int, spec, swap: bool) -> int:
     """Largest JPEG DCT scale (1, 2, 4, 8) needed by ``spec`` for a w x h JPEG: the pixel limit
     always, and the speed option ``decode="draft"`` while the cropped image stays >= the model
     input (``swap``: the EXIF orientation exchanges width and height)."""
-    from lpirc.resize import crop_box
-
     limit = int(spec.max_image_pixels)
     scale = 1
     while scale < 8 and math.ceil(w / scale) * math.ceil(h / scale) > limit:

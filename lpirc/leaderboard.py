@@ -328,7 +328,7 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
     try:
         manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
         settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
-        rules = rules or settings.get("rules") or "lpirc-onsite"
+        rules = rules or settings.get("rules") or scoring.DEFAULT_RULES
         s = score if score is not None else scoring.score_path(path, ground_truth, rules,
                                                                **rule_options)
     except scoring.ScoringError as e:

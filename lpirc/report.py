@@ -25,7 +25,9 @@ import numpy as np
 
 import scoring
 from lpirc import __version__
+from lpirc.energy import read_power_log
 from lpirc.errors import InputError
+from lpirc.summary import format_run_summary
 
 REPORT = "report.html"
 MAX_FAILED_ROWS = 100  # failed images listed one by one; the rest are counted by reason
@@ -177,7 +179,7 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
     notes: list[str] = []
     score = None
     try:
-        score = scoring.score_path(p, ground_truth, rules or settings.get("rules") or "lpirc-onsite",
+        score = scoring.score_path(p, ground_truth, rules or settings.get("rules") or scoring.DEFAULT_RULES,
                                    per_class=True, labels=labels, log=log)
     except scoring.ScoringError as e:
         notes.append(f"not scored: {e}")
@@ -198,9 +200,7 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
 
 
 def _read_manifest(path: Path) -> dict:
-    from scoring import read_manifest
-
-    return read_manifest(path)
+    return scoring.read_manifest(path)
 
 
 _WORKER = re.compile(rb'"worker"\s*:\s*(-?\d+|null)')
@@ -239,8 +239,6 @@ def _utc_seconds(s) -> float | None:
 def _power(run: RunData) -> np.ndarray | None:
     """Power readings over the run: the meter log the run integrated (``--power-log``), or a
     ``power.csv`` (timestamp,watts) in the run folder; (m, 2) seconds since start, watts."""
-    from lpirc.energy import read_power_log
-
     settings = run.manifest.get("settings") or {}
     cands = [Path(settings["power_log"])] if settings.get("power_log") else []
     if run.path.is_dir():
@@ -410,8 +408,6 @@ def summary_text(run: RunData) -> str:
     plain = scoring.format_table([score]) if score else "\n".join(run.notes)
     if not run.manifest.get("model"):
         return plain
-    from lpirc.cli import format_run_summary
-
     outcome = SimpleNamespace(out_dir=run.path, status=run.manifest.get("status"), manifest=run.manifest,
                               notes=tuple(run.manifest.get("notes") or ()), score=score)
     try:

@@ -13,6 +13,7 @@ from typing import Any
 import scoring
 import submission
 from lpirc.errors import InputError, MeterError
+from lpirc.meters import check_config
 from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")
@@ -34,9 +35,9 @@ class RunSettings:
     holdout: Path
     ground_truth: Path | None = None
     out: Path | None = None
-    time_limit_s: float = 600.0
+    time_limit_s: float = scoring.DEFAULT_TIME_LIMIT_S
     clock: str = "wall"  # "wall" (LPIRC on-site) or "inference" (Track 1 / OVIC)
-    ms_per_image: float = 30.0
+    ms_per_image: float = scoring.DEFAULT_MS_PER_IMAGE
     workers: int = dataclasses.field(default_factory=default_workers)
     threads: int = 1
     batch: int = 1
@@ -54,7 +55,7 @@ class RunSettings:
     output: Any = None  # name or index of the output that answers; None: the one [1, 1000|1001]
     seed: int = 0
     max_image_pixels: int = 40_000_000
-    rules: str = "lpirc-onsite"
+    rules: str = scoring.DEFAULT_RULES
     power_log: Path | None = None
     watts_per_core: float = 4.0
     idle_watts: float = 10.0
@@ -226,8 +227,6 @@ def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> Non
     if not isinstance(s.decode_threads, int) or s.decode_threads < 0:
         raise bad("decode_threads", "must be an integer >= 0")
     if s.meter is not None or s.meter_ranges != "auto" or s.meter_rate_s != 0.1:
-        from lpirc.meters import check_config
-
         try:
             check_config(s.meter, s.meter_rate_s, s.meter_ranges)
         except MeterError as e:

@@ -12,9 +12,11 @@ from scoring._io import (ScoringError, ground_truth_notes, read_ground_truth, re
 from scoring.core import match_answers, revise_label_notes, score_path
 from scoring.records import MANIFEST_KEYS, RECORD_KEYS, Answer, Manifest, Record
 from scoring.report import format_csv, format_table, ranks
-from scoring.rules import RULE_PARAMS, RULES, Evaluation, Rule, rule_params
+from scoring.rules import (DEFAULT_A0, DEFAULT_IDLE_WATTS, DEFAULT_K, DEFAULT_MS_PER_IMAGE, DEFAULT_RULES,
+                           DEFAULT_TIME_LIMIT_S, RULE_PARAMS, RULES, Evaluation, Rule, rule_params)
 
 __all__ = [
+    "DEFAULT_A0", "DEFAULT_IDLE_WATTS", "DEFAULT_K", "DEFAULT_MS_PER_IMAGE", "DEFAULT_RULES", "DEFAULT_TIME_LIMIT_S",
     "MANIFEST_KEYS", "RECORD_KEYS", "RULE_PARAMS", "RULES", "Answer", "Evaluation", "Manifest", "Record", "Rule",
     "ScoringError", "format_csv", "format_table", "ground_truth_notes", "match_answers", "ranks",
     "read_ground_truth", "read_ground_truth_and_notes", "read_label_names", "read_log", "read_manifest", "revise_label_notes",

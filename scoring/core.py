@@ -11,7 +11,7 @@ import numpy as np
 from scoring._io import (ONE_BASED, Log, ScoringError, ground_truth_notes, read_ground_truth,
                          read_label_names, read_log, read_manifest, synsets, top_scores)
 from scoring.names import AMBIGUOUS, NameIndex, describe_loose, shown
-from scoring.rules import ALL_OPTIONS, RULES, Evaluation
+from scoring.rules import ALL_OPTIONS, DEFAULT_RULES, RULES, Evaluation
 
 _MAX_NAMED = 5  # names listed in one warning
 
@@ -162,7 +162,7 @@ def match_answers(images: list[str], gt_names: list[str]) -> tuple[np.ndarray, n
     return pos, first_answers(pos)
 
 
-def score_path(path, ground_truth=None, rules: str = "lpirc-onsite", *, per_class: bool = False,
+def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class: bool = False,
                labels=None, log: Log | None = None, **rule_options) -> dict:
     """Score one run under one rule set; returns the score.json object.
 

@@ -12,6 +12,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+#: the rule set a score is computed under unless one is named (LPIRC on-site, 2015-2019), and
+#: its wall budget in seconds: the defaults of lpirc run, score, tune, referee and fleet.
+DEFAULT_RULES = "lpirc-onsite"
 DEFAULT_TIME_LIMIT_S = 600.0
 DEFAULT_MS_PER_IMAGE = 30.0
 # LPCVC 2020 referee: idle energy 0.000544746733 Wh per second of run time = 1.961 W.

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lpirc.demo import DEMO_HOLDOUT_COUNT, DEMO_HOLDOUT_SEED, demo_samples, make_demo_holdout
+from lpirc.demo import DEMO_CLASSES, DEMO_HOLDOUT_COUNT, DEMO_HOLDOUT_SEED, demo_samples, make_demo_holdout
+from lpirc.preprocess import PreprocessSpec, load_image
+from submission.build import build_submission
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_DIR = HERE / "reference"
@@ -44,16 +46,12 @@ MEAN = STD = 127.5
 
 
 def _spec(dtype: str):
-    from lpirc.preprocess import PreprocessSpec
-
     return PreprocessSpec(height=SIZE, width=SIZE, dtype=dtype, mean=MEAN, std=STD)
 
 
 def _chunk(args):
     """Worker: samples [start, stop) of demo_samples(total, seed) -> (x float32, y int)."""
     total, seed, start, stop = args
-    from lpirc.preprocess import load_image
-
     spec = _spec("float32")
     rng = np.random.default_rng([seed, start])
     xs, ys = [], []
@@ -102,9 +100,6 @@ def evaluate_tflite(model_path: Path, holdout: Path) -> tuple[float, int]:
     """Top-1 of a .tflite on a demo holdout folder, with ai_edge_litert (no TensorFlow)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from lpirc.demo import DEMO_CLASSES
-    from lpirc.preprocess import load_image
-
     it = Interpreter(model_path=str(model_path), num_threads=2)
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
@@ -150,8 +145,6 @@ def main(argv=None) -> int:
     t1 = time.time()
     model.fit(x, y, batch_size=64, epochs=args.epochs, shuffle=True, verbose=2)
     print(f"trained in {time.time() - t1:.1f} s", flush=True)
-
-    from submission.build import build_submission
 
     with tempfile.TemporaryDirectory(prefix="lpirc-ref-") as tmp:
         calib = make_demo_holdout(Path(tmp) / "calib", count=300, seed=CALIB_SEED)

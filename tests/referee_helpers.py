@@ -16,13 +16,9 @@ from pathlib import Path
 
 import httpx
 
+from conftest import run_lpirc as lpirc  # noqa: F401 (the referee tests import it from here)
+
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-
-
-def lpirc(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``python -m lpirc ARGS`` (this checkout's lpirc) and return the finished process."""
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
 
 
 class Referee:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 SHARED = REPO.parent / "shared" / "data"
 MODEL = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 SRC = SHARED / "imagenet-dev"

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from lpirc.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc
+
 REFERENCE = REPO / "submission" / "reference" / "model.tflite"
 
 
@@ -279,16 +280,12 @@ def test_undecodable_images(tf, tmp_path):
 
 def test_built_submission_runs_checks_and_scores(tf, tmp_path, small_holdout):
     """build -> check -> run -> score, through the CLI, with the sidecar's preprocessing applied."""
-    import subprocess
-    import sys
-
     model = tmp_path / "m.keras"
     _tiny_model(tf, (24, 24, 3), 1001).save(model)
     sub = tmp_path / "sub.tflite"
 
     def lpirc(*args):
-        return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
-                              text=True, cwd=tmp_path, timeout=300)
+        return run_lpirc(*args, cwd=tmp_path, timeout=300)
 
     build = lpirc("submission", "build", "--keras", model, "--representative", small_holdout,
                   "--out", sub, "--num-images", 5, "--crop-fraction", 0.9, "-q")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,8 @@ from tflite_models import convert_int8
 
 from submission.check import check_submission, natural_test_image
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_lpirc
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = DATA / "models"
 
@@ -97,9 +96,7 @@ def _status(rep):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lpirc", "submission", "check", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return run_lpirc("submission", "check", *args, cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("kind", ["empty", "garbage", "text", "missing", "folder"])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from lpirc.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc
 
 
 def setup_commands() -> list[str]:
@@ -181,13 +181,9 @@ def transcript_labels(text: str) -> list[str]:
 def test_readme_transcript_is_what_the_first_command_prints(tmp_path):
     """The README shows what `lpirc run` printed; the same lines, in the same order, must come
     out today (the figures and paths differ from machine to machine, the labels must not)."""
-    import subprocess
-    import sys
-
     blocks = re.findall(r"```\n(.*?)```", (REPO / "README.md").read_text(), re.S)
     shown = next(b for b in blocks if b.startswith("run folder"))
-    r = subprocess.run([sys.executable, "-m", "lpirc", "run"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+    r = run_lpirc("run", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert transcript_labels(r.stdout) == transcript_labels(shown), r.stdout
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -14,7 +13,8 @@ from PIL import Image
 
 from lpirc import demo
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc
+
 SYNSETS = sorted((REPO / "scoring" / "ilsvrc2012_synsets.txt").read_text().split())
 
 
@@ -124,9 +124,7 @@ def test_incomplete_cache_is_replaced(tmp_path, monkeypatch):
 def test_unwritable_cache_is_one_line_naming_it(tmp_path):
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("")
-    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--out", str(tmp_path / "run"),
-                        "--quiet"], capture_output=True, text=True, cwd=REPO, timeout=120,
-                       env={**os.environ, "XDG_CACHE_HOME": str(blocker)})
+    r = run_lpirc("run", "--out", tmp_path / "run", "--quiet", env={"XDG_CACHE_HOME": str(blocker)})
     assert r.returncode == 5, r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and str(blocker) in lines[0] and "XDG_CACHE_HOME" in lines[0]

@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import REPO, run_lpirc as lpirc
+
 ray = pytest.importorskip("ray", reason="Ray is not installed (the `fleet` extra)")
 
 from click.testing import CliRunner  # noqa: E402
@@ -26,13 +28,7 @@ from click.testing import CliRunner  # noqa: E402
 from lpirc import delegates, fleet, leaderboard  # noqa: E402
 from lpirc.cli import main  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
-
-
-def lpirc(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
 
 
 def make_submissions(folder: Path, model: Path, names: list[str]) -> Path:

@@ -24,7 +24,8 @@ import pytest
 from lpirc import fleet, leaderboard
 from lpirc.fleet import AttemptResult, DeviceWorker, FleetConfig, LocalPool
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 RUNS = itertools.count()  # tells the replayed runs apart (their uid includes the start time)
 
 

@@ -21,14 +21,10 @@ import scoring
 from lpirc import leaderboard as lb
 from lpirc.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc as lpirc
+
 SYN = scoring.synsets()
 N = 20  # images in the hand-made ground truth
-
-
-def lpirc(*args, cwd=REPO, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 # --- runs written the way lpirc run writes them ---------------------------------------------
@@ -157,7 +153,7 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
                                                 start="2026-11-30T10:00:00Z")))
     rows = lb.standings(db)
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
-    from lpirc.cli_pages import format_table
+    from lpirc.cli.leaderboard import format_table
 
     assert "entries on different holdouts, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
 

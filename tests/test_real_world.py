@@ -28,15 +28,11 @@ from lpirc.preprocess import (OptionError, PreprocessOptions, PreprocessSpec, cr
                               load_image, raw_codes_problem, to_input)
 from submission.check import check_submission
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc as lpirc
+
 ANSWER = 278  # the constant models' class (kit fox in lpirc's sorted-synset order)
 MEAN = ",".join(f"{255 * m:g}" for m in IMAGENET_MEAN)  # 123.675,116.28,103.53
 STD = ",".join(f"{255 * s:g}" for s in IMAGENET_STD)  # 58.395,57.12,57.375
-
-
-def lpirc(*args, cwd=None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd or REPO, timeout=timeout)
 
 
 def error_lines(p: subprocess.CompletedProcess) -> list[str]:

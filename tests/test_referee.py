@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import socket
 import subprocess
@@ -434,9 +433,8 @@ def test_cli_errors(holdout, tmp_path):
     assert r.returncode == 2 and "--referee needs --user and --password" in r.stderr
     r = lpirc("run", "--user", "alpha", "--password", "pw")
     assert r.returncode == 2 and "--user and --password go with --referee URL" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--quiet", "--no-report", "--out",
-                        str(tmp_path / "local")], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "LPIRC_REFEREE_PASSWORD": "pw"})
+    r = lpirc("run", "--quiet", "--no-report", "--out", tmp_path / "local", cwd=None,
+              env={"LPIRC_REFEREE_PASSWORD": "pw"})
     assert r.returncode == 0, r.stderr  # an exported referee password does not stop a local run
     r = lpirc("run", "--referee", "127.0.0.1:8000", "--user", "alpha", "--password", "pw")
     assert r.returncode == 2 and "--referee '127.0.0.1:8000': expected http://HOST:PORT" in r.stderr
@@ -527,10 +525,9 @@ def test_lpirc_run_against_referee(small_holdout, reference_model, tmp_path):
         assert ("40 downloaded, 40 answers posted (200), 0 refused, 0 never posted; CLASS_ID "
                 "from 1 (the referee's /help)") in r.stdout
         assert "referee energy  posted" in r.stdout and "referee logout  ok" in r.stdout
-        r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
-                            "--referee", ref.url, "--user", "alpha", "--out", str(tmp_path / "run2"),
-                            "--quiet"], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "LPIRC_REFEREE_PASSWORD": "wrong"})
+        r = lpirc("run", "--model", reference_model, "--referee", ref.url, "--user", "alpha",
+                  "--out", tmp_path / "run2", "--quiet", cwd=None,
+                  env={"LPIRC_REFEREE_PASSWORD": "wrong"})
         assert r.returncode == 1 and r.stderr.strip() == \
             f"lpirc: error: {ref.url}/login: HTTP 401: Invalid username or password"
         row = wait_for(lambda: results_json(db))[0]

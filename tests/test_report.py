@@ -9,8 +9,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,15 +17,10 @@ import pytest
 
 import scoring
 from chromium import PROBE_JS, Chromium, find_chromium, png_size
+from conftest import run_lpirc as lpirc
 
-REPO = Path(__file__).resolve().parents[1]
 SYN = scoring.synsets()
 TENCH = "n01440764"  # a class the demo model never answers
-
-
-def lpirc(*args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

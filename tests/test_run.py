@@ -16,12 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def lpirc(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=timeout)
+from conftest import REPO, run_lpirc as lpirc
 
 
 def read_log(out: Path) -> list[dict]:
@@ -521,10 +516,8 @@ def test_ground_truth_naming_images_not_in_the_holdout_is_noted(tmp_path, refere
     gt.write_text("\n".join(rows + [f"gone_1.jpg,{label}", "gone_2.jpg,0"]) + "\n")
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)  # a relative --ground-truth: the run records where it is
-    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
-                        "--holdout", str(small_holdout), "--ground-truth", "gt.csv",
-                        "--out", str(out), "--quiet"], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = lpirc("run", "--model", reference_model, "--holdout", small_holdout, "--ground-truth",
+              "gt.csv", "--out", out, "--quiet", cwd=None)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     note = next(n for n in m["notes"] if "ground truth" in n)

@@ -15,7 +15,8 @@ from lpirc import delegates as dl
 from lpirc import runtime as rt
 from lpirc.errors import DelegateError, ModelError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELS = DATA / "models"
 

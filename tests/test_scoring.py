@@ -17,7 +17,8 @@ from click.testing import CliRunner
 import scoring
 from scoring import ScoringError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_lpirc
+
 SYN = scoring.synsets()
 
 
@@ -393,8 +394,7 @@ def test_cli_bad_input_one_line_exit_5(tmp_path, onsite_run, gt10, make_args):
 
 
 def test_cli_subprocess_python_m_lpirc(onsite_run):
-    r = subprocess.run([sys.executable, "-m", "lpirc", "score", str(onsite_run), "--format", "json"],
-                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = run_lpirc("score", onsite_run, "--format", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["top1"] == pytest.approx(0.4)
 

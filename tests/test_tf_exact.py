@@ -24,7 +24,8 @@ from lpirc.decoding import decode_pixels, orient, scan_jpeg
 from lpirc.preprocess import PreprocessSpec, crop_and_resize, load_image
 from lpirc.resize import crop_box
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 SHARED = Path(os.environ.get("LPIRC_SHARED_DATA") or REPO.parent / "shared" / "data")
 FIXTURES = sorted(p for p in FOLDER.iterdir() if p.name != DIGESTS.name)
 SIZES = ((224, 224), (128, 128), (20, 30))

@@ -24,14 +24,10 @@ from lpirc.pipeline import PipelineOutcome, WorkerReady
 from lpirc.settings import RunSettings, read_config
 from lpirc.tune import Candidate, format_summary, search_space, throughput, top1, tune
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import run_lpirc as lpirc
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MOBILENET = SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite"
-
-
-def lpirc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
 
 
 def build_tiny(path: Path, size: int = 16, classes: int = 1000) -> Path:

@@ -34,7 +34,7 @@ Without an address, :func:`local_cluster` starts a Ray instance on this machine 
 them.
 
 The package, from the bottom up (nothing here imports click or the CLI, which is
-``lpirc.cli_fleet``):
+``lpirc.cli.fleet``):
 
 - :mod:`~lpirc.fleet.device`: devices, the frozen messages between head and device, and
   :class:`DeviceWorker`, which runs each job as an ``lpirc run`` child (no Ray);

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lpirc import __version__
 from lpirc.errors import LpircError
+from lpirc.holdout import content_sha256, open_holdout
 from lpirc.results import MANIFEST, RESULTS
 
 RESOURCE_PREFIX = "lpirc_device_"
@@ -200,8 +201,6 @@ class DeviceWorker:
 
     def check(self, holdout: str, seed: int, work_dir: str) -> NodeReport:
         """List this node's holdout with the function that computes the manifest's sha256."""
-        from lpirc.holdout import content_sha256, open_holdout
-
         path = os.environ.get(HOLDOUT_ENV) or holdout
         sha, content, count, error = None, None, 0, None
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import scoring
 from lpirc.errors import InputError
 from lpirc.fleet.cluster import cluster_devices, no_device_error
 from lpirc.fleet.device import RESOURCE_PREFIX, Device
@@ -13,7 +14,9 @@ from lpirc.fleet.jobs import (FleetConfig, FleetEvent, FleetOutcome, HeadInputs,
                               load_jobs)
 from lpirc.fleet.policy import Fleet
 from lpirc.fleet.pool import DevicePool, LocalPool
+from lpirc.fleet.ray_pool import RayPool
 from lpirc.fleet.standings import add_to_standings, check_standings
+from lpirc.holdout import content_sha256, open_holdout
 from lpirc.results import file_sha256
 
 
@@ -30,10 +33,6 @@ def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> HeadInputs:
     parses, a known rule set, a fleet folder it can write (whose ``fleet.json``, if any, is of
     this fleet: same identity), a standings database that reads. InputError (one line naming
     the file) otherwise. Reads every holdout image once (its content digest)."""
-    import scoring
-
-    from lpirc.holdout import content_sha256, open_holdout
-
     head = open_holdout(cfg.holdout, seed=cfg.seed)  # its one-line error
     if cfg.rules not in scoring.RULES:
         raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
@@ -70,8 +69,6 @@ def run_fleet(subs: list[Submission], cfg: FleetConfig,
     FleetError when the cluster offers no lpirc device."""
     inputs = inputs or check_inputs(cfg, subs)
     if pool is None:
-        from lpirc.fleet.ray_pool import RayPool
-
         pool = RayPool()
         devices = cluster_devices() if devices is None else devices
     if not devices:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import scoring
 from lpirc import __version__
 from lpirc.errors import EXIT_INTERRUPTED, EXIT_OK
 from lpirc.fleet.cluster import RAY_START_DIR
@@ -332,8 +333,6 @@ class Fleet:
     def _score(self, job: JobState, slot: _Slot, res: AttemptResult, rec: dict) -> None:
         """Write the run folder on the head, score it with the head's ground truth, add it to
         the standings. The only place a result is scored."""
-        import scoring
-
         t0 = time.perf_counter()
         run_dir = self.cfg.out / "runs" / job.name
         run_dir.mkdir(parents=True, exist_ok=True)

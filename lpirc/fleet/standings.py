@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import scoring
 from lpirc import leaderboard
 from lpirc.errors import InputError, LpircError
 from lpirc.fleet.jobs import FleetOutcome
@@ -63,8 +64,6 @@ def num(v: Any) -> str:
 def format_standings(outcome: FleetOutcome) -> str:
     """The final table: done jobs ranked by score (``scoring.ranks``: equal scores share a
     rank), then the jobs that failed or were cancelled, with their one-line reasons."""
-    import scoring
-
     done = [j for j in outcome.jobs if j.status == "done"]
     rk = scoring.ranks([j.score or {} for j in done])
     order = sorted(range(len(done)), key=lambda i: (rk[i] is None, rk[i] or 0))

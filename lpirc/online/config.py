@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import scoring
+
 PHASES = ("dev", "final")
 COUNTS = ("best", "latest")  # which scored submission of a team counts in a phase's standings
 FAILURE_CLASSES = ("format", "model", "runtime", "timeout", "infrastructure")
@@ -56,10 +58,10 @@ class OnlineConfig:
     devices: int = 2
     address: str | None = None
     executor: str = "local"
-    rules: str = "lpirc-onsite"
-    time_limit_s: float = 600.0
+    rules: str = scoring.DEFAULT_RULES
+    time_limit_s: float = scoring.DEFAULT_TIME_LIMIT_S
     clock: str = "wall"
-    ms_per_image: float = 30.0
+    ms_per_image: float = scoring.DEFAULT_MS_PER_IMAGE
     hang_margin_s: float = 120.0
     max_attempts: int = 3
     counts: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COUNTS))

@@ -4,7 +4,7 @@ client a team's device runs against it (``lpirc run --referee URL``).
 Modules: :mod:`~lpirc.referee.protocol` (the calls, their fields and replies),
 :mod:`~lpirc.referee.store` (SQLite), :mod:`~lpirc.referee.core` (sessions, clock, scoring),
 :mod:`~lpirc.referee.server` (Starlette on uvicorn), :mod:`~lpirc.referee.results` (standings,
-exports), :mod:`~lpirc.referee.client` (httpx), :mod:`~lpirc.referee.cli` (the click group).
+exports), :mod:`~lpirc.referee.client` (httpx); its commands are in :mod:`lpirc.cli.referee`.
 The web stack is the ``referee`` extra: ``pip install 'lpirc[referee]'``.
 """
 
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import importlib
 
+from lpirc.errors import LpircError
+
 
 def require_extra(*modules: str) -> None:
     """Raise LpircError (exit 1, one line) when a module of the ``referee`` extra is missing."""
-    from lpirc.errors import LpircError
-
     for name in modules:
         try:
             importlib.import_module(name)

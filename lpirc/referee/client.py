@@ -52,6 +52,9 @@ from pathlib import Path
 import httpx
 
 from lpirc.errors import EXIT_FAILED, LpircError
+from lpirc.results import MANIFEST, new_run_dir, write_json
+from lpirc.runner import run
+from lpirc.sources import GrowingSource
 
 ZIP = 100
 BACKOFF_S = (0.1, 2.0)  # first retry delay, cap
@@ -492,10 +495,6 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
     code is 1 when answers made in time were not stored (see the module's exit codes).
 
     Raises RefereeError when the login or the count fails, LpircError as ``lpirc.runner.run``."""
-    from lpirc.results import MANIFEST, new_run_dir, write_json
-    from lpirc.runner import run
-    from lpirc.sources import GrowingSource
-
     client = RefereeClient(url, user, password, time.monotonic() + settings.time_limit_s)
     cleaned = clean_stale_scratch()
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))

@@ -16,16 +16,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from itsdangerous import BadSignature, URLSafeSerializer
 
 import scoring
-from lpirc import __version__
+from lpirc import __version__, leaderboard
+from lpirc.energy import power_log_wh
 from lpirc.clock import SteadyWall
 from lpirc.errors import InputError
+from lpirc.holdout import files_sha256, scan_folder
 from lpirc.referee import protocol as P
 from lpirc.referee.protocol import ProtocolError
 from lpirc.referee.store import Answer, PowerReading, SessionRow, Store, Team
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
+from scoring.names import label_images
 
 METER_SESSION_S = 366 * 24 * 3600.0  # a meter's login lasts until it logs out
 #: After a session ends, how long scoring waits for a meter that is logging the team to post a
@@ -59,8 +63,8 @@ class RefereeConfig:
     holdout: Path
     ground_truth: Path
     db: Path
-    time_limit_s: float = 600.0
-    rules: str = "lpirc-onsite"
+    time_limit_s: float = scoring.DEFAULT_TIME_LIMIT_S
+    rules: str = scoring.DEFAULT_RULES
     attempts: int = 1
     class_base: int = 0
     runs_dir: Path | None = None
@@ -94,9 +98,6 @@ class Referee:
     """
 
     def __init__(self, cfg: RefereeConfig, announce=None) -> None:
-        from lpirc.holdout import files_sha256, scan_folder
-        from scoring.names import label_images
-
         self.cfg = cfg
         self.announce = announce or (lambda line: None)  # one line per session event
         #: the referee's clock: unix seconds advancing with the monotonic clock (lpirc.clock)
@@ -351,10 +352,6 @@ def energy_of(store: Store, row: SessionRow) -> dict:
     with no gap over METER_MAX_GAP_S; else ``self-reported`` (the device's own figure, when at
     or above the floor SELF_MIN_W x the session's seconds); else ``absent``, with why. Returns
     {"wh", "source", "method"}; wh None for absent."""
-    import numpy as np
-
-    from lpirc.energy import power_log_wh
-
     end = min(row.ended if row.ended is not None else row.deadline, row.deadline)
     readings = store.power(row.team_id)
     why = "no meter readings for this team"
@@ -460,8 +457,6 @@ def score_session(store: Store, row: SessionRow, root: Path, files: list[str], g
 def publish(standings_db: Path, row: SessionRow, score: dict) -> None:
     """Add a scored session to lpirc's standings database (``lpirc.leaderboard``); a session
     scored again (a meter log imported later) replaces its entry."""
-    from lpirc import leaderboard
-
     entry = leaderboard.Entry(**entry_fields(leaderboard.make_uid, row, score))
     conn = leaderboard.open_db(standings_db)
     try:

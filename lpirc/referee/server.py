@@ -38,10 +38,13 @@ from starlette.routing import Route
 
 import scoring
 from lpirc import __version__
+from lpirc.errors import InputError
 from lpirc.referee import protocol as P
 from lpirc.referee.core import Live, Referee, RefereeConfig
 from lpirc.referee.guard import ConnLimits, GateLimits, LoginGate, Refused, guarded_protocol
 from lpirc.referee.protocol import ProtocolError
+from lpirc.referee.guard import raise_fd_limit
+from lpirc.referee.results import standings_html
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a /result of 20,000 answers is about 1.2 MB
 TICK_S = 0.25  # how often sessions past their time limit are closed and scored
@@ -296,8 +299,6 @@ class RefereeApp:
                                    + "; a synset ID such as n01440764 is accepted too"))
 
     async def leaderboard(self, request: Request) -> Response:
-        from lpirc.referee.results import standings_html
-
         if time.monotonic() - self._page[0] >= PAGE_TTL_S:
             if self._page_task is None or self._page_task.done():  # one build for all waiters
                 self._page_task = asyncio.ensure_future(run_in_threadpool(
@@ -323,9 +324,6 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
     """Run the referee until Ctrl-C or SIGTERM (uvicorn shuts down cleanly, then re-raises the
     signal). ``announce`` gets one line with the URL once the socket is bound."""
     import uvicorn
-
-    from lpirc.errors import InputError
-    from lpirc.referee.guard import raise_fd_limit
 
     lock_path = Path(str(cfg.db) + ".lock")
     made_lock = not lock_path.exists()
@@ -375,8 +373,6 @@ def _lock_db(db: Path, who: str = "lpirc referee"):
     open sessions in memory (two ``lpirc online`` services, ``who``, would run its queue twice).
     InputError when another holds it."""
     import fcntl
-
-    from lpirc.errors import InputError
 
     f = os.fdopen(os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT, 0o600), "r+")
     try:

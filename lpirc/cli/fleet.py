@@ -1,9 +1,8 @@
-"""``lpirc fleet run`` and ``lpirc fleet devices``: the command line of :mod:`lpirc.fleet`
-(parsing and printing only; moves to ``lpirc/cli/fleet.py`` with the CLI package)."""
+"""``lpirc fleet run`` and ``lpirc fleet devices``: many submissions across many devices, on
+Ray (:mod:`lpirc.fleet`; Ray is imported there when a fleet starts, the ``fleet`` extra)."""
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -15,17 +14,7 @@ from lpirc.fleet import (KINDS, RAY_LOG, STATE, FleetConfig, FleetEvent, check_i
                          cluster_devices, connect, find_submissions, format_standings,
                          no_device_error, probe_address, ray_output_to, run_fleet)
 
-
-def _cli_errors(fn):
-    """lpirc.cli.friendly_errors, looked up when the command runs (lpirc.cli imports this)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lpirc.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
+F = FleetConfig
 
 
 def event_line(ev: FleetEvent) -> str:
@@ -61,7 +50,6 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.option("--device-reports", is_flag=True, help="Let each device write report.html into its run folder (device time; `lpirc report OUT/runs/<job>` makes it on the head).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=leaderboard.DB_ENV, help=f"Standings database the results are added to (lpirc leaderboard's). Default: ${leaderboard.DB_ENV}, else {leaderboard.DEFAULT_DB}.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-@_cli_errors
 def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, rules,
               time_limit_s, clock, ms_per_image, seed, max_attempts, hang_margin_s,
               device_reports, db, quiet) -> None:
@@ -110,7 +98,6 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
 @fleet_group.command("devices")
 @click.option("--address", help=_ADDRESS_HELP)
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated devices of the local instance (no --address).")
-@_cli_errors
 def fleet_devices(address, devices) -> None:
     """List the devices a Ray cluster offers (resources lpirc_device_<kind>_<id>), one a line.
 

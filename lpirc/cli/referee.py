@@ -1,9 +1,13 @@
-"""``lpirc referee ...``: the click group (added to ``lpirc`` in lpirc/cli.py). Heavy modules
-(Starlette, uvicorn, numpy) are imported inside the commands."""
+"""``lpirc referee ...``: the referee's commands (:mod:`lpirc.referee`), and ``lpirc run
+--referee``'s options and client (:class:`RefereeRun`).
+
+The modules that need the ``referee`` extra (:mod:`~lpirc.referee.core` needs itsdangerous,
+:mod:`~lpirc.referee.server` Starlette and uvicorn, :mod:`~lpirc.referee.client` httpx) are
+imported inside the commands, after :func:`~lpirc.referee.require_extra` has said in one line
+what is missing: ``lpirc --help`` and ``lpirc run`` work without the extra."""
 
 from __future__ import annotations
 
-import functools
 import secrets
 import sys
 from pathlib import Path
@@ -11,18 +15,13 @@ from urllib.parse import urlsplit
 
 import click
 
-
-def friendly_errors(fn):
-    """lpirc's own error handling (one line, documented exit code), looked up at call time so
-    that lpirc.cli can import this module at its end."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lpirc.cli import friendly_errors as lpirc_friendly
-
-        return lpirc_friendly(fn)(*args, **kwargs)
-
-    return wrapper
+import scoring
+from lpirc.energy import read_power_log
+from lpirc.errors import InputError
+from lpirc.holdout import files_sha256, list_images
+from lpirc.referee import require_extra
+from lpirc.referee.results import answers_csv, attempts, format_standings, standings
+from lpirc.referee.store import PowerReading, Store
 
 
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
@@ -41,24 +40,21 @@ def referee() -> None:
 @referee.command("serve")
 @click.option("--holdout", required=True, type=click.Path(path_type=Path), help="Folder of holdout images (listed as lpirc run lists it).")
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: HOLDOUT/ground_truth.csv. Never served.")
-@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=600.0, show_default=True, help="Seconds from a team's login to the end of its session (LPIRC: 10 minutes).")
+@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=scoring.DEFAULT_TIME_LIMIT_S, show_default=True, help="Seconds from a team's login to the end of its session (LPIRC: 10 minutes).")
 @DB_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port; the URL is printed).")
-@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set sessions are scored under (see `lpirc rules`).")
+@click.option("--rules", default=scoring.DEFAULT_RULES, show_default=True, help="Rule set sessions are scored under (see `lpirc rules`).")
 @click.option("--attempts", type=click.IntRange(min=1), default=1, show_default=True, help="Sessions each team may start; every one is kept and scored.")
 @click.option("--class-id-base", type=click.Choice(["0", "1"]), default="0", show_default=True, help="0: CLASS_ID 0..999 (lpirc's sorted synsets, -1 background); 1: 1..1000 (0 background).")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), help="Where each scored session's run folder goes. Default: DB.runs/ beside the database.")
 @click.option("--standings-db", type=click.Path(dir_okay=False, path_type=Path), help="Also add every scored session to this lpirc standings database.")
 @click.option("--max-body-mib", type=click.FloatRange(min=0.001), default=4.0, show_default=True, help="Largest request body accepted (413 beyond).")
-@friendly_errors
 def serve_cmd(holdout, ground_truth, time_limit_s, db, host, port, rules, attempts, class_id_base,
               runs_dir, standings_db, max_body_mib) -> None:
     """Serve the holdout to teams' devices until Ctrl-C; score each session when it ends."""
-    from lpirc.referee import require_extra
-
     require_extra("starlette", "uvicorn", "itsdangerous", "python_multipart")
-    from lpirc.referee.core import RefereeConfig
+    from lpirc.referee.core import RefereeConfig  # the extra's modules, once it is known here
     from lpirc.referee.server import serve
 
     cfg = RefereeConfig(holdout=holdout, ground_truth=ground_truth or holdout / "ground_truth.csv",
@@ -78,11 +74,8 @@ def _announce(line: str) -> None:
 @DB_OPTION
 @click.option("--password", help="The team's password. Default: a random one, printed once.")
 @click.option("--meter", is_flag=True, help="A power-meter account (posts /powermeter readings) instead of a team.")
-@friendly_errors
 def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None:
     """Add an account TEAM (its password is stored hashed, never in clear)."""
-    from lpirc.referee.store import Store
-
     if password is not None and not password:  # /login refuses an empty one: never usable
         raise click.BadParameter("must not be empty (omit it for a random one)",
                                  param_hint="'--password'")
@@ -98,11 +91,8 @@ def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None
 @DB_READ_OPTION
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="table: for people; csv/json: for programs.")
 @click.option("--all", "every", is_flag=True, help="Every attempt, not only each team's best.")
-@friendly_errors
 def results_cmd(db: Path, fmt: str, every: bool) -> None:
     """Print the standings: each team's best scored attempt, ranked."""
-    from lpirc.referee.results import attempts, format_standings, standings
-
     store = _open(db)
     rows = attempts(store) if every else standings(store)
     if every:
@@ -114,13 +104,9 @@ def results_cmd(db: Path, fmt: str, every: bool) -> None:
 @referee.command("answers")
 @DB_READ_OPTION
 @click.option("--team", help="Only this team's answers.")
-@friendly_errors
 def answers_cmd(db: Path, team: str | None) -> None:
     """Export every answer received as CSV (the original referee's columns first: image_name,
     CLASS_ID, confidence, xmin, ymin, xmax, ymax), duplicates included (kept = 0)."""
-    from lpirc.errors import InputError
-    from lpirc.referee.results import answers_csv
-
     store = _open(db)
     if team is not None and store.team(team) is None:
         raise InputError(f"{db}: no team {team!r}")
@@ -131,14 +117,9 @@ def answers_cmd(db: Path, team: str | None) -> None:
 @click.argument("team")
 @click.argument("file", type=click.Path(path_type=Path))
 @DB_READ_OPTION
-@friendly_errors
 def power_cmd(team: str, file: Path, db: Path) -> None:
     """Import a meter log FILE (CSV timestamp,watts, as `lpirc run --power-log` reads) for
     TEAM, and rescore its ended sessions with the metered energy."""
-    from lpirc.energy import read_power_log
-    from lpirc.errors import InputError
-    from lpirc.referee.store import PowerReading
-
     store = _open(db)
     who = store.team(team)
     if who is None or who.role != "team":
@@ -167,17 +148,14 @@ def _rescored_line(score: dict) -> str:
 def _open(db: Path):
     """An existing referee database; InputError (exit 5, nothing written) for a missing file or
     one that is not a referee database."""
-    from lpirc.referee.store import Store
-
     return Store(db, create=False)
 
 
 def _rescore(store, db: Path, team_id: int) -> list[dict]:
     """Score again every ended session of a team, with the holdout and ground truth the server
     was last started with (recorded in the database)."""
-    from lpirc.errors import InputError
-    from lpirc.holdout import files_sha256, list_images
-    from lpirc.referee.core import score_session
+
+    from lpirc.referee.core import score_session  # needs itsdangerous (the referee extra)
 
     cfg = store.config()
     done = []
@@ -253,8 +231,6 @@ class RefereeRun:
         return cls(url, user, password, ahead, base)
 
     def run(self, settings):
-        from lpirc.referee import require_extra
-
         require_extra("httpx")
         from lpirc.referee.client import run_with_referee
 

@@ -1,9 +1,10 @@
-"""``lpirc online ...``: the click group of the online service (lpirc/online/). Heavy modules
-(Starlette, uvicorn, the runtime) are imported inside the commands."""
+"""``lpirc online ...``: the commands of the online service (:mod:`lpirc.online`). The modules
+that need the ``online`` extra (:mod:`lpirc.online.app`: Starlette, uvicorn;
+:mod:`lpirc.online.service`: itsdangerous) are imported inside the commands, after
+:func:`lpirc.online.require_extra` has said in one line what is missing."""
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
 import sys
@@ -12,28 +13,19 @@ from pathlib import Path
 import click
 
 import scoring
+from lpirc.cli._options import clock_options, rules_option, setting, time_limit_option
 from lpirc.errors import InputError
 from lpirc.online import require_extra
 from lpirc.online import standings as st
 from lpirc.online.config import OnlineConfig, PhaseData
 from lpirc.online.store import Store
 
+C = OnlineConfig
+
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          default=Path("online.sqlite"), show_default=True,
                          help="The service's SQLite database (made if absent); its uploads and "
                               "run folders go to DB.d/.")
-
-
-def _errors(fn):
-    """lpirc's one error mapping (lpirc.cli.friendly_errors), looked up at call time."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lpirc.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def _store(db: Path, must_exist: bool = True):
@@ -52,7 +44,6 @@ def online() -> None:
 @DB_OPTION
 @click.option("--password", help="The account's password. Default: a random one, printed once.")
 @click.option("--organiser", is_flag=True, help="An organiser account (queue, devices, phases, publishing, exports) instead of a team.")
-@_errors
 def add_team_cmd(name: str, db: Path, password: str | None, organiser: bool) -> None:
     """Add an account NAME (its password is stored as a scrypt hash, never in clear)."""
     if password is not None and not password:
@@ -73,21 +64,19 @@ def add_team_cmd(name: str, db: Path, password: str | None, organiser: bool) -> 
 @DB_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port; the URL is printed).")
-@click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Devices of the local pool (or of the local Ray instance with --executor ray); they divide the cores.")
+@setting(C, "devices", type=click.IntRange(min=1), help="Devices of the local pool (or of the local Ray instance with --executor ray); they divide the cores.")
 @click.option("--address", help="A Ray cluster (what `ray start --head` printed): its lpirc devices run the jobs (implies --executor ray).")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="local: lpirc run processes on this machine; ray: the fleet's Ray devices.")
+@setting(C, "executor", type=click.Choice(["local", "ray"]), help="local: lpirc run processes on this machine; ray: the fleet's Ray devices.")
 @click.option("--per-team-per-day", type=click.IntRange(min=1), help="Submissions charged per team per UTC day (429 beyond). Default: no limit.")
 @click.option("--per-team-at-once", type=click.IntRange(min=1), help="Submissions per team queued or running at once (429 beyond). Default: no limit.")
 @click.option("--dev-counts", type=click.Choice(["best", "latest"]), default="best", show_default=True, help="Which scored submission of a team counts in the development standings.")
 @click.option("--final-counts", type=click.Choice(["best", "latest"]), default="latest", show_default=True, help="Which scored submission of a team counts in the final standings.")
-@click.option("--rules", default="lpirc-onsite", show_default=True, help="Rule set every run is scored under (see `lpirc rules`).")
-@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=600.0, show_default=True, help="Each run's wall-clock budget in seconds.")
-@click.option("--clock", type=click.Choice(["wall", "inference"]), default="wall", show_default=True, help="Budget clock of each run (see lpirc run).")
-@click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=30.0, show_default=True, help="Inference budget per image in ms, for --clock inference.")
-@click.option("--hang-margin-s", type=click.FloatRange(min=1), default=120.0, show_default=True, help="A run silent this long past its time limit is ended: failure class timeout.")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True, help="Tries of a submission whose device was lost (infrastructure, never charged).")
+@rules_option(C, "Rule set every run is scored under (see `lpirc rules`).")
+@time_limit_option(C, "Each run's wall-clock budget in seconds.")
+@clock_options(C, "Budget clock of each run (see lpirc run).", "Inference budget per image in ms, for --clock inference.")
+@setting(C, "hang_margin_s", type=click.FloatRange(min=1), help="A run silent this long past its time limit is ended: failure class timeout.")
+@setting(C, "max_attempts", type=click.IntRange(min=1), help="Tries of a submission whose device was lost (infrastructure, never charged).")
 @click.option("--max-model-mib", type=click.FloatRange(min=0.001), default=64.0, show_default=True, help="Largest model upload taken (413 beyond).")
-@_errors
 def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host, port,
               devices, address, executor, per_team_per_day, per_team_at_once, dev_counts,
               final_counts, rules, time_limit_s, clock, ms_per_image, hang_margin_s,
@@ -124,7 +113,6 @@ def _announce(line: str) -> None:
 @online.command("phase")
 @click.argument("phase", type=click.Choice(["dev", "final"]))
 @DB_OPTION
-@_errors
 def phase_cmd(phase: str, db: Path) -> None:
     """Open PHASE for uploads (a running service takes it at its next upload)."""
     _store(db).set_phase(phase)
@@ -134,7 +122,6 @@ def phase_cmd(phase: str, db: Path) -> None:
 @online.command("publish")
 @DB_OPTION
 @click.option("--hide", is_flag=True, help="Hide the final scores from teams again.")
-@_errors
 def publish_cmd(db: Path, hide: bool) -> None:
     """Show the final phase's scores and standings to the teams (or --hide them again)."""
     _store(db).publish(not hide)
@@ -145,7 +132,6 @@ def publish_cmd(db: Path, hide: bool) -> None:
 @DB_OPTION
 @click.option("--phase", type=click.Choice(["dev", "final"]), default="dev", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "manifests"]), default="csv", show_default=True, help="csv/json: the phase's standings; manifests: every submission with its run's manifest (JSON).")
-@_errors
 def export_cmd(db: Path, phase: str, fmt: str) -> None:
     """Print the standings (every score, published or not: the organiser's export) or every
     submission's manifest."""

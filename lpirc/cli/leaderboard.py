@@ -1,11 +1,10 @@
-"""``lpirc report`` and ``lpirc leaderboard add | show | remove``: the command lines of
-:mod:`lpirc.report` and of the standings database (:mod:`lpirc.leaderboard`), and the standings
-as a table, CSV, JSON or an HTML page. lpirc/cli.py adds these commands to ``lpirc``."""
+"""``lpirc leaderboard add | show | remove``: the command line of the standings database
+(:mod:`lpirc.leaderboard`), and the standings as a table, CSV, JSON or an HTML page."""
 
 from __future__ import annotations
 
 import csv
-import functools
+import datetime as dt
 import io
 import json
 import sys
@@ -13,64 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import jinja2
 
 import scoring
 from lpirc import __version__
 from lpirc import leaderboard as lb
 from lpirc.errors import InputError
-from lpirc.report import REPORT, write_report
-
-
-def friendly_errors(fn):
-    """lpirc.cli.friendly_errors, looked up when the command runs (lpirc.cli imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lpirc.cli import friendly_errors as wrap
-
-        return wrap(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-# --- lpirc report -----------------------------------------------------------------------------
-
-
-@click.command("report")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"HTML file to write. Default: RUN/{REPORT} for one run folder, else ./{REPORT}.")
-@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: the one each run's manifest names.")
-@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Score every run under this rule set. Default: each run's own.")
-@click.option("--labels", type=click.Path(path_type=Path), help="Class names (1000 or 1001 lines). Default: a labels file beside the run's model, else synset IDs.")
-@click.option("--title", help="Page title.")
-@friendly_errors
-def report_cmd(runs, out, ground_truth, rules, labels, title) -> None:
-    """Draw one run, or compare several, as one self-contained HTML page (no network request,
-    prints well): summary, manifest, the race against the budget, throughput per worker,
-    latency, worst classes and confusions, failed images, power."""
-    import time
-
-    t0 = time.perf_counter()
-    if out is None:
-        out = Path(runs[0]) / REPORT if len(runs) == 1 and Path(runs[0]).is_dir() else Path(REPORT)
-    path = write_report(runs, out, ground_truth, rules, labels, title)
-    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {len(runs)} run{'s' * (len(runs) > 1)}) "
-               f"in {time.perf_counter() - t0:.2f} s")
-
-
-def run_report_line(run_dir: Path) -> str:
-    """Write RUN/report.html after `lpirc run`; the summary line saying where it is. Never
-    raises: a report that cannot be made is a warning, and the run keeps its exit code."""
-    import time
-
-    t0 = time.perf_counter()
-    try:
-        path = write_report([run_dir], Path(run_dir) / REPORT)
-    except Exception as e:  # noqa: BLE001 - the run is done and scored; its report is extra
-        click.echo(f"lpirc: warning: {Path(run_dir) / REPORT} not written ({e})", err=True)
-        return f"report          not written (lpirc report {run_dir} retries)"
-    return f"report          {path} (lpirc report, {time.perf_counter() - t0:.1f} s)"
 
 
 # --- lpirc leaderboard ----------------------------------------------------------------------
@@ -93,7 +40,6 @@ def leaderboard() -> None:
 @click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Rule set stored with the entry. Default: the one each run was scored under.")
 @click.option("--name", help="Submission name shown (one run only). Default: the run folder's name.")
 @click.option("--team", help="Team that submitted the run(s).")
-@friendly_errors
 def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
     """Score run folders and add them. A run already there changes nothing.
 
@@ -135,7 +81,6 @@ def _has_db(db: Path) -> bool:
               help="table: for people; csv/json: for programs; html: one self-contained page.")
 @click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Rank under this rule set, re-scoring from each entry's log where it was stored under another. Default: each as stored.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
-@friendly_errors
 def show_cmd(db, fmt, rules, out) -> None:
     """Print the standings: ranked by score within each holdout (equal scores share a place),
     with the LPIRC side prizes."""
@@ -158,7 +103,6 @@ def show_cmd(db, fmt, rules, out) -> None:
 @leaderboard.command("remove")
 @click.argument("uids", nargs=-1, required=True)
 @_db_option
-@friendly_errors
 def remove_cmd(uids, db) -> None:
     """Remove entries by uid, or by the start of it (as `show` prints it)."""
     if not _has_db(db):
@@ -289,10 +233,6 @@ def format_json(rows: list[lb.Standing], db=None, rules=None) -> str:
 
 def format_html(rows: list[lb.Standing], db=None, rules=None) -> str:
     """A self-contained page (inline CSS, no script), like `lpirc report`'s."""
-    import datetime as dt
-
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.PackageLoader("lpirc", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
     page = {

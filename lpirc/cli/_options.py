@@ -1,0 +1,120 @@
+"""Options more than one command takes, and the rule that a default shown in ``--help`` is the
+default of the settings dataclass the option fills (``RunSettings``, ``TuneOptions``,
+``RefereeConfig``, ``FleetConfig``): :func:`setting` reads it from there, so each default is
+written once, in the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from lpirc.demo import demo_holdout_path
+from lpirc.preprocess import channel_values, parse_input_size, units_problem
+from lpirc.settings import RunSettings, bundled_model, resolve_settings
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass field ``cls.name`` (TypeError when it has none: a
+    ``default_factory`` is computed per machine and is not shown as a default)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default is dataclasses.MISSING:
+        raise TypeError(f"{cls.__name__}.{name} has no default to show")
+    return f.default
+
+
+def setting(cls: type, name: str, *decls: str, convert: Callable[[Any], Any] | None = None,
+            **kw: Any) -> Decorator:
+    """``click.option`` for field ``name`` of ``cls``: the flag ``--name-with-dashes`` (unless
+    ``decls`` says otherwise) and the field's default, shown in ``--help``. ``convert`` turns
+    the default into the option's type (e.g. ``str`` for a ``click.Choice`` of strings)."""
+    default = field_default(cls, name)
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)),
+                        default=convert(default) if convert else default, show_default=True, **kw)
+
+
+def time_limit_option(cls: type, help: str) -> Decorator:
+    """``--time-limit-s``, the wall-clock budget in seconds (LPIRC: 600)."""
+    return setting(cls, "time_limit_s", type=click.FloatRange(min=0.1), help=help)
+
+
+def clock_options(cls: type, clock_help: str, ms_help: str) -> Decorator:
+    """``--clock wall|inference`` and ``--ms-per-image``, the inference budget per image."""
+    clock = setting(cls, "clock", type=click.Choice(["wall", "inference"]), help=clock_help)
+    ms = setting(cls, "ms_per_image", type=click.FloatRange(min=0.001), help=ms_help)
+    return lambda fn: clock(ms(fn))
+
+
+def rules_option(cls: type, help: str, *decls: str) -> Decorator:
+    """``--rules``, the rule set a score is computed under (see ``lpirc rules``)."""
+    return setting(cls, "rules", *decls, help=help)
+
+
+DELEGATE_HELP = "cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library."
+
+
+def settings_from_options(ctx: click.Context, opts: dict, config: Path | None = None) -> RunSettings:
+    """RunSettings from a command's options: the bundled submission and demo holdout when no
+    model is given; options typed on the command line win over the config file."""
+    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    if opts["model"] is None:
+        opts["model"] = bundled_model()
+        if opts["holdout"] is None:
+            opts["holdout"] = demo_holdout_path()
+    if opts["holdout"] is None:
+        raise click.UsageError("--holdout is required with --model")
+    return resolve_settings(opts, explicit, config)
+
+
+def check_channels(ctx, param, value):
+    """Click callback: --mean/--std syntax checked where it was typed (exit 2, naming it)."""
+    if value is not None:
+        try:
+            vals = channel_values(param.name, value, positive=param.name == "std")
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        problem = units_problem(param.name, vals)
+        if problem:
+            raise click.BadParameter(problem)
+    return value
+
+
+def _check_input_size(ctx, param, value):
+    """Click callback: --input-size must be HxW (or one number for a square)."""
+    try:
+        parse_input_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def preprocess_options(fn):
+    """The options of RunSettings.preprocess that `run` and `tune` share (see README
+    "Preprocessing"); each also comes from --config or the model's sidecar X.json."""
+    opts = [
+        click.option("--mean", callback=check_channels,
+                     help="Normalisation mean in pixel units 0..255: one number or "
+                     "R,G,B (ImageNet: 123.675,116.28,103.53). Float inputs get (pixel - mean) "
+                     "/ std (default 127.5); quantized inputs are normalised, then quantized "
+                     "with the input's own scale and zero point (default: raw pixel codes)."),
+        click.option("--std", callback=check_channels,
+                     help="Normalisation std in pixel units: one number or R,G,B "
+                     "(ImageNet: 58.395,57.12,57.375). Default 127.5 (float inputs)."),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), help="Channel "
+                     "order the model takes. Default: rgb."),
+        click.option("--crop", type=click.Choice(["central", "square"]), help="central: "
+                     "tf.image.central_crop (TF-slim eval, aspect kept; default); square: the "
+                     "TFLite ImageNet eval tool's centred square."),
+        click.option("--input-size", callback=_check_input_size, help="HxW for a model whose input height/width are "
+                     "dynamic (shape signature -1), e.g. 224x224."),
+        click.option("--output", help="Output that answers, by signature name, tensor name or "
+                     "index. Default: the one [1, 1000|1001] output."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
