@@ -12,9 +12,10 @@ byte-equal to TF on 500 of 500 ImageNet photos and on built baseline, progressiv
 CMYK, restart-marker, 4:4:4/4:2:2 and 1xN files (tests/test_tf_exact.py).
 
 Everything else falls back to Pillow (:func:`decode_pillow`, accurate IDCT for JPEGs): files
-that are not JPEG, JPEGs libjpeg-turbo refuses or warns about (corrupt or truncated data: Pillow
-then gives lpirc's usual one-line error, e.g. ``decode: image file is truncated``), and
-12-bit or lossless JPEGs. :class:`Decoded` says which decoder read each image.
+that are not JPEG, JPEGs libjpeg-turbo refuses (its warnings about corrupt data it recovers
+from are ignored, as TensorFlow ignores them), truncated JPEGs
+(no end-of-image marker after the first scan; Pillow then gives lpirc's usual one-line error,
+``decode: image file is truncated``, without a first attempt), and 12-bit or lossless JPEGs. :class:`Decoded` says which decoder read each image.
 
 EXIF orientation is applied (TensorFlow ignores it; ImageNet photos carry none that changes
 pixels), read from the JPEG's first APP1 Exif block by :func:`scan_jpeg` without Pillow.
@@ -101,6 +102,7 @@ class JpegInfo(NamedTuple):
     sof: int  # the start-of-frame marker, e.g. 0xC0 baseline, 0xC2 progressive
     adobe: bool  # an Adobe APP14 marker (libjpeg's saw_Adobe_marker: inverted CMYK)
     orientation: int  # EXIF orientation 1..8 (1 when absent or unreadable)
+    complete: bool = True  # an end-of-image marker follows the first scan (not truncated)
 
     @property
     def progressive(self) -> bool:
@@ -158,7 +160,7 @@ def scan_jpeg(data: bytes) -> JpegInfo | None:
     if data[:3] != _JPEG_MAGIC:
         return None
     n, i = len(data), 2
-    sof = None
+    sof, sos = None, None
     adobe, orientation = False, None
     while i + 4 <= n:
         if data[i] != 0xFF:
@@ -171,6 +173,7 @@ def scan_jpeg(data: bytes) -> JpegInfo | None:
             i += 2
             continue
         if m in (0xD9, 0xDA):  # end of image, start of scan
+            sos = i if m == 0xDA else None
             break
         length = (data[i + 2] << 8) | data[i + 3]
         if length < 2:
@@ -186,7 +189,9 @@ def scan_jpeg(data: bytes) -> JpegInfo | None:
     if sof is None:
         return None
     m, precision, h, w, nc = sof
-    return JpegInfo(w, h, nc, precision, m, adobe, orientation or 1)
+    # entropy-coded data never holds FF D9 (an FF there is followed by 00 or a restart marker)
+    complete = sos is not None and data.find(b"\xff\xd9", sos) >= 0
+    return JpegInfo(w, h, nc, precision, m, adobe, orientation or 1, complete)
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -241,13 +246,13 @@ def decode_pixels(path_or_bytes: PathOrBytes, spec) -> Decoded:
     data = read_bytes(path_or_bytes)
     info = scan_jpeg(data)
     sj = _simplejpeg()
-    if info is not None and sj is not None and info.sof in _SOF_DECODED \
+    if info is not None and sj is not None and info.sof in _SOF_DECODED and info.complete \
             and info.precision == 8 and info.components in (1, 3, 4) \
             and info.width >= 1 and info.height >= 1:
         scale = _jpeg_scale(info.width, info.height, info.progressive, info.orientation, spec)
         try:
             px = _decode_turbo(sj, data, info, scale, getattr(spec, "idct", "fast"))
-        except ValueError:  # refused or warned about: Pillow reads it or says why not
+        except ValueError:  # refused: Pillow reads it or says why not
             px = None
         if px is not None:
             limit = int(spec.max_image_pixels)
@@ -274,8 +279,10 @@ def _jpeg_scale(w: int, h: int, progressive: bool, orientation: int, spec) -> in
 
 def _decode_turbo(sj, data: bytes, info: JpegInfo, scale: int, idct: str) -> np.ndarray:
     """libjpeg-turbo's decode, as tf.io.decode_jpeg(channels=3) does it (ValueError when it
-    refuses the file or warns about its data)."""
-    kw = dict(fastdct=idct == "fast", fastupsample=False, strict=True)
+    refuses the file)."""
+    # strict=False: libjpeg's warnings (corrupt data it recovers from) do not stop it, as they
+    # do not stop tf.io.decode_jpeg; a truncated file never gets here (JpegInfo.complete)
+    kw = dict(fastdct=idct == "fast", fastupsample=False, strict=False)
     if scale > 1:
         kw.update(min_height=math.ceil(info.height / scale),
                   min_width=math.ceil(info.width / scale), min_factor=scale)

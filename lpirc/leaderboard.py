@@ -22,21 +22,25 @@ API call here is one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
-from dataclasses import asdict, dataclass, field, fields
+import unicodedata
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 import scoring
+from lpirc import __version__
 from lpirc.errors import InputError
-from scoring import read_manifest
+from scoring import groups, read_manifest
 
 # --- the file ---------------------------------------------------------------------------------
 
@@ -129,17 +133,57 @@ def open_db(path=None, *, check_same_thread: bool = True) -> sqlite3.Connection:
         _check_and_migrate(conn, p, MIGRATIONS)
     except sqlite3.DatabaseError as e:
         conn.close()
-        msg = "not a SQLite database" if "not a database" in str(e) else str(e)
-        raise InputError(f"{p}: {msg} (expected an lpirc standings database)") from None
+        if "not a database" in str(e):
+            raise InputError(f"{p}: not a SQLite database (expected an lpirc standings "
+                             "database)") from None
+        raise damaged(p, e) from None
     except BaseException:
         conn.close()
         raise
     return conn
 
 
+def damaged(p: Path, e: Exception | str) -> InputError:
+    """The one-line error for a standings file SQLite finds damaged (nothing is read from it
+    or written to it then)."""
+    why = str(e).strip().splitlines()
+    why = [w for w in why if w and not w.startswith("***")] or ["malformed"]
+    return InputError(f"{p}: damaged standings database ({why[0]}); nothing was read or "
+                      "written: restore it from a copy")
+
+
+@contextlib.contextmanager
+def _sqlite_errors(conn: sqlite3.Connection):
+    """SQLite's errors met after the file was opened as one-line InputErrors naming the file
+    (damage found on a page quick_check passed, a lock held past the busy timeout)."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise InputError(f"{_db_file(conn)}: {e}") from None
+    except sqlite3.DatabaseError as e:
+        raise damaged(_db_file(conn), e) from None
+
+
+def _db_file(conn: sqlite3.Connection) -> Path:
+    try:
+        return Path(conn.execute("PRAGMA database_list").fetchone()[2] or "(in memory)")
+    except sqlite3.Error:
+        return Path("(standings database)")
+
+
+def _check_intact(conn: sqlite3.Connection, p: Path) -> None:
+    """``PRAGMA quick_check`` (every page readable, every b-tree well formed; milliseconds for
+    a standings file) before anything is read or written: a damaged page otherwise showed as a
+    traceback on show or remove, and ``add`` could write into the file and exit 0."""
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    if rows != ["ok"]:
+        raise damaged(p, "; ".join(rows))
+
+
 def _check_and_migrate(conn: sqlite3.Connection, p: Path, migrations: Iterable[Migration]) -> None:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     _check_identity(conn, p, max(m.version for m in migrations))
+    _check_intact(conn, p)
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN IMMEDIATE")  # one migrator at a time; re-read the version inside
@@ -251,6 +295,10 @@ class Entry:
             problems.append("uid must be a non-empty string")
         if not self.submission:
             problems.append("submission name is empty")
+        for what in ("submission", "team"):
+            bad = name_problem(getattr(self, what))
+            if bad:
+                problems.append(f"{what} {bad}")
         if self.source not in SOURCES:
             problems.append(f"source {self.source!r} is not one of {', '.join(SOURCES)}")
         if self.rules not in scoring.RULES:
@@ -275,6 +323,49 @@ class Entry:
 
 
 _COLUMNS = tuple(f.name for f in fields(Entry))
+
+
+def name_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot be a submission's or team's name (None: it can): a name is one line
+    of text; a newline or another control character broke the standings' table."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        return f"name must be text, got {type(name).__name__}"
+    bad = sorted({repr(ch)[1:-1] for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")})
+    if bad:
+        return (f"name {name!r} has {', '.join(bad)}: a name is one line of text "
+                "(no newline or other control character)")
+    return None
+
+
+def one_line(text: str | None) -> str:
+    """``text`` with control characters written as escapes (\\n, \\t, ...): a name stored
+    before names were checked prints on one line."""
+    if text is None:
+        return ""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+                   for ch in text)
+
+
+def check_lpirc_version(manifest: Mapping[str, Any], where) -> None:
+    """InputError when the manifest was written by a newer lpirc than this one (its fields may
+    mean something this lpirc does not know), or names a version that is not one."""
+    v = manifest.get("lpirc_version")
+    if v is None:
+        return
+    theirs, ours = _version(v), _version(__version__)
+    if theirs is None:
+        raise InputError(f"{where}: lpirc_version {v!r} is not a version (expected e.g. "
+                         f"{__version__!r})")
+    if ours is not None and theirs > ours:
+        raise InputError(f"{where}: written by lpirc {v}, newer than this lpirc "
+                         f"{__version__}: upgrade lpirc to add it")
+
+
+def _version(v) -> tuple[int, ...] | None:
+    m = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?([.+-].*)?", str(v).strip())
+    return tuple(int(x or 0) for x in m.groups()[:3]) if m else None
 
 
 def make_uid(identity: Mapping[str, Any]) -> str:
@@ -321,18 +412,20 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
     Returns:
         an Entry (not yet stored: :func:`add_entry`).
     Raises:
-        InputError: the scorer's one-line error (missing folder, bad log, bad ground truth).
+        scoring.ScoringError: the scorer's one-line error (missing folder, bad log, bad ground
+          truth; exit 5 on the command line).
     """
     path = Path(run_dir)
     man_path = path / "manifest.json" if path.is_dir() else None
-    try:
-        manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
-        settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
-        rules = rules or settings.get("rules") or scoring.DEFAULT_RULES
-        s = score if score is not None else scoring.score_path(path, ground_truth, rules,
-                                                               **rule_options)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    for what, value in (("submission", submission), ("team", team)):
+        bad = name_problem(value)
+        if bad:
+            raise InputError(f"{what} {bad}")
+    manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
+    check_lpirc_version(manifest, man_path)
+    settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
+    rules = rules or settings.get("rules") or scoring.DEFAULT_RULES
+    s = score if score is not None else scoring.score_path(path, ground_truth, rules, **rule_options)
     if manifest:
         uid = run_uid(manifest)
     else:
@@ -386,6 +479,9 @@ def entry_from_score(score: Mapping[str, Any], *, uid: str, submission: str, sou
         extra={"status": m.get("status"), "model": score.get("model"), "delegate": deleg or None,
                "energy_method": score.get("energy_method"), "notes": m.get("notes") or [],
                "warnings": score.get("warnings") or [],
+               # what the entry may be ranked with (scoring.groups), by content
+               "ground_truth_sha256": score.get("ground_truth_sha256"),
+               "holdout_id": score.get("holdout_id") or groups.holdout_id(hold),
                "rule_fields": {k: v for k, v in score.items() if k not in _SCORE_COMMON}},
     )
     fields_.update(overrides)
@@ -394,7 +490,7 @@ def entry_from_score(score: Mapping[str, Any], *, uid: str, submission: str, sou
 
 _SCORE_COMMON = set(scoring.report.COMMON) | {
     "options", "source", "warnings", "per_class", "confused", "log", "log_format", "ground_truth",
-    "label_names"}
+    "label_names", "ground_truth_sha256", "holdout_id"}
 
 
 def add_entry(conn: sqlite3.Connection, entry: Entry) -> bool:
@@ -404,9 +500,10 @@ def add_entry(conn: sqlite3.Connection, entry: Entry) -> bool:
     row["extra"] = json.dumps(row["extra"], sort_keys=True, default=str)
     row = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
     cols = (*_COLUMNS, "added_utc")
-    cur = conn.execute(
-        f"INSERT OR IGNORE INTO entries ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-        [row[c] for c in _COLUMNS] + [utc_now()])
+    with _sqlite_errors(conn):
+        cur = conn.execute(
+            f"INSERT OR IGNORE INTO entries ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [row[c] for c in _COLUMNS] + [utc_now()])
     return cur.rowcount == 1
 
 
@@ -418,15 +515,17 @@ def _row_entry(row: sqlite3.Row | tuple, names: list[str]) -> Entry:
 
 def entries(conn: sqlite3.Connection) -> list[Entry]:
     """Every stored entry, oldest added first."""
-    cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY added_utc, uid")
-    names = [d[0] for d in cur.description]
-    return [_row_entry(r, names) for r in cur.fetchall()]
+    with _sqlite_errors(conn):
+        cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries ORDER BY added_utc, uid")
+        names = [d[0] for d in cur.description]
+        return [_row_entry(r, names) for r in cur.fetchall()]
 
 
 def get_entry(conn: sqlite3.Connection, uid: str) -> Entry | None:
     """The entry with exactly this uid, or None."""
-    cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE uid = ?", (uid,))
-    row = cur.fetchone()
+    with _sqlite_errors(conn):
+        cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE uid = ?", (uid,))
+        row = cur.fetchone()
     return _row_entry(row, [d[0] for d in cur.description]) if row else None
 
 
@@ -439,6 +538,11 @@ def remove(conn: sqlite3.Connection, uid_or_prefix: str) -> Entry:
     key = uid_or_prefix.strip()
     if not key:
         raise InputError("remove: give an entry's uid or the start of it")
+    with _sqlite_errors(conn):
+        return _remove_one(conn, key)
+
+
+def _remove_one(conn: sqlite3.Connection, key: str) -> Entry:
     conn.execute("BEGIN IMMEDIATE")
     try:
         like = key.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -499,6 +603,8 @@ class Standing:
     prizes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     params: tuple[tuple[str, float], ...] = ()
+    #: scoring.groups.comparable_key of the group: (rules, params, ground truth sha256, holdout)
+    group_key: tuple = ()
 
     @property
     def energy_wh(self) -> float | None:
@@ -523,8 +629,10 @@ rule_params = scoring.rule_params
 def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options) -> list[Standing]:
     """Rank every stored entry, LPIRC style.
 
-    Entries are grouped by (holdout_sha256, rule set, its parameters: :data:`RULE_PARAMS`);
-    groups never mix (entries on different holdouts or budgets are not comparable) and are
+    Entries are grouped by the one rule ``lpirc score`` uses too,
+    :func:`scoring.groups.comparable_key`: rule set and its parameters (:data:`RULE_PARAMS`),
+    the ground truth by content (sha256 of the CSV) and the holdout by content (sha256 of its
+    sorted image names: another ``--seed`` is the same holdout); groups never mix and are
     listed largest first. Within a group, places go by
     score, higher first, equal scores sharing a place (``scoring.ranks``); entries without a
     score come last with place None. Side prizes (:func:`side_prizes`) are awarded per group.
@@ -542,18 +650,33 @@ def standings(conn: sqlite3.Connection, rules: str | None = None, **rule_options
     if rules is not None and rules not in scoring.RULES:
         raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
     scored = [_under(e, rules, rule_options) for e in entries(conn)]
-    groups: dict[tuple, list[Standing]] = {}
+    digests: dict[str, str | None] = {}  # ground-truth file -> sha256, read once per file
+    keyed: dict[tuple, list[Standing]] = {}
     for s in sorted(scored, key=lambda s: not s.params):  # those whose parameters are known first
-        key = (s.entry.holdout_sha256 or "", s.rules, s.params)
+        key = _group_key(s, digests)
         if not s.params:  # not re-scored (its log is gone): unranked, beside its holdout's entries
-            key = next((k for k in groups if k[:2] == key[:2]), key)
-        groups.setdefault(key, []).append(s)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].entry.holdout_sha256 or "~", g[0].rules,
-                                                     g[0].params))
+            key = next((k for k in keyed if (k[0], *k[2:]) == (key[0], *key[2:])), key)
+        keyed.setdefault(key, []).append(s)
+    ordered = sorted(keyed.items(), key=lambda kg: (-len(kg[1]), kg[0][3], kg[0][2], kg[0][0],
+                                                     kg[0][1]))
     out: list[Standing] = []
-    for gi, group in enumerate(ordered, start=1):
-        out.extend(_rank_group(group, gi))
+    for gi, (key, group) in enumerate(ordered, start=1):
+        out.extend(replace(r, group_key=key) for r in _rank_group(group, gi))
     return out
+
+
+def _group_key(s: Standing, digests: dict[str, str | None]) -> tuple:
+    """The entry's :func:`scoring.groups.comparable_key`, from what was stored with it (an
+    entry stored before the digests were: its ground-truth file's sha256 read now, its ordered
+    holdout digest)."""
+    e = s.entry
+    x = e.extra if isinstance(e.extra, Mapping) else {}
+    gt = x.get("ground_truth_sha256")
+    if not gt and e.ground_truth:
+        if e.ground_truth not in digests:
+            digests[e.ground_truth] = groups.file_sha256(e.ground_truth)
+        gt = digests[e.ground_truth]
+    return groups.comparable_key(s.rules, s.params, gt, x.get("holdout_id") or e.holdout_sha256)
 
 
 RUN_OK = ("complete", "budget_exhausted")  # run statuses of a valid entry (None: not a run)

@@ -168,13 +168,10 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
         log_path, man_path = p, None
     else:
         raise InputError(f"{p}: no such run folder or result log")
-    try:
-        log = scoring.read_log(log_path)
-        manifest = _read_manifest(man_path) if man_path is not None and man_path.is_file() else {}
-        if labels is not None:
-            scoring.read_label_names(labels)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    log = scoring.read_log(log_path)
+    manifest = _read_manifest(man_path) if man_path is not None and man_path.is_file() else {}
+    if labels is not None:
+        scoring.read_label_names(labels)
     settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
     notes: list[str] = []
     score = None
@@ -492,14 +489,18 @@ def _not_comparable(runs: list[RunData], scores: list[dict]) -> list[str]:
     """Why these runs cannot be ranked together (empty: they can): a run without a holdout
     record or a score, different holdouts, rule sets or budgets (``scoring.rule_params``), each
     value with the runs that have it."""
-    holds = [(r.manifest.get("holdout") or {}).get("files_sha256") for r in runs]
+    # the components of scoring.groups.comparable, the rule lpirc score and the standings use
+    holds = [s.get("holdout_id") or scoring.groups.holdout_id(r.manifest.get("holdout"))
+             for r, s in zip(runs, scores)]
+    gts = [s.get("ground_truth_sha256") for s in scores]
     rules = [s.get("rules") for s in scores]
     budgets = [", ".join(f"{k} {v:g}" for k, v in scoring.rule_params(s)) or None if s else None for s in scores]
     why = []
     for what, values in (("no holdout record", [h is None for h in holds]), ("not scored", [x is None for x in rules])):
         if any(values):
             why.append(f"{what}: " + ", ".join(r.name for r, v in zip(runs, values) if v))
-    for what, values in (("different holdouts (sha256 of the ordered file list)", [h and h[:12] for h in holds]),
+    for what, values in (("different holdouts (sha256 of the image list)", [h and h[:12] for h in holds]),
+                         ("different ground truths (sha256 of the file)", [g and g[:12] for g in gts]),
                          ("different rule sets", rules), ("different budgets", budgets)):
         groups: dict[str, list[str]] = {}
         for r, v in zip(runs, values):

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from lpirc.errors import InputError
+
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
 SCORE = "score.json"
@@ -34,6 +36,18 @@ class ResultLog:
 
     def close(self) -> None:
         self._f.close()
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file lpirc reads back (a tuned config, an idle baseline, ...): its content, or
+    InputError naming the file: ``<path>: <what> not found`` or ``<path>: not a readable
+    <what> (<reason>)``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable {what} ({e})") from None
 
 
 def write_json(path: Path, obj: Any) -> None:

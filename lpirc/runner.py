@@ -51,6 +51,7 @@ from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new
                            write_json)
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
+from scoring.groups import names_sha256
 from scoring.names import NameIndex, shown
 from scoring.records import Manifest, Record
 
@@ -124,8 +125,10 @@ def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | N
       RunOutcome; ``exit_code`` 130 when interrupted (Ctrl-C or SIGTERM; log kept and scored).
     Raises:
       LpircError: what stops a run before or instead of answering (bad model, delegate,
-        holdout, ground truth, run folder). A run that started always leaves its folder, its
-        log and its manifest.
+        holdout, run folder). A run that started always leaves its folder, its log and its
+        manifest.
+      scoring.ScoringError: a ground truth that cannot be read, before the run; or, after it,
+        one the scorer refuses (the run folder, its log and manifest are kept).
     """
     check_settings(settings)  # API callers build RunSettings themselves
     model_path = preflight.check_model_file(settings.model)
@@ -162,10 +165,7 @@ def _check_out(out: Path) -> None:
 def _read_truth(ground_truth: Path) -> tuple[dict[str, int], list[str]]:
     """The ground truth and its own warnings (labels that look 1-based), from one parse, not
     cached: the parent drops it before the run (the scorer reads the file after the run)."""
-    try:
-        return scoring.read_ground_truth_and_notes(ground_truth, cache=False)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    return scoring.read_ground_truth_and_notes(ground_truth, cache=False)
 
 
 def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
@@ -249,16 +249,14 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
             energy = meter.finish(probe.wall_start, wall_end, energy)
         except Exception as e:  # never lose a run over its meter
             energy["method"] += f"; meter failed ({type(e).__name__}: {e})"
+        manifest["notes"] += [n for n in meter.notes if n not in manifest["notes"]]
     _finish_manifest(manifest, plan, source, outcome, energy)
     write_json(out / MANIFEST, manifest)
     if outcome.error and outcome.answered == 0:  # nothing to score: one line, log kept
         raise preflight.failure_error(*outcome.error)
     score = None
     if plan.ground_truth is not None:
-        try:
-            score = scoring.score_path(out, ground_truth=plan.ground_truth, rules=settings.rules)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
+        score = scoring.score_path(out, ground_truth=plan.ground_truth, rules=settings.rules)
         write_json(out / SCORE, score)
     return RunOutcome(out, outcome.status, _exit_code(outcome), manifest, score,
                       tuple(manifest["notes"]))
@@ -302,6 +300,9 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "image_count": source.total,
             "order_seed": holdout.seed if holdout is not None else None,
             "files_sha256": sha() if callable(sha) else None,
+            # the holdout's identity whatever its order (scoring.groups: runs with another
+            # --seed are ranked together)
+            "names_sha256": names_sha256(holdout.files) if holdout is not None else None,
             "skipped": holdout.skipped if holdout is not None else {},
             "ground_truth": str(plan.ground_truth) if plan.ground_truth else None}
 

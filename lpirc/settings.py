@@ -14,6 +14,7 @@ import scoring
 import submission
 from lpirc.errors import InputError, MeterError
 from lpirc.meters import check_config
+from lpirc.results import read_json
 from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")
@@ -100,12 +101,7 @@ TUNABLE = ("workers", "threads", "batch", "decode", "decode_threads")
 def read_config(path: Path) -> dict[str, Any]:
     """Read a ``best.json`` written by ``lpirc tune``: the settings under its ``settings`` key
     (or at top level). Only keys that are RunSettings fields are accepted."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable JSON config ({e})") from None
+    data = read_json(path, "JSON config")
     if isinstance(data, dict) and isinstance(data.get("settings"), dict):
         data = data["settings"]
     if not isinstance(data, dict):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scoring.records import Manifest
+
 NUM_CLASSES = 1000
 NO_ANSWER = -2  # padding in top5 arrays; never equal to a ground-truth label (0..999)
 
@@ -262,7 +264,31 @@ def read_manifest(path) -> dict:
         raise ScoringError(f"{p}:{e.lineno}: manifest is not valid JSON ({e.msg})") from None
     if not isinstance(data, dict):
         raise ScoringError(f"{p}: manifest is not a JSON object")
+    for key, value in data.items():
+        wrong = _manifest_type_error(key, value)
+        if wrong:
+            raise ScoringError(f"{p}: manifest field {key!r} {wrong}")
     return data
+
+
+_JSON_TYPES = {"str": (str,), "dict": (dict,), "list": (list,), "int": (int,), "float": (int, float)}
+
+
+def _manifest_type_error(key: str, value) -> str | None:
+    """Why ``value`` is not what :class:`scoring.records.Manifest` says ``key`` holds (None:
+    it is, or the key is not one lpirc writes). A manifest with a field of the wrong type is
+    refused whole: its figures would be read as something they are not."""
+    ann = Manifest.__annotations__.get(key)
+    if ann is None:
+        return None
+    ann = getattr(ann, "__forward_arg__", ann)  # a TypedDict keeps its annotations as ForwardRefs
+    parts = [x.strip() for x in str(ann).split("|")]
+    if value is None:
+        return None if "None" in parts else f"is null, expected {ann}"
+    ok = tuple(t for x in parts for t in _JSON_TYPES.get(x, ()))
+    if isinstance(value, ok) and not isinstance(value, bool):
+        return None
+    return f"is {type(value).__name__} {json.dumps(value)[:40]}, expected {ann}"
 
 
 # --- result logs ------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class Manifest(TypedDict, total=False):
     runtime: dict | None  # {"name", "version"} of the runtime the workers loaded
     delegate: dict  # {"requested", "ran", "note", "exclusive"}
     model: dict  # {"path", "size_bytes", "sha256"} + the model's "input", "output", "num_classes", "ops"
-    holdout: dict  # {"path", "source", "image_count", "order_seed", "files_sha256", "ground_truth"}
+    holdout: dict  # {"path", "source", "image_count", "order_seed", "files_sha256", "names_sha256", "ground_truth"}
     settings: dict  # every RunSettings field
     budget: dict  # {"clock", "time_limit_s", "ms_per_image", "inference_budget_s"}
     start_utc: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+from scoring.groups import comparable
 from scoring.rules import RULES, rule_params
 
 COMMON = (
@@ -14,7 +15,7 @@ COMMON = (
     "energy_source", "energy_method",
 )
 _SKIP = set(COMMON) | {"options", "source", "warnings", "per_class", "confused", "log", "log_format",
-                       "ground_truth"}
+                       "ground_truth", "ground_truth_sha256", "holdout_id"}
 
 
 def _key(score) -> float:
@@ -37,17 +38,8 @@ def ranks(scores: list[dict]) -> list[int | None]:
     return out
 
 
-def comparable(score: dict) -> tuple:
-    """What two scores must share to be ranked together: the rule set and its parameters (time
-    limit, ms per image, ...), the ground truth file and its image count. LPIRC ranked entries
-    of one track on one holdout under one budget; runs that differ in any of these are ranked
-    apart (a 300-image demo run is not "rank 1" above 500-image runs)."""
-    return (score.get("rules"), rule_params(score), str(score.get("ground_truth")),
-            score.get("images_total"))
-
-
 def grouped_ranks(scores: list[dict]) -> tuple[list[int | None], list[int]]:
-    """Competition ranks within each :func:`comparable` group.
+    """Competition ranks within each :func:`scoring.groups.comparable` group.
 
     Returns:
         (ranks, group): ranks as :func:`ranks` computes them inside a run's group (None without
@@ -150,8 +142,9 @@ def _ranking_blocks(scores: list[dict], rk: list, group: list[int]) -> list[str]
             params = ", ".join(f"{k} {_fmt(v)}" for k, v in rule_params(s))
             head = (f"Ranking {g + 1} (equal scores share a rank; runs under {s.get('rules')}"
                     f"{' (' + params + ')' if params else ''}, ground truth "
-                    f"{s.get('ground_truth')}, {s.get('images_total')} images; runs that differ "
-                    f"in any of these are ranked apart):")
+                    f"{s.get('ground_truth')} (sha256 {str(s.get('ground_truth_sha256'))[:12]}, "
+                    f"{s.get('images_total')} images), holdout {str(s.get('holdout_id'))[:12]}; "
+                    f"runs that differ in any of these are ranked apart):")
         lines = [head]
         for i in order:
             lines.append(f"  {rk[i] if rk[i] else '-':>4}  score {_fmt(scores[i].get('score')):>10}  "

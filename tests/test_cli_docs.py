@@ -90,10 +90,35 @@ def test_every_command_is_in_the_docs(path):
 
 
 def exit_codes() -> dict[str, int]:
-    """Every exit code the command line documents in lpirc/errors.py (the EXIT_* constants)."""
-    import lpirc.errors
+    """Every exit code the command line can give: the EXIT_* constants of lpirc/errors.py, the
+    codes lpirc/cli/_errors.py maps errors to, and the ``exit_code`` of every LpircError
+    subclass in lpirc, scoring and submission (modules whose optional extra is missing are
+    left out)."""
+    import importlib
+    import pkgutil
 
-    return {k: v for k, v in vars(lpirc.errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    import lpirc
+    import lpirc.errors
+    import scoring
+    import submission
+    from lpirc.cli._errors import EXIT_CODES
+
+    codes = {k: v for k, v in vars(lpirc.errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    codes |= {f"{kind.__name__} (lpirc/cli/_errors.py)": c for kind, c in EXIT_CODES.items() if c is not None}
+    for pkg in (lpirc, scoring, submission):
+        for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if mod.name.endswith(".__main__"):
+                continue
+            try:
+                importlib.import_module(mod.name)
+            except ImportError:
+                continue
+    todo = [lpirc.errors.LpircError]
+    while todo:
+        kind = todo.pop()
+        todo += kind.__subclasses__()
+        codes[f"{kind.__module__}.{kind.__name__}"] = kind.exit_code
+    return codes
 
 
 def readme_exit_code_table() -> set[int]:
@@ -104,16 +129,19 @@ def readme_exit_code_table() -> set[int]:
 
 
 def test_readme_exit_code_table_is_every_exit_code():
-    codes = set(exit_codes().values())
+    codes = exit_codes()
     table = readme_exit_code_table()
-    assert codes - table == set(), f"exit codes missing from the README's table: {sorted(codes - table)}"
-    assert table - codes == set(), f"README's table has codes lpirc/errors.py does not: {sorted(table - codes)}"
+    missing = sorted({f"{c} ({k})" for k, c in codes.items() if c not in table})
+    assert not missing, f"exit codes missing from the README's table: {missing}"
+    stale = table - set(codes.values())
+    assert not stale, f"README's table has codes lpirc never exits with: {sorted(stale)}"
 
 
-@pytest.mark.parametrize("name,code", sorted(exit_codes().items(), key=lambda kv: kv[1]))
-def test_every_exit_code_is_documented_in_docs(name, code):
-    said = re.compile(rf"\bexit(?:s| code| codes| status)?:? {code}\b|^\| {code} \|", re.M)
-    assert said.search(docs_text()), f"{name} = {code}: no page of docs/ says when it happens ('exit {code}')"
+def test_every_exit_code_is_documented_in_docs():
+    said = lambda code: re.compile(rf"\bexit(?:s| code| codes| status)?:? {code}\b|^\| {code} \|", re.M)
+    text = docs_text()
+    missing = sorted({f"{c} ({k})" for k, c in exit_codes().items() if not said(c).search(text)})
+    assert not missing, f"no page of docs/ says when these happen ('exit N'): {missing}"
 
 
 def slug(heading: str) -> str:
@@ -217,3 +245,16 @@ def test_docs_quote_the_setup_lines_as_the_readme_has_them():
         for line in page.read_text().splitlines():
             if re.match(r"python3 -m pip install .*&& ", line.strip()):
                 assert line.strip() in cmds, f"docs/{page.name}: '{line.strip()}' is not the README's"
+
+
+def test_every_command_in_the_readme_table_exists():
+    """The other way round: a command the README's table names is one `lpirc` has (a new user
+    types what the table says)."""
+    text = (REPO / "README.md").read_text()
+    table = re.search(r"^\| command \|.*?\n(.*?)\n\n", text, re.S | re.M)
+    assert table, "README has no command table"
+    known = {" ".join(p) for p in _commands(main)}
+    named = {m for row in table.group(1).splitlines()
+             for m in re.findall(r"`lpirc ([a-z][a-z -]*?)`", row.split("|")[1])}
+    assert named, "no command found in the README's table"
+    assert not named - known, f"the README's table names commands lpirc does not have: {sorted(named - known)}"

@@ -31,7 +31,7 @@ LAZY = {
     ("lpirc.cli.referee", "lpirc.referee.server"): "Starlette and uvicorn (referee extra)",
     ("lpirc.cli.referee", "lpirc.referee.client"): "httpx (referee extra)",
     ("lpirc.cli.online", "lpirc.online.app"): "Starlette and uvicorn (online extra)",
-    ("lpirc.cli.online", "lpirc.online.service"): "itsdangerous (online extra)",
+    ("lpirc.cli.meter", "lpirc.meters.post"): "httpx (referee extra): only `lpirc meter post`",
 }
 
 

@@ -155,7 +155,7 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
     assert [(r.group, r.place, r.entry.submission) for r in rows] == [(1, 1, "x"), (1, 2, "y"), (2, 1, "z")]
     from lpirc.cli.leaderboard import format_table
 
-    assert "entries on different holdouts, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
+    assert "entries on different holdouts, ground truths, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
 
 
 def test_different_budgets_are_ranked_apart_and_titled_with_their_own(tmp_path):
@@ -289,7 +289,7 @@ def test_foreign_and_newer_files_are_one_line_errors(tmp_path):
 
 
 def test_bad_run_folder_is_one_line(tmp_path):
-    with pytest.raises(InputError, match="no results.jsonl"):
+    with pytest.raises(scoring.ScoringError, match="no results.jsonl"):  # exit 5 on the CLI
         lb.entry_from_run(tmp_path)
 
 
@@ -299,7 +299,7 @@ def test_bad_run_folder_is_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory, reference_model, small_holdout) -> list[Path]:
     """Two real `lpirc run`s of the bundled reference model on a 40-image holdout, image orders
-    seeded 0 and 1 (so, by LPIRC's rule of one ordered holdout, two different holdouts)."""
+    seeded 0 and 1: one holdout by content (its sorted names), two orders."""
     base = tmp_path_factory.mktemp("real")
     out = []
     for seed in (0, 1):
@@ -324,7 +324,9 @@ def test_real_runs_as_entries(tmp_path, real_runs):
         assert e.runtime.startswith("ai_edge_litert ") and e.lpirc_version == manifest["lpirc_version"]
         assert lb.add_entry(conn, e) and not lb.add_entry(conn, lb.entry_from_run(run))
     rows = lb.standings(conn, rules="ovic-2019")
-    assert [r.group for r in rows] == [1, 2] and all(r.place == 1 for r in rows)
+    # another --seed is the same holdout (scoring.groups, as lpirc score groups them)
+    assert [r.group for r in rows] == [1, 1] and rows[0].place == 1
+    assert len({r.group_key for r in rows}) == 1
     for r in rows:
         direct = scoring.score_path(r.entry.run_dir, rules="ovic-2019")
         assert r.rescored and r.score == pytest.approx(direct["score"])
@@ -497,3 +499,128 @@ def test_entry_from_score_for_a_referee_session(db, tmp_path, field_runs):
     rows = lb.standings(db, rules="lpcvc-2020")  # needs the wall time a referee file lacks
     assert {r.entry.submission: r.place for r in rows} == {"B": 1, "team-7": None}
     assert rows[1].rescored and rows[1].score is None
+
+
+def test_one_grouping_rule_for_score_and_standings(tmp_path):
+    """`lpirc score` and the standings group by one rule (scoring.groups): the same holdout in
+    another order (--seed: another files_sha256, the same names_sha256) with the ground truth
+    copied elsewhere ranks with the original; a ground truth that differs in one label, or a
+    shorter budget, ranks apart. Before, the standings split the seed and mixed the ground
+    truths, and `lpirc score` did the opposite."""
+    gt = write_gt(tmp_path / "gt.csv")
+    copy = tmp_path / "elsewhere" / "gt.csv"
+    copy.parent.mkdir()
+    shutil.copy(gt, copy)
+    other = tmp_path / "other.csv"
+    rows = gt.read_text().splitlines()
+    rows[1] = rows[1].split(",")[0] + "," + SYN[999]
+    other.write_text("\n".join(rows) + "\n")
+    runs = {"a": fake_run(tmp_path / "a", gt, 20, 1.0, files_sha="1" * 64),
+            "b": fake_run(tmp_path / "b", copy, 10, 1.0, files_sha="2" * 64, start="2026-11-30T09:00:00Z"),
+            "c": fake_run(tmp_path / "c", other, 15, 1.0, files_sha="1" * 64, start="2026-11-30T10:00:00Z"),
+            "d": fake_run(tmp_path / "d", gt, 5, 1.0, files_sha="1" * 64, start="2026-11-30T11:00:00Z",
+                          time_limit_s=1.0)}
+    for name, run in runs.items():
+        m = json.loads((run / "manifest.json").read_text())
+        m["holdout"]["names_sha256"] = "n" * 64  # one set of images, whatever the order
+        m["holdout"]["order_seed"] = {"b": 1}.get(name, 0)
+        (run / "manifest.json").write_text(json.dumps(m))
+
+    def partition(pairs) -> set[frozenset[str]]:
+        by: dict[str, set[str]] = {}
+        for name, g in pairs:
+            by.setdefault(str(g), set()).add(name)
+        return {frozenset(v) for v in by.values()}
+
+    want = {frozenset("ab"), frozenset("c"), frozenset("d")}
+    r = lpirc("score", *runs.values(), "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    scored = [(Path(x["run"]).name, x["group"]) for x in csv.DictReader(io.StringIO(r.stdout))]
+    assert partition(scored) == want, scored
+    db = tmp_path / "s.sqlite"
+    assert lpirc("leaderboard", "add", *runs.values(), "--db", db).returncode == 0
+    r = lpirc("leaderboard", "show", "--db", db, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    shown = [(x["submission"], x["group"]) for x in json.loads(r.stdout)["standings"]]
+    assert partition(shown) == want, shown
+
+
+# --- fault paths (issue 19 item 16) ----------------------------------------------------------
+
+
+def damage(src: Path, dst: Path, how: str) -> Path:
+    """A copy of a standings file with one kind of damage: the entries table's page (page 3)
+    overwritten from its cells on, an index page (4) overwritten, or the file cut short."""
+    shutil.copy(src, dst)
+    with open(dst, "r+b") as f:
+        if how == "entries":
+            f.seek(2 * 4096 + 200)
+            f.write(bytes((i * 37 + 11) % 256 for i in range(3800)))
+        elif how == "index":
+            f.seek(3 * 4096)
+            f.write(bytes((i * 37 + 11) % 256 for i in range(4096)))
+    if how == "cut":
+        os.truncate(dst, 6000)
+    return dst
+
+
+@pytest.mark.parametrize("how", ["entries", "index", "cut"])
+def test_damaged_database_is_one_line_exit_5_and_never_written(tmp_path, field_runs, how):
+    """Damaged pages gave a traceback on show and remove, and `add` wrote into the file and
+    exited 0: now each command is one line naming the file, exit 5, the file unchanged."""
+    good = tmp_path / "good.sqlite"
+    assert lpirc("leaderboard", "add", *(field_runs[k] for k in "ABCD"), "--db", good).returncode == 0
+    bad = damage(good, tmp_path / f"{how}.sqlite", how)
+    before = bad.read_bytes()
+    for cmd in (["show"], ["add", field_runs["E"]], ["remove", "abc"]):
+        r = lpirc("leaderboard", *cmd, "--db", bad)
+        assert r.returncode == 5, (cmd, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"lpirc: error: {bad}: damaged standings database"), r.stderr
+        assert "Traceback" not in r.stderr and r.stdout == ""
+        assert bad.read_bytes() == before and not Path(f"{bad}-wal").exists()
+
+
+def test_remove_tries_every_uid_and_names_the_bad_ones(tmp_path, field_runs):
+    db = tmp_path / "r.sqlite"
+    assert lpirc("leaderboard", "add", *(field_runs[k] for k in "ABC"), "--db", db).returncode == 0
+    rows = json.loads(lpirc("leaderboard", "show", "--db", db, "--format", "json").stdout)["standings"]
+    uid = {x["submission"]: x["uid"] for x in rows}
+    r = lpirc("leaderboard", "remove", uid["A"][:10], "nosuchuid", uid["C"][:10], "--db", db)
+    assert r.returncode == 5
+    assert r.stdout.splitlines() == [f"removed  {uid['A'][:12]}  A", f"removed  {uid['C'][:12]}  C"]
+    assert r.stderr.splitlines() == ["lpirc: error: remove: no entry's uid starts with 'nosuchuid'",
+                                     "lpirc: 1 of 3 not removed: nosuchuid"]
+    left = json.loads(lpirc("leaderboard", "show", "--db", db, "--format", "json").stdout)["standings"]
+    assert [x["submission"] for x in left] == ["B"]
+
+
+def test_a_name_with_a_newline_is_refused(tmp_path, field_runs):
+    db = tmp_path / "n.sqlite"
+    for option in ("--name", "--team"):
+        r = lpirc("leaderboard", "add", field_runs["A"], option, "A\nplace 1  Z  99", "--db", db)
+        assert r.returncode == 5 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines() == [
+            f"lpirc: error: {option[2:].replace('name', 'submission')} name 'A\\nplace 1  Z  99' has \\n: a "
+            "name is one line of text (no newline or other control character)"]
+    assert not db.exists() or lb.entries(lb.open_db(db)) == []
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"lpirc_version": "99.0.0"}, "written by lpirc 99.0.0, newer than this lpirc"),
+    ({"lpirc_version": "banana"}, "lpirc_version 'banana' is not a version"),
+    ({"holdout": "h"}, "manifest field 'holdout' is str \"h\", expected dict"),
+    ({"wall_time_s": "2 s"}, "manifest field 'wall_time_s' is str \"2 s\", expected float | None"),
+    ({"images_answered": True}, "manifest field 'images_answered' is bool true, expected int"),
+])
+def test_manifest_from_the_future_or_with_wrong_types_is_refused(tmp_path, field_runs, change, says):
+    run = shutil.copytree(field_runs["A"], tmp_path / "odd")
+    m = json.loads((run / "manifest.json").read_text())
+    m.update(change)
+    (run / "manifest.json").write_text(json.dumps(m))
+    db = tmp_path / "m.sqlite"
+    r = lpirc("leaderboard", "add", run, "--db", db)
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lpirc: error: {run / 'manifest.json'}: ") and says in lines[0], lines
+    assert lb.entries(lb.open_db(db)) == []

@@ -183,6 +183,10 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
         v = alpha.wait([fin.json()["id"]])[fin.json()["id"]]
         assert v["state"] == "scored" and v["score"] is None and v["score_hidden"] is True
         assert alpha.http.get(f"/submissions/{v['id']}/report").status_code == 403
+        for leak in (alpha.http.get(f"/submissions/{v['id']}/log").text,
+                     alpha.http.get(f"/api/submissions/{v['id']}/events").text,
+                     alpha.http.get(f"/submissions/{v['id']}").text):
+            assert "top-1" not in leak and "hidden until the organiser publishes" in leak
         hidden = httpx.get(server.url + "/api/standings?phase=final").json()
         assert hidden["hidden"] is True and hidden["standings"] == []
         assert org.http.get("/api/standings?phase=final").json()["standings"][0]["team"] == "alpha"
@@ -261,6 +265,9 @@ def test_cli_errors_are_one_line(small_holdout, tmp_path):
     other.write_text("not a database at all, just text " * 100)
     r = lpirc("online", "export", "--db", str(other))
     assert r.returncode == 5 and "not an lpirc online database" in r.stderr, r.stderr
+    r = lpirc("online", "serve", "--holdout", str(small_holdout), "--db", str(db), "--port", "0",
+              "--address", "127.0.0.1:1")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "127.0.0.1:1" in r.stderr, r.stderr
     r = lpirc("online", "publish", "--db", str(tmp_path / "none.sqlite"))
     assert r.returncode == 5 and "not found" in r.stderr
 
@@ -327,6 +334,14 @@ SUBMISSION_PROBE = """(() => ({state: document.getElementById('state').textConte
   report: document.getElementById('report-link') ? document.getElementById('report-link').getAttribute('href') : null}))()"""
 
 
+ORGANISER_PROBE = """(() => {
+  const cells = sel => [...document.querySelectorAll(sel + ' tr')].slice(1)
+    .map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent));
+  return {devices: cells('#devices').map(r => r.slice(0, 2)), teams: cells('#teams'),
+          failures: [...document.querySelectorAll('#failures tr')].map(tr => [...tr.children].map(c => c.textContent)).flat()};
+})()"""
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_pages_in_chromium(small_holdout, reference_model, tmp_path):
@@ -340,8 +355,10 @@ def test_pages_in_chromium(small_holdout, reference_model, tmp_path):
         pytest.skip("Chromium not installed (apt-get install chromium): browser checks skipped")
     db = tmp_path / "online.sqlite"
     add_team(db, "alpha", "pw-alpha")
+    add_team(db, "org", "pw-org", "--organiser")
     with Online(small_holdout, db) as server:
         alpha = Team(server.url, "alpha", "pw-alpha")
+        org = Team(server.url, "org", "pw-org")
         browser = Chromium(binary)
         try:
             bad = alpha.upload(broken_model(tmp_path)).json()["id"]
@@ -352,6 +369,9 @@ def test_pages_in_chromium(small_holdout, reference_model, tmp_path):
             team = browser.visit(server.url + "/team", TEAM_PROBE, cookies=cookie)
             good = browser.visit(f"{server.url}/submissions/{sid}", SUBMISSION_PROBE, cookies=cookie)
             failed = browser.visit(f"{server.url}/submissions/{bad}", SUBMISSION_PROBE, cookies=cookie)
+            organiser = browser.visit(
+                server.url + "/organiser", ORGANISER_PROBE,
+                cookies=[{"name": "lpirc_online", "value": org.token, "url": server.url}])
             report = browser.visit(f"{server.url}/submissions/{sid}/report",
                                    "(() => ({title: document.title, figures: document.querySelectorAll('figure').length}))()",
                                    cookies=cookie)
@@ -371,7 +391,10 @@ def test_pages_in_chromium(small_holdout, reference_model, tmp_path):
     assert failed.probe["state"] == "failed"
     assert "model" in failed.probe["failure"] or "format" in failed.probe["failure"]
     assert report.probe["figures"] > 0 and "lpirc report" in report.probe["title"]
-    for visit in (st, team, good, failed, report):
+    o = organiser.probe
+    assert o["devices"] == [["cpu_0@local", "idle"]] and o["failures"] in (["model", "1"], ["format", "1"])
+    assert o["teams"] == [["alpha", "2", "1", "1", "1", "0"]], o  # uploads, charged, scored, failed
+    for visit in (st, team, good, failed, organiser, report):
         assert visit.errors == [], visit.errors
         assert all(u.startswith(server.url) or u.startswith("data:") for u in visit.requests), visit.requests
     assert png_size(st.screenshot)[0] >= 800

@@ -318,7 +318,7 @@ def test_comparison_says_why_runs_are_not_ranked(tmp_path):
     m["holdout"]["files_sha256"] = "ef" * 32
     (c / "manifest.json").write_text(json.dumps(m))
     assert lpirc("report", a, c, "-o", out).returncode == 0
-    assert ("Not ranked: different holdouts (sha256 of the ordered file list): cdcdcdcdcdcd (two-s); "
+    assert ("Not ranked: different holdouts (sha256 of the image list): cdcdcdcdcdcd (two-s); "
             "efefefefefef (also-two-s).") in out.read_text()
 
 

@@ -184,17 +184,18 @@ def test_imagenet_dev_accurate_idct_equals_tf_integer_accurate():
 
 def test_run_manifest_names_decoder_idct_resize_and_counts(tmp_path, reference_model):
     """`lpirc run` records what decoded and resized: decoder and version, IDCT, resize, and how
-    many images each decoder read (the PNG by Pillow, every JPEG by libjpeg-turbo)."""
+    many images each decoder read (the PNG by Pillow, every JPEG by libjpeg-turbo). The IDCT
+    comes from --idct or from the config file, and the answers follow it."""
     holdout = tmp_path / "fixtures"
     holdout.mkdir()
     for p in FIXTURES:
         (holdout / p.name).write_bytes(p.read_bytes())
-    for idct in ("fast", "accurate"):
+    for idct, how in (("fast", ["--config", str(_config(tmp_path, "fast"))]),
+                      ("accurate", ["--idct", "accurate"])):
         out = tmp_path / f"run-{idct}"
         r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
                             "--holdout", str(holdout), "--out", str(out), "--quiet",
-                            "--workers", "1", "--no-report", "--config",
-                            str(_config(tmp_path, idct))],
+                            "--workers", "1", "--no-report", *how],
                            capture_output=True, text=True, cwd=REPO, timeout=180)
         assert r.returncode == 0, r.stderr
         pre = json.loads((out / "manifest.json").read_text())["preprocess"]
@@ -204,6 +205,8 @@ def test_run_manifest_names_decoder_idct_resize_and_counts(tmp_path, reference_m
             "JDCT_IFAST" if idct == "fast" else "JDCT_ISLOW")
         assert pre["resize_backend"].startswith("lpirc numpy")
         assert pre["decoded_by"] == {"libjpeg-turbo": len(FIXTURES) - 1, "pillow": 1}
+        settings = json.loads((out / "manifest.json").read_text())["settings"]
+        assert settings["idct"] == idct
 
 
 def _config(tmp_path: Path, idct: str) -> Path:

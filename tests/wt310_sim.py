@@ -309,15 +309,21 @@ class SimWT310:
                 out.append("NAN")
         return ",".join(out)
 
+    def _integ_until(self) -> float:
+        """The integrator's values are updated with the display, at each update's end."""
+        if self.integ_stop is not None:
+            return self.integ_stop
+        return max(self.integ_start, self._reading()[1])
+
     def _integ_s(self) -> float:
         if self.integ_start is None:
             return 0.0
-        return (self.integ_stop or time.time()) - self.integ_start
+        return self._integ_until() - self.integ_start
 
     def _integ_j(self) -> float:
         if self.integ_start is None:
             return 0.0
-        return self.energy_j(self.integ_start, self.integ_stop or time.time())
+        return self.energy_j(self.integ_start, self._integ_until())
 
     def _integ(self, query, arg, m):
         cmd = self.received[-1].upper()
@@ -359,31 +365,30 @@ class SimWT310:
         return x
 
     def _vrange(self, query, arg, m):
-        if query:
-            return _nr3(self.volt_range)
-        x = self._range(arg, (15.0, 30.0, 60.0, 150.0, 300.0, 600.0))
-        if x is not None:
-            self.volt_range, self.volt_auto = x, False
-        return None
+        return self._set_range("volt", (15.0, 30.0, 60.0, 150.0, 300.0, 600.0), query, arg)
 
     def _arange(self, query, arg, m):
+        return self._set_range("amp", (0.5, 1.0, 2.0, 5.0, 10.0, 20.0), query, arg)
+
+    def _set_range(self, which: str, allowed, query: bool, arg: str) -> str | None:
         if query:
-            return _nr3(self.amp_range)
-        x = self._range(arg, (0.5, 1.0, 2.0, 5.0, 10.0, 20.0))
-        if x is not None:
-            self.amp_range, self.amp_auto = x, False
+            return _nr3(getattr(self, f"{which}_range"))
+        x = self._range(arg, allowed)
+        if x is not None:  # a fixed range ends auto ranging
+            setattr(self, f"{which}_range", x)
+            setattr(self, f"{which}_auto", False)
         return None
 
     def _vauto(self, query, arg, m):
-        if query:
-            return "1" if self.volt_auto else "0"
-        self.volt_auto = arg.upper() in ("ON", "1")
-        return None
+        return self._auto("volt_auto", query, arg)
 
     def _aauto(self, query, arg, m):
+        return self._auto("amp_auto", query, arg)
+
+    def _auto(self, attr: str, query: bool, arg: str) -> str | None:
         if query:
-            return "1" if self.amp_auto else "0"
-        self.amp_auto = arg.upper() in ("ON", "1")
+            return "1" if getattr(self, attr) else "0"
+        setattr(self, attr, arg.upper() in ("ON", "1"))
         return None
 
     def _error(self, query, arg, m):

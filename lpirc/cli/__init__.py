@@ -3,7 +3,7 @@ library (lpirc's other modules, :mod:`scoring`, :mod:`submission`), which never 
 or this package (tests/test_layers.py checks that).
 
 One module per command group (``run``, ``score``, ``holdout``, ``tune``, ``submission``,
-``report``, ``leaderboard``, ``referee``, ``fleet``, ``online``), each loaded only when its command runs
+``report``, ``leaderboard``, ``referee``, ``fleet``, ``online``, ``meter``), each loaded only when its command runs
 or ``--help`` lists it (:data:`COMMANDS`), so ``lpirc score`` never loads the runner's
 modules. Errors become one line and an exit code in one place, :mod:`lpirc.cli._errors`;
 options shared by several commands, with their defaults read from the settings dataclasses,
@@ -27,6 +27,7 @@ COMMANDS = {
     "fleet": "lpirc.cli.fleet:fleet_group",
     "holdout": "lpirc.cli.holdout:holdout",
     "leaderboard": "lpirc.cli.leaderboard:leaderboard",
+    "meter": "lpirc.cli.meter:meter_group",
     "online": "lpirc.cli.online:online",
     "referee": "lpirc.cli.referee:referee",
     "report": "lpirc.cli.report:report_cmd",

@@ -7,6 +7,7 @@ written once, in the library.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +59,16 @@ def rules_option(cls: type, help: str, *decls: str) -> Decorator:
 DELEGATE_HELP = "cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library."
 
 
+def account_password(password: str | None) -> tuple[str, bool]:
+    """The ``--password`` of an ``add-team`` command (the referee's, the online service's), or a
+    random one when none is given: (password, whether to print it once). BadParameter for an
+    empty one (a login refuses it: never usable)."""
+    if password is not None and not password:
+        raise click.BadParameter("must not be empty (omit it for a random one)",
+                                 param_hint="'--password'")
+    return (password, False) if password is not None else (secrets.token_urlsafe(12), True)
+
+
 def settings_from_options(ctx: click.Context, opts: dict, config: Path | None = None) -> RunSettings:
     """RunSettings from a command's options: the bundled submission and demo holdout when no
     model is given; options typed on the command line win over the config file."""
@@ -94,8 +105,8 @@ def _check_input_size(ctx, param, value):
 
 
 def preprocess_options(fn):
-    """The options of RunSettings.preprocess that `run` and `tune` share (see README
-    "Preprocessing"); each also comes from --config or the model's sidecar X.json."""
+    """The options of RunSettings.preprocess that `run` and `tune` share (see
+    docs/preprocessing.md); each also comes from --config or the model's sidecar X.json."""
     opts = [
         click.option("--mean", callback=check_channels,
                      help="Normalisation mean in pixel units 0..255: one number or "
@@ -114,6 +125,10 @@ def preprocess_options(fn):
                      "dynamic (shape signature -1), e.g. 224x224."),
         click.option("--output", help="Output that answers, by signature name, tensor name or "
                      "index. Default: the one [1, 1000|1001] output."),
+        click.option("--idct", type=click.Choice(["fast", "accurate"]), help="JPEG inverse "
+                     "DCT: fast = tf.io.decode_jpeg's default (lpirc's default: TF's input "
+                     "tensor exactly); accurate = TF's INTEGER_ACCURATE, the pixels Pillow and "
+                     "torchvision's PIL loader decode."),
     ]
     for o in reversed(opts):
         fn = o(fn)

@@ -14,8 +14,6 @@ from lpirc.fleet import (KINDS, RAY_LOG, STATE, FleetConfig, FleetEvent, check_i
                          cluster_devices, connect, find_submissions, format_standings,
                          no_device_error, probe_address, ray_output_to, run_fleet)
 
-F = FleetConfig
-
 
 def event_line(ev: FleetEvent) -> str:
     """One progress line: what happened, then the jobs queued/running/done/failed."""
@@ -46,7 +44,7 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=FleetConfig.ms_per_image, show_default=True, help="Inference budget per image in ms, for --clock inference.")
 @click.option("--seed", type=int, default=FleetConfig.seed, show_default=True, help="Seed of the image order (the holdout check lists the holdout in this order).")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=FleetConfig.max_attempts, show_default=True, help="Tries per job when its device is lost, its run stopped from outside or stuck.")
-@click.option("--hang-margin-s", type=click.FloatRange(min=0.0), default=FleetConfig.hang_margin_s, show_default=True, help="A run with no result this long past --time-limit-s is stuck: killed, its job retried on another device.")
+@click.option("--hang-margin-s", type=click.FloatRange(min=1.0), default=FleetConfig.hang_margin_s, show_default=True, help="A run with no result this long past --time-limit-s is stuck: killed, its job retried on another device.")
 @click.option("--device-reports", is_flag=True, help="Let each device write report.html into its run folder (device time; `lpirc report OUT/runs/<job>` makes it on the head).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), envvar=leaderboard.DB_ENV, help=f"Standings database the results are added to (lpirc leaderboard's). Default: ${leaderboard.DB_ENV}, else {leaderboard.DEFAULT_DB}.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")

@@ -17,7 +17,7 @@ import jinja2
 import scoring
 from lpirc import __version__
 from lpirc import leaderboard as lb
-from lpirc.errors import InputError
+from lpirc.errors import USER_ERRORS, InputError
 
 
 # --- lpirc leaderboard ----------------------------------------------------------------------
@@ -52,7 +52,7 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
     for run in runs:
         try:
             e = lb.entry_from_run(run, ground_truth, rules, submission=name, team=team)
-        except InputError as err:
+        except USER_ERRORS as err:
             click.echo(f"lpirc: error: {err}", err=True)
             errors.append(err)
             continue
@@ -61,7 +61,7 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
             stored = lb.get_entry(conn, e.uid) or e
             where = f" (stored from {stored.run_dir})" if stored.run_dir != e.run_dir else ""
             e = replace(stored, submission=stored.submission + where)
-        click.echo(f"{'added        ' if added else 'already there'}  {e.uid[:12]}  {e.submission}  "
+        click.echo(f"{'added        ' if added else 'already there'}  {e.uid[:12]}  {lb.one_line(e.submission)}  "
                    f"{e.rules} score {_num(e.score)}, top-1 {_pct(e.top1)}, energy {_energy(e)}")
     conn.close()
     if errors:
@@ -104,16 +104,28 @@ def show_cmd(db, fmt, rules, out) -> None:
 @click.argument("uids", nargs=-1, required=True)
 @_db_option
 def remove_cmd(uids, db) -> None:
-    """Remove entries by uid, or by the start of it (as `show` prints it)."""
+    """Remove entries by uid, or by the start of it (as `show` prints it).
+
+    Every uid is tried: one that matches no entry, or several, is an error line naming it and
+    the others are still removed (exit 5 then)."""
     if not _has_db(db):
         raise InputError(f"{db}: no standings database here")
     conn = lb.open_db(db)
+    failed = []
     try:
         for uid in uids:
-            e = lb.remove(conn, uid)
-            click.echo(f"removed  {e.uid[:12]}  {e.submission}")
+            try:
+                e = lb.remove(conn, uid)
+            except InputError as err:
+                click.echo(f"lpirc: error: {err}", err=True)
+                failed.append(uid)
+                continue
+            click.echo(f"removed  {e.uid[:12]}  {lb.one_line(e.submission)}")
     finally:
         conn.close()
+    if failed:
+        click.echo(f"lpirc: {len(failed)} of {len(uids)} not removed: {', '.join(failed)}", err=True)
+        sys.exit(InputError.exit_code)
 
 
 # --- formats --------------------------------------------------------------------------------
@@ -140,13 +152,17 @@ def groups(rows: list[lb.Standing]) -> list[list[lb.Standing]]:
     return [out[k] for k in sorted(out)]
 
 
-APART = "entries on different holdouts, rule sets or budgets are never ranked together"
+APART = ("entries on different holdouts, ground truths, rule sets or budgets are never ranked "
+         "together")
 
 
 def group_title(g: list[lb.Standing]) -> str:
     rule = scoring.RULES[g[0].rules]
-    hold = g[0].entry.holdout_sha256
-    return (f"holdout {hold[:12] if hold else '(not recorded)'} ({g[0].entry.images} images), "
+    key = g[0].group_key or (None, None, None, g[0].entry.holdout_sha256)
+    hold, gt = key[3], key[2]
+    known = [x for x in (hold, gt) if x and x != "?"]
+    return (f"holdout {hold[:12] if hold in known else '(not recorded)'} ({g[0].entry.images} images), "
+            f"ground truth {gt[:12] if gt in known else '(not readable)'}, "
             f"rules {rule.name}: {rule.describe(dict(g[0].params))}; {len(g)} entr{'y' if len(g) == 1 else 'ies'}")
 
 
@@ -181,7 +197,8 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
     cols = ("place", "submission", "score", "top-1", "top-5", "energy", "wall s", "answered/images", "prize", "uid")
     for g in gs:
         table = [cols] + [(
-            str(r.place) if r.place else "-", r.entry.submission + (f" ({r.entry.team})" if r.entry.team else ""),
+            str(r.place) if r.place else "-",
+            lb.one_line(r.entry.submission) + (f" ({lb.one_line(r.entry.team)})" if r.entry.team else ""),
             _num(r.score), _pct(r.top1), _pct(r.top5), _energy(r.entry), _num(r.entry.wall_s),
             f"{r.entry.answered}/{r.entry.images}", "".join(_MARKS[p] for p in r.prizes), r.entry.uid[:12],
         ) for r in g]
@@ -197,7 +214,7 @@ def format_table(rows: list[lb.Standing], db, rules) -> str:
         for r in g:
             for n in r.notes:
                 if n not in shared:
-                    out.append(f"  note: {r.entry.submission}: {n}")
+                    out.append(f"  note: {lb.one_line(r.entry.submission)}: {n}")
     return "\n".join(out) + "\n"
 
 

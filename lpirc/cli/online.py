@@ -1,19 +1,19 @@
-"""``lpirc online ...``: the commands of the online service (:mod:`lpirc.online`). The modules
-that need the ``online`` extra (:mod:`lpirc.online.app`: Starlette, uvicorn;
-:mod:`lpirc.online.service`: itsdangerous) are imported inside the commands, after
-:func:`lpirc.online.require_extra` has said in one line what is missing."""
+"""``lpirc online ...``: the commands of the online service (:mod:`lpirc.online`). The module
+that needs the ``online`` extra (:mod:`lpirc.online.app`: Starlette, uvicorn, itsdangerous) is
+imported inside ``serve``, after :func:`lpirc.online.require_extra` has said in one line what
+is missing; the others (accounts, phases, publishing, exports) need only the store."""
 
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 from pathlib import Path
 
 import click
 
 import scoring
-from lpirc.cli._options import clock_options, rules_option, setting, time_limit_option
+from lpirc.cli._options import (account_password, clock_options, rules_option, setting,
+                                time_limit_option)
 from lpirc.errors import InputError
 from lpirc.online import require_extra
 from lpirc.online import standings as st
@@ -46,11 +46,7 @@ def online() -> None:
 @click.option("--organiser", is_flag=True, help="An organiser account (queue, devices, phases, publishing, exports) instead of a team.")
 def add_team_cmd(name: str, db: Path, password: str | None, organiser: bool) -> None:
     """Add an account NAME (its password is stored as a scrypt hash, never in clear)."""
-    if password is not None and not password:
-        raise click.BadParameter("must not be empty (omit it for a random one)",
-                                 param_hint="'--password'")
-    shown = password is None
-    password = password or secrets.token_urlsafe(12)
+    password, shown = account_password(password)
     _store(db, must_exist=False).add_team(name, password, "organiser" if organiser else "team")
     click.echo(f"added {'organiser' if organiser else 'team'} {name} to {db}"
                + (f"; password: {password} (shown once)" if shown else ""))

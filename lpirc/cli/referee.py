@@ -8,7 +8,6 @@ what is missing: ``lpirc --help`` and ``lpirc run`` work without the extra."""
 
 from __future__ import annotations
 
-import secrets
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 import click
 
 import scoring
+from lpirc.cli._options import account_password
 from lpirc.energy import read_power_log
 from lpirc.errors import InputError
 from lpirc.holdout import files_sha256, list_images
@@ -76,11 +76,7 @@ def _announce(line: str) -> None:
 @click.option("--meter", is_flag=True, help="A power-meter account (posts /powermeter readings) instead of a team.")
 def add_team_cmd(team: str, db: Path, password: str | None, meter: bool) -> None:
     """Add an account TEAM (its password is stored hashed, never in clear)."""
-    if password is not None and not password:  # /login refuses an empty one: never usable
-        raise click.BadParameter("must not be empty (omit it for a random one)",
-                                 param_hint="'--password'")
-    shown = password is None
-    password = password or secrets.token_urlsafe(12)
+    password, shown = account_password(password)
     Store(db).add_team(team, password, "meter" if meter else "team")
     role = "meter account" if meter else "team"
     click.echo(f"added {role} {team} to {db}" + (f"; password: {password} (shown once)"

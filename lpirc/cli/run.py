@@ -11,6 +11,7 @@ import click
 
 from lpirc.cli._options import (DELEGATE_HELP, clock_options, preprocess_options, rules_option, setting,
                                 settings_from_options, time_limit_option)
+from lpirc.cli.meter import meter_run_options
 from lpirc.cli.referee import RefereeRun, referee_run_options
 from lpirc.cli.report import run_report_line
 from lpirc.errors import EXIT_INTERRUPTED
@@ -50,6 +51,7 @@ S = RunSettings
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html (lpirc report) into the run folder.")
 @referee_run_options
+@meter_run_options
 @click.pass_context
 def run_cmd(ctx: click.Context, config: Path | None, no_report: bool, **opts) -> None:
     """Run a timed submission over a holdout and score it.

@@ -38,10 +38,7 @@ def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> HeadInputs:
         raise InputError(f"unknown rule set {cfg.rules!r} (known: {', '.join(scoring.RULES)})")
     if not Path(cfg.ground_truth).is_file():
         raise InputError(f"{cfg.ground_truth}: ground truth not found")
-    try:
-        scoring.read_ground_truth(cfg.ground_truth, cache=False)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    scoring.read_ground_truth(cfg.ground_truth, cache=False)
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

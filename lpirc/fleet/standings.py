@@ -9,7 +9,7 @@ from typing import Any
 
 import scoring
 from lpirc import leaderboard
-from lpirc.errors import InputError, LpircError
+from lpirc.errors import USER_ERRORS, InputError, LpircError
 from lpirc.fleet.jobs import FleetOutcome
 from lpirc.fleet.pool import first_line
 
@@ -47,7 +47,7 @@ def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
         entry = leaderboard.entry_from_run(run_dir, ground_truth, rules, submission=submission,
                                            source="fleet", score=score)
         added = leaderboard.add_entry(conn, entry)
-    except (LpircError, ValueError, OSError) as e:
+    except (*USER_ERRORS, ValueError, OSError) as e:
         return f"not recorded: {first_line(e)}"
     except sqlite3.Error as e:  # a file damaged (or locked past the timeout) mid-fleet
         return f"not recorded: {db}: {first_line(e)}"

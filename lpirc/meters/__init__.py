@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ class MeterInfo:
     serial: str  # "C2XXXXXXX"
     firmware: str  # "F1.03"
     resource: str  # the VISA resource name
+    driver: str = ""  # the manual the driver follows, and what it was tested against
 
     def label(self) -> str:
         """``WT310 C2XXXXXXX``: the name an energy figure carries."""
@@ -44,7 +46,8 @@ class MeterInfo:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "maker": self.maker, "model": self.model,
-                "serial": self.serial, "firmware": self.firmware, "resource": self.resource}
+                "serial": self.serial, "firmware": self.firmware, "resource": self.resource,
+                "driver": self.driver}
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,9 @@ def list_meters(visa_library: str = DEFAULT_VISA_LIBRARY) -> list[tuple[str, str
     ``kind`` "" for a resource that is not recognised. MeterError when VISA is unusable."""
     rm = resource_manager(visa_library)
     try:
-        found = rm.list_resources("?*")
+        with warnings.catch_warnings():  # pyvisa-py: "HiSLIP discovery needs zeroconf"
+            warnings.simplefilter("ignore")
+            found = rm.list_resources("?*")
     except Exception as e:
         raise MeterError(f"listing VISA resources failed: {' '.join(str(e).split())[:200]}") from None
     out = []

@@ -16,7 +16,6 @@ Labels (``method``), by what the meter did over the run's window:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from lpirc.energy import format_wh, power_log_wh, read_power_log
 from lpirc.errors import InputError, MeterError
 from lpirc.meters.sampler import GAP_INTERVALS, GAP_MIN_S, MeterConfig, Sampler
+from lpirc.results import read_json
 
 
 def _meter_json(s: Sampler) -> dict[str, Any]:
@@ -95,10 +95,15 @@ def _cross_check(s: Sampler, start: float, end: float, wh: float) -> dict[str, A
         return {"wh": None, "note": "meter reconnected during the run: integrator not comparable"}
     if not len(pts) or pts[0, 0] > start or pts[-1, 0] < end:
         return {"wh": None, "note": "integrator readings do not cover the run"}
-    mwh = float(np.interp(end, pts[:, 0], pts[:, 1]) - np.interp(start, pts[:, 0], pts[:, 1]))
+    # a reading's time is the middle of the interval its power is the mean of; its WH counts
+    # up to that interval's end, half an interval later
+    t = pts[:, 0] + s.rate_s / 2
+    if t[0] > start or t[-1] < end:
+        return {"wh": None, "note": "integrator readings do not cover the run"}
+    mwh = float(np.interp(end, t, pts[:, 1]) - np.interp(start, t, pts[:, 1]))
     diff = 100.0 * (mwh - wh) / wh if wh > 0 else None
     return {"wh": round(mwh, 9), "difference_pct": None if diff is None else round(diff, 3),
-            "method": "meter's WH item interpolated at the run's start and end"}
+            "method": "the meter's WH item interpolated at the run's start and end"}
 
 
 def run_energy(s: Sampler, start: float, end: float,
@@ -194,14 +199,29 @@ def measure_idle(cfg: MeterConfig, seconds: float) -> dict[str, Any]:
     }
 
 
+def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> Sampler:
+    """Log the meter into ``out`` (the ``--power-log`` format) for ``seconds``, or until
+    Ctrl-C (KeyboardInterrupt ends it cleanly: the file is complete). Returns the stopped
+    sampler (its state says what it logged). MeterError when the meter cannot be opened."""
+    s = Sampler(cfg).start()
+    if s.st.absent:
+        s.stop()
+        raise MeterError(s.st.absent)
+    try:
+        s.attach(Path(out))
+        end = None if seconds is None else time.monotonic() + seconds
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        s.stop()
+    return s
+
+
 def read_idle(path: Path) -> dict[str, Any]:
     """An idle baseline written by ``lpirc meter idle --out``; InputError naming the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: idle baseline not found") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable idle baseline ({e})") from None
+    data = read_json(path, "idle baseline")
     w = data.get("watts") if isinstance(data, dict) else None
     if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
         raise InputError(f"{path}: idle baseline needs 'watts', a finite number >= 0 "

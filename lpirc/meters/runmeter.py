@@ -26,6 +26,18 @@ def meter_config(settings: Any) -> MeterConfig | None:
                        rate_s=settings.meter_rate_s, ranges=settings.meter_ranges)
 
 
+def ranging_note(ranges: list[dict]) -> str | None:
+    """After an auto-ranging run: the fixed ranges to measure with (the largest the meter
+    chose), as MLPerf Power's ranging run gives them. None when the ranges were fixed."""
+    auto = [r for r in ranges if r.get("auto")]
+    volts = [r["volts"] for r in auto if r.get("volts") is not None]
+    amps = [r["amps"] for r in auto if r.get("amps") is not None]
+    if not volts or not amps:
+        return None
+    return (f"meter ranging run (auto range): the meter chose up to {max(volts):g} V and "
+            f"{max(amps):g} A; measure with --meter-ranges {max(volts):g},{max(amps):g}")
+
+
 class RunMeter:
     def __init__(self, cfg: MeterConfig | None, idle: dict[str, Any] | None,
                  notes: list[str]) -> None:
@@ -78,6 +90,9 @@ class RunMeter:
             self.sampler.wait_past(end)
             self.sampler.stop()
             out = run_energy(self.sampler, start, end, energy)
+            note = ranging_note(self.sampler.st.ranges)
+            if note:
+                self.notes.append(note)
         if self.idle is not None:
             out["idle"] = {k: self.idle.get(k) for k in
                            ("watts", "uncertainty_w", "seconds", "samples", "method", "from",

@@ -25,18 +25,14 @@ as a cross-check.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-
-from lpirc.energy import format_wh, power_log_wh, read_power_log
-from lpirc.errors import InputError, MeterError
-from lpirc.meters import AccuracySpec, MeterInfo, Reading, open_meter
+from lpirc.errors import MeterError
+from lpirc.meters import DEFAULT_VISA_LIBRARY, AccuracySpec, MeterInfo, Reading, open_meter
 
 POWER_LOG = "power_log.csv"
 COLUMNS = "timestamp,watts,volts,amps,volt_range,amp_range,meter_wh,meter_time_s"
@@ -52,7 +48,7 @@ class MeterConfig:
     """How ``lpirc run --meter`` / ``lpirc meter ...`` use a meter."""
 
     spec: str  # KIND:RESOURCE
-    visa_library: str = "@py"
+    visa_library: str = DEFAULT_VISA_LIBRARY
     rate_s: float = 0.1
     ranges: str = "auto"  # auto | keep | V,A
     timeout_s: float = 1.0  # per query: a meter answers its latest data at once
@@ -79,8 +75,11 @@ class _State:
 class Sampler:
     """Sample ``cfg.spec`` from :meth:`start` to :meth:`stop` in a daemon thread."""
 
-    def __init__(self, cfg: MeterConfig) -> None:
+    def __init__(self, cfg: MeterConfig,
+                 on_reading: Callable[[Reading], None] | None = None) -> None:
+        """``on_reading`` is called (in the sampling thread) with each valid reading."""
         self.cfg = cfg
+        self.on_reading = on_reading
         self.info: MeterInfo | None = None
         self.rate_s = cfg.rate_s
         self.accuracy: AccuracySpec | None = None
@@ -186,8 +185,9 @@ class Sampler:
             with self._lock:
                 self.st.absent = str(e)
             self._first.set()
-            self._reconnect_loop(None)
-            return
+            meter = self._reconnect_loop(e)  # plugged in late: its readings still count
+            if meter is None:
+                return
         self._sample_loop(meter)
 
     def _sample_loop(self, meter) -> None:
@@ -273,6 +273,8 @@ class Sampler:
                 self.st.wh.append((r.t, r.wh))
             if rng is not None and (not self.st.ranges or rng.to_json() != self.st.ranges[-1]):
                 self.st.ranges.append(rng.to_json())
+        if self.on_reading is not None:
+            self.on_reading(r)
         self._emit(",".join((f"{r.t:.3f}", _num(r.watts), _num(r.volts), _num(r.amps),
                              _num(rng.volts if rng else None), _num(rng.amps if rng else None),
                              _num(r.wh), _num(r.integ_s))) + "\n")

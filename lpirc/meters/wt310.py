@@ -48,6 +48,9 @@ from typing import Any
 from lpirc.errors import MeterError
 from lpirc.meters import AccuracySpec, MeterInfo, Ranges, Reading, resource_manager
 
+#: What the driver follows, recorded with every meter reading's provenance.
+DRIVER = ("lpirc wt310 driver: IM WT310-17EN 1st ed. (WT300 command set), accuracy IM WT310-02EN "
+          "7.3.2; tested against a simulation only")
 #: USBTMC identity of the WT310 family (vendor Yokogawa 0x0B21, product 0x0025).
 USB_VENDOR, USB_PRODUCT = 0x0B21, 0x0025
 #: Update intervals the meter offers (s) (IM WT310-17EN §6 RATE group).
@@ -135,7 +138,8 @@ class WT310:
                 or not parts[1].upper().startswith(("WT31", "WT33")):
             raise MeterError(f"meter {self.resource}: *IDN? answered {idn[:80]!r}, not a "
                              "Yokogawa WT310/WT330")
-        self.info = MeterInfo("wt310", parts[0], parts[1], parts[2], parts[3], self.resource)
+        self.info = MeterInfo("wt310", parts[0], parts[1], parts[2], parts[3], self.resource,
+                              DRIVER)
         return self.info
 
     # --- the wire --------------------------------------------------------------------------
@@ -192,7 +196,7 @@ class WT310:
         errs = self.errors()
         if errs:
             raise MeterError(f"meter {self.info.label()} refused its set-up: {'; '.join(errs)}")
-        self._rate_s = float(self.query(":RATE?"))
+        self._rate_s = parse_value(self.query(":RATE?"))[0] or rate_s  # <NR3> seconds
         self._ranges = self.ranges()
 
     @property
@@ -213,7 +217,8 @@ class WT310:
         6. IM WT310-02EN §7.3.2 (WT310: DC 0.1% rdg + 0.2% rng, 45-66 Hz 0.1% + 0.1%);
         IM WT310E-02EN §7.3.2 (WT310E: 45-66 Hz 0.1% + 0.05%)."""
         mode = self.query(":INPut:MODE?").strip().upper()
-        cf = parse_value(self.query(":INPut:CFACtor?"))[0] or 3.0
+        m = re.match(r"\s*(\d+)", self.query(":INPut:CFACtor?"))  # 3, 6, or 6A (E models)
+        cf = float(m.group(1)) if m else 3.0
         e_model = self.info.model.upper().startswith(("WT310E", "WT332E", "WT333E"))
         doc = "IM WT310E-02EN 7.3.2" if e_model else "IM WT310-02EN 7.3.2"
         if mode == "DC":

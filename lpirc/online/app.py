@@ -18,7 +18,6 @@ import sqlite3
 import sys
 import time
 import traceback
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -72,18 +71,8 @@ async def on_bug(request: Request, exc: Exception) -> Response:
 
 
 def build_app(svc: Service) -> Starlette:
-    """The application around one started-or-not :class:`Service` (its lifespan starts the
-    devices and the scheduler, and stops them)."""
-    @asynccontextmanager
-    async def lifespan(app):
-        labels = svc.start()
-        svc.announce(f"lpirc online: {len(labels)} device(s) ready: {', '.join(labels)}")
-        try:
-            yield
-        finally:
-            svc.stop()
-
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+    """The application around one :class:`Service` (started and stopped by its caller)."""
+    app = Starlette(routes=ROUTES, exception_handlers={
         ApiError: on_api_error, HTTPException: on_http_error, sqlite3.Error: on_db_error,
         Exception: on_bug})
     app.state.service = svc
@@ -111,10 +100,20 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
         quota = (f"{cfg.per_team_per_day if cfg.per_team_per_day is not None else 'no limit'} "
                  f"a day, {cfg.per_team_at_once if cfg.per_team_at_once is not None else 'no limit'}"
                  " at once")
+        try:
+            labels = svc.start()  # the devices (their holdout checks), then the scheduler
+        except BaseException:
+            svc.pool.close()
+            raise
+        # one line: a supervisor (or a test) reading up to the URL line gets it all
         announce(f"lpirc online: listening on http://{shown}:{sock.getsockname()[1]} "
-                 f"({phases}; phase open: {svc.store.phase()}; {cfg.devices} {cfg.executor} "
-                 f"device(s){' at ' + cfg.address if cfg.address else ''}; quota {quota}; "
+                 f"({phases}; phase open: {svc.store.phase()}; {len(labels)} {cfg.executor} "
+                 f"device(s) ready{' at ' + cfg.address if cfg.address else ''}: "
+                 f"{', '.join(labels)}; quota {quota}; "
                  f"rules {cfg.rules}, time limit {cfg.time_limit_s:g} s; db {cfg.db})")
+        if svc.scheduler.recovered:
+            announce(f"lpirc online: submission(s) {', '.join(map(str, svc.scheduler.recovered))}"
+                     " were running when the service stopped: queued again (not charged)")
         config = uvicorn.Config(build_app(svc), log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5)
         signal.signal(signal.SIGTERM, _exit_ok)
@@ -122,6 +121,7 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
+            svc.stop()
             announce(f"lpirc online: stopped after {time.time() - t0:.0f} s; queued and running "
                      f"submissions resume when it is started again on {cfg.db}")
     finally:

@@ -67,14 +67,14 @@ class Scheduler:
                                         daemon=True)
         self.running: dict[str, tuple[int, int]] = {}  # job key -> (submission, attempt)
         self.wake = threading.Event()  # set by an upload: look at the queue now
+        self.recovered: list[int] = []  # submissions a stop left running, queued again at start
         # scoring and the report (0.6-2 s) on their own thread: a device is given its next job
         # while the last one is scored
         self.scorer = ThreadPoolExecutor(1, thread_name_prefix="lpirc-online-score")
 
     def start(self) -> None:
         self.scorer.submit(_load_figures)
-        for sid in self.store.recover(time.time()):
-            self.announce(f"submission {sid}: interrupted by the restart, queued again")
+        self.recovered = self.store.recover(time.time())  # the caller says so, after its URL
         self._thread.start()
 
     def stop(self) -> None:
@@ -106,25 +106,32 @@ class Scheduler:
                 return
             phase = self.phases.get(sub.phase)
             attempt = sub.attempts + 1
-            if phase is None or not sub.model.is_file():
-                why = (f"the service has no {sub.phase} phase holdout now" if phase is None
-                       else f"its uploaded file is gone from {sub.folder}")
-                self.store.mark_running(sub.id, attempt, "none", time.time())
-                self.store.mark_failed(sub.id, attempt, "infrastructure", why, False,
-                                       time.time(), None)
-                self.announce(f"submission {sub.id}: failed (infrastructure): {why}")
+            if phase is None:
+                self._unrunnable(sub, attempt, f"the service has no {sub.phase} phase "
+                                               "holdout now")
                 continue
             job = Job(f"{sub.id}-{attempt}", str(sub.id), attempt, sub.model,
                       sub.model.with_suffix(".json") if sub.has_sidecar else None,
                       phase.holdout, self.cfg.files / "runs", self.cfg.run_args(),
                       self.cfg.budget_s())
-            device = self.pool.submit(job)
+            try:
+                device = self.pool.submit(job)
+            except OSError as e:  # its files are gone or unreadable: nothing to run
+                self._unrunnable(sub, attempt, f"its uploaded files in {sub.folder} cannot be "
+                                               f"read ({e.strerror or e})")
+                continue
             if not self.store.mark_running(sub.id, attempt, device, time.time()):
                 self.pool.kill(job.key)
                 continue
             self.running[job.key] = (sub.id, attempt)
             self.announce(f"submission {sub.id} ({sub.team}): attempt {attempt} running on "
                           f"{device}")
+
+    def _unrunnable(self, sub: Submission, attempt: int, why: str) -> None:
+        """A queued submission no device can run (the service's fault): failed, not charged."""
+        self.store.mark_running(sub.id, attempt, "none", time.time())
+        self.store.mark_failed(sub.id, attempt, "infrastructure", why, False, time.time(), None)
+        self.announce(f"submission {sub.id}: failed (infrastructure): {why}")
 
     # --- outcomes ----------------------------------------------------------------------------
 
