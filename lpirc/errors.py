@@ -1,7 +1,7 @@
 """Errors a user can act on. Each carries the exit code the CLI returns for it.
 
 The CLI prints ``lpirc: error: <message>`` (one line, no traceback) and exits with
-``exit_code``. Exit codes are documented in the README:
+``exit_code``. Exit codes are documented in the README (its table) and per command in docs/:
 
     0  success
     1  a check failed (``lpirc submission check``) or the run produced no answers
@@ -16,6 +16,8 @@ The CLI prints ``lpirc: error: <message>`` (one line, no traceback) and exits wi
 """
 
 from __future__ import annotations
+
+from scoring import ScoringError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -60,3 +62,9 @@ class FleetError(LpircError):
     """A fleet that cannot start: Ray missing, no cluster at the address, no device (exit 1)."""
 
     exit_code = EXIT_FAILED
+
+
+#: Every error a user can act on: lpirc's own, and the scorer's (``scoring`` imports nothing of
+#: lpirc; a ScoringError is bad input data, exit 5). Catch this tuple where such an error is
+#: recorded instead of ending the command; lpirc/cli/_errors.py maps each to its exit code.
+USER_ERRORS: tuple[type[Exception], ...] = (LpircError, ScoringError)

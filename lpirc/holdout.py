@@ -13,6 +13,7 @@ the sources, re-encoded as JPEG (quality 90). The result depends only on the sou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -21,17 +22,18 @@ import re
 import shutil
 import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from PIL import Image
 from tqdm import tqdm
 
 import scoring
 from lpirc.errors import InputError
-from lpirc.preprocess import PreprocessSpec, decode
+from lpirc.preprocess import PreprocessSpec, decode_pillow
 from scoring.names import AMBIGUOUS, NameIndex
 
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md")  # data and notes beside the images
@@ -255,11 +257,8 @@ def _labelled_by_truth(root: Path, files: list[str], gt: Path,
     """(file, synset) from a ground truth, every listed image matched by scoring.names. The
     ground truth's own notes (numeric labels that look 1-based) go to ``on_note``: the synsets
     written would carry the mistake where no later warning can see it."""
-    try:
-        truth = scoring.read_ground_truth(gt)
-        notes = scoring.ground_truth_notes(gt)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    truth = scoring.read_ground_truth(gt)
+    notes = scoring.ground_truth_notes(gt)
     for note in notes if on_note is not None else ():
         on_note(f"{note}; the holdout's ground_truth.csv names the synsets these labels mean "
                 "in lpirc's order")
@@ -306,7 +305,7 @@ def make_variant(data_path: str, seed: str, quality: int = VARIANT_QUALITY) -> b
     """A randomly cropped (50-100 % of the area, aspect x 3/4..4/3) and/or mirrored copy of an
     image, encoded as JPEG. Deterministic for ``seed``. Raises ImageError for unusable images."""
     spec = PreprocessSpec(1, 1, "uint8", max_image_pixels=100_000_000)
-    img = decode(data_path, spec)
+    img = decode_pillow(data_path, spec)  # as before issue 17: the same variants, byte for byte
     rng = random.Random(seed)
     w, h = img.size
     area = rng.uniform(0.5, 1.0)
@@ -404,7 +403,9 @@ def make_holdout(
         else:
             pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_ignore_sigint)
             try:
-                _consume(pool.map(_make_one, tasks, chunksize=16), bar)
+                with _sigint_held():  # the workers forked and the work queued, then Ctrl-C
+                    results = pool.map(_make_one, tasks, chunksize=16)
+                _consume(results, bar)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
     except BaseException:
@@ -423,6 +424,23 @@ def make_holdout(
             f.write(f"{name},{synset}\n")
     os.replace(tmp, gt)
     return gt
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back in this thread while the block runs; one that came meanwhile
+    is raised as KeyboardInterrupt when it ends. Around the pool's start: an interrupt that
+    lands between a worker's fork and its registration leaves a worker nobody joins, holding
+    the terminal's (or a caller's) pipes open after lpirc has exited."""
+    if threading.current_thread() is not threading.main_thread() or \
+            not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold it with
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _ignore_sigint() -> None:

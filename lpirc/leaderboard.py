@@ -412,7 +412,8 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
     Returns:
         an Entry (not yet stored: :func:`add_entry`).
     Raises:
-        InputError: the scorer's one-line error (missing folder, bad log, bad ground truth).
+        scoring.ScoringError: the scorer's one-line error (missing folder, bad log, bad ground
+          truth; exit 5 on the command line).
     """
     path = Path(run_dir)
     man_path = path / "manifest.json" if path.is_dir() else None
@@ -420,15 +421,11 @@ def entry_from_run(run_dir, ground_truth=None, rules: str | None = None, *,
         bad = name_problem(value)
         if bad:
             raise InputError(f"{what} {bad}")
-    try:
-        manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
-        check_lpirc_version(manifest, man_path)
-        settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
-        rules = rules or settings.get("rules") or scoring.DEFAULT_RULES
-        s = score if score is not None else scoring.score_path(path, ground_truth, rules,
-                                                               **rule_options)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    manifest = read_manifest(man_path) if man_path and man_path.is_file() else {}
+    check_lpirc_version(manifest, man_path)
+    settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
+    rules = rules or settings.get("rules") or scoring.DEFAULT_RULES
+    s = score if score is not None else scoring.score_path(path, ground_truth, rules, **rule_options)
     if manifest:
         uid = run_uid(manifest)
     else:

@@ -168,13 +168,10 @@ def load_run(path, ground_truth=None, rules: str | None = None, labels=None) -> 
         log_path, man_path = p, None
     else:
         raise InputError(f"{p}: no such run folder or result log")
-    try:
-        log = scoring.read_log(log_path)
-        manifest = _read_manifest(man_path) if man_path is not None and man_path.is_file() else {}
-        if labels is not None:
-            scoring.read_label_names(labels)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    log = scoring.read_log(log_path)
+    manifest = _read_manifest(man_path) if man_path is not None and man_path.is_file() else {}
+    if labels is not None:
+        scoring.read_label_names(labels)
     settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
     notes: list[str] = []
     score = None

@@ -125,8 +125,10 @@ def run(settings: RunSettings, progress: bool = True, *, source: ImageSource | N
       RunOutcome; ``exit_code`` 130 when interrupted (Ctrl-C or SIGTERM; log kept and scored).
     Raises:
       LpircError: what stops a run before or instead of answering (bad model, delegate,
-        holdout, ground truth, run folder). A run that started always leaves its folder, its
-        log and its manifest.
+        holdout, run folder). A run that started always leaves its folder, its log and its
+        manifest.
+      scoring.ScoringError: a ground truth that cannot be read, before the run; or, after it,
+        one the scorer refuses (the run folder, its log and manifest are kept).
     """
     check_settings(settings)  # API callers build RunSettings themselves
     model_path = preflight.check_model_file(settings.model)
@@ -163,10 +165,7 @@ def _check_out(out: Path) -> None:
 def _read_truth(ground_truth: Path) -> tuple[dict[str, int], list[str]]:
     """The ground truth and its own warnings (labels that look 1-based), from one parse, not
     cached: the parent drops it before the run (the scorer reads the file after the run)."""
-    try:
-        return scoring.read_ground_truth_and_notes(ground_truth, cache=False)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    return scoring.read_ground_truth_and_notes(ground_truth, cache=False)
 
 
 def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
@@ -257,10 +256,7 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
         raise preflight.failure_error(*outcome.error)
     score = None
     if plan.ground_truth is not None:
-        try:
-            score = scoring.score_path(out, ground_truth=plan.ground_truth, rules=settings.rules)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
+        score = scoring.score_path(out, ground_truth=plan.ground_truth, rules=settings.rules)
         write_json(out / SCORE, score)
     return RunOutcome(out, outcome.status, _exit_code(outcome), manifest, score,
                       tuple(manifest["notes"]))

@@ -15,8 +15,6 @@ import submission
 from lpirc.errors import InputError, MeterError
 from lpirc.meters import check_config
 from lpirc.results import read_json
-from lpirc.meters import check_config
-from lpirc.results import read_json
 from lpirc.preprocess import OptionError, PreprocessOptions
 
 CLOCKS = ("wall", "inference")

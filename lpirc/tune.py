@@ -277,11 +277,8 @@ def _setup(base: RunSettings, opts: TuneOptions, rng: random.Random) -> _Setup:
     ground_truth = preflight.ground_truth_for(root, base.ground_truth)
     truth = None
     if ground_truth is not None:
-        try:
-            # keyed by the holdout's own names, matched by the scorer's rule
-            truth = label_images(scoring.read_ground_truth(ground_truth), files)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
+        # keyed by the holdout's own names, matched by the scorer's rule
+        truth = label_images(scoring.read_ground_truth(ground_truth), files)
     exclusive = preflight.check_delegate(base.delegate)
     order = list(files)
     rng.shuffle(order)

@@ -185,7 +185,6 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     rule, opts, warnings = _rule_and_options(rules, rule_options)
     log_path, man_path = _locate(path)
     manifest = read_manifest(man_path) if man_path else {}
-    idle_from = _idle_baseline(manifest, rule, opts)
     if man_path is None and Path(path).is_dir():
         warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
     status = manifest.get("status")
@@ -233,9 +232,8 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
                              else "unknown"),
         "energy_wh": energy["source"],
         "energy_method": energy["method"],
+        **({"idle_watts": energy["idle_from"]} if energy["idle_from"] else {}),
     }
-    if idle_from:
-        out["source"]["idle_watts"] = idle_from
     if per_class:
         names, names_from = _label_names(labels, model, warnings)
         out["label_names"] = names_from
@@ -340,7 +338,8 @@ def _run_times(manifest: dict, log) -> dict:
 
 def _energy(manifest: dict, opts: dict, rule, log_path: Path, warnings: list[str]) -> dict:
     """The run's energy in Wh with its source (measured, estimated, given, unknown) and
-    method: ``--energy-wh`` wins over the manifest's figure."""
+    method: ``--energy-wh`` wins over the manifest's figure; and ``idle_from``, where an idle
+    baseline the run measured came from (put into ``opts``, see :func:`_idle_baseline`)."""
     energy = manifest.get("energy") if isinstance(manifest.get("energy"), dict) else {}
     wh = _fnum(energy.get("wh"))
     source = energy.get("source") if wh is not None else None
@@ -353,7 +352,8 @@ def _energy(manifest: dict, opts: dict, rule, log_path: Path, warnings: list[str
         source = "unknown"
         if "energy_wh" in rule.options:
             warnings.append(f"{log_path}: no energy figure (no manifest energy, no --energy-wh): no score")
-    return {"wh": wh, "source": source, "method": method}
+    return {"wh": wh, "source": source, "method": method,
+            "idle_from": _idle_baseline(manifest, rule, opts)}
 
 
 def _score_object(rule, path, log, gt_path: Path, model: dict, ev: Evaluation, fields: dict,

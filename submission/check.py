@@ -45,7 +45,7 @@ from PIL import Image
 from lpirc import __version__, preflight
 from lpirc import runtime as rtm
 from lpirc.delegates import parse_delegate
-from lpirc.errors import DelegateError, InputError, LpircError, ModelError
+from lpirc.errors import USER_ERRORS, DelegateError, InputError, LpircError, ModelError
 from lpirc.holdout import scan_folder
 from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
                               crop_and_resize, float_feed_problem, input_range, load_image,
@@ -682,11 +682,8 @@ def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | No
     rels = [p.relative_to(root).as_posix() for p in images]
     gt = preflight.ground_truth_for(root, ground_truth)
     if gt is not None:
-        try:
-            truth = read_ground_truth(gt)
-            notes = ground_truth_notes(gt)
-        except ScoringError as e:
-            raise InputError(str(e)) from None
+        truth = read_ground_truth(gt)
+        notes = ground_truth_notes(gt)
         index = NameIndex(truth)
         pos, how = index.match_all(rels)
         values = list(truth.values())
@@ -763,7 +760,7 @@ def _check_accuracy(model, delegate, threads, rt, spec, opts, holdout, images, g
     root = Path(holdout)
     try:
         labels, matched, gt_notes = _labels_for(holdout, images, ground_truth)
-    except LpircError as e:
+    except USER_ERRORS as e:
         emit("accuracy", FAIL, str(e))
         return
     items = sorted(labels)

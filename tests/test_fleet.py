@@ -377,13 +377,13 @@ def test_node_with_another_holdout_is_refused(cluster, tmp_path, small_holdout,
     jobs = {j.name: j for j in outcome.jobs}
     for name in ("one", "two", "three"):
         assert jobs[name].status == "done"
-        assert all(a["device"] != refused_label for a in jobs[name].attempts)
+        assert all(a.device != refused_label for a in jobs[name].attempts)
     # a job goes to a device of the kind it asks for, or fails with the reason
     tpu = jobs["tpu_edgetpu"]
-    assert [a["device"].split("@")[0] for a in tpu.attempts] == ["edgetpu_usb0"]
+    assert [a.device.split("@")[0] for a in tpu.attempts] == ["edgetpu_usb0"]
     if delegates.find_library(delegates.edgetpu_library_name())[0] is None:  # no Edge TPU here
         assert tpu.status == "failed" and "edgetpu" in tpu.reason, tpu.reason
-        assert tpu.attempts[0]["exit_code"] == 4  # lpirc run's "delegate unavailable"
+        assert tpu.attempts[0].exit_code == 4  # lpirc run's "delegate unavailable"
     assert jobs["viagpu"].status == "failed" and jobs["viagpu"].attempts == []
     assert jobs["viagpu"].reason.startswith("no gpu device in the cluster")
     assert outcome.exit_code == 1
@@ -448,10 +448,10 @@ def test_device_killed_mid_run_job_retried_on_another_device(cluster, tmp_path, 
     victim = jobs[killed["job"]]
     assert victim.status == "done" and outcome.exit_code == 0
     first, second = victim.attempts
-    assert first["outcome"] == "device_lost" and first["device"] == killed["device"]
-    assert second["outcome"] == "done" and second["device"] != killed["device"]
+    assert first.outcome == "device_lost" and first.device == killed["device"]
+    assert second.outcome == "done" and second.device != killed["device"]
     # the partial run folder of the lost attempt stays on its node, apart from the scored run
-    assert first["run_dir"].endswith(f"{victim.name}/attempt-1/run")
+    assert first.run_dir.endswith(f"{victim.name}/attempt-1/run")
     manifest = json.loads((tmp_path / "fleet" / "runs" / victim.name / "manifest.json")
                           .read_text())
     assert f"{victim.name}/attempt-2/" in manifest["model"]["path"]
@@ -499,9 +499,9 @@ def test_stopped_device_worker_is_ended_and_its_job_retried(cluster, tmp_path, s
     job = outcome.jobs[0]
     assert job.status == "done", "\n".join(e.message for _, e in events)
     first, second = job.attempts
-    assert first["device"] == stopped["device"] and first["outcome"] == "device_lost"
-    assert first["reason"].startswith("stuck past its budget")
-    assert second["outcome"] == "done" and second["device"] != stopped["device"]
+    assert first.device == stopped["device"] and first.outcome == "device_lost"
+    assert first.reason.startswith("stuck past its budget")
+    assert second.outcome == "done" and second.device != stopped["device"]
     ended = next(t for t, e in events if e.what == "note" and "no answer from its worker for "
                  "stuck within 18 s (budget + 2 x 8 s); device ended" in e.message)
     assert 17 < ended - stopped["t"] < 22, ended - stopped["t"]
@@ -566,8 +566,8 @@ def test_node_lost_mid_run_job_retried_on_another_node(cluster, tmp_path, small_
     jobs = {j.name: j for j in outcome.jobs}
     assert all(j.status == "done" for j in jobs.values()), [j.reason for j in jobs.values()]
     victim = jobs[lost["job"]]
-    assert victim.attempts[0]["device"] == lost["device"]
-    assert victim.attempts[0]["outcome"] == "device_lost"
-    assert victim.attempts[-1]["outcome"] == "done"
-    assert all(a["device"] != lost["device"] for a in victim.attempts[1:])
+    assert victim.attempts[0].device == lost["device"]
+    assert victim.attempts[0].outcome == "device_lost"
+    assert victim.attempts[-1].outcome == "done"
+    assert all(a.device != lost["device"] for a in victim.attempts[1:])
     assert {d["device"]: d["state"] for d in outcome.devices}[lost["device"]] == "lost"

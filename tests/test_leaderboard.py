@@ -289,7 +289,7 @@ def test_foreign_and_newer_files_are_one_line_errors(tmp_path):
 
 
 def test_bad_run_folder_is_one_line(tmp_path):
-    with pytest.raises(InputError, match="no results.jsonl"):
+    with pytest.raises(scoring.ScoringError, match="no results.jsonl"):  # exit 5 on the CLI
         lb.entry_from_run(tmp_path)
 
 

@@ -183,6 +183,10 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
         v = alpha.wait([fin.json()["id"]])[fin.json()["id"]]
         assert v["state"] == "scored" and v["score"] is None and v["score_hidden"] is True
         assert alpha.http.get(f"/submissions/{v['id']}/report").status_code == 403
+        for leak in (alpha.http.get(f"/submissions/{v['id']}/log").text,
+                     alpha.http.get(f"/api/submissions/{v['id']}/events").text,
+                     alpha.http.get(f"/submissions/{v['id']}").text):
+            assert "top-1" not in leak and "hidden until the organiser publishes" in leak
         hidden = httpx.get(server.url + "/api/standings?phase=final").json()
         assert hidden["hidden"] is True and hidden["standings"] == []
         assert org.http.get("/api/standings?phase=final").json()["standings"][0]["team"] == "alpha"

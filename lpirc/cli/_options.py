@@ -105,8 +105,8 @@ def _check_input_size(ctx, param, value):
 
 
 def preprocess_options(fn):
-    """The options of RunSettings.preprocess that `run` and `tune` share (see README
-    "Preprocessing"); each also comes from --config or the model's sidecar X.json."""
+    """The options of RunSettings.preprocess that `run` and `tune` share (see
+    docs/preprocessing.md); each also comes from --config or the model's sidecar X.json."""
     opts = [
         click.option("--mean", callback=check_channels,
                      help="Normalisation mean in pixel units 0..255: one number or "

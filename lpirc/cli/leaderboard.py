@@ -17,7 +17,7 @@ import jinja2
 import scoring
 from lpirc import __version__
 from lpirc import leaderboard as lb
-from lpirc.errors import InputError
+from lpirc.errors import USER_ERRORS, InputError
 
 
 # --- lpirc leaderboard ----------------------------------------------------------------------
@@ -52,7 +52,7 @@ def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
     for run in runs:
         try:
             e = lb.entry_from_run(run, ground_truth, rules, submission=name, team=team)
-        except InputError as err:
+        except USER_ERRORS as err:
             click.echo(f"lpirc: error: {err}", err=True)
             errors.append(err)
             continue

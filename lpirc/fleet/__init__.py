@@ -17,17 +17,19 @@ A job asks for one kind (``--kind``; ``auto`` = ``edgetpu`` for ``*_edgetpu.tfli
 ``cpu``) and runs with ``--delegate <kind>``.
 
 Before a device takes a job its node lists its holdout (``$LPIRC_FLEET_HOLDOUT`` on the node,
-else the head's ``--holdout`` path) with :func:`lpirc.holdout.open_holdout`, the function that
-computes the manifest's ``holdout.files_sha256``; a different sha256 refuses that node's device
-in one line. The manifest each run returns is checked again against the head's sha256.
+else the head's ``--holdout`` path) with :func:`lpirc.holdout.open_holdout` and digests it,
+names and bytes (:func:`lpirc.holdout.content_sha256`); a digest other than the head's refuses
+that node's devices in one line. The manifest each run returns is checked again against the
+head's ordered-name digest (``holdout.files_sha256``).
 
-Faults. A device whose actor dies mid-run (node lost, worker killed) gets no further job; its job
-is queued again for another device, the attempt is recorded (device, reason, where its partial
-run folder stays), and nothing of that attempt is scored; a device silent for
-``FleetConfig.hang_margin_s`` past its run's budget is ended and counts the same. A submission
-that fails (bad model, delegate missing) is recorded with ``lpirc run``'s one-line reason and the others go on.
-Ctrl-C on the head cancels every job; what finished stays scored. A job is scored once: a
-re-run with the same ``--out`` skips the jobs ``fleet.json`` records as done.
+Faults. A device whose worker dies mid-run (node lost, worker killed) gets no further job; its
+job is queued again for another device, the attempt is recorded (device, reason, where its
+partial run folder stays), and nothing of that attempt is scored. A run with no result
+``FleetConfig.hang_margin_s`` past its budget is killed by its device's worker and its job goes
+to another device (:mod:`lpirc.fleet.policy`). A submission that fails (bad model, delegate
+missing) is recorded with ``lpirc run``'s one-line reason and the others go on. Ctrl-C on the
+head cancels every job; what finished stays scored. A job is scored once: a re-run with the same
+``--out`` (and the same settings) skips the jobs ``fleet.json`` records as done.
 
 Without an address, :func:`local_cluster` starts a Ray instance on this machine offering
 ``devices`` simulated ``cpu`` devices (``lpirc_device_cpu_0`` ...), the cores divided between
@@ -58,23 +60,22 @@ from lpirc.fleet.device import (HOLDOUT_ENV, KINDS, RESOURCE_PREFIX, WORK_ENV, A
                                 CheckRequest, Device, DeviceWorker, JobRequest, NodeReport,
                                 devices_from_nodes, parse_resource, share_cores)
 from lpirc.fleet.head import check_inputs, local_devices, run_fleet
-from lpirc.fleet.jobs import (STATE, FleetConfig, FleetEvent, FleetOutcome, HeadInputs,
+from lpirc.fleet.jobs import (STATE, Attempt, FleetConfig, FleetEvent, FleetOutcome, HeadInputs,
                               JobState, Submission, find_submissions, job_names, load_jobs,
                               parse_kind, safe_name)
 from lpirc.fleet.policy import Fleet
 from lpirc.fleet.pool import DevicePool, Finished, LocalPool
 from lpirc.fleet.ray_pool import RayPool, start_failure
-from lpirc.fleet.standings import add_to_standings, check_standings, format_standings
+from lpirc.fleet.standings import add_to_standings, format_standings
 
 __all__ = [
     "HOLDOUT_ENV", "KINDS", "RAY_LOG", "RAY_START_DIR", "RESOURCE_PREFIX", "STATE", "WORK_ENV",
-    "AttemptResult", "CheckRequest", "Device", "DevicePool", "DeviceWorker", "Finished", "Fleet",
-    "FleetConfig", "FleetError", "FleetEvent", "FleetOutcome", "HeadInputs", "JobRequest",
-    "JobState",
-    "LocalPool", "NodeReport", "RayPool", "Submission", "add_to_standings", "check_inputs",
-    "check_standings", "cluster_devices", "connect", "devices_from_nodes", "find_submissions", "format_standings",
-    "import_ray", "job_names", "load_jobs", "local_cluster", "local_devices", "no_device_error",
-    "parse_kind", "parse_resource", "probe_address", "ray_output_to", "run_fleet",
-    "safe_name", "share_cores",
+    "Attempt", "AttemptResult", "CheckRequest", "Device", "DevicePool", "DeviceWorker",
+    "Finished", "Fleet", "FleetConfig", "FleetError", "FleetEvent", "FleetOutcome",
+    "HeadInputs", "JobRequest", "JobState", "LocalPool", "NodeReport", "RayPool", "Submission",
+    "add_to_standings", "check_inputs", "cluster_devices", "connect",
+    "devices_from_nodes", "find_submissions", "format_standings", "import_ray", "job_names",
+    "load_jobs", "local_cluster", "local_devices", "no_device_error", "parse_kind",
+    "parse_resource", "probe_address", "ray_output_to", "run_fleet", "safe_name", "share_cores",
     "start_failure",
 ]

@@ -177,11 +177,49 @@ class HeadInputs:
 # --- jobs, events, outcome -------------------------------------------------------------------
 
 
+def _known_fields(cls: type, obj: dict[str, Any]) -> dict[str, Any]:
+    """The items of ``obj`` that are fields of dataclass ``cls`` (a file of another version may
+    hold others)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in obj.items() if k in names}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a job, as ``fleet.json`` records it. ``outcome``: running, done, failed,
+    stopped (exit 130 or a signal), stuck (killed by its worker), device_lost, holdout_mismatch,
+    model_mismatch or cancelled; ``run_dir``: the run folder on the device's node (a lost
+    attempt's partial one stays there); times in s: ``run_s`` the ``lpirc run`` process (on
+    the device), ``head_s`` sent to result (on the head), ``overhead_s`` their difference,
+    ``score_s`` writing, scoring and the standings on the head."""
+
+    attempt: int
+    device: str
+    node: str
+    started_utc: str
+    outcome: str = "running"
+    reason: str | None = None
+    ended_utc: str | None = None
+    exit_code: int | None = None
+    run_dir: str | None = None
+    run_s: float | None = None
+    head_s: float | None = None
+    overhead_s: float | None = None
+    score_s: float | None = None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Attempt":
+        """An attempt read back from ``fleet.json`` (unknown keys dropped); one still
+        ``running`` there was cut short by the head's end: cancelled."""
+        a = cls(**_known_fields(cls, obj))
+        return a if a.outcome != "running" else dataclasses.replace(
+            a, outcome="cancelled", reason="the head stopped before its result")
+
+
 @dataclass
 class JobState:
     """One job as the head tracks it (and writes it to ``fleet.json``). ``status``: queued,
-    running, done, failed or cancelled. ``attempts``: one dict per try (device, node, outcome,
-    reason, the run folder on the node, times)."""
+    running, done, failed or cancelled. ``attempts``: one :class:`Attempt` per try."""
 
     name: str
     model: str
@@ -190,13 +228,24 @@ class JobState:
     status: str = "queued"
     device: str | None = None
     reason: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     score: dict[str, Any] | None = None
     standings: str | None = None  # what the standings database said
 
     @classmethod
     def of(cls, sub: Submission) -> "JobState":
         return cls(sub.name, str(sub.model), sub.kind, sub.sha256)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "JobState":
+        job = cls(**_known_fields(cls, obj))
+        job.attempts = [Attempt.from_json(a) for a in job.attempts or [] if isinstance(a, dict)]
+        return job
+
+    def record(self, **changes: Any) -> Attempt:
+        """The last attempt with ``changes`` (it replaces it); returns it."""
+        self.attempts[-1] = dataclasses.replace(self.attempts[-1], **changes)
+        return self.attempts[-1]
 
 
 @dataclass(frozen=True)
@@ -287,8 +336,7 @@ def load_jobs(cfg: FleetConfig, subs: list[Submission], identity: dict[str, Any]
     if old is None or not isinstance(old.get("jobs"), list):
         raise InputError(f"{path}: not a fleet state file; choose another --out")
     check_same_fleet(path, old, identity)
-    fields = {f.name for f in dataclasses.fields(JobState)}
-    prev = {j["name"]: JobState(**{k: v for k, v in j.items() if k in fields})
+    prev = {j["name"]: JobState.from_json(j)
             for j in old["jobs"] if isinstance(j, dict) and "name" in j}
     for j in jobs:
         p = prev.pop(j.name, None)

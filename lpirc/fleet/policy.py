@@ -30,8 +30,8 @@ from lpirc.errors import EXIT_INTERRUPTED, EXIT_OK
 from lpirc.fleet.cluster import RAY_START_DIR
 from lpirc.fleet.device import (RESOURCE_PREFIX, AttemptResult, CheckRequest, Device,
                                 JobRequest, NodeReport)
-from lpirc.fleet.jobs import (STATE, FleetConfig, FleetEvent, HeadInputs, JobState, now_utc,
-                              parse_json)
+from lpirc.fleet.jobs import (STATE, Attempt, FleetConfig, FleetEvent, HeadInputs, JobState,
+                              now_utc, parse_json)
 from lpirc.fleet.pool import DevicePool, Finished
 from lpirc.fleet.standings import add_to_standings, num
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
@@ -240,7 +240,7 @@ class Fleet:
         (lost, stopped or stuck there) only when no other live device of its kind is left
         that it has not tried."""
         def tried(job: JobState, s: _Slot) -> bool:
-            return any(a.get("device") == s.device.label for a in job.attempts)
+            return any(a.device == s.device.label for a in job.attempts)
 
         queued = [j for j in self.jobs if j.status == "queued" and j.kind == slot.device.kind]
         for job in queued:
@@ -259,9 +259,7 @@ class Fleet:
                          str(self.cfg.holdout.resolve()), self._work_dir(slot.device),
                          self.cfg.run_args(job.kind), self.cfg.stuck_after_s)
         self.pool.submit(slot.device.label, req, model.read_bytes())
-        job.attempts.append({"attempt": attempt, "device": slot.device.label,
-                             "node": slot.device.node_ip, "started_utc": now_utc(),
-                             "outcome": "running"})
+        job.attempts.append(Attempt(attempt, slot.device.label, slot.device.node_ip, now_utc()))
         job.status, job.device, slot.state = "running", slot.device.label, "busy"
         self.running[slot.device.label] = (job, time.monotonic())
         self.emit("running", f"{job.name} on {slot.device.label} (attempt {attempt})", job,
@@ -271,16 +269,15 @@ class Fleet:
     def _on_result(self, fin: Finished) -> None:
         slot = self.slots[fin.device]
         job, t0 = self.running.pop(fin.device)
-        rec = job.attempts[-1]
-        rec["ended_utc"] = now_utc()
+        rec = job.record(ended_utc=now_utc())
         if fin.lost is not None:
             why = {"hung": "stuck past its budget", "refused": "its node was refused"}.get(
                 slot.state, "lost mid-run")
             slot.state = "refused" if slot.state == "refused" else "lost"
             self.pool.kill(slot.device.label)  # "unavailable" may be a blip: free it for sure
             work = slot.report.work_dir if slot.report else "?"
-            rec.update(outcome="device_lost", reason=f"{why}: {fin.lost}",
-                       run_dir=str(Path(work) / job.name / f"attempt-{rec['attempt']}" / "run"))
+            job.record(outcome="device_lost", reason=f"{why}: {fin.lost}",
+                       run_dir=str(Path(work) / job.name / f"attempt-{rec.attempt}" / "run"))
             self.emit("lost", f"{slot.device.label}: device {why} during {job.name} "
                               f"({fin.lost})", job, slot)
             self._retry_or_fail(job, f"device {slot.device.label} {why}")
@@ -288,15 +285,15 @@ class Fleet:
         res: AttemptResult = fin.value
         slot.state = "idle" if slot.state == "busy" else slot.state
         head_s = time.monotonic() - t0
-        rec.update(exit_code=res.exit_code, run_dir=res.run_dir, run_s=round(res.run_s, 3),
+        job.record(exit_code=res.exit_code, run_dir=res.run_dir, run_s=round(res.run_s, 3),
                    head_s=round(head_s, 3), overhead_s=round(head_s - res.run_s, 3))
-        self._accept(job, slot, res, rec)
+        self._accept(job, slot, res)
 
-    def _accept(self, job: JobState, slot: _Slot, res: AttemptResult, rec: dict) -> None:
+    def _accept(self, job: JobState, slot: _Slot, res: AttemptResult) -> None:
         """Sort a finished attempt: stopped from outside (retry), not this holdout or not this
         model (retry elsewhere), the submission's own failure (recorded), or a result to score."""
         if res.stuck:
-            rec.update(outcome="stuck", reason=res.reason)
+            job.record(outcome="stuck", reason=res.reason)
             slot.stuck_runs += 1
             if slot.stuck_runs >= _STUCK_RUNS_TO_RETIRE and slot.state == "idle":
                 slot.state = "stuck"
@@ -306,31 +303,31 @@ class Fleet:
             self._retry_or_fail(job, f"lpirc run on {slot.device.label} {res.reason}")
             return
         if res.exit_code < 0 or res.exit_code in _DEVICE_FAULT_EXITS:
-            rec.update(outcome="stopped", reason=res.reason)
+            job.record(outcome="stopped", reason=res.reason)
             self._retry_or_fail(job, f"lpirc run on {slot.device.label} was stopped: {res.reason}")
             return
         manifest = parse_json(res.manifest)
         if manifest is not None:
             sha = (manifest.get("holdout") or {}).get("files_sha256")
             if sha != self.head.files_sha256:
-                rec.update(outcome="holdout_mismatch", reason=f"holdout sha256 {sha}")
+                job.record(outcome="holdout_mismatch", reason=f"holdout sha256 {sha}")
                 self.refuse_node(slot, f"its run listed a holdout with sha256 {str(sha)[:12]}, "
                                        f"not the head's {self.head.files_sha256[:12]}")
                 self._retry_or_fail(job, f"{slot.device.label} ran another holdout")
                 return
             if (manifest.get("model") or {}).get("sha256") != job.sha256:
-                rec.update(outcome="model_mismatch", reason="the model that ran is not the job's")
+                job.record(outcome="model_mismatch", reason="the model that ran is not the job's")
                 self._retry_or_fail(job, f"the model {slot.device.label} ran is not {job.name}'s")
                 return
         answered = (manifest or {}).get("images_answered") or 0
         if res.results is None or manifest is None or (res.exit_code != EXIT_OK and not answered):
             why = res.reason or f"lpirc run exited with code {res.exit_code}, no result log"
-            rec.update(outcome="failed", reason=why)
+            job.record(outcome="failed", reason=why)
             self._fail(job, why)
             return
-        self._score(job, slot, res, rec)
+        self._score(job, slot, res)
 
-    def _score(self, job: JobState, slot: _Slot, res: AttemptResult, rec: dict) -> None:
+    def _score(self, job: JobState, slot: _Slot, res: AttemptResult) -> None:
         """Write the run folder on the head, score it with the head's ground truth, add it to
         the standings. The only place a result is scored."""
         t0 = time.perf_counter()
@@ -342,7 +339,7 @@ class Fleet:
             score = scoring.score_path(run_dir, ground_truth=self.cfg.ground_truth,
                                        rules=self.cfg.rules)
         except scoring.ScoringError as e:
-            rec.update(outcome="failed", reason=f"scoring: {e}")
+            job.record(outcome="failed", reason=f"scoring: {e}")
             self._fail(job, f"scoring: {e}")
             return
         write_json(run_dir / SCORE, score)
@@ -351,14 +348,14 @@ class Fleet:
                                                "energy_source")}
         job.score |= {k: score[k] for k in scoring.RULE_PARAMS if k in score}  # what it means
         job.status, job.reason = "done", res.reason  # a run stopped part-way keeps its reason
-        rec.update(outcome="done")
         job.standings = add_to_standings(self.cfg.db_path, run_dir, self.cfg.ground_truth,
                                          self.cfg.rules, job.name, score)
-        rec["score_s"] = round(time.perf_counter() - t0, 3)  # write, score, standings
+        # write, score, standings
+        rec = job.record(outcome="done", score_s=round(time.perf_counter() - t0, 3))
         top1 = "n/a" if score.get("top1") is None else f"{100 * score['top1']:.2f} %"
         self.emit("done", f"{job.name} on {slot.device.label}: score {num(score.get('score'))} "
                           f"({self.cfg.rules}), top-1 {top1} (measured); lpirc run process "
-                          f"{res.run_s:.2f} s, fleet overhead {rec['overhead_s']:.2f} s "
+                          f"{res.run_s:.2f} s, fleet overhead {rec.overhead_s:.2f} s "
                           f"(measured on the head)", job, slot)
         if job.standings.startswith("not recorded"):
             self.emit("note", f"{job.name}: standings {job.standings}", job, slot)
@@ -391,7 +388,7 @@ class Fleet:
     def cancel(self) -> None:
         """Ctrl-C: every running and queued job is cancelled; done ones stay scored."""
         for job, _ in self.running.values():
-            job.attempts[-1].update(outcome="cancelled", ended_utc=now_utc())
+            job.record(outcome="cancelled", ended_utc=now_utc())
         self.running.clear()
         n = 0
         for job in self.jobs:

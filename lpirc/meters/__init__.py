@@ -38,6 +38,7 @@ class MeterInfo:
     serial: str  # "C2XXXXXXX"
     firmware: str  # "F1.03"
     resource: str  # the VISA resource name
+    driver: str = ""  # the manual the driver follows, and what it was tested against
 
     def label(self) -> str:
         """``WT310 C2XXXXXXX``: the name an energy figure carries."""
@@ -45,7 +46,8 @@ class MeterInfo:
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "maker": self.maker, "model": self.model,
-                "serial": self.serial, "firmware": self.firmware, "resource": self.resource}
+                "serial": self.serial, "firmware": self.firmware, "resource": self.resource,
+                "driver": self.driver}
 
 
 @dataclass(frozen=True)

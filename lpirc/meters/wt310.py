@@ -48,6 +48,9 @@ from typing import Any
 from lpirc.errors import MeterError
 from lpirc.meters import AccuracySpec, MeterInfo, Ranges, Reading, resource_manager
 
+#: What the driver follows, recorded with every meter reading's provenance.
+DRIVER = ("lpirc wt310 driver: IM WT310-17EN 1st ed. (WT300 command set), accuracy IM WT310-02EN "
+          "7.3.2; tested against a simulation only")
 #: USBTMC identity of the WT310 family (vendor Yokogawa 0x0B21, product 0x0025).
 USB_VENDOR, USB_PRODUCT = 0x0B21, 0x0025
 #: Update intervals the meter offers (s) (IM WT310-17EN §6 RATE group).
@@ -135,7 +138,8 @@ class WT310:
                 or not parts[1].upper().startswith(("WT31", "WT33")):
             raise MeterError(f"meter {self.resource}: *IDN? answered {idn[:80]!r}, not a "
                              "Yokogawa WT310/WT330")
-        self.info = MeterInfo("wt310", parts[0], parts[1], parts[2], parts[3], self.resource)
+        self.info = MeterInfo("wt310", parts[0], parts[1], parts[2], parts[3], self.resource,
+                              DRIVER)
         return self.info
 
     # --- the wire --------------------------------------------------------------------------

@@ -106,25 +106,32 @@ class Scheduler:
                 return
             phase = self.phases.get(sub.phase)
             attempt = sub.attempts + 1
-            if phase is None or not sub.model.is_file():
-                why = (f"the service has no {sub.phase} phase holdout now" if phase is None
-                       else f"its uploaded file is gone from {sub.folder}")
-                self.store.mark_running(sub.id, attempt, "none", time.time())
-                self.store.mark_failed(sub.id, attempt, "infrastructure", why, False,
-                                       time.time(), None)
-                self.announce(f"submission {sub.id}: failed (infrastructure): {why}")
+            if phase is None:
+                self._unrunnable(sub, attempt, f"the service has no {sub.phase} phase "
+                                               "holdout now")
                 continue
             job = Job(f"{sub.id}-{attempt}", str(sub.id), attempt, sub.model,
                       sub.model.with_suffix(".json") if sub.has_sidecar else None,
                       phase.holdout, self.cfg.files / "runs", self.cfg.run_args(),
                       self.cfg.budget_s())
-            device = self.pool.submit(job)
+            try:
+                device = self.pool.submit(job)
+            except OSError as e:  # its files are gone or unreadable: nothing to run
+                self._unrunnable(sub, attempt, f"its uploaded files in {sub.folder} cannot be "
+                                               f"read ({e.strerror or e})")
+                continue
             if not self.store.mark_running(sub.id, attempt, device, time.time()):
                 self.pool.kill(job.key)
                 continue
             self.running[job.key] = (sub.id, attempt)
             self.announce(f"submission {sub.id} ({sub.team}): attempt {attempt} running on "
                           f"{device}")
+
+    def _unrunnable(self, sub: Submission, attempt: int, why: str) -> None:
+        """A queued submission no device can run (the service's fault): failed, not charged."""
+        self.store.mark_running(sub.id, attempt, "none", time.time())
+        self.store.mark_failed(sub.id, attempt, "infrastructure", why, False, time.time(), None)
+        self.announce(f"submission {sub.id}: failed (infrastructure): {why}")
 
     # --- outcomes ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from lpirc.online.store import QuotaExceeded, Store, Submission, Team, utc_iso
 from scoring.names import label_images
 
 TOKEN_MAX_AGE_S = 7 * 24 * 3600  # a token from /api/login lasts a week
+HIDDEN_SCORE = "scored (final phase: the score is hidden until the organiser publishes it)"
 _CHECKS = threading.BoundedSemaphore(2)  # upload checks (a child process each) at once
 
 
@@ -37,10 +38,7 @@ def check_phase(p: PhaseData) -> PhaseHoldout:
     """List a phase's holdout (seed 0, as every ``lpirc run`` of the service lists it) and check
     its ground truth labels every image. InputError (one line naming the file) otherwise."""
     h = open_holdout(p.holdout, seed=0)
-    try:
-        truth = scoring.read_ground_truth(p.ground_truth, cache=False)
-    except scoring.ScoringError as e:
-        raise InputError(str(e)) from None
+    truth = scoring.read_ground_truth(p.ground_truth, cache=False)
     labelled = label_images(truth, h.files)
     missing = [f for f in h.files if f not in labelled]
     if missing:
@@ -152,7 +150,11 @@ class Service:
             raise self._quota_error(q) from None
         label = (label or "").strip()[:100] or f"upload {utc_iso(now)}"
         sha = hashlib.sha256(model).hexdigest()
-        folder = self._save(model, sidecar)
+        try:
+            folder = self._save(model, sidecar)
+        except OSError as e:  # a full disk, say: nothing acknowledged, the team may retry
+            raise ApiError(503, f"cannot store the upload, nothing kept: {e.strerror or e}") \
+                from None
         refusal = quick_refusal(model, sidecar, "model.tflite")
         if refusal is None:
             with _CHECKS:
@@ -225,15 +227,20 @@ class Service:
                 "model_sha256": sub.model_sha256, "model_bytes": sub.model_bytes,
                 "sidecar": sub.has_sidecar, "links": links}
 
-    def events(self, sub: Submission) -> list[dict[str, Any]]:
+    def events(self, team: Team, sub: Submission) -> list[dict[str, Any]]:
+        """The submission's state transitions; a hidden score (final phase, not published)
+        is left out of the ``scored`` line."""
+        visible = self.score_visible(team, sub)
         return [{"t_utc": utc_iso(e.t), "state": e.state, "attempt": e.attempt,
-                 "device": e.device, "message": e.message} for e in self.store.events(sub.id)]
+                 "device": e.device,
+                 "message": e.message if visible or e.state != "scored" else HIDDEN_SCORE}
+                for e in self.store.events(sub.id)]
 
     def log_text(self, team: Team, sub: Submission) -> str:
         """The submission's history and, per attempt, the stderr of its ``lpirc run``."""
         lines = [f"submission {sub.id} of {sub.team} ({sub.label}), {sub.phase} phase, "
                  f"state {sub.state}"]
-        lines += [f"{e['t_utc']}  {e['state']:<8} {e['message']}" for e in self.events(sub)]
+        lines += [f"{e['t_utc']}  {e['state']:<8} {e['message']}" for e in self.events(team, sub)]
         runs = self.cfg.files / "runs" / str(sub.id)
         for attempt in range(1, sub.attempts + 1):
             err = runs / f"attempt-{attempt}" / "stderr.txt"

@@ -109,10 +109,7 @@ class Referee:
         # not a folder, unreadable, no images
         self.files = scan_folder(self.root, "holdout").files
         self.sha256 = files_sha256(self.files)
-        try:
-            truth = scoring.read_ground_truth(cfg.ground_truth)
-        except scoring.ScoringError as e:
-            raise InputError(str(e)) from None
+        truth = scoring.read_ground_truth(cfg.ground_truth)
         labelled = label_images(truth, self.files)  # the scorer's rule (scoring.names)
         unlabelled = [f for f in self.files if f not in labelled]
         if unlabelled:

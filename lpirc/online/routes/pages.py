@@ -56,7 +56,7 @@ async def submission_page(request: Request) -> Response:
     svc = deps.service(request)
     who = deps.team(request)
     sub = svc.own(who, deps.path_id(request))
-    return render("submission.html.j2", who=who, s=svc.view(who, sub), events=svc.events(sub))
+    return render("submission.html.j2", who=who, s=svc.view(who, sub), events=svc.events(who, sub))
 
 
 async def log(request: Request) -> Response:

@@ -44,7 +44,7 @@ async def one(request: Request) -> JSONResponse:
 async def events(request: Request) -> JSONResponse:
     svc = deps.service(request)
     who = deps.team(request)
-    return JSONResponse({"events": svc.events(svc.own(who, deps.path_id(request)))})
+    return JSONResponse({"events": svc.events(who, svc.own(who, deps.path_id(request)))})
 
 
 ROUTES = [
