@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import scoring
 from lpirc.errors import InputError
-from lpirc.preprocess import PreprocessSpec, decode
+from lpirc.preprocess import PreprocessSpec, decode_pillow
 from scoring.names import AMBIGUOUS, NameIndex
 
 _SKIP_SUFFIXES = (".csv", ".json", ".txt", ".md")  # data and notes beside the images
@@ -305,7 +305,7 @@ def make_variant(data_path: str, seed: str, quality: int = VARIANT_QUALITY) -> b
     """A randomly cropped (50-100 % of the area, aspect x 3/4..4/3) and/or mirrored copy of an
     image, encoded as JPEG. Deterministic for ``seed``. Raises ImageError for unusable images."""
     spec = PreprocessSpec(1, 1, "uint8", max_image_pixels=100_000_000)
-    img = decode(data_path, spec)
+    img = decode_pillow(data_path, spec)  # as before issue 17: the same variants, byte for byte
     rng = random.Random(seed)
     w, h = img.size
     area = rng.uniform(0.5, 1.0)

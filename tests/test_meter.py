@@ -186,28 +186,44 @@ def test_square_wave_within_the_sampling_error(tmp_path, reference_model, long_h
 ])
 def test_meter_faults_fall_back_and_say_why(tmp_path, reference_model, small_holdout,
                                             long_holdout, sim, fault, holdout_kind, status, says):
+    """Through `lpirc run --meter` (a real process): the run completes, every image answered,
+    and the energy is the estimate with what the meter did."""
+    import json
+
     s = sim(fault=fault, fault_after_reads=0 if holdout_kind == "small" else 3)
     holdout = small_holdout if holdout_kind == "small" else long_holdout
-    out = _run(tmp_path, reference_model, holdout, s)
-    e = out.manifest["energy"]
-    assert out.status == "complete" and out.manifest["images_answered"] == out.manifest["holdout"]["image_count"]
+    r = lpirc_cmd("run", "--model", str(reference_model), "--holdout", str(holdout), "--out",
+                  str(tmp_path / "run"), "--quiet", "--no-report", "--workers", "1",
+                  "--meter", "wt310:" + s.resource)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    e = m["energy"]
+    assert m["status"] == "complete" and m["images_answered"] == m["holdout"]["image_count"]
     assert e["source"] == "estimated" and e["meter"]["status"] == status
     assert e["method"].startswith("CPU time x ") and says in e["method"], e["method"]
     assert e["uncertainty_wh"] is None and e["wh"] > 0
+    energy_line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("energy"))
+    assert "(estimated, CPU time x " in energy_line and says in energy_line
 
 
 @pytest.mark.slow
 def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_model, long_holdout, sim):
+    import json
+
     s = sim(watts=30.0, fault="disconnect", fault_after_reads=3, down_s=0.3)
-    out = _run(tmp_path, reference_model, long_holdout, s)
-    e = out.manifest["energy"]
-    assert out.status == "complete"
+    r = lpirc_cmd("run", "--model", str(reference_model), "--holdout", str(long_holdout),
+                  "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--workers", "1",
+                  "--meter", "wt310:" + s.resource)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    e = m["energy"]
+    assert m["status"] == "complete"
     if e["meter"]["status"] == "partial":  # a slow machine: the run ended before the meter was back
         pytest.skip("the run ended before the meter came back")
     assert e["meter"]["status"] == "gap" and e["source"] == "estimated"
     assert "gap(s) in the readings" in e["method"] and "not a full measurement" in e["method"]
     assert any("reconnected" in ev for ev in e["meter"]["events"])
-    text = (out.out_dir / "power_log.csv").read_text()
+    text = (tmp_path / "run" / "power_log.csv").read_text()
     assert "meter: lost" in text and "meter: reconnected" in text
 
 

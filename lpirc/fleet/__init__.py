@@ -66,14 +66,14 @@ from lpirc.fleet.jobs import (STATE, Attempt, FleetConfig, FleetEvent, FleetOutc
 from lpirc.fleet.policy import Fleet
 from lpirc.fleet.pool import DevicePool, Finished, LocalPool
 from lpirc.fleet.ray_pool import RayPool, start_failure
-from lpirc.fleet.standings import add_to_standings, check_standings, format_standings
+from lpirc.fleet.standings import add_to_standings, format_standings
 
 __all__ = [
     "HOLDOUT_ENV", "KINDS", "RAY_LOG", "RAY_START_DIR", "RESOURCE_PREFIX", "STATE", "WORK_ENV",
     "Attempt", "AttemptResult", "CheckRequest", "Device", "DevicePool", "DeviceWorker",
     "Finished", "Fleet", "FleetConfig", "FleetError", "FleetEvent", "FleetOutcome",
     "HeadInputs", "JobRequest", "JobState", "LocalPool", "NodeReport", "RayPool", "Submission",
-    "add_to_standings", "check_inputs", "check_standings", "cluster_devices", "connect",
+    "add_to_standings", "check_inputs", "cluster_devices", "connect",
     "devices_from_nodes", "find_submissions", "format_standings", "import_ray", "job_names",
     "load_jobs", "local_cluster", "local_devices", "no_device_error", "parse_kind",
     "parse_resource", "probe_address", "ray_output_to", "run_fleet", "safe_name", "share_cores",

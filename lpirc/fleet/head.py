@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import scoring
+from lpirc import leaderboard
 from lpirc.errors import InputError
 from lpirc.fleet.cluster import cluster_devices, no_device_error
 from lpirc.fleet.device import RESOURCE_PREFIX, Device
@@ -15,7 +16,7 @@ from lpirc.fleet.jobs import (FleetConfig, FleetEvent, FleetOutcome, HeadInputs,
 from lpirc.fleet.policy import Fleet
 from lpirc.fleet.pool import DevicePool, LocalPool
 from lpirc.fleet.ray_pool import RayPool
-from lpirc.fleet.standings import add_to_standings, check_standings
+from lpirc.fleet.standings import add_to_standings
 from lpirc.holdout import content_sha256, open_holdout
 from lpirc.results import file_sha256
 
@@ -43,7 +44,7 @@ def check_inputs(cfg: FleetConfig, subs: list[Submission]) -> HeadInputs:
         cfg.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{cfg.out}: cannot create the fleet folder ({e.strerror or e})") from None
-    check_standings(cfg.db_path)
+    leaderboard.open_db(cfg.db_path).close()  # not a standings database, or damaged: one line
     content = content_sha256(head)
     inputs = HeadInputs(head.files_sha256, content, len(head.files), cfg.identity() | {
         "holdout_files_sha256": head.files_sha256, "holdout_content_sha256": content,

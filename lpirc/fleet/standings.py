@@ -9,26 +9,9 @@ from typing import Any
 
 import scoring
 from lpirc import leaderboard
-from lpirc.errors import USER_ERRORS, InputError, LpircError
+from lpirc.errors import USER_ERRORS, LpircError
 from lpirc.fleet.jobs import FleetOutcome
 from lpirc.fleet.pool import first_line
-
-
-def check_standings(db: Path) -> None:
-    """Open the standings database (made if missing) and read every page of it (SQLite's
-    ``quick_check``), before any device is asked: a damaged file is refused here, in one line
-    (InputError), not at the first result. open_db alone reads only the schema page."""
-    conn = leaderboard.open_db(db)  # not a SQLite file, not a standings database: one line
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.Error as e:
-        rows = [(str(e),)]
-    finally:
-        conn.close()
-    if rows != [("ok",)]:
-        why = " ".join(str(rows[0][0]).split()) if rows else "no answer"
-        raise InputError(f"{db}: damaged standings database (SQLite quick_check: {why[:120]}); "
-                         "restore it from a copy, or give another --db")
 
 
 def add_to_standings(db: Path, run_dir: Path, ground_truth: Path, rules: str,
