@@ -199,6 +199,11 @@ def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
             assert r.status_code == 200, r.text
             done.set()
 
+        base = 0.0  # the same call without the big post, on this machine now
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert ref.post("/zipimages", token=b, image_name="1").status_code == 200
+            base = max(base, time.monotonic() - t0)
         t = threading.Thread(target=big)
         t.start()
         slowest = 0.0
@@ -215,7 +220,7 @@ def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
     with sqlite3.connect(db) as conn:
         (stored,) = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()
     assert stored == MAX_DUPLICATES
-    assert slowest < 1.0, slowest
+    assert slowest < 1.0 + 3 * base, (base, slowest)  # before: ~0.7 s held for every team
 
 
 @pytest.mark.slow
