@@ -841,3 +841,40 @@ def test_bad_preprocessing_values_typed_on_the_command_line_are_usage_errors(
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_ground_truth_is_parsed_once_before_the_clock_and_once_to_score(
+        tmp_path, reference_model, small_holdout, monkeypatch):
+    """Reading the organiser's ground truth is not the submission's work: the parent parses it
+    once (checked, its notes, the coverage note) before the run's clock starts, and the scorer
+    once after the run; never while the budget runs."""
+    import datetime as dt
+
+    from click.testing import CliRunner
+
+    import scoring._io
+    from lpirc.cli import main
+
+    calls: list[float] = []
+    real = scoring._io._parse_ground_truth
+
+    def counting(*args, **kw):
+        calls.append(time.time())
+        return real(*args, **kw)
+
+    scoring._io._read_ground_truth_cached.cache_clear()
+    monkeypatch.setattr(scoring._io, "_parse_ground_truth", counting)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "--model", str(reference_model), "--holdout",
+                                  str(small_holdout), "--out", str(out), "--quiet",
+                                  "--no-report"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+
+    def epoch(utc: str) -> float:
+        return dt.datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=dt.timezone.utc).timestamp()
+
+    assert len(calls) == 2, calls
+    assert calls[0] < epoch(m["start_utc"]) and calls[1] > epoch(m["end_utc"])
+    assert m["first_answer_s"] is not None and m["images_answered"] > 0
