@@ -248,6 +248,18 @@ def test_docs_quote_the_setup_lines_as_the_readme_has_them():
                 assert line.strip() in cmds, f"docs/{page.name}: '{line.strip()}' is not the README's"
 
 
+def test_no_page_or_message_installs_lpirc_from_pypi():
+    """lpirc is not on PyPI: `pip install 'lpirc[meter]'` ends in 'No matching distribution
+    found for lpirc' (a new user's walk through docs/meter.md). Extras are installed from the
+    checkout, `pip install '.[meter]'`, in every page and every error message."""
+    files = list(doc_files()) + [p for d in ("lpirc", "scoring", "submission")
+                                 for p in (REPO / d).rglob("*.py")]
+    bad = [f"{p.relative_to(REPO)}:{i}" for p in files
+           for i, line in enumerate(p.read_text().splitlines(), 1)
+           if re.search(r"pip install ['\"]?lpirc\[", line)]
+    assert not bad, f"pip install 'lpirc[...]' (not on PyPI) at {bad}"
+
+
 def test_every_command_in_the_readme_table_exists():
     """The other way round: a command the README's table names is one `lpirc` has (a new user
     types what the table says)."""

@@ -7,7 +7,7 @@ A meter is addressed as ``KIND:RESOURCE`` (``--meter``), e.g.
 ``file.yaml@sim``: a pyvisa-sim definition). A second meter is one more module that provides a
 class with the :class:`Meter` methods and one line in :data:`KINDS`.
 
-PyVISA is the optional extra ``meter`` (``pip install 'lpirc[meter]'``): it is imported only
+PyVISA is the optional extra ``meter`` (``pip install '.[meter]' in lpirc's checkout``): it is imported only
 when a meter is opened, and its absence is a one-line :class:`~lpirc.errors.MeterError`.
 """
 
@@ -181,7 +181,7 @@ def resource_manager(visa_library: str = DEFAULT_VISA_LIBRARY):
     try:
         import pyvisa
     except ImportError:
-        raise MeterError("PyVISA is not installed: pip install 'lpirc[meter]' "
+        raise MeterError("PyVISA is not installed: pip install '.[meter]' in lpirc's checkout "
                          "(pyvisa, pyvisa-py, pyusb)") from None
     try:
         return pyvisa.ResourceManager(visa_library)
