@@ -131,6 +131,7 @@ def swapped_copy(holdout: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 def test_every_job_done_scored_once_and_in_the_standings(tmp_path, small_holdout,
                                                          reference_model, recorded):
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b", "c", "d"])
@@ -146,6 +147,7 @@ def test_every_job_done_scored_once_and_in_the_standings(tmp_path, small_holdout
     assert stored(tmp_path / "standings.sqlite") == ["a", "b", "c", "d"]
 
 
+@pytest.mark.slow
 def test_lost_device_job_retried_elsewhere_and_device_retired(tmp_path, small_holdout,
                                                               reference_model, recorded):
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b", "c"])
@@ -212,6 +214,7 @@ def test_node_with_another_holdout_refused_with_all_its_devices(tmp_path, small_
     assert states["cpu_0@B"] == states["cpu_1@B"] == "refused"
 
 
+@pytest.mark.slow
 def test_stranded_jobs_fail_with_the_reason(tmp_path, small_holdout, reference_model,
                                             recorded):
     """A job whose kind no device offers fails at once; one whose devices are all lost fails
@@ -307,6 +310,8 @@ def one_line_error(r) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_resume_with_other_settings_is_refused_before_ray(tmp_path, small_holdout,
                                                           reference_model, recorded):
     """A fleet folder holds one fleet: resuming it with another budget, clock, rule set, seed,
@@ -384,6 +389,8 @@ def damage(db: Path) -> None:
         Path(f"{db}{extra}").unlink(missing_ok=True)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_damaged_standings_refused_at_start_and_mid_fleet_costs_no_result(
         tmp_path, small_holdout, reference_model, recorded):
     from click.testing import CliRunner
@@ -437,6 +444,7 @@ def test_holdout_with_the_same_names_but_other_bytes_is_refused(tmp_path, small_
     assert out.exit_code == 0 and {c[0] for c in calls} == {"cpu_0@A"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGSTOP, /proc")
 def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
         tmp_path, small_holdout, reference_model, recorded):

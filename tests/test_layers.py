@@ -12,6 +12,7 @@ functions included; those under ``if TYPE_CHECKING:`` never run and are left out
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +86,18 @@ def _walk(node: ast.AST, module: str, is_package: bool, in_function: bool, out: 
         _walk(child, module, is_package, inner, out)
 
 
-def imports() -> list[Import]:
+@functools.cache
+def trees() -> dict[str, ast.Module]:
+    """Every module's syntax tree, parsed once for the tests below."""
+    return {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+
+
+@functools.cache
+def imports() -> tuple[Import, ...]:
     out: list[Import] = []
-    for name, path in MODULES.items():
-        _walk(ast.parse(path.read_text(), str(path)), name, path.name == "__init__.py", False, out)
-    return out
+    for name, tree in trees().items():
+        _walk(tree, name, MODULES[name].name == "__init__.py", False, out)
+    return tuple(out)
 
 
 def own(target: str) -> str | None:
@@ -186,7 +194,7 @@ def test_no_function_over_80_lines(pkg):
     for name, path in MODULES.items():
         if name.split(".")[0] != pkg:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(trees()[name]):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:

@@ -139,6 +139,7 @@ def _run(tmp_path, model, holdout, sim_meter, **extra):
     return run(resolve_settings(values, set(values)), progress=False)
 
 
+@pytest.mark.slow
 def test_constant_power_gives_power_times_wall_time(tmp_path, reference_model, small_holdout, sim):
     s = sim(watts=50.0, serial="C2CONST01")
     out = _run(tmp_path, reference_model, small_holdout, s)
@@ -162,6 +163,7 @@ def test_constant_power_gives_power_times_wall_time(tmp_path, reference_model, s
     assert out.score["energy_wh"] == e["wh"] and out.score["source"]["energy_wh"] == "measured"
 
 
+@pytest.mark.slow
 def test_square_wave_within_the_sampling_error(tmp_path, reference_model, long_holdout, sim):
     s = sim(watts=80.0, low_watts=20.0, pattern="square", period_s=1.0)
     out = _run(tmp_path, reference_model, long_holdout, s)
@@ -176,6 +178,7 @@ def test_square_wave_within_the_sampling_error(tmp_path, reference_model, long_h
     assert abs(e["wh"] - truth) <= 60.0 * 0.05 * (2 + steps + 1) / 3600.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, holdout_kind, status, says", [
     ("overrange", "small", "over-range", "over range in"),
     ("errors", "small", "errors", "reported errors (390 Overrun error"),
@@ -203,6 +206,7 @@ def test_meter_faults_fall_back_and_say_why(tmp_path, reference_model, small_hol
     assert "(estimated, CPU time x " in energy_line and says in energy_line
 
 
+@pytest.mark.slow
 def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_model, long_holdout, sim):
     import json
 
@@ -223,6 +227,7 @@ def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_mode
     assert "meter: lost" in text and "meter: reconnected" in text
 
 
+@pytest.mark.slow
 def test_absent_meter_costs_nothing_and_says_so(tmp_path, reference_model, small_holdout):
     from lpirc.runner import run
     from lpirc.settings import resolve_settings
@@ -239,6 +244,7 @@ def test_absent_meter_costs_nothing_and_says_so(tmp_path, reference_model, small
     assert any(n.startswith("meter: meter ") for n in out.notes)
 
 
+@pytest.mark.slow
 def test_meter_plugged_in_late_is_partial(tmp_path, reference_model, long_holdout):
     import threading
 
@@ -258,6 +264,7 @@ def test_meter_plugged_in_late_is_partial(tmp_path, reference_model, long_holdou
     assert any(n.startswith("meter: ") for n in out.notes)
 
 
+@pytest.mark.slow
 def test_idle_baseline_is_subtracted_by_lpcvc_2020(tmp_path, reference_model, small_holdout, sim):
     import json
 
@@ -305,6 +312,7 @@ def lpirc_cmd(*args: str, timeout: float = 120):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, sim):
     import json
 
@@ -326,6 +334,7 @@ def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, si
     assert ":INPut:CURRent:RANGe 1A" in s.received
 
 
+@pytest.mark.slow
 def test_bad_meter_options_are_one_line(tmp_path, reference_model, small_holdout):
     r = lpirc_cmd("run", "--model", str(reference_model), "--holdout", str(small_holdout),
                   "--out", str(tmp_path / "run"), "--meter", "wt999:USB0::1::INSTR")
@@ -339,6 +348,7 @@ def test_bad_meter_options_are_one_line(tmp_path, reference_model, small_holdout
     assert r.stderr.startswith("lpirc: error: meter TCPIP::127.0.0.1::")
 
 
+@pytest.mark.slow
 def test_meter_read_log_and_idle(tmp_path, sim):
     import json
 
@@ -365,6 +375,7 @@ def test_meter_read_log_and_idle(tmp_path, sim):
     assert base["watts"] == pytest.approx(7.5) and base["meter"]["info"]["serial"] == "C2BENCH01"
 
 
+@pytest.mark.slow
 def test_meter_log_until_ctrl_c(tmp_path, sim):
     import signal
     import subprocess
@@ -386,6 +397,7 @@ def test_meter_log_until_ctrl_c(tmp_path, sim):
     assert len(log) >= 6 and set(log[:, 1]) == {3.0}
 
 
+@pytest.mark.slow
 def test_pyvisa_sim_definition_on_usb(tmp_path, reference_model, small_holdout):
     """`--visa-library file.yaml@sim`: pyvisa-sim's fixed answers, on a USB resource name that
     `lpirc meter list` recognises by its vendor and product IDs."""

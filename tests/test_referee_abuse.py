@@ -142,6 +142,7 @@ def test_login_time_does_not_tell_whether_a_user_exists(holdout, tmp_path):
     assert 0.6 < unknown / known < 1.6, (known, unknown)  # before: 113 ms unknown vs 59 ms known
 
 
+@pytest.mark.slow
 def test_database_mode_and_other_databases_refused(holdout, tmp_path):
     """The database holding the token secret is 0600 (its -wal and -shm too); `referee
     results|answers|power --db` on a SQLite file that is not a referee database (or an empty
@@ -174,6 +175,7 @@ def test_database_mode_and_other_databases_refused(holdout, tmp_path):
             assert not (tmp_path / (target.name + "-wal")).exists()
 
 
+@pytest.mark.slow
 def test_repeated_answers_are_bounded_per_session(holdout, tmp_path):
     """A session that posts the same answers over and over keeps MAX_DUPLICATES of them; the
     rest are counted, not stored; another team's post meanwhile is answered at once."""
