@@ -3,6 +3,7 @@ and `--help` on every command."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -89,35 +90,35 @@ def test_every_command_is_in_the_docs(path):
     assert f"lpirc {' '.join(path)}" in docs_text(), f"lpirc {' '.join(path)} is on no page of docs/"
 
 
+@functools.lru_cache(maxsize=1)
 def exit_codes() -> dict[str, int]:
     """Every exit code the command line can give: the EXIT_* constants of lpirc/errors.py, the
-    codes lpirc/cli/_errors.py maps errors to, and the ``exit_code`` of every LpircError
-    subclass in lpirc, scoring and submission (modules whose optional extra is missing are
-    left out)."""
-    import importlib
-    import pkgutil
+    codes lpirc/cli/_errors.py maps errors to, and the ``exit_code`` every error class (a
+    subclass of an ...Error or Exception) in lpirc, scoring and submission sets (read from the source, so no optional extra is needed)."""
+    import ast
 
-    import lpirc
     import lpirc.errors
-    import scoring
-    import submission
     from lpirc.cli._errors import EXIT_CODES
 
-    codes = {k: v for k, v in vars(lpirc.errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    consts = {k: v for k, v in vars(lpirc.errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    codes = dict(consts)
     codes |= {f"{kind.__name__} (lpirc/cli/_errors.py)": c for kind, c in EXIT_CODES.items() if c is not None}
-    for pkg in (lpirc, scoring, submission):
-        for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
-            if mod.name.endswith(".__main__"):
-                continue
-            try:
-                importlib.import_module(mod.name)
-            except ImportError:
-                continue
-    todo = [lpirc.errors.LpircError]
-    while todo:
-        kind = todo.pop()
-        todo += kind.__subclasses__()
-        codes[f"{kind.__module__}.{kind.__name__}"] = kind.exit_code
+    for path in sorted(p for pkg in ("lpirc", "scoring", "submission") for p in (REPO / pkg).rglob("*.py")):
+        text = path.read_text()
+        if not re.search(r"^\s+exit_code\s*(:[^=\n]*)?=", text, re.M):
+            continue
+        for cls in ast.walk(ast.parse(text)):
+            bases = [getattr(b, "id", getattr(b, "attr", "")) for b in getattr(cls, "bases", [])]
+            if not isinstance(cls, ast.ClassDef) or not any(b.endswith(("Error", "Exception")) for b in bases):
+                continue  # only error classes: a dataclass's exit_code field is a record
+            for stmt in cls.body:
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] \
+                    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else []
+                if any(getattr(t, "id", None) == "exit_code" for t in targets):
+                    v = stmt.value
+                    code = v.value if isinstance(v, ast.Constant) else consts.get(getattr(v, "id", ""))
+                    assert isinstance(code, int), f"{path.relative_to(REPO)}: {cls.name}.exit_code is not an int I can read"
+                    codes[f"{path.relative_to(REPO)}:{cls.name}"] = code
     return codes
 
 
