@@ -193,11 +193,13 @@ def test_every_relative_link_resolves(page, target):
         assert anchor in anchors(dest), f"{page.relative_to(REPO)}: {target}: no heading with that anchor"
 
 
-def test_every_page_of_docs_is_in_the_index():
+def test_every_page_of_docs_is_in_the_index_and_the_readme():
     index = (DOCS / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     for page in sorted(DOCS.glob("*.md")):
         if page.name != "README.md":
             assert f"]({page.name})" in index, f"docs/{page.name} is not linked from docs/README.md"
+            assert f"](docs/{page.name})" in readme, f"docs/{page.name} is not linked from README.md"
 
 
 def transcript_labels(text: str) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ import pytest
 from lpirc import fleet, leaderboard
 from lpirc.fleet import AttemptResult, DeviceWorker, FleetConfig, LocalPool
 
-from conftest import REPO
+from conftest import run_lpirc
 
 RUNS = itertools.count()  # tells the replayed runs apart (their uid includes the start time)
 
@@ -34,9 +33,8 @@ def recorded(tmp_path_factory, small_holdout, reference_model) -> dict:
     """results.jsonl and manifest.json of one real `lpirc run` of the bundled submission on the
     40-image holdout (about 1 s), which the ``ok`` devices send back."""
     out = tmp_path_factory.mktemp("recorded") / "run"
-    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
-                        "--holdout", str(small_holdout), "--out", str(out), "--quiet",
-                        "--no-report"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = run_lpirc("run", "--model", reference_model, "--holdout", small_holdout, "--out", out,
+                  "--quiet", "--no-report")
     assert r.returncode == 0, r.stderr
     return {"results": (out / "results.jsonl").read_bytes(),
             "manifest": (out / "manifest.json").read_bytes()}
@@ -423,9 +421,7 @@ def test_damaged_standings_refused_at_start_and_mid_fleet_costs_no_result(
     assert (tmp_path / "fleet" / "runs" / "b" / "score.json").is_file()
     # the recovery step: `lpirc leaderboard add OUT/runs/<job>`, no --ground-truth needed
     good = tmp_path / "good.sqlite"
-    r = subprocess.run([sys.executable, "-m", "lpirc", "leaderboard", "add",
-                        str(tmp_path / "fleet" / "runs" / "b"), "--db", str(good)],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = run_lpirc("leaderboard", "add", tmp_path / "fleet" / "runs" / "b", "--db", good)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("added") and " b " in r.stdout
     entry = json.loads((tmp_path / "fleet" / "runs" / "b" / "score.json").read_text())
@@ -507,9 +503,7 @@ def test_real_runs_in_process_leave_no_device_report_and_the_head_can_report(
     attempt = tmp_path / "fleet" / "attempts" / "a" / "attempt-1" / "run"
     assert (attempt / "results.jsonl").is_file() and not (attempt / "report.html").exists()
     job = tmp_path / "fleet" / "runs" / "a"
-    r = subprocess.run([sys.executable, "-m", "lpirc", "report", str(job), "-o",
-                        str(tmp_path / "a.html")], capture_output=True, text=True, cwd=REPO,
-                       timeout=120)
+    r = run_lpirc("report", job, "-o", tmp_path / "a.html")
     assert r.returncode == 0, r.stderr
     assert "not scored" not in r.stdout + r.stderr
     page = (tmp_path / "a.html").read_text()

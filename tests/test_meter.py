@@ -20,6 +20,8 @@ from lpirc.errors import InputError, MeterError  # noqa: E402
 from lpirc.meters import open_meter, parse_spec  # noqa: E402
 from lpirc.meters.wt310 import parse_value  # noqa: E402
 
+from conftest import run_lpirc  # noqa: E402
+
 
 @pytest.fixture
 def sim():
@@ -306,10 +308,7 @@ def test_bad_idle_baseline_file_is_refused_before_the_run(tmp_path, reference_mo
 
 
 def lpirc_cmd(*args: str, timeout: float = 120):
-    import subprocess
-
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return run_lpirc(*args, cwd=None, timeout=timeout)
 
 
 @pytest.mark.slow

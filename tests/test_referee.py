@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import scoring
 
-from referee_helpers import Referee, lpirc, make_distinct_holdout, read_gt, sha, wait_for
+from referee_helpers import (Referee, add_team, lpirc, make_distinct_holdout, read_gt, sha,
+                             wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,6 @@ def holdout(small_holdout, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """130 distinct images (two zips: 100 + 30), and sha256 -> file name."""
     out = tmp_path_factory.mktemp("ref") / "holdout"
     return out, make_distinct_holdout(small_holdout, out, 130)
-
-
-def add_team(db: Path, name: str, password: str = "pw", *extra: str) -> None:
-    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", password, *extra)
-    assert r.returncode == 0, r.stderr
 
 
 def results_json(db: Path, *extra: str) -> list[dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from referee_helpers import Referee, lpirc, make_distinct_holdout, wait_for
+from referee_helpers import Referee, add_team, lpirc, make_distinct_holdout, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,6 @@ def holdout(small_holdout, tmp_path_factory):
     out = tmp_path_factory.mktemp("abuse") / "holdout"
     make_distinct_holdout(small_holdout, out, 130)
     return out
-
-
-def add_team(db, name: str, password: str = "pw", *extra: str) -> None:
-    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", password, *extra)
-    assert r.returncode == 0, r.stderr
 
 
 def client_from(source: str, timeout: float = 30) -> httpx.Client:
@@ -367,3 +362,33 @@ def test_standings_page_flood_does_not_starve_teams(holdout, tmp_path):
                 t.join(timeout=30)
     assert set(codes) == {200} and codes[200] > 20, codes
     assert max(flooded) < 1.0 + 3 * max(base), (base, flooded)
+
+
+@pytest.mark.slow
+def test_failed_logins_limited_per_account_across_addresses(holdout, tmp_path):
+    """Wrong passwords for one account from three addresses, five each (each address's own
+    limit): the account's limit (10, then one per 3 s) refuses the rest with 429 'for this account' and
+    logs it; a client with a clean record still logs into that account at once."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    codes = []
+    with Referee(holdout, db) as ref:
+        t0 = time.monotonic()
+        for i in range(5):
+            for source in ("127.0.2.1", "127.0.2.2", "127.0.2.3"):
+                with client_from(source) as http:
+                    r = http.post(ref.url + "/login", data={"username": "alpha", "password": "x"})
+                    codes.append((r.status_code, r.text.strip()))
+        took = time.monotonic() - t0
+        t = time.monotonic()
+        token = ref.login("alpha", "pw")  # from 127.0.0.1: no failure of its own
+        clean_s = time.monotonic() - t
+        lines = list(ref.lines)
+    # 10 failures, plus one per 3 s of refill while the 15 attempts ran
+    failed = [c for c, _ in codes].count(401)
+    assert 10 <= failed <= 11 + took / 3, (took, codes)
+    refused = [text for c, text in codes if c == 429]
+    assert len(refused) == 15 - failed >= 1 and all(t.startswith("Too many failed logins for this account: "
+                                                  "retry in ") for t in refused), codes
+    assert any("login: account 'alpha' over its failed-login rate" in ln for ln in lines), lines
+    assert token and clean_s < 5, clean_s

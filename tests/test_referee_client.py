@@ -11,13 +11,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from referee_helpers import Referee, lpirc, make_distinct_holdout, wait_for
+from referee_helpers import Referee, add_team, lpirc, make_distinct_holdout, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,6 @@ def big(small_holdout, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("client") / "big"
     make_distinct_holdout(small_holdout, out, 2000)
     return out
-
-
-def add_team(db: Path, name: str = "alpha") -> None:
-    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", "pw")
-    assert r.returncode == 0, r.stderr
 
 
 def held(db: Path) -> int:
@@ -75,8 +69,8 @@ def test_referee_restarted_on_a_new_database(big, reference_model, tmp_path):
     session from its first image. Before: 2,000 'posted', exit 0, B's top-1 near chance."""
     port = free_port()
     a_db, b_db = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
-    add_team(a_db)
-    add_team(b_db)
+    add_team(a_db, "alpha")
+    add_team(b_db, "alpha")
     ref_a = Referee(big, a_db, "--port", port, time_limit_s=120).start()
     ref_b = Referee(big, b_db, "--port", port, time_limit_s=120)
     try:
@@ -109,7 +103,7 @@ def test_referee_gone_client_stops_at_the_session_end(big, reference_model, tmp_
     session's end by the referee's clock (6 s), not at its own --time-limit-s (600 s), and
     exits 1, its reasons one short line each."""
     db = tmp_path / "r.sqlite"
-    add_team(db)
+    add_team(db, "alpha")
     ref = Referee(big, db, time_limit_s=6).start()
     try:
         t0 = time.monotonic()
@@ -133,7 +127,7 @@ def test_client_killed_and_run_again_continues(big, reference_model, tmp_path):
     removes that folder, asks the referee what it holds, answers only the other images, and
     labels its energy as covering this run only."""
     db = tmp_path / "r.sqlite"
-    add_team(db)
+    add_team(db, "alpha")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {"TMPDIR": str(tmp)}

@@ -24,7 +24,7 @@ from lpirc.decoding import decode_pixels, orient, scan_jpeg
 from lpirc.preprocess import PreprocessSpec, crop_and_resize, load_image
 from lpirc.resize import crop_box
 
-from conftest import REPO
+from conftest import REPO, run_lpirc
 
 SHARED = Path(os.environ.get("LPIRC_SHARED_DATA") or REPO.parent / "shared" / "data")
 FIXTURES = sorted(p for p in FOLDER.iterdir() if p.name != DIGESTS.name)
@@ -197,10 +197,8 @@ def test_run_manifest_names_decoder_idct_resize_and_counts(tmp_path, reference_m
     for idct, how in (("fast", ["--config", str(_config(tmp_path, "fast"))]),
                       ("accurate", ["--idct", "accurate"])):
         out = tmp_path / f"run-{idct}"
-        r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
-                            "--holdout", str(holdout), "--out", str(out), "--quiet",
-                            "--workers", "1", "--no-report", *how],
-                           capture_output=True, text=True, cwd=REPO, timeout=180)
+        r = run_lpirc("run", "--model", reference_model, "--holdout", holdout, "--out", out,
+                      "--quiet", "--workers", "1", "--no-report", *how)
         assert r.returncode == 0, r.stderr
         pre = json.loads((out / "manifest.json").read_text())["preprocess"]
         assert pre["jpeg_decoder"].startswith("simplejpeg ")

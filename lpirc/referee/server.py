@@ -150,6 +150,8 @@ class RefereeApp:
             body += chunk
             if len(body) > self.max_body:
                 raise too_big
+        if len(body) > 65536:  # a big post is parsed off the event loop (images keep flowing)
+            return await run_in_threadpool(P.parse_fields, bytes(body), request.url.query)
         return P.parse_fields(bytes(body), request.url.query)
 
     async def session(self, request: Request, kind: str = "team") -> tuple[P.Fields, Live, float]:
