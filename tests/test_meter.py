@@ -453,3 +453,29 @@ def test_meter_post_meters_a_referee_session(tmp_path, reference_model, small_ho
 
         row = wait_for(scored, timeout=30)[0]
     assert row["energy_wh"] == pytest.approx(20.0 * row["wall_time_s"] / 3600, rel=0.02)
+
+
+def test_the_simulation_runs_as_a_process_for_a_new_user(tmp_path):
+    """docs/meter.md's "Without a meter": `python tests/wt310_sim.py` prints the meter's address
+    on its first line, and `lpirc meter read` and `lpirc run --meter` on that address measure
+    its power (50 W x the run's window)."""
+    import json
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "wt310_sim.py"), "--watts", "50"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        spec = p.stdout.readline().strip()
+        assert spec.startswith("wt310:TCPIP::127.0.0.1::") and spec.endswith("::SOCKET"), spec
+        r = run_lpirc("meter", "read", spec)
+        assert r.returncode == 0, r.stderr
+        assert "serial C2SIM0001" in r.stdout and "50 W" in r.stdout, r.stdout
+        r = run_lpirc("run", "--meter", spec, "--out", tmp_path / "run", "--no-report")
+        assert r.returncode == 0, r.stderr
+        energy = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
+        a, b = energy["meter"]["window"]
+        assert energy["source"] == "measured" and "WT310 C2SIM0001" in energy["method"]
+        assert energy["wh"] == pytest.approx(50 * (b - a) / 3600, rel=1e-4)
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
