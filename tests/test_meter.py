@@ -455,6 +455,7 @@ def test_meter_post_meters_a_referee_session(tmp_path, reference_model, small_ho
     assert row["energy_wh"] == pytest.approx(20.0 * row["wall_time_s"] / 3600, rel=0.02)
 
 
+@pytest.mark.slow
 def test_the_simulation_runs_as_a_process_for_a_new_user(tmp_path):
     """docs/meter.md's "Without a meter": `python tests/wt310_sim.py` prints the meter's address
     on its first line, and `lpirc meter read` and `lpirc run --meter` on that address measure
