@@ -50,6 +50,7 @@ from lpirc.holdout import scan_folder
 from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
                               crop_and_resize, float_feed_problem, input_range, load_image,
                               raw_codes_problem, to_input)
+from lpirc.probe import probe_model, read_structure_isolated
 from lpirc.runtime import choose_output
 from lpirc.settings import resolve_preprocess, sidecar_path
 from scoring import (ScoringError, ground_truth_notes, read_ground_truth, revise_label_notes,
@@ -222,12 +223,12 @@ def _check_load(model, delegate, opts, timeout_s, emit):
     that does not load still gets its structure read (an unresolved op still has tensors and
     ops), in a child process too; None when even that fails."""
     try:
-        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
+        info = probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
                                input_size=opts.input_size)
     except LpircError as e:
         emit("load", FAIL, str(e), error_type=type(e).__name__)
         try:
-            return rtm.read_structure_isolated(model, timeout_s), False, \
+            return read_structure_isolated(model, timeout_s), False, \
                 isinstance(e, DelegateError)
         except LpircError:
             return None, False, False
@@ -255,7 +256,7 @@ def _loads_on_cpu(model, timeout_s: float) -> bool:
     """Whether the model loads and invokes without a delegate (in a child process, as ever)."""
 
     try:
-        rtm.probe_model(model, timeout_s=timeout_s, delegate="cpu")
+        probe_model(model, timeout_s=timeout_s, delegate="cpu")
     except LpircError:
         return False
     return True
@@ -613,7 +614,7 @@ def _reference_spec(reference, opts, timeout_s):
     """The float reference's preprocessing (the submission's crop/resize/mean/std at the
     reference's own input size), after loading it in a child process like the submission."""
 
-    rinfo = rtm.probe_model(reference, timeout_s=timeout_s, delegate="cpu")
+    rinfo = probe_model(reference, timeout_s=timeout_s, delegate="cpu")
     ropts = dataclasses.replace(opts, output=None, input_size=None)
     try:
         return ropts.spec_for_model(rinfo)

@@ -12,6 +12,7 @@ import pytest
 from tflite_models import convert_int8
 
 from lpirc import delegates as dl
+from lpirc import probe
 from lpirc import runtime as rt
 from lpirc.errors import DelegateError, ModelError
 
@@ -122,8 +123,8 @@ def test_truncated_real_model(tiny_int8, tmp_path):
 @pytest.mark.slow
 def test_probe_model_reports_bad_files(bad_files, tiny_int8):
     with pytest.raises(ModelError, match="not a TFLite model"):
-        rt.probe_model(bad_files["garbage"], timeout_s=60)
-    info = rt.probe_model(tiny_int8, timeout_s=60)
+        probe.probe_model(bad_files["garbage"], timeout_s=60)
+    info = probe.probe_model(tiny_int8, timeout_s=60)
     assert info.num_classes == 1000 and info.input.dtype == "int8"
 
 
@@ -133,17 +134,17 @@ def test_probe_model_reports_a_crash_as_signal(tiny_int8, monkeypatch):
     # Simulate an older runtime that segfaults: the child kills itself with SIGSEGV.
     if sys.platform.startswith("win"):
         pytest.skip("signals are POSIX")
-    monkeypatch.setattr(rt, "_PROBE_SNIPPET", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(probe, "_PROBE_SNIPPET", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(ModelError, match=r"tiny_int8.tflite: the runtime crashed loading it \(signal 11\)"):
-        rt.probe_model(tiny_int8, timeout_s=60)
+        probe.probe_model(tiny_int8, timeout_s=60)
 
 
 @pytest.mark.tf
 @pytest.mark.slow
 def test_probe_model_timeout(tiny_int8, monkeypatch):
-    monkeypatch.setattr(rt, "_PROBE_SNIPPET", "import time; time.sleep(30)")
+    monkeypatch.setattr(probe, "_PROBE_SNIPPET", "import time; time.sleep(30)")
     with pytest.raises(ModelError, match="did not finish"):
-        rt.probe_model(tiny_int8, timeout_s=1)
+        probe.probe_model(tiny_int8, timeout_s=1)
 
 
 def test_edgetpu_model_needs_edgetpu_delegate():
@@ -163,7 +164,7 @@ def test_unresolved_custom_op_model():
     with pytest.raises(ModelError, match="model_invoking_error.tflite: unresolved custom op fake-op-double"):
         rt.open_model(MODELS / "model_invoking_error.tflite")
     with pytest.raises(ModelError, match="fake-op-double"):
-        rt.probe_model(MODELS / "model_invoking_error.tflite", timeout_s=60)
+        probe.probe_model(MODELS / "model_invoking_error.tflite", timeout_s=60)
 
 
 # ---------------------------------------------------------------------------- running
