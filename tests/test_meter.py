@@ -115,6 +115,11 @@ def test_absent_meter_and_bad_address_are_one_line():
         parse_spec("foo:USB0::1::2::INSTR")
     with pytest.raises(MeterError, match="expected KIND:RESOURCE"):
         parse_spec("wt310")
+    # a new user's typos: an empty port, the '::' lost (PyVISA's own message named an attribute)
+    with pytest.raises(MeterError, match="an empty field in the VISA resource name"):
+        parse_spec("wt310:TCPIP::127.0.0.1::::SOCKET")
+    with pytest.raises(MeterError, match="cannot open \\(not a VISA resource name PyVISA knows"):
+        open_meter("wt310:USB00x0B210x0025C2SIMYAMLINSTR", timeout_s=0.5)
 
 
 def test_meter_settings_are_checked_before_the_run(tmp_path, reference_model, small_holdout):

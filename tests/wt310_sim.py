@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="A simulated Yokogawa WT310 (SCPI over a socket on "
                                  "127.0.0.1) for lpirc meter and lpirc run --meter")
     ap.add_argument("--port", type=int, default=0, help="TCP port (0: any free one)")
-    ap.add_argument("--watts", type=float, default=50.0, help="power, W (the high level of a square wave)")
+    ap.add_argument("--watts", type=float, default=50.0,
+                    help="power, W (the high level of a square wave)")
     ap.add_argument("--volts", type=float, default=100.0, help="voltage, V")
     ap.add_argument("--pattern", choices=["constant", "square"], default="constant")
     ap.add_argument("--low-watts", type=float, default=10.0, help="a square wave's low level, W")
