@@ -273,3 +273,13 @@ def test_every_command_in_the_readme_table_exists():
              for m in re.findall(r"`lpirc ([a-z][a-z -]*?)`", row.split("|")[1])}
     assert named, "no command found in the README's table"
     assert not named - known, f"the README's table names commands lpirc does not have: {sorted(named - known)}"
+
+
+def test_the_architecture_names_every_module():
+    """docs/architecture.md's layout names every module (by file name) of lpirc, scoring,
+    submission and bench, so a module added without a word there fails here."""
+    text = (DOCS / "architecture.md").read_text()
+    mods = [p for d in ("lpirc", "scoring", "submission", "bench") for p in (REPO / d).rglob("*.py")
+            if p.name != "__init__.py"]
+    missing = sorted(str(p.relative_to(REPO)) for p in mods if p.name not in text)
+    assert not missing, f"docs/architecture.md's layout does not name: {missing}"
