@@ -23,6 +23,7 @@ from conftest import REPO
 PACKAGES = ("lpirc", "scoring", "submission")
 TOP = ("lpirc.cli", "lpirc.__main__")  # the command line, and `python -m lpirc` that starts it
 MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 800  # issue 18: a module a newcomer can read whole
 
 #: (importing module, imported module) pairs allowed inside a function, and why
 LAZY = {
@@ -200,3 +201,11 @@ def test_no_function_over_80_lines(pkg):
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_no_module_over_800_lines(pkg):
+    long = [f"{path.relative_to(REPO)}: {n} lines" for name, path in MODULES.items()
+            if name.split(".")[0] == pkg
+            and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split by concern):\n" + "\n".join(long)
