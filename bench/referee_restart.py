@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import sqlite3
 import subprocess
@@ -33,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def lpirc(repo: Path, *args: str, **kw) -> list[str]:
+def lpirc(repo: Path, *args: str) -> list[str]:
+    """``python -m lpirc ARGS``, run with PYTHONPATH=repo (the caller's env) to use that lpirc."""
     return [sys.executable, "-m", "lpirc", *args]
 
 

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Budget:
+    """``ends_at``: a time.monotonic() by which the run ends whatever its own clock says (a
+    referee session's end); None: only ``time_limit_s`` on the run's clock."""
+
     clock: str
     time_limit_s: float
     ms_per_image: float
     images: int
+    ends_at: float | None = None
 
     @property
     def inference_budget_s(self) -> float | None:
@@ -30,12 +34,17 @@ class Budget:
     def exhausted(self, wall_s: float, inference_s: float) -> bool:
         if wall_s >= self.time_limit_s:
             return True
+        if self.ends_at is not None and time.monotonic() >= self.ends_at:
+            return True
         limit = self.inference_budget_s
         # images 0: a feed that has given none yet (its budget grows with the images taken)
         return limit is not None and self.images > 0 and inference_s >= limit
 
     def wall_left_s(self, wall_s: float) -> float:
-        return max(0.0, self.time_limit_s - wall_s)
+        left = self.time_limit_s - wall_s
+        if self.ends_at is not None:
+            left = min(left, self.ends_at - time.monotonic())
+        return max(0.0, left)
 
     def to_json(self) -> dict:
         return {

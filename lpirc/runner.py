@@ -214,7 +214,7 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
     try:
         source, pre_notes = _open_source(plan)
         budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
-                        source.total or 0)
+                        source.total or 0, settings.ends_at_monotonic)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -69,6 +69,10 @@ class RunSettings:
     idle_seconds: float = 0.0  # measure the idle baseline with --meter before the run
     grace_s: float = 0.5
     quiet: bool = False
+    #: time.monotonic() by which the run ends whatever its own clock says (lpirc run --referee:
+    #: the session's end less the time to post the last answers; the run's clock starts after
+    #: its workers are forked, later than the session's); None: only time_limit_s. Not recorded.
+    ends_at_monotonic: float | None = None
     #: the preprocessing fields above, checked once (OptionError naming the setting)
     preprocess: PreprocessOptions = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -82,7 +86,7 @@ class RunSettings:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name == "preprocess":
+            if f.name in ("preprocess", "ends_at_monotonic"):
                 continue
             v = getattr(self, f.name)
             out[f.name] = str(v) if isinstance(v, Path) else v

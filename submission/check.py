@@ -50,13 +50,14 @@ from lpirc.holdout import scan_folder
 from lpirc.preprocess import (ImageError, InputShapeError, OptionError, PreprocessOptions,
                               crop_and_resize, float_feed_problem, input_range, load_image,
                               raw_codes_problem, to_input)
+from lpirc.probe import probe_model, read_structure_isolated
 from lpirc.runtime import choose_output
 from lpirc.settings import resolve_preprocess, sidecar_path
 from scoring import (ScoringError, ground_truth_notes, read_ground_truth, revise_label_notes,
                      synset_index)
 from scoring.names import NameIndex, describe_loose
+from submission.check_tensors import FAIL, PASS, SKIP, WARN, check_quantization
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 REPORT_FORMAT = "lpirc-check/1"
 DEFAULT_RANGE_THRESHOLD = 128.0
 DEFAULT_NEAR_ZERO_LEVELS = 1
@@ -183,10 +184,10 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         # submission on a machine without one still learns about its ranges and weights.
         if delegate_missing and _loads_on_cpu(model, timeout_s):
             x, _ = _test_input(spec, [])
-            _check_quantization(model, rt, x, info, range_threshold, near_zero_levels,
-                                lambda n, st, msg, **d: emit(
-                                    n, st, f"{msg} (inspected on the CPU: the {delegate} delegate "
-                                    "is unavailable here)", **d))
+            check_quantization(model, rt, x, info, range_threshold, near_zero_levels,
+                               lambda n, st, msg, **d: emit(
+                                   n, st, f"{msg} (inspected on the CPU: the {delegate} delegate "
+                                   "is unavailable here)", **d))
         else:
             for n in ("activations", "depthwise"):
                 emit(n, SKIP, "model does not load with this delegate")
@@ -208,7 +209,7 @@ def check_submission(model, *, delegate: str = "cpu", holdout=None, ground_truth
         emit("invoke", FAIL, str(e))
         return rep
     _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit)
-    _check_quantization(model, rt, x, info, range_threshold, near_zero_levels, emit)
+    check_quantization(model, rt, x, info, range_threshold, near_zero_levels, emit)
     if holdout_error:
         emit("accuracy", FAIL, holdout_error)
         return rep
@@ -222,12 +223,12 @@ def _check_load(model, delegate, opts, timeout_s, emit):
     that does not load still gets its structure read (an unresolved op still has tensors and
     ops), in a child process too; None when even that fails."""
     try:
-        info = rtm.probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
+        info = probe_model(model, timeout_s=timeout_s, delegate=delegate, output=opts.output,
                                input_size=opts.input_size)
     except LpircError as e:
         emit("load", FAIL, str(e), error_type=type(e).__name__)
         try:
-            return rtm.read_structure_isolated(model, timeout_s), False, \
+            return read_structure_isolated(model, timeout_s), False, \
                 isinstance(e, DelegateError)
         except LpircError:
             return None, False, False
@@ -255,7 +256,7 @@ def _loads_on_cpu(model, timeout_s: float) -> bool:
     """Whether the model loads and invokes without a delegate (in a child process, as ever)."""
 
     try:
-        rtm.probe_model(model, timeout_s=timeout_s, delegate="cpu")
+        probe_model(model, timeout_s=timeout_s, delegate="cpu")
     except LpircError:
         return False
     return True
@@ -552,126 +553,6 @@ def _check_invoke(model, delegate, threads, rt, x, source, info, opts, emit) -> 
                              f"{row.min():.3g}..{row.max():.3g}): logits? top-k still works", **d)
 
 
-def _check_quantization(model, rt, x, info, threshold, near_zero, emit) -> None:
-    """The activations and depthwise checks, on the tensors of one invoke on ``x``."""
-    try:
-        it = rtm.make_interpreter(model, runtime=rt, threads=1, default_delegates=False,
-                                  preserve_all_tensors=True)
-        inp = it.get_input_details()[0]
-        if tuple(inp["shape"]) != tuple(x.shape):  # a dynamic input, sized by --input-size
-            it.resize_tensor_input(inp["index"], list(x.shape))
-        it.allocate_tensors()
-        it.set_tensor(inp["index"], x.astype(info.input.dtype))
-        it.invoke()
-        details = it.get_tensor_details()
-        ops = it._get_ops_details()
-    except Exception as e:  # noqa: BLE001
-        msg = str(e) if isinstance(e, LpircError) else " ".join(str(e).split())[:200]
-        emit("activations", SKIP, f"cannot inspect tensors: {msg}")
-        emit("depthwise", SKIP, f"cannot inspect tensors: {msg}")
-        return
-    by_index = {d["index"]: d for d in details}
-    produced = {int(i) for op in ops for i in op["outputs"]}
-    produced |= {int(d["index"]) for d in it.get_input_details()}
-    n_quantized = _check_activations(it, by_index, produced, threshold, emit)
-    _check_depthwise(it, by_index, ops, near_zero, n_quantized, emit)
-
-
-def _check_activations(it, by_index: dict, produced: set, threshold: float, emit) -> int:
-    """Quantized activations whose real range (scale x 255) exceeds ``threshold``, with the
-    range seen on the test image; returns how many quantized activations there are."""
-    wide, n_quantized, n16 = [], 0, 0
-    for i in sorted(produced):
-        d = by_index.get(i)
-        if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8", "int16"):
-            continue
-        scale, zp = d.get("quantization", (0.0, 0))
-        if not scale:
-            continue
-        n_quantized += 1
-        n16 += np.dtype(d["dtype"]).name == "int16"
-        lo = (np.iinfo(d["dtype"]).min - zp) * scale
-        hi = (np.iinfo(d["dtype"]).max - zp) * scale
-        # judged by its level (scale): 8 bits over ``threshold`` means a level of threshold/255;
-        # an int16 activation has 257x finer levels over the same range
-        rng = float(scale) * 255.0
-        if rng > threshold:
-            item = {"tensor": _short(d["name"]), "range": round(rng, 3), "min": round(float(lo), 3),
-                    "max": round(float(hi), 3), "scale": float(scale), "zero_point": int(zp)}
-            try:
-                v = (it.get_tensor(i).astype(np.float32) - zp) * scale
-                item["observed"] = [round(float(v.min()), 3), round(float(v.max()), 3)]
-            except Exception:  # noqa: BLE001
-                pass
-            wide.append(item)
-    if wide:
-        names = ", ".join(f"{w['tensor']} ({w['min']:g}..{w['max']:g})" for w in wide[:5])
-        more = f" and {len(wide) - 5} more" if len(wide) > 5 else ""
-        emit("activations", WARN, f"{len(wide)} activation(s) with a range wider than "
-                                  f"{threshold:g} (1 level > {threshold / 255:.3g}): {names}{more}",
-             threshold=threshold, tensors=wide)
-    elif n_quantized == 0:  # a float model: nothing to starve, and a PASS would overstate it
-        emit("activations", SKIP, "no quantized activations (a float model)",
-             threshold=threshold, tensors=[])
-    else:
-        of16 = f" ({n16} of them int16: a 16x8 model)" if n16 else ""
-        emit("activations", PASS, f"none of {n_quantized} quantized activations{of16} has a "
-                                  f"range wider than {threshold:g} (as 8 bits: a level of "
-                                  f"{threshold / 255:.3g})", threshold=threshold, tensors=[],
-             int16=n16)
-    return n_quantized
-
-
-def _check_depthwise(it, by_index: dict, ops: list, near_zero: int, n_quantized: int,
-                     emit) -> None:
-    """Depthwise weights under per-tensor scales with all-zero channels, or channels using at
-    most ``near_zero`` quantization levels."""
-    bad, n_dw, per_channel = [], 0, 0
-    for op in ops:
-        if op.get("op_name") != "DEPTHWISE_CONV_2D" or len(op["inputs"]) < 2:
-            continue
-        wi = int(op["inputs"][1])
-        d = by_index.get(wi)
-        if d is None or np.dtype(d["dtype"]).name not in ("uint8", "int8"):
-            continue
-        n_dw += 1
-        qp = d.get("quantization_parameters", {}) or {}
-        scales = np.asarray(qp.get("scales", []))
-        if scales.size > 1:
-            per_channel += 1
-            continue
-        zps = np.asarray(qp.get("zero_points", [d.get("quantization", (0, 0))[1]]))
-        zp = int(zps.ravel()[0]) if zps.size else 0
-        try:
-            w = it.get_tensor(wi).astype(np.int32) - zp
-        except Exception:  # noqa: BLE001
-            continue
-        levels = np.abs(w.reshape(-1, w.shape[-1])).max(axis=0)
-        zero = [int(c) for c in np.nonzero(levels == 0)[0]]
-        near = [int(c) for c in np.nonzero((levels > 0) & (levels <= near_zero))[0]]
-        if zero or near:
-            bad.append({"tensor": _short(d["name"]), "channels": int(w.shape[-1]), "all_zero": zero,
-                        "near_zero": near, "scale": float(scales.ravel()[0]) if scales.size else
-                        float(d.get("quantization", (0, 0))[0])})
-    if n_dw == 0:
-        emit("depthwise", SKIP if n_quantized == 0 else PASS, "no quantized depthwise convolutions",
-             tensors=[])
-    elif bad:
-        desc = "; ".join(f"{b['tensor']}: {len(b['all_zero'])} all-zero, {len(b['near_zero'])} "
-                         f"near-zero of {b['channels']} channels" for b in bad[:4])
-        emit("depthwise", WARN, f"{len(bad)} depthwise weight tensor(s) with per-tensor scales "
-                                f"lose channels: {desc}", near_zero_levels=near_zero, tensors=bad)
-    else:
-        msg = (f"{n_dw} depthwise weight tensors, none with all-zero or near-zero channels"
-               + (f" ({per_channel} per-channel quantized)" if per_channel else ""))
-        emit("depthwise", PASS, msg, near_zero_levels=near_zero, tensors=[])
-
-
-def _short(name: str) -> str:
-    """TF1 tensor names join every fused op with ';': keep the first."""
-    return str(name).split(";")[0]
-
-
 def _labels_for(holdout, images, ground_truth) -> tuple[dict[str, int], str | None, list[str]]:
     """(filename relative to holdout -> class index, a note on loose matches or None, the
     ground truth's own notes (scoring.ground_truth_notes)). A ground truth's names
@@ -733,7 +614,7 @@ def _reference_spec(reference, opts, timeout_s):
     """The float reference's preprocessing (the submission's crop/resize/mean/std at the
     reference's own input size), after loading it in a child process like the submission."""
 
-    rinfo = rtm.probe_model(reference, timeout_s=timeout_s, delegate="cpu")
+    rinfo = probe_model(reference, timeout_s=timeout_s, delegate="cpu")
     ropts = dataclasses.replace(opts, output=None, input_size=None)
     try:
         return ropts.spec_for_model(rinfo)

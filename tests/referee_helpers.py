@@ -21,6 +21,12 @@ from conftest import run_lpirc as lpirc  # noqa: F401 (the referee tests import 
 URL_LINE = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 
+def add_team(db: Path, name: str, password: str = "pw", *extra: str) -> None:
+    """``lpirc referee add-team NAME --db DB --password PASSWORD [EXTRA...]``, which must work."""
+    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", password, *extra)
+    assert r.returncode == 0, r.stderr
+
+
 class Referee:
     """``lpirc referee serve`` in a child process; ``.url`` once it listens; stopped on exit.
     (``COMMAND``: the lpirc command it runs; tests/online_helpers.py serves ``lpirc online``.)"""

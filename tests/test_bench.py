@@ -82,6 +82,7 @@ def load_bench():
     return mod
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "no_images", "no_ground_truth", "config",
                                   "repeats", "seconds"])
 def test_bench_bad_options_are_one_line(tmp_path, reference_model, case):
@@ -106,6 +107,7 @@ def test_bench_bad_options_are_one_line(tmp_path, reference_model, case):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
+@pytest.mark.slow
 def test_bench_model_that_cannot_run_is_one_line(tmp_path, small_holdout):
     bad = tmp_path / "broken.tflite"
     bad.write_bytes(b"\x00garbage" * 64)
@@ -117,6 +119,7 @@ def test_bench_model_that_cannot_run_is_one_line(tmp_path, small_holdout):
     assert len(errors) == 1 and "broken.tflite" in errors[0], r.stderr
 
 
+@pytest.mark.slow
 def test_bench_contenders_take_the_models_input(tmp_path, reference_model, small_holdout):
     # the bundled submission takes int8 64x64 inputs and has 1000 classes (no background):
     # the hand loop, the preprocess cost and the inference cost must feed it what it takes

@@ -64,6 +64,7 @@ def test_reference_model_format():
     assert abs(scale - 1 / 127.5) < 1e-4 and zp in (-1, 0)
 
 
+@pytest.mark.slow
 def test_reference_model_really_classifies_demo_images(tmp_path):
     from lpirc.demo import make_demo_holdout
     from submission.make_reference import evaluate_tflite
@@ -182,6 +183,8 @@ def _tiny_model(tf, shape=(32, 40, 3), classes=1000):
     ])
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["int8", "uint8"])
 def test_build_keras_model(tf, tmp_path, small_holdout, dtype):
     from submission.build import build_submission
@@ -205,6 +208,8 @@ def test_build_keras_model(tf, tmp_path, small_holdout, dtype):
     assert side["representative_images"] == 8
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_cli_build_from_keras_file(tf, tmp_path, small_holdout):
     model = tmp_path / "m.keras"
     _tiny_model(tf, (24, 24, 3), 1001).save(model)
@@ -228,6 +233,8 @@ def test_cli_build_from_keras_file(tf, tmp_path, small_holdout):
     assert np.dtype(inp["dtype"]) == np.uint8 and list(inp["shape"]) == [1, 24, 24, 3]
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_cli_build_from_saved_model(tf, tmp_path, small_holdout):
     sm = tmp_path / "sm"
     _tiny_model(tf, (16, 16, 3)).export(str(sm), verbose=False)
@@ -237,6 +244,8 @@ def test_cli_build_from_saved_model(tf, tmp_path, small_holdout):
     assert json.loads((tmp_path / "s.json").read_text())["input"]["dtype"] == "int8"
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_bad_input_shape(tf, tmp_path, small_holdout):
     model = tmp_path / "gray.keras"
     _tiny_model(tf, (32, 32, 1)).save(model)
@@ -245,6 +254,8 @@ def test_bad_input_shape(tf, tmp_path, small_holdout):
     assert not (tmp_path / "s.tflite").exists()
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_wrong_number_of_classes(tf, tmp_path, small_holdout):
     model = tmp_path / "ten.keras"
     _tiny_model(tf, (16, 16, 3), classes=10).save(model)
@@ -254,6 +265,8 @@ def test_wrong_number_of_classes(tf, tmp_path, small_holdout):
     assert not (tmp_path / "s.tflite").exists()
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_unwritable_out_is_one_line_and_leaves_no_file(tf, tmp_path, small_holdout):
     (tmp_path / "afile").write_text("")
     r = _cli("--keras", _saved_keras(tf, tmp_path), "--representative", small_holdout,
@@ -268,6 +281,8 @@ def _saved_keras(tf, tmp_path: Path) -> Path:
     return model
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_undecodable_images(tf, tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -278,6 +293,8 @@ def test_undecodable_images(tf, tmp_path):
     _assert_one_line_error(r, 5, "could be decoded")
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_built_submission_runs_checks_and_scores(tf, tmp_path, small_holdout):
     """build -> check -> run -> score, through the CLI, with the sidecar's preprocessing applied."""
     model = tmp_path / "m.keras"

@@ -99,6 +99,7 @@ def _cli(*args, cwd):
     return run_lpirc("submission", "check", *args, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["empty", "garbage", "text", "missing", "folder"])
 def test_broken_models_fail_load(broken, kind):
     rep = check_submission(broken[kind])
@@ -109,6 +110,7 @@ def test_broken_models_fail_load(broken, kind):
     assert rep.to_json()["verdict"] == "fail"
 
 
+@pytest.mark.slow
 def test_truncated_model_fails(reference_model, tmp_path):
     p = tmp_path / "trunc.tflite"
     p.write_bytes(reference_model.read_bytes()[:500])
@@ -116,6 +118,7 @@ def test_truncated_model_fails(reference_model, tmp_path):
     assert rep.get("load").status == "fail" and "not a TFLite model" in rep.get("load").message
 
 
+@pytest.mark.slow
 def test_runtime_crash_while_loading_is_a_failed_check(reference_model, tmp_path, monkeypatch):
     """The model is first loaded in a child process: a child killed by a signal (as an older
     runtime segfaults on a corrupt model) is a failed load check, not a crash of the checker."""
@@ -132,6 +135,8 @@ def test_runtime_crash_while_loading_is_a_failed_check(reference_model, tmp_path
     assert not check_submission(reference_model).failed
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_clean_model_passes(tf_models):
     rep = check_submission(tf_models["clean"])
     st = _status(rep)
@@ -143,6 +148,8 @@ def test_clean_model_passes(tf_models):
     assert rep.get("invoke").details["latency_ms"] > 0
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_float_model_warns_and_skips_the_quantization_checks(tf_models):
     rep = check_submission(tf_models["float"])
     st = _status(rep)
@@ -153,6 +160,8 @@ def test_float_model_warns_and_skips_the_quantization_checks(tf_models):
     assert "(pixel - 127.5) / 127.5" in rep.get("sidecar").message
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_wide_activation_is_flagged(tf_models):
     rep = check_submission(tf_models["wide"])
     r = rep.get("activations")
@@ -164,6 +173,8 @@ def test_wide_activation_is_flagged(tf_models):
     assert check_submission(tf_models["wide"], range_threshold=widest + 1).get("activations").status == "pass"
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_documented_effnet_range_is_flagged_by_name_and_threshold(tf_models, tmp_path):
     rep_file = tmp_path / "r.json"
     p = _cli(tf_models["effnet"], "--report", rep_file, cwd=tmp_path)
@@ -179,6 +190,7 @@ def test_documented_effnet_range_is_flagged_by_name_and_threshold(tf_models, tmp
     assert "PASS  activations  none of" in p.stdout and "range wider than 400" in p.stdout
 
 
+@pytest.mark.slow
 def test_diagnostics_run_on_the_cpu_when_the_delegate_is_unavailable(submission_copy):
     rep = check_submission(submission_copy, delegate="/nonexistent/libdelegate.so")
     st = _status(rep)
@@ -187,6 +199,8 @@ def test_diagnostics_run_on_the_cpu_when_the_delegate_is_unavailable(submission_
     assert "inspected on the CPU" in rep.get("activations").message
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_zero_depthwise_channel_is_flagged(tf_models):
     rep = check_submission(tf_models["dwzero"])
     r = rep.get("depthwise")
@@ -196,6 +210,8 @@ def test_zero_depthwise_channel_is_flagged(tf_models):
     assert t["tensor"]
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_accuracy_with_holdout_and_reference(tf_models, tmp_path):
     from PIL import Image
 
@@ -213,6 +229,8 @@ def test_accuracy_with_holdout_and_reference(tf_models, tmp_path):
     assert rep.get("invoke").details["image"].endswith("img0.png")
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_cli_exit_codes_and_report(tf_models, broken, tmp_path):
     rep_file = tmp_path / "r.json"
     p = _cli(tf_models["clean"], "--report", rep_file, cwd=tmp_path)
@@ -234,6 +252,7 @@ def test_cli_exit_codes_and_report(tf_models, broken, tmp_path):
     assert p.returncode == 2
 
 
+@pytest.mark.slow
 def test_cli_folder_as_model_is_a_failed_check_not_a_usage_error(broken, tmp_path):
     p = _cli(broken["folder"], "--report", tmp_path / "r.json", cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
@@ -242,6 +261,7 @@ def test_cli_folder_as_model_is_a_failed_check_not_a_usage_error(broken, tmp_pat
     assert json.loads((tmp_path / "r.json").read_text())["verdict"] == "fail"
 
 
+@pytest.mark.slow
 def test_cli_usage_errors_exit_2(submission_copy, tmp_path):
     for args in ([], [submission_copy, "--limit", "0"], [submission_copy, "--holdout", tmp_path / "nope"],
                  [submission_copy, "--near-zero", "-1"], [submission_copy, "--bogus-option"]):
@@ -250,6 +270,7 @@ def test_cli_usage_errors_exit_2(submission_copy, tmp_path):
         assert "Traceback" not in p.stderr and "Error:" in p.stderr
 
 
+@pytest.mark.slow
 def test_sidecar_is_read_like_lpirc_run(submission_copy):
     """The check uses the sidecar's preprocessing, and fails on one `lpirc run` would refuse."""
     side = submission_copy.with_suffix(".json")
@@ -271,6 +292,7 @@ def test_sidecar_is_read_like_lpirc_run(submission_copy):
     assert rep.get("sidecar").status == "fail" and "not a readable submission sidecar" in rep.get("sidecar").message
 
 
+@pytest.mark.slow
 def test_stale_sidecar_warns_and_absent_sidecar_passes(submission_copy):
     side = submission_copy.with_suffix(".json")
     data = json.loads(side.read_text())
@@ -285,12 +307,14 @@ def test_stale_sidecar_warns_and_absent_sidecar_passes(submission_copy):
     assert r.status == "pass" and "defaults" in r.message and r.details["path"] is None
 
 
+@pytest.mark.slow
 def test_invoke_line_says_the_latency_is_measured(submission_copy):
     r = check_submission(submission_copy).get("invoke")
     assert r.details["latency_ms"] > 0
     assert "measured: median of 5 invokes" in r.message and "generated test image" in r.message
 
 
+@pytest.mark.slow
 def test_empty_holdout_is_a_failed_accuracy_check_with_a_report(submission_copy, tmp_path):
     (tmp_path / "empty").mkdir()
     rep_file = tmp_path / "r.json"
@@ -303,6 +327,7 @@ def test_empty_holdout_is_a_failed_accuracy_check_with_a_report(submission_copy,
     assert p.stderr.strip() == ""
 
 
+@pytest.mark.slow
 def test_reference_that_does_not_load_is_one_clear_line(submission_copy, small_holdout, broken):
     rep = check_submission(submission_copy, holdout=small_holdout, reference=broken["garbage"],
                            limit=3)
@@ -311,12 +336,16 @@ def test_reference_that_does_not_load_is_one_clear_line(submission_copy, small_h
     assert r.details["images"] == 3  # the submission's own figures are kept
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_reference_with_a_non_image_input_is_refused(submission_copy, small_holdout, tf_models):
     r = check_submission(submission_copy, holdout=small_holdout, reference=tf_models["vector"],
                          limit=3).get("accuracy")
     assert r.status == "fail" and "vector.tflite: input [-1, 16] is not one [1, H, W, 3] image" in r.message
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 @pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so"])
 def test_cli_missing_delegate_fails_without_traceback(tf_models, tmp_path, delegate):
     p = _cli(tf_models["clean"], "--delegate", delegate, "--no-report", cwd=tmp_path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,10 @@ from tflite_models import IMAGENET_MEAN, IMAGENET_STD, convert_float, grey_level
     imagenet_normalised
 from submission.check import check_submission
 
+from conftest import run_lpirc
+
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 MEAN = ",".join(f"{255 * m:g}" for m in IMAGENET_MEAN)  # 123.675,116.28,103.53
 STD = ",".join(f"{255 * s:g}" for s in IMAGENET_STD)  # 58.395,57.12,57.375
 
@@ -90,10 +90,8 @@ def grey_holdout(models, tmp_path_factory) -> Path:
 
 
 def _run(model: Path, holdout: Path, out: Path, *extra) -> tuple[subprocess.CompletedProcess, dict]:
-    p = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(model), "--holdout",
-                        str(holdout), "--out", str(out), "--quiet", "--workers", "1",
-                        "--no-report", *extra],
-                       capture_output=True, text=True, cwd=REPO, timeout=180)
+    p = run_lpirc("run", "--model", model, "--holdout", holdout, "--out", out, "--quiet",
+                  "--workers", "1", "--no-report", *extra)
     assert p.returncode == 0, p.stderr
     return p, json.loads((out / "manifest.json").read_text())
 
@@ -142,10 +140,8 @@ def test_collapsed_calibration_fails_the_check_blaming_calibration(models, grey_
     assert "collapsed in calibration" in acc.message and "recalibrate" in acc.message
     assert "set --mean" not in acc.message
     # the exit status of the command: 1
-    p = subprocess.run([sys.executable, "-m", "lpirc", "submission", "check",
-                        str(models["collapsed"]), "--holdout", str(grey_holdout),
-                        "--reference", str(models["reference"]), "--mean", MEAN, "--std", STD,
-                        "--no-report"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    p = run_lpirc("submission", "check", models["collapsed"], "--holdout", grey_holdout,
+                  "--reference", models["reference"], "--mean", MEAN, "--std", STD, "--no-report",
+                  timeout=300)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "collapsed in calibration" in p.stdout

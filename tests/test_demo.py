@@ -35,6 +35,7 @@ def test_classes_map_to_distinct_real_synsets():
         assert c.key in demo._DRAW
 
 
+@pytest.mark.slow
 def test_holdout_is_deterministic_and_valid(tmp_path):
     a = demo.make_demo_holdout(tmp_path / "a", count=30, seed=5)
     b = demo.make_demo_holdout(tmp_path / "b", count=30, seed=5)
@@ -58,6 +59,7 @@ def test_holdout_is_deterministic_and_valid(tmp_path):
             assert 160 <= im.width <= 320 and 160 <= im.height <= 320
 
 
+@pytest.mark.slow
 def test_sizes_vary_and_images_are_not_trivial(tmp_path):
     out = demo.make_demo_holdout(tmp_path / "h", count=20, seed=11)
     sizes = set()
@@ -83,6 +85,7 @@ def test_samples_are_deterministic_and_sliceable():
     assert len(part) == 4
 
 
+@pytest.mark.slow
 def test_demo_holdout_path_is_cached_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(demo, "DEMO_HOLDOUT_COUNT", 12)
@@ -121,6 +124,7 @@ def test_incomplete_cache_is_replaced(tmp_path, monkeypatch):
     assert Image.open(path / "img_000001.jpg").format == "JPEG"
 
 
+@pytest.mark.slow
 def test_unwritable_cache_is_one_line_naming_it(tmp_path):
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("")
@@ -131,6 +135,7 @@ def test_unwritable_cache_is_one_line_naming_it(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_does_not_import_tensorflow():
     code = "import sys, lpirc.demo; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -98,6 +98,7 @@ def _burn(seconds: float) -> None:
         x += 1
 
 
+@pytest.mark.slow
 def test_estimate_counts_joined_child_cpu(tmp_path):
     cfg = EnergyConfig(watts_per_core=4.0, idle_watts=0.0, powercap_root=_no_rapl(tmp_path))
     probe = start_energy(cfg)

@@ -243,6 +243,8 @@ def test_fleet_started_beside_a_folder_named_lpirc_runs_its_jobs(tmp_path, small
     assert "first device ready after" in r.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_cpu_devices_get_equal_core_shares():
     """A job's time must not depend on the device it drew: 3 devices on 4 cores get one core
     each (core 3 unused), not 1, 1 and 2; fewer cores than devices: shared, round robin."""
@@ -272,6 +274,8 @@ def test_devices_sharing_a_core_are_noted(tmp_path, small_holdout, reference_mod
     assert state(out)["one"]["status"] == "done"
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout,
                                                         reference_model):
     subs = make_submissions(tmp_path / "subs", reference_model, ["alpha"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ import pytest
 from lpirc import fleet, leaderboard
 from lpirc.fleet import AttemptResult, DeviceWorker, FleetConfig, LocalPool
 
-from conftest import REPO
+from conftest import run_lpirc
 
 RUNS = itertools.count()  # tells the replayed runs apart (their uid includes the start time)
 
@@ -34,9 +33,8 @@ def recorded(tmp_path_factory, small_holdout, reference_model) -> dict:
     """results.jsonl and manifest.json of one real `lpirc run` of the bundled submission on the
     40-image holdout (about 1 s), which the ``ok`` devices send back."""
     out = tmp_path_factory.mktemp("recorded") / "run"
-    r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
-                        "--holdout", str(small_holdout), "--out", str(out), "--quiet",
-                        "--no-report"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    r = run_lpirc("run", "--model", reference_model, "--holdout", small_holdout, "--out", out,
+                  "--quiet", "--no-report")
     assert r.returncode == 0, r.stderr
     return {"results": (out / "results.jsonl").read_bytes(),
             "manifest": (out / "manifest.json").read_bytes()}
@@ -131,6 +129,7 @@ def swapped_copy(holdout: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 def test_every_job_done_scored_once_and_in_the_standings(tmp_path, small_holdout,
                                                          reference_model, recorded):
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b", "c", "d"])
@@ -146,6 +145,7 @@ def test_every_job_done_scored_once_and_in_the_standings(tmp_path, small_holdout
     assert stored(tmp_path / "standings.sqlite") == ["a", "b", "c", "d"]
 
 
+@pytest.mark.slow
 def test_lost_device_job_retried_elsewhere_and_device_retired(tmp_path, small_holdout,
                                                               reference_model, recorded):
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b", "c"])
@@ -212,6 +212,7 @@ def test_node_with_another_holdout_refused_with_all_its_devices(tmp_path, small_
     assert states["cpu_0@B"] == states["cpu_1@B"] == "refused"
 
 
+@pytest.mark.slow
 def test_stranded_jobs_fail_with_the_reason(tmp_path, small_holdout, reference_model,
                                             recorded):
     """A job whose kind no device offers fails at once; one whose devices are all lost fails
@@ -307,6 +308,8 @@ def one_line_error(r) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_resume_with_other_settings_is_refused_before_ray(tmp_path, small_holdout,
                                                           reference_model, recorded):
     """A fleet folder holds one fleet: resuming it with another budget, clock, rule set, seed,
@@ -384,6 +387,8 @@ def damage(db: Path) -> None:
         Path(f"{db}{extra}").unlink(missing_ok=True)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_damaged_standings_refused_at_start_and_mid_fleet_costs_no_result(
         tmp_path, small_holdout, reference_model, recorded):
     from click.testing import CliRunner
@@ -416,9 +421,7 @@ def test_damaged_standings_refused_at_start_and_mid_fleet_costs_no_result(
     assert (tmp_path / "fleet" / "runs" / "b" / "score.json").is_file()
     # the recovery step: `lpirc leaderboard add OUT/runs/<job>`, no --ground-truth needed
     good = tmp_path / "good.sqlite"
-    r = subprocess.run([sys.executable, "-m", "lpirc", "leaderboard", "add",
-                        str(tmp_path / "fleet" / "runs" / "b"), "--db", str(good)],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = run_lpirc("leaderboard", "add", tmp_path / "fleet" / "runs" / "b", "--db", good)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("added") and " b " in r.stdout
     entry = json.loads((tmp_path / "fleet" / "runs" / "b" / "score.json").read_text())
@@ -437,6 +440,7 @@ def test_holdout_with_the_same_names_but_other_bytes_is_refused(tmp_path, small_
     assert out.exit_code == 0 and {c[0] for c in calls} == {"cpu_0@A"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGSTOP, /proc")
 def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
         tmp_path, small_holdout, reference_model, recorded):
@@ -499,9 +503,7 @@ def test_real_runs_in_process_leave_no_device_report_and_the_head_can_report(
     attempt = tmp_path / "fleet" / "attempts" / "a" / "attempt-1" / "run"
     assert (attempt / "results.jsonl").is_file() and not (attempt / "report.html").exists()
     job = tmp_path / "fleet" / "runs" / "a"
-    r = subprocess.run([sys.executable, "-m", "lpirc", "report", str(job), "-o",
-                        str(tmp_path / "a.html")], capture_output=True, text=True, cwd=REPO,
-                       timeout=120)
+    r = run_lpirc("report", job, "-o", tmp_path / "a.html")
     assert r.returncode == 0, r.stderr
     assert "not scored" not in r.stdout + r.stderr
     page = (tmp_path / "a.html").read_text()

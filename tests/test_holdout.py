@@ -194,6 +194,7 @@ def test_cli_count_must_be_positive(flat_src, tmp_path):
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_failed_make_leaves_no_half_holdout(flat_src, tmp_path, workers):
     """A source that cannot be re-encoded stops the make; what it had written is removed, so
@@ -212,8 +213,8 @@ def test_failed_make_leaves_no_half_holdout(flat_src, tmp_path, workers):
     assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]
 
 
-@pytest.mark.parametrize("how", ["ctrl-c",
-                                 pytest.param("ctrl-c-background", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c-background"])
 def test_ctrl_c_during_make_is_exit_130_and_leaves_nothing(flat_src, tmp_path, how):
     """Ctrl-C as a terminal sends it (to the process group): one line, exit 130, no half-made
     holdout left behind (click alone would print 'Aborted!' and exit 1). Also for a make started

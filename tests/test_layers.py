@@ -12,6 +12,7 @@ functions included; those under ``if TYPE_CHECKING:`` never run and are left out
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from conftest import REPO
 PACKAGES = ("lpirc", "scoring", "submission")
 TOP = ("lpirc.cli", "lpirc.__main__")  # the command line, and `python -m lpirc` that starts it
 MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 800  # issue 18: a module a newcomer can read whole
 
 #: (importing module, imported module) pairs allowed inside a function, and why
 LAZY = {
@@ -85,11 +87,18 @@ def _walk(node: ast.AST, module: str, is_package: bool, in_function: bool, out: 
         _walk(child, module, is_package, inner, out)
 
 
-def imports() -> list[Import]:
+@functools.cache
+def trees() -> dict[str, ast.Module]:
+    """Every module's syntax tree, parsed once for the tests below."""
+    return {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+
+
+@functools.cache
+def imports() -> tuple[Import, ...]:
     out: list[Import] = []
-    for name, path in MODULES.items():
-        _walk(ast.parse(path.read_text(), str(path)), name, path.name == "__init__.py", False, out)
-    return out
+    for name, tree in trees().items():
+        _walk(tree, name, MODULES[name].name == "__init__.py", False, out)
+    return tuple(out)
 
 
 def own(target: str) -> str | None:
@@ -186,9 +195,17 @@ def test_no_function_over_80_lines(pkg):
     for name, path in MODULES.items():
         if name.split(".")[0] != pkg:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(trees()[name]):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_no_module_over_800_lines(pkg):
+    long = [f"{path.relative_to(REPO)}: {n} lines" for name, path in MODULES.items()
+            if name.split(".")[0] == pkg
+            and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split by concern):\n" + "\n".join(long)

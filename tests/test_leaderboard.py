@@ -158,6 +158,7 @@ def test_different_holdouts_are_ranked_apart(db, tmp_path):
     assert "entries on different holdouts, ground truths, rule sets or budgets are never ranked together" in format_table(rows, "db", None)
 
 
+@pytest.mark.slow
 def test_different_budgets_are_ranked_apart_and_titled_with_their_own(tmp_path):
     """A run with a 1 s wall budget is not ranked against runs that had 600 s, and each group's
     title gives the budget its entries had (not the rule set's default); under ovic-2018 the
@@ -311,6 +312,7 @@ def real_runs(tmp_path_factory, reference_model, small_holdout) -> list[Path]:
     return out
 
 
+@pytest.mark.slow
 def test_real_runs_as_entries(tmp_path, real_runs):
     conn = lb.open_db(tmp_path / "s.sqlite")
     for run in real_runs:
@@ -333,6 +335,7 @@ def test_real_runs_as_entries(tmp_path, real_runs):
     conn.close()
 
 
+@pytest.mark.slow
 def test_two_writers_at_once(tmp_path):
     """Two processes open a new file at the same moment and add 25 entries each: both migrate
     safely (one of them does), no write is lost, no 'database is locked'."""
@@ -362,6 +365,7 @@ for i in range(25):
 # --- lpirc leaderboard (the command line) -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_add_show_remove(tmp_path, field_runs):
     db = tmp_path / "cli.sqlite"
     runs = [field_runs[k] for k in "ABCDEF"]
@@ -403,6 +407,7 @@ def test_cli_add_show_remove(tmp_path, field_runs):
     assert "  E  " not in lpirc("leaderboard", "show", "--db", db).stdout
 
 
+@pytest.mark.slow
 def test_failed_run_is_ranked_but_wins_no_side_prize(tmp_path, field_runs):
     """A run that failed (a model that could not run: status failed, nothing answered, a sliver
     of energy) is ranked last at its score of 0, but is not in the running for the side prizes:
@@ -435,6 +440,7 @@ def test_failed_run_is_ranked_but_wins_no_side_prize(tmp_path, field_runs):
     assert "\n  note: energy figures of mixed provenance (estimated, measured)\n" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_show_errors(tmp_path):
     r = lpirc("leaderboard", "show", "--db", tmp_path / "none.sqlite")
     assert r.returncode == 5 and "no standings database here" in r.stderr
@@ -451,6 +457,7 @@ def test_cli_show_errors(tmp_path):
     assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {bad}: not a SQLite database (expected an lpirc standings database)"
 
 
+@pytest.mark.slow
 def test_cli_db_from_environment(tmp_path, field_runs):
     env = {"LPIRC_DB": str(tmp_path / "env.sqlite")}
     assert lpirc("leaderboard", "add", field_runs["A"], env=env).returncode == 0
@@ -458,6 +465,8 @@ def test_cli_db_from_environment(tmp_path, field_runs):
     assert "  A  " in lpirc("leaderboard", "show", env=env).stdout
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_standings_page_in_chromium(tmp_path, field_runs):
     from chromium import PROBE_JS, Chromium, find_chromium
 
@@ -501,6 +510,7 @@ def test_entry_from_score_for_a_referee_session(db, tmp_path, field_runs):
     assert rows[1].rescored and rows[1].score is None
 
 
+@pytest.mark.slow
 def test_one_grouping_rule_for_score_and_standings(tmp_path):
     """`lpirc score` and the standings group by one rule (scoring.groups): the same holdout in
     another order (--seed: another files_sha256, the same names_sha256) with the ground truth
@@ -564,6 +574,7 @@ def damage(src: Path, dst: Path, how: str) -> Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["entries", "index", "cut"])
 def test_damaged_database_is_one_line_exit_5_and_never_written(tmp_path, field_runs, how):
     """Damaged pages gave a traceback on show and remove, and `add` wrote into the file and
@@ -581,6 +592,7 @@ def test_damaged_database_is_one_line_exit_5_and_never_written(tmp_path, field_r
         assert bad.read_bytes() == before and not Path(f"{bad}-wal").exists()
 
 
+@pytest.mark.slow
 def test_remove_tries_every_uid_and_names_the_bad_ones(tmp_path, field_runs):
     db = tmp_path / "r.sqlite"
     assert lpirc("leaderboard", "add", *(field_runs[k] for k in "ABC"), "--db", db).returncode == 0
@@ -595,6 +607,7 @@ def test_remove_tries_every_uid_and_names_the_bad_ones(tmp_path, field_runs):
     assert [x["submission"] for x in left] == ["B"]
 
 
+@pytest.mark.slow
 def test_a_name_with_a_newline_is_refused(tmp_path, field_runs):
     db = tmp_path / "n.sqlite"
     for option in ("--name", "--team"):
@@ -606,6 +619,7 @@ def test_a_name_with_a_newline_is_refused(tmp_path, field_runs):
     assert not db.exists() or lb.entries(lb.open_db(db)) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, says", [
     ({"lpirc_version": "99.0.0"}, "written by lpirc 99.0.0, newer than this lpirc"),
     ({"lpirc_version": "banana"}, "lpirc_version 'banana' is not a version"),

@@ -20,6 +20,8 @@ from lpirc.errors import InputError, MeterError  # noqa: E402
 from lpirc.meters import open_meter, parse_spec  # noqa: E402
 from lpirc.meters.wt310 import parse_value  # noqa: E402
 
+from conftest import run_lpirc  # noqa: E402
+
 
 @pytest.fixture
 def sim():
@@ -113,6 +115,11 @@ def test_absent_meter_and_bad_address_are_one_line():
         parse_spec("foo:USB0::1::2::INSTR")
     with pytest.raises(MeterError, match="expected KIND:RESOURCE"):
         parse_spec("wt310")
+    # a new user's typos: an empty port, the '::' lost (PyVISA's own message named an attribute)
+    with pytest.raises(MeterError, match="an empty field in the VISA resource name"):
+        parse_spec("wt310:TCPIP::127.0.0.1::::SOCKET")
+    with pytest.raises(MeterError, match="cannot open \\(not a VISA resource name PyVISA knows"):
+        open_meter("wt310:USB00x0B210x0025C2SIMYAMLINSTR", timeout_s=0.5)
 
 
 def test_meter_settings_are_checked_before_the_run(tmp_path, reference_model, small_holdout):
@@ -139,6 +146,7 @@ def _run(tmp_path, model, holdout, sim_meter, **extra):
     return run(resolve_settings(values, set(values)), progress=False)
 
 
+@pytest.mark.slow
 def test_constant_power_gives_power_times_wall_time(tmp_path, reference_model, small_holdout, sim):
     s = sim(watts=50.0, serial="C2CONST01")
     out = _run(tmp_path, reference_model, small_holdout, s)
@@ -162,6 +170,7 @@ def test_constant_power_gives_power_times_wall_time(tmp_path, reference_model, s
     assert out.score["energy_wh"] == e["wh"] and out.score["source"]["energy_wh"] == "measured"
 
 
+@pytest.mark.slow
 def test_square_wave_within_the_sampling_error(tmp_path, reference_model, long_holdout, sim):
     s = sim(watts=80.0, low_watts=20.0, pattern="square", period_s=1.0)
     out = _run(tmp_path, reference_model, long_holdout, s)
@@ -176,6 +185,7 @@ def test_square_wave_within_the_sampling_error(tmp_path, reference_model, long_h
     assert abs(e["wh"] - truth) <= 60.0 * 0.05 * (2 + steps + 1) / 3600.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, holdout_kind, status, says", [
     ("overrange", "small", "over-range", "over range in"),
     ("errors", "small", "errors", "reported errors (390 Overrun error"),
@@ -203,6 +213,7 @@ def test_meter_faults_fall_back_and_say_why(tmp_path, reference_model, small_hol
     assert "(estimated, CPU time x " in energy_line and says in energy_line
 
 
+@pytest.mark.slow
 def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_model, long_holdout, sim):
     import json
 
@@ -223,6 +234,7 @@ def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_mode
     assert "meter: lost" in text and "meter: reconnected" in text
 
 
+@pytest.mark.slow
 def test_absent_meter_costs_nothing_and_says_so(tmp_path, reference_model, small_holdout):
     from lpirc.runner import run
     from lpirc.settings import resolve_settings
@@ -239,6 +251,7 @@ def test_absent_meter_costs_nothing_and_says_so(tmp_path, reference_model, small
     assert any(n.startswith("meter: meter ") for n in out.notes)
 
 
+@pytest.mark.slow
 def test_meter_plugged_in_late_is_partial(tmp_path, reference_model, long_holdout):
     import threading
 
@@ -258,6 +271,7 @@ def test_meter_plugged_in_late_is_partial(tmp_path, reference_model, long_holdou
     assert any(n.startswith("meter: ") for n in out.notes)
 
 
+@pytest.mark.slow
 def test_idle_baseline_is_subtracted_by_lpcvc_2020(tmp_path, reference_model, small_holdout, sim):
     import json
 
@@ -299,12 +313,10 @@ def test_bad_idle_baseline_file_is_refused_before_the_run(tmp_path, reference_mo
 
 
 def lpirc_cmd(*args: str, timeout: float = 120):
-    import subprocess
-
-    return subprocess.run([sys.executable, "-m", "lpirc", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return run_lpirc(*args, cwd=None, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, sim):
     import json
 
@@ -326,6 +338,7 @@ def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, si
     assert ":INPut:CURRent:RANGe 1A" in s.received
 
 
+@pytest.mark.slow
 def test_bad_meter_options_are_one_line(tmp_path, reference_model, small_holdout):
     r = lpirc_cmd("run", "--model", str(reference_model), "--holdout", str(small_holdout),
                   "--out", str(tmp_path / "run"), "--meter", "wt999:USB0::1::INSTR")
@@ -339,6 +352,7 @@ def test_bad_meter_options_are_one_line(tmp_path, reference_model, small_holdout
     assert r.stderr.startswith("lpirc: error: meter TCPIP::127.0.0.1::")
 
 
+@pytest.mark.slow
 def test_meter_read_log_and_idle(tmp_path, sim):
     import json
 
@@ -365,6 +379,7 @@ def test_meter_read_log_and_idle(tmp_path, sim):
     assert base["watts"] == pytest.approx(7.5) and base["meter"]["info"]["serial"] == "C2BENCH01"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c-background"])
 def test_meter_log_until_ctrl_c(tmp_path, sim, how):
     """Ctrl-C ends the log cleanly (exit 0, every row whole), also for a logger started as a
@@ -400,6 +415,7 @@ def test_meter_log_until_ctrl_c(tmp_path, sim, how):
     assert len(log) >= 6 and set(log[:, 1]) == {3.0}
 
 
+@pytest.mark.slow
 def test_pyvisa_sim_definition_on_usb(tmp_path, reference_model, small_holdout):
     """`--visa-library file.yaml@sim`: pyvisa-sim's fixed answers, on a USB resource name that
     `lpirc meter list` recognises by its vendor and product IDs."""
@@ -456,3 +472,30 @@ def test_meter_post_meters_a_referee_session(tmp_path, reference_model, small_ho
 
         row = wait_for(scored, timeout=30)[0]
     assert row["energy_wh"] == pytest.approx(20.0 * row["wall_time_s"] / 3600, rel=0.02)
+
+
+@pytest.mark.slow
+def test_the_simulation_runs_as_a_process_for_a_new_user(tmp_path):
+    """docs/meter.md's "Without a meter": `python tests/wt310_sim.py` prints the meter's address
+    on its first line, and `lpirc meter read` and `lpirc run --meter` on that address measure
+    its power (50 W x the run's window)."""
+    import json
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "wt310_sim.py"), "--watts", "50"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        spec = p.stdout.readline().strip()
+        assert spec.startswith("wt310:TCPIP::127.0.0.1::") and spec.endswith("::SOCKET"), spec
+        r = run_lpirc("meter", "read", spec)
+        assert r.returncode == 0, r.stderr
+        assert "serial C2SIM0001" in r.stdout and "50 W" in r.stdout, r.stdout
+        r = run_lpirc("run", "--meter", spec, "--out", tmp_path / "run", "--no-report")
+        assert r.returncode == 0, r.stderr
+        energy = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
+        a, b = energy["meter"]["window"]
+        assert energy["source"] == "measured" and "WT310 C2SIM0001" in energy["method"]
+        assert energy["wh"] == pytest.approx(50 * (b - a) / 3600, rel=1e-4)
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0

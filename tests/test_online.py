@@ -253,6 +253,7 @@ def test_lost_device_retried_stuck_run_timeout(small_holdout, reference_model, t
         assert alpha.http.get("/api/me").json() == {"team": "alpha", "role": "team"}
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(small_holdout, tmp_path):
     db = tmp_path / "o.sqlite"
     add_team(db, "alpha", "pw")
@@ -272,6 +273,7 @@ def test_cli_errors_are_one_line(small_holdout, tmp_path):
     assert r.returncode == 5 and "not found" in r.stderr
 
 
+@pytest.mark.slow
 def test_standings_places_ties_and_counted(tmp_path):
     """Equal scores share a place; a top-1 difference within the sampling error is flagged;
     best and latest choose different submissions."""
@@ -420,3 +422,23 @@ def test_ray_fleet_devices(small_holdout, reference_model, tmp_path):
         assert devices[0]["jobs_done"] == 1
         events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
         print("\nray: " + "; ".join(e["message"] for e in events if e["state"] == "scored"))
+
+
+def test_device_with_same_names_other_bytes_is_refused(small_holdout, tmp_path):
+    """The devices' holdout check compares names AND bytes: a node whose holdout has the
+    service's file names but one other picture is refused, and with no device left the service
+    does not start (one line naming the holdout, exit 1)."""
+    from conftest import run_lpirc
+
+    db = tmp_path / "o.sqlite"
+    add_team(db, "alpha", "pw")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(small_holdout, tampered)
+    first = sorted(p for p in tampered.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[0]
+    other = sorted(p for p in tampered.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[1]
+    first.write_bytes(other.read_bytes())  # same name, another picture
+    r = run_lpirc("online", "serve", "--holdout", small_holdout, "--db", db, "--port", "0",
+                  "--devices", "1", env={"LPIRC_FLEET_HOLDOUT": str(tampered)}, timeout=120)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "names and bytes" in r.stderr and str(tampered) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr

@@ -133,6 +133,7 @@ def test_png_over_pillow_warning_limit_gives_no_warning():
     assert not caught
 
 
+@pytest.mark.slow
 def test_decompression_bomb_jpeg_is_read_at_bounded_scale():
     # A small baseline JPEG that claims 30000x30000 (9e8 pixels, over Pillow's own error limit):
     # read with 1/8 DCT scaling, 3750x3750 (libjpeg fills the missing data), in well under a
@@ -311,6 +312,7 @@ def test_resize_matches_tf_v1_formula_without_tf():
         assert np.abs(out.astype(int) - ref).max() <= 1
 
 
+@pytest.mark.slow
 def test_large_downscale_is_exact_and_lean():
     """A 12 M-pixel photo to 224 x 224: the same pixels as the TF formula, without a copy of the
     image (only the rows the output reads are lerped, at most 2 x 224 of them)."""
@@ -364,6 +366,7 @@ def test_spec_validation():
             PreprocessSpec(**args)
 
 
+@pytest.mark.slow
 def test_draft_decode_only_for_large_images(tmp_path):
     big = _save(_photo(1200, 1000), tmp_path / "big.jpg", "JPEG")
     small = _save(_photo(300, 250), tmp_path / "small.jpg", "JPEG")
@@ -392,6 +395,8 @@ def _imagenet_top1(inputs: list[np.ndarray], labels: np.ndarray, model: Path) ->
     return 100.0 * hits / len(labels)
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_top1_within_half_a_point_of_tensorflow_reference(request):
     folder = DATA / "imagenet-dev"
     model = DATA / "models" / "mobilenet_v2_1.0_224_quant.tflite"

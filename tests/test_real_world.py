@@ -124,6 +124,8 @@ def answer_holdout(tmp_path) -> Path:
 # --- 1. input quantization and normalisation -------------------------------------------------
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_imagenet_normalised_int8_model_answers_like_its_float_model(models, tmp_path):
     """Fed (pixel - mean_c) / std_c quantized with its own scale (0.01866) and zero point (-14),
     the int8 model answers like the float model on every grey level; raw pixel codes do not."""
@@ -182,6 +184,8 @@ def test_imagenet_normalised_int8_model_answers_like_its_float_model(models, tmp
         assert not [n for n in man["notes"] if "raw pixel codes" in n], man["notes"]
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_check_says_what_to_set_for_an_imagenet_range(models):
     rep = check_submission(models["imagenet"])
     r = rep.get("normalise")
@@ -215,6 +219,8 @@ def test_standard_quantized_inputs_get_exactly_todays_values(dtype, scale, zp, g
     assert "raw pixel codes" in spec.describe_input()
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_built_models_get_todays_values(models, reference_model):
     """The bundled reference (TF2 int8 PTQ, sidecar mean/std 127.5) and a converted model with no
     sidecar: pixel - 128 exactly, as the settings `lpirc run` resolves for them."""
@@ -269,6 +275,7 @@ def test_quantize_is_normalise_then_the_tensors_own_scale_clipped(monkeypatch):
     assert np.allclose(to_input(px, f), px[..., ::-1] / 255.0)
 
 
+@pytest.mark.slow
 def test_mean_std_forms_and_units(tmp_path):
     for form in ("123.675,116.28,103.53", [123.675, 116.28, 103.53], "123.675 116.28 103.53"):
         assert PreprocessOptions(mean=form).mean == (123.675, 116.28, 103.53)
@@ -302,6 +309,8 @@ def test_mean_std_forms_and_units(tmp_path):
 # --- 2. which output is the answer ------------------------------------------------------------
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_auxiliary_head_is_refused_until_output_is_chosen(models, tmp_path, answer_holdout):
     model = models["aux"]
     line = refused_line(model, answer_holdout, run_dir(tmp_path, "none"))
@@ -340,6 +349,8 @@ def test_auxiliary_head_is_refused_until_output_is_chosen(models, tmp_path, answ
     assert rep.get("invoke").details["top5"][0] == ANSWER
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_tune_best_json_carries_the_preprocessing_it_measured(models, tmp_path, answer_holdout):
     """Tuned with --output/--crop/--mean, best.json says so: `lpirc run --config best.json`
     (what tune prints to do next) answers from the same output (it was refused, exit 3)."""
@@ -360,6 +371,8 @@ def test_tune_best_json_carries_the_preprocessing_it_measured(models, tmp_path, 
     assert json.loads((out / "score.json").read_text())["top1"] == 1.0
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_embedding_output_beside_the_answer(models, tmp_path, answer_holdout):
     p = lpirc("run", "--model", models["embedding"], "--holdout", answer_holdout, "--out",
               run_dir(tmp_path, "emb"), "--quiet", "--workers", "1")
@@ -376,6 +389,8 @@ def test_embedding_output_beside_the_answer(models, tmp_path, answer_holdout):
 # --- 3. dynamic input sizes -------------------------------------------------------------------
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout):
     model = models["dynamic"]
     line = refused_line(model, answer_holdout, run_dir(tmp_path, "dyn"))
@@ -416,6 +431,8 @@ def test_dynamic_height_width_needs_input_size(models, tmp_path, answer_holdout)
     assert "bad_size.json" in error_lines(p)[0]
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_dynamic_conv_model_is_refused_for_its_size_not_its_allocation(models, tmp_path,
                                                                        answer_holdout):
     """A real backbone (a convolution) cannot even be allocated at the 1 x 1 placeholder: the
@@ -439,6 +456,8 @@ def test_dynamic_conv_model_is_refused_for_its_size_not_its_allocation(models, t
     assert top1 == [ANSWER] * 4
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_dynamic_batch_keeps_working(models):
     from lpirc.runtime import open_model, predict
 
@@ -517,6 +536,7 @@ def test_one_listing_rule_everywhere(tmp_path):
     assert [p.relative_to(root).as_posix() for p in _holdout_images(root)[0]] == want
 
 
+@pytest.mark.slow
 def test_a_folder_of_junk_only_is_one_line_everywhere(tmp_path, reference_model):
     """Nothing but a Mac zip's leftovers: every command says the same one line, exit 5 (check:
     its accuracy check fails with that line), with what was skipped."""
@@ -540,6 +560,8 @@ def test_a_folder_of_junk_only_is_one_line_everywhere(tmp_path, reference_model)
         assert p.returncode == 5 and p.stderr.count("\n") == 1 and line in p.stderr, p.stderr
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_run_check_and_make_agree_on_linked_folders(models, tmp_path):
     root = _messy_holdout(tmp_path)
     syn = scoring.synsets()
@@ -593,6 +615,8 @@ def test_name_index_rules_in_order():
     assert idx.lookup("nothing.png") == (-1, None)
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_run_score_check_and_tune_agree_on_loose_names(models, tmp_path, monkeypatch):
     """Ground truth without extensions, bare names for <synset>/ files, other case, NFC vs NFD:
     the coverage note, the score, the check and tune all match the four images."""
@@ -636,6 +660,8 @@ def test_run_score_check_and_tune_agree_on_loose_names(models, tmp_path, monkeyp
     assert res.rows and all(r.top1 == 1.0 for r in res.rows if r.top1 is not None)
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_check_counts_each_ground_truth_row_once_as_the_scorer_does(models, tmp_path):
     """Two folders holding a.png both match the ground truth's bare `a.png`: lpirc score counts
     one answer for that row, and so must submission check's accuracy (was 3 images, 66.7 %)."""
@@ -655,6 +681,8 @@ def test_check_counts_each_ground_truth_row_once_as_the_scorer_does(models, tmp_
     assert "1 image(s) match a ground-truth row another image matches" in r.message
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_unmatched_nfd_name_is_shown_escaped(models, tmp_path):
     root = tmp_path / "h"
     flat_png(root / "other.png", (1, 1, 1))
@@ -679,6 +707,8 @@ def test_unmatched_nfd_name_is_shown_escaped(models, tmp_path):
 # --- 7. ground-truth files people have --------------------------------------------------------
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_val_map_and_caffe_val_txt_are_read(tmp_path, models, answer_holdout):
     vm = tmp_path / "val_map.txt"
     vm.write_text("img_0.png 278\nimg_1.png   278\n\timg_2.png\t278\nimg_3.png 278\n")
@@ -709,6 +739,8 @@ def test_val_map_and_caffe_val_txt_are_read(tmp_path, models, answer_holdout):
     assert (made / "ground_truth.csv").read_text().count(scoring.synsets()[278]) == 4
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, answer_holdout):
     gt = tmp_path / "devkit.txt"  # the devkit's 1-based IDs: class 278 is 279 there
     gt.write_text("".join(f"img_{i}.png {ANSWER + 1}\n" for i in range(4)))
@@ -743,6 +775,8 @@ def test_one_based_labels_warn_in_the_summary_and_manifest(models, tmp_path, ans
     assert "devkit.txt:1" in line and "1-based" in line and "n01440764" in line
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_zero_based_subset_without_class_0_is_not_called_one_based(models, tmp_path,
                                                                     answer_holdout):
     """A correct 0-based ground truth of a few classes rarely holds class 0: once the answers
@@ -775,6 +809,8 @@ def test_zero_based_subset_without_class_0_is_not_called_one_based(models, tmp_p
     assert json.loads((run_dir(tmp_path, "none") / "score.json").read_text())["top1"] == 0.0
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_path):
     """`submission build --mean R,G,B --std R,G,B`: the sidecar carries the lists, and the
     grey-level classifier built that way answers every level through `lpirc run`."""
@@ -804,6 +840,8 @@ def test_build_writes_per_channel_mean_std_that_run_and_check_use(models, tmp_pa
     assert json.loads((run_dir(tmp_path, "built") / "score.json").read_text())["top1"] == 1.0
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_build_chooses_the_answer_as_run_does(tmp_path, answer_holdout):
     """`submission build` of a Keras model with an auxiliary head asks for --output (it took
     output 0, the auxiliary head), writes the choice into the sidecar for `lpirc run`; an

@@ -11,13 +11,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from referee_helpers import Referee, lpirc, make_distinct_holdout, wait_for
+from referee_helpers import Referee, add_team, lpirc, make_distinct_holdout, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +24,6 @@ def big(small_holdout, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("client") / "big"
     make_distinct_holdout(small_holdout, out, 2000)
     return out
-
-
-def add_team(db: Path, name: str = "alpha") -> None:
-    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", "pw")
-    assert r.returncode == 0, r.stderr
 
 
 def held(db: Path) -> int:
@@ -75,8 +69,8 @@ def test_referee_restarted_on_a_new_database(big, reference_model, tmp_path):
     session from its first image. Before: 2,000 'posted', exit 0, B's top-1 near chance."""
     port = free_port()
     a_db, b_db = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
-    add_team(a_db)
-    add_team(b_db)
+    add_team(a_db, "alpha")
+    add_team(b_db, "alpha")
     ref_a = Referee(big, a_db, "--port", port, time_limit_s=120).start()
     ref_b = Referee(big, b_db, "--port", port, time_limit_s=120)
     try:
@@ -109,7 +103,7 @@ def test_referee_gone_client_stops_at_the_session_end(big, reference_model, tmp_
     session's end by the referee's clock (6 s), not at its own --time-limit-s (600 s), and
     exits 1, its reasons one short line each."""
     db = tmp_path / "r.sqlite"
-    add_team(db)
+    add_team(db, "alpha")
     ref = Referee(big, db, time_limit_s=6).start()
     try:
         t0 = time.monotonic()
@@ -133,7 +127,7 @@ def test_client_killed_and_run_again_continues(big, reference_model, tmp_path):
     removes that folder, asks the referee what it holds, answers only the other images, and
     labels its energy as covering this run only."""
     db = tmp_path / "r.sqlite"
-    add_team(db)
+    add_team(db, "alpha")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {"TMPDIR": str(tmp)}
@@ -158,3 +152,61 @@ def test_client_killed_and_run_again_continues(big, reference_model, tmp_path):
     assert "covers this run only" in rep["energy"]
     assert row["answered"] == 2000 and row["duplicates"] < 200, row
     assert row["top1"] > 0.8, row
+
+
+class Standin:
+    """tests/original_referee_standin.py in its own process."""
+
+    def __init__(self, holdout: Path, mode: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+            "original_referee_standin.py")), str(holdout), mode], stdout=subprocess.PIPE,
+            text=True)
+        self.url = self.proc.stdout.readline().split()[-1]
+        self.posts = holdout.parent / "posts.jsonl"
+        self.posts.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Standin":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_original_referee_gets_boxes_and_refusals_fail_the_run(small_holdout, reference_model,
+                                                             tmp_path):
+    """Against a stand-in of the original referee (no /help numbering, boxes required): every
+    answer carries a whole-image box and is stored, exit 0. When it refuses every answer, or a
+    proxy answers every post with an HTML 502 page, the run exits 1 and its summary says why in
+    one short line (the page's title, not the page)."""
+    from lpirc.referee.client import jpeg_size
+
+    with Standin(small_holdout, "boxes") as ref:
+        out = tmp_path / "boxes"
+        r = start_client(reference_model, ref.url, out, "--time-limit-s", "60")
+        stdout, err = r.communicate(timeout=180)
+        posts = [json.loads(ln) for ln in ref.posts.read_text().splitlines()]
+    assert r.returncode == 0, stdout + err
+    assert "40 answers posted (200), 0 refused, 0 never posted" in stdout, stdout
+    sent = {k: (int(x1), int(y1)) for p in posts for k, x0, y0, x1, y1 in zip(
+        p["image_name"], p["xmin"], p["ymin"], p["xmax"], p["ymax"]) if x0 == y0 == "0"}
+    assert len(sent) == 40
+    # the box is the image's own size (the image k.jpg the stand-in served from its holdout)
+    files = sorted(p.name for p in small_holdout.iterdir() if p.suffix == ".jpg")
+    assert all(sent[k] == jpeg_size(small_holdout / files[int(k) - 1]) for k in sent)
+
+    for mode, why in (("refuse", "the referee refused every answer posted (40) (exit 1)"),
+                      ("html", "never stored by the referee (exit 1)")):
+        with Standin(small_holdout, mode) as ref:
+            r = start_client(reference_model, ref.url, tmp_path / mode, "--time-limit-s", "5")
+            stdout, err = r.communicate(timeout=180)
+        assert r.returncode == 1, (mode, stdout + err)
+        assert f"referee FAILED  {why}" in stdout if mode == "refuse" else why in stdout, stdout
+        one_line_each(stdout)
+        if mode == "html":
+            assert "no reply from the referee (HTTP 502: 502 Bad Gateway (an HTML page))" in \
+                stdout, stdout
+        else:
+            assert "not stored      40: HTTP 406: Missing result field" in stdout, stdout

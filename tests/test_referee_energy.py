@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from referee_helpers import Referee, lpirc, make_distinct_holdout, wait_for
+from referee_helpers import Referee, add_team, lpirc, make_distinct_holdout, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +18,6 @@ def holdout(small_holdout, tmp_path_factory):
     out = tmp_path_factory.mktemp("energy") / "holdout"
     make_distinct_holdout(small_holdout, out, 130)
     return out
-
-
-def add_team(db, name: str, password: str = "pw", *extra: str) -> None:
-    r = lpirc("referee", "add-team", name, "--db", str(db), "--password", password, *extra)
-    assert r.returncode == 0, r.stderr
 
 
 def results(db, *extra: str) -> list[dict]:

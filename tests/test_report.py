@@ -86,6 +86,8 @@ def assert_clean_page(visit, figures: dict[str, set[str]]) -> None:
 ONE_RUN = {"race", "throughput", "latency", "classes", "confusion", "power"}
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_run_writes_its_report_and_chromium_shows_it_clean(browser, real_runs):
     metered = real_runs[0]
     visit = browser.visit(metered / "report.html", PROBE_JS)
@@ -100,6 +102,8 @@ def test_run_writes_its_report_and_chromium_shows_it_clean(browser, real_runs):
     assert manifest["model"]["sha256"] in text and manifest["holdout"]["files_sha256"] in text
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_several_runs_compared(browser, real_runs, tmp_path):
     out = tmp_path / "compare.html"
     r = lpirc("report", *real_runs, "-o", out)
@@ -114,6 +118,7 @@ def test_several_runs_compared(browser, real_runs, tmp_path):
     assert "Not ranked" not in visit.probe["text"]  # same holdout, same rules: ranked
 
 
+@pytest.mark.slow
 def test_no_report_flag(real_runs, tmp_path, reference_model, small_holdout):
     out = tmp_path / "quiet"
     r = lpirc("run", "--model", reference_model, "--holdout", small_holdout, "--out", out, "--quiet", "--no-report")
@@ -157,6 +162,8 @@ def awkward_run(folder: Path, correct_first: int = 18, inference_ms: float = 20.
     return folder
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_awkward_run_shows_what_went_wrong(browser, tmp_path):
     run = awkward_run(tmp_path / "awkward")
     r = lpirc("report", run)
@@ -175,6 +182,7 @@ def test_awkward_run_shows_what_went_wrong(browser, tmp_path):
     assert "Failed images (2)" in visit.probe["text"]
 
 
+@pytest.mark.slow
 def test_ovic_2019_frontier_drawn_where_it_applies(tmp_path):
     a = awkward_run(tmp_path / "fast", correct_first=20, inference_ms=10.0)
     b = awkward_run(tmp_path / "slow", correct_first=22, inference_ms=40.0)
@@ -187,6 +195,7 @@ def test_ovic_2019_frontier_drawn_where_it_applies(tmp_path):
         assert html.count('data-plot="accuracy"') == 1
 
 
+@pytest.mark.slow
 def test_report_errors_are_one_line(tmp_path):
     r = lpirc("report", tmp_path / "nope", "-o", tmp_path / "x.html")
     assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {tmp_path / 'nope'}: no such run folder or result log"
@@ -197,6 +206,7 @@ def test_report_errors_are_one_line(tmp_path):
     assert "Traceback" not in r.stderr and not (run / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_a_run_without_ground_truth_is_still_drawn(tmp_path):
     run = awkward_run(tmp_path / "nogt")
     (run / "gt.csv").unlink()
@@ -206,6 +216,7 @@ def test_a_run_without_ground_truth_is_still_drawn(tmp_path):
     assert "not scored" in html and 'data-plot="throughput"' in html and "<svg" in html
 
 
+@pytest.mark.slow
 def test_page_style_is_not_escaped(tmp_path):
     """The inline CSS is ours, verbatim: quotes in it must not become entities (the page would
     silently fall back to the browser's default font)."""
@@ -215,6 +226,7 @@ def test_page_style_is_not_escaped(tmp_path):
     assert '"DejaVu Sans"' in html and "&#34;" not in html.split("</style>")[0]
 
 
+@pytest.mark.slow
 def test_runs_raced_on_different_clocks_say_so(tmp_path):
     """A run scored on the wall clock and one on summed inference time (ovic-2018) share the
     race's x axis: the axis and the caption say which run is on which clock, and a single
@@ -270,6 +282,7 @@ def test_throughput_spreads_logged_batches_and_shows_a_dead_worker():
     assert np.all(late[edges[1:] <= 4.0] == 0.0) and np.allclose(late[(edges[:-1] >= 4.0) & (edges[1:] <= 5.5)], 32.0)
 
 
+@pytest.mark.slow
 def test_point_labels_stay_inside_the_accuracy_figure(tmp_path):
     """The run furthest right on each axis of 'accuracy against time and energy' is named to
     the left of its point (a label to its right ran off the figure and was cut: 'mnv2-full (e')."""
@@ -296,6 +309,7 @@ def test_point_labels_stay_inside_the_accuracy_figure(tmp_path):
     assert {"0.005", "0.01", "0.02"} <= ticks, ticks
 
 
+@pytest.mark.slow
 def test_comparison_says_why_runs_are_not_ranked(tmp_path):
     """Runs on one holdout under one rule set but with different budgets are not ranked
     together (a 2 s run against a 5 s one), and the note says what differs; equal budgets are
@@ -322,6 +336,7 @@ def test_comparison_says_why_runs_are_not_ranked(tmp_path):
             "efefefefefef (also-two-s).") in out.read_text()
 
 
+@pytest.mark.slow
 def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
     """30 classes of one image, 4 right (0, 1, 2, 4: image 3 failed): 26 classes at 0 %, of
     which the 15 bars show 15; the caption says 11 more are as bad. The same for the mistakes:
@@ -335,6 +350,7 @@ def test_worst_classes_caption_counts_the_ties_it_cannot_show(tmp_path):
     assert "They are 10 of the run&#39;s 19 wrong answers (late ones included)." in conf
 
 
+@pytest.mark.slow
 def test_race_caption_matches_the_deadline_drawn(tmp_path):
     """The caption speaks of a red deadline line only when one is drawn: a run that used a
     sliver of its budget has its deadline off the chart, and the caption says so."""
@@ -351,6 +367,8 @@ def test_race_caption_matches_the_deadline_drawn(tmp_path):
     assert "The red line is the deadline" in (drawn / "report.html").read_text()
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_long_class_names_stay_inside_their_pictures(browser, tmp_path):
     """Class names as long as ImageNet's longest (cut at 32 characters, plus the synset ID) are
     drawn whole inside the worst-classes and confusion pictures: 0.052 in a character clipped
@@ -393,6 +411,7 @@ def figures_of(visit) -> dict[tuple[str, str], dict]:
     return {(f["section"], f["id"]): f for f in visit.probe["figures"]}
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_names_are_plain_text_in_every_picture(browser, tmp_path):
     """Run folders and class labels with dollar signs or a leading underscore: mathtext crashed
@@ -415,6 +434,7 @@ def test_names_are_plain_text_in_every_picture(browser, tmp_path):
         assert any("cost$5$each" in t for t in texts) and any("$\\alpha_{$" in t for t in texts), texts
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_a_run_out_of_time_keeps_its_late_answers_and_labels_apart(browser, tmp_path):
     """A slow run that ran out of time: its late answers sit low on the right, where the legend
@@ -429,6 +449,7 @@ def test_a_run_out_of_time_keeps_its_late_answers_and_labels_apart(browser, tmp_
     assert "out of time" in visit.probe["text"]
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_comparison_labels_do_not_overlap(browser, tmp_path):
     """Three runs close in energy and equal in accuracy and invoke time: their names, and the
@@ -446,6 +467,7 @@ def test_comparison_labels_do_not_overlap(browser, tmp_path):
             assert f["overlaps"] == [] and f["clipped"] == [] and f["covered"] == [], (fid, f)
 
 
+@pytest.mark.slow
 def test_interrupted_and_unscored_runs_say_what_is_known(tmp_path):
     """An interrupted run's page says so at the top of its section and in the comparison; a run
     without ground truth shows the counts its log holds, not "? answered"."""

@@ -38,6 +38,7 @@ def big_holdout(src: Path, dst: Path, copies: int) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_default_run_uses_bundled_submission_and_demo_holdout(tmp_path):
     out = tmp_path / "run"
     r = lpirc("run", "--out", str(out), "--quiet", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
@@ -64,6 +65,7 @@ def test_default_run_uses_bundled_submission_and_demo_holdout(tmp_path):
         assert rescored[key] == score[key]
 
 
+@pytest.mark.slow
 def test_log_fields_and_manifest(tmp_path, reference_model, small_holdout):
     out = tmp_path / "run"
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
@@ -86,6 +88,7 @@ def test_log_fields_and_manifest(tmp_path, reference_model, small_holdout):
     assert m["end_utc"] and m["wall_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_bad_images_are_answered_wrong_and_the_run_goes_on(tmp_path, reference_model, small_holdout):
     hold = tmp_path / "hold"
     hold.mkdir()
@@ -138,6 +141,7 @@ def test_bad_images_are_answered_wrong_and_the_run_goes_on(tmp_path, reference_m
     assert score["images_failed"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content,expect", [
     (None, "not found"),
     (b"", "empty"),
@@ -156,6 +160,7 @@ def test_bad_model_is_one_line_and_exit_3(tmp_path, small_holdout, content, expe
     assert expect in lines[0].lower()
 
 
+@pytest.mark.slow
 def test_truncated_model_is_refused(tmp_path, reference_model, small_holdout):
     model = tmp_path / "cut.tflite"
     model.write_bytes(reference_model.read_bytes()[:5000])
@@ -177,6 +182,7 @@ def test_model_that_cannot_run(tmp_path, shared_data):
         assert "Traceback" not in r.stderr and needle in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so", "gpu"])
 def test_unavailable_delegate_exit_4(tmp_path, reference_model, small_holdout, delegate):
     from lpirc.delegates import gpu_unavailable_reason
@@ -193,6 +199,7 @@ def test_unavailable_delegate_exit_4(tmp_path, reference_model, small_holdout, d
     assert len(lines) == 1
 
 
+@pytest.mark.slow
 def test_delegate_library_that_crashes_on_load(tmp_path, reference_model, small_holdout):
     """A delegate whose start-up code segfaults is probed in a child: one line, exit 4, and
     lpirc itself lives to say so."""
@@ -213,11 +220,13 @@ def test_delegate_library_that_crashes_on_load(tmp_path, reference_model, small_
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_missing_holdout_exit_5(tmp_path, reference_model):
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(tmp_path / "nope"), "--quiet")
     assert r.returncode == 5 and "nope" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_wall_budget_runs_out(tmp_path, reference_model, small_holdout):
     hold = big_holdout(small_holdout, tmp_path / "big", copies=250)  # 10,000 images
     out = tmp_path / "run"
@@ -237,6 +246,7 @@ def test_wall_budget_runs_out(tmp_path, reference_model, small_holdout):
     assert elapsed < 2 + 10  # interpreter start-up included; the budget itself is checked above
 
 
+@pytest.mark.slow
 def test_inference_clock_budget(tmp_path, reference_model, small_holdout):
     hold = big_holdout(small_holdout, tmp_path / "big", copies=25)  # 1,000 images
     out = tmp_path / "run"
@@ -267,6 +277,7 @@ def _wait_for_answers(out: Path, n: int, timeout: float = 60) -> None:
     raise AssertionError("no answers appeared")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_partial_log_scores(tmp_path, reference_model, small_holdout):
     hold = big_holdout(small_holdout, tmp_path / "big", copies=500)  # 20,000 images
     out = tmp_path / "run"
@@ -285,6 +296,7 @@ def test_ctrl_c_stops_cleanly_and_partial_log_scores(tmp_path, reference_model, 
     assert score["images_answered"] == sum(1 for x in log if x["error"] is None and not x["late"])
 
 
+@pytest.mark.slow
 def test_killed_worker_is_reported_and_its_images_retried(tmp_path, reference_model, small_holdout):
     psutil = pytest.importorskip("psutil")
     hold = big_holdout(small_holdout, tmp_path / "big", copies=50)  # 2,000 images
@@ -305,6 +317,7 @@ def test_killed_worker_is_reported_and_its_images_retried(tmp_path, reference_mo
     assert "signal 9" in stdout
 
 
+@pytest.mark.slow
 def test_config_file_and_command_line_precedence(tmp_path, reference_model, small_holdout):
     cfg = tmp_path / "best.json"
     cfg.write_text(json.dumps({"settings": {"workers": 1, "threads": 2, "batch": 1}}))
@@ -339,6 +352,7 @@ def test_mobilenet_top1_on_real_images(tmp_path, shared_data):
     assert abs(score["top1"] * 100 - 88.2) <= 0.5, score["top1"]
 
 
+@pytest.mark.slow
 def test_decode_threads_feed_one_inference_process(tmp_path, reference_model, small_holdout):
     """The Edge TPU layout (one process owns the device, decode threads feed it), on the CPU."""
     out = tmp_path / "run"
@@ -356,6 +370,7 @@ def test_decode_threads_feed_one_inference_process(tmp_path, reference_model, sm
     assert all(same[x["image"]] == x["top5"] for x in log)
 
 
+@pytest.mark.slow
 def test_empty_holdout_exit_5_and_no_worker_left(tmp_path, reference_model):
     psutil = pytest.importorskip("psutil")
     empty = tmp_path / "empty"
@@ -367,6 +382,7 @@ def test_empty_holdout_exit_5_and_no_worker_left(tmp_path, reference_model):
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
+@pytest.mark.slow
 def test_score_gives_the_runs_top1_under_every_rule_set(tmp_path, reference_model, small_holdout):
     out = tmp_path / "run"
     r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
@@ -382,6 +398,7 @@ def test_score_gives_the_runs_top1_under_every_rule_set(tmp_path, reference_mode
         assert obj["rules"] == name and obj["top1"] == run_top1, name
 
 
+@pytest.mark.slow
 def test_ctrl_c_reaches_a_run_started_as_a_background_job(tmp_path, reference_model, small_holdout):
     """bash starts a background job with SIGINT ignored; a terminal's Ctrl-C to the process
     group must still stop the run cleanly."""
@@ -409,6 +426,7 @@ def test_ctrl_c_reaches_a_run_started_as_a_background_job(tmp_path, reference_mo
     assert len(read_log(out)) < 20_000
 
 
+@pytest.mark.slow
 def test_run_ends_on_time_even_when_workers_hang(tmp_path, reference_model, small_holdout):
     """Workers frozen mid-run (SIGSTOP: as a model stuck in invoke would be) are killed at the
     deadline; the run still ends within 2 s of its budget, with its answers kept."""
@@ -430,6 +448,7 @@ def test_run_ends_on_time_even_when_workers_hang(tmp_path, reference_model, smal
     assert json.loads((out / "score.json").read_text())["images_answered"] >= 20
 
 
+@pytest.mark.slow
 def test_malformed_ground_truth_is_refused_before_the_run(tmp_path, reference_model, small_holdout):
     gt = tmp_path / "gt.csv"
     gt.write_text("filename,label\nimg_000001.jpg,banana\n")
@@ -440,6 +459,7 @@ def test_malformed_ground_truth_is_refused_before_the_run(tmp_path, reference_mo
     assert "Traceback" not in r.stderr and not (out / "results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_batched_inference_gives_the_same_answers(tmp_path, reference_model, small_holdout):
     """--batch 8 over 40 images (the last chunk padded) answers as batch 1 does."""
     runs = {}
@@ -468,6 +488,7 @@ def test_unresizable_batch_falls_back_to_1_with_a_note(tmp_path, shared_data):
     assert len(read_log(out)) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,config,needle", [
     (["--std", "0"], None, "std"),
     (["--mean", "nan"], None, "mean"),
@@ -496,6 +517,7 @@ def test_bad_settings_are_refused_before_the_run(tmp_path, reference_model, smal
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_out_that_is_a_file_is_refused(tmp_path, reference_model, small_holdout):
     f = tmp_path / "taken"
     f.write_text("not a folder\n")
@@ -508,6 +530,7 @@ def test_out_that_is_a_file_is_refused(tmp_path, reference_model, small_holdout)
     assert f.read_text() == "not a folder\n"
 
 
+@pytest.mark.slow
 def test_ground_truth_naming_images_not_in_the_holdout_is_noted(tmp_path, reference_model,
                                                                 small_holdout, monkeypatch):
     rows = small_holdout.joinpath("ground_truth.csv").read_text().splitlines()
@@ -528,6 +551,7 @@ def test_ground_truth_naming_images_not_in_the_holdout_is_noted(tmp_path, refere
     assert Path(score["ground_truth"]) == gt and Path(m["holdout"]["ground_truth"]) == gt
 
 
+@pytest.mark.slow
 def test_inference_clock_marks_late_answers_as_the_scorer_does(tmp_path, reference_model,
                                                                small_holdout):
     """Under --clock inference the answer that takes the summed invoke time past the budget is
@@ -574,6 +598,7 @@ def _crashing_infer(poison: set[str]):
     return infer
 
 
+@pytest.mark.slow
 def test_poison_images_that_crash_workers_are_answered_wrong_and_the_run_completes(
         tmp_path, reference_model, small_holdout, monkeypatch):
     """Each poison image kills a worker twice (first try and retry); the run replaces workers
@@ -614,6 +639,8 @@ def test_workers_that_die_on_every_image_end_the_run_with_one_line(
     assert m["status"] == "failed"
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 @pytest.mark.parametrize("channels,classes,needle", [(3, 10, "10 classes"),
                                                      (1, 1000, "[1, H, W, 3]")])
 def test_model_that_cannot_answer_imagenet_is_refused(tmp_path, small_holdout, channels,
@@ -634,6 +661,7 @@ def test_model_that_cannot_answer_imagenet_is_refused(tmp_path, small_holdout, c
     assert (tmp_path / "run" / "results.jsonl").read_text() == ""
 
 
+@pytest.mark.slow
 def test_summary_without_ground_truth_counts_failed_images_apart(tmp_path, reference_model,
                                                                  small_holdout):
     hold = tmp_path / "h"
@@ -676,6 +704,7 @@ def test_ctrl_c_before_the_first_image_leaves_no_folder_and_no_worker(
                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_a_run_killed_by_sigkill(tmp_path, reference_model, small_holdout):
     """A run killed outright (out of memory, a fleet's device lost) takes its workers with it:
@@ -700,6 +729,7 @@ def test_workers_die_with_a_run_killed_by_sigkill(tmp_path, reference_model, sma
     assert not alive, [w.pid for w in alive]
 
 
+@pytest.mark.slow
 def test_sidecar_settings_yield_to_the_command_line_and_are_checked(tmp_path, reference_model,
                                                                     small_holdout):
     model = tmp_path / "sub.tflite"
@@ -731,6 +761,7 @@ def test_sidecar_settings_yield_to_the_command_line_and_are_checked(tmp_path, re
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_budget_that_runs_out_while_the_model_loads(tmp_path, reference_model, small_holdout,
                                                     monkeypatch):
     """A model still loading at the deadline: workers killed, every image unanswered, and the
@@ -760,6 +791,7 @@ def test_budget_that_runs_out_while_the_model_loads(tmp_path, reference_model, s
     assert json.loads((out / "score.json").read_text())["images_unanswered"] == 40
 
 
+@pytest.mark.slow
 def test_workers_never_hold_the_ground_truth(tmp_path, reference_model, small_holdout,
                                              monkeypatch):
     """The labels are read by the parent only after the workers forked: a worker (and any
@@ -792,6 +824,7 @@ def test_workers_never_hold_the_ground_truth(tmp_path, reference_model, small_ho
     assert scoring._io._read_ground_truth_cached.cache_info().currsize >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["--std", "0"], "'--std'"),
     (["--mean", "0.5,0.4"], "'--mean'"),
@@ -808,3 +841,40 @@ def test_bad_preprocessing_values_typed_on_the_command_line_are_usage_errors(
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_ground_truth_is_parsed_once_before_the_clock_and_once_to_score(
+        tmp_path, reference_model, small_holdout, monkeypatch):
+    """Reading the organiser's ground truth is not the submission's work: the parent parses it
+    once (checked, its notes, the coverage note) before the run's clock starts, and the scorer
+    once after the run; never while the budget runs."""
+    import datetime as dt
+
+    from click.testing import CliRunner
+
+    import scoring._io
+    from lpirc.cli import main
+
+    calls: list[float] = []
+    real = scoring._io._parse_ground_truth
+
+    def counting(*args, **kw):
+        calls.append(time.time())
+        return real(*args, **kw)
+
+    scoring._io._read_ground_truth_cached.cache_clear()
+    monkeypatch.setattr(scoring._io, "_parse_ground_truth", counting)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["run", "--model", str(reference_model), "--holdout",
+                                  str(small_holdout), "--out", str(out), "--quiet",
+                                  "--no-report"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+
+    def epoch(utc: str) -> float:
+        return dt.datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=dt.timezone.utc).timestamp()
+
+    assert len(calls) == 2, calls
+    assert calls[0] < epoch(m["start_utc"]) and calls[1] > epoch(m["end_utc"])
+    assert m["first_answer_s"] is not None and m["images_answered"] > 0

@@ -12,6 +12,7 @@ import pytest
 from tflite_models import convert_int8
 
 from lpirc import delegates as dl
+from lpirc import probe
 from lpirc import runtime as rt
 from lpirc.errors import DelegateError, ModelError
 
@@ -95,6 +96,7 @@ def test_directory_model(tmp_path):
         rt.model_info(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["empty", "garbage", "short", "header_only", "text"])
 def test_corrupt_models_are_one_line_model_errors(bad_files, kind):
     for fn in (rt.open_model, rt.model_info):
@@ -106,6 +108,8 @@ def test_corrupt_models_are_one_line_model_errors(bad_files, kind):
         assert ("empty" in msg) if kind == "empty" else ("not a TFLite model" in msg)
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_truncated_real_model(tiny_int8, tmp_path):
     data = tiny_int8.read_bytes()
     for cut in (len(data) // 2, 64):
@@ -115,26 +119,32 @@ def test_truncated_real_model(tiny_int8, tmp_path):
             rt.open_model(p)
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_probe_model_reports_bad_files(bad_files, tiny_int8):
     with pytest.raises(ModelError, match="not a TFLite model"):
-        rt.probe_model(bad_files["garbage"], timeout_s=60)
-    info = rt.probe_model(tiny_int8, timeout_s=60)
+        probe.probe_model(bad_files["garbage"], timeout_s=60)
+    info = probe.probe_model(tiny_int8, timeout_s=60)
     assert info.num_classes == 1000 and info.input.dtype == "int8"
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_probe_model_reports_a_crash_as_signal(tiny_int8, monkeypatch):
     # Simulate an older runtime that segfaults: the child kills itself with SIGSEGV.
     if sys.platform.startswith("win"):
         pytest.skip("signals are POSIX")
-    monkeypatch.setattr(rt, "_PROBE_SNIPPET", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(probe, "_PROBE_SNIPPET", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     with pytest.raises(ModelError, match=r"tiny_int8.tflite: the runtime crashed loading it \(signal 11\)"):
-        rt.probe_model(tiny_int8, timeout_s=60)
+        probe.probe_model(tiny_int8, timeout_s=60)
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_probe_model_timeout(tiny_int8, monkeypatch):
-    monkeypatch.setattr(rt, "_PROBE_SNIPPET", "import time; time.sleep(30)")
+    monkeypatch.setattr(probe, "_PROBE_SNIPPET", "import time; time.sleep(30)")
     with pytest.raises(ModelError, match="did not finish"):
-        rt.probe_model(tiny_int8, timeout_s=1)
+        probe.probe_model(tiny_int8, timeout_s=1)
 
 
 def test_edgetpu_model_needs_edgetpu_delegate():
@@ -154,11 +164,13 @@ def test_unresolved_custom_op_model():
     with pytest.raises(ModelError, match="model_invoking_error.tflite: unresolved custom op fake-op-double"):
         rt.open_model(MODELS / "model_invoking_error.tflite")
     with pytest.raises(ModelError, match="fake-op-double"):
-        rt.probe_model(MODELS / "model_invoking_error.tflite", timeout_s=60)
+        probe.probe_model(MODELS / "model_invoking_error.tflite", timeout_s=60)
 
 
 # ---------------------------------------------------------------------------- running
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_open_predict_topk_tiny(tiny_int8):
     m = rt.open_model(tiny_int8, threads=1)
     assert m.delegate_ran == "xnnpack" and m.batch == 1 and m.note is None
@@ -177,6 +189,8 @@ def test_open_predict_topk_tiny(tiny_int8):
     assert rt.predict(m, x[0]).shape == (1, 1000)
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_batch_resize_on_resizable_model(tiny_int8):
     assert rt.batch_resizable(tiny_int8)
     m = rt.open_model(tiny_int8, batch=4)
@@ -210,12 +224,16 @@ def test_top_k_background_and_ties():
     assert rt.top_k(np.ones(3), 0, 1000) == ([], [])
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_predict_rejects_wrong_shape(tiny_int8):
     m = rt.open_model(tiny_int8)
     with pytest.raises(ModelError, match="does not match"):
         rt.predict(m, np.zeros((1, 8, 8, 3), np.int8))
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_modelinfo_json_roundtrip(tiny_int8):
     info = rt.model_info(tiny_int8)
     assert rt.ModelInfo.from_json(info.to_json()) == info
@@ -235,6 +253,8 @@ def test_parse_delegate_and_exclusivity():
     assert dl.delegate_is_exclusive("gpu") is False
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_edgetpu_delegate_absent_is_one_line(tiny_int8):
     if dl.find_library(dl.edgetpu_library_name())[0] is not None:
         pytest.skip("an Edge TPU runtime is installed here")
@@ -243,6 +263,8 @@ def test_edgetpu_delegate_absent_is_one_line(tiny_int8):
     assert str(ei.value).startswith("edgetpu: libedgetpu.so.1 not found (install the Edge TPU runtime")
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_bogus_delegate_paths(tiny_int8, tmp_path, monkeypatch):
     # the delegate is named once, as typed, then the problem
     missing = str(tmp_path / "libnothing.so")
@@ -260,6 +282,8 @@ def test_bogus_delegate_paths(tiny_int8, tmp_path, monkeypatch):
         rt.open_model(tiny_int8, delegate="libjunk.so")
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_gpu_unavailable_is_a_delegate_error(tiny_int8):
     reason = dl.gpu_unavailable_reason(rt.load_runtime().name)
     if reason is None:
@@ -268,6 +292,8 @@ def test_gpu_unavailable_is_a_delegate_error(tiny_int8):
         rt.open_model(tiny_int8, delegate="gpu")
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 @pytest.mark.parametrize("delegate", ["edgetpu", "/nonexistent/libdelegate.so", "gpu"])
 def test_cli_delegate_errors_have_no_traceback(tiny_int8, delegate):
     code = ("import sys\nfrom lpirc.runtime import open_model\nfrom lpirc.errors import LpircError\n"

@@ -393,6 +393,7 @@ def test_cli_bad_input_one_line_exit_5(tmp_path, onsite_run, gt10, make_args):
     assert len(lines) == 1 and lines[0].startswith("lpirc: error: ")
 
 
+@pytest.mark.slow
 def test_cli_subprocess_python_m_lpirc(onsite_run):
     r = run_lpirc("score", onsite_run, "--format", "json")
     assert r.returncode == 0, r.stderr
@@ -402,6 +403,7 @@ def test_cli_subprocess_python_m_lpirc(onsite_run):
 # --- isolation and speed ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_import_isolation_and_scoring_in_subprocess(onsite_run):
     code = (
         "import scoring, sys, json\n"
@@ -415,6 +417,7 @@ def test_import_isolation_and_scoring_in_subprocess(onsite_run):
     assert out["heavy"] == [] and out["top1"] == pytest.approx(0.4)
 
 
+@pytest.mark.slow
 def test_scoring_20000_answers(tmp_path):
     n = 20_000
     rng = np.random.default_rng(0)

@@ -66,6 +66,7 @@ def _settings(model: Path, folder: Path, out: Path, **kw):
                              "quiet": True, **kw}, set())
 
 
+@pytest.mark.slow
 def test_run_from_a_growing_source_answers_images_while_they_arrive(
         tmp_path, reference_model, small_holdout):
     """A thread copies the holdout's images into an empty folder in batches of 8, adding each
@@ -111,6 +112,7 @@ def test_run_from_a_growing_source_answers_images_while_they_arrive(
     assert outcome.score["top1"] > 0.5
 
 
+@pytest.mark.slow
 def test_a_feed_that_never_closes_ends_at_the_wall_budget(tmp_path, reference_model,
                                                            small_holdout):
     feed = GrowingSource(small_holdout)
@@ -132,6 +134,7 @@ def test_a_feed_closed_empty_answers_nothing_and_exits_1(tmp_path, reference_mod
     assert outcome.manifest["images_logged"] == 0
 
 
+@pytest.mark.slow
 def test_chunks_are_small_at_the_start_and_end_and_large_between(tmp_path, reference_model,
                                                                  small_holdout):
     """Answers of one chunk arrive together (same worker, same t_s): with one worker, its first
@@ -158,6 +161,7 @@ def test_chunks_are_small_at_the_start_and_end_and_large_between(tmp_path, refer
     assert set(sizes[first_small_tail:]) == {4}
 
 
+@pytest.mark.slow
 def test_an_on_answers_that_raises_ends_the_run_and_keeps_the_log(tmp_path, reference_model,
                                                                    small_holdout):
     """A client's callback failing (say, its referee went away) stops the run: the error

@@ -24,7 +24,7 @@ from lpirc.decoding import decode_pixels, orient, scan_jpeg
 from lpirc.preprocess import PreprocessSpec, crop_and_resize, load_image
 from lpirc.resize import crop_box
 
-from conftest import REPO
+from conftest import REPO, run_lpirc
 
 SHARED = Path(os.environ.get("LPIRC_SHARED_DATA") or REPO.parent / "shared" / "data")
 FIXTURES = sorted(p for p in FOLDER.iterdir() if p.name != DIGESTS.name)
@@ -51,6 +51,7 @@ def tf_tensor(tf, data: bytes, h: int, w: int, idct: str = "fast",
     return tf.cast(img, tf.uint8).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
 def test_built_images_equal_tensorflow(path):
@@ -90,6 +91,7 @@ def test_lpirc_pixels_are_the_committed_ones():
     assert not changed, f"lpirc's input tensors changed for: {', '.join(changed)}"
 
 
+@pytest.mark.slow
 def test_preprocessing_imports_no_opencv():
     """Decode, crop, resize and the input table use numpy, simplejpeg and Pillow only: OpenCV,
     installed or not, is never imported (its warpAffine's rounding changed between releases)."""
@@ -124,6 +126,7 @@ def test_exif_orientation_matches_pillows_transpose():
         assert np.array_equal(orient(a, o), np.asarray(Image.fromarray(a).transpose(t))), o
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_resize_bit_exact_with_tensorflow():
     """The resize alone, on random pixels, against TF's kernel: sizes that round differently
@@ -182,6 +185,7 @@ def test_imagenet_dev_accurate_idct_equals_tf_integer_accurate():
         assert np.array_equal(ours, tf_tensor(tf, data, 224, 224, "accurate")), p.name
 
 
+@pytest.mark.slow
 def test_run_manifest_names_decoder_idct_resize_and_counts(tmp_path, reference_model):
     """`lpirc run` records what decoded and resized: decoder and version, IDCT, resize, and how
     many images each decoder read (the PNG by Pillow, every JPEG by libjpeg-turbo). The IDCT
@@ -193,10 +197,8 @@ def test_run_manifest_names_decoder_idct_resize_and_counts(tmp_path, reference_m
     for idct, how in (("fast", ["--config", str(_config(tmp_path, "fast"))]),
                       ("accurate", ["--idct", "accurate"])):
         out = tmp_path / f"run-{idct}"
-        r = subprocess.run([sys.executable, "-m", "lpirc", "run", "--model", str(reference_model),
-                            "--holdout", str(holdout), "--out", str(out), "--quiet",
-                            "--workers", "1", "--no-report", *how],
-                           capture_output=True, text=True, cwd=REPO, timeout=180)
+        r = run_lpirc("run", "--model", reference_model, "--holdout", holdout, "--out", out,
+                      "--quiet", "--workers", "1", "--no-report", *how)
         assert r.returncode == 0, r.stderr
         pre = json.loads((out / "manifest.json").read_text())["preprocess"]
         assert pre["jpeg_decoder"].startswith("simplejpeg ")

@@ -169,6 +169,7 @@ def fake_tune(monkeypatch, holdout, fake, **kw):
     return tune(base, **kw)
 
 
+@pytest.mark.slow
 def test_search_finds_the_fastest_setting_and_skips_what_cannot_help(monkeypatch, holdout40):
     fake = FakePipeline(speed)
     res = fake_tune(monkeypatch, holdout40, fake, max_time_s=30, sample=400)
@@ -195,6 +196,7 @@ def test_search_finds_the_fastest_setting_and_skips_what_cannot_help(monkeypatch
     assert re.search(r"best/default images/s ratio: 1\.3\d \(median of 3, interleaved", text)
 
 
+@pytest.mark.slow
 def test_inference_clock_ranks_by_invoke_time(monkeypatch, holdout40):
     # one process with two threads invokes fastest, though two processes answer more per second
     fake = FakePipeline(speed, invoke_ms=lambda c: 2.0 / c.threads + 0.1 * c.batch)
@@ -301,6 +303,8 @@ def test_interrupted_before_any_setting_is_measured_raises(monkeypatch, holdout4
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.tf
 def test_cli_interrupted_tune_prints_the_table_and_exits_130(monkeypatch, holdout40, tmp_path,
                                                              tiny_model):
     from click.testing import CliRunner
@@ -351,6 +355,7 @@ def test_unresizable_batch_is_skipped(monkeypatch, holdout40):
     assert any("cannot resize its batch" in n for n in res.notes)
 
 
+@pytest.mark.slow
 def test_whole_tune_respects_max_time(monkeypatch, holdout40):
     # every trial really takes ~0.25 s here (about 0.4 s as the tune first estimates it), and
     # the search plans about 20: 3 s allow a few of them, even on a loaded machine where the
@@ -401,6 +406,7 @@ def test_draft_without_a_measured_top1_is_not_chosen(monkeypatch, holdout40):
     assert res.best == next(r.candidate for r in res.rows if r.eligible)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_defaults_keep_their_screen_slot_when_time_is_short(monkeypatch, holdout40, seed):
     # trials really take ~0.6 s; 2.5 s leave room for a few of the six screen settings only.
@@ -448,6 +454,7 @@ def test_a_setting_measured_only_in_the_ab_comparison_has_no_row(monkeypatch, ho
     assert "best/default images/s ratio: 1." in format_summary(res)
 
 
+@pytest.mark.slow
 def test_too_little_time_is_no_time_error(monkeypatch, holdout40):
     fake = FakePipeline(speed, scale=1.0)
     with pytest.raises(NoTimeError, match="too short to measure even one setting"):
@@ -483,6 +490,8 @@ def test_draft_that_costs_accuracy_is_not_chosen(monkeypatch, holdout40):
 # --- the real pipeline, through the CLI ------------------------------------------------------
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_cli_tune_then_run_with_config(tmp_path, tiny_model, holdout40):
     out = tmp_path / "tune"
     r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(holdout40),
@@ -515,6 +524,7 @@ def test_cli_tune_then_run_with_config(tmp_path, tiny_model, holdout40):
     assert used["threads"] == 1
 
 
+@pytest.mark.slow
 def test_cli_bad_model_is_one_line_exit_3(tmp_path, holdout40):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"\x00garbage" * 50)
@@ -526,6 +536,8 @@ def test_cli_bad_model_is_one_line_exit_3(tmp_path, holdout40):
     assert not (tmp_path / "o" / "best.json").exists()
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_cli_empty_holdout_is_exit_5(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(tmp_path / "empty"))
@@ -533,6 +545,8 @@ def test_cli_empty_holdout_is_exit_5(tmp_path, tiny_model):
     assert r.stderr.count("lpirc: error:") == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.tf
+@pytest.mark.slow
 def test_cli_too_short_is_exit_6(tmp_path, tiny_model, holdout40):
     r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(holdout40), "--max-time-s",
               "1", "--sample", "2000", "--out", str(tmp_path / "o"))
@@ -629,6 +643,7 @@ def test_busy_search_projects_a_range_and_keeps_the_defaults(monkeypatch, holdou
         assert r.projected_high_s >= r.startup_s + 40 / min(r.measurements) * 2 * 0.99
 
 
+@pytest.mark.tf
 @pytest.mark.slow
 def test_cli_tune_under_a_cpu_hog_says_what_it_decided_in_one_line(tmp_path, tiny_model,
                                                                    holdout40):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -396,3 +397,45 @@ class SimWT310:
             return '0,"No error"'
         code, msg = self.errors.pop(0)
         return f'{code},"{msg}"'
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python tests/wt310_sim.py [--port P] [--watts W] ...``: the simulation as a process, for
+    trying ``lpirc meter`` and ``lpirc run --meter`` without a meter (docs/meter.md). Prints the
+    meter's address (``wt310:TCPIP::127.0.0.1::PORT::SOCKET``) on its first line and serves on
+    127.0.0.1 until Ctrl-C or SIGTERM."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(description="A simulated Yokogawa WT310 (SCPI over a socket on "
+                                 "127.0.0.1) for lpirc meter and lpirc run --meter")
+    ap.add_argument("--port", type=int, default=0, help="TCP port (0: any free one)")
+    ap.add_argument("--watts", type=float, default=50.0,
+                    help="power, W (the high level of a square wave)")
+    ap.add_argument("--volts", type=float, default=100.0, help="voltage, V")
+    ap.add_argument("--pattern", choices=["constant", "square"], default="constant")
+    ap.add_argument("--low-watts", type=float, default=10.0, help="a square wave's low level, W")
+    ap.add_argument("--period-s", type=float, default=1.0, help="a square wave's period, s")
+    ap.add_argument("--mode", choices=["RMS", "DC"], default="RMS", help="measurement mode")
+    ap.add_argument("--fault", choices=["silent", "disconnect", "errors", "overrange"],
+                    help="a fault after --fault-after-reads value queries")
+    ap.add_argument("--fault-after-reads", type=int, default=0)
+    ap.add_argument("--down-s", type=float, help="disconnect: back after this many seconds")
+    a = ap.parse_args(argv)
+    sim = SimWT310(watts=a.watts, volts=a.volts, pattern=a.pattern, low_watts=a.low_watts,
+                   period_s=a.period_s, mode=a.mode, fault=a.fault,
+                   fault_after_reads=a.fault_after_reads, down_s=a.down_s)
+    sim.port = a.port
+    sim.start()
+    print(f"wt310:{sim.resource}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -37,7 +37,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise FleetError("lpirc fleet needs Ray: pip install 'lpirc[fleet]'") from None
+        raise FleetError("lpirc fleet needs Ray: pip install '.[fleet]' in lpirc's checkout") from None
     return ray
 
 

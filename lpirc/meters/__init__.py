@@ -7,7 +7,7 @@ A meter is addressed as ``KIND:RESOURCE`` (``--meter``), e.g.
 ``file.yaml@sim``: a pyvisa-sim definition). A second meter is one more module that provides a
 class with the :class:`Meter` methods and one line in :data:`KINDS`.
 
-PyVISA is the optional extra ``meter`` (``pip install 'lpirc[meter]'``): it is imported only
+PyVISA is the optional extra ``meter`` (``pip install '.[meter]'`` in lpirc's checkout): it is imported only
 when a meter is opened, and its absence is a one-line :class:`~lpirc.errors.MeterError`.
 """
 
@@ -164,6 +164,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
                          "wt310:USB0::0x0B21::0x0025::C2XXXXXXX::INSTR")
     if kind not in KINDS:
         raise MeterError(f"meter {spec!r}: unknown meter kind {kind!r} (known: {', '.join(KINDS)})")
+    if "::" in resource and any(not f.strip() for f in resource.strip().split("::")):
+        raise MeterError(f"meter {spec!r}: an empty field in the VISA resource name (fields "
+                         "joined by '::', e.g. TCPIP::127.0.0.1::5025::SOCKET)")
     return kind, resource.strip()
 
 
@@ -181,7 +184,7 @@ def resource_manager(visa_library: str = DEFAULT_VISA_LIBRARY):
     try:
         import pyvisa
     except ImportError:
-        raise MeterError("PyVISA is not installed: pip install 'lpirc[meter]' "
+        raise MeterError("PyVISA is not installed: pip install '.[meter]' in lpirc's checkout "
                          "(pyvisa, pyvisa-py, pyusb)") from None
     try:
         return pyvisa.ResourceManager(visa_library)

@@ -121,7 +121,12 @@ class WT310:
             inst = rm.open_resource(resource, read_termination="\n", write_termination="\n",
                                     timeout=int(timeout_s * 1000))
         except Exception as e:  # VisaIOError, OSError, ValueError (bad resource name), ...
-            raise MeterError(f"meter {resource}: cannot open ({_one_line(e)})") from None
+            why = _one_line(e)
+            if "is not a valid attribute for type Resource" in why:  # PyVISA's generic class
+                why = ("not a VISA resource name PyVISA knows, e.g. "
+                       "USB0::0x0B21::0x0025::SERIAL::INSTR, TCPIP::HOST::INSTR or "
+                       "TCPIP::HOST::PORT::SOCKET")
+            raise MeterError(f"meter {resource}: cannot open ({why})") from None
         meter = cls(inst, resource)
         try:
             meter.identify()

@@ -18,7 +18,7 @@ Modules:
 - :mod:`~lpirc.online.service`: the rules (quota, phases, who may see what) without HTTP.
 - :mod:`~lpirc.online.app` and :mod:`~lpirc.online.routes`: the Starlette application.
 
-The web stack is the ``online`` extra: ``pip install 'lpirc[online]'``.
+The web stack is the ``online`` extra: ``pip install '.[online]' in lpirc's checkout``.
 """
 
 from __future__ import annotations
@@ -37,4 +37,4 @@ def require_extra(*modules: str) -> None:
             importlib.import_module(name)
         except ImportError:
             raise LpircError(f"{name} is not installed: lpirc online needs the online extra "
-                             "(pip install 'lpirc[online]')") from None
+                             "(pip install '.[online]' in lpirc's checkout)") from None

@@ -120,7 +120,9 @@ class _Slot:
 class FleetExecutor:
     """An :class:`Executor` over a fleet device pool. ``open_pool`` is called by
     :meth:`start` (inside ``context``, e.g. the Ray connection) and gives the pool and its
-    devices; ``holdout`` is what each device's check must list (sha256 ``holdout_sha256``)."""
+    devices; ``holdout`` is what each device's check must hold: ``holdout_sha256`` is its
+    :func:`lpirc.holdout.content_sha256` (names and bytes), so a node whose images carry the
+    service's names but other pictures is refused."""
 
     def __init__(self, open_pool: Callable[[], tuple[DevicePool, list[Device]]],
                  holdout: Path, holdout_sha256: str, work_dir: Path,
@@ -237,10 +239,10 @@ class FleetExecutor:
             slot.state, slot.why = "lost", f.start_failure or f.lost
         elif rep.error:
             slot.state, slot.why = "refused", f"holdout {rep.holdout}: {rep.error}"
-        elif rep.files_sha256 != self.sha:
+        elif rep.content_sha256 != self.sha:
             slot.state, slot.why = "refused", (
-                f"holdout {rep.holdout} differs from the service's (sha256 of the ordered "
-                f"file list {str(rep.files_sha256)[:12]}, {rep.image_count} images)")
+                f"holdout {rep.holdout} differs from the service's (sha256 of its names and "
+                f"bytes {str(rep.content_sha256)[:12]}, {rep.image_count} images)")
         else:
             slot.state, slot.why = "idle", None
         if slot.state != "idle" and self.pool is not None:

@@ -19,7 +19,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 import scoring
 from lpirc.errors import InputError
-from lpirc.holdout import open_holdout
+from lpirc.holdout import content_sha256, open_holdout
 from lpirc.online import standings as st
 from lpirc.online.checks import check_refusal, quick_refusal
 from lpirc.online.config import PHASES, OnlineConfig, PhaseData
@@ -51,11 +51,12 @@ def check_phase(p: PhaseData) -> PhaseHoldout:
 def make_executor(cfg: OnlineConfig, dev: PhaseHoldout) -> Executor:
     """The devices ``cfg`` asks for: the fleet's local pool, or its Ray devices (a local
     instance, or the cluster at ``cfg.address``). Each device checks it lists the development
-    holdout as the service does."""
+    holdout as the service does: the same names and the same bytes (the content digest)."""
     work = cfg.files / "runs"
+    digest = content_sha256(open_holdout(dev.holdout, seed=0))
     if cfg.executor == "ray" or cfg.address:
-        return ray_executor(cfg.devices, cfg.address, dev.holdout, dev.files_sha256, work)
-    return local_executor(cfg.devices, dev.holdout, dev.files_sha256, work)
+        return ray_executor(cfg.devices, cfg.address, dev.holdout, digest, work)
+    return local_executor(cfg.devices, dev.holdout, digest, work)
 
 
 def _fsync_dir(path: Path) -> None:

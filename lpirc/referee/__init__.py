@@ -5,7 +5,7 @@ Modules: :mod:`~lpirc.referee.protocol` (the calls, their fields and replies),
 :mod:`~lpirc.referee.store` (SQLite), :mod:`~lpirc.referee.core` (sessions, clock, scoring),
 :mod:`~lpirc.referee.server` (Starlette on uvicorn), :mod:`~lpirc.referee.results` (standings,
 exports), :mod:`~lpirc.referee.client` (httpx); its commands are in :mod:`lpirc.cli.referee`.
-The web stack is the ``referee`` extra: ``pip install 'lpirc[referee]'``.
+The web stack is the ``referee`` extra: ``pip install '.[referee]' in lpirc's checkout``.
 """
 
 from __future__ import annotations
@@ -22,4 +22,4 @@ def require_extra(*modules: str) -> None:
             importlib.import_module(name)
         except ImportError:
             raise LpircError(f"{name} is not installed: the referee needs the referee extra "
-                             "(pip install 'lpirc[referee]')") from None
+                             "(pip install '.[referee]' in lpirc's checkout)") from None

@@ -502,9 +502,10 @@ def run_with_referee(settings, url: str, user: str, password: str, *, ahead: int
         ses = _join(client, class_base)
         if ses.end is not None:  # the referee's clock rules, less the time to post the last
             left = ses.end - time.monotonic()
-            limit = max(0.1, left - min(POST_MARGIN_S, 0.1 * left))
-            if limit < settings.time_limit_s:
-                settings = dataclasses.replace(settings, time_limit_s=limit)
+            margin = min(POST_MARGIN_S, 0.1 * left)
+            settings = dataclasses.replace(
+                settings, time_limit_s=min(settings.time_limit_s, max(0.1, left - margin)),
+                ends_at_monotonic=ses.end - margin)  # the run's own clock starts later
         feed = GrowingSource(scratch, total=ses.count - len(ses.held))
         log = PostLog()
         down = Downloader(client, feed, scratch, ses.count, ahead, ses.held)

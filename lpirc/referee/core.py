@@ -12,7 +12,6 @@ import random
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,8 +8,8 @@ uvicorn's h11 protocol with accept-time caps and a request timeout.
 
 Figures (``bench/referee_load.py --login-flood 60`` on the shared 2-core machine; the table is
 in docs/referee.md, "Under abuse"): before the gate, 60 connections posting wrong passwords held
-every worker thread and one device's /zipimages fell to 6-21 images/s and its login took
-7-17 s; with it, 940-1,616 images/s and 0.13-0.30 s.
+every worker thread and one device's /zipimages fell to 7 images/s and its login took 8-20 s;
+with it (and the server's 2 s hold of each 429), 1,736-3,829 images/s and 0.22-0.26 s.
 """
 
 from __future__ import annotations

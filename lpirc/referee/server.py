@@ -51,6 +51,8 @@ TICK_S = 0.25  # how often sessions past their time limit are closed and scored
 #: The standings page is made at most once per this many seconds, whatever the requests (it
 #: refreshes itself every 5 s): a flood of it costs the server a cached reply each.
 PAGE_TTL_S = 2.0
+#: How long a refused login's 429 is held before it is sent (at most its Retry-After).
+TARPIT_S = 2.0
 
 
 def build_zip(members: list[tuple[int, Path]]) -> bytes:
@@ -102,6 +104,10 @@ class RefereeApp:
             except ProtocolError as e:
                 return _text(e.message, e.status)
             except Refused as e:  # the login gate: no hashing was done
+                # held before it goes out (a sleeping coroutine costs no CPU): a flooding
+                # connection then asks at most once per TARPIT_S, instead of as fast as the
+                # server can answer 429s (which took the event loop from everyone)
+                await asyncio.sleep(min(TARPIT_S, e.retry_after_s))
                 return PlainTextResponse(e.message + "\n", 429,
                                          headers={"Retry-After": str(e.retry_after_s)})
             except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
@@ -144,6 +150,8 @@ class RefereeApp:
             body += chunk
             if len(body) > self.max_body:
                 raise too_big
+        if len(body) > 65536:  # a big post is parsed off the event loop (images keep flowing)
+            return await run_in_threadpool(P.parse_fields, bytes(body), request.url.query)
         return P.parse_fields(bytes(body), request.url.query)
 
     async def session(self, request: Request, kind: str = "team") -> tuple[P.Fields, Live, float]:
