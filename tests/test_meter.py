@@ -229,6 +229,10 @@ def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_mode
         pytest.skip("the run ended before the meter came back")
     assert e["meter"]["status"] == "gap" and e["source"] == "estimated"
     assert "gap(s) in the readings" in e["method"] and "not a full measurement" in e["method"]
+    # the gap is counted inside the run, and a bridged gap claims no meter-spec uncertainty
+    run_s = e["meter"]["window"][1] - e["meter"]["window"][0]
+    assert all(0 < g["s"] <= run_s + 1e-6 for g in e["meter"]["gaps"]), (e["meter"]["gaps"], run_s)
+    assert e["uncertainty_wh"] is None and "meter spec" not in e["method"], e["method"]
     assert any("reconnected" in ev for ev in e["meter"]["events"])
     text = (tmp_path / "run" / "power_log.csv").read_text()
     assert "meter: lost" in text and "meter: reconnected" in text
