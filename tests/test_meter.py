@@ -384,7 +384,9 @@ def test_meter_read_log_and_idle(tmp_path, sim):
 
 
 @pytest.mark.slow
-def test_meter_log_until_ctrl_c(tmp_path, sim):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_meter_log_until_ctrl_c(tmp_path, sim, signame):
+    """Ctrl-C, or a scheduler's SIGTERM, ends the log: exit 0, the summary, every row whole."""
     import signal
     import subprocess
     import time
@@ -397,7 +399,7 @@ def test_meter_log_until_ctrl_c(tmp_path, sim):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 8):
         time.sleep(0.1)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, signame))
     stdout, stderr = p.communicate(timeout=30)
     assert p.returncode == 0, stderr
     assert "(Ctrl-C stops)" in stderr and stdout.startswith(f"{out}: ")

@@ -17,6 +17,7 @@ from lpirc.meters import DEFAULT_VISA_LIBRARY, check_config, list_meters, open_m
 from lpirc.meters.measure import log_meter, measure_idle
 from lpirc.meters.sampler import MeterConfig
 from lpirc.meters.wt310 import RATES_S
+from lpirc.preflight import stop_signals
 from lpirc.settings import RunSettings
 
 S = RunSettings
@@ -115,7 +116,8 @@ def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, out: Path
     cfg = _config(meter, visa_library, rate_s, ranges)
     if seconds is None:
         click.echo(f"lpirc meter: logging {meter} to {out} (Ctrl-C stops)", err=True)
-    s = log_meter(cfg, out, seconds)
+    with stop_signals():  # SIGTERM ends the log as Ctrl-C does: file complete, summary printed
+        s = log_meter(cfg, out, seconds)
     st = s.st
     label = s.info.label() if s.info else meter
     click.echo(f"{out}: {len(st.rows)} readings of {label} at {s.rate_s:g} s"
@@ -153,8 +155,9 @@ def post_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, url: str
 
     cfg = _config(meter, visa_library, rate_s, ranges)
     try:
-        n = post_readings(cfg, url, user, password, team, seconds,
-                          echo=lambda s: click.echo(s, err=True))
+        with stop_signals():  # SIGTERM stops the posting as Ctrl-C does
+            n = post_readings(cfg, url, user, password, team, seconds,
+                              echo=lambda s: click.echo(s, err=True))
     except KeyboardInterrupt:
         click.echo("lpirc meter: stopped", err=True)
         return
