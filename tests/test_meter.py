@@ -236,6 +236,10 @@ def test_disconnect_and_back_is_a_gap_not_a_measurement(tmp_path, reference_mode
         pytest.skip("the run ended before the meter came back")
     assert e["meter"]["status"] == "gap" and e["source"] == "estimated"
     assert "gap(s) in the readings" in e["method"] and "not a full measurement" in e["method"]
+    # the gap is counted inside the run, and a bridged gap claims no meter-spec uncertainty
+    run_s = e["meter"]["window"][1] - e["meter"]["window"][0]
+    assert all(0 < g["s"] <= run_s + 1e-6 for g in e["meter"]["gaps"]), (e["meter"]["gaps"], run_s)
+    assert e["uncertainty_wh"] is None and "meter spec" not in e["method"], e["method"]
     assert any("reconnected" in ev for ev in e["meter"]["events"])
     text = (tmp_path / "run" / "power_log.csv").read_text()
     assert "meter: lost" in text and "meter: reconnected" in text
@@ -387,18 +391,19 @@ def test_meter_read_log_and_idle(tmp_path, sim):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["ctrl-c", "ctrl-c-background"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGINT-background", "SIGTERM"])
 def test_meter_log_until_ctrl_c(tmp_path, sim, how):
-    """Ctrl-C ends the log cleanly (exit 0, every row whole), also for a logger started as a
-    shell's background job (SIGINT ignored for it, as for a suite run under nohup or `&`: it
-    was ignored and the logger ran on). The logger never outlives a failed check."""
+    """Ctrl-C, or a scheduler's SIGTERM, ends the log: exit 0, the summary, every row whole.
+    Ctrl-C also for a logger started as a shell's background job (SIGINT ignored for it, as for
+    a suite run under nohup or `&`: it was ignored and the logger ran on). The logger never
+    outlives a failed check."""
     import signal
     import subprocess
     import time
 
     s = sim(watts=3.0)
     out = tmp_path / "m.csv"
-    background = how == "ctrl-c-background"
+    background = how.endswith("-background")
     p = subprocess.Popen([sys.executable, "-m", "lpirc", "meter", "log", "wt310:" + s.resource,
                           "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
@@ -410,7 +415,7 @@ def test_meter_log_until_ctrl_c(tmp_path, sim, how):
             time.sleep(0.1)
         assert p.poll() is None and out.exists() and out.read_text().count("\n") >= 8, \
             "the log never got going"
-        p.send_signal(signal.SIGINT)
+        p.send_signal(getattr(signal, how.split("-")[0]))
         stdout, stderr = p.communicate(timeout=60)
     finally:
         if p.poll() is None:

@@ -116,7 +116,7 @@ def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, out: Path
     cfg = _config(meter, visa_library, rate_s, ranges)
     if seconds is None:
         click.echo(f"lpirc meter: logging {meter} to {out} (Ctrl-C stops)", err=True)
-    with stop_signals():  # Ctrl-C also as a background job, and SIGTERM: the log stays whole
+    with stop_signals():  # SIGTERM ends the log as Ctrl-C does: file complete, summary printed
         s = log_meter(cfg, out, seconds)
     st = s.st
     label = s.info.label() if s.info else meter
@@ -133,8 +133,7 @@ def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, seconds:
              out: Path | None) -> None:
     """Measure the idle power: the baseline lpcvc-2020 subtracts."""
     cfg = _config(meter, visa_library, rate_s, ranges)
-    with stop_signals():
-        base = measure_idle(cfg, seconds)
+    base = measure_idle(cfg, seconds)
     unc = "" if base["uncertainty_w"] is None else f" +- {base['uncertainty_w']:.3g} W (meter spec)"
     click.echo(f"idle power {base['watts']:.4g} W{unc} ({base['method']})")
     if out is not None:
@@ -156,7 +155,7 @@ def post_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, url: str
 
     cfg = _config(meter, visa_library, rate_s, ranges)
     try:
-        with stop_signals():
+        with stop_signals():  # SIGTERM stops the posting as Ctrl-C does
             n = post_readings(cfg, url, user, password, team, seconds,
                               echo=lambda s: click.echo(s, err=True))
     except KeyboardInterrupt:

@@ -79,13 +79,15 @@ def _problem(s: Sampler, t: np.ndarray, start: float, end: float) -> tuple[str |
 
 
 def _gaps(t: np.ndarray, start: float, end: float, rate_s: float) -> list[tuple[float, float]]:
-    """(start, length) of each gap between the readings that bracket [start, end]."""
+    """(start, length) of each gap between the readings that bracket [start, end], the length
+    counted inside the run's window (a gap that began before the run counts from its start)."""
     lo = max(0, int(np.searchsorted(t, start, side="right")) - 1)
     hi = min(len(t), int(np.searchsorted(t, end, side="left")) + 1)
     tt = t[lo:hi]
     limit = max(GAP_INTERVALS * rate_s, GAP_MIN_S)
     d = np.diff(tt)
-    return [(float(tt[i]), float(d[i])) for i in np.nonzero(d > limit)[0]]
+    return [(max(float(tt[i]), start), min(float(tt[i + 1]), end) - max(float(tt[i]), start))
+            for i in np.nonzero(d > limit)[0]]
 
 
 def _cross_check(s: Sampler, start: float, end: float, wh: float) -> dict[str, Any]:
@@ -131,7 +133,7 @@ def run_energy(s: Sampler, start: float, end: float,
                       "gaps": [{"at": round(a, 3), "s": round(d, 3)} for a, d in gaps],
                       "integrator": _cross_check(s, start, end, wh)})
         method = f"{label}, {s.rate_s:g} s, {n} samples, trapezoid"
-        if unc is not None:
+        if unc is not None and not gaps:  # the spec bounds readings, not a bridged gap
             method += f", +-{format_wh(unc)} Wh (meter spec)"
         if any(r.get("auto") for r in s.st.ranges):
             method += ", auto range"
@@ -145,7 +147,7 @@ def run_energy(s: Sampler, start: float, end: float,
                     **_times(fallback), "idle_watts": None, "meter": meter}
         longest = max(d for _, d in gaps)
         status = meter["status"] = "gap"
-        why = (f"{method}, with {len(gaps)} gap(s) in the readings (longest {longest:.1f} s) "
+        why = (f"{method}, with {len(gaps)} gap(s) in the readings (longest {longest:.1f} s of the run) "
                "bridged linearly: not a full measurement")
         return {"wh": round(wh, 9), "source": "estimated", "method": why,
                 "uncertainty_wh": None, **_times(fallback), "idle_watts": None, "meter": meter}
