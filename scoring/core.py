@@ -183,13 +183,7 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
       ScoringError: one line naming the file (or option) and the problem.
     """
     rule, opts, warnings = _rule_and_options(rules, rule_options)
-    log_path, man_path = _locate(path)
-    manifest = read_manifest(man_path) if man_path else {}
-    if man_path is None and Path(path).is_dir():
-        warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
-    status = manifest.get("status")
-    if status and status not in ("complete", "budget_exhausted"):
-        warnings.append(f"{man_path}: run status is {status!r} (the log may be partial)")
+    log_path, manifest = _read_run(path, warnings)
     gt_path = _ground_truth_path(path, ground_truth, manifest, log_path.parent)
     gt = read_ground_truth(gt_path)
     gt_notes_at = len(warnings)  # ground_truth_notes go here, once the answers have their say
@@ -224,16 +218,7 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     out = _score_object(rule, path, log, gt_path, model, ev, fields, times, energy, n_unknown,
                         n_dup)
     out["options"] = {k: v for k, v in opts.items() if k in rule.options}
-    out["source"] = {
-        "top1": "measured",
-        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
-        "wall_time_s": times["wall_source"] if times["wall"] is not None else "unknown",
-        "inference_time_s": (times["inference_source"] if times["inference"] is not None
-                             else "unknown"),
-        "energy_wh": energy["source"],
-        "energy_method": energy["method"],
-        **({"idle_watts": energy["idle_from"]} if energy["idle_from"] else {}),
-    }
+    out["source"] = _sources(out, times, energy)
     if per_class:
         names, names_from = _label_names(labels, model, warnings)
         out["label_names"] = names_from
@@ -243,6 +228,33 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
     out["holdout_id"] = holdout_id(manifest.get("holdout"))
     out["warnings"] = warnings
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _read_run(path, warnings: list[str]) -> tuple[Path, dict]:
+    """The log's path and the run's manifest ({} when there is none), with a warning for a
+    folder without a manifest and for a run that did not finish."""
+    log_path, man_path = _locate(path)
+    manifest = read_manifest(man_path) if man_path else {}
+    if man_path is None and Path(path).is_dir():
+        warnings.append(f"{Path(path)}: no manifest.json: no energy, times from the log")
+    status = manifest.get("status")
+    if status and status not in ("complete", "budget_exhausted"):
+        warnings.append(f"{man_path}: run status is {status!r} (the log may be partial)")
+    return log_path, manifest
+
+
+def _sources(out: dict, times: dict, energy: dict) -> dict:
+    """score.json's ``source``: how each figure of ``out`` was obtained."""
+    return {
+        "top1": "measured",
+        "top5": "measured" if out["top5"] is not None else "unknown: one class per image in this log",
+        "wall_time_s": times["wall_source"] if times["wall"] is not None else "unknown",
+        "inference_time_s": (times["inference_source"] if times["inference"] is not None
+                             else "unknown"),
+        "energy_wh": energy["source"],
+        "energy_method": energy["method"],
+        **({"idle_watts": energy["idle_from"]} if energy["idle_from"] else {}),
+    }
 
 
 def _rule_and_options(rules: str, rule_options: dict):
