@@ -403,9 +403,8 @@ def make_holdout(
         else:
             pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_ignore_sigint)
             try:
-                with _sigint_held():  # the workers forked and the work queued, then Ctrl-C
-                    results = pool.map(_make_one, tasks, chunksize=16)
-                _consume(results, bar)
+                with _interrupts_deferred() as stop:
+                    _consume(pool.map(_make_one, tasks, chunksize=16), bar, stop)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
     except BaseException:
@@ -427,20 +426,31 @@ def make_holdout(
 
 
 @contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back in this thread while the block runs; one that came meanwhile
-    is raised as KeyboardInterrupt when it ends. Around the pool's start: an interrupt that
-    lands between a worker's fork and its registration leaves a worker nobody joins, holding
-    the terminal's (or a caller's) pipes open after lpirc has exited."""
-    if threading.current_thread() is not threading.main_thread() or \
-            not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold it with
-        yield
+def _interrupts_deferred() -> Iterator[threading.Event]:
+    """Within the block, Ctrl-C (SIGINT, unless ignored) and a handled SIGTERM set the event
+    yielded instead of raising; the caller checks it between results and raises
+    KeyboardInterrupt itself. Around the worker pool: an interrupt raised inside the pool's
+    own code (a worker's fork and registration, a future's lock) can leave a worker nobody
+    joins, or hang the pool's shutdown. Handlers are restored on exit; off the main thread
+    (where signals cannot be set) the event is never set."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):  # SIG_IGN / SIG_DFL are ints: the caller's choice stands
+            old[sig] = signal.signal(sig, on_signal)
     try:
-        yield
+        yield stop
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _ignore_sigint() -> None:
@@ -464,11 +474,15 @@ def _remove_partial(out_dir: Path, written: list[str], created: bool) -> None:
             pass
 
 
-def _consume(results, bar) -> None:
+def _consume(results, bar, stop: threading.Event | None = None) -> None:
     for err in results:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         if err is not None:
             raise InputError(err)
         bar.update(1)
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
 
 
 __all__ = [
