@@ -655,7 +655,9 @@ def test_cli_tune_under_a_cpu_hog_says_what_it_decided_in_one_line(tmp_path, tin
     try:
         out = tmp_path / "tune"
         r = lpirc("tune", "--model", str(tiny_model), "--holdout", str(holdout40),
-                  "--max-time-s", "20", "--out", str(out), "--pairs", "2", "--quiet")
+                  "--max-time-s", "20", "--out", str(out), "--pairs", "2", "--quiet",
+                  "--sample", "1500")  # trials of >= 0.5 s even on a fast machine: shorter
+        # ones leave the load unmeasured (CPU times tick at 10 ms) and the machine not busy
     finally:
         for h in hogs:
             h.kill()
