@@ -58,6 +58,10 @@ def rules_option(cls: type, help: str, *decls: str) -> Decorator:
 
 DELEGATE_HELP = "cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library."
 
+#: the submission a command runs or measures (run, tune)
+MODEL_OPTION = click.option("--model", type=click.Path(path_type=Path),
+                            help="Submission .tflite. Default: the bundled reference submission.")
+
 
 def account_password(password: str | None) -> tuple[str, bool]:
     """The ``--password`` of an ``add-team`` command (the referee's, the online service's), or a

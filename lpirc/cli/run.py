@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lpirc.cli._options import (DELEGATE_HELP, clock_options, preprocess_options, rules_option, setting,
+from lpirc.cli._options import (DELEGATE_HELP, MODEL_OPTION, clock_options, preprocess_options, rules_option, setting,
                                 settings_from_options, time_limit_option)
 from lpirc.cli.meter import meter_run_options
 from lpirc.cli.referee import RefereeRun, referee_run_options
@@ -23,7 +23,7 @@ S = RunSettings
 
 
 @click.command("run")
-@click.option("--model", type=click.Path(path_type=Path), help="Submission .tflite. Default: the bundled reference submission.")
+@MODEL_OPTION
 @click.option("--holdout", type=click.Path(path_type=Path), help="Folder of holdout images. Default with the bundled model: the generated demo holdout.")
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label for scoring. Default: HOLDOUT/ground_truth.csv if present.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder. Default: runs/<UTC time>-<model stem>/.")
