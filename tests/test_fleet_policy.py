@@ -459,7 +459,11 @@ def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "child" not in stopped:
             for kid in me.children():
-                if "run" in kid.cmdline() and "--no-report" in kid.cmdline():
+                try:  # another child may end between children() and cmdline(): skip it
+                    cmd = kid.cmdline()
+                except psutil.Error:
+                    continue
+                if "run" in cmd and "--no-report" in cmd:
                     kid.suspend()
                     stopped["child"], stopped["t"] = kid, time.monotonic()
                     return
