@@ -10,6 +10,7 @@ database are the real ones. Each case runs in milliseconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -173,6 +174,48 @@ def test_retries_end_after_max_attempts(tmp_path, small_holdout, reference_model
     assert out.exit_code == 1 and job.status == "failed" and len(calls) == 2
     assert [a.outcome for a in job.attempts] == ["stopped", "stopped"]
     assert job.reason.endswith("(gave up after 2 attempts)")
+
+
+class SlowSharedDevice(SimDevice):
+    """Every device reports core 0 (more cpu devices than cores); cpu_1's check answers 1 s
+    late, after the one job has ended on cpu_0."""
+
+    def check(self, holdout, seed, work_dir):
+        if self.device.label == "cpu_1@local":
+            time.sleep(1.0)
+        return dataclasses.replace(super().check(holdout, seed, work_dir), cores=(0,))
+
+
+def test_a_device_checked_after_the_last_job_still_gets_its_state_and_notes(
+        tmp_path, small_holdout, reference_model, recorded):
+    """The fleet waits (at most hang_margin_s) for devices still checking when its last job
+    ends: the state file lists them ready, and the shared-core note is given (it was lost when
+    the only job ended first: a CI failure)."""
+    subs = make_subs(tmp_path / "subs", reference_model, ["a"])
+    calls: list = []
+    pool = LocalPool(lambda d: SlowSharedDevice(d, {}, recorded, calls))
+    events: list = []
+    out = run(subs, cfg(tmp_path, small_holdout), pool, fleet.local_devices(2), events)
+    assert out.exit_code == 0 and calls == [("cpu_0@local", "a", "ok")]
+    assert {d["device"]: d["state"] for d in out.devices} == {"cpu_0@local": "released",
+                                                              "cpu_1@local": "released"}
+    notes = [e.message for e in events if e.what == "note" and "shares core" in e.message]
+    assert notes == ["cpu_1@local shares core(s) 0 with cpu_0@local (more cpu devices than "
+                     "cores): their runs' times are not comparable"]
+
+
+def test_a_device_that_never_answers_its_check_delays_the_end_by_at_most_the_margin(
+        tmp_path, small_holdout, reference_model, recorded):
+    subs = make_subs(tmp_path / "subs", reference_model, ["a"])
+    calls: list = []
+    pool = LocalPool(lambda d: SlowSharedDevice(d, {}, recorded, calls))
+    t0 = time.monotonic()
+    out = run(subs, cfg(tmp_path, small_holdout, hang_margin_s=0.2), pool,
+              fleet.local_devices(2))
+    took = time.monotonic() - t0
+    assert out.exit_code == 0 and [j.status for j in out.jobs] == ["done"]
+    assert took < 1.0, took  # cpu_1 answers after 1 s; the fleet waited 0.2 s at most for it
+    assert {d["device"]: d["state"] for d in out.devices}["cpu_1@local"] != "idle"
 
 
 def test_hung_job_device_ended_and_job_retried(tmp_path, small_holdout, reference_model,

@@ -183,26 +183,40 @@ class Fleet:
     # jobs
 
     def loop(self) -> None:
-        """Run until every job is done, failed or stranded (no device of its kind left)."""
+        """Run until every job is done, failed or stranded (no device of its kind left), and
+        every device has answered its holdout check (at most ``hang_margin_s`` after the last
+        job ended), so that the state file and the notes cover every device."""
+        jobs_over: float | None = None
         while True:
             self._dispatch()
             if not any(j.status in ("queued", "running") for j in self.jobs):
-                return
-            for fin in self.pool.wait(self._wait_s()):
+                jobs_over = jobs_over or time.monotonic()
+                if not self._checks_pending(jobs_over):
+                    return
+            for fin in self.pool.wait(self._wait_s(jobs_over)):
                 if fin.task == "check":
                     self._on_check(fin)
                 else:
                     self._on_result(fin)
             self._stop_hung()
 
+    def _checks_pending(self, jobs_over: float) -> bool:
+        """Whether a device is still checking its holdout and ``hang_margin_s`` since the last
+        job ended (``jobs_over``, monotonic s) have not passed."""
+        return (any(s.state == "checking" for s in self.slots.values())
+                and time.monotonic() - jobs_over < self.cfg.hang_margin_s)
+
     def _hang_limit_s(self) -> float:
         """Seconds after the head submitted a run past which its worker, which kills a run
         ``stuck_after_s`` after its start, has not answered either: the device is ended."""
         return self.cfg.stuck_after_s + self.cfg.hang_margin_s
 
-    def _wait_s(self) -> float:
-        """How long to wait for the pool: at most 1 s, and not past the next run's hang limit."""
+    def _wait_s(self, jobs_over: float | None = None) -> float:
+        """How long to wait for the pool: at most 1 s, not past the next run's hang limit, and
+        not past the end of the wait for checks (``hang_margin_s`` after ``jobs_over``)."""
         deadlines = [t0 + self._hang_limit_s() for _, t0 in self.running.values()]
+        if jobs_over is not None:
+            deadlines.append(jobs_over + self.cfg.hang_margin_s)
         return max(0.0, min([1.0, *(d - time.monotonic() for d in deadlines)]))
 
     def _stop_hung(self) -> None:
