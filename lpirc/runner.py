@@ -51,7 +51,6 @@ from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new
                            write_json)
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
-from scoring.groups import names_sha256
 from scoring.names import NameIndex, shown
 from scoring.records import Manifest, Record
 
@@ -173,7 +172,7 @@ def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
     Names are matched by the scorer's own rule (scoring.names), so this note and the score
     agree."""
     listed = set(files)
-    if all(n in listed for n in truth):  # every row names a file exactly: nothing to say
+    if listed.issuperset(truth):  # every row names a file exactly: nothing to say
         return None
     del listed
     index = NameIndex(truth)
@@ -302,7 +301,7 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "files_sha256": sha() if callable(sha) else None,
             # the holdout's identity whatever its order (scoring.groups: runs with another
             # --seed are ranked together)
-            "names_sha256": names_sha256(holdout.files) if holdout is not None else None,
+            "names_sha256": holdout.names_digest() if holdout is not None else None,
             "skipped": holdout.skipped if holdout is not None else {},
             "ground_truth": str(plan.ground_truth) if plan.ground_truth else None}
 
