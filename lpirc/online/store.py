@@ -31,7 +31,7 @@ from typing import Any
 
 from lpirc.errors import InputError
 from lpirc.online.config import PHASES
-from lpirc.referee.store import check_account, check_password, hash_password, insert_account
+from lpirc.referee.store import check_account, hash_password, insert_account, verify_login
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C504F4E  # "LPON"
@@ -278,14 +278,12 @@ class Store:
 
     def check_login(self, name: str, password: str) -> Team | None:
         """The account if ``password`` is right, else None (unknown name and wrong password
-        alike, in the same time)."""
+        alike, in the same time). Scrypt, ~50 ms: the service calls it through its login gate
+        (:mod:`lpirc.login_gate`), never on a request thread of its own."""
         with self._lock:
             row = self._db.execute("SELECT id, name, role, pw_hash FROM teams WHERE name = ?",
                                    (name,)).fetchone()
-        if row is None:
-            check_password(password, hash_password("x"))
-            return None
-        return Team(*row[:3]) if check_password(password, row[3]) else None
+        return verify_login((Team(*row[:3]), row[3]) if row else None, password)
 
     # --- submissions ---------------------------------------------------------------------------
 
