@@ -4,12 +4,18 @@ other loopback addresses (127.0.0.2, 127.0.0.3) play other clients."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from online_helpers import Online, Team, add_team
+
+SIDECAR = json.loads((Path(__file__).resolve().parents[1] / "submission" / "reference"
+                      / "model.json").read_text())
 
 
 def client(url: str, address: str) -> httpx.Client:
@@ -60,3 +66,95 @@ def test_failed_logins_limited_429_with_retry_after(small_holdout, tmp_path):
         alpha.close()
     refused = [ln for ln in server.lines if "login: client 127.0.0.2 over its failed-login rate" in ln]
     assert len(refused) == 1 and refused[0].startswith("lpirc online: "), server.lines
+
+
+def watch_states(team: Team, sid: int, timeout_s: float = 120) -> tuple[list[str], dict | None, str | None]:
+    """Poll a submission as fast as the service answers until it is scored or failed: the states
+    seen in order (repeats dropped), its first view in ``scoring``, and its page and the team's
+    page fetched just after the API said ``scoring``."""
+    seen: list[str] = []
+    view = page = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = team.get(sid).json()
+        if not seen or seen[-1] != v["state"]:
+            seen.append(v["state"])
+        if v["state"] == "scoring" and page is None:
+            view = v
+            page = team.http.get(f"/submissions/{sid}").text + team.http.get("/team").text
+        if v["state"] in ("scored", "failed"):
+            return seen, view, page
+    raise AssertionError(f"submission {sid} not settled in {timeout_s} s: {seen}")
+
+
+@pytest.mark.slow
+def test_scoring_state_between_running_and_scored(small_holdout, reference_model, tmp_path):
+    """A run that ended on its device is ``scoring`` while the service scores it (not
+    ``running``): the API, the events, the team's and the submission's pages say so, with the
+    device it ran on; then ``scored``. The states only move forward."""
+    db = tmp_path / "online.sqlite"
+    add_team(db, "alpha", "pw-alpha")
+    with Online(small_holdout, db) as server:
+        alpha = Team(server.url, "alpha", "pw-alpha")
+        sid = alpha.upload(reference_model, SIDECAR).json()["id"]
+        seen, view, page = watch_states(alpha, sid)
+        order = ["queued", "running", "scoring", "scored"]
+        assert seen == [s for s in order if s in seen] and seen[-1] == "scored", seen
+        events = alpha.http.get(f"/api/submissions/{sid}/events").json()["events"]
+        assert [e["state"] for e in events] == order, events
+        scoring = events[2]
+        assert scoring["device"] == "cpu_0@local" and scoring["attempt"] == 1, scoring
+        assert "ended on cpu_0@local" in scoring["message"] and "scoring on the service" in scoring["message"]
+        assert "scoring" in seen, (f"never saw the scoring state in {seen}: the report alone "
+                                   "takes ~1 s, the polls a few ms each")
+        assert view["device"] == "cpu_0@local" and view["since_utc"].endswith("Z"), view
+        assert view["score"] is None and view["position"] is None and view["failure"] is None
+        assert 'id="state">scoring<' in page and "being scored on the service" in page, page
+        assert f'data-id="{sid}" data-state="scoring"' in page and "(run on cpu_0@local)" in page
+        log = alpha.http.get(f"/submissions/{sid}/log").text
+        assert re.search(r"\n\S+\s+scoring\s+attempt 1 ended on cpu_0@local", log), log
+        assert alpha.get(sid).json()["score"]["top1"] is not None
+    assert any(f"submission {sid} (alpha): scored" in ln for ln in server.lines), server.lines
+
+
+def test_schema_1_database_upgraded_in_place(tmp_path):
+    """A database of schema 1 (before the scoring state) is upgraded when opened: its accounts,
+    submissions and events kept, and its submissions can then be ``scoring``."""
+    import sqlite3
+
+    from lpirc.online import store as online_store
+    from lpirc.online.store import Store
+    from lpirc.referee.store import hash_password
+
+    db = tmp_path / "v1.sqlite"
+    v1 = online_store._SCHEMA.replace("'running', 'scoring', 'scored'", "'running', 'scored'")
+    assert v1 != online_store._SCHEMA
+    con = sqlite3.connect(db, isolation_level=None)  # what schema 1 made: no 'scoring'
+    for stmt in v1.split(";"):
+        con.execute(stmt)
+    con.execute(f"PRAGMA application_id = {online_store.APPLICATION_ID}")
+    con.execute("PRAGMA user_version = 1")
+    now = time.time()
+    con.execute("INSERT INTO teams VALUES (1, 'alpha', 'team', ?, ?)", (hash_password("pw"), now))
+    con.execute("INSERT INTO submissions (id, team_id, phase, label, created, day, model_sha256, "
+                "model_bytes, folder, has_sidecar, state, charged, attempts, device, started) "
+                "VALUES (1, 1, 'dev', 'old', ?, '2026-12-07', ?, 1, '/x', 0, 'running', 1, 1, "
+                "'cpu_0', ?)", (now, "0" * 64, now))
+    con.execute("INSERT INTO events VALUES (1, 1, ?, 'running', 1, 'cpu_0', 'started')", (now,))
+    with pytest.raises(sqlite3.IntegrityError):
+        con.execute("UPDATE submissions SET state = 'scoring'")
+    con.close()
+
+    store = Store(db)
+    assert store.check_login("alpha", "pw").name == "alpha"
+    assert store.submission(1).state == "running" and store.submission(1).label == "old"
+    assert store.mark_scoring(1, 1, time.time(), "cpu_0", "ended; scoring")
+    assert [e.state for e in store.events(1)] == ["running", "scoring"]
+    assert store.counts()["states"]["scoring"] == 1
+    store.close()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")} >= \
+        {"submissions_team", "submissions_state", "events_submission"}
+    assert "submissions_v2" not in str(con.execute("SELECT sql FROM sqlite_master").fetchall())
+    con.close()

@@ -17,7 +17,9 @@ from lpirc.login_gate import GateLimits
 PHASES = ("dev", "final")
 COUNTS = ("best", "latest")  # which scored submission of a team counts in a phase's standings
 FAILURE_CLASSES = ("format", "model", "runtime", "timeout", "infrastructure")
-STATES = ("queued", "running", "scored", "failed")
+#: a submission's states, in order: waiting for a device, on a device, its result being scored
+#: on the service (with the service's ground truth; the report drawn), then scored or failed
+STATES = ("queued", "running", "scoring", "scored", "failed")
 DEFAULT_COUNTS = {"dev": "best", "final": "latest"}
 
 

@@ -224,12 +224,22 @@ class Service:
                 "score": sub.score if visible else None,
                 "score_hidden": sub.state == "scored" and not visible,
                 "position": self.store.queue_position(sub.id) if sub.state == "queued" else None,
-                "device": sub.device if sub.state == "running" else None,
-                "since_utc": utc_iso(sub.started) if sub.state == "running" else None,
+                "device": sub.device if sub.state in ("running", "scoring") else None,
+                "since_utc": utc_iso(self._since(sub)),
                 "uploaded_utc": utc_iso(sub.created), "ended_utc": utc_iso(sub.ended),
                 "attempts": sub.attempts, "charged": sub.charged,
                 "model_sha256": sub.model_sha256, "model_bytes": sub.model_bytes,
                 "sidecar": sub.has_sidecar, "links": links}
+
+    def _since(self, sub: Submission) -> float | None:
+        """When a running submission started on its device, or a scoring one's run ended (its
+        ``scoring`` event); None in the other states."""
+        if sub.state == "running":
+            return sub.started
+        if sub.state == "scoring":
+            return next((e.t for e in reversed(self.store.events(sub.id))
+                         if e.state == "scoring"), None)
+        return None
 
     def events(self, team: Team, sub: Submission) -> list[dict[str, Any]]:
         """The submission's state transitions; a hidden score (final phase, not published)
@@ -282,15 +292,17 @@ class Service:
                 "standings": table}
 
     def organiser(self) -> dict[str, Any]:
-        """Queue, devices, failures by class, per-team counts."""
+        """Queue, running and scoring submissions, devices, failures by class, per-team
+        counts."""
         queue = [{"id": s.id, "team": s.team, "phase": s.phase, "position": i + 1,
                   "uploaded_utc": utc_iso(s.created), "attempts": s.attempts}
                  for i, s in enumerate(self.store.submissions(state="queued"))]
-        running = [{"id": s.id, "team": s.team, "device": s.device, "attempt": s.attempts,
-                    "since_utc": utc_iso(s.started)}
-                   for s in self.store.submissions(state="running")]
+        running, scoring = ([{"id": s.id, "team": s.team, "device": s.device,
+                              "attempt": s.attempts, "since_utc": utc_iso(self._since(s))}
+                             for s in self.store.submissions(state=state)]
+                            for state in ("running", "scoring"))
         devices = [dict(d, since_utc=utc_iso(d.get("since"))) for d in self.scheduler.devices()]
         return {"phase": self.store.phase(), "published": self.store.published(),
-                "queue": queue, "running": running, "devices": devices,
+                "queue": queue, "running": running, "scoring": scoring, "devices": devices,
                 **self.store.counts()}
 
