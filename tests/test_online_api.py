@@ -114,7 +114,9 @@ def test_scoring_state_between_running_and_scored(small_holdout, reference_model
         log = alpha.http.get(f"/submissions/{sid}/log").text
         assert re.search(r"\n\S+\s+scoring\s+attempt 1 ended on cpu_0@local", log), log
         assert alpha.get(sid).json()["score"]["top1"] is not None
-    assert any(f"submission {sid} (alpha): scored" in ln for ln in server.lines), server.lines
+    scored = [ln for ln in server.lines if f"submission {sid} (alpha): scored" in ln]
+    assert scored, server.lines
+    print(f"\nstates seen by polling: {seen}; the service: {scored[0]}")
 
 
 def test_schema_1_database_upgraded_in_place(tmp_path):
