@@ -114,7 +114,9 @@ def test_scoring_state_between_running_and_scored(small_holdout, reference_model
         log = alpha.http.get(f"/submissions/{sid}/log").text
         assert re.search(r"\n\S+\s+scoring\s+attempt 1 ended on cpu_0@local", log), log
         assert alpha.get(sid).json()["score"]["top1"] is not None
-    assert any(f"submission {sid} (alpha): scored" in ln for ln in server.lines), server.lines
+    scored = [ln for ln in server.lines if f"submission {sid} (alpha): scored" in ln]
+    assert scored, server.lines
+    print(f"\nstates seen by polling: {seen}; the service: {scored[0]}")
 
 
 def test_schema_1_database_upgraded_in_place(tmp_path):
@@ -158,3 +160,51 @@ def test_schema_1_database_upgraded_in_place(tmp_path):
         {"submissions_team", "submissions_state", "events_submission"}
     assert "submissions_v2" not in str(con.execute("SELECT sql FROM sqlite_master").fetchall())
     con.close()
+
+
+@pytest.mark.slow
+def test_standings_rank_query(small_holdout, reference_model, tmp_path):
+    """``?rank=best|latest`` on the standings API, page and export chooses which scored
+    submission of a team counts (default: the serve option); another value is 400 in one line
+    (JSON from the API, a page from the page), never a 500."""
+    db = tmp_path / "online.sqlite"
+    add_team(db, "alpha", "pw-alpha")
+    add_team(db, "org", "pw-org", "--organiser")
+    worse = json.loads(json.dumps(SIDECAR))
+    worse["preprocess"]["crop_fraction"] = 0.2  # top-1 0.25 on this holdout, 0.95 at 0.875
+    with Online(small_holdout, db) as server:
+        alpha = Team(server.url, "alpha", "pw-alpha")
+        first = alpha.upload(reference_model, SIDECAR).json()["id"]
+        alpha.wait([first])
+        last = alpha.upload(reference_model, worse).json()["id"]
+        views = alpha.wait([first, last])
+        assert all(v["state"] == "scored" for v in views.values()), views
+        best = max((first, last), key=lambda i: (views[i]["score"]["score"], -i))
+        http = httpx.Client(base_url=server.url, timeout=60)
+        default = http.get("/api/standings").json()
+        assert default["counts"] == default["counts_default"] == "best", default
+        assert default["standings"][0]["id"] == best
+        for rank, want in (("best", best), ("latest", last)):
+            d = http.get(f"/api/standings?phase=dev&rank={rank}").json()
+            assert d["counts"] == rank and d["counts_default"] == "best", d
+            assert [(r["team"], r["id"]) for r in d["standings"]] == [("alpha", want)], d
+            assert d["standings"][0]["submissions"] == 2
+        page = http.get("/standings?rank=latest")
+        assert page.status_code == 200 and "latest scored submission of each team counts" in page.text
+        assert re.search(rf'<td class="num">{last}</td>', page.text), page.text
+        assert '"&rank=" + encodeURIComponent(rank)' in page.text and 'const rank = "latest"' in page.text
+        assert 'href="/standings?phase=dev&amp;rank=best"' in page.text
+        assert http.get("/api/standings?rank=").json()["counts"] == "best"
+        for bad in ("worst", "BEST", "x" * 500):
+            r = http.get("/api/standings", params={"rank": bad})
+            assert r.status_code == 400, r.text
+            assert "expected one of best, latest" in r.json()["detail"] and "\n" not in r.json()["detail"]
+            assert len(r.json()["detail"]) < 120, r.json()
+        r = http.get("/standings?rank=worst")
+        assert r.status_code == 400 and "text/html" in r.headers["content-type"]
+        assert "expected one of best, latest" in r.text and "Traceback" not in r.text
+        org = Team(server.url, "org", "pw-org")
+        csv_text = org.http.get("/api/admin/export/standings.csv?phase=dev&rank=latest").text
+        assert csv_text.splitlines()[1].split(",")[2] == str(last), csv_text
+        assert org.http.get("/api/admin/export/standings.json?rank=nope").status_code == 400
+        http.close()

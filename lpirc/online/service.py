@@ -22,7 +22,7 @@ from lpirc.errors import InputError
 from lpirc.holdout import content_sha256, open_holdout
 from lpirc.online import standings as st
 from lpirc.online.checks import check_refusal, quick_refusal
-from lpirc.online.config import PHASES, OnlineConfig, PhaseData
+from lpirc.online.config import COUNTS, DEFAULT_COUNTS, PHASES, OnlineConfig, PhaseData
 from lpirc.online.errors import ApiError
 from lpirc.online.executor import Executor, local_executor, ray_executor
 from lpirc.online.scheduler import PhaseHoldout, Scheduler
@@ -276,16 +276,24 @@ class Service:
 
     # --- standings, phases ---------------------------------------------------------------------
 
-    def standings(self, team: Team | None, phase: str | None = None) -> dict[str, Any]:
+    def standings(self, team: Team | None, phase: str | None = None,
+                  rank: str | None = None) -> dict[str, Any]:
+        """A phase's standings (default: the phase open now) as ``team`` may see them, counting
+        each team's ``rank`` (``best`` or ``latest``) scored submission; default: the phase's
+        ``--dev-counts``/``--final-counts``. ApiError 400 for another phase or rank."""
         phase = phase or self.store.phase()
         if phase not in PHASES:
             raise ApiError(400, f"phase {phase!r}: expected one of {', '.join(PHASES)}")
-        rule = self.cfg.counts.get(phase, "best")
+        if rank and rank not in COUNTS:
+            raise ApiError(400, f"rank {rank[:40]!r}: expected one of {', '.join(COUNTS)}")
+        default = self.cfg.counts.get(phase, DEFAULT_COUNTS[phase])
+        rule = rank or default
         hidden = (phase == "final" and not self.store.published()
                   and (team is None or team.role != "organiser"))
         sha = self.phases[phase].files_sha256 if phase in self.phases else None
         table = [] if hidden else st.rows(self.store, phase, rule, sha, self.cfg.rules)
         return {"phase": phase, "current_phase": self.store.phase(), "counts": rule,
+                "counts_default": default,
                 "rules": self.cfg.rules, "hidden": hidden,
                 "images": self.phases[phase].count if phase in self.phases else None,
                 "interval": st.INTERVAL, "updated_utc": utc_iso(time.time()),
