@@ -4,7 +4,8 @@ connections closed, connections per client and in all capped).
 
 Both run on the server's event loop (no locks): :class:`LoginGate` decides, before any hashing,
 whether a login is hashed now, queued, or refused with 429; :func:`guarded_protocol` is
-uvicorn's h11 protocol with accept-time caps and a request timeout.
+uvicorn's h11 protocol with accept-time caps and a request timeout. Their settings,
+:class:`GateLimits` and :class:`ConnLimits`, are in :mod:`lpirc.referee.config`.
 
 Figures (``bench/referee_load.py --login-flood 60`` on the shared 2-core machine; the table is
 in docs/referee.md, "Under abuse"): before the gate, 60 connections posting wrong passwords held
@@ -24,29 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from lpirc.referee.config import ConnLimits, GateLimits
 from lpirc.referee.store import Store, Team, check_password, hash_password
-
-
-@dataclass(frozen=True)
-class GateLimits:
-    """The login gate's settings.
-
-    hash_workers: password checks at once (scrypt: ~50 ms and 16 MB each). One leaves the other
-      core(s) to serving images; 20 checks/s is far more than the teams' own logins need.
-    queue: logins waiting for a hash at most; beyond, 429. Logins from clients with no recent
-      failure go first, and displace a waiting login from a client that has failed.
-    client_burst, client_every_s: failed logins one client address may make at once, and then
-      one per this many seconds (a token bucket); beyond, 429 with Retry-After, no hashing.
-    account_burst, account_every_s: the same per account name, applied to clients that have
-      failed themselves (a client with a clean record is never locked out by others' failures).
-    """
-
-    hash_workers: int = 1
-    queue: int = 32
-    client_burst: int = 5
-    client_every_s: float = 6.0
-    account_burst: int = 10
-    account_every_s: float = 3.0
 
 
 class Refused(Exception):
@@ -225,26 +205,6 @@ class LoginGate:
 
 
 # --- connections -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConnLimits:
-    """The connection guard's settings.
-
-    request_timeout_s: a connection must complete a request's headers within this many seconds
-      of connecting or of its previous reply, and its body within ``body_timeout_s`` (the
-      server answers 408); else it is closed (slowloris). uvicorn's own keep-alive timer is
-      cancelled by the first byte of a request, so it does not cover a request that never ends.
-    max_connections: open connections in all; a new one beyond closes the longest-idle
-      connection (one with no request under way), or itself when none is idle. Kept well under
-      the process's file-descriptor limit (raised to its hard limit at start).
-    per_client: open connections from one client address; beyond, a new one is closed at once.
-    """
-
-    request_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    max_connections: int = 512
-    per_client: int = 64
 
 
 def guarded_protocol(limits: ConnLimits, log=print):
