@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 
 import click
 
-from lpirc.cli._options import account_password, rules_option, setting, time_limit_option
+from lpirc.cli._options import (account_password, login_limits, login_options, rules_option, setting,
+                                time_limit_option)
 from lpirc.energy import read_power_log
 from lpirc.errors import InputError
 from lpirc.holdout import files_sha256, list_images
 from lpirc.referee import require_extra
-from lpirc.referee.config import MIB, ConnLimits, GateLimits, RefereeConfig
+from lpirc.referee.config import MIB, ConnLimits, RefereeConfig
 from lpirc.referee.results import answers_csv, attempts, format_standings, standings
 from lpirc.referee.store import PowerReading, Store
 
@@ -38,35 +39,27 @@ def referee() -> None:
     """The LPIRC referee: serve the holdout over HTTP, take answers, meter and score sessions."""
 
 
-#: ``lpirc referee serve``'s login and connection limits: (settings class, field, option, type,
-#: help); the option's value goes to ``<gate|conns>_<field>``, its default is the field's
-LIMITS = (
-    (GateLimits, "hash_workers", "--login-hash-workers", click.IntRange(min=1), "Password checks (scrypt, ~50 ms and 16 MB each) at once, on their own thread(s), never on those serving images."),
-    (GateLimits, "queue", "--login-queue", click.IntRange(min=0), "Logins waiting for a password check, at most; beyond, 429 (a client with no failed login displaces one that has failed)."),
-    (GateLimits, "client_burst", "--login-client-burst", click.IntRange(min=1), "Failed logins one client address may make at once, then one per --login-client-every-s; beyond, 429 with Retry-After, without hashing."),
-    (GateLimits, "client_every_s", "--login-client-every-s", click.FloatRange(min=0, min_open=True), "Seconds in which a client address earns one more failed login, up to --login-client-burst."),
-    (GateLimits, "account_burst", "--login-account-burst", click.IntRange(min=1), "Failed logins per account name at once (counted for clients that have failed themselves), then one per --login-account-every-s; beyond, 429."),
-    (GateLimits, "account_every_s", "--login-account-every-s", click.FloatRange(min=0, min_open=True), "Seconds in which an account name earns one more failed login, up to --login-account-burst."),
-    (ConnLimits, "request_timeout_s", "--request-timeout-s", click.FloatRange(min=0, min_open=True), "A connection that sends no complete request headers within this many seconds of connecting or of its previous reply is closed."),
-    (ConnLimits, "body_timeout_s", "--body-timeout-s", click.FloatRange(min=0, min_open=True), "Seconds a request's body may take to arrive (408 beyond)."),
-    (ConnLimits, "max_connections", "--max-connections", click.IntRange(min=1), "Open connections in all; a new one beyond closes the longest-idle one (lowered to the file-descriptor limit less 64)."),
-    (ConnLimits, "per_client", "--max-connections-per-client", click.IntRange(min=1), "Open connections from one client address; a new one beyond is closed at once."),
+#: ``lpirc referee serve``'s connection limits (the login gate's are :func:`login_options`):
+#: (field of ConnLimits, option, type, help); the option's default is the field's
+CONN_LIMITS = (
+    ("request_timeout_s", "--request-timeout-s", click.FloatRange(min=0, min_open=True), "A connection that sends no complete request headers within this many seconds of connecting or of its previous reply is closed."),
+    ("body_timeout_s", "--body-timeout-s", click.FloatRange(min=0, min_open=True), "Seconds a request's body may take to arrive (408 beyond)."),
+    ("max_connections", "--max-connections", click.IntRange(min=1), "Open connections in all; a new one beyond closes the longest-idle one (lowered to the file-descriptor limit less 64)."),
+    ("per_client", "--max-connections-per-client", click.IntRange(min=1), "Open connections from one client address; a new one beyond is closed at once."),
 )
-_PREFIX = {GateLimits: "gate", ConnLimits: "conns"}
 
 
-def limit_options(fn):
-    """The options of :data:`LIMITS`, defaults shown from GateLimits and ConnLimits."""
-    for cls, name, flag, kind, text in reversed(LIMITS):
-        fn = setting(cls, name, flag, f"{_PREFIX[cls]}_{name}", type=kind, help=text)(fn)
-    return fn
+def conn_options(fn):
+    """The options of :data:`CONN_LIMITS` (values in ``conns_<field>``), then the login gate's."""
+    for name, flag, kind, text in reversed(CONN_LIMITS):
+        fn = setting(ConnLimits, name, flag, f"conns_{name}", type=kind, help=text)(fn)
+    return login_options(fn)
 
 
 def limits_from_options(opts: dict) -> dict:
-    """Pop the :data:`LIMITS` options from ``opts``: {"gate": GateLimits, "conns": ConnLimits}."""
-    return {prefix: cls(**{name: opts.pop(f"{prefix}_{name}") for c, name, *_ in LIMITS
-                           if c is cls})
-            for cls, prefix in _PREFIX.items()}
+    """Pop the limit options from ``opts``: {"gate": GateLimits, "conns": ConnLimits}."""
+    return {"gate": login_limits(opts),
+            "conns": ConnLimits(**{name: opts.pop(f"conns_{name}") for name, *_ in CONN_LIMITS})}
 
 
 C = RefereeConfig
@@ -85,7 +78,7 @@ C = RefereeConfig
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), help="Where each scored session's run folder goes. Default: DB.runs/ beside the database.")
 @click.option("--standings-db", type=click.Path(dir_okay=False, path_type=Path), help="Also add every scored session to this lpirc standings database.")
 @setting(C, "max_body_bytes", "--max-body-mib", convert=lambda b: b / MIB, type=click.FloatRange(min=0.001), help="Largest request body accepted (413 beyond).")
-@limit_options
+@conn_options
 def serve_cmd(holdout: Path, ground_truth: Path | None, db: Path, host: str, port: int,
               class_id_base: str, max_body_mib: float, **opts) -> None:
     """Serve the holdout to teams' devices until Ctrl-C; score each session when it ends."""

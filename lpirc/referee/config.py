@@ -1,11 +1,13 @@
 """What ``lpirc referee serve`` is started with, in one place: :class:`RefereeConfig` (the
-sessions' rules and where things go), :class:`GateLimits` (the login gate) and
-:class:`ConnLimits` (the connection guard), with their defaults.
+sessions' rules and where things go) and :class:`ConnLimits` (the connection guard), with their
+defaults; the login gate's, :class:`~lpirc.login_gate.GateLimits`, are in
+:mod:`lpirc.login_gate` (shared with ``lpirc online``; standard library only).
 
 No module of the ``referee`` extra is imported here (itsdangerous, Starlette, uvicorn): the
 command line reads every default shown by ``lpirc referee serve --help`` from these dataclasses
 (:func:`lpirc.cli._options.setting`) without the extra installed. The code that applies them is
-:mod:`~lpirc.referee.core` (sessions) and :mod:`~lpirc.referee.guard` (limits).
+:mod:`~lpirc.referee.core` (sessions), :mod:`lpirc.login_gate` and :mod:`~lpirc.referee.guard`
+(limits).
 """
 
 from __future__ import annotations
@@ -14,30 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import scoring
+from lpirc.login_gate import GateLimits
 
 MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class GateLimits:
-    """The login gate's settings (:class:`lpirc.referee.guard.LoginGate`).
-
-    hash_workers: password checks at once (scrypt: ~50 ms and 16 MB each). One leaves the other
-      core(s) to serving images; 20 checks/s is far more than the teams' own logins need.
-    queue: logins waiting for a hash at most; beyond, 429. Logins from clients with no recent
-      failure go first, and displace a waiting login from a client that has failed.
-    client_burst, client_every_s: failed logins one client address may make at once, and then
-      one per this many seconds (a token bucket); beyond, 429 with Retry-After, no hashing.
-    account_burst, account_every_s: the same per account name, applied to clients that have
-      failed themselves (a client with a clean record is never locked out by others' failures).
-    """
-
-    hash_workers: int = 1
-    queue: int = 32
-    client_burst: int = 5
-    client_every_s: float = 6.0
-    account_burst: int = 10
-    account_every_s: float = 3.0
 
 
 @dataclass(frozen=True)

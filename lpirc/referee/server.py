@@ -40,9 +40,9 @@ import scoring
 from lpirc import __version__
 from lpirc.errors import InputError
 from lpirc.referee import protocol as P
-from lpirc.referee.config import RefereeConfig
-from lpirc.referee.core import Live, Referee
-from lpirc.referee.guard import LoginGate, Refused, guarded_protocol
+from lpirc.referee.core import Live, Referee, RefereeConfig
+from lpirc.login_gate import LoginGate, Refused, hold
+from lpirc.referee.guard import guarded_protocol, verifier
 from lpirc.referee.protocol import ProtocolError
 from lpirc.referee.guard import raise_fd_limit
 from lpirc.referee.results import standings_html
@@ -51,8 +51,6 @@ TICK_S = 0.25  # how often sessions past their time limit are closed and scored
 #: The standings page is made at most once per this many seconds, whatever the requests (it
 #: refreshes itself every 5 s): a flood of it costs the server a cached reply each.
 PAGE_TTL_S = 2.0
-#: How long a refused login's 429 is held before it is sent (at most its Retry-After).
-TARPIT_S = 2.0
 
 
 def build_zip(members: list[tuple[int, Path]]) -> bytes:
@@ -78,7 +76,8 @@ class RefereeApp:
         self.ref = referee
         self.max_body = referee.cfg.max_body_bytes
         self.conns = conns = referee.cfg.conns
-        self.gate = LoginGate(referee.store, referee.cfg.gate, referee.announce)
+        self.gate = LoginGate(verifier(referee.store), referee.cfg.gate, referee.announce,
+                              "lpirc referee")
         self.protocol, self._sweep = guarded_protocol(conns, referee.announce)
         self._page: tuple[float, str] = (-1e9, "")
         self._page_task: asyncio.Future | None = None
@@ -103,11 +102,8 @@ class RefereeApp:
                 return await fn(request)
             except ProtocolError as e:
                 return _text(e.message, e.status)
-            except Refused as e:  # the login gate: no hashing was done
-                # held before it goes out (a sleeping coroutine costs no CPU): a flooding
-                # connection then asks at most once per TARPIT_S, instead of as fast as the
-                # server can answer 429s (which took the event loop from everyone)
-                await asyncio.sleep(min(TARPIT_S, e.retry_after_s))
+            except Refused as e:  # the login gate: no hashing was done; held, then 429
+                await hold(e)
                 return PlainTextResponse(e.message + "\n", 429,
                                          headers={"Retry-After": str(e.retry_after_s)})
             except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
