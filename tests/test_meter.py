@@ -14,6 +14,7 @@ pytest.importorskip("pyvisa_py")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wt310_sim import SimWT310  # noqa: E402
+from wt310_vxi11 import Vxi11Server  # noqa: E402
 
 from lpirc.energy import power_log_wh, read_power_log  # noqa: E402
 from lpirc.errors import InputError, MeterError  # noqa: E402
@@ -572,6 +573,65 @@ def test_the_simulation_runs_as_a_process_for_a_new_user(tmp_path):
         a, b = energy["meter"]["window"]
         assert energy["source"] == "measured" and "WT310 C2SIM0001" in energy["method"]
         assert energy["wh"] == pytest.approx(50 * (b - a) / 3600, rel=1e-4)
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+
+
+# --- Ethernet: VXI-11 through pyvisa-py ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_vxi11_resource_through_pyvisa_py(tmp_path, reference_model, small_holdout):
+    """The meter's Ethernet port speaks VXI-11 (TCPIP::<address>::INSTR): `lpirc meter read`
+    and `lpirc run --meter` through pyvisa-py's VXI-11 client against the simulation served
+    over VXI-11 (its port in the name, as there is no portmapper on 127.0.0.1)."""
+    import json
+
+    s = SimWT310(watts=21.0, serial="C2VXI0042")
+    server = Vxi11Server(s)
+    server.start()
+    try:
+        spec = "wt310:" + server.resource
+        r = lpirc_cmd("meter", "read", spec, "--ranges", "30,1")
+        assert r.returncode == 0, r.stderr
+        assert "serial C2VXI0042" in r.stdout and "21 W" in r.stdout, r.stdout
+        r = lpirc_cmd("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+                      "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--workers", "1",
+                      "--meter", spec)
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.stop()
+    e = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
+    start, end = e["meter"]["window"]
+    assert e["source"] == "measured" and e["method"].startswith("WT310 C2VXI0042, 0.1 s, ")
+    assert e["wh"] == _stored_wh(21.0 * (end - start) / 3600.0, 21.0)
+    assert e["meter"]["info"]["resource"] == server.resource
+    assert e["meter"]["sync"]["mode"] == "update" and _dupes_and_misses(s.served)[0] == 0
+
+
+def test_vxi11_without_a_meter_is_one_line():
+    """TCPIP::<address>::INSTR with nothing there (no portmapper on 127.0.0.1): exit 7, one
+    line naming the address."""
+    r = lpirc_cmd("meter", "read", "wt310:TCPIP::127.0.0.1::INSTR", timeout=60)
+    assert r.returncode == 7 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("lpirc: error: meter TCPIP::127.0.0.1::INSTR: "), r.stderr
+
+
+@pytest.mark.slow
+def test_the_simulation_serves_vxi11_as_a_process():
+    """docs/meter.md: `python tests/wt310_sim.py --vxi11` prints a TCPIP::127.0.0.1,PORT::INSTR
+    address that `lpirc meter read` opens through pyvisa-py's VXI-11 client."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "wt310_sim.py"), "--vxi11",
+                          "--watts", "12"], stdout=subprocess.PIPE, text=True)
+    try:
+        spec = p.stdout.readline().strip()
+        assert spec.startswith("wt310:TCPIP::127.0.0.1,") and spec.endswith("::INSTR"), spec
+        r = run_lpirc("meter", "read", spec, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "serial C2SIM0001" in r.stdout and "12 W" in r.stdout, r.stdout
     finally:
         p.terminate()
         assert p.wait(timeout=10) == 0

@@ -469,8 +469,9 @@ class SimWT310:
 def main(argv: list[str] | None = None) -> None:
     """``python tests/wt310_sim.py [--port P] [--watts W] ...``: the simulation as a process, for
     trying ``lpirc meter`` and ``lpirc run --meter`` without a meter (docs/meter.md). Prints the
-    meter's address (``wt310:TCPIP::127.0.0.1::PORT::SOCKET``) on its first line and serves on
-    127.0.0.1 until Ctrl-C or SIGTERM."""
+    meter's address (``wt310:TCPIP::127.0.0.1::PORT::SOCKET``; with ``--vxi11``
+    ``wt310:TCPIP::127.0.0.1,PORT::INSTR``) on its first line and serves on 127.0.0.1 until
+    Ctrl-C or SIGTERM."""
     import argparse
     import signal
 
@@ -491,14 +492,24 @@ def main(argv: list[str] | None = None) -> None:
                     help="a fault after --fault-after-reads value queries")
     ap.add_argument("--fault-after-reads", type=int, default=0)
     ap.add_argument("--down-s", type=float, help="disconnect: back after this many seconds")
+    ap.add_argument("--vxi11", action="store_true",
+                    help="serve VXI-11, the protocol of the meter's Ethernet port, instead of "
+                    "newline-terminated SCPI (address TCPIP::127.0.0.1,PORT::INSTR)")
     a = ap.parse_args(argv)
     sim = SimWT310(watts=a.watts, volts=a.volts, pattern=a.pattern, low_watts=a.low_watts,
                    period_s=a.period_s, mode=a.mode, fault=a.fault,
                    fault_after_reads=a.fault_after_reads, down_s=a.down_s,
                    update_skew=a.update_skew)
-    sim.port = a.port
-    sim.start()
-    print(f"wt310:{sim.resource}", flush=True)
+    if a.vxi11:
+        from wt310_vxi11 import Vxi11Server
+
+        server = Vxi11Server(sim, a.port)
+        server.start()
+        print(f"wt310:{server.resource}", flush=True)
+    else:
+        sim.port = a.port
+        sim.start()
+        print(f"wt310:{sim.resource}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         threading.Event().wait()

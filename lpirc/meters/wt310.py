@@ -49,6 +49,16 @@ What is used:
 
 Short and long mnemonics are equivalent (§5 "Header interpretation rules"); the driver sends
 long forms.
+
+Transports (any VISA resource; docs/meter.md "The real meter"): USB-TMC
+(``USB0::0x0B21::0x0025::<serial>::INSTR``, pyvisa-py through pyusb); Ethernet, the /C7
+option (chapter 4), which is a VXI-11 instrument server (``TCPIP::<address>::INSTR``, pyvisa-py's
+VXI-11 client; ``TCPIP::<address>,<port>::INSTR`` skips the portmapper); GP-IB through a
+GP-IB backend. The meter's other Ethernet protocol, Modbus/TCP (chapter 9), is not used. The
+manual gives the WT310 no raw SCPI socket and no port-10001 framing with a header (the older
+WT1600/WT3000 Ethernet): ``TCPIP::<host>::<port>::SOCKET`` (newline-terminated SCPI) is for the
+simulation and serial-to-TCP bridges only. The VXI-11 path was tested against the simulation
+served over VXI-11 (tests/wt310_vxi11.py), not against a meter.
 """
 
 from __future__ import annotations
