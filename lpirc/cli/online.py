@@ -12,10 +12,9 @@ from pathlib import Path
 import click
 
 import scoring
-from lpirc.cli._options import (account_password, clock_options, rules_option, setting,
-                                time_limit_option)
+from lpirc.cli._options import (account_password, clock_options, login_limits, login_options,
+                                rules_option, setting, time_limit_option)
 from lpirc.errors import InputError
-from lpirc.login_gate import GateLimits
 from lpirc.online import require_extra
 from lpirc.online import standings as st
 from lpirc.online.config import DEFAULT_COUNTS, OnlineConfig, PhaseData
@@ -27,21 +26,6 @@ DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path)
                          default=Path("online.sqlite"), show_default=True,
                          help="The service's SQLite database (made if absent); its uploads and "
                               "run folders go to DB.d/.")
-
-
-def login_options(fn):
-    """``--login-*``: the login gate's limits (:class:`GateLimits`, its defaults shown)."""
-    opts = [
-        setting(GateLimits, "client_burst", "--login-client-burst", type=click.IntRange(min=1), help="Failed logins one client address may make at once (then --login-client-every-s); beyond, 429 with Retry-After."),
-        setting(GateLimits, "client_every_s", "--login-client-every-s", type=click.FloatRange(min=0.001), help="Seconds per further failed login of one client address."),
-        setting(GateLimits, "account_burst", "--login-account-burst", type=click.IntRange(min=1), help="Failed logins to one account name at once, from clients that have failed themselves (then --login-account-every-s)."),
-        setting(GateLimits, "account_every_s", "--login-account-every-s", type=click.FloatRange(min=0.001), help="Seconds per further failed login to one account name."),
-        setting(GateLimits, "hash_workers", "--login-hash-workers", type=click.IntRange(min=1), help="Password checks (scrypt, ~50 ms and 16 MB each) at once."),
-        setting(GateLimits, "queue", "--login-queue", type=click.IntRange(min=1), help="Logins waiting for a password check at most (429 beyond)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
 
 
 def _store(db: Path, must_exist: bool = True):
@@ -115,7 +99,7 @@ def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host
                        time_limit_s=time_limit_s, clock=clock, ms_per_image=ms_per_image,
                        hang_margin_s=hang_margin_s, max_attempts=max_attempts,
                        counts={"dev": dev_counts, "final": final_counts},
-                       login=GateLimits(**{k.removeprefix("login_"): v for k, v in login.items()}))
+                       login=login_limits(login))
     serve(cfg, host, port, announce=_announce)
 
 

@@ -3,16 +3,17 @@ shared with ``lpirc online``; here the referee's password check for it) and the 
 guard (idle and slow connections closed, connections per client and in all capped).
 
 :func:`guarded_protocol` is uvicorn's h11 protocol with accept-time caps and a request timeout;
-it runs on the server's event loop (no locks).
+it runs on the server's event loop (no locks). Its settings, :class:`ConnLimits`, are in
+:mod:`lpirc.referee.config` with the rest of what ``lpirc referee serve`` is started with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Callable
 
+from lpirc.referee.config import ConnLimits
 from lpirc.referee.store import Store, Team, verify_login
 
 
@@ -23,26 +24,6 @@ def verifier(store: Store) -> Callable[[str, str], Team | None]:
 
 
 # --- connections -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConnLimits:
-    """The connection guard's settings.
-
-    request_timeout_s: a connection must complete a request's headers within this many seconds
-      of connecting or of its previous reply, and its body within ``body_timeout_s`` (the
-      server answers 408); else it is closed (slowloris). uvicorn's own keep-alive timer is
-      cancelled by the first byte of a request, so it does not cover a request that never ends.
-    max_connections: open connections in all; a new one beyond closes the longest-idle
-      connection (one with no request under way), or itself when none is idle. Kept well under
-      the process's file-descriptor limit (raised to its hard limit at start).
-    per_client: open connections from one client address; beyond, a new one is closed at once.
-    """
-
-    request_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    max_connections: int = 512
-    per_client: int = 64
 
 
 def guarded_protocol(limits: ConnLimits, log=print):
