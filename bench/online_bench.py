@@ -61,7 +61,7 @@ def measure(team: Team, model: Path, sidecar: dict, n: int, alone: bool) -> list
         for sid, row in list(pending.items()):
             state = team.get(sid).json()["state"]
             now = time.monotonic()
-            if state in ("running", "scored", "failed") and "running" not in row:
+            if state in ("running", "scoring", "scored", "failed") and "running" not in row:
                 row["running"] = now
             if state in ("scored", "failed"):
                 row["end"], row["state"] = now, state

@@ -65,6 +65,7 @@ class RunSettings:
     visa_library: str = "@py"  # what pyvisa.ResourceManager takes; file.yaml@sim: simulated
     meter_rate_s: float = 0.1  # the meter's update interval, sampled at the same rate
     meter_ranges: str = "auto"  # auto | keep | VOLTS,AMPS (fixed)
+    meter_sync: str = "update"  # update: one reading per meter data update | poll (not synced)
     idle_baseline: Path | None = None  # an `lpirc meter idle --out` file
     idle_seconds: float = 0.0  # measure the idle baseline with --meter before the run
     grace_s: float = 0.5
@@ -222,9 +223,10 @@ def check_settings(s: RunSettings, origin: dict[str, Path] | None = None) -> Non
     # the preprocessing options were checked when ``s`` was made (RunSettings.preprocess)
     if not isinstance(s.decode_threads, int) or s.decode_threads < 0:
         raise bad("decode_threads", "must be an integer >= 0")
-    if s.meter is not None or s.meter_ranges != "auto" or s.meter_rate_s != 0.1:
+    if s.meter is not None or s.meter_ranges != "auto" or s.meter_rate_s != 0.1 \
+            or s.meter_sync != "update":
         try:
-            check_config(s.meter, s.meter_rate_s, s.meter_ranges)
+            check_config(s.meter, s.meter_rate_s, s.meter_ranges, s.meter_sync)
         except MeterError as e:
             raise InputError(str(e)) from None
     # the rule set must exist before the run, not only when it is scored

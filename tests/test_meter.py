@@ -14,6 +14,7 @@ pytest.importorskip("pyvisa_py")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wt310_sim import SimWT310  # noqa: E402
+from wt310_vxi11 import Vxi11Server  # noqa: E402
 
 from lpirc.energy import power_log_wh, read_power_log  # noqa: E402
 from lpirc.errors import InputError, MeterError  # noqa: E402
@@ -57,6 +58,16 @@ def long_holdout(tmp_path_factory, small_holdout) -> Path:
     return out
 
 
+def _wait_received(s: SimWT310, unit: str, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the simulation has handled ``unit``: a message written just
+    before the connection closed is handled in the simulation's own thread."""
+    import time
+
+    end = time.monotonic() + timeout
+    while unit not in s.received and time.monotonic() < end:
+        time.sleep(0.01)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,6 +90,7 @@ def test_driver_identifies_sets_up_and_reads(sim):
         assert m.accuracy().describe().startswith("+-(0.1% of reading + 0.1% of range), 45 Hz")
     finally:
         m.close()
+    _wait_received(s, ":COMMunicate:REMote OFF")  # the last message, handled in the sim's thread
     sent = "\n".join(s.received)
     assert ":NUMeric:NORMal:ITEM3 P,1" in sent and ":RATE 100MS" in sent
     assert ":INPut:VOLTage:RANGe 150V" in sent and ":COMMunicate:REMote OFF" in sent
@@ -347,6 +359,12 @@ def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, si
     assert e["uncertainty_wh"] == pytest.approx((0.001 * 25 + 0.001 * 30) * (end - start) / 3600,
                                                 rel=1e-3)
     assert ":INPut:CURRent:RANGe 1A" in s.received
+    # how the readings were timed: one per data update of the meter, none repeated
+    sync = e["meter"]["sync"]
+    assert sync["mode"] == "update" and ":COMMunicate:WAIT 1" in sync["how"], sync
+    assert sync["duplicates_skipped"] == 0 and sync["updates_read"] >= 3, sync
+    dupes, _ = _dupes_and_misses(s.served)
+    assert dupes == 0, s.served
 
 
 @pytest.mark.slow
@@ -388,6 +406,54 @@ def test_meter_read_log_and_idle(tmp_path, sim):
     assert r.stdout.startswith("idle power 7.5 W +- 0.0") and "idle for 1.0 s" in r.stdout
     base = json.loads((tmp_path / "idle.json").read_text())
     assert base["watts"] == pytest.approx(7.5) and base["meter"]["info"]["serial"] == "C2BENCH01"
+
+
+def _dupes_and_misses(served: list[int]) -> tuple[int, int]:
+    """(updates read twice, updates never read) between the first and last update read."""
+    steps = [b - a for a, b in zip(served, served[1:])]
+    return sum(1 for d in steps if d == 0), sum(d - 1 for d in steps if d > 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", ["update", "poll"])
+def test_meter_log_reads_each_update_once(tmp_path, sim, sync):
+    """Through `lpirc meter log`: a meter whose updates come every 0.13 s on the host's clock
+    (its :RATE is 0.1 s, its clock 30% slow: an exaggerated drift). Synchronised, every update
+    is read once (none twice; misses only where this host was late by a whole interval);
+    polled at 0.1 s on the host's clock, updates are read twice (the old sampler's fault)."""
+    s = sim(watts=9.0, update_skew=0.3)
+    out = tmp_path / "m.csv"
+    r = lpirc_cmd("meter", "log", "wt310:" + s.resource, "--out", str(out), "--seconds", "3",
+                  "--sync", sync)
+    assert r.returncode == 0, r.stderr
+    values = [u for u in s.received if "VAL" in u.upper()]
+    dupes, misses = _dupes_and_misses(s.served)
+    log = read_power_log(out)
+    if sync == "poll":
+        assert "polled, not synchronised" in r.stdout
+        # 0.1 s polls on 0.13 s updates: a repeat every ~4 polls (a late poll: a miss)
+        assert dupes + misses >= 1, s.served
+        return
+    assert "one per data update (" in r.stdout, r.stdout
+    assert ":STATus:FILTer1 FALL" in s.received and ":COMMunicate:WAIT 1" in s.received
+    assert len(s.served) >= 10 and dupes == 0, s.served
+    assert misses <= len(s.served) // 4, s.served  # a loaded 2-core machine may be late
+    assert len(log) == len(values) == len(s.served)  # every update read is one row
+
+
+@pytest.mark.slow
+def test_meter_that_does_not_wait_is_not_read_twice(tmp_path, sim):
+    """A bridge that answers :COMMunicate:WAIT at once: the meter's EESR says whether an update
+    ended since the last reading; readings without one are skipped, counted, never logged."""
+    s = sim(watts=9.0, fault="nowait")
+    out = tmp_path / "m.csv"
+    r = lpirc_cmd("meter", "log", "wt310:" + s.resource, "--out", str(out), "--seconds", "2")
+    assert r.returncode == 0, r.stderr
+    skipped = int(r.stdout.split(" repeated and skipped")[0].rsplit(" ", 1)[1])
+    assert skipped >= 1, r.stdout  # read every half interval: about every other one repeats
+    text = out.read_text()
+    assert text.count("no new data update") == skipped
+    assert len(read_power_log(out)) == len(s.served) - skipped
 
 
 @pytest.mark.slow
@@ -508,6 +574,65 @@ def test_the_simulation_runs_as_a_process_for_a_new_user(tmp_path):
         a, b = energy["meter"]["window"]
         assert energy["source"] == "measured" and "WT310 C2SIM0001" in energy["method"]
         assert energy["wh"] == pytest.approx(50 * (b - a) / 3600, rel=1e-4)
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+
+
+# --- Ethernet: VXI-11 through pyvisa-py ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_vxi11_resource_through_pyvisa_py(tmp_path, reference_model, small_holdout):
+    """The meter's Ethernet port speaks VXI-11 (TCPIP::<address>::INSTR): `lpirc meter read`
+    and `lpirc run --meter` through pyvisa-py's VXI-11 client against the simulation served
+    over VXI-11 (its port in the name, as there is no portmapper on 127.0.0.1)."""
+    import json
+
+    s = SimWT310(watts=21.0, serial="C2VXI0042")
+    server = Vxi11Server(s)
+    server.start()
+    try:
+        spec = "wt310:" + server.resource
+        r = lpirc_cmd("meter", "read", spec, "--ranges", "30,1")
+        assert r.returncode == 0, r.stderr
+        assert "serial C2VXI0042" in r.stdout and "21 W" in r.stdout, r.stdout
+        r = lpirc_cmd("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+                      "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--workers", "1",
+                      "--meter", spec)
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.stop()
+    e = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
+    start, end = e["meter"]["window"]
+    assert e["source"] == "measured" and e["method"].startswith("WT310 C2VXI0042, 0.1 s, ")
+    assert e["wh"] == _stored_wh(21.0 * (end - start) / 3600.0, 21.0)
+    assert e["meter"]["info"]["resource"] == server.resource
+    assert e["meter"]["sync"]["mode"] == "update" and _dupes_and_misses(s.served)[0] == 0
+
+
+def test_vxi11_without_a_meter_is_one_line():
+    """TCPIP::<address>::INSTR with nothing there (no portmapper on 127.0.0.1): exit 7, one
+    line naming the address."""
+    r = lpirc_cmd("meter", "read", "wt310:TCPIP::127.0.0.1::INSTR", timeout=60)
+    assert r.returncode == 7 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("lpirc: error: meter TCPIP::127.0.0.1::INSTR: "), r.stderr
+
+
+@pytest.mark.slow
+def test_the_simulation_serves_vxi11_as_a_process():
+    """docs/meter.md: `python tests/wt310_sim.py --vxi11` prints a TCPIP::127.0.0.1,PORT::INSTR
+    address that `lpirc meter read` opens through pyvisa-py's VXI-11 client."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "wt310_sim.py"), "--vxi11",
+                          "--watts", "12"], stdout=subprocess.PIPE, text=True)
+    try:
+        spec = p.stdout.readline().strip()
+        assert spec.startswith("wt310:TCPIP::127.0.0.1,") and spec.endswith("::INSTR"), spec
+        r = run_lpirc("meter", "read", spec, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "serial C2SIM0001" in r.stdout and "12 W" in r.stdout, r.stdout
     finally:
         p.terminate()
         assert p.wait(timeout=10) == 0

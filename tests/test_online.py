@@ -88,7 +88,7 @@ def test_done_when_quota_broken_model_other_team_standings_kill9(small_holdout, 
         assert beta.http.get("/api/submissions").json()["submissions"] == []
 
         states = [alpha.get(sid).json()["state"] for sid in ids]
-        assert any(s in ("queued", "running") for s in states), states  # mid-queue
+        assert any(s in ("queued", "running", "scoring") for s in states), states  # mid-queue
         server.kill9()
     finally:
         server.stop()
@@ -289,6 +289,8 @@ def test_standings_places_ties_and_counted(tmp_path):
         sid = store.add_submission(teams[team], "dev", "x", "0" * 64, 1, folder, False,
                                    time.time())
         store.mark_running(sid, 1, "cpu_0", time.time())
+        assert not store.mark_scored(sid, 1, {"score": 0}, "", time.time(), None, "not scoring")
+        assert store.mark_scoring(sid, 1, time.time(), "cpu_0", "ended")
         assert store.mark_scored(sid, 1, {"score": score, "top1": top1, "images_total": n,
                                           "energy_wh": 1.0}, str(folder), time.time(), "cpu_0",
                                  "scored")

@@ -264,7 +264,7 @@ def test_idle_sockets_are_capped_and_timed_out(holdout, tmp_path):
     nothing, half a header line and then nothing). The per-client cap (64) closes the excess at
     once, the request timeout (10 s) the rest; meanwhile a team on 127.0.0.1 is served as
     usual, and nothing is left open."""
-    from lpirc.referee.guard import ConnLimits
+    from lpirc.referee.config import ConnLimits
 
     limits = ConnLimits()
     db = tmp_path / "r.sqlite"
@@ -392,3 +392,60 @@ def test_failed_logins_limited_per_account_across_addresses(holdout, tmp_path):
                                                   "retry in ") for t in refused), codes
     assert any("login: account 'alpha' over its failed-login rate" in ln for ln in lines), lines
     assert token and clean_s < 5, clean_s
+
+
+@pytest.mark.slow
+def test_limits_given_on_the_command_line_are_the_ones_clients_hit(holdout, tmp_path):
+    """`lpirc referee serve` with low limits on its command line (the defaults are GateLimits'
+    and ConnLimits'): the third wrong login from one address is 429 with the Retry-After of
+    --login-client-every-s 300 (the default's would be 6 s), while a clean client logs in; a
+    fourth idle socket from one address is closed at once (--max-connections-per-client 3),
+    the other three after --request-timeout-s 2 (the server's log says which limit closed
+    each). Values out of range are exit 2, naming the
+    option."""
+    db = tmp_path / "r.sqlite"
+    add_team(db, "alpha")
+    limits = ("--login-client-burst", "2", "--login-client-every-s", "300",
+              "--max-connections-per-client", "3", "--request-timeout-s", "2")
+    with Referee(holdout, db, *limits) as ref:
+        with client_from("127.0.3.1") as http:
+            replies = [http.post(ref.url + "/login", data={"username": "alpha", "password": "x"})
+                       for _ in range(3)]
+        assert [r.status_code for r in replies] == [401, 401, 429], [r.text for r in replies]
+        assert 290 <= int(replies[2].headers["retry-after"]) <= 300, replies[2].headers
+        assert replies[2].text.startswith("Too many failed logins from 127.0.3.1: retry in 30")
+        assert ref.login("alpha", "pw")  # 127.0.0.1 has failed nothing
+
+        port = int(ref.url.rsplit(":", 1)[1])
+        socks = []
+        try:
+            for _ in range(4):
+                s = socket.create_connection(("127.0.0.1", port), timeout=30,
+                                             source_address=("127.0.3.2", 0))
+                socks.append(s)
+
+            def closed(s: socket.socket) -> bool:
+                s.settimeout(0.01)
+                try:
+                    return s.recv(1) == b""
+                except (TimeoutError, BlockingIOError):
+                    return False
+                except OSError:
+                    return True
+
+            wait_for(lambda: all(closed(s) for s in socks), timeout=60, step=0.2)
+        finally:
+            for s in socks:
+                s.close()
+        lines = list(ref.lines)
+    assert any("client 127.0.3.1 over its failed-login rate (2 at once, then one per 300 s)" in ln
+               for ln in lines), lines
+    # one socket closed by the cap of 3 (the default is 64), three by the 2 s timeout
+    assert any("127.0.3.2 has 3 open (the per-client limit); 1 connection(s) closed for it"
+               in ln for ln in lines), lines
+    assert any("sent no complete request in 2 s" in ln for ln in lines), lines  # one line per 10 s
+
+    for bad in (("--login-client-burst", "0"), ("--request-timeout-s", "0"),
+                ("--max-connections", "-1")):
+        r = lpirc("referee", "serve", "--holdout", str(holdout), "--db", str(db), *bad)
+        assert r.returncode == 2 and bad[0] in r.stderr, r.stderr

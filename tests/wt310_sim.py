@@ -7,10 +7,21 @@ commands, numeric data in ASCII ``<NR3>`` with ``NAN`` / ``INF`` error data.
 The power follows a known pattern (``constant``, or ``square`` between ``watts`` and
 ``low_watts`` with ``period_s``); each reading is the mean power over the last complete update
 interval, as the meter's display values are. The integrator (WH, TIME) integrates the same
-pattern exactly. Faults, after ``fault_after_reads`` value queries: ``silent`` (reads commands,
+pattern exactly.
+
+Data updates (IM WT310-17EN §5.5, §7.4): the values change only at the end of each update
+interval, on the meter's own clock: interval k ends at ``t0 + k x rate x (1 + update_skew)``
+(``update_skew`` exaggerates the meter clock's drift against the host's, e.g. 0.05, so that a
+reader polling on the host's clock repeats or misses updates within a short test). Each end
+of an update is the fall of UPD; with ``:STATus:FILTer1 FALL`` it sets bit 0 of the extended
+event register, which ``:STATus:EESR?`` reads and clears (as does ``*CLS``), and
+``:COMMunicate:WAIT 1`` holds that connection's next commands until the bit is 1.
+``served`` lists the update index k of every ``:NUMeric:NORMal:VALue?`` answer, so a test can
+count the updates read twice or never. Faults, after ``fault_after_reads`` value queries: ``silent`` (reads commands,
 never answers), ``disconnect`` (drops the connection and refuses new ones; back after
 ``down_s`` when given), ``errors`` (answers, and puts an error in the queue at every value
-query), ``overrange`` (U, I and P answer ``INF``).
+query), ``overrange`` (U, I and P answer ``INF``), ``nowait`` (``:COMMunicate:WAIT`` returns at
+once, as through a bridge that does not pass it).
 
 This is not a model of the real meter's timing or of its analogue front end, only of its
 command language; nothing here has been compared with hardware.
@@ -42,7 +53,7 @@ class SimWT310:
                  low_watts: float = 10.0, period_s: float = 1.0, serial: str = "C2SIM0001",
                  model: str = "WT310", firmware: str = "F1.03", fault: str | None = None,
                  fault_after_reads: int = 0, down_s: float | None = None,
-                 mode: str = "RMS") -> None:
+                 mode: str = "RMS", update_skew: float = 0.0) -> None:
         self.watts, self.volts, self.pattern = watts, volts, pattern
         self.low_watts, self.period_s = low_watts, period_s
         self.idn = f"YOKOGAWA,{model},{serial},{firmware}"
@@ -50,6 +61,10 @@ class SimWT310:
         self.fault: str | None = None
         self.t0 = time.time()
         self.rate = 0.5
+        self.update_skew = update_skew
+        self.filter1 = "NEV"
+        self.eesr_cleared = -1  # the update index at the last :STATus:EESR? / *CLS
+        self.served: list[int] = []
         self.mode = mode
         self.volt_range, self.amp_range, self.volt_auto, self.amp_auto = 150.0, 1.0, False, False
         self.items = ["U,1", "I,1", "P,1", "S,1", "Q,1", "LAMB,1", "PHI,1", "FU,1", "FI,1", "NONE"]
@@ -83,12 +98,25 @@ class SimWT310:
 
         return cum(b) - cum(a)
 
+    @property
+    def period(self) -> float:
+        """The meter's update interval on the host's clock (s)."""
+        return self.rate * (1.0 + self.update_skew)
+
+    def update_index(self, now: float | None = None) -> int:
+        """The index k of the last update that ended at or before ``now``."""
+        return math.floor(((time.time() if now is None else now) - self.t0) / self.period)
+
     def _reading(self) -> tuple[float, float]:
-        """(watts, seconds) of the last complete update interval before now."""
-        now = time.time()
-        k = math.floor((now - self.t0) / self.rate)
-        a, b = self.t0 + (k - 1) * self.rate, self.t0 + k * self.rate
-        return self.energy_j(a, b) / self.rate, b
+        """(watts, end time) of the last complete update interval before now."""
+        k = self.update_index()
+        a, b = self.t0 + (k - 1) * self.period, self.t0 + k * self.period
+        return self.energy_j(a, b) / self.period, b
+
+    def _eesr(self) -> int:
+        """The extended event register now: bit 0 when an update ended since it was cleared
+        and FILTer1 is FALL."""
+        return int(self.filter1.startswith("FALL") and self.update_index() > self.eesr_cleared)
 
     # --- the server ------------------------------------------------------------------------
 
@@ -172,12 +200,26 @@ class SimWT310:
             unit = unit.strip()
             if not unit:
                 continue
+            m = re.fullmatch(r":?COMM(?:UNICATE)?:WAIT\s+(\d+)", unit, re.IGNORECASE)
+            if m:
+                self._wait(int(m.group(1)))
+                continue
             with self.lock:
                 self.received.append(unit)
                 r = self._unit(unit)
             if r is not None:
                 replies.append(r)
         return ";".join(replies) if replies else None
+
+    def _wait(self, mask: int, limit_s: float = 30.0) -> None:
+        """``:COMMunicate:WAIT <mask>``: hold this connection until an event in ``mask`` is in
+        the extended event register (at most ``limit_s``)."""
+        with self.lock:
+            self.received.append(f":COMMunicate:WAIT {mask}")
+        end = time.time() + limit_s
+        while self.fault_kind != "nowait" and not (self._eesr() & mask) and time.time() < end:
+            nxt = self.t0 + (self.update_index() + 1) * self.period
+            time.sleep(max(0.0005, min(nxt - time.time() + 0.0005, end - time.time())))
 
     def _err(self, code: int, msg: str) -> None:
         if len(self.errors) < 32:
@@ -203,6 +245,7 @@ class SimWT310:
             return self.idn
         if h == "*CLS":
             self.errors.clear()
+            self.eesr_cleared = self.update_index()
             return None
         if h == "*OPT" and query:
             return "C7"
@@ -252,7 +295,30 @@ class SimWT310:
             (["INTEGrate", "RESet"], self._integ),
             (["INTEGrate", "STATe"], lambda q, a, m: self.integ_state if q else None),
             (["STATus", "ERRor"], self._error),
+            (["STATus", "FILTer#"], self._filter),
+            (["STATus", "EESR"], self._eesr_query),
+            (["STATus", "CONDition"], lambda q, a, m: "0" if q else None),
         ]
+
+    def _filter(self, query, arg, x):
+        if x != 1:  # only FILTer1 (UPD) is modelled
+            return "NEVER" if query else None
+        if query:
+            return {"FALL": "FALL", "RISE": "RISE", "BOTH": "BOTH"}.get(self.filter1[:4], "NEVER")
+        a = arg.strip().upper()
+        if a not in ("RISE", "FALL", "BOTH", "NEV", "NEVER"):
+            self._err(224, "Illegal parameter value")
+        else:
+            self.filter1 = a
+        return None
+
+    def _eesr_query(self, query, arg, m):
+        if not query:
+            self._err(113, "Undefined header")
+            return None
+        bits = self._eesr()
+        self.eesr_cleared = self.update_index()
+        return str(bits)
 
     def _noop(self, query, arg, m):
         return "0" if query else None
@@ -290,6 +356,7 @@ class SimWT310:
         if self.fault == "errors":
             self._err(390, "Overrun error")
         watts, _ = self._reading()
+        self.served.append(self.update_index())
         amps = watts / self.volts
         out = []
         for item in self.items[:self.number]:
@@ -402,8 +469,9 @@ class SimWT310:
 def main(argv: list[str] | None = None) -> None:
     """``python tests/wt310_sim.py [--port P] [--watts W] ...``: the simulation as a process, for
     trying ``lpirc meter`` and ``lpirc run --meter`` without a meter (docs/meter.md). Prints the
-    meter's address (``wt310:TCPIP::127.0.0.1::PORT::SOCKET``) on its first line and serves on
-    127.0.0.1 until Ctrl-C or SIGTERM."""
+    meter's address (``wt310:TCPIP::127.0.0.1::PORT::SOCKET``; with ``--vxi11``
+    ``wt310:TCPIP::127.0.0.1,PORT::INSTR``) on its first line and serves on 127.0.0.1 until
+    Ctrl-C or SIGTERM."""
     import argparse
     import signal
 
@@ -417,17 +485,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--low-watts", type=float, default=10.0, help="a square wave's low level, W")
     ap.add_argument("--period-s", type=float, default=1.0, help="a square wave's period, s")
     ap.add_argument("--mode", choices=["RMS", "DC"], default="RMS", help="measurement mode")
-    ap.add_argument("--fault", choices=["silent", "disconnect", "errors", "overrange"],
+    ap.add_argument("--update-skew", type=float, default=0.0,
+                    help="the meter's update clock runs this fraction slow (a test aid: 0.05 "
+                    "makes a reader polling on the host's clock repeat or miss updates)")
+    ap.add_argument("--fault", choices=["silent", "disconnect", "errors", "overrange", "nowait"],
                     help="a fault after --fault-after-reads value queries")
     ap.add_argument("--fault-after-reads", type=int, default=0)
     ap.add_argument("--down-s", type=float, help="disconnect: back after this many seconds")
+    ap.add_argument("--vxi11", action="store_true",
+                    help="serve VXI-11, the protocol of the meter's Ethernet port, instead of "
+                    "newline-terminated SCPI (address TCPIP::127.0.0.1,PORT::INSTR)")
     a = ap.parse_args(argv)
     sim = SimWT310(watts=a.watts, volts=a.volts, pattern=a.pattern, low_watts=a.low_watts,
                    period_s=a.period_s, mode=a.mode, fault=a.fault,
-                   fault_after_reads=a.fault_after_reads, down_s=a.down_s)
-    sim.port = a.port
-    sim.start()
-    print(f"wt310:{sim.resource}", flush=True)
+                   fault_after_reads=a.fault_after_reads, down_s=a.down_s,
+                   update_skew=a.update_skew)
+    if a.vxi11:
+        from wt310_vxi11 import Vxi11Server
+
+        server = Vxi11Server(sim, a.port)
+        server.start()
+        print(f"wt310:{server.resource}", flush=True)
+    else:
+        sim.port = a.port
+        sim.start()
+        print(f"wt310:{sim.resource}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         threading.Event().wait()

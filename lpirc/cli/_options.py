@@ -1,6 +1,6 @@
 """Options more than one command takes, and the rule that a default shown in ``--help`` is the
 default of the settings dataclass the option fills (``RunSettings``, ``TuneOptions``,
-``RefereeConfig``, ``FleetConfig``): :func:`setting` reads it from there, so each default is
+``RefereeConfig``, ``GateLimits``, ``FleetConfig``): :func:`setting` reads it from there, so each default is
 written once, in the library.
 """
 
@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 
 from lpirc.demo import demo_holdout_path
+from lpirc.login_gate import GateLimits
 from lpirc.preprocess import channel_values, parse_input_size, units_problem
 from lpirc.settings import RunSettings, bundled_model, resolve_settings
 
@@ -61,6 +62,28 @@ DELEGATE_HELP = "cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library."
 #: the submission a command runs or measures (run, tune)
 MODEL_OPTION = click.option("--model", type=click.Path(path_type=Path),
                             help="Submission .tflite. Default: the bundled reference submission.")
+
+
+def login_options(fn):
+    """``--login-*``: the login gate's limits (:class:`~lpirc.login_gate.GateLimits`, its defaults
+    shown), for the servers that put it in front of their password checks (``lpirc referee
+    serve``, ``lpirc online serve``); :func:`login_limits` reads them back."""
+    opts = [
+        setting(GateLimits, "client_burst", "--login-client-burst", type=click.IntRange(min=1), help="Failed logins one client address may make at once (then one per --login-client-every-s); beyond, 429 with Retry-After, without hashing."),
+        setting(GateLimits, "client_every_s", "--login-client-every-s", type=click.FloatRange(min=0.001), help="Seconds per further failed login of one client address."),
+        setting(GateLimits, "account_burst", "--login-account-burst", type=click.IntRange(min=1), help="Failed logins to one account name at once, from clients that have failed themselves (then one per --login-account-every-s); beyond, 429."),
+        setting(GateLimits, "account_every_s", "--login-account-every-s", type=click.FloatRange(min=0.001), help="Seconds per further failed login to one account name."),
+        setting(GateLimits, "hash_workers", "--login-hash-workers", type=click.IntRange(min=1), help="Password checks (scrypt, ~50 ms and 16 MB each) at once, on their own thread(s)."),
+        setting(GateLimits, "queue", "--login-queue", type=click.IntRange(min=1), help="Logins waiting for a password check at most (429 beyond; one from a client with no failed login displaces one from a client that has failed)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def login_limits(opts: dict) -> GateLimits:
+    """Pop the :func:`login_options` (``login_<field>``) from a command's ``opts``."""
+    return GateLimits(**{f.name: opts.pop(f"login_{f.name}") for f in dataclasses.fields(GateLimits)})
 
 
 def account_password(password: str | None) -> tuple[str, bool]:

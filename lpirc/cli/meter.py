@@ -16,12 +16,15 @@ from lpirc.errors import MeterError
 from lpirc.meters import DEFAULT_VISA_LIBRARY, check_config, list_meters, open_meter
 from lpirc.meters.measure import log_meter, measure_idle
 from lpirc.meters.sampler import MeterConfig
-from lpirc.meters.wt310 import RATES_S
+from lpirc.meters.wt310 import RATES_S, SYNC_MODES
 from lpirc.preflight import stop_signals
 from lpirc.settings import RunSettings
 
 S = RunSettings
 _RATES = [f"{r:g}" for r in RATES_S]
+SYNC_HELP = ("update: one reading per data update of the meter, each waiting for the next "
+             "(:COMMunicate:WAIT on the meter's update event); poll: read once per interval on "
+             "this host's clock, not synchronised (for a bridge that does not pass the wait).")
 
 
 def meter_run_options(fn):
@@ -31,6 +34,7 @@ def meter_run_options(fn):
         setting(S, "visa_library", help="VISA library for --meter, as pyvisa.ResourceManager takes it: @py (pyvisa-py), a vendor library's path, or file.yaml@sim."),
         setting(S, "meter_rate_s", type=click.Choice(_RATES), convert=lambda v: f"{v:g}", callback=lambda c, p, v: float(v), help="The meter's update interval in seconds, sampled at the same rate."),
         setting(S, "meter_ranges", help="auto (auto ranging: a ranging run), keep (as the meter is set) or VOLTS,AMPS fixed, e.g. 15,0.5."),
+        setting(S, "meter_sync", type=click.Choice(SYNC_MODES), help=SYNC_HELP),
         setting(S, "idle_seconds", type=click.FloatRange(min=0), help="Measure the idle baseline (lpcvc-2020's idle power) with --meter for this long before the run."),
         click.option("--idle-baseline", type=click.Path(path_type=Path), help="Idle baseline written by `lpirc meter idle --out`, for lpcvc-2020's idle power."),
     ]
@@ -45,18 +49,21 @@ def _meter_options(fn):
         setting(MeterConfig, "visa_library", help="VISA library: @py (pyvisa-py), a vendor library's path, or file.yaml@sim."),
         setting(MeterConfig, "rate_s", type=click.Choice(_RATES), convert=lambda v: f"{v:g}", callback=lambda c, p, v: float(v), help="The meter's update interval in seconds, sampled at the same rate."),
         setting(MeterConfig, "ranges", help="auto, keep (as the meter is set) or VOLTS,AMPS fixed, e.g. 15,0.5."),
+        setting(MeterConfig, "sync", type=click.Choice(SYNC_MODES), help=SYNC_HELP),
     ]
     for o in reversed(opts):
         fn = o(fn)
     return fn
 
 
-def _config(meter: str, visa_library: str, rate_s: float, ranges: str) -> MeterConfig:
+def _config(meter: str, visa_library: str, rate_s: float, ranges: str,
+            sync: str = "update") -> MeterConfig:
     try:
-        check_config(meter, rate_s, ranges)
+        check_config(meter, rate_s, ranges, sync)
     except MeterError as e:  # a bad address or setting is a usage error (exit 2)
         raise click.UsageError(str(e)) from None
-    return MeterConfig(spec=meter, visa_library=visa_library, rate_s=rate_s, ranges=ranges)
+    return MeterConfig(spec=meter, visa_library=visa_library, rate_s=rate_s, ranges=ranges,
+                       sync=sync)
 
 
 @click.group("meter")
@@ -78,12 +85,12 @@ def list_cmd(visa_library: str) -> None:
 
 @meter_group.command("read")
 @_meter_options
-def read_cmd(meter: str, visa_library: str, rate_s: float, ranges: str) -> None:
+def read_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: str) -> None:
     """One reading of the meter, for the bench."""
-    cfg = _config(meter, visa_library, rate_s, ranges)
+    cfg = _config(meter, visa_library, rate_s, ranges, sync)
     m = open_meter(cfg.spec, cfg.visa_library, cfg.timeout_s)
     try:
-        m.configure(cfg.rate_s, cfg.ranges)
+        m.configure(cfg.rate_s, cfg.ranges, cfg.sync)
         time.sleep(m.rate_s)  # one update with the settings just made
         r = m.read(with_ranges=True)
         spec = m.accuracy()
@@ -109,18 +116,20 @@ def read_cmd(meter: str, visa_library: str, rate_s: float, ranges: str) -> None:
 @_meter_options
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="CSV file (the --power-log format: timestamp,watts,...).")
 @click.option("--seconds", type=click.FloatRange(min=0), help="Stop after this long. Default: until Ctrl-C.")
-def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, out: Path,
+def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: str, out: Path,
             seconds: float | None) -> None:
     """Log the meter into a CSV until Ctrl-C, for a run on another device (`lpirc run
     --power-log FILE`)."""
-    cfg = _config(meter, visa_library, rate_s, ranges)
+    cfg = _config(meter, visa_library, rate_s, ranges, sync)
     if seconds is None:
         click.echo(f"lpirc meter: logging {meter} to {out} (Ctrl-C stops)", err=True)
     with stop_signals():  # SIGTERM ends the log as Ctrl-C does: file complete, summary printed
         s = log_meter(cfg, out, seconds)
     st = s.st
     label = s.info.label() if s.info else meter
-    click.echo(f"{out}: {len(st.rows)} readings of {label} at {s.rate_s:g} s"
+    sync = (f"one per data update ({st.missed} update(s) missed, {st.duplicates} repeated "
+            "and skipped)" if cfg.sync == "update" else "polled, not synchronised")
+    click.echo(f"{out}: {len(st.rows)} readings of {label} at {s.rate_s:g} s, {sync}"
                + (f", {len(st.invalid)} not measurements" if st.invalid else "")
                + (f", {len(st.events)} meter event(s) (# lines)" if st.events else ""))
 
@@ -129,10 +138,10 @@ def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, out: Path
 @_meter_options
 @click.option("--seconds", type=click.FloatRange(min=1), default=60.0, show_default=True, help="How long the device idles while the meter measures.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the baseline here (JSON) for `lpirc run --idle-baseline`.")
-def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, seconds: float,
-             out: Path | None) -> None:
+def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: str,
+             seconds: float, out: Path | None) -> None:
     """Measure the idle power: the baseline lpcvc-2020 subtracts."""
-    cfg = _config(meter, visa_library, rate_s, ranges)
+    cfg = _config(meter, visa_library, rate_s, ranges, sync)
     base = measure_idle(cfg, seconds)
     unc = "" if base["uncertainty_w"] is None else f" +- {base['uncertainty_w']:.3g} W (meter spec)"
     click.echo(f"idle power {base['watts']:.4g} W{unc} ({base['method']})")
@@ -148,12 +157,12 @@ def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, seconds:
 @click.option("--password", required=True, envvar="LPIRC_METER_PASSWORD", help="Its password (or $LPIRC_METER_PASSWORD).")
 @click.option("--team", required=True, help="The team whose device the meter measures now.")
 @click.option("--seconds", type=click.FloatRange(min=0), help="Stop after this long. Default: until Ctrl-C.")
-def post_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, url: str, user: str,
-             password: str, team: str, seconds: float | None) -> None:
+def post_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: str, url: str,
+             user: str, password: str, team: str, seconds: float | None) -> None:
     """Post the meter's readings to the referee's /powermeter for a team (LPIRC's meter)."""
     from lpirc.meters.post import post_readings  # httpx: the referee extra
 
-    cfg = _config(meter, visa_library, rate_s, ranges)
+    cfg = _config(meter, visa_library, rate_s, ranges, sync)
     try:
         with stop_signals():  # SIGTERM stops the posting as Ctrl-C does
             n = post_readings(cfg, url, user, password, team, seconds,

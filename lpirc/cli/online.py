@@ -12,12 +12,12 @@ from pathlib import Path
 import click
 
 import scoring
-from lpirc.cli._options import (account_password, clock_options, rules_option, setting,
-                                time_limit_option)
+from lpirc.cli._options import (account_password, clock_options, login_limits, login_options,
+                                rules_option, setting, time_limit_option)
 from lpirc.errors import InputError
 from lpirc.online import require_extra
 from lpirc.online import standings as st
-from lpirc.online.config import OnlineConfig, PhaseData
+from lpirc.online.config import DEFAULT_COUNTS, OnlineConfig, PhaseData
 from lpirc.online.store import Store
 
 C = OnlineConfig
@@ -65,18 +65,19 @@ def add_team_cmd(name: str, db: Path, password: str | None, organiser: bool) -> 
 @setting(C, "executor", type=click.Choice(["local", "ray"]), help="local: lpirc run processes on this machine; ray: the fleet's Ray devices.")
 @click.option("--per-team-per-day", type=click.IntRange(min=1), help="Submissions charged per team per UTC day (429 beyond). Default: no limit.")
 @click.option("--per-team-at-once", type=click.IntRange(min=1), help="Submissions per team queued or running at once (429 beyond). Default: no limit.")
-@click.option("--dev-counts", type=click.Choice(["best", "latest"]), default="best", show_default=True, help="Which scored submission of a team counts in the development standings.")
-@click.option("--final-counts", type=click.Choice(["best", "latest"]), default="latest", show_default=True, help="Which scored submission of a team counts in the final standings.")
+@click.option("--dev-counts", type=click.Choice(["best", "latest"]), default=DEFAULT_COUNTS["dev"], show_default=True, help="Which scored submission of a team counts in the development standings.")
+@click.option("--final-counts", type=click.Choice(["best", "latest"]), default=DEFAULT_COUNTS["final"], show_default=True, help="Which scored submission of a team counts in the final standings.")
 @rules_option(C, "Rule set every run is scored under (see `lpirc rules`).")
 @time_limit_option(C, "Each run's wall-clock budget in seconds.")
 @clock_options(C, "Budget clock of each run (see lpirc run).", "Inference budget per image in ms, for --clock inference.")
 @setting(C, "hang_margin_s", type=click.FloatRange(min=1), help="A run silent this long past its time limit is ended: failure class timeout.")
 @setting(C, "max_attempts", type=click.IntRange(min=1), help="Tries of a submission whose device was lost (infrastructure, never charged).")
 @click.option("--max-model-mib", type=click.FloatRange(min=0.001), default=64.0, show_default=True, help="Largest model upload taken (413 beyond).")
+@login_options
 def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host, port,
               devices, address, executor, per_team_per_day, per_team_at_once, dev_counts,
               final_counts, rules, time_limit_s, clock, ms_per_image, hang_margin_s,
-              max_attempts, max_model_mib) -> None:
+              max_attempts, max_model_mib, **login) -> None:
     """Serve the online track until Ctrl-C: uploads, the queue on the devices, scores,
     standings. Exit status: 0 after Ctrl-C/SIGTERM; 1 the online extra is missing or no
     device starts; 5 a bad holdout, ground truth or database, or the port is taken."""
@@ -97,7 +98,8 @@ def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host
                        address=address, executor="ray" if address else executor, rules=rules,
                        time_limit_s=time_limit_s, clock=clock, ms_per_image=ms_per_image,
                        hang_margin_s=hang_margin_s, max_attempts=max_attempts,
-                       counts={"dev": dev_counts, "final": final_counts})
+                       counts={"dev": dev_counts, "final": final_counts},
+                       login=login_limits(login))
     serve(cfg, host, port, announce=_announce)
 
 

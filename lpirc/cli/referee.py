@@ -4,7 +4,8 @@
 The modules that need the ``referee`` extra (:mod:`~lpirc.referee.core` needs itsdangerous,
 :mod:`~lpirc.referee.server` Starlette and uvicorn, :mod:`~lpirc.referee.client` httpx) are
 imported inside the commands, after :func:`~lpirc.referee.require_extra` has said in one line
-what is missing: ``lpirc --help`` and ``lpirc run`` work without the extra."""
+what is missing: ``lpirc --help`` and ``lpirc run`` work without the extra. ``referee serve``'s
+shown defaults are read from :mod:`lpirc.referee.config` (no module of the extra there)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from urllib.parse import urlsplit
 
 import click
 
-import scoring
-from lpirc.cli._options import account_password
+from lpirc.cli._options import (account_password, login_limits, login_options, rules_option, setting,
+                                time_limit_option)
 from lpirc.energy import read_power_log
 from lpirc.errors import InputError
 from lpirc.holdout import files_sha256, list_images
 from lpirc.referee import require_extra
+from lpirc.referee.config import MIB, ConnLimits, RefereeConfig
 from lpirc.referee.results import answers_csv, attempts, format_standings, standings
 from lpirc.referee.store import PowerReading, Store
 
@@ -37,31 +39,57 @@ def referee() -> None:
     """The LPIRC referee: serve the holdout over HTTP, take answers, meter and score sessions."""
 
 
+#: ``lpirc referee serve``'s connection limits (the login gate's are :func:`login_options`):
+#: (field of ConnLimits, option, type, help); the option's default is the field's
+CONN_LIMITS = (
+    ("request_timeout_s", "--request-timeout-s", click.FloatRange(min=0, min_open=True), "A connection that sends no complete request headers within this many seconds of connecting or of its previous reply is closed."),
+    ("body_timeout_s", "--body-timeout-s", click.FloatRange(min=0, min_open=True), "Seconds a request's body may take to arrive (408 beyond)."),
+    ("max_connections", "--max-connections", click.IntRange(min=1), "Open connections in all; a new one beyond closes the longest-idle one (lowered to the file-descriptor limit less 64)."),
+    ("per_client", "--max-connections-per-client", click.IntRange(min=1), "Open connections from one client address; a new one beyond is closed at once."),
+)
+
+
+def conn_options(fn):
+    """The options of :data:`CONN_LIMITS` (values in ``conns_<field>``), then the login gate's."""
+    for name, flag, kind, text in reversed(CONN_LIMITS):
+        fn = setting(ConnLimits, name, flag, f"conns_{name}", type=kind, help=text)(fn)
+    return login_options(fn)
+
+
+def limits_from_options(opts: dict) -> dict:
+    """Pop the limit options from ``opts``: {"gate": GateLimits, "conns": ConnLimits}."""
+    return {"gate": login_limits(opts),
+            "conns": ConnLimits(**{name: opts.pop(f"conns_{name}") for name, *_ in CONN_LIMITS})}
+
+
+C = RefereeConfig
+
+
 @referee.command("serve")
 @click.option("--holdout", required=True, type=click.Path(path_type=Path), help="Folder of holdout images (listed as lpirc run lists it).")
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: HOLDOUT/ground_truth.csv. Never served.")
-@click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=scoring.DEFAULT_TIME_LIMIT_S, show_default=True, help="Seconds from a team's login to the end of its session (LPIRC: 10 minutes).")
+@time_limit_option(C, "Seconds from a team's login to the end of its session (LPIRC: 10 minutes).")
 @DB_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free port; the URL is printed).")
-@click.option("--rules", default=scoring.DEFAULT_RULES, show_default=True, help="Rule set sessions are scored under (see `lpirc rules`).")
-@click.option("--attempts", type=click.IntRange(min=1), default=1, show_default=True, help="Sessions each team may start; every one is kept and scored.")
-@click.option("--class-id-base", type=click.Choice(["0", "1"]), default="0", show_default=True, help="0: CLASS_ID 0..999 (lpirc's sorted synsets, -1 background); 1: 1..1000 (0 background).")
+@rules_option(C, "Rule set sessions are scored under (see `lpirc rules`).")
+@setting(C, "attempts", type=click.IntRange(min=1), help="Sessions each team may start; every one is kept and scored.")
+@setting(C, "class_base", "--class-id-base", convert=str, type=click.Choice(["0", "1"]), help="0: CLASS_ID 0..999 (lpirc's sorted synsets, -1 background); 1: 1..1000 (0 background).")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), help="Where each scored session's run folder goes. Default: DB.runs/ beside the database.")
 @click.option("--standings-db", type=click.Path(dir_okay=False, path_type=Path), help="Also add every scored session to this lpirc standings database.")
-@click.option("--max-body-mib", type=click.FloatRange(min=0.001), default=4.0, show_default=True, help="Largest request body accepted (413 beyond).")
-def serve_cmd(holdout, ground_truth, time_limit_s, db, host, port, rules, attempts, class_id_base,
-              runs_dir, standings_db, max_body_mib) -> None:
+@setting(C, "max_body_bytes", "--max-body-mib", convert=lambda b: b / MIB, type=click.FloatRange(min=0.001), help="Largest request body accepted (413 beyond).")
+@conn_options
+def serve_cmd(holdout: Path, ground_truth: Path | None, db: Path, host: str, port: int,
+              class_id_base: str, max_body_mib: float, **opts) -> None:
     """Serve the holdout to teams' devices until Ctrl-C; score each session when it ends."""
     require_extra("starlette", "uvicorn", "itsdangerous", "python_multipart")
-    from lpirc.referee.core import RefereeConfig  # the extra's modules, once it is known here
-    from lpirc.referee.server import serve
+    from lpirc.referee.server import serve  # the extra's modules, once it is known here
 
     cfg = RefereeConfig(holdout=holdout, ground_truth=ground_truth or holdout / "ground_truth.csv",
-                        db=db, time_limit_s=time_limit_s, rules=rules, attempts=attempts,
-                        class_base=int(class_id_base), runs_dir=runs_dir,
-                        standings_db=standings_db)
-    serve(cfg, host, port, int(max_body_mib * 1024 * 1024), announce=_announce)
+                        db=db, class_base=int(class_id_base),
+                        max_body_bytes=int(max_body_mib * MIB), **limits_from_options(opts),
+                        **opts)
+    serve(cfg, host, port, announce=_announce)
 
 
 def _announce(line: str) -> None:

@@ -82,7 +82,9 @@ class Reading:
     None where the meter had no data.
 
     ``over_range`` names the items the meter flagged over range (or as a computation
-    overflow / error), e.g. ``("U", "P")``; such a reading is not a measurement."""
+    overflow / error), e.g. ``("U", "P")``; such a reading is not a measurement. ``fresh`` is
+    False when the meter said no data update had ended since the last reading (the same
+    values again); such a reading is skipped."""
 
     t: float
     watts: float | None
@@ -92,6 +94,7 @@ class Reading:
     integ_s: float | None = None  # the integrator's elapsed time (s)
     ranges: Ranges | None = None
     over_range: tuple[str, ...] = field(default_factory=tuple)
+    fresh: bool = True
 
     @property
     def valid(self) -> bool:
@@ -127,16 +130,18 @@ class Meter(Protocol):
 
     info: MeterInfo
 
-    def configure(self, rate_s: float, ranges: str) -> None:
-        """Set the numeric items, the update interval ``rate_s`` (s) and the ranges:
-        ``"auto"``, ``"keep"`` (as the meter is set) or ``"V,A"`` (fixed)."""
+    def configure(self, rate_s: float, ranges: str, sync: str = "update") -> None:
+        """Set the numeric items, the update interval ``rate_s`` (s), the ranges:
+        ``"auto"``, ``"keep"`` (as the meter is set) or ``"V,A"`` (fixed), and how readings
+        are taken: ``"update"`` (each one waits for the meter's next data update) or
+        ``"poll"`` (read now, once per interval on this host's clock)."""
 
     @property
     def rate_s(self) -> float:
         """The update interval the meter uses (s), as it answered."""
 
     def read(self) -> Reading:
-        """One reading of the numeric items."""
+        """One reading of the numeric items (with ``sync="update"``: of the next update)."""
 
     def ranges(self) -> Ranges:
         """The input ranges in use now."""
@@ -170,12 +175,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, resource.strip()
 
 
-def check_config(spec: str | None, rate_s: float, ranges: str) -> None:
-    """Refuse, before a run, a meter address, update interval or ranges the meter kind does
-    not have (MeterError, one line)."""
+def check_config(spec: str | None, rate_s: float, ranges: str, sync: str = "update") -> None:
+    """Refuse, before a run, a meter address, update interval, ranges or synchronisation the
+    meter kind does not have (MeterError, one line)."""
     kind = parse_spec(spec)[0] if spec is not None else "wt310"
     module = importlib.import_module(KINDS[kind].partition(":")[0])
-    module.check_settings(rate_s, ranges)
+    module.check_settings(rate_s, ranges, sync)
 
 
 def resource_manager(visa_library: str = DEFAULT_VISA_LIBRARY):

@@ -29,12 +29,34 @@ from lpirc.meters.sampler import GAP_INTERVALS, GAP_MIN_S, MeterConfig, Sampler
 from lpirc.results import read_json
 
 
+#: How the readings were timed, by ``MeterConfig.sync`` (the manifest's ``meter.sync.how``).
+SYNC_HOW = {
+    "update": ("each reading waited for the meter's next data update (:STATus:FILTer1 FALL; "
+               ":COMMunicate:WAIT 1;:STATus:EESR?;:NUMeric:NORMal:VALue?, IM WT310-17EN 5.5 and "
+               "7.4): one reading per update, placed at the middle of the interval it is the "
+               "mean of (the update's time minus half an interval)"),
+    "poll": ("read once per update interval on this host's clock, not synchronised with the "
+             "meter's updates: a reading may repeat an update or miss one (not counted), "
+             "placed one interval before its answer"),
+}
+
+
+def _sync_json(s: Sampler) -> dict[str, Any]:
+    st = s.st
+    out: dict[str, Any] = {"mode": s.cfg.sync, "how": SYNC_HOW.get(s.cfg.sync, s.cfg.sync)}
+    if s.cfg.sync == "update":
+        out.update({"updates_read": st.fresh, "updates_missed": st.missed,
+                    "duplicates_skipped": st.duplicates})
+    return out
+
+
 def _meter_json(s: Sampler) -> dict[str, Any]:
     st = s.st
     return {
         "spec": s.cfg.spec, "visa_library": s.cfg.visa_library,
         "info": s.info.to_json() if s.info else None,
-        "rate_s": s.rate_s, "ranges_requested": s.cfg.ranges, "ranges": st.ranges,
+        "rate_s": s.rate_s, "sync": _sync_json(s), "ranges_requested": s.cfg.ranges,
+        "ranges": st.ranges,
         "accuracy": s.accuracy.to_json() if s.accuracy else None,
         "readings": len(st.rows), "not_measurements": len(st.invalid),
         "events": st.events[-20:], "meter_errors": st.meter_errors,
@@ -137,6 +159,10 @@ def run_energy(s: Sampler, start: float, end: float,
             method += f", +-{format_wh(unc)} Wh (meter spec)"
         if any(r.get("auto") for r in s.st.ranges):
             method += ", auto range"
+        if s.cfg.sync != "update":
+            method += ", polled (not synchronised with the meter's updates)"
+        elif s.st.missed:
+            method += f", {s.st.missed} of {s.st.fresh + s.st.missed} updates missed"
         mwh = meter["integrator"].get("wh")
         if mwh is not None and meter["integrator"]["difference_pct"] is not None:
             method += (f"; meter integrator {format_wh(mwh)} Wh "
@@ -197,7 +223,7 @@ def measure_idle(cfg: MeterConfig, seconds: float) -> dict[str, Any]:
         "start_utc": dt.datetime.fromtimestamp(t0, dt.timezone.utc).isoformat(),
         "method": f"measured: {label} idle for {t1 - t0:.1f} s, {m['samples']} samples at "
                   f"{s.rate_s:g} s, trapezoid mean",
-        "meter": {k: m[k] for k in ("info", "rate_s", "ranges", "accuracy")},
+        "meter": {k: m[k] for k in ("info", "rate_s", "sync", "ranges", "accuracy")},
     }
 
 

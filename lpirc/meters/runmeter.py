@@ -23,7 +23,8 @@ def meter_config(settings: Any) -> MeterConfig | None:
     if not getattr(settings, "meter", None):
         return None
     return MeterConfig(spec=settings.meter, visa_library=settings.visa_library,
-                       rate_s=settings.meter_rate_s, ranges=settings.meter_ranges)
+                       rate_s=settings.meter_rate_s, ranges=settings.meter_ranges,
+                       sync=getattr(settings, "meter_sync", "update"))
 
 
 def ranging_note(ranges: list[dict]) -> str | None:

@@ -2,7 +2,13 @@
 turn the log into the run's energy by the rule ``--power-log`` uses.
 
 :class:`Sampler` opens and sets up the meter, resets and starts the meter's own integrator,
-then reads it once per update interval until told to stop. Every valid reading becomes a row of
+then reads it once per data update until told to stop: with ``sync="update"`` (the default)
+each read waits for the meter's next update (the WT310's :COMMunicate:WAIT on its extended
+event register, see :mod:`lpirc.meters.wt310`), so every update is read once, and the thread
+sends its next read half an interval after an update; updates the thread was too late for are
+counted as missed (from the readings' times) and readings the meter marked as not fresh are
+skipped and counted. With ``sync="poll"`` it reads once per interval on this host's clock
+(not synchronised: duplicates and misses cannot be counted). Every valid reading becomes a row of
 a CSV in the format :func:`lpirc.energy.read_power_log` reads (``timestamp,watts`` first, then
 volts, amps, the ranges and the meter's integrator), written and flushed as it arrives, so a
 run can be rescored from its folder with ``--power-log``. Readings that are not measurements
@@ -51,6 +57,7 @@ class MeterConfig:
     visa_library: str = DEFAULT_VISA_LIBRARY
     rate_s: float = 0.1
     ranges: str = "auto"  # auto | keep | V,A
+    sync: str = "update"  # update: wait for each data update | poll: read once per interval
     timeout_s: float = 1.0  # per query: a meter answers its latest data at once
 
 
@@ -70,6 +77,9 @@ class _State:
     ranges: list[dict] = field(default_factory=list)
     absent: str | None = None
     reconnected: bool = False
+    fresh: int = 0  # readings taken (valid or not), each a new update when synchronised
+    duplicates: int = 0  # readings skipped: the meter said no new update (sync only)
+    missed: int = 0  # updates not read: the gaps between readings' times, in intervals - 1
 
 
 class Sampler:
@@ -89,6 +99,7 @@ class Sampler:
         self._first = threading.Event()
         self._file = None
         self._pending: list[str] = []
+        self._last_t: float | None = None  # the last fresh reading's time (missed updates)
         self._thread = threading.Thread(target=self._loop, name="lpirc-meter", daemon=True)
         self.path: Path | None = None
 
@@ -131,7 +142,8 @@ class Sampler:
         """Stop sampling (the integrator is stopped and the meter closed by the thread)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(self.cfg.timeout_s * 3 + 2.0)
+            # a synchronised read waits up to one update interval more
+            self._thread.join(self.cfg.timeout_s * 3 + 2.0 + self.rate_s)
         with self._lock:
             if self._file is not None:
                 self._file.close()
@@ -156,7 +168,7 @@ class Sampler:
     def _connect(self):
         meter = open_meter(self.cfg.spec, self.cfg.visa_library, self.cfg.timeout_s)
         try:
-            meter.configure(self.cfg.rate_s, self.cfg.ranges)
+            meter.configure(self.cfg.rate_s, self.cfg.ranges, self.cfg.sync)
             self.info, self.rate_s, self.accuracy = meter.info, meter.rate_s, meter.accuracy()
             with self._lock:
                 self.st.ranges.append(meter.ranges().to_json())
@@ -211,6 +223,8 @@ class Sampler:
             self._first.set()  # valid or not: the caller need not wait any longer
             if self._stop.is_set():
                 break
+            if self.cfg.sync == "update":  # half an interval after the update read: the next
+                next_t = time.monotonic() - self.rate_s / 2  # read then waits for the next one
             next_t += self.rate_s
             delay = next_t - time.monotonic()
             if delay < 0:
@@ -228,6 +242,7 @@ class Sampler:
                 continue
             with self._lock:
                 self.st.reconnected = True
+                self._last_t = None  # the outage is a gap, not missed updates
             self._event(f"reconnected ({self.info.label() if self.info else self.cfg.spec})")
             return meter
         return None
@@ -251,7 +266,24 @@ class Sampler:
             pass
         meter.close()
 
+    def _count(self, r: Reading) -> bool:
+        """Count a reading as an update (and the updates missed before it), or as a duplicate;
+        False: skip it (not fresh)."""
+        with self._lock:
+            if not r.fresh:
+                self.st.duplicates += 1
+                return False
+            if self.cfg.sync == "update" and self._last_t is not None:
+                self.st.missed += max(0, round((r.t - self._last_t) / self.rate_s) - 1)
+            self._last_t = r.t
+            self.st.fresh += 1
+        return True
+
     def _add(self, r: Reading) -> None:
+        if not self._count(r):
+            self._emit(f"# {r.t:.3f} not a measurement: no new data update (the values read "
+                       "before), skipped\n")
+            return
         rng = r.ranges
         why = None
         if r.over_range:

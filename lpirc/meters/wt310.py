@@ -33,9 +33,32 @@ What is used:
   meter's own watt-hour integrator, read through the WH item, kept as a cross-check.
 - ``:STATus:ERRor?`` (§6 STATus group, App error messages): ``<code>,"<message>"``, ``0,"No
   error"`` when the queue is empty; e.g. ``113,"Undefined header"`` for an unknown command.
+- Synchronising with the meter's data updates (§5.5 "Synchronization with the Controller",
+  "Using the COMMunicate:WAIT Command"; §7.4 "Extended Event Register"): bit 0 of the condition
+  register, UPD, is 1 while the measured data is being updated, and its fall (1 -> 0) is the
+  end of an update. ``:STATus:FILTer1 FALL`` makes that fall set bit 0 of the extended event
+  register, ``:STATus:EESR?`` reads and clears the register, and ``:COMMunicate:WAIT 1`` holds
+  the commands that follow until bit 0 is 1. So each reading is the program message
+  ``:COMMunicate:WAIT 1;:STATus:EESR?;:NUMeric:NORMal:VALue?`` (units of one message are
+  executed in order, §5.1; every WT310 command is sequential, §5.5): it is answered once per
+  update, right after it, with ``<EESR>;<values>``. The register is cleared before the values
+  are read, so an update that lands between two readings is waited for, never lost or read
+  twice; an EESR without bit 0 (a meter or bridge that did not wait) marks the values as not
+  fresh. (The manual's own loop reads the values first and clears after; that order can lose
+  the update that lands between the two queries.)
 
 Short and long mnemonics are equivalent (§5 "Header interpretation rules"); the driver sends
 long forms.
+
+Transports (any VISA resource; docs/meter.md "The real meter"): USB-TMC
+(``USB0::0x0B21::0x0025::<serial>::INSTR``, pyvisa-py through pyusb); Ethernet, the /C7
+option (chapter 4), which is a VXI-11 instrument server (``TCPIP::<address>::INSTR``, pyvisa-py's
+VXI-11 client; ``TCPIP::<address>,<port>::INSTR`` skips the portmapper); GP-IB through a
+GP-IB backend. The meter's other Ethernet protocol, Modbus/TCP (chapter 9), is not used. The
+manual gives the WT310 no raw SCPI socket and no port-10001 framing with a header (the older
+WT1600/WT3000 Ethernet): ``TCPIP::<host>::<port>::SOCKET`` (newline-terminated SCPI) is for the
+simulation and serial-to-TCP bridges only. The VXI-11 path was tested against the simulation
+served over VXI-11 (tests/wt310_vxi11.py), not against a meter.
 """
 
 from __future__ import annotations
@@ -47,6 +70,13 @@ from typing import Any
 
 from lpirc.errors import MeterError
 from lpirc.meters import AccuracySpec, MeterInfo, Ranges, Reading, resource_manager
+
+#: How readings are taken: ``update`` waits for each of the meter's data updates (§5.5),
+#: ``poll`` reads once per update interval on this host's clock (not synchronised: a reading
+#: may repeat an update or miss one; for bridges that do not pass :COMMunicate:WAIT).
+SYNC_MODES = ("update", "poll")
+#: The program message of one synchronised reading (see the module docstring).
+SYNC_QUERY = ":COMMunicate:WAIT 1;:STATus:EESR?;:NUMeric:NORMal:VALue?"
 
 #: What the driver follows, recorded with every meter reading's provenance.
 DRIVER = ("lpirc wt310 driver: IM WT310-17EN 1st ed. (WT300 command set), accuracy IM WT310-02EN "
@@ -103,6 +133,8 @@ class WT310:
         self.info = MeterInfo("wt310", "", "", "", "", resource)
         self._rate_s = 0.5
         self._ranges = Ranges(None, None, True)
+        self._sync = "update"
+        self._last_update: float | None = None  # unix s of the last update read (sync)
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -181,11 +213,12 @@ class WT310:
 
     # --- setting up ------------------------------------------------------------------------
 
-    def configure(self, rate_s: float = 0.1, ranges: str = "auto") -> None:
-        """Remote mode, bare ASCII answers, the items U, I, P, WH, TIME, the update interval
-        and the ranges (``auto``, ``keep`` or ``V,A``). MeterError naming the refused
-        setting, with the meter's own error text."""
-        check_settings(rate_s, ranges)
+    def configure(self, rate_s: float = 0.1, ranges: str = "auto", sync: str = "update") -> None:
+        """Remote mode, bare ASCII answers, the items U, I, P, WH, TIME, the update interval,
+        the ranges (``auto``, ``keep`` or ``V,A``) and, with ``sync="update"``, the transition
+        filter that marks the end of each data update (§7.4), cleared. MeterError naming the
+        refused setting, with the meter's own error text."""
+        check_settings(rate_s, ranges, sync)
         fixed = parse_ranges(ranges)
         self.write("*CLS")
         cmds = [":COMMunicate:REMote ON", ":COMMunicate:HEADer OFF", ":COMMunicate:VERBose OFF",
@@ -196,6 +229,8 @@ class WT310:
             cmds += [":INPut:VOLTage:AUTO ON", ":INPut:CURRent:AUTO ON"]
         elif fixed is not None:
             cmds += [f":INPut:VOLTage:RANGe {fixed[0]:g}V", f":INPut:CURRent:RANGe {fixed[1]:g}A"]
+        if sync == "update":
+            cmds.append(":STATus:FILTer1 FALL")
         for c in cmds:
             self.write(c)
         errs = self.errors()
@@ -203,6 +238,11 @@ class WT310:
             raise MeterError(f"meter {self.info.label()} refused its set-up: {'; '.join(errs)}")
         self._rate_s = parse_value(self.query(":RATE?"))[0] or rate_s  # <NR3> seconds
         self._ranges = self.ranges()
+        self._sync, self._last_update = sync, None
+        if sync == "update":  # cleared, then to the end of an update: the first reading waits
+            self.query(":STATus:EESR?")  # for the next one, and its time is on the grid
+            self._query_waiting(":COMMunicate:WAIT 1;:STATus:EESR?")
+            self._last_update = time.time()
 
     @property
     def rate_s(self) -> float:
@@ -237,17 +277,40 @@ class WT310:
 
     # --- measuring -------------------------------------------------------------------------
 
+    @property
+    def sync(self) -> str:
+        return self._sync
+
     def read(self, with_ranges: bool = False) -> Reading:
-        """One ``:NUMeric:NORMal:VALue?``. The ranges are queried again only when asked
+        """One reading of the items: with ``sync="update"`` the next data update's values
+        (:data:`SYNC_QUERY`, waiting up to one update interval more than the query timeout),
+        else one ``:NUMeric:NORMal:VALue?`` now. The ranges are queried again only when asked
         (auto ranging), else the ones set up are given.
 
-        The values are the means over the meter's last complete update interval, which ended
-        0 to 1 interval before the answer (polling is not synchronised with the meter's
-        updates), so the reading's time is the answer's time minus one interval: the middle of
-        the interval measured, on average. Without it every figure would lag by 1.5 intervals
-        (a 60 W step seen 0.15 s late at 0.1 s)."""
-        line = self.query(":NUMeric:NORMal:VALue?")
-        t = time.time() - self._rate_s
+        The values are the means over the meter's last complete update interval. Synchronised,
+        the answer comes right after the update that ended it, so the reading's time is the
+        update's time minus half an interval: the middle of the interval measured. The update's
+        time is the answer's when the meter made the query wait; when the update had already
+        happened (this host late), it is placed on the meter's update grid (the last update
+        read plus whole intervals). Polled, the update ended 0 to 1 interval before the answer,
+        so the time is the answer's minus one interval: the middle on average (without it every
+        figure would lag by 1.5 intervals). ``Reading.fresh`` is False when the meter said no
+        update had ended (EESR bit 0 clear): the same values again."""
+        fresh = True
+        if self._sync == "update":
+            t_send = time.time()
+            line = self._query_waiting(SYNC_QUERY)
+            t_recv = time.time()
+            eesr, sep, line = line.partition(";")
+            try:
+                fresh = bool(int(eesr.strip()) & 1) and bool(sep)
+            except ValueError:
+                raise MeterError(f"meter {self.info.label()}: :STATus:EESR? answered "
+                                 f"{eesr[:40]!r}, not a register value") from None
+            t = self._update_time(t_send, t_recv) - self._rate_s / 2 if fresh else t_recv
+        else:
+            line = self.query(":NUMeric:NORMal:VALue?")
+            t = time.time() - self._rate_s
         fields = line.split(",")
         if len(fields) < len(ITEMS):
             raise MeterError(f"meter {self.info.label()}: :NUMeric:NORMal:VALue? answered "
@@ -256,7 +319,35 @@ class WT310:
         over = tuple(name for name, flag in zip(("U", "I", "P"), flags) if flag)
         rng = self.ranges() if with_ranges else self._ranges
         return Reading(t=t, volts=vals[0], amps=vals[1], watts=vals[2], wh=vals[3],
-                       integ_s=vals[4], ranges=rng, over_range=over)
+                       integ_s=vals[4], ranges=rng, over_range=over, fresh=fresh)
+
+    def _update_time(self, t_send: float, t_recv: float) -> float:
+        """When the update just read ended (unix s): the answer's time when the query waited
+        for it (more than a quarter interval), else the last update plus whole intervals."""
+        last, rate = self._last_update, self._rate_s
+        if last is None or t_recv - t_send > rate / 4 or t_recv - last < rate / 2:
+            t = t_recv
+        else:
+            # the latest update before the answer (a small tolerance for the meter's clock)
+            t = min(last + rate * max(1, math.floor((t_recv - last) / rate + 0.05)), t_recv)
+        self._last_update = t
+        return t
+
+    def _query_waiting(self, cmd: str) -> str:
+        """``query`` with the timeout lengthened by one update interval (the meter holds the
+        answer until its next update)."""
+        try:
+            base = self.inst.timeout
+            self.inst.timeout = base + int(self._rate_s * 1000)
+        except Exception:  # a resource without a settable timeout: query as is
+            return self.query(cmd)
+        try:
+            return self.query(cmd)
+        finally:
+            try:
+                self.inst.timeout = base
+            except Exception:
+                pass
 
     def integrator(self, action: str) -> None:
         """``reset``, ``start`` or ``stop`` the meter's integrator; MeterError with the
@@ -280,8 +371,10 @@ class WT310:
             pass
 
 
-def check_settings(rate_s: float, ranges: str) -> None:
-    """MeterError for an update interval or ranges a WT310 does not have."""
+def check_settings(rate_s: float, ranges: str, sync: str = "update") -> None:
+    """MeterError for an update interval, ranges or synchronisation a WT310 does not have."""
+    if sync not in SYNC_MODES:
+        raise MeterError(f"meter synchronisation {sync!r}: expected {' or '.join(SYNC_MODES)}")
     if rate_s not in RATES_S:
         raise MeterError(f"WT310 update interval {rate_s:g} s is not one the meter has "
                          f"({', '.join(f'{r:g}' for r in RATES_S)} s)")

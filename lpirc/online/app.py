@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from lpirc.errors import InputError
+from lpirc.login_gate import LoginGate
 from lpirc.online.config import OnlineConfig
 from lpirc.online.errors import ApiError
 from lpirc.online.routes import ROUTES
@@ -71,11 +72,13 @@ async def on_bug(request: Request, exc: Exception) -> Response:
 
 
 def build_app(svc: Service) -> Starlette:
-    """The application around one :class:`Service` (started and stopped by its caller)."""
+    """The application around one :class:`Service` (started and stopped by its caller), with
+    its login gate (``app.state.gate``: close it when the application stops)."""
     app = Starlette(routes=ROUTES, exception_handlers={
         ApiError: on_api_error, HTTPException: on_http_error, sqlite3.Error: on_db_error,
         Exception: on_bug})
     app.state.service = svc
+    app.state.gate = LoginGate(svc.verify, svc.cfg.login, svc.announce, "lpirc online")
     return app
 
 
@@ -114,13 +117,15 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
         if svc.scheduler.recovered:
             announce(f"lpirc online: submission(s) {', '.join(map(str, svc.scheduler.recovered))}"
                      " were running when the service stopped: queued again (not charged)")
-        config = uvicorn.Config(build_app(svc), log_level="warning", access_log=False,
+        app = build_app(svc)
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5)
         signal.signal(signal.SIGTERM, _exit_ok)
         t0 = time.time()
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
+            app.state.gate.close()
             svc.stop()
             announce(f"lpirc online: stopped after {time.time() - t0:.0f} s; queued and running "
                      f"submissions resume when it is started again on {cfg.db}")

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import scoring
+from lpirc.login_gate import GateLimits
 
 PHASES = ("dev", "final")
 COUNTS = ("best", "latest")  # which scored submission of a team counts in a phase's standings
 FAILURE_CLASSES = ("format", "model", "runtime", "timeout", "infrastructure")
-STATES = ("queued", "running", "scored", "failed")
+#: a submission's states, in order: waiting for a device, on a device, its result being scored
+#: on the service (with the service's ground truth; the report drawn), then scored or failed
+STATES = ("queued", "running", "scoring", "scored", "failed")
 DEFAULT_COUNTS = {"dev": "best", "final": "latest"}
 
 
@@ -47,6 +50,9 @@ class OnlineConfig:
         restart interrupted (failure ``infrastructure`` after that; never charged).
     counts: per phase, ``best`` or ``latest`` scored submission counts in the standings.
     check_timeout_s: seconds the upload check may take to load and invoke a model.
+    login: the login gate's limits (:class:`lpirc.login_gate.GateLimits`, the referee's
+        defaults): password checks at once and waiting, failed logins per client address and
+        per account name; beyond, 429 with Retry-After.
     """
 
     db: Path
@@ -66,6 +72,7 @@ class OnlineConfig:
     max_attempts: int = 3
     counts: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
     check_timeout_s: float = 60.0
+    login: GateLimits = GateLimits()
 
     @property
     def files(self) -> Path:

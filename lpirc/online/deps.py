@@ -8,6 +8,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from lpirc.login_gate import LoginGate, Refused, hold
 from lpirc.online.errors import ApiError
 from lpirc.online.service import Service
 from lpirc.online.store import Team
@@ -18,6 +19,24 @@ FORM_SLACK_BYTES = 64 * 1024  # multipart boundaries and small fields, beyond th
 
 def service(request: Request) -> Service:
     return request.app.state.service
+
+
+async def login(request: Request, name: str, password: str) -> str:
+    """A token for the account, through the service's login gate (``request.app.state.gate``:
+    hashing bounded, failed logins limited per client address and account name). ApiError 401
+    for a wrong name or password; 429 with ``Retry-After`` (and ``retry_after_s``) over the
+    limits, held 2 s (at most its Retry-After) before it is answered."""
+    gate: LoginGate = request.app.state.gate
+    client = request.client.host if request.client else "?"
+    try:
+        who = await gate.check(client, name, password)
+    except Refused as e:  # no hashing was done
+        await hold(e)
+        raise ApiError(429, e.message, headers={"Retry-After": str(e.retry_after_s)},
+                       retry_after_s=e.retry_after_s) from None
+    if who is None:
+        raise ApiError(401, "wrong team name or password")
+    return service(request).token(who)
 
 
 def token(request: Request) -> str | None:

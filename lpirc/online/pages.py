@@ -25,9 +25,11 @@ def _env():
     return env
 
 
-def render(template: str, status: int = 200, nonce: str | None = None, **ctx) -> HTMLResponse:
+def render(template: str, status: int = 200, nonce: str | None = None,
+           headers: dict[str, str] | None = None, **ctx) -> HTMLResponse:
     script = f"'nonce-{nonce}'" if nonce else "'none'"
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; script-src {script}; "
            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
     html = _env().get_template(template).render(version=__version__, nonce=nonce, **ctx)
-    return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": csp})
+    return HTMLResponse(html, status_code=status,
+                        headers={**(headers or {}), "Content-Security-Policy": csp})

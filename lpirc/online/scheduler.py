@@ -12,10 +12,14 @@ the holdout (exit 5)
 no end within the time limit + ``hang_margin_s``        ``timeout`` (charged)
 ``lpirc run`` refused the model (exit 3 or 4)           ``model`` (charged)
 no result log, nothing answered, the scorer refused it  ``runtime`` (charged)
-a result log with answers                               ``scored``
+a result log with answers                               ``scoring``, then ``scored``
 =====================================================  =====================================
 
-A restart of the service puts every ``running`` submission back in the queue first
+``scoring``: the device is free again (it takes the next job) while the service scores the
+result with the phase's ground truth and draws its report, one submission at a time on the
+scoring thread.
+
+A restart of the service puts every ``running`` or ``scoring`` submission back in the queue first
 (:meth:`Store.recover`); the attempt is conditional on its number, so it is scored once.
 """
 
@@ -162,12 +166,15 @@ class Scheduler:
             self.store.mark_failed(sid, attempt, cls, why, True, now, o.device, str(run_dir))
             self.announce(f"submission {sid}: failed ({cls}): {why}")
             return
-        self.scorer.submit(self._score_logged, sub, attempt, o, run_dir)
+        if self.store.mark_scoring(sid, attempt, now, o.device,
+                                   f"attempt {attempt} ended on {o.device} (lpirc run "
+                                   f"{o.run_s:.2f} s); scoring on the service"):
+            self.scorer.submit(self._score_logged, sub, attempt, o, run_dir)
 
     def _score_logged(self, sub: Submission, attempt: int, o: Outcome, run_dir: Path) -> None:
         try:
             self._score(sub, attempt, o, run_dir)
-        except Exception as e:  # a bug of ours: the submission stays running, rerun at restart
+        except Exception as e:  # a bug of ours: the submission stays scoring, rerun at restart
             traceback.print_exc(file=sys.stderr)
             self.announce(f"submission {sub.id}: scoring error ({type(e).__name__}: {e})")
 

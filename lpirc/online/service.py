@@ -22,7 +22,7 @@ from lpirc.errors import InputError
 from lpirc.holdout import content_sha256, open_holdout
 from lpirc.online import standings as st
 from lpirc.online.checks import check_refusal, quick_refusal
-from lpirc.online.config import PHASES, OnlineConfig, PhaseData
+from lpirc.online.config import COUNTS, DEFAULT_COUNTS, PHASES, OnlineConfig, PhaseData
 from lpirc.online.errors import ApiError
 from lpirc.online.executor import Executor, local_executor, ray_executor
 from lpirc.online.scheduler import PhaseHoldout, Scheduler
@@ -106,10 +106,13 @@ class Service:
 
     # --- accounts ------------------------------------------------------------------------------
 
-    def login(self, name: str, password: str) -> str:
-        team = self.store.check_login(name, password)
-        if team is None:
-            raise ApiError(401, "wrong team name or password")
+    def verify(self, name: str, password: str) -> Team | None:
+        """The account if the password is right, else None (the login gate's check: ~50 ms of
+        scrypt, the same for an unknown name)."""
+        return self.store.check_login(name, password)
+
+    def token(self, team: Team) -> str:
+        """A token for ``team`` (signed, valid :data:`TOKEN_MAX_AGE_S`)."""
         return self.tokens.dumps({"team": team.id})
 
     def team_for(self, token: str | None) -> Team:
@@ -221,12 +224,22 @@ class Service:
                 "score": sub.score if visible else None,
                 "score_hidden": sub.state == "scored" and not visible,
                 "position": self.store.queue_position(sub.id) if sub.state == "queued" else None,
-                "device": sub.device if sub.state == "running" else None,
-                "since_utc": utc_iso(sub.started) if sub.state == "running" else None,
+                "device": sub.device if sub.state in ("running", "scoring") else None,
+                "since_utc": utc_iso(self._since(sub)),
                 "uploaded_utc": utc_iso(sub.created), "ended_utc": utc_iso(sub.ended),
                 "attempts": sub.attempts, "charged": sub.charged,
                 "model_sha256": sub.model_sha256, "model_bytes": sub.model_bytes,
                 "sidecar": sub.has_sidecar, "links": links}
+
+    def _since(self, sub: Submission) -> float | None:
+        """When a running submission started on its device, or a scoring one's run ended (its
+        ``scoring`` event); None in the other states."""
+        if sub.state == "running":
+            return sub.started
+        if sub.state == "scoring":
+            return next((e.t for e in reversed(self.store.events(sub.id))
+                         if e.state == "scoring"), None)
+        return None
 
     def events(self, team: Team, sub: Submission) -> list[dict[str, Any]]:
         """The submission's state transitions; a hidden score (final phase, not published)
@@ -263,31 +276,41 @@ class Service:
 
     # --- standings, phases ---------------------------------------------------------------------
 
-    def standings(self, team: Team | None, phase: str | None = None) -> dict[str, Any]:
+    def standings(self, team: Team | None, phase: str | None = None,
+                  rank: str | None = None) -> dict[str, Any]:
+        """A phase's standings (default: the phase open now) as ``team`` may see them, counting
+        each team's ``rank`` (``best`` or ``latest``) scored submission; default: the phase's
+        ``--dev-counts``/``--final-counts``. ApiError 400 for another phase or rank."""
         phase = phase or self.store.phase()
         if phase not in PHASES:
             raise ApiError(400, f"phase {phase!r}: expected one of {', '.join(PHASES)}")
-        rule = self.cfg.counts.get(phase, "best")
+        if rank and rank not in COUNTS:
+            raise ApiError(400, f"rank {rank[:40]!r}: expected one of {', '.join(COUNTS)}")
+        default = self.cfg.counts.get(phase, DEFAULT_COUNTS[phase])
+        rule = rank or default
         hidden = (phase == "final" and not self.store.published()
                   and (team is None or team.role != "organiser"))
         sha = self.phases[phase].files_sha256 if phase in self.phases else None
         table = [] if hidden else st.rows(self.store, phase, rule, sha, self.cfg.rules)
         return {"phase": phase, "current_phase": self.store.phase(), "counts": rule,
+                "counts_default": default,
                 "rules": self.cfg.rules, "hidden": hidden,
                 "images": self.phases[phase].count if phase in self.phases else None,
                 "interval": st.INTERVAL, "updated_utc": utc_iso(time.time()),
                 "standings": table}
 
     def organiser(self) -> dict[str, Any]:
-        """Queue, devices, failures by class, per-team counts."""
+        """Queue, running and scoring submissions, devices, failures by class, per-team
+        counts."""
         queue = [{"id": s.id, "team": s.team, "phase": s.phase, "position": i + 1,
                   "uploaded_utc": utc_iso(s.created), "attempts": s.attempts}
                  for i, s in enumerate(self.store.submissions(state="queued"))]
-        running = [{"id": s.id, "team": s.team, "device": s.device, "attempt": s.attempts,
-                    "since_utc": utc_iso(s.started)}
-                   for s in self.store.submissions(state="running")]
+        running, scoring = ([{"id": s.id, "team": s.team, "device": s.device,
+                              "attempt": s.attempts, "since_utc": utc_iso(self._since(s))}
+                             for s in self.store.submissions(state=state)]
+                            for state in ("running", "scoring"))
         devices = [dict(d, since_utc=utc_iso(d.get("since"))) for d in self.scheduler.devices()]
         return {"phase": self.store.phase(), "published": self.store.published(),
-                "queue": queue, "running": running, "devices": devices,
+                "queue": queue, "running": running, "scoring": scoring, "devices": devices,
                 **self.store.counts()}
 

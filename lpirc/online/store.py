@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from lpirc.errors import InputError
-from lpirc.online.config import PHASES
-from lpirc.referee.store import check_account, check_password, hash_password, insert_account
+from lpirc.online.config import PHASES, STATES
+from lpirc.referee.store import check_account, hash_password, insert_account, verify_login
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the state 'scoring' (schema 1's files are upgraded when opened)
 APPLICATION_ID = 0x4C504F4E  # "LPON"
 ROLES = ("team", "organiser")
 
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS submissions (
     phase TEXT NOT NULL, label TEXT NOT NULL, created REAL NOT NULL, day TEXT NOT NULL,
     model_sha256 TEXT NOT NULL, model_bytes INTEGER NOT NULL, folder TEXT NOT NULL,
     has_sidecar INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'scored', 'failed')),
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'scoring', 'scored', 'failed')),
     charged INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     device TEXT, started REAL, ended REAL,
     failure_class TEXT, failure_message TEXT, score_json TEXT, run_dir TEXT);
@@ -181,7 +181,9 @@ class Store:
             if version > SCHEMA_VERSION:
                 raise InputError(f"{self.path}: online database schema {version} is newer than "
                                  f"this lpirc reads ({SCHEMA_VERSION}); upgrade lpirc")
-            if version == 0:
+            if version == 1:
+                self._upgrade_v1()
+            if version < SCHEMA_VERSION:
                 for stmt in _SCHEMA.split(";"):  # not executescript: it would COMMIT first
                     if stmt.strip():
                         self._db.execute(stmt)
@@ -192,6 +194,17 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    def _upgrade_v1(self) -> None:
+        """Schema 1 -> 2, in the caller's transaction: the submissions table made again (SQLite
+        cannot change a CHECK; 2's allows 'scoring'), its rows copied as they are; its indexes
+        are made again by the schema that follows."""
+        create = next(stmt for stmt in _SCHEMA.split(";")
+                      if "TABLE IF NOT EXISTS submissions (" in stmt)
+        self._db.execute(create.replace("submissions (", "submissions_v2 (", 1))
+        self._db.execute("INSERT INTO submissions_v2 SELECT * FROM submissions")
+        self._db.execute("DROP TABLE submissions")  # and its indexes
+        self._db.execute("ALTER TABLE submissions_v2 RENAME TO submissions")
 
     def close(self) -> None:
         with self._lock:
@@ -278,19 +291,18 @@ class Store:
 
     def check_login(self, name: str, password: str) -> Team | None:
         """The account if ``password`` is right, else None (unknown name and wrong password
-        alike, in the same time)."""
+        alike, in the same time). Scrypt, ~50 ms: the service calls it through its login gate
+        (:mod:`lpirc.login_gate`), never on a request thread of its own."""
         with self._lock:
             row = self._db.execute("SELECT id, name, role, pw_hash FROM teams WHERE name = ?",
                                    (name,)).fetchone()
-        if row is None:
-            check_password(password, hash_password("x"))
-            return None
-        return Team(*row[:3]) if check_password(password, row[3]) else None
+        return verify_login((Team(*row[:3]), row[3]) if row else None, password)
 
     # --- submissions ---------------------------------------------------------------------------
 
     def quota_used(self, team_id: int, now: float) -> tuple[int, int]:
-        """(submissions charged today (UTC day), submissions queued or running) of a team."""
+        """(submissions charged today (UTC day), submissions queued, running or scoring) of a
+        team."""
         with self._lock:
             return self._quota_used(self._db, team_id, now)
 
@@ -299,7 +311,7 @@ class Store:
         today = db.execute("SELECT count(*) FROM submissions WHERE team_id = ? AND day = ? "
                            "AND charged = 1", (team_id, utc_day(now))).fetchone()[0]
         busy = db.execute("SELECT count(*) FROM submissions WHERE team_id = ? AND state IN "
-                          "('queued', 'running')", (team_id,)).fetchone()[0]
+                          "('queued', 'running', 'scoring')", (team_id,)).fetchone()[0]
         return today, busy
 
     def check_quota(self, team_id: int, now: float, per_day: int | None,
@@ -314,9 +326,9 @@ class Store:
                 f"allowed at {utc_iso(nxt)}", max(1, int(nxt - now + 0.999)), utc_iso(nxt))
         if at_once is not None and busy >= at_once:
             raise QuotaExceeded(
-                f"quota: {busy} of {at_once} submissions at once queued or running; the next "
-                "one is allowed when one of them ends", None,
-                "when one of your queued or running submissions ends")
+                f"quota: {busy} of {at_once} submissions at once queued, running or scoring; "
+                "the next one is allowed when one of them ends", None,
+                "when one of your queued, running or scoring submissions ends")
 
     def add_submission(self, team: Team, phase: str, label: str, sha256: str, size: int,
                        folder: Path, has_sidecar: bool, now: float, per_day: int | None = None,
@@ -409,31 +421,42 @@ class Store:
         return self._tx(go)
 
     def _finish(self, sid: int, attempt: int, now: float, sets: str, args: tuple,
-                state: str, device: str | None, message: str) -> bool:
+                state: str, device: str | None, message: str,
+                leaves: tuple[str, ...] = ("running",)) -> bool:
+        """One transition of attempt ``attempt``, only from a state in ``leaves``."""
+        marks = ", ".join("?" * len(leaves))
+
         def go(db):
-            cur = db.execute(f"UPDATE submissions SET {sets} WHERE id = ? AND state = 'running' "
-                             "AND attempts = ?", (*args, sid, attempt))
+            cur = db.execute(f"UPDATE submissions SET {sets} WHERE id = ? AND state IN ({marks}) "
+                             "AND attempts = ?", (*args, sid, *leaves, attempt))
             if cur.rowcount == 1:
                 self._event(db, sid, now, state, attempt, device, message)
             return cur.rowcount == 1
 
         return self._tx(go)
 
+    def mark_scoring(self, sid: int, attempt: int, now: float, device: str | None,
+                     message: str) -> bool:
+        """running (this attempt) -> scoring: the device has ended its run and sent the result
+        back; the service scores it. False if not running this attempt."""
+        return self._finish(sid, attempt, now, "state = 'scoring'", (), "scoring", device,
+                            message)
+
     def mark_scored(self, sid: int, attempt: int, score: dict, run_dir: str, now: float,
                     device: str | None, message: str) -> bool:
-        """running (this attempt) -> scored, once: False if not running this attempt."""
+        """scoring (this attempt) -> scored, once: False if not scoring this attempt."""
         return self._finish(sid, attempt, now, "state = 'scored', ended = ?, score_json = ?, "
                             "run_dir = ?", (now, json.dumps(score), run_dir), "scored", device,
-                            message)
+                            message, leaves=("scoring",))
 
     def mark_failed(self, sid: int, attempt: int, cls: str, message: str, charged: bool,
                     now: float, device: str | None, run_dir: str | None = None) -> bool:
-        """running (this attempt) -> failed with class ``cls``; ``charged`` False for failures
-        that are not the team's (infrastructure)."""
+        """running or scoring (this attempt) -> failed with class ``cls``; ``charged`` False
+        for failures that are not the team's (infrastructure)."""
         return self._finish(sid, attempt, now, "state = 'failed', ended = ?, failure_class = ?, "
                             "failure_message = ?, charged = ?, run_dir = ?",
                             (now, cls, message, int(charged), run_dir), "failed", device,
-                            f"failed ({cls}): {message}")
+                            f"failed ({cls}): {message}", leaves=("running", "scoring"))
 
     def requeue(self, sid: int, attempt: int, message: str, now: float,
                 device: str | None) -> bool:
@@ -442,18 +465,19 @@ class Store:
                             (), "queued", device, message)
 
     def recover(self, now: float) -> list[int]:
-        """At start: every submission left ``running`` by a stopped or killed service goes back
-        to ``queued`` (its attempt was not scored and is not charged again). Returns their ids."""
+        """At start: every submission left ``running`` or ``scoring`` by a stopped or killed
+        service goes back to ``queued`` (its attempt was not scored and is not charged again).
+        Returns their ids."""
 
         def go(db):
-            rows = db.execute("SELECT id, attempts, device FROM submissions WHERE state = "
-                              "'running' ORDER BY id").fetchall()
-            for sid, attempt, device in rows:
+            rows = db.execute("SELECT id, attempts, device, state FROM submissions WHERE state "
+                              "IN ('running', 'scoring') ORDER BY id").fetchall()
+            for sid, attempt, device, state in rows:
                 db.execute("UPDATE submissions SET state = 'queued', device = NULL, started = NULL "
                            "WHERE id = ?", (sid,))
                 self._event(db, sid, now, "queued", attempt, device,
-                            f"attempt {attempt} on {device} interrupted by a restart of the "
-                            "service (infrastructure, not charged): queued again")
+                            f"attempt {attempt} on {device} interrupted ({state}) by a restart of "
+                            "the service (infrastructure, not charged): queued again")
             return [r[0] for r in rows]
 
         return self._tx(go)
@@ -472,10 +496,11 @@ class Store:
             per_team = self._db.execute(
                 "SELECT t.name, count(s.id), sum(s.day = ? AND s.charged = 1), "
                 "sum(s.state = 'scored'), sum(s.state = 'failed'), "
-                "sum(s.state IN ('queued', 'running')) FROM teams t LEFT JOIN submissions s "
-                "ON s.team_id = t.id WHERE t.role = 'team' GROUP BY t.id ORDER BY t.name",
+                "sum(s.state IN ('queued', 'running', 'scoring')) FROM teams t "
+                "LEFT JOIN submissions s ON s.team_id = t.id WHERE t.role = 'team' "
+                "GROUP BY t.id ORDER BY t.name",
                 (utc_day(now),)).fetchall()
-        return {"states": {s: states.get(s, 0) for s in ("queued", "running", "scored", "failed")},
+        return {"states": {s: states.get(s, 0) for s in STATES},
                 "failures": classes,
                 "teams": [{"team": n, "uploads": u, "charged_today": c or 0, "scored": s or 0,
                            "failed": f or 0, "queued_or_running": b or 0}

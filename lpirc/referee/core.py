@@ -25,6 +25,7 @@ from lpirc.clock import SteadyWall
 from lpirc.errors import InputError
 from lpirc.holdout import files_sha256, scan_folder
 from lpirc.referee import protocol as P
+from lpirc.referee.config import RefereeConfig
 from lpirc.referee.protocol import ProtocolError
 from lpirc.referee.store import Answer, PowerReading, SessionRow, Store, Team
 from lpirc.results import MANIFEST, RESULTS, SCORE, write_json
@@ -45,32 +46,6 @@ METER_MAX_GAP_S = 2.0
 #: power of any board that has run an LPIRC entry (single-board computers, phones, Jetsons draw
 #: watts); 1e-9 Wh would otherwise rank first.
 SELF_MIN_W = 0.1
-
-
-@dataclass(frozen=True)
-class RefereeConfig:
-    """What ``lpirc referee serve`` is started with.
-
-    time_limit_s: seconds from a team's login to the end of its session (LPIRC: 600).
-    attempts: sessions each team may start (every one is kept and scored).
-    class_base: 0 = CLASS_ID 0..999 (lpirc's sorted synsets), 1 = 1..1000.
-    runs_dir: where each scored session's run folder goes (default: ``<db>.runs/`` beside it).
-    standings_db: lpirc's standings database (``lpirc.leaderboard``) to add each scored session
-    to, or None.
-    """
-
-    holdout: Path
-    ground_truth: Path
-    db: Path
-    time_limit_s: float = scoring.DEFAULT_TIME_LIMIT_S
-    rules: str = scoring.DEFAULT_RULES
-    attempts: int = 1
-    class_base: int = 0
-    runs_dir: Path | None = None
-    standings_db: Path | None = None
-
-    def runs_path(self) -> Path:
-        return Path(self.runs_dir) if self.runs_dir else Path(str(self.db) + ".runs")
 
 
 @dataclass

@@ -1,250 +1,29 @@
-"""What keeps one client from starving the others: the login gate (password hashing off the
-request threads, bounded, failed logins rate-limited) and the connection guard (idle and slow
-connections closed, connections per client and in all capped).
+"""What keeps one client from starving the others: the login gate (:mod:`lpirc.login_gate`,
+shared with ``lpirc online``; here the referee's password check for it) and the connection
+guard (idle and slow connections closed, connections per client and in all capped).
 
-Both run on the server's event loop (no locks): :class:`LoginGate` decides, before any hashing,
-whether a login is hashed now, queued, or refused with 429; :func:`guarded_protocol` is
-uvicorn's h11 protocol with accept-time caps and a request timeout.
-
-Figures (``bench/referee_load.py --login-flood 60`` on the shared 2-core machine; the table is
-in docs/referee.md, "Under abuse"): before the gate, 60 connections posting wrong passwords held
-every worker thread and one device's /zipimages fell to 7 images/s and its login took 8-20 s;
-with it (and the server's 2 s hold of each 429), 1,736-3,829 images/s and 0.22-0.26 s.
+:func:`guarded_protocol` is uvicorn's h11 protocol with accept-time caps and a request timeout;
+it runs on the server's event loop (no locks). Its settings, :class:`ConnLimits`, are in
+:mod:`lpirc.referee.config` with the rest of what ``lpirc referee serve`` is started with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import heapq
-import hmac
-import itertools
-import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import Callable
 
-from lpirc.referee.store import Store, Team, check_password, hash_password
-
-
-@dataclass(frozen=True)
-class GateLimits:
-    """The login gate's settings.
-
-    hash_workers: password checks at once (scrypt: ~50 ms and 16 MB each). One leaves the other
-      core(s) to serving images; 20 checks/s is far more than the teams' own logins need.
-    queue: logins waiting for a hash at most; beyond, 429. Logins from clients with no recent
-      failure go first, and displace a waiting login from a client that has failed.
-    client_burst, client_every_s: failed logins one client address may make at once, and then
-      one per this many seconds (a token bucket); beyond, 429 with Retry-After, no hashing.
-    account_burst, account_every_s: the same per account name, applied to clients that have
-      failed themselves (a client with a clean record is never locked out by others' failures).
-    """
-
-    hash_workers: int = 1
-    queue: int = 32
-    client_burst: int = 5
-    client_every_s: float = 6.0
-    account_burst: int = 10
-    account_every_s: float = 3.0
+from lpirc.referee.config import ConnLimits
+from lpirc.referee.store import Store, Team, verify_login
 
 
-class Refused(Exception):
-    """A login refused without hashing: 429, ``retry_after_s``, one-line ``message``."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_s = max(1, int(retry_after_s + 0.999))
-
-
-@dataclass
-class _Bucket:
-    """Failures allowed: ``tokens`` (refilled one per ``every_s`` up to ``burst``)."""
-
-    burst: int
-    every_s: float
-    tokens: float = 0.0
-    at: float = 0.0
-    refused: int = 0  # since the last log line
-    logged: float = field(default=-1e9)
-
-    def level(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) / self.every_s)
-        self.at = now
-        return self.tokens
-
-    def wait_s(self, now: float) -> float:
-        return max(0.0, (1 - self.level(now)) * self.every_s)
-
-
-class LoginGate:
-    """Checks logins with a bounded hashing budget. ``await check(client, name, password)``
-    returns the Team, or None for a wrong name or password (the same work and time for both:
-    an unknown name is hashed against a dummy); raises :class:`Refused` (429) when the client
-    or the account is over its failed-login rate or the queue is full. A name and password
-    that logged in before are recognised by a keyed digest in memory and not hashed again.
-
-    ``log`` gets one line when a client or an account is first refused, then at most one per
-    10 s with the count refused meanwhile."""
-
-    def __init__(self, store: Store, limits: GateLimits = GateLimits(), log=print) -> None:
-        self.store, self.limits, self.log = store, limits, log
-        self.pool = ThreadPoolExecutor(limits.hash_workers, thread_name_prefix="lpirc-login")
-        self._key = secrets.token_bytes(32)
-        self._known: dict[bytes, Team] = {}  # digest of (name, password) -> team, logged in
-        self._dummy = hash_password(secrets.token_hex(8))
-        self._clients: dict[str, _Bucket] = {}
-        self._accounts: dict[str, _Bucket] = {}
-        self._busy = 0
-        self._waiting: list = []  # heap of (priority, seq, future)
-        self._seq = itertools.count()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    async def check(self, client: str, name: str, password: str) -> Team | None:
-        key = hmac.new(self._key, name.encode() + b"\0" + password.encode(),
-                       hashlib.sha256).digest()
-        team = self._known.get(key)
-        if team is not None:
-            return team
-        now = time.monotonic()
-        suspect = self._admit(client, name, now)  # takes one of the client's tokens
-        try:
-            await self._slot(1 if suspect else 0)
-        except BaseException:
-            self._refund(client, time.monotonic())
-            raise
-        try:
-            team = await asyncio.get_running_loop().run_in_executor(
-                self.pool, self._verify, name, password)
-        finally:
-            self._release()
-        if team is None:
-            self._failed(name, time.monotonic())
-        else:
-            self._refund(client, time.monotonic())
-            if len(self._known) < 10_000:
-                self._known[key] = team
-        return team
-
-    def _verify(self, name: str, password: str) -> Team | None:
-        found = self.store.login_record(name)
-        if found is None:
-            check_password(password, self._dummy)  # the same work as a wrong password
-            return None
-        team, stored = found
-        return team if check_password(password, stored) else None
-
-    # --- rate limits ---------------------------------------------------------------------------
-
-    def _bucket(self, table: dict, key: str, burst: int, every_s: float, now: float) -> _Bucket:
-        b = table.get(key)
-        if b is None:
-            if len(table) > 50_000:  # forget buckets that are full again
-                for k in [k for k, v in table.items() if v.level(now) >= v.burst][:25_000]:
-                    del table[k]
-            b = table[key] = _Bucket(burst, every_s, float(burst), now)
-        return b
-
-    def _admit(self, client: str, name: str, now: float) -> bool:
-        """Take one of the client's tokens for this login (given back if it succeeds), or
-        raise Refused. True when the client has failed, or has logins under way: it waits
-        behind clients with a clean record, and the account's limit applies to it."""
-        lim = self.limits
-        c = self._bucket(self._clients, client, lim.client_burst, lim.client_every_s, now)
-        if c.level(now) < 1:
-            self._note_refused(c, f"client {client}", now)
-            raise Refused(f"Too many failed logins from {client}: retry in "
-                          f"{c.wait_s(now):.0f} s", c.wait_s(now))
-        suspect = c.tokens < c.burst
-        if suspect:
-            a = self._bucket(self._accounts, name, lim.account_burst, lim.account_every_s, now)
-            if a.level(now) < 1:
-                self._note_refused(a, f"account {name[:64]!r}", now)
-                raise Refused(f"Too many failed logins for this account: retry in "
-                              f"{a.wait_s(now):.0f} s", a.wait_s(now))
-        c.tokens -= 1
-        return suspect
-
-    def _refund(self, client: str, now: float) -> None:
-        c = self._clients.get(client)
-        if c is not None:
-            c.level(now)
-            c.tokens = min(c.burst, c.tokens + 1)
-
-    def _failed(self, name: str, now: float) -> None:
-        """A wrong login: the client's token stays taken; one of the account's is taken."""
-        lim = self.limits
-        a = self._bucket(self._accounts, name, lim.account_burst, lim.account_every_s, now)
-        a.level(now)
-        a.tokens = max(0.0, a.tokens - 1)
-
-    def _note_refused(self, b: _Bucket, who: str, now: float) -> None:
-        b.refused += 1
-        if now - b.logged >= 10.0:
-            self.log(f"lpirc referee: login: {who} over its failed-login rate "
-                     f"({b.burst} at once, then one per {b.every_s:g} s): {b.refused} login(s) "
-                     f"refused with 429 " + ("(first)" if b.logged < 0 else "in the last 10 s"))
-            b.refused, b.logged = 0, now
-
-    # --- the hashing slots -----------------------------------------------------------------------
-
-    async def _slot(self, priority: int) -> None:
-        if self._busy < self.limits.hash_workers and not self._waiting:
-            self._busy += 1
-            return
-        if len(self._waiting) >= self.limits.queue:
-            worst = max(self._waiting)
-            if priority == 0 and worst[0] == 1:  # a clean client displaces a failing one
-                self._waiting.remove(worst)
-                heapq.heapify(self._waiting)
-                worst[2].set_exception(Refused("Too many logins waiting: retry in 1 s", 1))
-            else:
-                raise Refused("Too many logins waiting: retry in 1 s", 1)
-        fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (priority, next(self._seq), fut))
-        try:
-            await fut  # set by _release: the slot is handed over, _busy unchanged
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release()  # handed a slot as the client went away
-            else:
-                self._waiting = [w for w in self._waiting if w[2] is not fut]
-                heapq.heapify(self._waiting)
-            raise
-
-    def _release(self) -> None:
-        while self._waiting:
-            _, _, fut = heapq.heappop(self._waiting)
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._busy -= 1
+def verifier(store: Store) -> Callable[[str, str], Team | None]:
+    """The referee's password check for the login gate (:class:`lpirc.login_gate.LoginGate`):
+    the account, or None for an unknown name or a wrong password (the same work for both)."""
+    return lambda name, password: verify_login(store.login_record(name), password)
 
 
 # --- connections -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConnLimits:
-    """The connection guard's settings.
-
-    request_timeout_s: a connection must complete a request's headers within this many seconds
-      of connecting or of its previous reply, and its body within ``body_timeout_s`` (the
-      server answers 408); else it is closed (slowloris). uvicorn's own keep-alive timer is
-      cancelled by the first byte of a request, so it does not cover a request that never ends.
-    max_connections: open connections in all; a new one beyond closes the longest-idle
-      connection (one with no request under way), or itself when none is idle. Kept well under
-      the process's file-descriptor limit (raised to its hard limit at start).
-    per_client: open connections from one client address; beyond, a new one is closed at once.
-    """
-
-    request_timeout_s: float = 10.0
-    body_timeout_s: float = 60.0
-    max_connections: int = 512
-    per_client: int = 64
 
 
 def guarded_protocol(limits: ConnLimits, log=print):

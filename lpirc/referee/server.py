@@ -41,18 +41,16 @@ from lpirc import __version__
 from lpirc.errors import InputError
 from lpirc.referee import protocol as P
 from lpirc.referee.core import Live, Referee, RefereeConfig
-from lpirc.referee.guard import ConnLimits, GateLimits, LoginGate, Refused, guarded_protocol
+from lpirc.login_gate import LoginGate, Refused, hold
+from lpirc.referee.guard import guarded_protocol, verifier
 from lpirc.referee.protocol import ProtocolError
 from lpirc.referee.guard import raise_fd_limit
 from lpirc.referee.results import standings_html
 
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # a /result of 20,000 answers is about 1.2 MB
 TICK_S = 0.25  # how often sessions past their time limit are closed and scored
 #: The standings page is made at most once per this many seconds, whatever the requests (it
 #: refreshes itself every 5 s): a flood of it costs the server a cached reply each.
 PAGE_TTL_S = 2.0
-#: How long a refused login's 429 is held before it is sent (at most its Retry-After).
-TARPIT_S = 2.0
 
 
 def build_zip(members: list[tuple[int, Path]]) -> bytes:
@@ -71,14 +69,15 @@ def _text(message: str, status: int = 200) -> PlainTextResponse:
 
 
 class RefereeApp:
-    """The ASGI application (``.app``) around one :class:`Referee`."""
+    """The ASGI application (``.app``) around one :class:`Referee`, under the body size and
+    limits of its :class:`RefereeConfig` (``max_body_bytes``, ``gate``, ``conns``)."""
 
-    def __init__(self, referee: Referee, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 gate: GateLimits = GateLimits(), conns: ConnLimits = ConnLimits()) -> None:
+    def __init__(self, referee: Referee) -> None:
         self.ref = referee
-        self.max_body = max_body_bytes
-        self.conns = conns
-        self.gate = LoginGate(referee.store, gate, referee.announce)
+        self.max_body = referee.cfg.max_body_bytes
+        self.conns = conns = referee.cfg.conns
+        self.gate = LoginGate(verifier(referee.store), referee.cfg.gate, referee.announce,
+                              "lpirc referee")
         self.protocol, self._sweep = guarded_protocol(conns, referee.announce)
         self._page: tuple[float, str] = (-1e9, "")
         self._page_task: asyncio.Future | None = None
@@ -103,11 +102,8 @@ class RefereeApp:
                 return await fn(request)
             except ProtocolError as e:
                 return _text(e.message, e.status)
-            except Refused as e:  # the login gate: no hashing was done
-                # held before it goes out (a sleeping coroutine costs no CPU): a flooding
-                # connection then asks at most once per TARPIT_S, instead of as fast as the
-                # server can answer 429s (which took the event loop from everyone)
-                await asyncio.sleep(min(TARPIT_S, e.retry_after_s))
+            except Refused as e:  # the login gate: no hashing was done; held, then 429
+                await hold(e)
                 return PlainTextResponse(e.message + "\n", 429,
                                          headers={"Retry-After": str(e.retry_after_s)})
             except sqlite3.Error as e:  # a full disk, say: nothing was stored; clients retry 5xx
@@ -326,12 +322,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
-          max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, announce=print,
-          gate: GateLimits = GateLimits(), conns: ConnLimits = ConnLimits()) -> None:
+def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000, announce=print) -> None:
     """Run the referee until Ctrl-C or SIGTERM (uvicorn shuts down cleanly, then re-raises the
-    signal). ``announce`` gets one line with the URL once the socket is bound."""
+    signal). ``announce`` gets one line with the URL once the socket is bound. The body size,
+    login and connection limits are ``cfg``'s; ``cfg.conns.max_connections`` is lowered to the
+    file-descriptor limit less 64 where that is lower (after raising it to its hard limit)."""
     import uvicorn
+
+    fds = raise_fd_limit()
+    if fds < cfg.conns.max_connections + 64:
+        cfg = dataclasses.replace(cfg, conns=dataclasses.replace(
+            cfg.conns, max_connections=max(16, fds - 64)))
 
     lock_path = Path(str(cfg.db) + ".lock")
     made_lock = not lock_path.exists()
@@ -354,16 +355,13 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000,
              f"{cfg.attempts} attempt(s) per team, CLASS_ID from {cfg.class_base}, db {cfg.db})")
     for line in referee.resumed(referee.clock()):
         announce(line)
-    fds = raise_fd_limit()
-    if fds < conns.max_connections + 64:
-        conns = dataclasses.replace(conns, max_connections=max(16, fds - 64))
-    app = RefereeApp(referee, max_body_bytes, gate, conns)
+    app = RefereeApp(referee)
     # h11 always (httptools, where installed, would be picked by "auto"): the guard is its
     # subclass. limit_concurrency: requests under way at once, beyond which uvicorn answers 503
     config = uvicorn.Config(app.app, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, http=app.protocol,
                             timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024,
-                            limit_concurrency=conns.max_connections + 64)
+                            limit_concurrency=cfg.conns.max_connections + 64)
     # uvicorn shuts down cleanly on SIGTERM, then re-raises it under the handler it found:
     # make that an ordinary exit 0 (Ctrl-C stays KeyboardInterrupt: lpirc's exit 130)
     signal.signal(signal.SIGTERM, _exit_ok)

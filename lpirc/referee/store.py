@@ -24,6 +24,7 @@ Bounds (one team's data never grows another team's costs): a session keeps at mo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -153,7 +154,7 @@ def hash_password(password: str) -> str:
 
 def check_password(password: str, stored: str) -> bool:
     """True when ``password`` matches the stored hash (constant-time compare). ~50 ms of CPU
-    and 16 MB: the server calls it only through its login gate (lpirc.referee.guard)."""
+    and 16 MB: the servers call it only through their login gate (lpirc.login_gate)."""
     try:
         kind, n, r, p, salt, digest = stored.split("$")
         got = hashlib.scrypt(password.encode("utf-8"), salt=bytes.fromhex(salt), dklen=32,
@@ -161,6 +162,22 @@ def check_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return kind == "scrypt" and hmac.compare_digest(got.hex(), digest)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check an unknown name's password against (made once, at random)."""
+    return hash_password(secrets.token_hex(8))
+
+
+def verify_login(record: tuple[object, str] | None, password: str):
+    """The account of ``record`` = (account, stored hash) if ``password`` matches, else None.
+    An unknown name (``record`` None) is checked against a dummy hash, so that it takes the
+    same work and time as a wrong password (the login gate's ``verify``; both services')."""
+    if record is None:
+        check_password(password, _dummy_hash())
+        return None
+    return record[0] if check_password(password, record[1]) else None
 
 
 def _has_meta(db: sqlite3.Connection) -> bool:

@@ -1,7 +1,7 @@
 """The organiser's API (an organiser account's token): ``GET /api/admin/status`` (queue,
 devices, failures by class, per-team counts), ``POST /api/admin/phase`` (form ``phase``),
 ``POST /api/admin/publish`` (form ``published`` 1 or 0), exports: ``GET
-/api/admin/export/standings.csv|.json[?phase=]`` and ``GET /api/admin/export/manifests``
+/api/admin/export/standings.csv|.json[?phase=&rank=]`` and ``GET /api/admin/export/manifests``
 (every submission with its run's manifest)."""
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ async def export_standings(request: Request) -> Response:
     fmt = request.path_params["fmt"]
     if fmt not in ("csv", "json"):
         raise ApiError(404, f"standings.{fmt}: the exports are standings.csv and standings.json")
-    data = await run_in_threadpool(svc.standings, who, request.query_params.get("phase"))
+    q = request.query_params
+    data = await run_in_threadpool(svc.standings, who, q.get("phase"), q.get("rank"))
     if fmt == "csv":
         return Response(st.to_csv(data["standings"]), media_type="text/csv",
                         headers={"Content-Disposition":

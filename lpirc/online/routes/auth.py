@@ -1,8 +1,9 @@
-"""``POST /api/login`` (form ``username``, ``password``) -> ``{"token"}``; ``GET /api/me``."""
+"""``POST /api/login`` (form ``username``, ``password``) -> ``{"token"}``; ``GET /api/me``.
+Logins go through the service's login gate (:func:`lpirc.online.deps.login`): 429 with
+Retry-After over its failed-login limits."""
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -23,8 +24,7 @@ async def credentials(request: Request) -> tuple[str, str]:
 
 async def login(request: Request) -> JSONResponse:
     name, password = await credentials(request)
-    token = await run_in_threadpool(deps.service(request).login, name, password)  # scrypt
-    return JSONResponse({"token": token})
+    return JSONResponse({"token": await deps.login(request, name, password)})
 
 
 async def me(request: Request) -> JSONResponse:

@@ -26,9 +26,9 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     name, password = await credentials(request)
     try:
-        token = await run_in_threadpool(deps.service(request).login, name, password)
-    except ApiError as e:
-        return render("login.html.j2", status=e.status, error=e.detail)
+        token = await deps.login(request, name, password)
+    except ApiError as e:  # 401, or 429 over the login limits (with its Retry-After)
+        return render("login.html.j2", status=e.status, headers=e.headers, error=e.detail)
     resp = RedirectResponse("/team", status_code=303)
     resp.set_cookie(deps.COOKIE, token, max_age=TOKEN_MAX_AGE_S, httponly=True,
                     samesite="strict")

@@ -1,5 +1,7 @@
-"""``GET /api/standings[?phase=dev|final]`` (JSON) and ``GET /`` / ``GET /standings`` (the page,
-which fetches the JSON again every few seconds and redraws itself)."""
+"""``GET /api/standings[?phase=dev|final][&rank=best|latest]`` (JSON) and ``GET /`` / ``GET
+/standings`` with the same query (the page, which fetches the JSON again every few seconds and
+redraws itself). ``rank``: which scored submission of each team counts (default: the service's
+``--dev-counts``/``--final-counts``)."""
 
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ REFRESH_S = 5
 
 async def standings_json(request: Request) -> JSONResponse:
     svc = deps.service(request)
-    body = await run_in_threadpool(svc.standings, deps.maybe_team(request),
-                                   request.query_params.get("phase"))
+    q = request.query_params
+    body = await run_in_threadpool(svc.standings, deps.maybe_team(request), q.get("phase"),
+                                   q.get("rank"))
     return JSONResponse(body)
 
 
 async def standings_page(request: Request) -> HTMLResponse:
     svc = deps.service(request)
     who = deps.maybe_team(request)
-    data = await run_in_threadpool(svc.standings, who, request.query_params.get("phase"))
+    q = request.query_params
+    data = await run_in_threadpool(svc.standings, who, q.get("phase"), q.get("rank"))
     nonce = secrets.token_urlsafe(12)
     return render("standings.html.j2", nonce=nonce, who=who, data=data, refresh_s=REFRESH_S)
 
