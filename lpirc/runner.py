@@ -251,8 +251,10 @@ def _open_source(plan: _Plan, truth_check: TruthCheck | None) -> tuple[ImageSour
     if source is None:
         source = FolderSource(plan.root, seed=plan.settings.seed)
     files = getattr(source, "files", None)  # a source listed up front
-    cover, truth_notes = truth_check.result(files) if truth_check is not None else (None, [])
     holdout = getattr(source, "holdout", None)
+    digest = holdout.names_digest() if holdout is not None else None
+    cover, truth_notes = (truth_check.result(files, digest) if truth_check is not None
+                          else (None, []))
     skipped = holdout.skipped_line() if holdout is not None else None
     notes = [n for n in (cover, skipped, "; ".join(truth_notes)) if n]
     return source, notes  # the scorer reads the ground truth again after the run

@@ -24,17 +24,15 @@ from typing import Any, Sequence
 
 import scoring
 from lpirc.pipeline import die_with_parent, process_context
+from scoring.groups import names_sha256
 from scoring.names import NameIndex, shown
 
 
-def coverage_note(truth: dict[str, int], files: Sequence[str],
-                  truth_names: set[str] | None = None) -> str | None:
+def coverage_note(truth: dict[str, int], files: Sequence[str]) -> str | None:
     """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
     Names are matched by the scorer's own rule (scoring.names), so this note and the score
-    agree. None when every row names a listed file. ``truth_names``: ``set(truth)``, when
-    already made (the helper makes it while the parent lists the holdout)."""
-    names = set(truth) if truth_names is None else truth_names
-    if not names.difference(files):  # every row names a file exactly: nothing to say
+    agree. None when every row names a listed file."""
+    if not set(truth).difference(files):  # every row names a file exactly: nothing to say
         return None
     index = NameIndex(truth)
     pos, _ = index.match_all(files)
@@ -61,7 +59,9 @@ def check_here(path: Path, files: Sequence[str] | None) -> Notes:
 
 
 def _check_main(path: str, conn: Connection, parent_pid: int) -> None:
-    """The helper: parse, say so (or send the error), receive the listed names, send the notes."""
+    """The helper: parse, then send the error, or the file's own warnings with the digest of
+    its names (scoring.groups.names_sha256); when the parent's listing has another digest,
+    receive the listed names and send the coverage note."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent alone decides how to stop
     die_with_parent(parent_pid)
     try:
@@ -70,14 +70,11 @@ def _check_main(path: str, conn: Connection, parent_pid: int) -> None:
         except scoring.ScoringError as e:
             conn.send(("error", str(e)))
             return
-        conn.send(("parsed",))
-        names = set(truth)  # while the parent is still listing the holdout, as likely as not
-        joined = conn.recv()
+        conn.send(("parsed", names_sha256(truth), notes))
+        joined = conn.recv()  # only when the names differ from the holdout's
         # the names come joined by NUL (no file name holds one): 200,000 names pickled one by
         # one cost the parent 0.1 s, joined 0.03 s
-        files = joined.split("\0") if joined is not None else None
-        cover = coverage_note(truth, files, names) if files is not None else None
-        conn.send(("notes", cover, notes))
+        conn.send(("cover", coverage_note(truth, joined.split("\0"))))
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the parent went away or gave up: nothing to tell
     except Exception as e:  # noqa: BLE001  a bug: the parent checks again itself
@@ -125,10 +122,12 @@ class TruthCheck:
                 return None
         return None
 
-    def result(self, files: Sequence[str] | None) -> Notes:
+    def result(self, files: Sequence[str] | None, files_digest: str | None = None) -> Notes:
         """The check's notes, given the holdout's listed names (None for a source not listed up
         front): the coverage note (or None) and the ground truth's own warnings. Waits for the
-        helper.
+        helper. ``files_digest``: scoring.groups.names_sha256 of ``files``, when known (the
+        listing's): the same digest as the ground truth's names means the same names, so no
+        name is sent to the helper, nor compared, in the common case.
 
         Raises:
           scoring.ScoringError: the ground truth is malformed or cannot be read.
@@ -138,14 +137,19 @@ class TruthCheck:
             if msg is not None and msg[0] == "error":
                 raise scoring.ScoringError(msg[1])
             if msg is not None and msg[0] == "parsed":
+                _, digest, notes = msg
+                if files is None:
+                    return None, list(notes)
+                if digest == (files_digest or names_sha256(files)):
+                    return None, list(notes)  # every row names a listed image, exactly
                 try:
-                    self._conn.send("\0".join(files) if files is not None else None)
+                    self._conn.send("\0".join(files))
                 except OSError:
                     msg = None
                 else:
                     msg = self._recv()
-                if msg is not None and msg[0] == "notes":
-                    return msg[1], list(msg[2])
+                if msg is not None and msg[0] == "cover":
+                    return msg[1], list(notes)
             # no helper, or it died or failed: the same check, here
             return check_here(self.path, files)
         finally:

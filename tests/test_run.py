@@ -917,6 +917,8 @@ def test_truth_check_gives_the_same_verdict_when_its_helper_dies(tmp_path):
     assert want[0] is not None and "c.jpg" in want[0]
     helped = TruthCheck(gt)
     assert helped.result(files) == want
+    every = ["c.jpg", "a.jpg", "b.jpg"]  # the same names: the digests tell, nothing is sent
+    assert TruthCheck(gt).result(every) == check_here(gt, every) == (None, [])
     import multiprocessing
 
     killed = TruthCheck(gt)
