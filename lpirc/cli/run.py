@@ -1,6 +1,6 @@
 """``lpirc run``: one timed submission over a holdout (:func:`lpirc.runner.run`), its summary
 (:func:`lpirc.summary.format_run_summary`) and its report page; ``--referee URL`` runs against
-an LPIRC referee instead (:class:`lpirc.cli.referee.RefereeRun`)."""
+an LPIRC referee instead (:class:`lpirc.cli._referee_run.RefereeRun`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 from lpirc.cli._options import (DELEGATE_HELP, MODEL_OPTION, clock_options, preprocess_options, rules_option, setting,
                                 settings_from_options, time_limit_option)
 from lpirc.cli.meter import meter_run_options
-from lpirc.cli.referee import RefereeRun, referee_run_options
+from lpirc.cli._referee_run import RefereeRun, referee_run_options
 from lpirc.cli.report import run_report_line
 from lpirc.errors import EXIT_INTERRUPTED
 from lpirc.runner import run
