@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import json
 import os
 import platform
@@ -459,6 +460,9 @@ class TreeWatch(threading.Thread):
         self.peak_pss = 0
         self.peak_procs = 0
         self.cpu_s: dict[int, float] = {}  # last seen user+system CPU seconds per pid
+        # (epoch s, tree CPU s, root process CPU s) at each poll: the CPU spent between two
+        # moments (the run's clock: manifest start_utc to end_utc), to within one poll
+        self.samples: list[tuple[float, float, float]] = []
         self.first_answer_s: float | None = None
         self._halt = threading.Event()
 
@@ -480,6 +484,7 @@ class TreeWatch(threading.Thread):
             total += m.rss
             pss += getattr(m, "pss", m.rss)
             self.cpu_s[p.pid] = c.user + c.system
+        self.samples.append((time.time(), sum(self.cpu_s.values()), self.cpu_s.get(self.pid, 0.0)))
         self.peak_rss = max(self.peak_rss, total)
         self.peak_pss = max(self.peak_pss, pss)
         self.peak_procs = max(self.peak_procs, len(procs))
@@ -502,6 +507,43 @@ class TreeWatch(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+    def cpu_at(self, epoch: float) -> tuple[float, float] | None:
+        """(tree, root process) CPU seconds at wall time ``epoch``, interpolated between polls;
+        None outside the polled span."""
+        xs = self.samples
+        for (t0, c0, r0), (t1, c1, r1) in zip(xs, xs[1:]):
+            if t0 <= epoch <= t1:
+                f = (epoch - t0) / (t1 - t0) if t1 > t0 else 0.0
+                return c0 + (c1 - c0) * f, r0 + (r1 - r0) * f
+        return None
+
+
+def _epoch(utc: str | None) -> float | None:
+    """A manifest's ``start_utc``/``end_utc`` as seconds since the epoch."""
+    if not utc:
+        return None
+    return dt.datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=dt.timezone.utc).timestamp()
+
+
+def _clock_cpu(watch: TreeWatch, man: dict, n: int) -> dict:
+    """CPU ms per answer spent while the run's clock ran (manifest start_utc to end_utc: model
+    loading, answering, stopping the workers), whole tree and parent alone; and the parent's
+    over its whole life (imports, listing, ground truth, scoring after the run included)."""
+    out = {"cpu_run_ms_per_image": None, "parent_cpu_run_ms_per_image": None,
+           "parent_cpu_ms_per_image": None}
+    if not n:
+        return out
+    parent = watch.cpu_s.get(watch.pid)
+    if parent is not None:
+        out["parent_cpu_ms_per_image"] = parent * 1000.0 / n
+    a, b = _epoch(man.get("start_utc")), _epoch(man.get("end_utc"))
+    ca, cb = (watch.cpu_at(a), watch.cpu_at(b)) if a and b else (None, None)
+    if ca and cb:
+        out["cpu_run_ms_per_image"] = (cb[0] - ca[0]) * 1000.0 / n
+        out["parent_cpu_run_ms_per_image"] = (cb[1] - ca[1]) * 1000.0 / n
+    return out
 
 
 _NO_REPORT: list[bool] = []
@@ -562,6 +604,7 @@ def lpirc_run(model: Path, holdout: Path, out: Path, time_limit_s: float,
         "peak_rss_mb": watch.peak_rss / 2**20, "peak_pss_mb": watch.peak_pss / 2**20,
         "processes": watch.peak_procs,
         "cpu_ms_per_image": sum(watch.cpu_s.values()) * 1000.0 / n if n else None,
+        **_clock_cpu(watch, man, n),
         "settings": {k: man["settings"].get(k) for k in
                      ("workers", "threads", "batch", "decode", "decode_threads")},
         "holdout_images": man["holdout"]["image_count"],
@@ -984,6 +1027,9 @@ def _bench(a: argparse.Namespace) -> int:
         "peak_pss_big_mb": big["peak_pss_mb"] if big else None,
         "hand_cpu_ms": fig("hand", "cpu_ms_per_image"),
         "default_cpu_ms": fig("default", "cpu_ms_per_image"),
+        "default_cpu_run_ms": fig("default", "cpu_run_ms_per_image"),
+        "default_parent_cpu_ms": fig("default", "parent_cpu_ms_per_image"),
+        "default_parent_cpu_run_ms": fig("default", "parent_cpu_run_ms_per_image"),
         "default_run_inference_ms": fig("default", "run_inference_ms"),
         "default_run_latency_ms": fig("default", "run_latency_ms"),
         "tuned_cpu_ms": fig("tuned", "cpu_ms_per_image") if has_tuned else None,
@@ -1006,6 +1052,7 @@ def _bench(a: argparse.Namespace) -> int:
     parts_cpu = _add(figures.get("preprocess_cpu_ms") or figures["preprocess_ms"],
                      figures.get("inference_cpu_ms") or figures["inference_ms"])
     ratios["default_cpu/parts_cpu"] = _div(figures["default_cpu_ms"], parts_cpu)
+    ratios["default_cpu_run/parts_cpu"] = _div(figures["default_cpu_run_ms"], parts_cpu)
     if has_tuned:
         ratios.update({
             "tuned/hand": ratio("tuned", ("hand", "ips")),
@@ -1125,6 +1172,13 @@ def format_report(mach, holdout, n_holdout, a, rounds, f, ratios, goals, big, sc
         f"{num(_div(f['default_cpu_ms'], cpu_sum), '{:.2f}x')}",
         f"{'lpirc run, tuned settings':<{w}}  {num(f['tuned_cpu_ms'], '{:.2f}'):>6}  "
         f"{num(_div(f['tuned_cpu_ms'], cpu_sum), '{:.2f}x')}",
+        f"{'lpirc run, default, on the run clock (model load in)':<{w}}  "
+        f"{num(f.get('default_cpu_run_ms'), '{:.2f}'):>6}  "
+        f"{num(_div(f.get('default_cpu_run_ms'), cpu_sum), '{:.2f}x')}",
+        f"{'  of which the parent (dispatch, pipes, the log)':<{w}}  "
+        f"{num(f.get('default_parent_cpu_run_ms'), '{:.3f}'):>6}",
+        f"{'  the parent, its whole life (+ start-up, scoring)':<{w}}  "
+        f"{num(f.get('default_parent_cpu_ms'), '{:.3f}'):>6}",
         "",
         f"{'where the CPU of an answer goes (one process, CPU ms, alternated)':<{w}}  {'ms':>6}  vs apart",
         f"{'decode + preprocess all, then invoke all (each part alone)':<{w}}  "

@@ -141,7 +141,7 @@ class Fatal(NamedTuple):
     message: str
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Linux: this process gets SIGKILL when the run that started it dies, even by SIGKILL (an
     out-of-memory kill, a fleet's device lost). A forked worker holds both ends of every pipe
     the run made before it, so it would never see end-of-file and would wait forever. (Linux
@@ -161,7 +161,7 @@ def _worker_main(job: WorkerJob, conn: Connection, parent_pid: int | None = None
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     try:
         _serve(job, conn)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -346,7 +346,8 @@ class PipelineOutcome:
 ProgressFn = Callable[[int, float, float], None]  # (answers so far, wall s, inference s)
 
 
-def _context() -> mp.context.BaseContext:
+def process_context() -> mp.context.BaseContext:
+    """How lpirc starts its processes (workers, the ground-truth check)."""
     # fork starts a worker in milliseconds (first answer sooner); the parent never loads the
     # runtime, so there are no runtime threads to inherit.
     if sys.platform.startswith("linux"):
@@ -383,7 +384,7 @@ def start_workers(settings: RunSettings, root: Path, exclusive: bool = False,
     nproc, decode_threads = plan_workers(settings, exclusive)
     if max_workers is not None:
         nproc = max(1, min(nproc, max_workers))
-    pool = WorkerPool(_context(), settings, Path(root), decode_threads)
+    pool = WorkerPool(process_context(), settings, Path(root), decode_threads)
     for _ in range(nproc):
         _spawn(pool, gated)
     return pool

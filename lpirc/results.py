@@ -27,8 +27,12 @@ class ResultLog:
         self._f = open(self.path, "a", encoding="utf-8")
         self.lines = 0
 
+    #: one encoder for every line (json.dumps with separators builds a new one per call)
+    _encode = json.JSONEncoder(separators=(",", ":")).encode
+
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        out = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        enc = self._encode
+        out = "".join(enc(r) + "\n" for r in records)
         if out:
             self._f.write(out)
             self._f.flush()

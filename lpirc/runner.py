@@ -51,8 +51,7 @@ from lpirc.results import (MANIFEST, RESULTS, SCORE, ResultLog, file_sha256, new
                            write_json)
 from lpirc.settings import RunSettings, check_settings
 from lpirc.sources import FolderSource, ImageSource
-from scoring.groups import names_sha256
-from scoring.names import NameIndex, shown
+from lpirc.truthcheck import TruthCheck
 from scoring.records import Manifest, Record
 
 #: Called with each chunk's records as they arrive (after they are logged).
@@ -162,33 +161,6 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: cannot create the run folder ({near} is not writable)")
 
 
-def _read_truth(ground_truth: Path) -> tuple[dict[str, int], list[str]]:
-    """The ground truth and its own warnings (labels that look 1-based), from one parse, not
-    cached: the parent drops it before the run (the scorer reads the file after the run)."""
-    return scoring.read_ground_truth_and_notes(ground_truth, cache=False)
-
-
-def _coverage_note(truth: dict[str, int], files: tuple[str, ...]) -> str | None:
-    """Ground-truth rows naming no holdout image: they will count as wrong, so say so first.
-    Names are matched by the scorer's own rule (scoring.names), so this note and the score
-    agree."""
-    listed = set(files)
-    if all(n in listed for n in truth):  # every row names a file exactly: nothing to say
-        return None
-    del listed
-    index = NameIndex(truth)
-    pos, _ = index.match_all(files)
-    hit = set(pos)
-    missing = sorted(n for i, n in enumerate(index.names) if i not in hit)
-    if not missing:
-        return None
-    # a name not in NFC is shown escaped: it would look the same as its NFC twin
-    few = ", ".join(shown(m) for m in missing[:3])
-    few += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    return (f"ground truth names {len(missing)} of its {len(truth)} images that are not in the "
-            f"holdout (they count as unanswered): {few}")
-
-
 def _run(plan: _Plan) -> RunOutcome:
     """Start the workers, open the source and the run folder, dispatch, finish, score."""
     settings, out = plan.settings, plan.out
@@ -205,14 +177,18 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
     """_run's body, with the meter (if any) sampling around it.
 
     The workers are forked first (so they do not inherit the holdout's list of names) but wait;
-    the parent reads and checks the ground truth (once) and lists the holdout; only then does
-    the run's clock start and do the workers load the model. Reading the organiser's ground
-    truth and listing the holdout are not the submission's work: they cost none of its budget."""
+    a helper process checks the ground truth (lpirc.truthcheck) while the parent lists the
+    holdout; only then does the run's clock start and do the workers load the model. Reading
+    the organiser's ground truth and listing the holdout are not the submission's work: they
+    cost none of its budget."""
     settings, out = plan.settings, plan.out
     pool = start_workers(settings, plan.root, plan.exclusive, gated=True)
     made_out = not out.exists()
+    truth_check = None
     try:
-        source, pre_notes = _open_source(plan)
+        if plan.ground_truth is not None:
+            truth_check = TruthCheck(plan.ground_truth)
+        source, pre_notes = _open_source(plan, truth_check)
         budget = Budget(settings.clock, settings.time_limit_s, settings.ms_per_image,
                         source.total or 0, settings.ends_at_monotonic)
         try:
@@ -235,6 +211,9 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
         stop_workers(pool)
         _remove_unstarted(out, made_out)
         raise
+    finally:
+        if truth_check is not None:
+            truth_check.close()
     try:
         outcome = _dispatch(plan, source, budget, clock, pool, log)
     except Exception as e:  # on_answers raised: the log is kept, the manifest says why
@@ -262,20 +241,17 @@ def _run_metered(plan: _Plan, meter: RunMeter | None) -> RunOutcome:
                       tuple(manifest["notes"]))
 
 
-def _open_source(plan: _Plan) -> tuple[ImageSource, list[str]]:
+def _open_source(plan: _Plan, truth_check: TruthCheck | None) -> tuple[ImageSource, list[str]]:
     """The run's source (the holdout listed now, after the workers forked, unless one was
     given) and the notes on it: ground-truth rows naming no holdout image, files skipped, the
-    ground truth's own warnings. The ground truth is read once, here, checked and dropped: the
-    processes that run the model never hold the labels; malformed, it is refused before any
-    image is handed out."""
-    truth, truth_notes = _read_truth(plan.ground_truth) if plan.ground_truth is not None \
-        else (None, [])
+    ground truth's own warnings. ``truth_check`` (started before the listing, so both run at
+    once) parses the ground truth once; malformed, it is refused here, before any image is
+    handed out. Neither this process nor the workers ever hold the labels."""
     source = plan.source
     if source is None:
         source = FolderSource(plan.root, seed=plan.settings.seed)
     files = getattr(source, "files", None)  # a source listed up front
-    cover = _coverage_note(truth, files) if truth is not None and files is not None else None
-    del truth
+    cover, truth_notes = truth_check.result(files) if truth_check is not None else (None, [])
     holdout = getattr(source, "holdout", None)
     skipped = holdout.skipped_line() if holdout is not None else None
     notes = [n for n in (cover, skipped, "; ".join(truth_notes)) if n]
@@ -302,7 +278,7 @@ def _holdout_json(plan: _Plan, source: ImageSource) -> dict[str, Any]:
             "files_sha256": sha() if callable(sha) else None,
             # the holdout's identity whatever its order (scoring.groups: runs with another
             # --seed are ranked together)
-            "names_sha256": names_sha256(holdout.files) if holdout is not None else None,
+            "names_sha256": holdout.names_digest() if holdout is not None else None,
             "skipped": holdout.skipped if holdout is not None else {},
             "ground_truth": str(plan.ground_truth) if plan.ground_truth else None}
 

@@ -7,6 +7,7 @@ line naming the file (and the line, where there is one) and the problem.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -142,43 +144,46 @@ def _read_ground_truth_cached(path: str, _mtime: int, _size: int) -> tuple[tuple
         raise ScoringError(f"{p}: cannot read ground truth ({e.strerror or e})") from None
 
 
-def _rows(f):
+def _rows(f) -> Iterator[list[str]]:
     """Rows of a ground-truth file: csv rows when its first data line has a comma, else lines
-    split at their last run of whitespace (``filename label``; a name may hold spaces)."""
+    split at their last run of whitespace (``filename label``; a name may hold spaces).
+    Iterators built in C where they can be (csv.reader over itertools.chain): no Python frame
+    per line on the way to the parser."""
     first = None
     for line in f:
         if line.strip() and not line.lstrip().startswith("#"):
             first = line
             break
     if first is None:
-        return
+        return iter(())
+    lines = itertools.chain((first,), f)
     if "," in first:
-        yield from csv.reader(_chain(first, f))
-        return
-    for line in _chain(first, f):
-        s = line.strip()
-        yield s.rsplit(None, 1) if s else []
-
-
-def _chain(first: str, rest):
-    yield first
-    yield from rest
+        return csv.reader(lines)
+    return (s.rsplit(None, 1) if (s := line.strip()) else [] for line in lines)
 
 
 def _parse_ground_truth(p: Path, rows) -> tuple[tuple, tuple]:
     out: dict[str, int] = {}
     first = True
     numeric = True
+    known: dict[str, int] = {}  # label -> class, for the labels seen (1000 at most, usually)
+    # lpirc run parses this before its clock starts (200,000 rows): the common row costs one
+    # strip per cell, one dict lookup for its label and one for its name
     for lineno, row in enumerate(rows, start=1):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if row[0].lstrip().startswith("#"):
+        name = row[0].strip() if row else ""
+        if not name and all(not c.strip() for c in row):
+            continue  # a blank row
+        if name.startswith("#"):
             continue
         if len(row) < 2:
             raise ScoringError(f"{p}:{lineno}: expected 'filename,label' or 'filename label', "
                                f"got {','.join(row)[:60]!r}")
-        name, label = row[0].strip(), row[1].strip()
-        k = _label_or_none(label)
+        label = row[1].strip()
+        k = known.get(label)
+        if k is None:
+            k = _label_or_none(label)
+            if k is not None:
+                known[label] = k
         if k is None:
             if first and _is_gt_header(name, label):
                 first = False

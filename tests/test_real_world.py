@@ -688,7 +688,7 @@ def test_unmatched_nfd_name_is_shown_escaped(models, tmp_path):
     flat_png(root / "other.png", (1, 1, 1))
     gt = tmp_path / "gt.csv"
     gt.write_text(unicodedata.normalize("NFD", "cafe\u0301-missing.png") + ",0\n")
-    from lpirc.runner import _coverage_note
+    from lpirc.truthcheck import coverage_note as _coverage_note
 
     note = _coverage_note(scoring.read_ground_truth(gt), ("other.png",))
     assert "cafe\\u0301-missing.png" in note

@@ -845,9 +845,9 @@ def test_bad_preprocessing_values_typed_on_the_command_line_are_usage_errors(
 
 def test_ground_truth_is_parsed_once_before_the_clock_and_once_to_score(
         tmp_path, reference_model, small_holdout, monkeypatch):
-    """Reading the organiser's ground truth is not the submission's work: the parent parses it
-    once (checked, its notes, the coverage note) before the run's clock starts, and the scorer
-    once after the run; never while the budget runs."""
+    """Reading the organiser's ground truth is not the submission's work: it is parsed once
+    (checked, its notes, the coverage note; in a helper process, lpirc.truthcheck) before the
+    run's clock starts, and by the scorer once after the run; never while the budget runs."""
     import datetime as dt
 
     from click.testing import CliRunner
@@ -855,11 +855,12 @@ def test_ground_truth_is_parsed_once_before_the_clock_and_once_to_score(
     import scoring._io
     from lpirc.cli import main
 
-    calls: list[float] = []
+    stamps = tmp_path / "parsed_at"  # a file: the helper process that parses is a fork
     real = scoring._io._parse_ground_truth
 
     def counting(*args, **kw):
-        calls.append(time.time())
+        with open(stamps, "a") as f:
+            f.write(f"{time.time()!r}\n")
         return real(*args, **kw)
 
     scoring._io._read_ground_truth_cached.cache_clear()
@@ -875,6 +876,57 @@ def test_ground_truth_is_parsed_once_before_the_clock_and_once_to_score(
         return dt.datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=dt.timezone.utc).timestamp()
 
+    calls = [float(x) for x in stamps.read_text().split()]
     assert len(calls) == 2, calls
     assert calls[0] < epoch(m["start_utc"]) and calls[1] > epoch(m["end_utc"])
     assert m["first_answer_s"] is not None and m["images_answered"] > 0
+
+
+@pytest.mark.slow
+def test_ground_truth_checked_beside_the_listing_still_notes_missing_rows(
+        tmp_path, reference_model, small_holdout):
+    """The ground truth is checked in a helper process while the holdout is listed: its rows
+    naming no holdout image and its own warnings (numeric labels never 0) still reach the
+    manifest's notes, and the run answers every image."""
+    names = sorted(p.name for p in small_holdout.iterdir() if p.suffix != ".csv")
+    gt = tmp_path / "gt.csv"
+    gt.write_text("".join(f"{n},{1 + i % 5}\n" for i, n in enumerate(names))
+                  + "missing_1.jpg,3\nmissing_2.jpg,4\n")
+    out = tmp_path / "run"
+    r = lpirc("run", "--model", str(reference_model), "--holdout", str(small_holdout),
+              "--ground-truth", str(gt), "--out", str(out), "--quiet", "--no-report")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["images_answered"] == len(names)
+    cover = [n for n in m["notes"] if "not in the holdout" in n]
+    assert len(cover) == 1 and "2 of its 42 images" in cover[0] and "missing_1.jpg" in cover[0]
+    assert any("numeric labels never use 0" in n for n in m["notes"]), m["notes"]
+
+
+def test_truth_check_gives_the_same_verdict_when_its_helper_dies(tmp_path):
+    """lpirc.truthcheck: a helper killed before its verdict (out of memory, say) costs time,
+    not strictness: the parent checks the file itself, with the same notes and errors."""
+    from lpirc.truthcheck import TruthCheck, check_here
+
+    import scoring
+
+    gt = tmp_path / "gt.csv"
+    gt.write_text("a.jpg,n01440764\nb.jpg,n01443537\nc.jpg,n01484850\n")
+    files = ["a.jpg", "b.jpg"]
+    want = check_here(gt, files)
+    assert want[0] is not None and "c.jpg" in want[0]
+    helped = TruthCheck(gt)
+    assert helped.result(files) == want
+    import multiprocessing
+
+    killed = TruthCheck(gt)
+    helper = [p for p in multiprocessing.active_children() if p.name == "lpirc-truth-check"]
+    assert len(helper) == 1
+    helper[0].kill()
+    helper[0].join()
+    assert killed.result(files) == want
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a.jpg,n01440764\na.jpg,n01443537\n")
+    for check in (TruthCheck(bad), None):
+        with pytest.raises(scoring.ScoringError, match="bad.csv:2: duplicate filename"):
+            check.result(files) if check else check_here(bad, files)

@@ -239,8 +239,10 @@ class WT310:
         self._rate_s = parse_value(self.query(":RATE?"))[0] or rate_s  # <NR3> seconds
         self._ranges = self.ranges()
         self._sync, self._last_update = sync, None
-        if sync == "update":
-            self.query(":STATus:EESR?")  # cleared: the first reading waits for a new update
+        if sync == "update":  # cleared, then to the end of an update: the first reading waits
+            self.query(":STATus:EESR?")  # for the next one, and its time is on the grid
+            self._query_waiting(":COMMunicate:WAIT 1;:STATus:EESR?")
+            self._last_update = time.time()
 
     @property
     def rate_s(self) -> float:
