@@ -66,6 +66,18 @@ MODEL_OPTION = click.option("--model", type=click.Path(path_type=Path),
                             help="Submission .tflite. Default: the bundled reference submission.")
 
 
+def holdout_options(use: str, scored: str) -> Decorator:
+    """``--holdout`` and ``--ground-truth`` of a command that runs the submission over a holdout
+    (``run``, ``tune``): the same paths with the same defaults, which
+    :func:`settings_from_options` applies (with the bundled model, the generated demo holdout)
+    and :mod:`lpirc.preflight` (HOLDOUT/ground_truth.csv where present). ``use``: what the
+    command does with the holdout, appended to its help (e.g. " (a sample is measured)");
+    ``scored``: what the labels are for ("for scoring")."""
+    holdout = click.option("--holdout", type=click.Path(path_type=Path), help=f"Folder of holdout images{use}. Default with the bundled model: the generated demo holdout.")
+    truth = click.option("--ground-truth", type=click.Path(path_type=Path), help=f"CSV filename,label {scored}. Default: HOLDOUT/ground_truth.csv if present.")
+    return lambda fn: holdout(truth(fn))
+
+
 def login_options(fn):
     """``--login-*``: the login gate's limits (:class:`~lpirc.login_gate.GateLimits`, its defaults
     shown), for the servers that put it in front of their password checks (``lpirc referee
