@@ -27,11 +27,15 @@ MAX_MODULE_LINES = 800  # issue 18: a module a newcomer can read whole
 
 #: (importing module, imported module) pairs allowed inside a function, and why
 LAZY = {
+    ("lpirc.cli", "lpirc.cli._errors"): "numpy (lpirc.errors imports scoring): only once a "
+                                        "command runs, never for `lpirc --help` or --version",
+    ("lpirc.cli._options", "lpirc.login_gate"): "asyncio (~20 ms): only the servers' commands "
+                                                "(referee serve, online serve), never run or tune",
     ("lpirc.report", "lpirc.report_figures"): "matplotlib, only when a figure is drawn",
     ("lpirc.online.scheduler", "lpirc.report_figures"): "matplotlib, loaded on the scoring thread",
     ("lpirc.cli.referee", "lpirc.referee.core"): "itsdangerous (referee extra)",
     ("lpirc.cli.referee", "lpirc.referee.server"): "Starlette and uvicorn (referee extra)",
-    ("lpirc.cli.referee", "lpirc.referee.client"): "httpx (referee extra)",
+    ("lpirc.cli._referee_run", "lpirc.referee.client"): "httpx (referee extra)",
     ("lpirc.cli.online", "lpirc.online.app"): "Starlette and uvicorn (online extra)",
     ("lpirc.cli.meter", "lpirc.meters.post"): "httpx (referee extra): only `lpirc meter post`",
 }

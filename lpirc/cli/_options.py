@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from lpirc.demo import demo_holdout_path
-from lpirc.login_gate import GateLimits
 from lpirc.preprocess import channel_values, parse_input_size, units_problem
 from lpirc.settings import RunSettings, bundled_model, resolve_settings
+
+if TYPE_CHECKING:
+    from lpirc.login_gate import GateLimits
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -64,10 +66,24 @@ MODEL_OPTION = click.option("--model", type=click.Path(path_type=Path),
                             help="Submission .tflite. Default: the bundled reference submission.")
 
 
+def holdout_options(use: str, scored: str) -> Decorator:
+    """``--holdout`` and ``--ground-truth`` of a command that runs the submission over a holdout
+    (``run``, ``tune``): the same paths with the same defaults, which
+    :func:`settings_from_options` applies (with the bundled model, the generated demo holdout)
+    and :mod:`lpirc.preflight` (HOLDOUT/ground_truth.csv where present). ``use``: what the
+    command does with the holdout, appended to its help (e.g. " (a sample is measured)");
+    ``scored``: what the labels are for ("for scoring")."""
+    holdout = click.option("--holdout", type=click.Path(path_type=Path), help=f"Folder of holdout images{use}. Default with the bundled model: the generated demo holdout.")
+    truth = click.option("--ground-truth", type=click.Path(path_type=Path), help=f"CSV filename,label {scored}. Default: HOLDOUT/ground_truth.csv if present.")
+    return lambda fn: holdout(truth(fn))
+
+
 def login_options(fn):
     """``--login-*``: the login gate's limits (:class:`~lpirc.login_gate.GateLimits`, its defaults
     shown), for the servers that put it in front of their password checks (``lpirc referee
     serve``, ``lpirc online serve``); :func:`login_limits` reads them back."""
+    from lpirc.login_gate import GateLimits  # asyncio (~20 ms): the servers' commands only
+
     opts = [
         setting(GateLimits, "client_burst", "--login-client-burst", type=click.IntRange(min=1), help="Failed logins one client address may make at once (then one per --login-client-every-s); beyond, 429 with Retry-After, without hashing."),
         setting(GateLimits, "client_every_s", "--login-client-every-s", type=click.FloatRange(min=0.001), help="Seconds per further failed login of one client address."),
@@ -81,8 +97,10 @@ def login_options(fn):
     return fn
 
 
-def login_limits(opts: dict) -> GateLimits:
+def login_limits(opts: dict) -> "GateLimits":
     """Pop the :func:`login_options` (``login_<field>``) from a command's ``opts``."""
+    from lpirc.login_gate import GateLimits
+
     return GateLimits(**{f.name: opts.pop(f"login_{f.name}") for f in dataclasses.fields(GateLimits)})
 
 

@@ -1,6 +1,6 @@
 """``lpirc run``: one timed submission over a holdout (:func:`lpirc.runner.run`), its summary
 (:func:`lpirc.summary.format_run_summary`) and its report page; ``--referee URL`` runs against
-an LPIRC referee instead (:class:`lpirc.cli.referee.RefereeRun`)."""
+an LPIRC referee instead (:class:`lpirc.cli._referee_run.RefereeRun`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from lpirc.cli._options import (DELEGATE_HELP, MODEL_OPTION, clock_options, preprocess_options, rules_option, setting,
+from lpirc.cli._options import (DELEGATE_HELP, MODEL_OPTION, clock_options, holdout_options, preprocess_options, rules_option, setting,
                                 settings_from_options, time_limit_option)
 from lpirc.cli.meter import meter_run_options
-from lpirc.cli.referee import RefereeRun, referee_run_options
+from lpirc.cli._referee_run import RefereeRun, referee_run_options
 from lpirc.cli.report import run_report_line
 from lpirc.errors import EXIT_INTERRUPTED
 from lpirc.runner import run
@@ -24,8 +24,7 @@ S = RunSettings
 
 @click.command("run")
 @MODEL_OPTION
-@click.option("--holdout", type=click.Path(path_type=Path), help="Folder of holdout images. Default with the bundled model: the generated demo holdout.")
-@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label for scoring. Default: HOLDOUT/ground_truth.csv if present.")
+@holdout_options("", "for scoring")
 @click.option("--out", type=click.Path(path_type=Path), help="Run folder. Default: runs/<UTC time>-<model stem>/.")
 @click.option("--config", type=click.Path(path_type=Path), help="Settings file from `lpirc tune` (best.json); options given here win over it.")
 @time_limit_option(S, "Wall-clock budget in seconds (LPIRC: 10 minutes).")

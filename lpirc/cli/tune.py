@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lpirc.cli._options import (DELEGATE_HELP, MODEL_OPTION, clock_options, field_default, preprocess_options, setting,
+from lpirc.cli._options import (DELEGATE_HELP, MODEL_OPTION, clock_options, field_default, holdout_options, preprocess_options, setting,
                                 settings_from_options, time_limit_option)
 from lpirc.errors import EXIT_INTERRUPTED
 from lpirc.settings import RunSettings
@@ -19,8 +19,7 @@ T = TuneOptions
 
 @click.command("tune")
 @MODEL_OPTION
-@click.option("--holdout", type=click.Path(path_type=Path), help="Folder of holdout images (a sample is measured). Default with the bundled model: the demo holdout.")
-@click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label for each setting's top-1. Default: HOLDOUT/ground_truth.csv if present.")
+@holdout_options(" (a sample is measured)", "for each setting's top-1")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for best.json and tune.json. Default: runs/tune-<UTC time>-<model stem>/.")
 @setting(T, "max_time_s", type=click.FloatRange(min=1), help="Wall-clock time the whole tune may take.")
 @click.option("--sample", type=click.IntRange(min=8), help="Answers per trial (the holdout is cycled if smaller). Default: sized to fit --max-time-s.")
