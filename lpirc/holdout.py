@@ -107,6 +107,37 @@ def _skip_reason(name: str, is_dir: bool) -> str | None:
     return None
 
 
+def _walk(folder: str, prefix: str, seen: frozenset, out: list[str],
+          skipped: dict[str, int]) -> None:
+    """scan_images's recursion: append the images below ``folder`` to ``out`` (as
+    ``prefix + name``), count what is skipped. A module function, not a closure: a recursive
+    closure is a reference cycle that kept the whole list of names (15 MB at 200,000 images)
+    alive until the garbage collector's next full pass, that is, through a run."""
+    # scandir's DirEntry knows the file type from the listing itself: no stat per plain
+    # file, which is most of the listing time at 200,000 images
+    with os.scandir(folder) as entries:
+        for e in entries:
+            is_dir = e.is_dir()  # follows links
+            why = _skip_reason(e.name, is_dir)
+            if why:
+                skipped[why] = skipped.get(why, 0) + 1
+            elif is_dir:
+                st = e.stat()
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    skipped["folder link loop"] = skipped.get("folder link loop", 0) + 1
+                    continue
+                try:
+                    _walk(e.path, f"{prefix}{e.name}/", seen | {key}, out, skipped)
+                except PermissionError:
+                    skipped["unreadable folder"] = skipped.get("unreadable folder", 0) + 1
+            elif e.is_file():
+                if not e.name.lower().endswith(_SKIP_SUFFIXES):
+                    out.append(prefix + e.name)
+            elif e.is_symlink():
+                skipped["broken link"] = skipped.get("broken link", 0) + 1
+
+
 def scan_images(root) -> Listing:
     """The one rule for what an image is, used by every command (run, score's coverage note,
     tune, submission check and build, holdout make, bench).
@@ -117,37 +148,8 @@ def scan_images(root) -> Listing:
     skipped. Raises OSError when ``root`` itself cannot be listed."""
     out: list[str] = []
     skipped: dict[str, int] = {}
-
-    def skip(reason: str) -> None:
-        skipped[reason] = skipped.get(reason, 0) + 1
-
-    def walk(folder: str, prefix: str, seen: frozenset) -> None:
-        # scandir's DirEntry knows the file type from the listing itself: no stat per plain
-        # file, which is most of the listing time at 200,000 images
-        with os.scandir(folder) as entries:
-            for e in entries:
-                is_dir = e.is_dir()  # follows links
-                why = _skip_reason(e.name, is_dir)
-                if why:
-                    skip(why)
-                elif is_dir:
-                    st = e.stat()
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
-                        skip("folder link loop")
-                        continue
-                    try:
-                        walk(e.path, f"{prefix}{e.name}/", seen | {key})
-                    except PermissionError:
-                        skip("unreadable folder")
-                elif e.is_file():
-                    if not e.name.lower().endswith(_SKIP_SUFFIXES):
-                        out.append(prefix + e.name)
-                elif e.is_symlink():
-                    skip("broken link")
-
     st = os.stat(root)
-    walk(os.fspath(root), "", frozenset({(st.st_dev, st.st_ino)}))
+    _walk(os.fspath(root), "", frozenset({(st.st_dev, st.st_ino)}), out, skipped)
     out.sort()
     return Listing(out, skipped)
 
