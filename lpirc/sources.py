@@ -26,12 +26,16 @@ The dispatcher numbers the images in the order it takes them (the ``index`` of e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import threading
 import time
+from array import array
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Protocol, runtime_checkable
 
 from lpirc.holdout import Holdout, files_sha256, open_holdout
 
@@ -59,10 +63,74 @@ class ImageSource(Protocol):
         ...
 
 
+class NameList(Sequence):
+    """Image names in order, held as one string joined by NUL (no file name holds one): 200,000
+    names take 4 MB where a tuple of str takes 16 MB (a 50-byte object per name), which the
+    parent of a run would hold to its end. Indexing and slicing give str and lists of str (the
+    first one builds an index of where each name starts, 8 bytes a name); iterating splits the
+    string once; :meth:`read` walks it in order with no index (what a run's dispatcher does)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        names = names if isinstance(names, (list, tuple)) else list(names)
+        self._text = "\0".join(names)
+        self._n = len(names)
+        self._ends: array | None = None  # built on first random access
+
+    def __len__(self) -> int:
+        return self._n
+
+    def read(self, pos: int, n: int) -> tuple[list[str], int]:
+        """Up to ``n`` names from character ``pos`` (0: the first name; then what the previous
+        call returned), and where the next name starts."""
+        text, out = self._text, []
+        end = len(text)
+        while len(out) < n and pos <= end and self._n:
+            j = text.find("\0", pos)
+            j = end if j < 0 else j
+            out.append(text[pos:j])
+            pos = j + 1
+        return out, pos
+
+    def _index(self) -> array:
+        if self._ends is None:  # (where each name ends) + 1, i.e. where the next one starts
+            self._ends = array("q", itertools.accumulate(len(x) + 1 for x in self))
+        return self._ends
+
+    def __getitem__(self, i):
+        n = self._n
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                return [self[k] for k in range(start, stop, step)]
+            if stop <= start:
+                return []
+            ends = self._index()
+            return self._text[ends[start - 1] if start else 0:ends[stop - 1] - 1].split("\0")
+        k = i + n if i < 0 else i
+        if not 0 <= k < n:
+            raise IndexError("NameList index out of range")
+        ends = self._index()
+        return self._text[ends[k - 1] if k else 0:ends[k] - 1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._text.split("\0") if self._n else ())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, NameList):
+            return self._n == other._n and self._text == other._text
+        return isinstance(other, (list, tuple)) and list(self) == list(other)
+
+    __hash__ = None  # like a list
+
+    def __repr__(self) -> str:
+        return f"NameList({self._n} names)"
+
+
 class FolderSource:
     """A holdout folder listed up front, in the fixed order of ``open_holdout(root, seed)``.
 
-    A cursor into the listed names, not a queue of them: taking costs no memory per image.
+    A cursor into the listed names, not a queue of them: taking costs no memory per image, and
+    the names are held as a :class:`NameList` (``holdout.files`` and ``files`` are one).
 
     Args:
       root: the holdout folder.
@@ -73,10 +141,13 @@ class FolderSource:
     """
 
     def __init__(self, root: str | Path, seed: int = 0, holdout: Holdout | None = None) -> None:
-        self.holdout = holdout if holdout is not None else open_holdout(root, seed=seed)
+        h = holdout if holdout is not None else open_holdout(root, seed=seed)
+        self.holdout = dataclasses.replace(h, files=NameList(h.files))
+        del h  # the tuple of names is freed (unless the caller keeps the Holdout it gave)
         self.root = Path(self.holdout.root)
         self.total: int | None = len(self.holdout.files)
-        self._cursor = 0
+        self._cursor = 0  # names taken
+        self._pos = 0  # where the next name starts in the NameList's text
 
     @classmethod
     def of_names(cls, root: str | Path, names: Iterable[str]) -> FolderSource:
@@ -86,13 +157,13 @@ class FolderSource:
                                          files_sha256=files_sha256(files)))
 
     @property
-    def files(self) -> tuple[str, ...]:
+    def files(self) -> NameList:
         return self.holdout.files
 
     def take(self, n: int, timeout_s: float = 0.0) -> list[str]:
-        stop = min(len(self.holdout.files), self._cursor + max(0, n))
-        names = list(self.holdout.files[self._cursor:stop])
-        self._cursor = stop
+        k = min(len(self.holdout.files) - self._cursor, max(0, n))
+        names, self._pos = self.holdout.files.read(self._pos, k)
+        self._cursor += len(names)
         return names
 
     def exhausted(self) -> bool:
@@ -174,4 +245,4 @@ class GrowingSource:
             return self._hash.hexdigest()
 
 
-__all__ = ["FolderSource", "GrowingSource", "ImageSource"]
+__all__ = ["FolderSource", "GrowingSource", "ImageSource", "NameList"]
