@@ -498,9 +498,18 @@ def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
     import psutil
 
     stopped: dict = {}
+    cpu0_running = threading.Event()
+
+    class AfterCpu0(SimDevice):
+        """cpu_1 answers its check only once cpu_0 runs a job: on a loaded machine cpu_0's
+        real check could come last and cpu_1 take both jobs (a CI failure: nothing to stop)."""
+
+        def check(self, holdout, seed, work_dir):
+            cpu0_running.wait(60)
+            return super().check(holdout, seed, work_dir)
 
     def make(d):
-        return DeviceWorker(d) if d.device_id == "0" else SimDevice(d, {}, recorded, [])
+        return DeviceWorker(d) if d.device_id == "0" else AfterCpu0(d, {}, recorded, [])
 
     def stop_child():
         me = psutil.Process()
@@ -523,8 +532,9 @@ def test_stopped_run_is_found_at_budget_plus_margin_and_its_device_kept(
         events.append((time.monotonic(), ev))
         if ev.what == "running" and ev.device == "cpu_0@local" and not stopped:
             threading.Thread(target=stop_child, daemon=True).start()
+            cpu0_running.set()
 
-    # one job per device: the first goes to cpu_0 (ready first or not, the job order decides)
+    # the first job goes to cpu_0, ready first; cpu_1 takes the second, then the first again
     subs = make_subs(tmp_path / "subs", reference_model, ["a", "b"])
     config = cfg(tmp_path, small_holdout, time_limit_s=1.0, hang_margin_s=1.0)
     out = fleet.run_fleet(subs, config, on_event, pool=LocalPool(make),
