@@ -720,7 +720,8 @@ def test_workers_die_with_a_run_killed_by_sigkill(tmp_path, reference_model, sma
     while len(workers) < 2 and time.monotonic() < deadline and p.poll() is None:
         workers = psutil.Process(p.pid).children()
         time.sleep(0.005)
-    assert len(workers) == 2, "the run's workers did not start"
+    # 2 workers, and for a moment the ground-truth helper (lpirc.truthcheck): all must go
+    assert len(workers) >= 2, "the run's workers did not start"
     p.kill()
     p.wait()
     gone, alive = psutil.wait_procs(workers, timeout=10)
