@@ -93,27 +93,41 @@ def failure_error(kind: str, message: str) -> LpircError:
 
 
 @contextmanager
-def stop_signals() -> Iterator[None]:
+def stop_signals() -> Iterator[threading.Event]:
     """Within the block, SIGTERM (a scheduler's stop) raises KeyboardInterrupt as Ctrl-C does,
     and a SIGINT ignored at start-up (a shell's background job) gets Python's handler back, so
     the user's Ctrl-C to the process group still stops the command cleanly. Handlers are
-    restored on exit. Off the main thread (where signals cannot be set) it does nothing."""
+    restored on exit. Off the main thread (where signals cannot be set) it does nothing.
+
+    Yields an Event set by either signal: a KeyboardInterrupt raised where a library swallows
+    it (a finalizer, a callback during Ray's start-up) is lost, the event is not, so the
+    caller can check it at its next step (``raise_if_stopped``)."""
+    stopped = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stopped
         return
 
-    def on_term(signum, frame):
+    def on_stop(signum, frame):
+        stopped.set()
         raise KeyboardInterrupt
 
-    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop)}
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.default_int_handler):
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, on_stop)
     try:
-        yield
+        yield stopped
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
 
+def raise_if_stopped(stopped: threading.Event) -> None:
+    """KeyboardInterrupt when ``stopped`` (from :func:`stop_signals`) is set: a stop whose own
+    KeyboardInterrupt was swallowed on the way still stops the command."""
+    if stopped.is_set():
+        raise KeyboardInterrupt
+
+
 __all__ = ["CLASS_COUNTS", "GROUND_TRUTH_NAME", "check_delegate", "check_model_file",
-           "failure_error", "ground_truth_for", "stop_signals"]
+           "failure_error", "ground_truth_for", "raise_if_stopped",
+           "stop_signals"]

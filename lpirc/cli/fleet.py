@@ -72,7 +72,7 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
         probe_address(address)  # nothing listening there: one line, before anything is printed
     # from here on SIGTERM ends the fleet as Ctrl-C does, and Ctrl-C works also when started
     # as a background job (SIGINT ignored), Ray's start-up included
-    with preflight.stop_signals(), ray_output_to(cfg.out / RAY_LOG) as (_, err):
+    with preflight.stop_signals() as stopping, ray_output_to(cfg.out / RAY_LOG) as (_, err):
         def say(line: str) -> None:
             if not quiet:
                 click.echo(line, file=err)
@@ -81,6 +81,9 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
         say(f"ray       starting: {where} (its own log: {cfg.out / RAY_LOG})")
         t0 = time.monotonic()
         with connect(address, devices):
+            # a Ctrl-C or SIGTERM during Ray's start-up whose KeyboardInterrupt Ray's code
+            # swallowed (seen once in a full test run: the fleet then ran to exit 0)
+            preflight.raise_if_stopped(stopping)
             say(f"ray       connected in {time.monotonic() - t0:.1f} s (measured): {where}")
             outcome = run_fleet(subs, cfg, lambda ev: say(event_line(ev)), inputs=inputs)
     click.echo(format_standings(outcome))
