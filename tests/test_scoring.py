@@ -381,7 +381,6 @@ def test_cli_rules_lists_every_rule_set():
 @pytest.mark.parametrize("make_args", [
     lambda t, run, gt: ["score", t / "missing"],
     lambda t, run, gt: ["score", run, "--ground-truth", t / "missing.csv"],
-    lambda t, run, gt: ["score", run, "--rules", "nope"],
     lambda t, run, gt: ["score", run, "--ground-truth", (t / "bad.csv").write_text("a.jpg,zebra\nb.jpg,zebra\n") and t / "bad.csv"],
     lambda t, run, gt: ["score", (run / "results.jsonl").write_text("{\n{}\n") and run],
 ])
