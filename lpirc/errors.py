@@ -8,10 +8,12 @@ The CLI prints ``lpirc: error: <message>`` (one line, no traceback) and exits wi
     2  usage error (bad option or argument; click's own convention)
     3  bad model: missing, empty, truncated, not a flatbuffer, unresolved op, fails on invoke
     4  delegate unavailable (library absent or refused the model)
-    5  bad input data: holdout folder, ground truth, result log, power log, config file
+    5  bad input data: holdout folder, ground truth, result log, power log, config file; an
+       output file that cannot be written (``lpirc meter log/idle --out``, checked first)
     6  nothing could be measured in the time allowed (``lpirc tune``)
-    7  the power meter could not be opened or read (``lpirc meter ...``; ``lpirc run --meter``
-       never fails over its meter: it falls back and says so)
+    7  the power meter could not be opened or read, or stopped answering during ``lpirc meter
+       log`` (its readings kept) (``lpirc meter ...``; ``lpirc run --meter`` never fails over
+       its meter: it falls back and says so)
   130  interrupted (Ctrl-C); the partial log is kept and scored
 """
 

@@ -202,7 +202,8 @@ def score_path(path, ground_truth=None, rules: str = DEFAULT_RULES, *, per_class
         error=log.error[keep], t_s=log.t_s[keep], inference_ms=log.inference_ms[keep],
         latency_ms=log.latency_ms[keep], late_flag=log.late[keep], wall_time_s=times["wall"],
         inference_time_s=times["inference"], energy_wh=energy["wh"], manifest=manifest,
-        warnings=warnings)
+        warnings=warnings, energy_uncertainty_wh=energy["uncertainty_wh"],
+        idle_uncertainty_w=energy["idle_uncertainty_w"])
     fields = rule.function(ev, **{k: v for k, v in opts.items()
                                   if k in rule.options and k != "energy_wh"})
     if log.format == "referee":  # one class per row: a top-5 would silently equal the top-1
@@ -358,14 +359,19 @@ def _energy(manifest: dict, opts: dict, rule, log_path: Path, warnings: list[str
     method = energy.get("method") if wh is not None else None
     if wh is not None and source not in ("measured", "estimated"):
         source = "unknown"
+    unc = _fnum(energy.get("uncertainty_wh")) if source == "measured" else None
     if "energy_wh" in opts:
-        wh, source, method = float(opts["energy_wh"]), "given", "--energy-wh option"
+        wh, source, method, unc = float(opts["energy_wh"]), "given", "--energy-wh option", None
     if wh is None:
         source = "unknown"
         if "energy_wh" in rule.options:
             warnings.append(f"{log_path}: no energy figure (no manifest energy, no --energy-wh): no score")
-    return {"wh": wh, "source": source, "method": method,
-            "idle_from": _idle_baseline(manifest, rule, opts)}
+    idle_from = _idle_baseline(manifest, rule, opts)
+    idle = energy.get("idle") if isinstance(energy.get("idle"), dict) else {}
+    idle_unc = _fnum(idle.get("uncertainty_w")) if idle_from else None
+    return {"wh": wh, "source": source, "method": method, "idle_from": idle_from,
+            "uncertainty_wh": None if unc is None or unc < 0 else unc,
+            "idle_uncertainty_w": None if idle_unc is None or idle_unc < 0 else idle_unc}
 
 
 def _score_object(rule, path, log, gt_path: Path, model: dict, ev: Evaluation, fields: dict,
@@ -396,6 +402,7 @@ def _score_object(rule, path, log, gt_path: Path, model: dict, ev: Evaluation, f
         "energy_wh": energy["wh"],
         "energy_source": energy["source"],
         "energy_method": energy["method"],
+        "energy_uncertainty_wh": energy["uncertainty_wh"],
         "score": fields.pop("score"),
     }
     out.update(fields)

@@ -12,7 +12,7 @@ COMMON = (
     "rules", "run", "model", "score", "top1", "top5", "images_total", "images_answered",
     "images_failed", "images_unanswered", "images_late", "answers_not_in_ground_truth",
     "answers_duplicate", "wall_time_s", "inference_time_s", "images_per_s", "energy_wh",
-    "energy_source", "energy_method",
+    "energy_source", "energy_method", "energy_uncertainty_wh",
 )
 _SKIP = set(COMMON) | {"options", "source", "warnings", "per_class", "confused", "log", "log_format",
                        "ground_truth", "ground_truth_sha256", "holdout_id"}
@@ -107,11 +107,13 @@ def format_table(scores: list[dict]) -> str:
         method = f", {s['energy_method']}" if s.get("energy_method") else ""
         lines.append(f"  energy              {_unit(s.get('energy_wh'), 'Wh')}   ({e_src}{method})")
         for k, v in s.items():
-            if k in _SKIP:
+            if k in _SKIP or k == "net_energy_uncertainty_wh":  # shown with net_energy_wh
                 continue
             unit = _UNITS.get(k, "")
             label = k.replace("_", " ")
             val = _pct(v) if k.startswith("accuracy") and k not in _UNITS else _fmt(v)
+            if k == "net_energy_wh" and v is not None and s.get("net_energy_uncertainty_wh") is not None:
+                val += f" +-{_fmt(s['net_energy_uncertainty_wh'])}"
             lines.append(f"  {label:<19} {val}{' ' + unit if unit and v is not None else ''}")
         if s.get("per_class"):
             lines.append("  worst classes (top-1, images):")

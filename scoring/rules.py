@@ -49,6 +49,12 @@ class Evaluation:
     energy_wh: float | None
     manifest: dict
     warnings: list[str] = field(default_factory=list)
+    #: bound on the error of ``energy_wh`` (the meter's accuracy spec integrated over the run,
+    #: manifest ``energy.uncertainty_wh``); None where the record has none (estimated, given)
+    energy_uncertainty_wh: float | None = None
+    #: bound on the error of a measured idle baseline in W (manifest ``energy.idle.uncertainty_w``),
+    #: when the rule's idle power is that baseline; None otherwise
+    idle_uncertainty_w: float | None = None
 
     @property
     def correct1(self) -> np.ndarray:
@@ -93,6 +99,29 @@ class Rule:
         return self.description.format(**v)
 
 
+def energy_to_divide_by(ev: Evaluation, wh: float, uncertainty_wh: float | None,
+                        what: str) -> bool:
+    """The one rule for the energy a score is divided by (``lpirc-onsite``'s energy,
+    ``lpcvc-2020``'s energy above idle): True when it can be used; else False, with the reason
+    as one line in ``ev.warnings`` (score.json's ``warnings``, printed under the score by
+    ``lpirc score``, ``lpirc run``'s summary and ``lpirc report``), and the rule gives no score.
+
+    Refused when ``wh`` (Wh) is not positive, or is not larger than ``uncertainty_wh`` (Wh, the
+    bound on its error, where the energy record has one): the meter cannot then tell it from 0,
+    and accuracy divided by it is noise, however large (50 W idle and 50 W running for under a second
+    leaves 7.8e-7 Wh against the meter's +-2.5e-5 Wh, a "score" of 1.2e6). ``what`` names the
+    figure in the line ("energy", "energy above idle")."""
+    if not wh > 0:
+        ev.warnings.append(f"{what} is {wh:.6g} Wh (not positive): no score")
+        return False
+    if uncertainty_wh is not None and wh <= uncertainty_wh:
+        ev.warnings.append(f"{what} is {wh:.3g} Wh, not larger than its uncertainty "
+                           f"+-{uncertainty_wh:.3g} Wh (meter spec): no score (measure a longer "
+                           "run, or on a finer range)")
+        return False
+    return True
+
+
 def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     """LPIRC on-site tracks, 2015-2019.
 
@@ -113,10 +142,9 @@ def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     acc = ev.counted(~late)
     top1 = acc["top1"]
     score = None
-    if ev.energy_wh is not None and ev.energy_wh > 0:
+    if ev.energy_wh is not None and energy_to_divide_by(ev, ev.energy_wh,
+                                                        ev.energy_uncertainty_wh, "energy"):
         score = top1 / ev.energy_wh
-    elif ev.energy_wh is not None:
-        ev.warnings.append(f"energy {ev.energy_wh} Wh is not positive: no score")
     return {
         **acc,
         "score": score,
@@ -220,19 +248,24 @@ def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
     Formula: score = accuracy / (energy_Wh - idle_watts x duration_h), accuracy = correct top-1 / N
     (answers lpirc run logged after its deadline, "late": true, are wrong), duration_h =
     wall_time_s / 3600; idle_watts default 1.961 W (the 2020 referee subtracted
-    0.000544746733 Wh per second).  No score when the net energy is not positive.
+    0.000544746733 Wh per second).  No score when the net energy is not positive, or not larger
+    than its uncertainty (:func:`energy_to_divide_by`): net_energy_uncertainty_wh = the
+    energy's uncertainty + the measured idle baseline's x duration_h, bounds added (both come
+    from the same meter, so their errors need not be independent); None when neither figure
+    has one (an estimate, a given energy, a given --idle-watts).
     Source: IEEE LPCVC 2020 referee scoring script.
     """
     idle = DEFAULT_IDLE_WATTS if idle_watts is None else float(idle_watts)
     acc = ev.counted(~ev.late_flag)
     top1 = acc["top1"]
-    net = score = None
+    net = score = unc = None
     if ev.energy_wh is not None and ev.wall_time_s is not None:
         net = ev.energy_wh - idle * ev.wall_time_s / 3600.0
-        if net > 0:
+        parts = [u for u in (ev.energy_uncertainty_wh, None if ev.idle_uncertainty_w is None
+                             else ev.idle_uncertainty_w * ev.wall_time_s / 3600.0) if u is not None]
+        unc = sum(parts) if parts else None
+        if energy_to_divide_by(ev, net, unc, "energy above idle"):
             score = top1 / net
-        else:
-            ev.warnings.append(f"energy above idle is {net:.6g} Wh (not positive): no score")
     elif ev.energy_wh is not None:
         ev.warnings.append("no wall time for the run: cannot subtract idle energy, no score")
     return {
@@ -240,6 +273,7 @@ def lpcvc_2020(ev: Evaluation, idle_watts: float | None = None) -> dict:
         "score": score,
         "idle_watts": idle,
         "net_energy_wh": net,
+        "net_energy_uncertainty_wh": unc,
     }
 
 

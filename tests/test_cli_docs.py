@@ -227,7 +227,9 @@ def _options():
         for name in path:
             cmd = cmd.commands[name]
         for p in cmd.params:
-            longs = [o for o in (*p.opts, *p.secondary_opts) if o.startswith("--")] if isinstance(p, click.Option) else []
+            # p.opts only: a --x/--no-x flag's --x is its name (--no-x alone named once let
+            # --compare-defaults go undocumented)
+            longs = [o for o in p.opts if o.startswith("--")] if isinstance(p, click.Option) else []
             if longs:
                 yield path, tuple(longs)
 

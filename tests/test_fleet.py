@@ -290,7 +290,6 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
         ([str(subs / "alpha.json")], 5, "a sidecar, not a model"),
         ([str(tmp_path)], 5, "folder holds no .tflite submission"),
         ([str(subs), "--holdout", str(tmp_path / "nope")], 5, "holdout folder not found"),
-        ([str(subs), "--holdout", str(small_holdout), "--rules", "nope"], 5, "unknown rule set"),
         ([str(subs), "--holdout", str(small_holdout), "--db", str(not_db)], 5,
          "not a SQLite database"),
         ([str(subs), "--holdout", str(small_holdout), "--out", str(other_fleet)], 5,
@@ -311,6 +310,11 @@ def test_fleet_bad_inputs_are_one_line_before_ray_starts(tmp_path, small_holdout
         assert len(lines) == 1 and lines[0].startswith("lpirc: error: "), r.stderr
         assert message in lines[0], r.stderr
         assert not ray.is_initialized()
+    # a rule set mistyped on the command line is click's usage error naming the option
+    r = CliRunner().invoke(main, ["fleet", "run", str(subs), "--holdout", str(small_holdout),
+                                  "--out", str(tmp_path / "out"), "--rules", "nope"])
+    assert r.exit_code == 2 and "Invalid value for '--rules'" in r.stderr, r.stderr
+    assert not ray.is_initialized()
     r = CliRunner().invoke(main, ["fleet", "devices", "--address", "127.0.0.1:1"])
     assert r.exit_code == 1 and r.stderr.startswith("lpirc: error: 127.0.0.1:1: no Ray"), r.stderr
     assert not ray.is_initialized()

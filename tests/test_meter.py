@@ -171,7 +171,7 @@ def test_constant_power_gives_power_times_wall_time(tmp_path, reference_model, s
     out = _run(tmp_path, reference_model, small_holdout, s)
     e = out.manifest["energy"]
     assert e["source"] == "measured"
-    assert e["method"].startswith("WT310 C2CONST01, 0.1 s, ")
+    assert e["method"].startswith("simulated WT310 C2CONST01, 0.1 s, ")
     start, end = e["meter"]["window"]
     # the window is the run's: from before the workers start to after the last answer
     assert end - start == pytest.approx(out.manifest["wall_time_s"], abs=0.1)
@@ -349,7 +349,7 @@ def test_lpirc_run_meter_end_to_end(tmp_path, reference_model, small_holdout, si
                   "--meter", "wt310:" + s.resource, "--meter-ranges", "30,1")
     assert r.returncode == 0, r.stderr
     energy_line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("energy"))
-    assert "(measured, WT310 C2E2E0042, 0.1 s, " in energy_line, energy_line
+    assert "(measured, simulated WT310 C2E2E0042, 0.1 s, " in energy_line, energy_line
     e = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
     start, end = e["meter"]["window"]
     assert e["wh"] == _stored_wh(25.0 * (end - start) / 3600.0, 25.0)
@@ -509,7 +509,7 @@ def test_pyvisa_sim_definition_on_usb(tmp_path, reference_model, small_holdout):
                   res, "--visa-library", lib, "--meter-ranges", "15,2")
     assert r.returncode == 0, r.stderr
     e = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
-    assert e["source"] == "measured" and e["method"].startswith("WT310 C2SIMYAML, 0.1 s, ")
+    assert e["source"] == "measured" and e["method"].startswith("simulated WT310 C2SIMYAML, 0.1 s, ")
     start, end = e["meter"]["window"]
     assert e["wh"] == _stored_wh(5.0 * (end - start) / 3600.0, 5.0)
     assert e["meter"]["accuracy"]["signal"] == "DC"
@@ -541,7 +541,7 @@ def test_meter_post_meters_a_referee_session(tmp_path, reference_model, small_ho
         assert r.returncode == 0, r.stderr
         out, err = post.communicate(timeout=60)
         assert post.returncode == 0, err
-        assert "readings posted to" in out and "posting WT310 C2SIM0001 to" in err
+        assert "readings posted to" in out and "posting simulated WT310 C2SIM0001 to" in err
 
         def scored():
             rr = lpirc_cmd("referee", "results", "--db", str(db), "--format", "json")
@@ -572,7 +572,7 @@ def test_the_simulation_runs_as_a_process_for_a_new_user(tmp_path):
         assert r.returncode == 0, r.stderr
         energy = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
         a, b = energy["meter"]["window"]
-        assert energy["source"] == "measured" and "WT310 C2SIM0001" in energy["method"]
+        assert energy["source"] == "measured" and "simulated WT310 C2SIM0001" in energy["method"]
         assert energy["wh"] == pytest.approx(50 * (b - a) / 3600, rel=1e-4)
     finally:
         p.terminate()
@@ -605,7 +605,7 @@ def test_vxi11_resource_through_pyvisa_py(tmp_path, reference_model, small_holdo
         server.stop()
     e = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
     start, end = e["meter"]["window"]
-    assert e["source"] == "measured" and e["method"].startswith("WT310 C2VXI0042, 0.1 s, ")
+    assert e["source"] == "measured" and e["method"].startswith("simulated WT310 C2VXI0042, 0.1 s, ")
     assert e["wh"] == _stored_wh(21.0 * (end - start) / 3600.0, 21.0)
     assert e["meter"]["info"]["resource"] == server.resource
     assert e["meter"]["sync"]["mode"] == "update" and _dupes_and_misses(s.served)[0] == 0
@@ -636,3 +636,142 @@ def test_the_simulation_serves_vxi11_as_a_process():
     finally:
         p.terminate()
         assert p.wait(timeout=10) == 0
+
+
+# --- a new user's defects: bad --out, a meter lost mid-log, provenance of every figure ----------
+
+
+@pytest.fixture
+def sim_process():
+    """``tests/wt310_sim.py ARGS`` as a real process on 127.0.0.1: its address (the first line
+    it prints). Terminated (bounded) after the test."""
+    import subprocess
+
+    procs = []
+
+    def start(*args: str) -> str:
+        p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "wt310_sim.py"), *args],
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        spec = p.stdout.readline().strip()
+        assert spec.startswith("wt310:TCPIP::127.0.0.1::"), spec
+        return spec
+
+    yield start
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
+def test_out_that_cannot_be_written_is_refused_before_measuring(tmp_path, sim_process):
+    """`lpirc meter log/idle --out` a missing folder, or a folder: one line naming the file and
+    the problem, exit 5 (bad input), before the meter is read (an idle of 600 s would outlast
+    the subprocess's timeout)."""
+    spec = sim_process("--watts", "5")
+    cases = [
+        (("log", "--out", tmp_path / "nope" / "x.csv", "--seconds", "600"),
+         f"{tmp_path / 'nope' / 'x.csv'}: cannot write the meter log: the folder "
+         f"{tmp_path / 'nope'} does not exist"),
+        (("log", "--out", tmp_path, "--seconds", "600"),
+         f"{tmp_path}: cannot write the meter log: it is a folder (give a file name)"),
+        (("idle", "--out", tmp_path / "nope" / "x.json", "--seconds", "600"),
+         f"{tmp_path / 'nope' / 'x.json'}: cannot write the idle baseline: the folder "
+         f"{tmp_path / 'nope'} does not exist"),
+        (("idle", "--out", tmp_path, "--seconds", "600"),
+         f"{tmp_path}: cannot write the idle baseline: it is a folder (give a file name)"),
+    ]
+    for args, says in cases:
+        r = run_lpirc("meter", args[0], spec, *args[1:], timeout=90)
+        assert r.returncode == 5 and r.stderr.strip() == f"lpirc: error: {says}", r.stderr
+        assert r.stdout == ""
+    assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.slow
+def test_meter_lost_during_the_log_keeps_its_readings_and_exits_7(tmp_path, sim_process):
+    """A meter that stops answering after 5 readings of a 3 s log: the 5 readings are written,
+    the summary says it was lost, when, and the updates not read; exit 7 (docs/meter.md)."""
+    spec = sim_process("--watts", "9", "--fault", "silent", "--fault-after-reads", "5")
+    out = tmp_path / "m.csv"
+    r = run_lpirc("meter", "log", spec, "--out", out, "--seconds", "3", timeout=120)
+    assert r.returncode == 7, (r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "lpirc: error: meter simulated WT310 C2SIM0001 stopped answering (found gone "), err
+    assert err.endswith(f"the 5 readings taken are in {out}"), err
+    summary = r.stdout.strip()
+    assert summary.startswith(f"{out}: 5 readings of simulated WT310 C2SIM0001 at 0.1 s, "), summary
+    assert "meter lost after its reading at " in summary
+    assert "did not answer again before the end: about " in summary
+    not_read = int(summary.split("about ")[1].split(" update(s) not read")[0])
+    missed = int(summary.split("one per data update (")[1].split(" update(s) missed")[0])
+    # lost for the last ~2.5 s of 3 at 0.1 s: ~25 updates (a loaded machine starts late)
+    assert 8 <= not_read <= 40 and missed >= not_read, summary
+    log = read_power_log(out)
+    assert len(log) == 5 and set(log[:, 1]) == {9.0}
+    assert "meter: lost: " in out.read_text()
+
+
+@pytest.mark.slow
+def test_simulated_meter_is_labelled_in_read_manifest_summary_and_report(tmp_path, sim_process):
+    """A figure from the simulation never passes for a metered one: `meter read`, `run`'s
+    summary line, manifest.json and the report say "simulated"."""
+    import json
+
+    spec = sim_process("--watts", "40")
+    r = run_lpirc("meter", "read", spec)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].endswith(", SIMULATED (not a meter)"), r.stdout
+    r = run_lpirc("run", "--meter", spec, "--out", tmp_path / "run", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    energy_line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("energy"))
+    assert "(measured, simulated WT310 C2SIM0001, 0.1 s, " in energy_line, energy_line
+    e = json.loads((tmp_path / "run" / "manifest.json").read_text())["energy"]
+    assert e["source"] == "measured" and e["method"].startswith("simulated WT310 C2SIM0001, ")
+    assert e["meter"]["info"]["simulated"] is True
+    reports = list((tmp_path / "run").glob("*.html"))
+    assert reports and "simulated WT310 C2SIM0001" in reports[0].read_text()
+
+
+@pytest.mark.slow
+def test_how_readings_were_synchronised_is_recorded(tmp_path, sim_process):
+    """`meter read` says how it read; the `meter log` file says, in a # line that the
+    --power-log reader skips, which meter and which synchronisation it was logged with."""
+    spec = sim_process("--watts", "6")
+    for sync, says in (("poll", "sync       polled: read now, not synchronised with the meter's "
+                                "updates"),
+                       ("update", "sync       one data update, waited for (:COMMunicate:WAIT)")):
+        r = run_lpirc("meter", "read", spec, "--sync", sync)
+        assert r.returncode == 0 and says in r.stdout.splitlines(), r.stdout
+        out = tmp_path / f"{sync}.csv"
+        r = run_lpirc("meter", "log", spec, "--out", out, "--seconds", "1", "--sync", sync)
+        assert r.returncode == 0, r.stderr
+        head = out.read_text().splitlines()[1]
+        assert head.startswith("# meter: simulated WT310 C2SIM0001, firmware F1.03; interval "
+                               f"0.1 s; sync (requested) {sync}: "), head
+        assert len(read_power_log(out)) >= 3
+    r = run_lpirc("run", "--out", tmp_path / "run", "--power-log", tmp_path / "poll.csv",
+                  "--no-report", "--workers", "1")
+    assert r.returncode == 0, r.stderr  # the reader takes the file (coverage aside)
+
+
+@pytest.mark.slow
+def test_instrument_that_cannot_signal_updates_is_not_called_synchronised(tmp_path):
+    """pyvisa-sim (tests/wt310_sim.yaml) answers every :COMMunicate:WAIT at once with EESR 1:
+    about two readings per 0.1 s interval. The summary and the log say they are not one per
+    data update (they are as polled)."""
+    pytest.importorskip("pyvisa_sim")
+    lib = str(Path(__file__).resolve().parent / "wt310_sim.yaml") + "@sim"
+    out = tmp_path / "y.csv"
+    r = run_lpirc("meter", "log", "wt310:USB0::0x0B21::0x0025::C2SIMYAML::INSTR", "--visa-library",
+                  lib, "--out", out, "--seconds", "2")
+    assert r.returncode == 0, r.stderr
+    assert "one per data update" not in r.stdout, r.stdout
+    assert "simulated WT310 C2SIMYAML at 0.1 s, not synchronised: " in r.stdout, r.stdout
+    assert "meter: sync checked at the end: not synchronised: " in out.read_text()
+    assert len(read_power_log(out)) >= 5

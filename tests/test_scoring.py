@@ -246,6 +246,62 @@ def test_lpcvc_2020_idle_subtracted(tmp_path):
     assert s["score"] is None and any("not positive" in w for w in s["warnings"])
 
 
+def _metered(gt, wh, unc_wh, idle_w, idle_unc_w, wall=0.5):
+    """A run folder's manifest as ``lpirc run --meter --idle-seconds`` writes it: the meter's
+    energy with its uncertainty, and the idle baseline with its own."""
+    m = manifest(gt, wh=wh, source="measured", wall=wall)
+    m["energy"].update({"method": "WT310 SIM, 0.1 s, 6 samples, trapezoid", "uncertainty_wh": unc_wh,
+                        "idle": {"watts": idle_w, "uncertainty_w": idle_unc_w, "seconds": 1.0,
+                                 "method": "measured: WT310 SIM idle for 1.0 s",
+                                 "from": "measured before the run"}})
+    return m
+
+
+def test_energy_within_its_uncertainty_gives_no_score(tmp_path, lpirc):
+    """50 W idle, 50 W running over 0.5 s: 7.8e-7 Wh above idle against +-2.8e-5 Wh (the
+    meter's spec over the run, plus the idle baseline's over the same time) is no score, with
+    the reason in score.json, the table `lpirc score` and `lpirc run` print, and the report."""
+    gt = write_gt(tmp_path / "gt.csv", {f"i{k}.jpg": k for k in range(4)})
+    answers = [answer(f"i{k}.jpg", k, t_s=0.1 * k) for k in range(4)]
+    unc = 0.2 * 0.5 / 3600  # (0.1 % of reading + 0.1 % of the 150 W range) x 0.5 s
+    run = write_run(tmp_path / "r", answers, _metered(gt, 50 * 0.5 / 3600 + 7.8e-7, unc, 50.0, 0.2))
+    r = lpirc("score", run, "--rules", "lpcvc-2020", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["score"] is None and s["energy_uncertainty_wh"] == pytest.approx(unc)
+    assert s["net_energy_wh"] == pytest.approx(7.8e-7, rel=1e-3)
+    assert s["net_energy_uncertainty_wh"] == pytest.approx(2 * unc)  # the bounds added
+    why = [w for w in s["warnings"] if "uncertainty" in w]
+    assert len(why) == 1 and why[0].startswith("energy above idle is 7.8e-07 Wh, not larger than "
+                                               "its uncertainty +-5.56e-05 Wh"), s["warnings"]
+    assert why[0].endswith("no score (measure a longer run, or on a finer range)")
+    assert f"lpirc: warning: {why[0]}" in r.stderr  # json keeps stdout for programs
+    table = lpirc("score", run, "--rules", "lpcvc-2020").stdout
+    assert f"warning: {why[0]}" in table and "net energy wh       7.800e-07 +-5.556e-05 Wh" in table
+    assert "score               n/a" in table
+    page = tmp_path / "report.html"
+    assert lpirc("report", run, "--rules", "lpcvc-2020", "-o", page).returncode == 0
+    assert "not larger than its uncertainty" in page.read_text()
+
+    # 10 W above idle is well above the bounds: scored as before
+    run2 = write_run(tmp_path / "r2", answers, _metered(gt, 60 * 0.5 / 3600, unc, 50.0, 0.2))
+    s2 = scoring.score_path(run2, rules="lpcvc-2020")
+    assert s2["score"] == pytest.approx(1.0 / (10 * 0.5 / 3600)), s2["warnings"]
+    assert not any("uncertainty" in w for w in s2["warnings"])
+    # the rule is the scorer's, for every rule set that divides by energy
+    run3 = write_run(tmp_path / "r3", answers, _metered(gt, 1e-6, 2e-6, 50.0, 0.2))
+    s3 = scoring.score_path(run3, rules="lpirc-onsite")
+    assert s3["score"] is None and any(w.startswith("energy is 1e-06 Wh, not larger than its "
+                                                    "uncertainty") for w in s3["warnings"])
+    # an energy or idle power given by hand carries no uncertainty: the other figure's counts
+    s4 = scoring.score_path(run, rules="lpcvc-2020", idle_watts=50.0)
+    assert s4["net_energy_uncertainty_wh"] == pytest.approx(unc) and s4["score"] is None
+    s5 = scoring.score_path(run, rules="lpcvc-2020", idle_watts=50.0,
+                            energy_wh=50 * 0.5 / 3600 + 7.8e-7)
+    assert s5["energy_uncertainty_wh"] is None and s5["net_energy_uncertainty_wh"] is None
+    assert s5["score"] == pytest.approx(1.0 / 7.8e-7, rel=1e-3)
+
+
 # --- messy logs -------------------------------------------------------------------------------
 
 
@@ -381,7 +437,6 @@ def test_cli_rules_lists_every_rule_set():
 @pytest.mark.parametrize("make_args", [
     lambda t, run, gt: ["score", t / "missing"],
     lambda t, run, gt: ["score", run, "--ground-truth", t / "missing.csv"],
-    lambda t, run, gt: ["score", run, "--rules", "nope"],
     lambda t, run, gt: ["score", run, "--ground-truth", (t / "bad.csv").write_text("a.jpg,zebra\nb.jpg,zebra\n") and t / "bad.csv"],
     lambda t, run, gt: ["score", (run / "results.jsonl").write_text("{\n{}\n") and run],
 ])

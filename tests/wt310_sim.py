@@ -56,7 +56,9 @@ class SimWT310:
                  mode: str = "RMS", update_skew: float = 0.0) -> None:
         self.watts, self.volts, self.pattern = watts, volts, pattern
         self.low_watts, self.period_s = low_watts, period_s
-        self.idn = f"YOKOGAWA,{model},{serial},{firmware}"
+        # a fifth field the real meter does not send: it identifies as a simulation, so every
+        # figure lpirc makes from it is labelled "simulated" (lpirc.meters.wt310.is_simulation)
+        self.idn = f"YOKOGAWA,{model},{serial},{firmware},SIMULATED"
         self.fault_kind, self.fault_after, self.down_s = fault, fault_after_reads, down_s
         self.fault: str | None = None
         self.t0 = time.time()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
+import scoring
 from lpirc.demo import demo_holdout_path
 from lpirc.preprocess import channel_values, parse_input_size, units_problem
 from lpirc.settings import RunSettings, bundled_model, resolve_settings
@@ -54,9 +55,20 @@ def clock_options(cls: type, clock_help: str, ms_help: str) -> Decorator:
     return lambda fn: clock(ms(fn))
 
 
-def rules_option(cls: type, help: str, *decls: str) -> Decorator:
-    """``--rules``, the rule set a score is computed under (see ``lpirc rules``)."""
-    return setting(cls, "rules", *decls, help=help)
+def rules_option(default: type | str | None, help: str, *decls: str) -> Decorator:
+    """``--rules``, the rule set a score is computed under (see ``lpirc rules``): every command
+    that takes one uses this option, a choice of :data:`scoring.RULES`, so a name mistyped on
+    the command line is click's usage error naming ``--rules`` (exit 2); a bad rule set in a
+    config or sidecar file stays the library's one line naming the file (exit 5).
+
+    ``default``: a settings dataclass (its ``rules`` field's default is shown), a rule set's
+    name, or None (no default: the command then uses each run's own). ``decls``: the option's
+    declarations when not ``--rules`` alone (e.g. ``("--rules", "rules_name")``)."""
+    kind = click.Choice(list(scoring.RULES))
+    if isinstance(default, type):
+        return setting(default, "rules", *decls, type=kind, help=help)
+    return click.option(*(decls or ("--rules",)), type=kind, default=default,
+                        show_default=default is not None, help=help)
 
 
 DELEGATE_HELP = "cpu (XNNPACK), gpu, edgetpu, or a path to a delegate library."

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from lpirc import leaderboard, preflight
+from lpirc.cli._options import rules_option
 from lpirc.fleet import (KINDS, RAY_LOG, STATE, FleetConfig, FleetEvent, check_inputs,
                          cluster_devices, connect, find_submissions, format_standings,
                          no_device_error, probe_address, ray_output_to, run_fleet)
@@ -38,7 +39,7 @@ _ADDRESS_HELP = ("Ray cluster address (what `ray start --head` printed, e.g. 10.
 @click.option("--address", help=_ADDRESS_HELP)
 @click.option("--devices", type=click.IntRange(min=1), default=2, show_default=True, help="Simulated cpu devices of the local instance (no --address); the cores are divided between them.")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True, help="Device kind every job asks for; auto: edgetpu for *_edgetpu.tflite, else cpu.")
-@click.option("--rules", default=FleetConfig.rules, show_default=True, help="Rule set the head scores with (see `lpirc rules`).")
+@rules_option(FleetConfig, "Rule set the head scores with (see `lpirc rules`).")
 @click.option("--time-limit-s", type=click.FloatRange(min=0.1), default=FleetConfig.time_limit_s, show_default=True, help="Each run's wall-clock budget in seconds.")
 @click.option("--clock", type=click.Choice(["wall", "inference"]), default=FleetConfig.clock, show_default=True, help="Budget clock of each run (see lpirc run).")
 @click.option("--ms-per-image", type=click.FloatRange(min=0.001), default=FleetConfig.ms_per_image, show_default=True, help="Inference budget per image in ms, for --clock inference.")
@@ -57,8 +58,8 @@ def fleet_run(submissions, holdout, ground_truth, out, address, devices, kind, r
     log lines go to OUT/ray.log.
 
     Exit status: 0 when every job is done, 1 when one failed (its reason is in the table and
-    OUT/fleet.json), Ray is missing, or no cluster or device answers; 5 for a bad submission
-    path, holdout, ground truth, rule set, a damaged --db, or an --out holding a fleet run with
+    OUT/fleet.json), Ray is missing, or no cluster or device answers; 2 usage (an unknown
+    --rules among them); 5 for a bad submission path, holdout, ground truth, a damaged --db, or an --out holding a fleet run with
     other settings (before Ray starts); 130 after Ctrl-C or SIGTERM, also during Ray's
     start-up (finished jobs stay scored).
     """

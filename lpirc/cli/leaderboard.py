@@ -17,6 +17,7 @@ import jinja2
 import scoring
 from lpirc import __version__
 from lpirc import leaderboard as lb
+from lpirc.cli._options import rules_option
 from lpirc.errors import USER_ERRORS, InputError
 
 
@@ -37,7 +38,7 @@ def leaderboard() -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_db_option
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: the one each run's manifest names.")
-@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Rule set stored with the entry. Default: the one each run was scored under.")
+@rules_option(None, "Rule set stored with the entry. Default: the one each run was scored under.")
 @click.option("--name", help="Submission name shown (one run only). Default: the run folder's name.")
 @click.option("--team", help="Team that submitted the run(s).")
 def add_cmd(runs, db, ground_truth, rules, name, team) -> None:
@@ -79,7 +80,7 @@ def _has_db(db: Path) -> bool:
 @_db_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "html"]), default="table", show_default=True,
               help="table: for people; csv/json: for programs; html: one self-contained page.")
-@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Rank under this rule set, re-scoring from each entry's log where it was stored under another. Default: each as stored.")
+@rules_option(None, "Rank under this rule set, re-scoring from each entry's log where it was stored under another. Default: each as stored.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead of stdout.")
 def show_cmd(db, fmt, rules, out) -> None:
     """Print the standings: ranked by score within each holdout (equal scores share a place),

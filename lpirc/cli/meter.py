@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 
 from lpirc.cli._options import setting
-from lpirc.errors import MeterError
+from lpirc.errors import InputError, MeterError
 from lpirc.meters import DEFAULT_VISA_LIBRARY, check_config, list_meters, open_meter
-from lpirc.meters.measure import log_meter, measure_idle
+from lpirc.meters.measure import check_out, log_meter, measure_idle
 from lpirc.meters.sampler import MeterConfig
 from lpirc.meters.wt310 import RATES_S, SYNC_MODES
 from lpirc.preflight import stop_signals
@@ -99,14 +99,18 @@ def read_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: st
         m.close()
     i = m.info
     power = "over range" if r.over_range else "no data" if r.watts is None else f"{r.watts:g} W"
+    how = ("one data update, waited for (:COMMunicate:WAIT)" if cfg.sync == "update" else
+           "polled: read now, not synchronised with the meter's updates")
     click.echo("\n".join([
-        f"meter      {i.maker} {i.model}, serial {i.serial}, firmware {i.firmware} ({i.resource})",
+        f"meter      {i.maker} {i.model}, serial {i.serial}, firmware {i.firmware} ({i.resource})"
+        + (", SIMULATED (not a meter)" if i.simulated else ""),
         f"power      {power}" + (f" +- {spec.bound_w(r.watts, r.ranges.watts):.3g} W (meter spec)"
                                  if r.valid and r.ranges.watts else ""),
         f"voltage    {r.volts} V" if r.volts is not None else "voltage    -",
         f"current    {r.amps} A" if r.amps is not None else "current    -",
         f"ranges     {r.ranges.describe()}",
         f"interval   {m.rate_s:g} s",
+        f"sync       {how}",
         f"accuracy   {spec.describe()}",
         f"errors     {'; '.join(errs) if errs else 'none'}",
     ]))
@@ -124,14 +128,11 @@ def log_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: str
     if seconds is None:
         click.echo(f"lpirc meter: logging {meter} to {out} (Ctrl-C stops)", err=True)
     with stop_signals():  # SIGTERM ends the log as Ctrl-C does: file complete, summary printed
-        s = log_meter(cfg, out, seconds)
-    st = s.st
-    label = s.info.label() if s.info else meter
-    sync = (f"one per data update ({st.missed} update(s) missed, {st.duplicates} repeated "
-            "and skipped)" if cfg.sync == "update" else "polled, not synchronised")
-    click.echo(f"{out}: {len(st.rows)} readings of {label} at {s.rate_s:g} s, {sync}"
-               + (f", {len(st.invalid)} not measurements" if st.invalid else "")
-               + (f", {len(st.events)} meter event(s) (# lines)" if st.events else ""))
+        log = log_meter(cfg, out, seconds)
+    click.echo(log.summary())
+    lost = log.lost_error()
+    if lost is not None:  # the readings taken are written; the exit code says it was lost
+        raise lost
 
 
 @meter_group.command("idle")
@@ -142,11 +143,17 @@ def idle_cmd(meter: str, visa_library: str, rate_s: float, ranges: str, sync: st
              seconds: float, out: Path | None) -> None:
     """Measure the idle power: the baseline lpcvc-2020 subtracts."""
     cfg = _config(meter, visa_library, rate_s, ranges, sync)
+    if out is not None:
+        check_out(out, "idle baseline")  # before measuring for --seconds
     base = measure_idle(cfg, seconds)
     unc = "" if base["uncertainty_w"] is None else f" +- {base['uncertainty_w']:.3g} W (meter spec)"
     click.echo(f"idle power {base['watts']:.4g} W{unc} ({base['method']})")
     if out is not None:
-        Path(out).write_text(json.dumps(base, indent=2) + "\n")
+        try:
+            Path(out).write_text(json.dumps(base, indent=2) + "\n")
+        except OSError as e:  # checked before measuring; a race
+            raise InputError(f"{out}: cannot write the idle baseline ({e.strerror or e}); "
+                             f"measured: {json.dumps(base)}") from None
         click.echo(f"written to {out} (lpirc run --idle-baseline {out})")
 
 

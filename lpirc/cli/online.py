@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-import scoring
 from lpirc.cli._options import (account_password, clock_options, login_limits, login_options,
                                 rules_option, setting, time_limit_option)
 from lpirc.errors import InputError
@@ -64,7 +63,7 @@ def add_team_cmd(name: str, db: Path, password: str | None, organiser: bool) -> 
 @click.option("--address", help="A Ray cluster (what `ray start --head` printed): its lpirc devices run the jobs (implies --executor ray).")
 @setting(C, "executor", type=click.Choice(["local", "ray"]), help="local: lpirc run processes on this machine; ray: the fleet's Ray devices.")
 @click.option("--per-team-per-day", type=click.IntRange(min=1), help="Submissions charged per team per UTC day (429 beyond). Default: no limit.")
-@click.option("--per-team-at-once", type=click.IntRange(min=1), help="Submissions per team queued or running at once (429 beyond). Default: no limit.")
+@click.option("--per-team-at-once", type=click.IntRange(min=1), help="Submissions per team queued, running or scoring at once (429 beyond). Default: no limit.")
 @click.option("--dev-counts", type=click.Choice(["best", "latest"]), default=DEFAULT_COUNTS["dev"], show_default=True, help="Which scored submission of a team counts in the development standings.")
 @click.option("--final-counts", type=click.Choice(["best", "latest"]), default=DEFAULT_COUNTS["final"], show_default=True, help="Which scored submission of a team counts in the final standings.")
 @rules_option(C, "Rule set every run is scored under (see `lpirc rules`).")
@@ -84,8 +83,6 @@ def serve_cmd(holdout, ground_truth, final_holdout, final_ground_truth, db, host
     require_extra()
     from lpirc.online.app import serve  # Starlette, uvicorn: the online extra
 
-    if rules not in scoring.RULES:
-        raise InputError(f"unknown rule set {rules!r} (known: {', '.join(scoring.RULES)})")
     phases = {"dev": PhaseData("dev", holdout, ground_truth or holdout / "ground_truth.csv")}
     if final_holdout is not None:
         phases["final"] = PhaseData("final", final_holdout,

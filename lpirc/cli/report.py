@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-import scoring
+from lpirc.cli._options import rules_option
 from lpirc.report import REPORT, write_report
 
 
@@ -17,7 +17,7 @@ from lpirc.report import REPORT, write_report
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
               help=f"HTML file to write. Default: RUN/{REPORT} for one run folder, else ./{REPORT}.")
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label. Default: the one each run's manifest names.")
-@click.option("--rules", type=click.Choice(list(scoring.RULES)), help="Score every run under this rule set. Default: each run's own.")
+@rules_option(None, "Score every run under this rule set. Default: each run's own.")
 @click.option("--labels", type=click.Path(path_type=Path), help="Class names (1000 or 1001 lines). Default: a labels file beside the run's model, else synset IDs.")
 @click.option("--title", help="Page title.")
 def report_cmd(runs, out, ground_truth, rules, labels, title) -> None:

@@ -9,13 +9,14 @@ from pathlib import Path
 import click
 
 import scoring
+from lpirc.cli._options import rules_option
 from lpirc.errors import InputError
 
 
 @click.command("score")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--ground-truth", type=click.Path(path_type=Path), help="CSV filename,label (synset or class index 0..999). Default: the ground truth named in each run's manifest.")
-@click.option("--rules", "rules_name", default=scoring.DEFAULT_RULES, show_default=True, help="Rule set (see `lpirc rules`).")
+@rules_option(scoring.DEFAULT_RULES, "Rule set (see `lpirc rules`).", "--rules", "rules_name")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True, help="table: for people; json: the score.json object (a list for several runs); csv: ranked leaderboard, one row per run.")
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy and the most confused class pairs.")
 @click.option("--labels", type=click.Path(path_type=Path), help="Class names for the per-class view (implies --per-class): 1000 or 1001 lines (e.g. imagenet_labels.txt). Default: synset IDs.")

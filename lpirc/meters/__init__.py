@@ -39,15 +39,19 @@ class MeterInfo:
     firmware: str  # "F1.03"
     resource: str  # the VISA resource name
     driver: str = ""  # the manual the driver follows, and what it was tested against
+    #: True when the instrument identified itself as a simulation (tests/wt310_sim.py,
+    #: tests/wt310_sim.yaml): every figure it gives is then labelled "simulated".
+    simulated: bool = False
 
     def label(self) -> str:
-        """``WT310 C2XXXXXXX``: the name an energy figure carries."""
-        return f"{self.model} {self.serial}"
+        """``WT310 C2XXXXXXX`` (``simulated WT310 C2SIM0001`` for a simulation): the name an
+        energy figure carries."""
+        return ("simulated " if self.simulated else "") + f"{self.model} {self.serial}"
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "maker": self.maker, "model": self.model,
                 "serial": self.serial, "firmware": self.firmware, "resource": self.resource,
-                "driver": self.driver}
+                "driver": self.driver, "simulated": self.simulated}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,10 @@ def _sync_json(s: Sampler) -> dict[str, Any]:
     if s.cfg.sync == "update":
         out.update({"updates_read": st.fresh, "updates_missed": st.missed,
                     "duplicates_skipped": st.duplicates})
+        unsync = s.unsynchronised()
+        if unsync:  # the answers claimed more updates than the meter's interval allows
+            out["synchronised"] = False
+            out["note"] = unsync
     return out
 
 
@@ -159,8 +165,11 @@ def run_energy(s: Sampler, start: float, end: float,
             method += f", +-{format_wh(unc)} Wh (meter spec)"
         if any(r.get("auto") for r in s.st.ranges):
             method += ", auto range"
+        unsync = s.unsynchronised()
         if s.cfg.sync != "update":
             method += ", polled (not synchronised with the meter's updates)"
+        elif unsync:
+            method += f", {unsync.split(':')[0]} (the meter answered faster than it updates)"
         elif s.st.missed:
             method += f", {s.st.missed} of {s.st.fresh + s.st.missed} updates missed"
         mwh = meter["integrator"].get("wh")
@@ -227,10 +236,89 @@ def measure_idle(cfg: MeterConfig, seconds: float) -> dict[str, Any]:
     }
 
 
-def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> Sampler:
+def check_out(path: Path, what: str) -> None:
+    """Refuse, before the meter is read, an output file that cannot be written: InputError
+    naming ``path`` and why (its folder missing, a folder given, no permission). ``what``
+    names the file ("meter log", "idle baseline")."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise InputError(f"{path}: cannot write the {what}: it is a folder (give a file name)")
+    if not parent.exists():
+        raise InputError(f"{path}: cannot write the {what}: the folder {parent} does not exist")
+    if not parent.is_dir():
+        raise InputError(f"{path}: cannot write the {what}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists()
+                                                     and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: cannot write the {what}: permission denied")
+
+
+@dataclass
+class MeterLog:
+    """What ``lpirc meter log`` logged: the stopped sampler, the file, and the log's window
+    (unix s, this host's clock)."""
+
+    sampler: Sampler
+    path: Path
+    start: float
+    end: float
+
+    def outages(self) -> list[dict[str, Any]]:
+        """The times the meter stopped answering, with the updates missed (Sampler.outages)."""
+        return self.sampler.outages(self.end)
+
+    def summary(self) -> str:
+        """One line: what was logged, how it was synchronised, what went wrong. E.g.
+        ``m.csv: 29 readings of WT310 C2SIM0001 at 0.1 s, one per data update (0 update(s)
+        missed, 0 repeated and skipped)``."""
+        s, st = self.sampler, self.sampler.st
+        label = s.info.label() if s.info else s.cfg.spec
+        lost = self.outages()
+        missed = st.missed + sum(o["missed_updates"] for o in lost)
+        unsync = s.unsynchronised()
+        if s.cfg.sync != "update":
+            sync = "polled, not synchronised"
+        elif unsync:
+            sync = unsync
+        else:
+            sync = (f"one per data update ({missed} update(s) missed, {st.duplicates} "
+                    "repeated and skipped)")
+        text = (f"{self.path}: {len(st.rows)} readings of {label} at {s.rate_s:g} s, {sync}"
+                + (f", {len(st.invalid)} not measurements" if st.invalid else "")
+                + (f", {len(st.events)} meter event(s) (# lines)" if st.events else ""))
+        for o in lost:
+            text += f"; {self._outage(o)}"
+        return text
+
+    def _outage(self, o: dict[str, Any]) -> str:
+        since = o["last_reading"] if o["last_reading"] is not None else o["at"]
+        when = dt.datetime.fromtimestamp(since, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        back = ("did not answer again before the end" if o["back"] is None
+                else f"answered again {o['back'] - self.start:.1f} s in")
+        return (f"meter lost after its reading at {when} UTC ({since - self.start:.1f} s into "
+                f"the log), {back}: about {o['missed_updates']} update(s) not read")
+
+    def lost_error(self) -> MeterError | None:
+        """The error ``lpirc meter log`` exits with (7) when the meter stopped answering
+        during the log; None when it answered throughout."""
+        lost = self.outages()
+        if not lost:
+            return None
+        o, s = lost[0], self.sampler
+        label = s.info.label() if s.info else s.cfg.spec
+        return MeterError(f"meter {label} stopped answering (found gone {o['at'] - self.start:.1f} s "
+                          f"into the log: {o['why']}); the {len(s.st.rows)} readings taken are "
+                          f"in {self.path}")
+
+
+def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> MeterLog:
     """Log the meter into ``out`` (the ``--power-log`` format) for ``seconds``, or until
-    Ctrl-C (KeyboardInterrupt ends it cleanly: the file is complete). Returns the stopped
-    sampler (its state says what it logged). MeterError when the meter cannot be opened."""
+    Ctrl-C (KeyboardInterrupt ends it cleanly: the file is complete). Returns what was logged
+    (the stopped sampler, the window); a meter that stopped answering on the way is in its
+    ``outages()``, its readings kept. InputError, before the meter is opened, when ``out``
+    cannot be written; MeterError when the meter cannot be opened."""
+    check_out(out, "meter log")
+    start = time.time()
     s = Sampler(cfg).start()
     if s.st.absent:
         s.stop()
@@ -243,8 +331,9 @@ def log_meter(cfg: MeterConfig, out: Path, seconds: float | None = None) -> Samp
     except KeyboardInterrupt:
         pass
     finally:
+        t_end = time.time()
         s.stop()
-    return s
+    return MeterLog(s, Path(out), start, t_end)
 
 
 def read_idle(path: Path) -> dict[str, Any]:

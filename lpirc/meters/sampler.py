@@ -31,13 +31,14 @@ as a cross-check.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lpirc.errors import MeterError
+from lpirc.errors import InputError, MeterError
 from lpirc.meters import DEFAULT_VISA_LIBRARY, AccuracySpec, MeterInfo, Reading, open_meter
 
 POWER_LOG = "power_log.csv"
@@ -80,6 +81,12 @@ class _State:
     fresh: int = 0  # readings taken (valid or not), each a new update when synchronised
     duplicates: int = 0  # readings skipped: the meter said no new update (sync only)
     missed: int = 0  # updates not read: the gaps between readings' times, in intervals - 1
+    #: each time the meter stopped answering: {"last_reading": t of the last fresh reading
+    #: (None: none yet), "at": when lpirc found it gone, "back": when it answered again (None:
+    #: not before the end), "why": the error} (unix s, this host's clock)
+    outages: list[dict] = field(default_factory=list)
+    first_t: float | None = None  # the first and last fresh readings' times (unix s)
+    last_t: float | None = None
 
 
 class Sampler:
@@ -115,16 +122,30 @@ class Sampler:
 
     def attach(self, path: Path) -> None:
         """Write the log to ``path`` from now on (rows taken before are written first)."""
-        f = open(path, "w", encoding="utf-8")
+        try:
+            f = open(path, "w", encoding="utf-8")
+        except OSError as e:  # lpirc meter log checks before opening the meter; a race
+            raise InputError(f"{path}: cannot write the meter log ({e.strerror or e})") from None
         with self._lock:
             self.path = Path(path)
             f.write(f"# lpirc meter log ({self.cfg.spec}); {COLUMNS.count(',') + 1} columns; "
                     "'#' lines are readings that are not measurements, and meter events\n")
+            f.write(f"# {self.header()}\n")
             f.write(COLUMNS + "\n")
             f.writelines(self._pending)
             f.flush()
             self._pending.clear()
             self._file = f
+
+    def header(self) -> str:
+        """The log's provenance line (written as a ``#`` line at the top of the log): the
+        meter, its interval and how readings were synchronised."""
+        who = (f"{self.info.label()}, firmware {self.info.firmware}" if self.info
+               else self.cfg.spec)
+        how = {"update": "update: one reading per data update of the meter (:COMMunicate:WAIT)",
+               "poll": "poll: read once per interval on this host's clock, not synchronised "
+                       "with the meter's updates"}.get(self.cfg.sync, self.cfg.sync)
+        return f"meter: {who}; interval {self.rate_s:g} s; sync (requested) {how}"
 
     def wait_past(self, t_end: float, max_wait_s: float | None = None) -> None:
         """Wait until a reading taken at or after ``t_end`` (unix s) is in, the meter is lost,
@@ -144,10 +165,44 @@ class Sampler:
         if self._thread.is_alive():
             # a synchronised read waits up to one update interval more
             self._thread.join(self.cfg.timeout_s * 3 + 2.0 + self.rate_s)
+        unsync = self.unsynchronised()
         with self._lock:
+            if self._file is not None and unsync and not self._file.closed:
+                self._file.write(f"# {time.time():.3f} meter: sync checked at the end: {unsync}\n")
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+    def outages(self, end: float) -> list[dict]:
+        """Each time the meter stopped answering (see ``_State.outages``), with
+        ``missed_updates``: the updates that ended between the last reading before it and its
+        return (or ``end``, unix s, when it did not come back), none of them read."""
+        with self._lock:
+            out = [dict(o) for o in self.st.outages]
+        for o in out:
+            until = o["back"] if o["back"] is not None else end
+            since = o["last_reading"] if o["last_reading"] is not None else o["at"]
+            # a reading's time is the middle of its interval: its update ended rate/2 later
+            o["missed_updates"] = max(0, math.floor((until - since - self.rate_s / 2)
+                                                    / self.rate_s))
+        return out
+
+    def unsynchronised(self) -> str | None:
+        """With ``sync="update"``: why the readings were not one per data update although
+        each answer said so -- more fresh readings than the meter's update interval allows
+        (an instrument, or pyvisa-sim, that answers ``:COMMunicate:WAIT`` at once and sets
+        the update bit every time) -- or None. Polled: None (the label says polled)."""
+        st = self.st
+        if self.cfg.sync != "update" or st.fresh < 4 or st.first_t is None:
+            return None
+        span = st.last_t - st.first_t
+        possible = span / self.rate_s + 1
+        if st.fresh <= 1.25 * possible + 2:
+            return None
+        return (f"not synchronised: {st.fresh} readings each claimed a new data update in "
+                f"{span:.1f} s, where the meter's {self.rate_s:g} s interval allows about "
+                f"{possible:.0f} (the instrument did not wait for its updates): readings are "
+                "as polled, repeats not detected")
 
     # --- the thread ------------------------------------------------------------------------
 
@@ -212,6 +267,9 @@ class Sampler:
                     checked = time.monotonic()
                     self._check_errors(meter)
             except MeterError as e:
+                with self._lock:
+                    self.st.outages.append({"last_reading": self._last_t, "at": time.time(),
+                                            "back": None, "why": str(e)})
                 self._event(f"lost: {e}")
                 meter.close()
                 meter = self._reconnect_loop(e)
@@ -243,6 +301,8 @@ class Sampler:
             with self._lock:
                 self.st.reconnected = True
                 self._last_t = None  # the outage is a gap, not missed updates
+                if self.st.outages and self.st.outages[-1]["back"] is None:
+                    self.st.outages[-1]["back"] = time.time()
             self._event(f"reconnected ({self.info.label() if self.info else self.cfg.spec})")
             return meter
         return None
@@ -277,6 +337,8 @@ class Sampler:
                 self.st.missed += max(0, round((r.t - self._last_t) / self.rate_s) - 1)
             self._last_t = r.t
             self.st.fresh += 1
+            self.st.first_t = r.t if self.st.first_t is None else self.st.first_t
+            self.st.last_t = r.t
         return True
 
     def _add(self, r: Reading) -> None:

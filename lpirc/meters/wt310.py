@@ -81,6 +81,8 @@ SYNC_QUERY = ":COMMunicate:WAIT 1;:STATus:EESR?;:NUMeric:NORMal:VALue?"
 #: What the driver follows, recorded with every meter reading's provenance.
 DRIVER = ("lpirc wt310 driver: IM WT310-17EN 1st ed. (WT300 command set), accuracy IM WT310-02EN "
           "7.3.2; tested against a simulation only")
+#: Serials of lpirc's simulations (tests/wt310_sim.py, tests/wt310_sim.yaml) begin so.
+SIM_SERIAL_PREFIX = "C2SIM"
 #: USBTMC identity of the WT310 family (vendor Yokogawa 0x0B21, product 0x0025).
 USB_VENDOR, USB_PRODUCT = 0x0B21, 0x0025
 #: Update intervals the meter offers (s) (IM WT310-17EN §6 RATE group).
@@ -176,7 +178,7 @@ class WT310:
             raise MeterError(f"meter {self.resource}: *IDN? answered {idn[:80]!r}, not a "
                              "Yokogawa WT310/WT330")
         self.info = MeterInfo("wt310", parts[0], parts[1], parts[2], parts[3], self.resource,
-                              DRIVER)
+                              DRIVER, simulated=is_simulation(parts))
         return self.info
 
     # --- the wire --------------------------------------------------------------------------
@@ -369,6 +371,15 @@ class WT310:
             self.inst.close()
         except Exception:
             pass
+
+
+def is_simulation(idn_fields: list[str]) -> bool:
+    """Whether a ``*IDN?`` answer (split at commas) is a simulation's: lpirc's simulations
+    (tests/wt310_sim.py, tests/wt310_sim.yaml) add a fifth field ``SIMULATED`` and use serials
+    beginning ``C2SIM``; a WT310 answers four fields (IM WT310-17EN, ``*IDN?``)."""
+    extra = [f.strip().upper() for f in idn_fields[4:]]
+    serial = idn_fields[2].strip().upper() if len(idn_fields) > 2 else ""
+    return any(f.startswith("SIMULAT") for f in extra) or serial.startswith(SIM_SERIAL_PREFIX)
 
 
 def check_settings(rate_s: float, ranges: str, sync: str = "update") -> None:

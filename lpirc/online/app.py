@@ -90,6 +90,8 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn  # only to serve
 
     Path(cfg.db).parent.mkdir(parents=True, exist_ok=True)
+    lock_path = Path(str(cfg.db) + ".lock")
+    made_lock, listening = not lock_path.exists(), False
     lock = _lock_db(Path(cfg.db), "lpirc online service")
     try:
         svc = Service(cfg, announce)
@@ -114,6 +116,7 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
                  f"device(s) ready{' at ' + cfg.address if cfg.address else ''}: "
                  f"{', '.join(labels)}; quota {quota}; "
                  f"rules {cfg.rules}, time limit {cfg.time_limit_s:g} s; db {cfg.db})")
+        listening = True
         if svc.scheduler.recovered:
             announce(f"lpirc online: submission(s) {', '.join(map(str, svc.scheduler.recovered))}"
                      " were running when the service stopped: queued again (not charged)")
@@ -130,5 +133,7 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
             announce(f"lpirc online: stopped after {time.time() - t0:.0f} s; queued and running "
                      f"submissions resume when it is started again on {cfg.db}")
     finally:
+        if made_lock and not listening:  # a service that never started leaves no lock file
+            lock_path.unlink(missing_ok=True)
         lock.close()
 

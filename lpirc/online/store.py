@@ -31,7 +31,8 @@ from typing import Any
 
 from lpirc.errors import InputError
 from lpirc.online.config import PHASES, STATES
-from lpirc.referee.store import check_account, hash_password, insert_account, verify_login
+from lpirc.referee.store import (check_account, create_private_file, hash_password, insert_account,
+                                 verify_login)
 
 SCHEMA_VERSION = 2  # 2: the state 'scoring' (schema 1's files are upgraded when opened)
 APPLICATION_ID = 0x4C504F4E  # "LPON"
@@ -160,6 +161,8 @@ class Store:
         self._lock = threading.Lock()
         if self.path.is_dir():
             raise InputError(f"{self.path}: is a folder, expected the online database file")
+        if not self.path.exists():  # a missing folder is one line saying so (referee's words)
+            create_private_file(self.path, "the online database")
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                        timeout=10.0)

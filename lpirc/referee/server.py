@@ -339,15 +339,16 @@ def serve(cfg: RefereeConfig, host: str = "127.0.0.1", port: int = 8000, announc
     lock = _lock_db(Path(cfg.db))  # held until the process ends, kill -9 included
     try:
         referee = Referee(cfg, announce)
+        try:
+            sock = bind(host, port)
+        except OSError as e:
+            raise InputError(f"{host}:{port}: cannot listen ({e.strerror or e})") from None
     except Exception:
-        if made_lock:  # a referee that never started leaves no lock file behind
+        # a referee that never started (bad input, the address in use) leaves no lock file
+        if made_lock:
             lock_path.unlink(missing_ok=True)
         lock.close()
         raise
-    try:
-        sock = bind(host, port)
-    except OSError as e:
-        raise InputError(f"{host}:{port}: cannot listen ({e.strerror or e})") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     announce(f"lpirc referee: listening on http://{shown}:{bound} ({referee.count} images from "

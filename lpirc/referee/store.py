@@ -185,6 +185,19 @@ def _has_meta(db: sqlite3.Connection) -> bool:
                       ).fetchone() is not None
 
 
+def create_private_file(path: Path, what: str) -> None:
+    """Make ``path`` an empty file readable by its owner only (0600; an empty file made by
+    someone else becomes ours), for a database that holds password hashes. InputError naming
+    ``path`` and ``what`` when it cannot be made, e.g. "/nonexistent/x.sqlite: cannot create
+    the referee database (No such file or directory)": a missing folder is said as such, not
+    as a file that is not a database."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError as e:
+        raise InputError(f"{path}: cannot create {what} ({e.strerror or e})") from None
+
+
 def _check_or_create(path: Path, create: bool) -> None:
     """Make a new database file 0600 (``create``), or check, read-only, that an existing one is
     a referee database. InputError (nothing written) for a missing file when not ``create``,
@@ -192,12 +205,7 @@ def _check_or_create(path: Path, create: bool) -> None:
     if not path.exists() or (create and path.is_file() and path.stat().st_size == 0):
         if not create:
             raise InputError(f"{path}: referee database not found")
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-            os.chmod(path, 0o600)  # an empty file made by someone else: ours now
-        except OSError as e:
-            raise InputError(f"{path}: cannot create the referee database "
-                             f"({e.strerror or e})") from None
+        create_private_file(path, "the referee database")
         return
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a referee database; nothing written")
