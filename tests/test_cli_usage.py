@@ -81,24 +81,24 @@ def test_add_team_in_a_missing_folder_says_it_cannot_create_the_database(group, 
     assert not db.parent.exists()
 
 
-def test_referee_serve_on_a_port_in_use_leaves_no_lock_file(lpirc, tmp_path, small_holdout):
-    pytest.importorskip("starlette")
-    db = tmp_path / "referee.sqlite"
+def serve_on_a_taken_port(lpirc, tmp_path, holdout, db):
+    """`lpirc referee serve` on a port another socket listens on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        r = lpirc("referee", "serve", "--holdout", small_holdout, "--db", db, "--port", port,
-                  cwd=tmp_path)
+        return lpirc("referee", "serve", "--holdout", holdout, "--db", db, "--port", port,
+                     cwd=tmp_path), port
+
+
+def test_referee_serve_on_a_port_in_use_leaves_no_lock_file(lpirc, tmp_path, small_holdout):
+    pytest.importorskip("starlette")
+    db = tmp_path / "referee.sqlite"
+    r, port = serve_on_a_taken_port(lpirc, tmp_path, small_holdout, db)
     assert r.returncode == 5, r.stderr
     assert r.stderr.startswith(f"lpirc: error: 127.0.0.1:{port}: cannot listen (")
     assert not (tmp_path / "referee.sqlite.lock").exists(), sorted(p.name for p in tmp_path.iterdir())
     # a lock file that was there before (another referee's, a previous run's) is left alone
     (tmp_path / "referee.sqlite.lock").write_text("")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        r = lpirc("referee", "serve", "--holdout", small_holdout, "--db", db, "--port", port,
-                  cwd=tmp_path)
+    r, port = serve_on_a_taken_port(lpirc, tmp_path, small_holdout, db)
     assert r.returncode == 5 and (tmp_path / "referee.sqlite.lock").exists(), r.stderr

@@ -74,6 +74,17 @@ class Flood:
                 self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - t)))
 
 
+def closed(s: socket.socket) -> bool:
+    """Whether the server closed ``s`` (a read sees EOF or an error within 10 ms)."""
+    s.settimeout(0.01)
+    try:
+        return s.recv(1) == b""
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
 @pytest.mark.slow
 def test_login_flood_costs_only_the_hashing_budget(holdout, tmp_path):
     """30 connections from 127.0.0.2 post wrong passwords (for a real team and for names that
@@ -287,15 +298,6 @@ def test_idle_sockets_are_capped_and_timed_out(holdout, tmp_path):
                 assert ref.post("/zipimages", token=token, image_name=str(first)).status_code == 200
             served_s = time.monotonic() - t0
 
-            def closed(s: socket.socket) -> bool:
-                s.settimeout(0.01)
-                try:
-                    return s.recv(1) == b""
-                except (TimeoutError, BlockingIOError):
-                    return False
-                except OSError:
-                    return True
-
             time.sleep(1.0)
             early = sum(closed(s) for s in socks)
             wait_for(lambda: all(closed(s) for s in socks),
@@ -423,15 +425,6 @@ def test_limits_given_on_the_command_line_are_the_ones_clients_hit(holdout, tmp_
                 s = socket.create_connection(("127.0.0.1", port), timeout=30,
                                              source_address=("127.0.3.2", 0))
                 socks.append(s)
-
-            def closed(s: socket.socket) -> bool:
-                s.settimeout(0.01)
-                try:
-                    return s.recv(1) == b""
-                except (TimeoutError, BlockingIOError):
-                    return False
-                except OSError:
-                    return True
 
             wait_for(lambda: all(closed(s) for s in socks), timeout=60, step=0.2)
         finally:

@@ -48,6 +48,38 @@ def _nr3(x: float) -> str:
     return f"{x:.4E}".replace("E+0", "E+0").replace("E-0", "E-0")
 
 
+def listen(port: int, on_conn) -> socket.socket:
+    """A listening socket on 127.0.0.1:``port`` (0: any free port) whose connections are each
+    served by ``on_conn(conn)`` on a daemon thread of their own."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(4)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=on_conn, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv
+
+
+def close_listener(srv: socket.socket | None) -> None:
+    """Close a socket from :func:`listen` (None: nothing), waking its blocked accept()."""
+    if srv is None:
+        return
+    try:
+        srv.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    srv.close()
+
+
+
 class SimWT310:
     def __init__(self, watts: float = 50.0, volts: float = 100.0, pattern: str = "constant",
                  low_watts: float = 10.0, period_s: float = 1.0, serial: str = "C2SIM0001",
@@ -123,13 +155,8 @@ class SimWT310:
     # --- the server ------------------------------------------------------------------------
 
     def start(self) -> int:
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", self.port))
-        srv.listen(4)
-        self.port = srv.getsockname()[1]
-        self._srv = srv
-        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+        self._srv = listen(self.port, self._accepted)
+        self.port = self._srv.getsockname()[1]
         return self.port
 
     @property
@@ -138,12 +165,7 @@ class SimWT310:
 
     def stop(self) -> None:
         srv, self._srv = self._srv, None
-        if srv is not None:
-            try:
-                srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
-            except OSError:
-                pass
-            srv.close()
+        close_listener(srv)
         for c in list(self._conns):
             try:
                 c.shutdown(socket.SHUT_RDWR)
@@ -152,14 +174,9 @@ class SimWT310:
             c.close()
         self._conns.clear()
 
-    def _accept(self, srv: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        self._conns.append(conn)
+        self._serve(conn)
 
     def _serve(self, conn: socket.socket) -> None:
         buf = b""

@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 
-from wt310_sim import SimWT310
+from wt310_sim import SimWT310, close_listener, listen
 
 PROG, VERS = 0x0607AF, 1
 CREATE_LINK, DEVICE_WRITE, DEVICE_READ, DEVICE_READSTB = 10, 11, 12, 13
@@ -91,31 +91,13 @@ class Vxi11Server:
         return f"TCPIP::127.0.0.1,{self.port}::INSTR"
 
     def start(self) -> int:
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", self.port))
-        srv.listen(4)
-        self.port = srv.getsockname()[1]
-        self._srv = srv
-        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+        self._srv = listen(self.port, self._serve)
+        self.port = self._srv.getsockname()[1]
         return self.port
 
     def stop(self) -> None:
         srv, self._srv = self._srv, None
-        if srv is not None:
-            try:
-                srv.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            srv.close()
-
-    def _accept(self, srv: socket.socket) -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        close_listener(srv)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
