@@ -201,9 +201,8 @@ def test_ray_lines_go_to_its_log_not_the_fleet_output(tmp_path, small_holdout, r
         for line in p.stderr:
             seen.append(line)
             if line.startswith("running") and killed is None:
-                worker = next(q for q in psutil.process_iter(["cmdline"])
-                              if (q.info["cmdline"] or [""])[0].startswith("ray::DeviceWorker")
-                              and run_child(q.pid, timeout_s=30) is not None)
+                worker = next(q for q in fleet_workers(p.pid)
+                              if run_child(q.pid, timeout_s=30) is not None)
                 killed = worker.pid
                 worker.kill()
                 break
@@ -351,6 +350,24 @@ def cluster(tmp_path_factory, small_holdout):
 def _cfg(tmp_path: Path, holdout: Path, **kw) -> fleet.FleetConfig:
     return fleet.FleetConfig(holdout, holdout / "ground_truth.csv", tmp_path / "fleet",
                              db=tmp_path / "standings.sqlite", **kw)
+
+
+def fleet_workers(head_pid: int) -> list[psutil.Process]:
+    """The Ray device workers (``ray::DeviceWorker``) below the fleet head ``head_pid`` (its
+    local Ray instance's raylet starts them): not another fleet's on the same machine, which a
+    test once killed instead, in two test runs side by side."""
+    try:
+        below = psutil.Process(head_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for q in below:
+        try:
+            if (q.cmdline() or [""])[0].startswith("ray::DeviceWorker"):
+                out.append(q)
+        except psutil.Error:
+            continue
+    return out
 
 
 def run_child(pid: int, timeout_s: float = 30) -> psutil.Process | None:
