@@ -27,20 +27,10 @@ import numpy as np
 
 from lpirc.energy import format_wh, power_log_wh, read_power_log
 from lpirc.errors import InputError, MeterError
-from lpirc.meters.sampler import GAP_INTERVALS, GAP_MIN_S, MeterConfig, Sampler
+from lpirc.meters.sampler import GAP_INTERVALS, GAP_MIN_S, SYNC_HOW, MeterConfig, Sampler
 from lpirc.results import read_json
 
 
-#: How the readings were timed, by ``MeterConfig.sync`` (the manifest's ``meter.sync.how``).
-SYNC_HOW = {
-    "update": ("each reading waited for the meter's next data update (:STATus:FILTer1 FALL; "
-               ":COMMunicate:WAIT 1;:STATus:EESR?;:NUMeric:NORMal:VALue?, IM WT310-17EN 5.5 and "
-               "7.4): one reading per update, placed at the middle of the interval it is the "
-               "mean of (the update's time minus half an interval)"),
-    "poll": ("read once per update interval on this host's clock, not synchronised with the "
-             "meter's updates: a reading may repeat an update or miss one (not counted), "
-             "placed one interval before its answer"),
-}
 
 
 def _sync_json(s: Sampler) -> dict[str, Any]:

@@ -50,6 +50,18 @@ RECONNECT_S = 1.0  # how often a lost meter is tried again
 ERRORS_EVERY_S = 5.0  # how often the meter's error queue is read while sampling (and at the end)
 
 
+#: How the readings were timed, by ``MeterConfig.sync`` (the manifest's ``meter.sync.how``).
+SYNC_HOW = {
+    "update": ("each reading waited for the meter's next data update (:STATus:FILTer1 FALL; "
+               ":COMMunicate:WAIT 1;:STATus:EESR?;:NUMeric:NORMal:VALue?, IM WT310-17EN 5.5 and "
+               "7.4): one reading per update, placed at the middle of the interval it is the "
+               "mean of (the update's time minus half an interval)"),
+    "poll": ("read once per update interval on this host's clock, not synchronised with the "
+             "meter's updates: a reading may repeat an update or miss one (not counted), "
+             "placed one interval before its answer"),
+}
+
+
 @dataclass(frozen=True)
 class MeterConfig:
     """How ``lpirc run --meter`` / ``lpirc meter ...`` use a meter."""
@@ -142,9 +154,7 @@ class Sampler:
         meter, its interval and how readings were synchronised."""
         who = (f"{self.info.label()}, firmware {self.info.firmware}" if self.info
                else self.cfg.spec)
-        how = {"update": "update: one reading per data update of the meter (:COMMunicate:WAIT)",
-               "poll": "poll: read once per interval on this host's clock, not synchronised "
-                       "with the meter's updates"}.get(self.cfg.sync, self.cfg.sync)
+        how = f"{self.cfg.sync}: {SYNC_HOW.get(self.cfg.sync, self.cfg.sync)}"
         return f"meter: {who}; interval {self.rate_s:g} s; sync (requested) {how}"
 
     def wait_past(self, t_end: float, max_wait_s: float | None = None) -> None:
