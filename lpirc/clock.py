@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from scoring.rules import inference_budget_ms
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -26,19 +28,29 @@ class Budget:
     ends_at: float | None = None
 
     @property
-    def inference_budget_s(self) -> float | None:
+    def inference_budget_ms(self) -> float | None:
+        """Summed invoke time allowed under the inference clock, ms (the scorer's own rule,
+        ``scoring.rules.inference_budget_ms``); None under the wall clock."""
         if self.clock != "inference":
             return None
-        return self.ms_per_image * self.images / 1000.0
+        return inference_budget_ms(self.ms_per_image, self.images)
 
-    def exhausted(self, wall_s: float, inference_s: float) -> bool:
+    @property
+    def inference_budget_s(self) -> float | None:
+        """:attr:`inference_budget_ms` in seconds, for people and the manifest."""
+        ms = self.inference_budget_ms
+        return None if ms is None else ms / 1000.0
+
+    def exhausted(self, wall_s: float, inference_ms: float) -> bool:
+        """True once the run must stop: ``wall_s`` (s) past the wall limit, the session's end
+        reached, or ``inference_ms`` (summed invoke time, ms) at the inference budget."""
         if wall_s >= self.time_limit_s:
             return True
         if self.ends_at is not None and time.monotonic() >= self.ends_at:
             return True
-        limit = self.inference_budget_s
+        limit = self.inference_budget_ms
         # images 0: a feed that has given none yet (its budget grows with the images taken)
-        return limit is not None and self.images > 0 and inference_s >= limit
+        return limit is not None and self.images > 0 and inference_ms >= limit
 
     def wall_left_s(self, wall_s: float) -> float:
         left = self.time_limit_s - wall_s

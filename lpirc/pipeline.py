@@ -41,6 +41,7 @@ from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions,
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
+from scoring.rules import within_inference_budget
 
 #: Images per chunk handed to a worker at batch 1 when the run starts and near its end: large
 #: enough that pipe overhead is noise, small enough that the first answer comes soon and the
@@ -471,7 +472,7 @@ class Dispatcher:
         self.deaths = 0
         self.answered_at_last_death = 0
         self.answered = self.failed = self.late = 0
-        self.inference_s = 0.0
+        self.inference_ms = 0.0  # summed in answer order, as the scorer sums them
         self.ready_info: WorkerReady | None = None
         self.fatal: Fatal | None = None  # the first fatal failure: every worker runs the model
         self.notes: list[str] = []
@@ -496,7 +497,7 @@ class Dispatcher:
         return items
 
     def over_budget(self) -> bool:
-        return self.budget.exhausted(self.clock(), self.inference_s)
+        return self.budget.exhausted(self.clock(), self.inference_ms)
 
     def chunk_for(self, w: _Worker) -> int:
         """Images for ``w``'s next chunk: small for a worker's first chunks (the first answer
@@ -509,9 +510,9 @@ class Dispatcher:
         if self.source.total is not None:
             if self.source.total - self.taken + len(self.retry) < ahead:
                 return self.small_chunk
-        limit, done = self.budget.inference_budget_s, self.answered + self.failed
-        if limit is not None and (not done or limit - self.inference_s
-                                  < self.inference_s / done * ahead):
+        limit, done = self.budget.inference_budget_ms, self.answered + self.failed
+        if limit is not None and (not done or limit - self.inference_ms
+                                  < self.inference_ms / done * ahead):
             return self.small_chunk
         return self.big_chunk
 
@@ -542,13 +543,15 @@ class Dispatcher:
         if self.first_answer_s is None and answers:
             self.first_answer_s = t
         names = dict(items)
-        limit = self.budget.inference_budget_s
+        limit = self.budget.inference_budget_ms
         recs = []
         for a in answers:
-            self.inference_s += a.inference_ms / 1000.0
-            # per image, as the scorer judges it: the answer that takes the summed invoke time
-            # past the inference budget is late, not the whole chunk after it
-            is_late = over or (limit is not None and self.inference_s > limit)
+            self.inference_ms += a.inference_ms
+            # per image, by the scorer's own rule and arithmetic (ms, summed in answer order):
+            # the answer that takes the summed invoke time past the budget is late, not the
+            # whole chunk after it
+            is_late = over or (limit is not None
+                               and not within_inference_budget(self.inference_ms, limit))
             recs.append(Record.of(names[a.index], a, t, w.wid, is_late))
             if a.error is None:
                 self.answered += 1
@@ -684,7 +687,7 @@ class Dispatcher:
         if self.fatal is not None:  # every worker runs the same model: one failure is all
             return "failed"
         if self.progress is not None:
-            self.progress(self.answered + self.failed, self.clock(), self.inference_s)
+            self.progress(self.answered + self.failed, self.clock(), self.inference_ms / 1000.0)
         return None
 
     def run(self) -> PipelineOutcome:
@@ -705,9 +708,9 @@ class Dispatcher:
                                                     msg.decoded_by),
                   self.status)
         if self.progress is not None:
-            self.progress(self.answered + self.failed, self.clock(), self.inference_s)
+            self.progress(self.answered + self.failed, self.clock(), self.inference_ms / 1000.0)
         return PipelineOutcome(
-            status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_s,
+            status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_ms / 1000.0,
             answered=self.answered, failed=self.failed, late=self.late, ready=self.ready_info,
             error=self.fatal, notes=self.notes, first_answer_s=self.first_answer_s,
             images_taken=self.taken, budget=self.budget, decoded_by=dict(self.decoded_by))
