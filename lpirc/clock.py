@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from scoring.rules import inference_budget_ms
+from scoring.rules import inference_budget_ms, past_time_limit, within_inference_budget
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,19 @@ class Budget:
         limit = self.inference_budget_ms
         # images 0: a feed that has given none yet (its budget grows with the images taken)
         return limit is not None and self.images > 0 and inference_ms >= limit
+
+    def late(self, t_s: float, summed_ms: float) -> bool:
+        """Whether an answer logged at ``t_s`` (s on the run's clock, as logged), with
+        ``summed_ms`` of invoke time summed up to and including it, is logged ``late``: past the
+        wall limit or the inference budget by the scorer's own rules
+        (``scoring.rules.past_time_limit``, ``within_inference_budget``), or after the
+        session's end (``ends_at``, which the scorer learns only through this flag)."""
+        if past_time_limit(t_s, self.time_limit_s):
+            return True
+        if self.ends_at is not None and time.monotonic() >= self.ends_at:
+            return True
+        limit = self.inference_budget_ms
+        return limit is not None and not within_inference_budget(summed_ms, limit)
 
     def wall_left_s(self, wall_s: float) -> float:
         left = self.time_limit_s - wall_s

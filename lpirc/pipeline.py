@@ -41,7 +41,6 @@ from lpirc.preprocess import (ImageError, InputShapeError, PreprocessOptions,
 from lpirc.settings import RunSettings
 from lpirc.sources import FolderSource, ImageSource
 from scoring.records import Answer, Record
-from scoring.rules import within_inference_budget
 
 #: Images per chunk handed to a worker at batch 1 when the run starts and near its end: large
 #: enough that pipe overhead is noise, small enough that the first answer comes soon and the
@@ -534,7 +533,7 @@ class Dispatcher:
 
     # --- answers -----------------------------------------------------------------------------
 
-    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list, over: bool,
+    def record(self, w: _Worker, items: list[tuple[int, str]], answers: list,
                decoded_by: tuple = ()) -> None:
         """Turn a chunk's answers into records (late past the budget) and pass them on."""
         for name, n in decoded_by:
@@ -543,15 +542,13 @@ class Dispatcher:
         if self.first_answer_s is None and answers:
             self.first_answer_s = t
         names = dict(items)
-        limit = self.budget.inference_budget_ms
         recs = []
         for a in answers:
             self.inference_ms += a.inference_ms
-            # per image, by the scorer's own rule and arithmetic (ms, summed in answer order):
-            # the answer that takes the summed invoke time past the budget is late, not the
-            # whole chunk after it
-            is_late = over or (limit is not None
-                               and not within_inference_budget(self.inference_ms, limit))
+            # per image, by the scorer's own rules on the t_s logged and the inference summed in
+            # ms in answer order: the answer that takes the summed invoke time past the budget
+            # is late, not the whole chunk after it
+            is_late = self.budget.late(t, self.inference_ms)
             recs.append(Record.of(names[a.index], a, t, w.wid, is_late))
             if a.error is None:
                 self.answered += 1
@@ -570,7 +567,7 @@ class Dispatcher:
         self.retry.extendleft(reversed(again))
         if given_up:
             self.record(w, given_up, [Answer(idx, [], [], f"{reason}; also on retry", 0.0, 0.0)
-                                      for idx, _ in given_up], False)
+                                      for idx, _ in given_up])
         if lost:
             self.notes.append(f"worker {w.wid} {reason} holding {len(lost)} images: "
                               f"{len(again)} retried, {len(given_up)} answered wrong")
@@ -605,7 +602,7 @@ class Dispatcher:
         if isinstance(msg, Done):
             items = w.chunks.pop(msg.chunk_id, None)
             if items is not None:
-                self.record(w, items, msg.answers, self.over_budget(), msg.decoded_by)
+                self.record(w, items, msg.answers, msg.decoded_by)
             self.feed(w)
         elif isinstance(msg, WorkerReady):
             w.ready = True
@@ -702,10 +699,8 @@ class Dispatcher:
         except KeyboardInterrupt:
             self.status = "interrupted"
         finally:
-            late_now = self.status == "budget_exhausted"
             _stop(self.workers, self.settings.grace_s,
-                  lambda w, items, msg: self.record(w, items, msg.answers, late_now,
-                                                    msg.decoded_by),
+                  lambda w, items, msg: self.record(w, items, msg.answers, msg.decoded_by),
                   self.status)
         if self.progress is not None:
             self.progress(self.answered + self.failed, self.clock(), self.inference_ms / 1000.0)

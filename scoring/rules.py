@@ -136,7 +136,7 @@ def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
     """
     given = time_limit_s if time_limit_s is not None else ev.budget("time_limit_s")
     limit = given if given is not None else DEFAULT_TIME_LIMIT_S
-    late = ev.t_s > limit  # nan (unknown) compares False: counted
+    late = past_time_limit(ev.t_s, limit)  # nan (unknown) compares False: counted
     if given is None:
         late = late | ev.late_flag
     acc = ev.counted(~late)
@@ -151,6 +151,15 @@ def lpirc_onsite(ev: Evaluation, time_limit_s: float | None = None) -> dict:
         "time_limit_s": float(limit),
         "accuracy_per_wh": score,
     }
+
+
+def past_time_limit(t_s, time_limit_s: float):
+    """True where an answer logged at ``t_s`` (s on the run's clock, as logged) is past the
+    on-site wall budget: ``t_s > time_limit_s``. A float or an array (same shape back); nan
+    (unknown) compares False, so an answer of unknown time is counted. The run flags an
+    answer ``late`` by this same rule on the ``t_s`` it logs. Source: IEEE LPIRC on-site
+    rules (10 minutes per submission)."""
+    return t_s > time_limit_s
 
 
 def inference_budget_ms(ms_per_image: float, images: int) -> float:
@@ -174,7 +183,9 @@ def ovic_2018(ev: Evaluation, ms_per_image: float | None = None) -> dict:
 
     Formula: budget_ms = ms_per_image x N (N = holdout images; ms_per_image default 30).
     Answers are taken in t_s order, summing inference_ms; an answer whose running sum exceeds
-    budget_ms is not counted.  accuracy = correct within budget / N (the score);
+    budget_ms is not counted, nor one lpirc run logged ``"late": true`` (past its wall safety
+    net or a referee session's end; under its inference clock it flags exactly the answers
+    this rule refuses).  accuracy = correct within budget / N (the score);
     accuracy_classified = correct within budget / images classified within budget;
     accuracy_per_s = accuracy_classified / max(budget_s, runtime_s), runtime_s = all inference time.
     Source: On-Device Visual Intelligence Challenge, CVPR 2018 (LPIRC 2018 Track 1) rules.
@@ -189,6 +200,7 @@ def ovic_2018(ev: Evaluation, ms_per_image: float | None = None) -> dict:
     cum = np.cumsum(np.nan_to_num(inf[order], nan=0.0))
     counted = np.empty(len(order), dtype=bool)
     counted[order] = within_inference_budget(cum, budget_ms)
+    counted &= ~ev.late_flag
     classified = counted & ~ev.error
     n_classified = int(np.count_nonzero(classified))
     correct = ev.correct1 & counted

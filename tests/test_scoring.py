@@ -212,6 +212,32 @@ def test_ovic_2018_budget_in_t_s_order(tmp_path):
     assert s["top1"] == pytest.approx(0.75) and s["ms_per_image"] == 30 and s["images_late"] == 0
 
 
+def test_run_flags_late_exactly_where_ovic_2018_refuses(tmp_path, gt10):
+    """The run's clock (lpirc.clock.Budget.late) and the scorer judge the inference budget with
+    one rule in one unit. These 10 logged inference_ms sum past 0.03 ms x 10 at the last image
+    when added in ms, as the scorer adds them, but not when added in seconds (0.3 / 1000), as the
+    run once did: its log then said 0 late where the score said 1 (CI saw 7 against 8)."""
+    from lpirc.clock import Budget
+
+    ms = [0.03, 0.02, 0.043, 0.026, 0.045, 0.016, 0.035, 0.016, 0.034, 0.035]
+    in_s = 0.0
+    for x in ms:
+        in_s += x / 1000.0
+    assert not in_s > 0.03 * 10 / 1000.0  # the trap: summed in seconds, nothing is late
+    budget = Budget("inference", 600.0, 0.03, 10)
+    flags, summed = [], 0.0
+    for x in ms:
+        summed += x
+        flags.append(budget.late(1.0, summed))
+    answers = [answer(f"img{i}.jpg", i, t_s=1.0 + i / 100, inference_ms=x) for i, x in enumerate(ms)]
+    for a, f in zip(answers, flags):
+        a["late"] = f
+    run = write_run(tmp_path / "r", answers, manifest(gt10, ms_per_image=0.03))
+    s = scoring.score_path(run, rules="ovic-2018")
+    assert flags == [False] * 9 + [True]
+    assert s["images_late"] == sum(flags) == 1 and s["top1"] == pytest.approx(0.9)
+
+
 # --- ovic-2019 --------------------------------------------------------------------------------
 
 
@@ -555,7 +581,7 @@ def test_ovic_2018_runtime_unknown_without_inference_times(tmp_path, gt10):
     assert s["images_classified"] == 2 and s["top1"] == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("rules", ["ovic-2019", "lpcvc-2020"])
+@pytest.mark.parametrize("rules", ["ovic-2018", "ovic-2019", "lpcvc-2020"])
 def test_answers_logged_late_by_the_run_are_wrong(tmp_path, gt10, rules):
     # 4 correct answers, the last two logged after the run's deadline ("late": true)
     answers = [answer(f"img{i}.jpg", i, t_s=float(i), inference_ms=30.0) for i in range(4)]
@@ -565,7 +591,9 @@ def test_answers_logged_late_by_the_run_are_wrong(tmp_path, gt10, rules):
     s = scoring.score_path(run, rules=rules, idle_watts=2.0, k=10, a0=20)
     assert s["top1"] == pytest.approx(0.2) and s["top5"] == pytest.approx(0.2)
     assert s["images_late"] == 2 and s["images_answered"] == 4
-    expected = 20 - (10 * math.log(30) + 20) if rules == "ovic-2019" else 0.2 / (1.0 - 2.0 * 0.1)
+    # ovic-2018: 4 x 30 ms is well within 30 ms x 10, so only the run's flags refuse the two
+    expected = {"ovic-2018": 0.2, "ovic-2019": 20 - (10 * math.log(30) + 20),
+                "lpcvc-2020": 0.2 / (1.0 - 2.0 * 0.1)}[rules]
     assert s["score"] == pytest.approx(expected)
 
 
