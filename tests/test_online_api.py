@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from online_helpers import Online, Team, add_team
+from online_helpers import Online, Team, add_team, lpirc
 
 SIDECAR = json.loads((Path(__file__).resolve().parents[1] / "submission" / "reference"
                       / "model.json").read_text())
@@ -208,3 +208,12 @@ def test_standings_rank_query(small_holdout, reference_model, tmp_path):
         assert csv_text.splitlines()[1].split(",")[2] == str(last), csv_text
         assert org.http.get("/api/admin/export/standings.json?rank=nope").status_code == 400
         http.close()
+    # the command-line export takes the same choice (the service stopped: only the store)
+    for rank, want in ((None, best), ("best", best), ("latest", last)):
+        r = lpirc("online", "export", "--db", str(db), "--format", "json",
+                  *(("--rank", rank) if rank else ()))
+        data = json.loads(r.stdout)
+        assert r.returncode == 0 and data["counts"] == (rank or "best"), r.stdout + r.stderr
+        assert [row["id"] for row in data["standings"]] == [want], data
+    r = lpirc("online", "export", "--db", str(db), "--rank", "worst")
+    assert r.returncode == 2 and "'worst' is not one of 'best', 'latest'" in r.stderr, r.stderr

@@ -16,7 +16,7 @@ from lpirc.cli._options import (account_password, clock_options, login_limits, l
 from lpirc.errors import InputError
 from lpirc.online import require_extra
 from lpirc.online import standings as st
-from lpirc.online.config import DEFAULT_COUNTS, OnlineConfig, PhaseData
+from lpirc.online.config import COUNTS, DEFAULT_COUNTS, OnlineConfig, PhaseData
 from lpirc.online.store import Store
 
 C = OnlineConfig
@@ -64,8 +64,8 @@ def add_team_cmd(name: str, db: Path, password: str | None, organiser: bool) -> 
 @setting(C, "executor", type=click.Choice(["local", "ray"]), help="local: lpirc run processes on this machine; ray: the fleet's Ray devices.")
 @click.option("--per-team-per-day", type=click.IntRange(min=1), help="Submissions charged per team per UTC day (429 beyond). Default: no limit.")
 @click.option("--per-team-at-once", type=click.IntRange(min=1), help="Submissions per team queued, running or scoring at once (429 beyond). Default: no limit.")
-@click.option("--dev-counts", type=click.Choice(["best", "latest"]), default=DEFAULT_COUNTS["dev"], show_default=True, help="Which scored submission of a team counts in the development standings.")
-@click.option("--final-counts", type=click.Choice(["best", "latest"]), default=DEFAULT_COUNTS["final"], show_default=True, help="Which scored submission of a team counts in the final standings.")
+@click.option("--dev-counts", type=click.Choice(COUNTS), default=DEFAULT_COUNTS["dev"], show_default=True, help="Which scored submission of a team counts in the development standings.")
+@click.option("--final-counts", type=click.Choice(COUNTS), default=DEFAULT_COUNTS["final"], show_default=True, help="Which scored submission of a team counts in the final standings.")
 @rules_option(C, "Rule set every run is scored under (see `lpirc rules`).")
 @time_limit_option(C, "Each run's wall-clock budget in seconds.")
 @clock_options(C, "Budget clock of each run (see lpirc run).", "Inference budget per image in ms, for --clock inference.")
@@ -127,13 +127,14 @@ def publish_cmd(db: Path, hide: bool) -> None:
 @DB_OPTION
 @click.option("--phase", type=click.Choice(["dev", "final"]), default="dev", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "manifests"]), default="csv", show_default=True, help="csv/json: the phase's standings; manifests: every submission with its run's manifest (JSON).")
-def export_cmd(db: Path, phase: str, fmt: str) -> None:
+@click.option("--rank", type=click.Choice(COUNTS), default=None, help="Which scored submission of each team counts (as the HTTP export's ?rank=)  [default: the phase's --dev-counts/--final-counts]")
+def export_cmd(db: Path, phase: str, fmt: str, rank: str | None) -> None:
     """Print the standings (every score, published or not: the organiser's export) or every
     submission's manifest."""
     store = _store(db)
     if fmt == "manifests":
         click.echo(json.dumps({"submissions": st.manifests(store)}, indent=1))
         return
-    data = st.export(store, phase)
+    data = st.export(store, phase, rank)
     click.echo(st.to_csv(data["standings"]) if fmt == "csv" else json.dumps(data, indent=1),
                nl=fmt != "csv")

@@ -130,11 +130,13 @@ def manifests(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def export(store: Store, phase: str) -> dict[str, Any]:
+def export(store: Store, phase: str, rank: str | None = None) -> dict[str, Any]:
     """The organiser's export of a phase's standings, every score published or not, as the
-    service was last started (its counting rule, holdout and rule set, kept in the database)."""
+    service was last started (its counting rule, holdout and rule set, kept in the database).
+    ``rank`` (``best`` or ``latest``): which scored submission of each team counts, as the
+    HTTP export's ``?rank=``; None: the phase's counting rule."""
     cfg = store.config()
-    rule = cfg.get("counts", {}).get(phase, DEFAULT_COUNTS[phase])
+    rule = rank or cfg.get("counts", {}).get(phase, DEFAULT_COUNTS[phase])
     sha = cfg.get("phases", {}).get(phase, {}).get("files_sha256")
     return {"phase": phase, "counts": rule, "rules": cfg.get("rules"), "interval": INTERVAL,
             "standings": rows(store, phase, rule, sha, cfg.get("rules"))}
