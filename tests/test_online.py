@@ -271,6 +271,15 @@ def test_cli_errors_are_one_line(small_holdout, tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "127.0.0.1:1" in r.stderr, r.stderr
     r = lpirc("online", "publish", "--db", str(tmp_path / "none.sqlite"))
     assert r.returncode == 5 and "not found" in r.stderr
+    # a database in a folder that does not exist: serve says so as add-team does, and makes
+    # no folder (a typo in --db must not start an empty service somewhere else)
+    gone = tmp_path / "no-such-folder" / "o.sqlite"
+    for args in (("add-team", "alpha", "--password", "pw"),
+                 ("serve", "--holdout", str(small_holdout), "--port", "0")):
+        r = lpirc("online", *args, "--db", str(gone))
+        assert r.returncode == 5 and r.stderr.strip() == (
+            f"lpirc: error: {gone}: cannot create the online database (No such file or directory)"), r.stderr
+        assert not gone.parent.exists()
 
 
 @pytest.mark.slow

@@ -23,8 +23,8 @@ C = OnlineConfig
 
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          default=Path("online.sqlite"), show_default=True,
-                         help="The service's SQLite database (made if absent); its uploads and "
-                              "run folders go to DB.d/.")
+                         help="The service's SQLite database (made if absent, in a folder that "
+                              "exists); its uploads and run folders go to DB.d/.")
 
 
 def _store(db: Path, must_exist: bool = True):

@@ -33,6 +33,7 @@ from lpirc.online.errors import ApiError
 from lpirc.online.routes import ROUTES
 from lpirc.online.service import Service
 from lpirc.referee.server import _exit_ok, _lock_db, bind
+from lpirc.referee.store import create_private_file
 
 
 def _is_api(request: Request) -> bool:
@@ -89,7 +90,8 @@ def serve(cfg: OnlineConfig, host: str = "127.0.0.1", port: int = 8000,
     truth or database, a database another service holds, or an address in use."""
     import uvicorn  # only to serve
 
-    Path(cfg.db).parent.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.db).exists():  # made here, as add-team makes it: a missing folder is one line
+        create_private_file(Path(cfg.db), "the online database")
     lock_path = Path(str(cfg.db) + ".lock")
     made_lock, listening = not lock_path.exists(), False
     lock = _lock_db(Path(cfg.db), "lpirc online service")
