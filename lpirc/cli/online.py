@@ -23,8 +23,9 @@ C = OnlineConfig
 
 DB_OPTION = click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
                          default=Path("online.sqlite"), show_default=True,
-                         help="The service's SQLite database (made if absent, in a folder that "
-                              "exists); its uploads and run folders go to DB.d/.")
+                         help="The service's SQLite database (add-team and serve make it if absent, "
+                              "in a folder that exists; the other commands need it); its "
+                              "uploads and run folders go to DB.d/.")
 
 
 def _store(db: Path, must_exist: bool = True):
@@ -127,7 +128,7 @@ def publish_cmd(db: Path, hide: bool) -> None:
 @DB_OPTION
 @click.option("--phase", type=click.Choice(["dev", "final"]), default="dev", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "manifests"]), default="csv", show_default=True, help="csv/json: the phase's standings; manifests: every submission with its run's manifest (JSON).")
-@click.option("--rank", type=click.Choice(COUNTS), default=None, help="Which scored submission of each team counts (as the HTTP export's ?rank=)  [default: the phase's --dev-counts/--final-counts]")
+@click.option("--rank", type=click.Choice(COUNTS), default=None, help="csv/json: which scored submission of each team counts, as the HTTP export's ?rank=.  [default: the phase's --dev-counts/--final-counts]")
 def export_cmd(db: Path, phase: str, fmt: str, rank: str | None) -> None:
     """Print the standings (every score, published or not: the organiser's export) or every
     submission's manifest."""
