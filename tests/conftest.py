@@ -33,6 +33,15 @@ def run_lpirc(*args, cwd: Path | str | None = REPO, env: dict | None = None, tim
                           env={**os.environ, "PYTHONPATH": path, **(env or {})})
 
 
+@pytest.fixture(autouse=True)
+def _close_online_clients():
+    """After each test, close the online teams' HTTP clients it left open (online_helpers)."""
+    yield
+    helpers = sys.modules.get("online_helpers")
+    if helpers is not None:
+        helpers.close_teams()
+
+
 @pytest.fixture
 def lpirc():
     """:func:`run_lpirc`, for a test: ``lpirc("score", run_dir).returncode``."""

@@ -34,12 +34,23 @@ class Online(Referee):
                      str(devices), "--time-limit-s", str(time_limit_s), *extra]
 
 
+#: Every Team made in the current test; conftest closes them after it (a client left open
+#: is an unclosed socket that the garbage collector reports inside a later test's frames).
+OPEN_TEAMS: list["Team"] = []
+
+
+def close_teams() -> None:
+    while OPEN_TEAMS:
+        OPEN_TEAMS.pop().close()
+
+
 class Team:
     """A team's client: logs in, uploads, reads its submissions."""
 
     def __init__(self, url: str, name: str, password: str) -> None:
         self.url, self.name = url, name
         self.http = httpx.Client(base_url=url, timeout=120)
+        OPEN_TEAMS.append(self)
         r = self.http.post("/api/login", data={"username": name, "password": password})
         assert r.status_code == 200, r.text
         self.token = r.json()["token"]
