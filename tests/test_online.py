@@ -202,6 +202,7 @@ def test_errors_quota_at_once_phases_publish_exports(small_holdout, reference_mo
         shown = alpha.get(v["id"]).json()
         assert shown["score"]["top1"] is not None
         assert httpx.get(server.url + "/api/standings?phase=final").json()["standings"][0]["team"] == "alpha"
+        http.close()
     r = lpirc("online", "export", "--db", str(db), "--phase", "final", "--format", "json")
     assert r.returncode == 0 and json.loads(r.stdout)["standings"][0]["team"] == "alpha"
 
