@@ -44,9 +44,7 @@ class Budget:
     def exhausted(self, wall_s: float, inference_ms: float) -> bool:
         """True once the run must stop: ``wall_s`` (s) past the wall limit, the session's end
         reached, or ``inference_ms`` (summed invoke time, ms) at the inference budget."""
-        if wall_s >= self.time_limit_s:
-            return True
-        if self.ends_at is not None and time.monotonic() >= self.ends_at:
+        if wall_s >= self.time_limit_s or self.session_ended():
             return True
         limit = self.inference_budget_ms
         # images 0: a feed that has given none yet (its budget grows with the images taken)
@@ -58,12 +56,14 @@ class Budget:
         wall limit or the inference budget by the scorer's own rules
         (``scoring.rules.past_time_limit``, ``within_inference_budget``), or after the
         session's end (``ends_at``, which the scorer learns only through this flag)."""
-        if past_time_limit(t_s, self.time_limit_s):
-            return True
-        if self.ends_at is not None and time.monotonic() >= self.ends_at:
+        if past_time_limit(t_s, self.time_limit_s) or self.session_ended():
             return True
         limit = self.inference_budget_ms
         return limit is not None and not within_inference_budget(summed_ms, limit)
+
+    def session_ended(self) -> bool:
+        """True once ``ends_at`` (a referee session's end, time.monotonic()) has passed."""
+        return self.ends_at is not None and time.monotonic() >= self.ends_at
 
     def wall_left_s(self, wall_s: float) -> float:
         left = self.time_limit_s - wall_s

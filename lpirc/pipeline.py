@@ -495,6 +495,11 @@ class Dispatcher:
                 self.budget = dataclasses.replace(self.budget, images=self.taken)
         return items
 
+    @property
+    def inference_s(self) -> float:
+        """Summed invoke time so far, s (for progress and the outcome)."""
+        return self.inference_ms / 1000.0
+
     def over_budget(self) -> bool:
         return self.budget.exhausted(self.clock(), self.inference_ms)
 
@@ -684,7 +689,7 @@ class Dispatcher:
         if self.fatal is not None:  # every worker runs the same model: one failure is all
             return "failed"
         if self.progress is not None:
-            self.progress(self.answered + self.failed, self.clock(), self.inference_ms / 1000.0)
+            self.progress(self.answered + self.failed, self.clock(), self.inference_s)
         return None
 
     def run(self) -> PipelineOutcome:
@@ -703,9 +708,9 @@ class Dispatcher:
                   lambda w, items, msg: self.record(w, items, msg.answers, msg.decoded_by),
                   self.status)
         if self.progress is not None:
-            self.progress(self.answered + self.failed, self.clock(), self.inference_ms / 1000.0)
+            self.progress(self.answered + self.failed, self.clock(), self.inference_s)
         return PipelineOutcome(
-            status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_ms / 1000.0,
+            status=self.status, wall_time_s=self.clock(), inference_time_s=self.inference_s,
             answered=self.answered, failed=self.failed, late=self.late, ready=self.ready_info,
             error=self.fatal, notes=self.notes, first_answer_s=self.first_answer_s,
             images_taken=self.taken, budget=self.budget, decoded_by=dict(self.decoded_by))
